@@ -1,0 +1,49 @@
+# spinepipe: two commands set everything up (README).
+#   make demo   set up .venv/ and run the whole pipeline on the synthetic phantom (dvc repro)
+#   make test   set up .venv/ (with test extras) and run the test suite
+# Both are idempotent: the environment is rebuilt only when pyproject.toml changes.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.spinepipe-installed
+# reads one exact pin (e.g. "torch==2.13.0") from pyproject.toml, the one place versions live
+PIN = $(shell $(PYTHON) -c "import tomllib,sys; d=tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']; print(next(x for x in d if x.split('==')[0]=='$(1)'))")
+
+.PHONY: demo test venv clean-venv help
+
+help:
+	@echo "make demo   set up .venv/ and run the pipeline on the phantom (dvc repro)"
+	@echo "make test   set up .venv/ and run the tests"
+
+venv: $(STAMP)
+
+# Order matters (shared/STACK.md): torch's CPU build first; the headless OpenCV (two cv2
+# distributions break each other); mmengine built from its sdist, whose setup.py then requires
+# the headless OpenCV already present instead of opencv-python (its wheel hard-codes the
+# latter); mmcv compiled with its ops against that torch (pip caches the wheel: ~6 min once per
+# machine); then everything else from pyproject.toml.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=25"
+	$(PIP) install -q "$(call PIN,torch)" "$(call PIN,opencv-python-headless)" "$(call PIN,numpy)" ninja psutil wheel
+	$(PIP) install -q "setuptools<70"
+	$(PIP) install -q --no-build-isolation --no-binary mmengine "$(call PIN,mmengine)"
+	MMCV_WITH_OPS=1 MAX_JOBS=2 $(PIP) install -q --no-build-isolation --no-binary mmcv "$(call PIN,mmcv)"
+	$(PIP) install -q -e ".[test]"
+	@$(PIP) list 2>/dev/null | grep -q '^opencv-python ' && { echo "opencv-python crept in (clashes with the headless build)"; exit 1; } || true
+	$(PY) -c "import mmdet, mmseg, mmseg.models, mmdet.models; from mmcv.ops import RoIAlign, nms"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	@echo
+	@echo "Done. Results: data/ (phantom DICOM + VIA annotations); see README 'Where results appear'."
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,76 @@
+"""COCO instances and class masks from polygons.
+
+Coordinates (the COCO / pycocotools convention, used for every polygon in spinepipe):
+continuous image coordinates, x to the right and y down, (0, 0) at the top-left *corner* of
+the top-left pixel, so the centre of the pixel in row i, column j is (j + 0.5, i + 0.5).
+VIA's integer vertices are read as such coordinates unchanged.
+
+- ``segmentation``: one polygon ``[x1, y1, x2, y2, ...]`` per instance (iscrowd 0).
+- ``area``: the polygon's area (shapely), not its bounding box; it matches the pixel count of
+  the pycocotools rasterization to within the boundary pixels.
+- ``bbox``: ``[x, y, w, h]`` of the polygon's vertices.
+- ids are deterministic: images numbered 1.. in sorted file-name order, annotations 1.. in
+  image order then region order.
+
+Class masks (``uint8``): 0 background, 1 lumbar, 2 sacrum, 255 ignore. Masks are rasterized
+with pycocotools itself (``frPyObjects`` + ``decode``), so a mask pixel is set exactly when
+COCO's own rasterization of the polygon covers it. Where instances of different classes
+overlap, the larger class value wins (sacrum over lumbar); instances of the same class fuse,
+which is the semantic models' view of overlapping vertebrae.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from shapely.geometry import Polygon
+
+#: class name -> label value in masks and COCO category id
+DEFAULT_CLASSES: dict[str, int] = {"lumbar": 1, "sacrum": 2}
+IGNORE = 255
+
+
+def flat(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
+    """Interleave vertex lists into COCO's ``[x1, y1, x2, y2, ...]``."""
+    out: list[float] = []
+    for x, y in zip(xs, ys):
+        out += [float(x), float(y)]
+    return out
+
+
+def polygon_area(xs: Sequence[float], ys: Sequence[float]) -> float:
+    return float(Polygon(list(zip(xs, ys))).area)
+
+
+def bbox(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
+    x0, y0 = float(min(xs)), float(min(ys))
+    return [x0, y0, float(max(xs)) - x0, float(max(ys)) - y0]
+
+
+def categories(classes: dict[str, int] = DEFAULT_CLASSES) -> list[dict]:
+    return [{"id": cid, "name": name, "supercategory": "spine" if cid <= 2 else "implant"}
+            for name, cid in sorted(classes.items(), key=lambda kv: kv[1])]
+
+
+def rasterize(polygon: Sequence[float], height: int, width: int) -> np.ndarray:
+    """Boolean mask of one flat polygon, by pycocotools (the COCO evaluation's own raster)."""
+    rles = mask_utils.frPyObjects([list(map(float, polygon))], height, width)
+    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+def class_mask(height: int, width: int,
+               instances: Iterable[tuple[int, Sequence[float]]]) -> np.ndarray:
+    """uint8 class mask from ``(class value, flat polygon)`` pairs; larger value wins overlaps."""
+    mask = np.zeros((height, width), np.uint8)
+    for value, poly in sorted(instances, key=lambda t: t[0]):
+        mask[rasterize(poly, height, width)] = value
+    return mask
+
+
+def coverage_count(height: int, width: int, polygons: Iterable[Sequence[float]]) -> np.ndarray:
+    """uint8 count of instances covering each pixel (>= 2 marks projection overlap)."""
+    count = np.zeros((height, width), np.uint8)
+    for poly in polygons:
+        count += rasterize(poly, height, width)
+    return count

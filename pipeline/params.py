@@ -1,0 +1,116 @@
+"""Typed params: one params.yaml section becomes one frozen dataclass (DESIGN.md, convention 3).
+
+Unknown keys are an error naming the key; values are checked against the field's type
+(int, float, bool, str, lists and nested dataclasses); missing keys take the dataclass default.
+A typo in params.yaml is never a silent default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from converters.errors import ParamsError
+
+T = TypeVar("T")
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def read_params_file(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError("params file not found", file=path) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"malformed YAML{where}", file=path) from None
+    if not isinstance(data, dict):
+        raise ParamsError("top level must be a mapping of sections", file=path)
+    return data
+
+
+def _coerce(value: Any, tp: Any, key: str, file: Path) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, file)
+            except ParamsError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise ParamsError(f"key '{key}' must be a list, got {value!r}", file=file)
+        items = [_coerce(v, item_tp, f"{key}[{i}]", file) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"key '{key}' must be a mapping, got {value!r}", file=file)
+        _, val_tp = typing.get_args(tp) or (Any, Any)
+        return {k: _coerce(v, val_tp, f"{key}.{k}", file) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, section=key, file=file)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"key '{key}' must be true or false, got {value!r}", file=file)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"key '{key}' must be an integer, got {value!r}", file=file)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"key '{key}' must be a number, got {value!r}", file=file)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"key '{key}' must be a string, got {value!r}", file=file)
+        return value
+    raise TypeError(f"unsupported params field type {tp!r} for {key}")  # a bug, not user input
+
+
+def from_mapping(cls: type[T], data: Any, *, section: str, file: str | Path = DEFAULT_PARAMS) -> T:
+    """Build ``cls`` (a frozen dataclass) from a mapping, rejecting unknown keys by name."""
+    file = Path(file)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"section '{section}' must be a mapping", file=file)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ParamsError(f"unknown key '{section}.{unknown[0]}' (known keys: {known})", file=file)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], f"{section}.{name}", file)
+    missing = [n for n, f in fields.items()
+               if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ParamsError(f"missing key '{section}.{missing[0]}'", file=file)
+    return cls(**kwargs)
+
+
+def load_section(cls: type[T], section: str, path: str | Path = DEFAULT_PARAMS) -> T:
+    """Load ``section`` of params.yaml into ``cls``; a missing section means all defaults."""
+    data = read_params_file(path)
+    return from_mapping(cls, data.get(section), section=section, file=path)

@@ -1,0 +1,4 @@
+"""spinepipe's model side: MMDetection / MMSegmentation configs, training, inference, metrics.
+
+May import ``converters``; never ``pipeline``.
+"""

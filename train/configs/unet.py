@@ -1,0 +1,15 @@
+# U-Net (MMSegmentation), as in the study: semantic segmentation into background, lumbar,
+# sacrum. Inherits MMSegmentation's own UNet-S5-D16 + FCN head config.
+_base_ = [
+    'mmseg::_base_/models/fcn_unet_s5-d16.py',
+    'mmseg::_base_/default_runtime.py',
+    './_base_/spine_semantic.py',
+]
+model = dict(
+    data_preprocessor=dict(mean=[128.0], std=[64.0], bgr_to_rgb=False, size=(256, 256)),
+    backbone=dict(in_channels=1),
+    decode_head=dict(num_classes=3),
+    auxiliary_head=dict(num_classes=3),
+    # whole-image inference: phantom and clinical images fit in memory at training scale
+    test_cfg=dict(mode='whole', _delete_=True),
+)
