@@ -556,7 +556,11 @@ def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.ran
     ds.PatientBirthDate = pat["birth"]
     ds.PatientSex = pat["sex"]
     ds.PatientAge = f"{age:03d}Y"
-    ds.OtherPatientIDs = f"KIS{int(pat['id'][3:]) + 7_000_000}"
+    other = Dataset()
+    other.PatientID = f"KIS{int(pat['id'][3:]) + 7_000_000}"
+    other.IssuerOfPatientID = "KIS"
+    other.TypeOfPatientID = "TEXT"
+    ds.OtherPatientIDsSequence = [other]
     ds.BodyPartExamined = "LSPINE"
     ds.DeviceSerialNumber = f"SN{1000 + case.patient_index % 3}"
     ds.SoftwareVersions = "spinepipe-phantom 1"
@@ -568,7 +572,6 @@ def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.ran
     ds.InstanceNumber = 1
     ds.PatientOrientation = ["A", "F"]
     ds.ViewPosition = "LL"
-    ds.Laterality = ""
     ds.ImageLaterality = "U"
     ds.BurnedInAnnotation = "YES" if burned_in else "NO"
     ds.LossyImageCompression = "00"
@@ -583,17 +586,17 @@ def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.ran
     ds.ImagerPixelSpacing = [f"{spacing:.4f}", f"{spacing:.4f}"]
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
     ds.WindowCenter = "2048"
     ds.WindowWidth = "4096"
     ds.PresentationLUTShape = "INVERSE" if monochrome1 else "IDENTITY"
     if dx:
-        ds.RescaleType = "US"
         ds.PixelIntensityRelationship = "LOG"
         ds.PixelIntensityRelationshipSign = -1 if monochrome1 else 1
         ds.DetectorType = "SCINTILLATOR"
         ds.PositionerType = "NONE"
         ds.ImagerPixelSpacing = [f"{spacing:.4f}", f"{spacing:.4f}"]
-        ds.PixelSpacingCalibrationType = "GEOMETRY"
+        ds.AcquisitionContextSequence = []
         ds.AnatomicRegionSequence = [Dataset()]
         code = ds.AnatomicRegionSequence[0]
         code.CodeValue = "122496002"
@@ -680,3 +683,28 @@ def _write_annotations(output: Path, results: list[CaseResult]) -> None:
     write_json(output / "truth.json", truth)
 
 
+
+
+def annotations_for_export(via: dict, exported: dict[str, tuple[str, int]]) -> dict:
+    """The phantom's VIA project re-keyed to the exported PNGs (demo only).
+
+    ``via`` is the phantom's project (files named ``<original SOPInstanceUID>.png``);
+    ``exported`` maps an original SOP Instance UID to ``(PNG name, PNG size in bytes)``, as the
+    private ledger and the export provenance give it. Images that were not exported
+    (quarantined for burned-in text) are left out, as an annotator would never see them.
+    The result names only pseudonymized PNGs: no original identifier survives.
+    """
+    images = []
+    for meta in via["_via_img_metadata"].values():
+        original_uid = meta["filename"].removesuffix(".png")
+        if original_uid not in exported:
+            continue
+        name, size = exported[original_uid]
+        regions = tuple(
+            polygon_region(list(zip(r["shape_attributes"]["all_points_x"],
+                                    r["shape_attributes"]["all_points_y"])),
+                           **r["region_attributes"])
+            for r in meta["regions"])
+        images.append(ViaImage(name, size, regions))
+    images.sort(key=lambda im: im.filename)
+    return via2_project(images, name="spinepipe phantom annotations")

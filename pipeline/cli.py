@@ -12,7 +12,7 @@ import click
 import typer
 
 from converters.errors import SpinepipeError
-from pipeline import phantom
+from pipeline import anonymize, export, phantom, phantom_annotations
 
 app = typer.Typer(
     name="spinepipe",
@@ -34,6 +34,9 @@ def _root() -> None:
 
 
 app.command("phantom")(phantom.command)
+app.command("anonymize")(anonymize.command)
+app.command("export")(export.command)
+app.command("phantom-annotations")(phantom_annotations.command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,12 @@ def _coerce(value: Any, tp: Any, key: str, file: Path) -> Any:
             except ParamsError as exc:
                 errors.append(exc)
         raise errors[0]
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+            allowed = ", ".join(map(str, choices))
+            raise ParamsError(f"key '{key}' must be one of {allowed}, got {value!r}", file=file)
+        return value
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):

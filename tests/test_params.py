@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import pytest
 
@@ -22,6 +23,7 @@ class Section:
     flag: bool = False
     inner: Inner = Inner()
     maybe: int | None = None
+    mode: Literal["a", "b"] = "a"
 
 
 def test_defaults_and_values():
@@ -40,6 +42,7 @@ def test_defaults_and_values():
     ({"n": True}, "'s.n' must be an integer"),            # nor is a bool
     ({"flag": 1}, "'s.flag' must be true or false"),      # nor is an int a bool
     ({"inner": {"scale": 3}}, "'s.inner.scale' must be a list"),
+    ({"mode": "c"}, "'s.mode' must be one of a, b, got 'c'"),  # not a choice
 ])
 def test_errors_name_the_key(data, message):
     with pytest.raises(ParamsError, match=message.replace("[", r"\[")):

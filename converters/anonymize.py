@@ -1,0 +1,531 @@
+"""DICOM de-identification: PS3.15 Annex E Basic Application Level Confidentiality Profile.
+
+The action of every attribute comes from the standard's Table E.1-1 as the
+``dicom-anonymizer`` package ships it (``dicomanonymizer.dicom_anonymization_databases``,
+edition :data:`TABLE_EDITION`); this module is the engine that applies it:
+
+- ``X`` remove; ``Z`` zero-length; ``D`` dummy value of the VR; ``U`` UID remapped.
+  Compound actions resolve as: ``Z/D`` and ``X/Z/D`` -> ``Z``, ``X/Z`` -> ``Z``, ``X/D`` -> ``X``,
+  ``X/Z/U*`` (reference sequences) -> kept with their UIDs remapped.
+- Patient ID and Patient's Name become the patient's pseudonym (``SP`` + 10 hex digits of an
+  HMAC of the original Patient ID).
+- UIDs: ``2.25.<decimal of the first 128 bits of HMAC-SHA256(salt, uid)>``: valid UID syntax,
+  the same input UID gives the same output UID in every run of a project (same salt), and
+  references between objects stay consistent. Registry UIDs (``1.2.840.10008.*``: SOP classes,
+  transfer syntaxes) and ``*ClassUID`` / ``*SyntaxUID`` attributes are kept.
+- Option *Retain Longitudinal Temporal Information with Modified Dates* (default on): every
+  DA value, and the date part of every DT value, anywhere in the dataset is shifted by one
+  per-patient number of days (-365 to -3650, from an HMAC of the Patient ID), so intervals
+  between a patient's studies are kept. Times follow the table. Patient's Birth Date is
+  emptied regardless. Off: dates follow the table (mostly emptied or removed).
+- Private attributes are removed, except those listed in ``private_allowlist``
+  (``"GGGG,Private Creator,EE"`` entries: the Retain Safe Private option).
+- Curves (50xx) and overlays (60xx) are removed: overlays can carry burned-in text.
+- PatientIdentityRemoved ``YES``, DeidentificationMethod and DeidentificationMethodCodeSequence
+  (CID 7050) are set; LongitudinalTemporalInformationModified ``MODIFIED`` when dates moved.
+
+Burned-in annotation: objects with BurnedInAnnotation ``YES`` are quarantined (not written)
+unless ``burned_in="blank"``, which fills the configured pixel regions with the image minimum,
+writes the pixels uncompressed, sets BurnedInAnnotation ``NO`` and adds the Clean Pixel Data
+option code. Objects without pixel data (SR, PR, KO, ...) are skipped with their SOP class.
+
+The secret salt and the ledger (original identifiers -> pseudonyms) live only in the private
+folder (:mod:`converters.ledger`). Audit records list the tags changed and the action taken,
+never the original values.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+import struct
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError as _PydicomInvalid
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import ExplicitVRLittleEndian
+
+from converters.errors import InvalidDicomError
+from converters.io import atomic_path, write_json
+from converters.ledger import (load_ledger, read_private_json, update_ledger,
+                               write_private_json)
+
+TABLE_EDITION = "dicomfields_2026c"
+REGISTRY_ROOT = "1.2.840.10008."
+PSEUDONYM_PREFIX = "SP"
+
+#: CID 7050 De-identification Method codes (DCM)
+CODES = {
+    "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "clean_pixel": ("113101", "Clean Pixel Data Option"),
+    "modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+    "patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
+    "device_identity": ("113109", "Retain Device Identity Option"),
+    "safe_private": ("113111", "Retain Safe Private Option"),
+}
+PATIENT_CHARACTERISTICS = {0x00101010, 0x00101020, 0x00101030, 0x00102160, 0x00102180,
+                           0x001021A0, 0x001021C0, 0x00100040, 0x00102203}
+DEVICE_IDENTITY = {0x00181000, 0x00081010, 0x0018700A, 0x00181002, 0x00181008, 0x00181009}
+
+
+@dataclass(frozen=True)
+class AnonymizeOptions:
+    """Profile options (params.yaml section ``anonymize``)."""
+
+    retain_longitudinal_modified_dates: bool = True
+    retain_patient_characteristics: bool = False
+    retain_device_identity: bool = False
+    private_allowlist: list[str] = field(default_factory=list)  # "0009,CREATOR,10"
+    burned_in: Literal["quarantine", "blank"] = "quarantine"
+    # pixel regions blanked when burned_in == "blank": [x, y, width, height] in pixels
+    blank_regions: list[list[int]] = field(default_factory=list)
+    fail_on_error: bool = True
+
+
+@dataclass
+class Outcome:
+    """What happened to one input file."""
+
+    status: Literal["anonymized", "skipped", "quarantined", "failed"]
+    reason: str = ""
+    patient_pseudonym: str = ""
+    new_sop_uid: str = ""
+    new_study_uid: str = ""
+    date_shift_days: int = 0
+    audit: list[dict] = field(default_factory=list)
+    # ledger rows (private): original identifiers -> pseudonyms; never written under data/
+    ledger: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+
+
+@lru_cache(maxsize=1)
+def profile_table() -> tuple[dict[int, str], list[tuple[int, int, int, int, str]]]:
+    """(exact tag -> action, [(group, element, group mask, element mask, action)])."""
+    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+
+    db = dicom_anonymization_database_selector(TABLE_EDITION)
+    resolve = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z",
+               "X_Z_TAGS": "Z", "X_D_TAGS": "X", "X_Z_D_TAGS": "Z", "X_Z_U_STAR_TAGS": "U*"}
+    exact: dict[int, str] = {}
+    masked: list[tuple[int, int, int, int, str]] = []
+    for category, action in resolve.items():
+        for entry in db[category]:
+            if len(entry) == 2:
+                exact[(entry[0] << 16) | entry[1]] = action
+            else:
+                masked.append((entry[0], entry[1], entry[2], entry[3], action))
+    return exact, masked
+
+
+def action_for(tag: BaseTag) -> str | None:
+    exact, masked = profile_table()
+    action = exact.get(int(tag))
+    if action is not None:
+        return action
+    for group, element, gmask, emask, act in masked:
+        if (tag.group & gmask) == group and (tag.element & emask) == (element & emask):
+            return act
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# pseudonyms
+
+
+def _mac(salt: bytes, kind: str, value: str) -> bytes:
+    return hmac.new(salt, f"{kind}\x00{value}".encode(), hashlib.sha256).digest()
+
+
+def remap_uid(salt: bytes, uid: str) -> str:
+    """A valid, deterministic replacement UID under the 2.25 (UUID-derived) root."""
+    return "2.25." + str(int.from_bytes(_mac(salt, "uid", uid)[:16], "big"))
+
+
+def patient_pseudonym(salt: bytes, patient_id: str) -> str:
+    return PSEUDONYM_PREFIX + _mac(salt, "patient", patient_id).hex()[:10].upper()
+
+
+def date_shift_days(salt: bytes, patient_id: str) -> int:
+    return -(365 + int.from_bytes(_mac(salt, "dates", patient_id)[:4], "big") % 3286)
+
+
+def _shift_da(value: str, days: int) -> str:
+    try:
+        d = _dt.datetime.strptime(value.strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        return ""  # unparseable date: emptied rather than kept
+    return (d + _dt.timedelta(days=days)).strftime("%Y%m%d")
+
+
+def _shift_dt(value: str, days: int) -> str:
+    value = value.strip()
+    if len(value) < 8:
+        return ""
+    shifted = _shift_da(value[:8], days)
+    return shifted + value[8:] if shifted else ""
+
+
+# --------------------------------------------------------------------------------------------
+# the engine
+
+_DUMMY = {"PN": "ANONYMIZED", "LO": "ANONYMIZED", "SH": "ANON", "ST": "ANONYMIZED",
+          "LT": "ANONYMIZED", "UT": "ANONYMIZED", "CS": "ANON", "DA": "19000101",
+          "TM": "000000", "DT": "19000101000000", "AS": "000Y", "IS": "0", "DS": "0"}
+
+
+class _Engine:
+    def __init__(self, salt: bytes, options: AnonymizeOptions, patient_id: str):
+        self.salt = salt
+        self.options = options
+        self.days = date_shift_days(salt, patient_id)
+        self.audit: list[dict] = []
+        allow = set()
+        for entry in options.private_allowlist:
+            group, creator, element = entry.split(",", 2)
+            allow.add((int(group, 16), creator.strip(), int(element, 16)))
+        self.private_allow = allow
+
+    def log(self, elem: DataElement, action: str, path: str) -> None:
+        self.audit.append({"tag": f"({elem.tag.group:04X},{elem.tag.element:04X})",
+                           "keyword": elem.keyword or "", "action": action, "path": path})
+
+    def uid(self, value: str) -> str:
+        return value if value.startswith(REGISTRY_ROOT) else remap_uid(self.salt, value)
+
+    def remap_uid_element(self, elem: DataElement) -> None:
+        if elem.VM > 1:
+            elem.value = [self.uid(str(v)) for v in elem.value]
+        elif elem.value:
+            elem.value = self.uid(str(elem.value))
+
+    def _private_kept(self, ds: Dataset, tag: BaseTag) -> bool:
+        if not self.private_allow or tag.element < 0x1000:
+            return False
+        creator_tag = Tag(tag.group, tag.element >> 8)
+        creator = ds.get(creator_tag)
+        name = str(creator.value).strip() if creator is not None else ""
+        return (tag.group, name, tag.element & 0xFF) in self.private_allow
+
+    def _kept_private(self, ds: Dataset) -> set[int]:
+        """Private tags to keep (allowlisted elements and their creators)."""
+        keep: set[int] = set()
+        if not self.private_allow:
+            return keep
+        for elem in ds:
+            tag = elem.tag
+            if tag.is_private and tag.element >= 0x1000 and self._private_kept(ds, tag):
+                keep.add(int(tag))
+                keep.add(int(Tag(tag.group, tag.element >> 8)))
+        return keep
+
+    def dataset(self, ds: Dataset, path: str = "") -> None:
+        opts = self.options
+        keep_private = self._kept_private(ds)
+        for elem in list(ds):
+            tag = elem.tag
+            where = f"{path}{elem.keyword or str(tag)}"
+            if tag.is_private:
+                if int(tag) not in keep_private:
+                    self.log(elem, "X", where)
+                    del ds[tag]
+                continue
+            if (tag.group & 0xFF00) in (0x5000, 0x6000):  # curves and overlays
+                self.log(elem, "X", where)
+                del ds[tag]
+                continue
+            itag = int(tag)
+            if itag in (0x00100010, 0x00100020):  # Patient's Name / Patient ID
+                continue  # set by anonymize_dataset
+            action = action_for(tag)
+            if opts.retain_patient_characteristics and itag in PATIENT_CHARACTERISTICS:
+                action = None
+            if opts.retain_device_identity and itag in DEVICE_IDENTITY:
+                action = None
+            vr = elem.VR
+            if opts.retain_longitudinal_modified_dates and vr in ("DA", "DT") \
+                    and itag != 0x00100030 and action in (None, "D", "Z", "X"):
+                if elem.value not in (None, ""):
+                    shift = _shift_da if vr == "DA" else _shift_dt
+                    values = elem.value if elem.VM > 1 else [elem.value]
+                    elem.value = [shift(str(v), self.days) for v in values] \
+                        if elem.VM > 1 else shift(str(values[0]), self.days)
+                    self.log(elem, "M", where)
+                continue
+            if vr == "SQ":
+                if action == "X":
+                    self.log(elem, "X", where)
+                    del ds[tag]
+                elif action in ("Z", "D"):
+                    elem.value = Sequence()
+                    self.log(elem, action, where)
+                else:  # keep the structure (and U*: its UIDs remapped), clean every item
+                    if action == "U*":
+                        self.log(elem, "U*", where)
+                    for i, item in enumerate(elem.value):
+                        self.dataset(item, f"{where}[{i}].")
+                continue
+            if action == "X":
+                self.log(elem, "X", where)
+                del ds[tag]
+            elif action == "Z":
+                elem.value = None if vr not in ("UI",) else ""
+                self.log(elem, "Z", where)
+            elif action == "D":
+                if vr == "UI":
+                    self.remap_uid_element(elem)
+                    self.log(elem, "U", where)
+                else:
+                    elem.value = _DUMMY.get(vr, None)
+                    self.log(elem, "D", where)
+            elif action in ("U", "U*") or (vr == "UI" and _is_instance_uid(elem)):
+                if vr == "UI":
+                    before = elem.value
+                    self.remap_uid_element(elem)
+                    if elem.value != before:
+                        self.log(elem, "U", where)
+                else:
+                    elem.value = None
+                    self.log(elem, "Z", where)
+
+
+def _is_instance_uid(elem: DataElement) -> bool:
+    kw = elem.keyword or ""
+    return kw.endswith("UID") and not kw.endswith(("ClassUID", "SyntaxUID")) \
+        and kw not in ("CodingSchemeUID", "ContextUID", "MappingResourceUID")
+
+
+def _set_method(ds: Dataset, options: AnonymizeOptions, clean_pixels: bool) -> None:
+    keys = ["basic"]
+    if options.retain_longitudinal_modified_dates:
+        keys.append("modified_dates")
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    if options.retain_patient_characteristics:
+        keys.append("patient_characteristics")
+    if options.retain_device_identity:
+        keys.append("device_identity")
+    if options.private_allowlist:
+        keys.append("safe_private")
+    if clean_pixels:
+        keys.append("clean_pixel")
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = [CODES[k][1] for k in keys]  # LO, VM 1-n
+    items = []
+    for k in keys:
+        item = Dataset()
+        item.CodeValue, item.CodeMeaning = CODES[k]
+        item.CodingSchemeDesignator = "DCM"
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+
+
+def _blank(ds: Dataset, regions: list[list[int]], file: str) -> None:
+    arr = ds.pixel_array.copy()
+    if arr.ndim != 2:
+        raise InvalidDicomError("cannot blank burned-in text of a multi-frame or colour image",
+                                file=file)
+    fill = arr.min()
+    for x, y, w, h in regions:
+        arr[max(y, 0):max(y + h, 0), max(x, 0):max(x + w, 0)] = fill
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    ds.BurnedInAnnotation = "NO"
+
+
+def anonymize_dataset(ds: Dataset, salt: bytes, options: AnonymizeOptions,
+                      file: str = "") -> Outcome:
+    """De-identify ``ds`` in place. Returns the outcome (status, pseudonyms, audit, ledger).
+
+    Raises :class:`InvalidDicomError` for objects that cannot be handled; non-image and
+    burned-in objects come back as ``skipped`` / ``quarantined`` outcomes, ``ds`` untouched.
+    """
+    if "SOPClassUID" not in ds:
+        raise InvalidDicomError("no SOP Class UID in the dataset (truncated, or not a "
+                                "composite object)", file=file, tag="(0008,0016)")
+    if "PixelData" not in ds:
+        sop = ds.get("SOPClassUID")
+        name = getattr(sop, "name", None) or str(sop or "unknown SOP class")
+        if "Image Storage" in name:
+            raise InvalidDicomError(f"{name} object without PixelData (truncated or corrupt)",
+                                    file=file, tag="(7FE0,0010)")
+        return Outcome("skipped", f"non-image object ({name})")
+    burned = str(ds.get("BurnedInAnnotation", "")).upper() == "YES"
+    if burned and options.burned_in == "quarantine":
+        return Outcome("quarantined", "BurnedInAnnotation YES")
+    if burned and not options.blank_regions:
+        return Outcome("quarantined", "BurnedInAnnotation YES and no blank_regions configured")
+
+    original_pid = str(ds.get("PatientID", "") or "")
+    original = {
+        "patient_id": original_pid,
+        "patient_name": str(ds.get("PatientName", "") or ""),
+        "accession_number": str(ds.get("AccessionNumber", "") or ""),
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
+    }
+    if not original["sop_instance_uid"]:
+        raise InvalidDicomError("no SOPInstanceUID", file=file, tag="(0008,0018)")
+    pseudonym = patient_pseudonym(salt, original_pid)
+    engine = _Engine(salt, options, original_pid)
+    if burned:
+        _blank(ds, options.blank_regions, file)
+        engine.audit.append({"tag": "(7FE0,0010)", "keyword": "PixelData", "action": "C",
+                             "path": "PixelData"})
+    engine.dataset(ds)
+    ds.PatientID = pseudonym
+    ds.PatientName = pseudonym
+    engine.audit += [{"tag": "(0010,0020)", "keyword": "PatientID", "action": "P", "path": "PatientID"},
+                     {"tag": "(0010,0010)", "keyword": "PatientName", "action": "P", "path": "PatientName"}]
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        if "MediaStorageSOPInstanceUID" in meta:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        for kw in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
+                   "ReceivingApplicationEntityTitle", "PrivateInformationCreatorUID",
+                   "PrivateInformation"):
+            if kw in meta:
+                del meta[kw]
+    _set_method(ds, options, clean_pixels=burned)
+    return Outcome(
+        "anonymized", patient_pseudonym=pseudonym, new_sop_uid=str(ds.SOPInstanceUID),
+        new_study_uid=str(ds.get("StudyInstanceUID", "")),
+        date_shift_days=engine.days if options.retain_longitudinal_modified_dates else 0,
+        audit=engine.audit,
+        ledger={**original, "pseudonym": pseudonym,
+                "new_sop_instance_uid": str(ds.SOPInstanceUID),
+                "new_study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+                "date_shift_days": engine.days if options.retain_longitudinal_modified_dates else 0})
+
+
+def read_dicom(path: str) -> Dataset:
+    """Read a DICOM file (Part 10, or a raw dataset as some archives store), or raise."""
+    try:
+        return pydicom.dcmread(path, force=False)
+    except _PydicomInvalid:
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:
+            raise InvalidDicomError(f"not a DICOM file ({type(exc).__name__})", file=path) from None
+        if "SOPClassUID" not in ds:
+            raise InvalidDicomError("not a DICOM file (no DICM preamble, no SOP Class UID)",
+                                    file=path) from None
+        return ds
+    except Exception as exc:
+        raise InvalidDicomError(f"unreadable DICOM ({type(exc).__name__}: {exc})".splitlines()[0],
+                                file=path) from None
+
+
+# --------------------------------------------------------------------------------------------
+# a whole archive
+
+
+@dataclass
+class TreeReport:
+    """Counts for the public report, and per-input details for the private one."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, dict] = field(default_factory=dict)   # output relpath -> public facts
+    private_rows: dict[str, dict] = field(default_factory=dict)  # input relpath -> details
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+
+def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeOptions]) -> tuple[str, Outcome, str]:
+    src, rel, out_root, salt, options = args
+    try:
+        ds = read_dicom(src)
+        outcome = anonymize_dataset(ds, salt, options, file=rel)
+        if outcome.status != "anonymized":
+            return rel, outcome, ""
+        out_rel = f"{outcome.patient_pseudonym}/{outcome.new_study_uid}/{outcome.new_sop_uid}.dcm"
+        with atomic_path(Path(out_root) / out_rel) as tmp:
+            ds.save_as(tmp, enforce_file_format="file_meta" in dir(ds) and bool(ds.file_meta))
+        return rel, outcome, out_rel
+    except InvalidDicomError as exc:
+        return rel, Outcome("failed", str(exc)), ""
+    except (ValueError, TypeError, KeyError, OSError, OverflowError, EOFError,
+            struct.error) as exc:  # malformed values pydicom chokes on: report, go on
+        return rel, Outcome("failed", f"{type(exc).__name__}: {exc}".splitlines()[0]), ""
+
+
+def anonymize_tree(input_dir: str | Path, output_dir: str | Path, private: Path, salt: bytes,
+                   options: AnonymizeOptions, *, workers: int = 1,
+                   progress=None) -> TreeReport:
+    """Anonymize every file under ``input_dir`` (recursively) into ``output_dir``.
+
+    Output layout: ``<pseudonym>/<new StudyInstanceUID>/<new SOPInstanceUID>.dcm`` plus
+    ``audit/<new SOPInstanceUID>.json`` (tags changed and actions, no original values).
+    Incremental: an input whose size and mtime are unchanged since the last run, and whose
+    output still exists, is not processed again. Inputs are only read.
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    state_path = private / "anonymize_state.json"
+    state = read_private_json(state_path, {})
+    files = sorted(p for p in input_dir.rglob("*") if p.is_file())
+    todo, report = [], TreeReport()
+    for p in files:
+        rel = str(p.relative_to(input_dir))
+        st = p.stat()
+        prev = state.get(rel)
+        if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns and (
+                not prev.get("output") or (output_dir / prev["output"]).is_file()):
+            report.private_rows[rel] = {**prev["row"], "reused": True}
+            continue
+        todo.append((str(p), rel, str(output_dir), salt, options))
+    ledger = load_ledger(private)
+    results = []
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for i, r in enumerate(pool.map(_anonymize_file, todo, chunksize=8), 1):
+                results.append(r)
+                if progress:
+                    progress(i, len(todo))
+    else:
+        for i, job in enumerate(todo, 1):
+            results.append(_anonymize_file(job))
+            if progress:
+                progress(i, len(todo))
+    for rel, outcome, out_rel in results:
+        row = {"status": outcome.status, "reason": outcome.reason, "output": out_rel}
+        report.private_rows[rel] = row
+        if outcome.status == "anonymized":
+            update_ledger(ledger, outcome.ledger)
+            write_json(output_dir / "audit" / f"{outcome.new_sop_uid}.json",
+                       {"output": out_rel, "profile_table": TABLE_EDITION,
+                        "changes": outcome.audit})
+        st = (input_dir / rel).stat()
+        state[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "output": out_rel,
+                      "row": row}
+    # inputs that disappeared: their outputs go too
+    present = {str(p.relative_to(input_dir)) for p in files}
+    for rel in sorted(set(state) - present):
+        out_rel = state.pop(rel).get("output")
+        if out_rel and (output_dir / out_rel).is_file():
+            (output_dir / out_rel).unlink()
+    for rel, row in report.private_rows.items():
+        report.counts[row["status"]] = report.counts.get(row["status"], 0) + 1
+        if row["status"] == "anonymized":
+            report.outputs[row["output"]] = {"status": "anonymized"}
+    write_private_json(private / "ledger.json", ledger)
+    write_private_json(state_path, state)
+    write_private_json(private / "anonymize_report.json", report.private_rows)
+    write_json(output_dir / "report.json", {
+        "counts": report.counts, "profile_table": TABLE_EDITION,
+        "options": {k: v for k, v in options.__dict__.items()},
+        "outputs": sorted(report.outputs),
+        "not_anonymized": "see the private folder's anonymize_report.json (input paths "
+                          "may contain identifiers)"})
+    return report

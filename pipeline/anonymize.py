@@ -1,0 +1,44 @@
+"""``spinepipe anonymize``: PS3.15 Basic Profile de-identification of a DICOM tree.
+
+params.yaml section ``anonymize`` (:class:`converters.anonymize.AnonymizeOptions`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from converters.anonymize import AnonymizeOptions, anonymize_tree
+from converters.errors import UsageError
+from converters.ledger import load_or_create_salt, prepare_private
+from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
+from pipeline.params import load_section
+
+
+def command(
+    input: Path = typer.Option(..., "--input", "-i", help="DICOM tree to read (walked recursively; never modified)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where de-identified objects, audit/ and report.json go."),
+    private: Path = typer.Option(..., "--private", help="Private folder for the salt and the pseudonym ledger (git-ignored, never under data/)."),
+    workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Worker processes."),
+    params: Path = ParamsOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """De-identify every DICOM file under INPUT (PS3.15 Annex E Basic Profile, modified
+    dates); quarantine burned-in images, skip non-image objects, report failures."""
+    options = load_section(AnonymizeOptions, "anonymize", params) if params.exists() else AnonymizeOptions()
+    if not input.is_dir():
+        raise UsageError("input folder not found", file=input)
+    priv = prepare_private(private, forbidden=[output, input])
+    salt = load_or_create_salt(priv)
+    with progress_bar("anonymize", quiet=quiet) as update:
+        report = anonymize_tree(input, output, priv, salt, options, workers=workers,
+                                progress=update)
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())) or "no files"
+    say(f"anonymize: {counts} -> {output}", quiet=quiet)
+    for rel, row in sorted(report.private_rows.items()):
+        if row["status"] in ("failed", "quarantined", "skipped") and not row.get("reused"):
+            console.print(f"  {row['status']}: {input / rel}: {row['reason']}")
+    if report.failed and options.fail_on_error:
+        raise UsageError(f"{report.failed} file(s) failed to anonymize "
+                         f"(details: {priv / 'anonymize_report.json'})", file=input)

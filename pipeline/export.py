@@ -1,0 +1,38 @@
+"""``spinepipe export``: anonymized DICOM -> histogram-equalized PNG + provenance + VIA stub.
+
+params.yaml section ``export`` (:class:`converters.export.ExportOptions`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from converters.errors import UsageError
+from converters.export import ExportOptions, export_tree
+from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
+from pipeline.params import load_section
+
+
+def command(
+    input: Path = typer.Option(..., "--input", "-i", help="Anonymized DICOM tree (output of spinepipe anonymize)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for PNGs, provenance/, via_project.json, report.json."),
+    workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Worker processes."),
+    params: Path = ParamsOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Export anonymized radiographs as lossless grayscale PNG (full-bit-depth histogram
+    equalization), with a provenance record per image and a VIA project for annotators."""
+    options = load_section(ExportOptions, "export", params) if params.exists() else ExportOptions()
+    if not input.is_dir():
+        raise UsageError("input folder not found", file=input)
+    with progress_bar("export", quiet=quiet) as update:
+        report = export_tree(input, output, options, workers=workers, progress=update)
+    say(f"export: {len(report.exported)} PNG ({report.reused} unchanged), "
+        f"{len(report.failed)} failed -> {output}", quiet=quiet)
+    for rel, reason in sorted(report.failed.items()):
+        console.print(f"  failed: {reason}")
+    if report.failed and options.fail_on_error:
+        raise UsageError(f"{len(report.failed)} file(s) failed to export "
+                         f"(details: {output / 'report.json'})", file=input)

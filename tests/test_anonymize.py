@@ -1,0 +1,329 @@
+"""De-identification: the PS3.15 Basic Profile applied attribute by attribute, leak scans on the
+phantom and on pydicom's real vendor files, dciodvfy, the private folder, burned-in text,
+non-image objects, failures, and incremental re-runs."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from converters.anonymize import (AnonymizeOptions, anonymize_dataset, anonymize_tree,
+                                  profile_table)
+from converters.errors import UsageError
+from converters.ledger import load_or_create_salt, prepare_private
+
+SALT = b"\x01" * 32
+VALUES = {"PN": "LEAKY^PERSON", "LO": "LEAKY LONG", "SH": "LEAKYSH", "ST": "LEAKY TEXT",
+          "LT": "LEAKY LONG TEXT", "UT": "LEAKY UT", "CS": "LEAKYCS", "DA": "20150317",
+          "TM": "101112", "DT": "20150317101112", "UI": "1.2.3.4.5.6.7.8.9", "AS": "045Y",
+          "IS": "7", "DS": "7.5"}
+
+
+def _pydicom_files() -> list[Path]:
+    """The real DICOM files shipped inside the pydicom package (no download attempted)."""
+    import pydicom.data
+    return sorted((Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm"))
+
+
+def _image(**extra) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID = "1.2.3.999.1"
+    ds.PatientID = "P-123456"
+    ds.PatientName = "DOE^JANE"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 4, 16, 12, 11
+    ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME2"
+    ds.PixelData = np.arange(16, dtype=np.uint16).tobytes()
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def _profile_dataset() -> tuple[Dataset, dict[int, str]]:
+    """A dataset carrying every exact-tag attribute of Table E.1-1 that pydicom knows."""
+    exact, _ = profile_table()
+    ds = _image()
+    carried = {}
+    for tag, action in exact.items():
+        if tag in (0x00100010, 0x00100020, 0x00080018, 0x7FE00010) or tag >> 16 == 0x0002:
+            continue
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue
+        if vr == "SQ":
+            item = Dataset()
+            item.CodeMeaning = "LEAKY ITEM"
+            item.ReferencedSOPInstanceUID = "1.2.3.4.5.6.7.8.10"
+            ds.add_new(tag, vr, [item])
+        elif vr in VALUES:
+            ds.add_new(tag, vr, VALUES[vr])
+        else:
+            continue
+        carried[tag] = action
+    return ds, carried
+
+
+@pytest.mark.parametrize("modified_dates", [True, False])
+def test_every_profile_attribute_is_handled_as_the_profile_says(modified_dates):
+    ds, carried = _profile_dataset()
+    assert len(carried) > 300
+    before = {t: ds[t].value for t in carried}
+    outcome = anonymize_dataset(ds, SALT, AnonymizeOptions(
+        retain_longitudinal_modified_dates=modified_dates), file="t.dcm")
+    assert outcome.status == "anonymized"
+    audited = {a["tag"] for a in outcome.audit}
+    for tag, action in carried.items():
+        name = keyword_for_tag(tag) or hex(tag)
+        vr = dictionary_VR(tag)
+        present = tag in ds
+        value = ds[tag].value if present else None
+        if modified_dates and vr in ("DA", "DT") and tag != 0x00100030 and action != "U":
+            assert present and value and value != before[tag], name   # shifted, not removed
+            assert str(value)[4:8] != "0317" or str(value)[:4] != "2015", name
+        elif action == "X":
+            assert not present, name
+        elif action == "Z":
+            assert present and not value, name
+        elif action == "D":
+            assert present and value != before[tag], name
+        elif action in ("U", "U*"):
+            if vr == "UI":
+                assert str(value).startswith("2.25."), name
+            elif vr == "SQ":
+                assert str(value[0].ReferencedSOPInstanceUID).startswith("2.25."), name
+            else:
+                assert not value, name
+        assert f"({tag >> 16:04X},{tag & 0xFFFF:04X})" in audited, name
+    assert ds.PatientIdentityRemoved == "YES"
+    codes = [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
+    assert codes[0] == "113100" and (("113107" in codes) is modified_dates)
+
+
+def test_pseudonyms_uids_and_date_shifts_are_consistent():
+    a1 = _image(StudyDate="20200101", StudyInstanceUID="1.2.3.50")
+    a2 = _image(StudyDate="20200301", StudyInstanceUID="1.2.3.51", SOPInstanceUID="1.2.3.999.2")
+    b = _image(PatientID="OTHER", StudyDate="20200101", StudyInstanceUID="1.2.3.50")
+    o1, o2, o3 = (anonymize_dataset(d, SALT, AnonymizeOptions()) for d in (a1, a2, b))
+    assert o1.patient_pseudonym == o2.patient_pseudonym != o3.patient_pseudonym
+    assert a1.StudyInstanceUID == b.StudyInstanceUID  # same input UID, same output UID
+    assert a1.StudyInstanceUID != a2.StudyInstanceUID
+    d1 = np.datetime64(f"{a1.StudyDate[:4]}-{a1.StudyDate[4:6]}-{a1.StudyDate[6:]}")
+    d2 = np.datetime64(f"{a2.StudyDate[:4]}-{a2.StudyDate[4:6]}-{a2.StudyDate[6:]}")
+    assert int((d2 - d1).astype(int)) == 60  # the interval between a patient's studies is kept
+    assert -3650 <= o1.date_shift_days <= -365
+    other = _image()
+    anonymize_dataset(other, b"\x02" * 32, AnonymizeOptions())
+    assert other.PatientID != a1.PatientID  # another project's salt, other pseudonyms
+    for uid in (a1.SOPInstanceUID, a1.StudyInstanceUID):
+        assert len(uid) <= 64 and all(c.isdigit() or c == "." for c in uid)
+
+
+def test_private_tags_removed_unless_allowlisted():
+    ds = _image()
+    block = ds.private_block(0x0011, "ACME", create=True)
+    block.add_new(0x01, "LO", "P-123456")
+    block.add_new(0x02, "DS", "1.5")
+    kept = copy.deepcopy(ds)
+    anonymize_dataset(ds, SALT, AnonymizeOptions())
+    assert not any(e.tag.is_private for e in ds)
+    anonymize_dataset(kept, SALT, AnonymizeOptions(private_allowlist=["0011,ACME,02"]))
+    assert kept[0x00111002].value == "1.5" and kept[0x00110010].value == "ACME"
+    assert 0x00111001 not in kept
+    assert "113111" in [c.CodeValue for c in kept.DeidentificationMethodCodeSequence]
+
+
+IDENTIFYING_KEYWORDS = {"PatientID", "AccessionNumber", "InstitutionName", "InstitutionAddress",
+                        "StationName", "DeviceSerialNumber", "IssuerOfPatientID", "StudyID",
+                        "OtherPatientIDs", "FrameOfReferenceUID"}
+
+
+def _originals(ds: Dataset) -> set[str]:
+    """Identifying values of an input object (names, IDs, dates, accession, instance UIDs,
+    institution, physicians), long enough to scan for without chance hits."""
+    values: set[str] = set()
+
+    def walk(d: Dataset) -> None:
+        for e in d:
+            if e.VR == "SQ":
+                for item in e.value:
+                    walk(item)
+                continue
+            if e.tag.is_private or e.value is None or isinstance(e.value, bytes):
+                continue  # private blocks are checked by tag: they must all be gone
+            kw = e.keyword or ""
+            if e.VR == "PN":
+                parts = [p for v in (e.value if e.VM > 1 else [e.value])
+                         for p in str(v).replace("^", " ").split()]
+            elif e.VR in ("DA", "DT") or kw in IDENTIFYING_KEYWORDS or (
+                    e.VR == "UI" and kw.endswith("InstanceUID")):
+                parts = [str(v).strip() for v in (e.value if e.VM > 1 else [e.value])]
+            else:
+                continue
+            values.update(p for p in parts if len(p) >= 6 and not p.startswith("1.2.840.10008."))
+
+    walk(ds)
+    return {v for v in values if len(set(v)) > 2}  # not "00000000" or "11111111"
+
+
+def _leak_scan(inputs: list[Path], output: Path) -> list[str]:
+    needles: dict[bytes, str] = {}
+    retained = []  # manufacturers are kept by the profile; an institution may share the name
+    for f in inputs:
+        try:
+            ds = pydicom.dcmread(f, force=True)
+        except Exception:
+            continue
+        retained += [str(ds.get(k, "")) for k in ("Manufacturer", "ManufacturerModelName")]
+        for v in _originals(ds):
+            needles[v.encode("latin-1", "ignore")] = f.name
+    kept = " | ".join(retained).encode("latin-1", "ignore")
+    needles = {n: src for n, src in needles.items() if n not in kept}
+    found = []
+    for p in output.rglob("*"):
+        if p.is_file():
+            blob = p.read_bytes()
+            found += [f"{n!r} from {src} in {p.name}" for n, src in needles.items() if n in blob]
+    return found
+
+
+def test_no_identifier_leaks_from_the_phantom(small_phantom, tmp_path):
+    priv = prepare_private(tmp_path / "private")
+    report = anonymize_tree(small_phantom / "dicom", tmp_path / "out", priv,
+                            load_or_create_salt(priv), AnonymizeOptions())
+    assert report.counts.get("anonymized", 0) >= 1 and not report.failed
+    inputs = sorted((small_phantom / "dicom").rglob("*.dcm"))
+    assert _leak_scan(inputs, tmp_path / "out") == []
+
+
+def test_no_identifier_leaks_from_real_vendor_files(tmp_path):
+    """pydicom's own test files: many vendors, transfer syntaxes, private blocks."""
+    src = tmp_path / "in" / "nested" / "deeper"
+    src.mkdir(parents=True)
+    files = _pydicom_files()
+    assert len(files) > 40
+    for f in files:
+        shutil.copy(f, src / f.name)
+    priv = prepare_private(tmp_path / "private")
+    report = anonymize_tree(tmp_path / "in", tmp_path / "out", priv, load_or_create_salt(priv),
+                            AnonymizeOptions(), workers=2)
+    assert report.counts["anonymized"] > 30
+    # every file is accounted for: anonymized, skipped, quarantined or failed, with a reason
+    assert sum(report.counts.values()) == len(files)
+    for row in report.private_rows.values():
+        assert row["status"] == "anonymized" or row["reason"]
+    assert _leak_scan(sorted(src.iterdir()), tmp_path / "out") == []
+    for out in (tmp_path / "out").rglob("*.dcm"):
+        assert not any(e.tag.is_private for e in pydicom.dcmread(out)), out.name
+    # the public report names no input path (archive paths carry identifiers)
+    public = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "nested" not in json.dumps(public)
+
+
+def _dciodvfy_errors(path: Path) -> set[str]:
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return {" ".join(l.split()[:12]) for l in lines if l.startswith("Error")}
+
+
+def test_outputs_pass_dciodvfy_with_no_new_error(small_phantom, tmp_path):
+    assert shutil.which("dciodvfy"), "dicom3tools missing: .ci/run installs it"
+    inputs = {}
+    extra = tmp_path / "in"
+    shutil.copytree(small_phantom / "dicom", extra)
+    for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm"):
+        match = [f for f in _pydicom_files() if f.name == name]
+        shutil.copy(match[0], extra / name)
+    priv = prepare_private(tmp_path / "private")
+    anonymize_tree(extra, tmp_path / "out", priv, load_or_create_salt(priv), AnonymizeOptions())
+    rows = json.loads((priv / "anonymize_report.json").read_text())
+    checked = 0
+    for rel, row in rows.items():
+        if row["status"] != "anonymized":
+            continue
+        inputs[rel] = row["output"]
+        new = _dciodvfy_errors(tmp_path / "out" / row["output"]) - _dciodvfy_errors(extra / rel)
+        assert not new, f"{rel}: {new}"
+        checked += 1
+    assert checked >= 8
+
+
+def test_private_folder_is_private(tmp_path, small_phantom):
+    priv = prepare_private(tmp_path / "private")
+    anonymize_tree(small_phantom / "dicom", tmp_path / "out", priv, load_or_create_salt(priv),
+                   AnonymizeOptions())
+    assert stat.S_IMODE(priv.stat().st_mode) == 0o700
+    for f in priv.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
+    ledger = json.loads((priv / "ledger.json").read_text())
+    ids = {pydicom.dcmread(f).PatientID for f in (small_phantom / "dicom").rglob("*.dcm")}
+    assert {p["patient_id"] for p in ledger["patients"].values()} <= ids
+    assert not any(p.name in ("salt", "ledger.json") for p in (tmp_path / "out").rglob("*"))
+    for bad in (tmp_path / "out" / "private", tmp_path / "data" / "private"):
+        with pytest.raises(UsageError, match="must not be"):
+            prepare_private(bad, forbidden=[tmp_path / "out"])
+
+
+def test_burned_in_images_are_quarantined_or_blanked():
+    q = _image(BurnedInAnnotation="YES")
+    assert anonymize_dataset(q, SALT, AnonymizeOptions()).status == "quarantined"
+    assert q.PatientID == "P-123456"  # untouched, and nothing would be written
+    b = _image(BurnedInAnnotation="YES")
+    out = anonymize_dataset(b, SALT, AnonymizeOptions(burned_in="blank",
+                                                      blank_regions=[[0, 0, 4, 2]]))
+    assert out.status == "anonymized" and b.BurnedInAnnotation == "NO"
+    px = b.pixel_array
+    assert (px[:2] == 0).all() and (px[2:] == np.arange(8, 16).reshape(2, 4)).all()
+    assert "113101" in [c.CodeValue for c in b.DeidentificationMethodCodeSequence]
+
+
+def test_reports_skips_failures_and_leaves_inputs_alone(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    sr = [f for f in _pydicom_files() if f.name == "test-SR.dcm"][0]
+    shutil.copy(sr, src / "report.dcm")
+    (src / "notes.txt").write_text("not dicom at all")
+    good = _image()
+    good.save_as(src / "good.dcm", enforce_file_format=True)
+    truncated = (src / "good.dcm").read_bytes()[:300]
+    (src / "truncated.dcm").write_bytes(truncated)
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in src.iterdir()}
+    priv = prepare_private(tmp_path / "private")
+    report = anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv),
+                            AnonymizeOptions())
+    rows = report.private_rows
+    assert rows["good.dcm"]["status"] == "anonymized"
+    assert rows["report.dcm"]["status"] == "skipped" and "Storage" in rows["report.dcm"]["reason"]
+    assert rows["notes.txt"]["status"] == "failed" and "not a DICOM file" in rows["notes.txt"]["reason"]
+    assert rows["truncated.dcm"]["status"] == "failed"
+    assert digest == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in src.iterdir()}
+    assert not list((tmp_path / "out").rglob("*.tmp*"))
+
+
+def test_rerun_touches_only_what_changed(tmp_path, small_phantom):
+    src = tmp_path / "in"
+    shutil.copytree(small_phantom / "dicom", src)
+    priv = prepare_private(tmp_path / "private")
+    salt = load_or_create_salt(priv)
+    first = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeOptions())
+    second = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeOptions())
+    assert all(r.get("reused") for r in second.private_rows.values())
+    assert second.counts == first.counts
+    victim = sorted(src.rglob("*.dcm"))[0]
+    victim.write_bytes(victim.read_bytes())  # new mtime
+    third = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeOptions())
+    redone = [k for k, r in third.private_rows.items() if not r.get("reused")]
+    assert redone == [str(victim.relative_to(src))]
