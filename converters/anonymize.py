@@ -461,23 +461,29 @@ def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeOptions]) -> tupl
         return rel, Outcome("failed", f"{type(exc).__name__}: {exc}".splitlines()[0]), ""
 
 
-def anonymize_tree(input_dir: str | Path, output_dir: str | Path, private: Path, salt: bytes,
-                   options: AnonymizeOptions, *, workers: int = 1,
+def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private: Path,
+                   salt: bytes, options: AnonymizeOptions, *, workers: int = 1,
                    progress=None) -> TreeReport:
-    """Anonymize every file under ``input_dir`` (recursively) into ``output_dir``.
+    """Anonymize every file under ``input_dir`` (recursively; a list of folders is walked in
+    turn, their files keyed ``<folder name>/<path>``) into ``output_dir``.
 
     Output layout: ``<pseudonym>/<new StudyInstanceUID>/<new SOPInstanceUID>.dcm`` plus
     ``audit/<new SOPInstanceUID>.json`` (tags changed and actions, no original values).
     Incremental: an input whose size and mtime are unchanged since the last run, and whose
     output still exists, is not processed again. Inputs are only read.
     """
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    inputs = [Path(d) for d in input_dir] if isinstance(input_dir, list) else [Path(input_dir)]
+    output_dir = Path(output_dir)
     state_path = private / "anonymize_state.json"
     state = read_private_json(state_path, {})
-    files = sorted(p for p in input_dir.rglob("*") if p.is_file())
+    sources: dict[str, Path] = {}
+    for d in inputs:
+        for p in sorted(d.rglob("*")):
+            if p.is_file():
+                rel = str(p.relative_to(d))
+                sources[f"{d.name}/{rel}" if len(inputs) > 1 else rel] = p
     todo, report = [], TreeReport()
-    for p in files:
-        rel = str(p.relative_to(input_dir))
+    for rel, p in sources.items():
         st = p.stat()
         prev = state.get(rel)
         if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns and (
@@ -506,14 +512,14 @@ def anonymize_tree(input_dir: str | Path, output_dir: str | Path, private: Path,
             write_json(output_dir / "audit" / f"{outcome.new_sop_uid}.json",
                        {"output": out_rel, "profile_table": TABLE_EDITION,
                         "changes": outcome.audit})
-        st = (input_dir / rel).stat()
+        st = sources[rel].stat()
         state[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "output": out_rel,
                       "row": row}
     # inputs that disappeared: their outputs go too
-    present = {str(p.relative_to(input_dir)) for p in files}
-    for rel in sorted(set(state) - present):
+    current = {state[rel].get("output") for rel in sources if rel in state}
+    for rel in sorted(set(state) - set(sources)):
         out_rel = state.pop(rel).get("output")
-        if out_rel and (output_dir / out_rel).is_file():
+        if out_rel and out_rel not in current and (output_dir / out_rel).is_file():
             (output_dir / out_rel).unlink()
     for rel, row in report.private_rows.items():
         report.counts[row["status"]] = report.counts.get(row["status"], 0) + 1

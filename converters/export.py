@@ -77,13 +77,13 @@ def export_file(src: str | Path, out_dir: str | Path, options: ExportOptions,
         raise InvalidDicomError(f"unreadable DICOM ({type(exc).__name__})", file=rel) from None
     if "PixelData" not in ds:
         raise InvalidDicomError("no PixelData (non-image object)", file=rel, tag="(7FE0,0010)")
+    if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
+        raise InvalidDicomError("not de-identified (PatientIdentityRemoved is not YES): "
+                                "run spinepipe anonymize first", file=rel, tag="(0012,0062)")
     modality = str(ds.get("Modality", ""))
     if options.modalities and modality not in options.modalities:
         raise InvalidDicomError(f"modality {modality or 'missing'} is not a radiograph "
                                 f"({', '.join(options.modalities)})", file=rel, tag="(0008,0060)")
-    if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
-        raise InvalidDicomError("not de-identified (PatientIdentityRemoved is not YES): "
-                                "run spinepipe anonymize first", file=rel, tag="(0012,0062)")
     img, transforms = to_display(ds, options.display(), file=rel)
     name = png_name(ds)
     ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, options.png_compression])
@@ -169,8 +169,11 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportOp
                       "options": asdict(options)}
     # sources that disappeared: remove their PNG and provenance
     present = {str(p.relative_to(input_dir)) for p in sources}
+    current = {state[rel]["image"] for rel in present if rel in state}
     for rel in sorted(set(state) - present):
         image = state.pop(rel)["image"]
+        if image in current:  # the same image now comes from another path
+            continue
         for stale in (output_dir / image, output_dir / "provenance" / f"{image[:-4]}.json"):
             if stale.is_file():
                 stale.unlink()

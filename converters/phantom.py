@@ -67,6 +67,7 @@ _PHYSICIANS = ["HUBER^MARKUS^^DR.", "LORENZ^SABINE^^DR.", "KELLER^THOMAS^^PROF. 
 class PhantomConfig:
     """What to generate. Shares are probabilities per image (per patient for ``repeat``)."""
 
+    enabled: bool = True            # the DVC stage's switch: off when a real archive is used
     n: int = 24
     seed: int = 0
     height: int = 640

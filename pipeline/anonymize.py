@@ -17,7 +17,7 @@ from pipeline.params import load_section
 
 
 def command(
-    input: Path = typer.Option(..., "--input", "-i", help="DICOM tree to read (walked recursively; never modified)."),
+    input: list[Path] = typer.Option(..., "--input", "-i", help="DICOM tree to read (walked recursively; never modified); repeat for several."),
     output: Path = typer.Option(..., "--output", "-o", help="Where de-identified objects, audit/ and report.json go."),
     private: Path = typer.Option(..., "--private", help="Private folder for the salt and the pseudonym ledger (git-ignored, never under data/)."),
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Worker processes."),
@@ -27,9 +27,10 @@ def command(
     """De-identify every DICOM file under INPUT (PS3.15 Annex E Basic Profile, modified
     dates); quarantine burned-in images, skip non-image objects, report failures."""
     options = load_section(AnonymizeOptions, "anonymize", params) if params.exists() else AnonymizeOptions()
-    if not input.is_dir():
-        raise UsageError("input folder not found", file=input)
-    priv = prepare_private(private, forbidden=[output, input])
+    for folder in input:
+        if not folder.is_dir():
+            raise UsageError("input folder not found", file=folder)
+    priv = prepare_private(private, forbidden=[output, *input])
     salt = load_or_create_salt(priv)
     with progress_bar("anonymize", quiet=quiet) as update:
         report = anonymize_tree(input, output, priv, salt, options, workers=workers,
@@ -38,7 +39,8 @@ def command(
     say(f"anonymize: {counts} -> {output}", quiet=quiet)
     for rel, row in sorted(report.private_rows.items()):
         if row["status"] in ("failed", "quarantined", "skipped") and not row.get("reused"):
-            console.print(f"  {row['status']}: {input / rel}: {row['reason']}")
+            console.print(f"  {row['status']}: {rel}: {row['reason']}")
     if report.failed and options.fail_on_error:
         raise UsageError(f"{report.failed} file(s) failed to anonymize "
-                         f"(details: {priv / 'anonymize_report.json'})", file=input)
+                         f"(details: {priv / 'anonymize_report.json'})",
+                         file=", ".join(map(str, input)))

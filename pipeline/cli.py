@@ -12,7 +12,7 @@ import click
 import typer
 
 from converters.errors import SpinepipeError
-from pipeline import anonymize, export, phantom, phantom_annotations
+from pipeline import anonymize, export, phantom, phantom_annotations, retrieve
 
 app = typer.Typer(
     name="spinepipe",
@@ -34,6 +34,7 @@ def _root() -> None:
 
 
 app.command("phantom")(phantom.command)
+app.command("retrieve")(retrieve.command)
 app.command("anonymize")(anonymize.command)
 app.command("export")(export.command)
 app.command("phantom-annotations")(phantom_annotations.command)

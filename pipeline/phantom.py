@@ -11,7 +11,9 @@ from typing import Optional
 
 import typer
 
+from converters.io import write_json
 from converters.phantom import PhantomConfig, generate
+from converters.via import via2_project
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
 from pipeline.params import load_section
 
@@ -32,6 +34,13 @@ def command(
     overrides = {k: v for k, v in dict(n=n, seed=seed, height=height, width=width).items()
                  if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
+    if not cfg.enabled:
+        # a real archive is the source: leave empty outputs so downstream stages still run
+        (output / "dicom").mkdir(parents=True, exist_ok=True)
+        write_json(output / "annotations" / "via_project.json", via2_project([]), indent=None)
+        write_json(output / "truth.json", {})
+        say("phantom: disabled (phantom.enabled is false); empty outputs written", quiet=quiet)
+        return
     cfg.validate()
     with progress_bar("phantom", quiet=quiet) as update:
         results = generate(cfg, output, workers=workers, progress=update)

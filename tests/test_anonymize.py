@@ -327,3 +327,16 @@ def test_rerun_touches_only_what_changed(tmp_path, small_phantom):
     third = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeOptions())
     redone = [k for k, r in third.private_rows.items() if not r.get("reused")]
     assert redone == [str(victim.relative_to(src))]
+
+
+def test_a_second_input_folder_keeps_the_outputs_of_the_first(tmp_path, small_phantom):
+    """Adding the PACS folder renames every input key; no output may be lost on the way."""
+    priv = prepare_private(tmp_path / "private")
+    salt = load_or_create_salt(priv)
+    anonymize_tree(small_phantom / "dicom", tmp_path / "out", priv, salt, AnonymizeOptions())
+    before = sorted(p.name for p in (tmp_path / "out").rglob("*.dcm"))
+    (tmp_path / "pacs").mkdir()
+    report = anonymize_tree([small_phantom / "dicom", tmp_path / "pacs"], tmp_path / "out", priv,
+                            salt, AnonymizeOptions())
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.dcm")) == before
+    assert all(k.startswith("dicom/") for k in report.private_rows)

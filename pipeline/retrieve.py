@@ -1,0 +1,63 @@
+"""``spinepipe retrieve``: pull studies from a PACS (C-FIND + C-GET / C-MOVE), resumably.
+
+params.yaml section ``retrieve`` (:class:`converters.pacs.RetrieveConfig`). With
+``retrieve.enabled: false`` (the demo, where the phantom is the archive) the command only
+makes sure the output folder exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from converters.errors import UsageError
+from converters.io import write_json
+from converters.pacs import RetrieveConfig, read_manifest, retrieve
+from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
+from pipeline.params import load_section
+
+
+def command(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the retrieved DICOM files (<study>/<series>/<sop>.dcm)."),
+    state: Optional[Path] = typer.Option(None, "--state", help="Resume state (JSON); default: <output>.state.json next to the output."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="CSV with an AccessionNumber or PatientID column [params: retrieve.manifest]."),
+    host: Optional[str] = typer.Option(None, "--host", help="PACS host [params: retrieve.host]."),
+    port: Optional[int] = typer.Option(None, "--port", help="PACS DICOM port [params: retrieve.port]."),
+    called_aet: Optional[str] = typer.Option(None, "--called-aet", help="PACS AE title [params: retrieve.called_aet]."),
+    method: Optional[str] = typer.Option(None, "--method", help="c-get or c-move [params: retrieve.method]."),
+    force: bool = typer.Option(False, "--force", help="Run even if retrieve.enabled is false."),
+    params: Path = ParamsOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Find studies on a PACS (by manifest, or by date range + modality + body part / series
+    description) and fetch what is still missing; retries with backoff, reports failures."""
+    cfg = load_section(RetrieveConfig, "retrieve", params) if params.exists() else RetrieveConfig()
+    overrides = {k: v for k, v in dict(host=host, port=port, called_aet=called_aet,
+                                       method=method).items() if v is not None}
+    if method is not None and method not in ("c-get", "c-move"):
+        raise UsageError(f"--method must be c-get or c-move, got {method!r}")
+    cfg = dataclasses.replace(cfg, **overrides)
+    state = state or output.with_name(output.name + ".state.json")
+    if not cfg.enabled and not force:
+        output.mkdir(parents=True, exist_ok=True)
+        write_json(state, {"enabled": False})
+        say("retrieve: disabled (retrieve.enabled is false); nothing fetched", quiet=quiet)
+        return
+    rows = read_manifest(manifest or cfg.manifest) if (manifest or cfg.manifest) else None
+    if rows is None and not (cfg.study_date_from or cfg.study_date_to or cfg.modalities):
+        raise UsageError("nothing to query: give a manifest, or a date range / modalities")
+    with progress_bar("retrieve", quiet=quiet) as update:
+        report = retrieve(cfg, output, state, rows, progress=update)
+    done = len(report.studies) - len(report.failed)
+    say(f"retrieve: {done}/{len(report.studies)} studies complete, {report.fetched} instances "
+        f"fetched -> {output}", quiet=quiet)
+    for label in report.not_found:
+        console.print(f"  not found on the PACS: {label}")
+    for uid in report.failed:
+        s = report.studies[uid]
+        console.print(f"  incomplete: study {uid} ({s.get('received', 0)}/{s.get('expected', '?')}): {s['error']}")
+    if report.failed or report.not_found:
+        raise UsageError(f"{len(report.failed)} stud(ies) incomplete, {len(report.not_found)} "
+                         "query(ies) without a match; re-run to resume", file=state)

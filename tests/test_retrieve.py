@@ -1,0 +1,240 @@
+"""Retrieval from a real PACS: the tests start Orthanc (Debian package ``orthanc``) on free
+loopback ports with a temporary configuration and storage, seed it through dcmtk's storescu,
+and retrieve with C-GET and C-MOVE; one test kills the server mid-transfer."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from converters.pacs import PacsError, RetrieveConfig, read_manifest, retrieve
+from converters.errors import UsageError
+from converters.phantom import PhantomConfig, generate
+
+SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Orthanc:
+    """A real Orthanc on loopback, with its own config and storage in a temp folder."""
+
+    def __init__(self, root: Path, *, check_called_aet: bool = False, tls: dict | None = None):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.dicom_port, self.http_port, self.move_port = free_port(), free_port(), free_port()
+        config = {
+            "Name": "spinepipe-test", "StorageDirectory": str(root / "storage"),
+            "IndexDirectory": str(root / "storage"), "DicomAet": "ORTHANC",
+            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": check_called_aet, "Plugins": [],
+            "DicomModalities": {"spinepipe": {
+                "AET": "SPINEPIPE", "Host": "127.0.0.1", "Port": self.move_port,
+                "AllowEcho": True, "AllowFind": True, "AllowGet": True, "AllowMove": True,
+                "AllowStore": True, "UseDicomTls": bool(tls)}},
+        }
+        if tls:
+            config.update(DicomTlsEnabled=True, DicomTlsCertificate=tls["cert"],
+                          DicomTlsPrivateKey=tls["key"], DicomTlsTrustedCertificates=tls["cert"],
+                          DicomTlsRemoteCertificateRequired=True)
+        (root / "orthanc.json").write_text(json.dumps(config))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Orthanc":
+        binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        assert Path(binary).exists(), "Orthanc missing: .ci/run installs the orthanc package"
+        self.proc = subprocess.Popen([binary, str(self.root / "orthanc.json")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.dicom_port)) == 0:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError("Orthanc did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def store(self, folder: Path) -> None:
+        proc = subprocess.run(["storescu", "+sd", "+r", "-aec", "ORTHANC", "127.0.0.1",
+                               str(self.dicom_port), str(folder)], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    def config(self, **kw) -> RetrieveConfig:
+        base = dict(enabled=True, port=self.dicom_port, move_port=self.move_port,
+                    timeout_s=5.0, retries=1, backoff_s=0.01)
+        return RetrieveConfig(**{**base, **kw})
+
+
+@pytest.fixture()
+def pacs(tmp_path, small_phantom):
+    server = Orthanc(tmp_path / "orthanc").start()
+    server.store(small_phantom / "dicom")
+    yield server
+    server.kill()
+
+
+def _originals(phantom: Path) -> dict[str, Path]:
+    return {pydicom.dcmread(p).SOPInstanceUID: p for p in (phantom / "dicom").rglob("*.dcm")}
+
+
+def _check_complete(out: Path, originals: dict[str, Path]) -> None:
+    got = sorted(out.rglob("*.dcm"))
+    assert sorted(p.stem for p in got) == sorted(originals)  # all there, none twice
+    assert not list(out.rglob("*.tmp*"))
+    for p in got:
+        ds = pydicom.dcmread(p)
+        ref = pydicom.dcmread(originals[p.stem])
+        assert np.array_equal(ds.pixel_array, ref.pixel_array)
+        assert ds.PatientID == ref.PatientID
+
+
+@pytest.mark.parametrize("method", ["c-get", "c-move"])
+def test_retrieve_by_accession_manifest(pacs, small_phantom, tmp_path, method):
+    originals = _originals(small_phantom)
+    accessions = sorted({pydicom.dcmread(p).AccessionNumber for p in originals.values()})
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("AccessionNumber\n" + "\n".join(accessions) + "\n")
+    out, state = tmp_path / "out", tmp_path / "state.json"
+    report = retrieve(pacs.config(method=method), out, state, read_manifest(manifest))
+    assert not report.failed and not report.not_found
+    assert report.fetched == len(originals)
+    _check_complete(out, originals)
+    recorded = json.loads(state.read_text())
+    assert all(s["status"] == "complete" and s["expected"] == s["received"] for s in recorded.values())
+    again = retrieve(pacs.config(method=method), out, state, read_manifest(manifest))
+    assert again.fetched == 0 and not again.failed  # resumable: nothing fetched twice
+
+
+def test_retrieve_by_date_range_and_modality(pacs, small_phantom, tmp_path):
+    report = retrieve(pacs.config(study_date_from="19000101", study_date_to="20991231",
+                                  modalities=["CR", "DX"], body_part="LSPINE"),
+                      tmp_path / "out", tmp_path / "state.json")
+    assert not report.failed
+    _check_complete(tmp_path / "out", _originals(small_phantom))
+    none = retrieve(pacs.config(study_date_from="19000101", study_date_to="19001231"),
+                    tmp_path / "none", tmp_path / "state2.json")
+    assert none.studies == {} and none.not_found == ["query"]
+
+
+def test_unknown_accession_is_reported_not_skipped(pacs, tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("AccessionNumber\nNOPE123\n")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"retrieve:\n  enabled: true\n  port: {pacs.dicom_port}\n  timeout_s: 5\n")
+    proc = subprocess.run([SPINEPIPE, "retrieve", "-o", str(tmp_path / "out"), "--manifest",
+                           str(manifest), "--params", str(params), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "not found on the PACS: AccessionNumber=NOPE123" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: 0 stud(ies) incomplete, 1 query")
+
+
+def test_server_killed_mid_transfer_then_rerun_completes(tmp_path):
+    archive = tmp_path / "archive"
+    generate(PhantomConfig(n=10, seed=21, height=2560, width=1024, burned_in_share=0,
+                           repeat_patient_share=0), archive, workers=2)
+    originals = _originals(archive)
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        server.store(archive / "dicom")
+        out, state = tmp_path / "out", tmp_path / "state.json"
+
+        def killer():  # kill the PACS as soon as the first instances have arrived
+            deadline = time.time() + 60
+            while time.time() < deadline and len(list(out.rglob("*.dcm"))) < 2:
+                time.sleep(0.002)
+            server.kill()
+
+        watcher = threading.Thread(target=killer)
+        watcher.start()
+        delays: list[float] = []
+        broken = retrieve(server.config(retries=2, backoff_s=0.5), out, state,
+                          sleep=delays.append)
+        watcher.join()
+        assert broken.failed  # reported, not skipped
+        first = len(list(out.rglob("*.dcm")))
+        assert 2 <= first < len(originals), first
+        recorded = json.loads(state.read_text())
+        assert any(s["status"] != "complete" for s in recorded.values())
+        assert delays[:2] == [0.5, 1.0]  # exponential backoff before giving a study up
+        server.start()  # same storage: the PACS comes back
+        report = retrieve(server.config(), out, state)
+        assert not report.failed
+        assert report.fetched == len(originals) - first  # only what was missing
+        _check_complete(out, originals)
+    finally:
+        server.kill()
+
+
+def test_connection_problems_are_clear_errors(tmp_path):
+    refused = RetrieveConfig(enabled=True, port=free_port(), timeout_s=1, retries=0)
+    with pytest.raises(PacsError, match=r"no answer from 127\.0\.0\.1:\d+"):
+        retrieve(refused, tmp_path / "o1", tmp_path / "s1.json",
+                 [("AccessionNumber", "X")])
+    with socket.socket() as silent:  # accepts the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        mute = RetrieveConfig(enabled=True, port=silent.getsockname()[1], timeout_s=1, retries=0)
+        t0 = time.time()
+        with pytest.raises(PacsError, match="within 1 s|aborted"):
+            retrieve(mute, tmp_path / "o2", tmp_path / "s2.json", [("AccessionNumber", "X")])
+        assert time.time() - t0 < 15
+
+
+def test_rejected_association_names_the_pacs(tmp_path):
+    server = Orthanc(tmp_path / "orthanc", check_called_aet=True).start()
+    try:
+        with pytest.raises(PacsError, match="rejected by 127.0.0.1"):
+            retrieve(server.config(called_aet="WRONGAET"), tmp_path / "o", tmp_path / "s.json",
+                     [("AccessionNumber", "X")])
+    finally:
+        server.kill()
+
+
+def test_tls(tmp_path, small_phantom):
+    assert shutil.which("openssl")
+    cert, key = tmp_path / "pacs.crt", tmp_path / "pacs.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    server = Orthanc(tmp_path / "orthanc", tls={"cert": str(cert), "key": str(key)}).start()
+    try:
+        plain = retrieve  # without TLS the server refuses to talk
+        with pytest.raises(PacsError):
+            plain(server.config(timeout_s=2, retries=0), tmp_path / "o0", tmp_path / "s0.json",
+                  [("AccessionNumber", "X")])
+        cfg = server.config(tls_ca=str(cert), tls_cert=str(cert), tls_key=str(key))
+        report = retrieve(cfg, tmp_path / "o", tmp_path / "s.json", [("AccessionNumber", "X")])
+        assert report.not_found == ["AccessionNumber=X"]  # the query went through over TLS
+    finally:
+        server.kill()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("Name\nfoo\n", "needs an AccessionNumber or PatientID column"),  # wrong header
+    ("PatientID\n\n", "lists no study"),                               # empty
+])
+def test_bad_manifest(tmp_path, content, message):
+    p = tmp_path / "m.csv"
+    p.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        read_manifest(p)
