@@ -12,11 +12,12 @@ STAMP := $(VENV)/.spinepipe-installed
 # reads one exact pin (e.g. "torch==2.13.0") from pyproject.toml, the one place versions live
 PIN = $(shell $(PYTHON) -c "import tomllib,sys; d=tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']; print(next(x for x in d if x.split('==')[0]=='$(1)'))")
 
-.PHONY: demo test venv clean-venv help
+.PHONY: demo test bench venv clean-venv help
 
 help:
 	@echo "make demo   set up .venv/ and run the pipeline on the phantom (dvc repro)"
 	@echo "make test   set up .venv/ and run the tests"
+	@echo "make bench  run the benchmarks in benchmarks/ (installs the peers they compare with)"
 
 venv: $(STAMP)
 
@@ -44,6 +45,14 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 	@echo
 	@echo "Done. Results: data/ (phantom DICOM + VIA annotations); see README 'Where results appear'."
+
+# benchmarks time the product against its peers (dicognito, dcmtk) and print ratios
+bench: $(STAMP)
+	$(PIP) install -q -e ".[bench,test]"
+	$(PY) benchmarks/bench_phantom.py
+	$(PY) benchmarks/bench_export.py
+	$(PY) benchmarks/bench_anonymize.py
+	$(PY) benchmarks/bench_anonymize.py --n 200 --height 2870 --width 1100
 
 clean-venv:
 	rm -rf $(VENV)

@@ -47,6 +47,7 @@ from typing import Literal
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as _PydicomInvalid
@@ -197,9 +198,9 @@ class _Engine:
             allow.add((int(group, 16), creator.strip(), int(element, 16)))
         self.private_allow = allow
 
-    def log(self, elem: DataElement, action: str, path: str) -> None:
-        self.audit.append({"tag": f"({elem.tag.group:04X},{elem.tag.element:04X})",
-                           "keyword": elem.keyword or "", "action": action, "path": path})
+    def log(self, tag: BaseTag, action: str, path: str) -> None:
+        self.audit.append({"tag": f"({tag.group:04X},{tag.element:04X})",
+                           "keyword": keyword_for_tag(tag), "action": action, "path": path})
 
     def uid(self, value: str) -> str:
         return value if value.startswith(REGISTRY_ROOT) else remap_uid(self.salt, value)
@@ -223,29 +224,29 @@ class _Engine:
         keep: set[int] = set()
         if not self.private_allow:
             return keep
-        for elem in ds:
-            tag = elem.tag
+        for tag in ds.keys():
             if tag.is_private and tag.element >= 0x1000 and self._private_kept(ds, tag):
                 keep.add(int(tag))
                 keep.add(int(Tag(tag.group, tag.element >> 8)))
         return keep
 
     def dataset(self, ds: Dataset, path: str = "") -> None:
+        """Apply the profile to ``ds`` and its sequences, in place.
+
+        Elements are looked at raw (tag and VR) first; only those the profile changes are
+        decoded, so everything else is written back byte for byte and quickly.
+        """
         opts = self.options
         keep_private = self._kept_private(ds)
-        for elem in list(ds):
-            tag = elem.tag
-            where = f"{path}{elem.keyword or str(tag)}"
-            if tag.is_private:
-                if int(tag) not in keep_private:
-                    self.log(elem, "X", where)
+        for tag in list(ds.keys()):
+            itag = int(tag)
+            raw = ds.get_item(tag)
+            if tag.is_private or (tag.group & 0xFF00) in (0x5000, 0x6000):
+                # private elements (unless allowlisted), curves and overlays
+                if itag not in keep_private:
+                    self.log(tag, "X", f"{path}{tag}")
                     del ds[tag]
                 continue
-            if (tag.group & 0xFF00) in (0x5000, 0x6000):  # curves and overlays
-                self.log(elem, "X", where)
-                del ds[tag]
-                continue
-            itag = int(tag)
             if itag in (0x00100010, 0x00100020):  # Patient's Name / Patient ID
                 continue  # set by anonymize_dataset
             action = action_for(tag)
@@ -253,7 +254,14 @@ class _Engine:
                 action = None
             if opts.retain_device_identity and itag in DEVICE_IDENTITY:
                 action = None
+            vr = raw.VR or _dictionary_vr(tag)
+            keyword = keyword_for_tag(tag)
+            if action is None and vr not in ("DA", "DT", "SQ") and not (
+                    vr == "UI" and _is_instance_uid(keyword)):
+                continue  # kept as is, never decoded
+            elem = ds[tag]
             vr = elem.VR
+            where = f"{path}{keyword or str(tag)}"
             if opts.retain_longitudinal_modified_dates and vr in ("DA", "DT") \
                     and itag != 0x00100030 and action in (None, "D", "Z", "X"):
                 if elem.value not in (None, ""):
@@ -261,49 +269,54 @@ class _Engine:
                     values = elem.value if elem.VM > 1 else [elem.value]
                     elem.value = [shift(str(v), self.days) for v in values] \
                         if elem.VM > 1 else shift(str(values[0]), self.days)
-                    self.log(elem, "M", where)
+                    self.log(tag, "M", where)
                 continue
             if vr == "SQ":
                 if action == "X":
-                    self.log(elem, "X", where)
+                    self.log(tag, "X", where)
                     del ds[tag]
                 elif action in ("Z", "D"):
                     elem.value = Sequence()
-                    self.log(elem, action, where)
+                    self.log(tag, action, where)
                 else:  # keep the structure (and U*: its UIDs remapped), clean every item
                     if action == "U*":
-                        self.log(elem, "U*", where)
+                        self.log(tag, "U*", where)
                     for i, item in enumerate(elem.value):
                         self.dataset(item, f"{where}[{i}].")
                 continue
             if action == "X":
-                self.log(elem, "X", where)
+                self.log(tag, "X", where)
                 del ds[tag]
             elif action == "Z":
-                elem.value = None if vr not in ("UI",) else ""
-                self.log(elem, "Z", where)
+                elem.value = None if vr != "UI" else ""
+                self.log(tag, "Z", where)
             elif action == "D":
                 if vr == "UI":
                     self.remap_uid_element(elem)
-                    self.log(elem, "U", where)
+                    self.log(tag, "U", where)
                 else:
                     elem.value = _DUMMY.get(vr, None)
-                    self.log(elem, "D", where)
-            elif action in ("U", "U*") or (vr == "UI" and _is_instance_uid(elem)):
-                if vr == "UI":
-                    before = elem.value
-                    self.remap_uid_element(elem)
-                    if elem.value != before:
-                        self.log(elem, "U", where)
-                else:
-                    elem.value = None
-                    self.log(elem, "Z", where)
+                    self.log(tag, "D", where)
+            elif vr == "UI":  # U, U*, or an instance UID the table does not list
+                before = elem.value
+                self.remap_uid_element(elem)
+                if elem.value != before:
+                    self.log(tag, "U", where)
+            elif action in ("U", "U*"):
+                elem.value = None
+                self.log(tag, "Z", where)
 
 
-def _is_instance_uid(elem: DataElement) -> bool:
-    kw = elem.keyword or ""
-    return kw.endswith("UID") and not kw.endswith(("ClassUID", "SyntaxUID")) \
-        and kw not in ("CodingSchemeUID", "ContextUID", "MappingResourceUID")
+def _dictionary_vr(tag: BaseTag) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def _is_instance_uid(keyword: str) -> bool:
+    return keyword.endswith("UID") and not keyword.endswith(("ClassUID", "SyntaxUID")) \
+        and keyword not in ("CodingSchemeUID", "ContextUID", "MappingResourceUID")
 
 
 def _set_method(ds: Dataset, options: AnonymizeOptions, clean_pixels: bool) -> None:
@@ -495,7 +508,8 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
     results = []
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            for i, r in enumerate(pool.map(_anonymize_file, todo, chunksize=8), 1):
+            chunk = max(1, len(todo) // (workers * 8))  # small chunks: even load
+            for i, r in enumerate(pool.map(_anonymize_file, todo, chunksize=chunk), 1):
                 results.append(r)
                 if progress:
                     progress(i, len(todo))
@@ -511,7 +525,7 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
             update_ledger(ledger, outcome.ledger)
             write_json(output_dir / "audit" / f"{outcome.new_sop_uid}.json",
                        {"output": out_rel, "profile_table": TABLE_EDITION,
-                        "changes": outcome.audit})
+                        "changes": outcome.audit}, indent=None)
         st = sources[rel].stat()
         state[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "output": out_rel,
                       "row": row}

@@ -148,7 +148,8 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportOp
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = []
-            for i, r in enumerate(pool.map(_job, jobs, chunksize=4), 1):
+            chunk = max(1, len(jobs) // (workers * 8))  # small chunks: even load
+            for i, r in enumerate(pool.map(_job, jobs, chunksize=chunk), 1):
                 results.append(r)
                 if progress:
                     progress(i, len(jobs))
