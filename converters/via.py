@@ -16,6 +16,7 @@ values (``lumbar``, ``sacrum``, ``cage``, ``screw``, ``rod``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Sequence
 
 VIA2_FORMAT_VERSION = "2.0.10"
@@ -131,3 +132,207 @@ def polygon_region(points: Sequence[Sequence[float]], **attributes: str) -> ViaR
         xs.pop()
         ys.pop()
     return ViaRegion(tuple(xs), tuple(ys), dict(attributes))
+
+
+# --------------------------------------------------------------------------------------------
+# reading every VIA export format
+
+
+@dataclass
+class ReadRegion:
+    """A region as read, before validation: its shape, vertices (float) and attributes."""
+
+    index: int                     # 0-based position in the image's region list
+    shape: str                     # polygon, polyline, rect, ellipse, circle, point, ...
+    xs: list[float]
+    ys: list[float]
+    attributes: dict[str, str]
+    params: dict = field(default_factory=dict)  # rect x/y/width/height, ellipse cx/cy/rx/ry/theta
+
+
+@dataclass
+class ReadImage:
+    filename: str
+    size: int                      # bytes as VIA recorded it (-1: unknown)
+    regions: list[ReadRegion]
+    source: str                    # the VIA file it came from
+
+
+def _json_load(path: Path) -> object:
+    import json
+
+    from converters.errors import InvalidViaError
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InvalidViaError("VIA file not found", file=path) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidViaError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: "
+                              f"{exc.msg}", file=path) from None
+
+
+def _attr_value(value: object) -> str:
+    """VIA checkbox attributes are dicts of {option: true}; others are strings."""
+    if isinstance(value, dict):
+        chosen = [k for k, v in value.items() if v]
+        return chosen[0] if len(chosen) == 1 else ",".join(chosen)
+    return "" if value is None else str(value)
+
+
+def _region_from_shape(index: int, shape: dict, attributes: dict, file: Path,
+                       image: str) -> ReadRegion:
+    from converters.errors import InvalidViaError
+    if not isinstance(shape, dict) or "name" not in shape:
+        raise InvalidViaError("region without shape_attributes.name", file=file, image=image,
+                              region=index)
+    name = str(shape["name"])
+    attrs = {str(k): _attr_value(v) for k, v in (attributes or {}).items()}
+    if name in ("polygon", "polyline"):
+        try:
+            xs = [float(v) for v in shape["all_points_x"]]
+            ys = [float(v) for v in shape["all_points_y"]]
+        except KeyError as exc:
+            raise InvalidViaError(f"{name} without key {exc.args[0]}", file=file, image=image,
+                                  region=index) from None
+        if len(xs) != len(ys):
+            raise InvalidViaError("all_points_x and all_points_y differ in length", file=file,
+                                  image=image, region=index)
+        return ReadRegion(index, name, xs, ys, attrs)
+    params = {k: float(v) for k, v in shape.items() if k != "name" and isinstance(v, (int, float))}
+    return ReadRegion(index, name, [], [], attrs, params)
+
+
+def _read_via2_metadata(meta: dict, file: Path) -> list[ReadImage]:
+    from converters.errors import InvalidViaError
+    images = []
+    for key, entry in meta.items():
+        if not isinstance(entry, dict) or "filename" not in entry:
+            raise InvalidViaError("image entry without key 'filename'", file=file, image=str(key))
+        regions_raw = entry.get("regions", [])
+        if isinstance(regions_raw, dict):  # VIA 1.x: {"0": {...}, "1": {...}}
+            regions_raw = [regions_raw[k] for k in sorted(regions_raw, key=lambda k: int(k))]
+        regions = [
+            _region_from_shape(i, r.get("shape_attributes"), r.get("region_attributes", {}),
+                               file, entry["filename"])
+            for i, r in enumerate(regions_raw)]
+        size = entry.get("size", entry.get("file_size", -1))
+        images.append(ReadImage(str(entry["filename"]), int(size if size not in ("", None) else -1),
+                                regions, str(file)))
+    return images
+
+
+_VIA3_SHAPES = {1: "point", 2: "rect", 3: "circle", 4: "ellipse", 5: "line", 6: "polyline",
+                7: "polygon", 8: "extreme_rect", 9: "extreme_circle"}
+
+
+def _read_via3(project: dict, file: Path) -> list[ReadImage]:
+    """VIA 3.x: shapes are ``xy`` arrays ``[shape_id, x1, y1, ...]``; attribute values of
+    dropdown / radio attributes are option ids, resolved through ``attribute[aid].options``."""
+    from converters.errors import InvalidViaError
+    for key in ("file", "view", "metadata", "attribute"):
+        if key not in project:
+            raise InvalidViaError(f"VIA 3 project without key '{key}'", file=file)
+    attributes = project["attribute"]
+    files = project["file"]
+    views = project["view"]
+    vid_to_fname: dict[str, str] = {}
+    for vid, view in views.items():
+        fids = view.get("fid_list", [])
+        if fids:
+            f = files.get(str(fids[0]))
+            if f is None:
+                raise InvalidViaError(f"view {vid} names unknown file id {fids[0]}", file=file)
+            vid_to_fname[str(vid)] = str(f.get("fname", f.get("src", "")))
+    by_file: dict[str, list[ReadRegion]] = {name: [] for name in vid_to_fname.values()}
+    for mid, m in project["metadata"].items():  # the order VIA saved them in
+        fname = vid_to_fname.get(str(m.get("vid")))
+        if fname is None:
+            raise InvalidViaError(f"metadata {mid} names unknown view {m.get('vid')}", file=file)
+        xy = m.get("xy") or []
+        if not xy:
+            continue  # a file-level (temporal / whole-file) annotation: no shape
+        shape = _VIA3_SHAPES.get(int(xy[0]), f"shape{xy[0]}")
+        attrs = {}
+        for aid, value in (m.get("av") or {}).items():
+            a = attributes.get(str(aid), {})
+            name = str(a.get("aname", aid))
+            options = a.get("options") or {}
+            attrs[name] = str(options.get(str(value), value)) if options else str(value)
+        coords = [float(v) for v in xy[1:]]
+        index = len(by_file[fname])
+        if shape in ("polygon", "polyline"):
+            by_file[fname].append(ReadRegion(index, shape, coords[0::2], coords[1::2], attrs))
+        elif shape == "rect":
+            x, y, w, h = coords[:4]
+            by_file[fname].append(ReadRegion(index, "rect", [], [], attrs,
+                                             {"x": x, "y": y, "width": w, "height": h}))
+        elif shape == "ellipse":
+            cx, cy, rx, ry = coords[:4]
+            by_file[fname].append(ReadRegion(index, "ellipse", [], [], attrs,
+                                             {"cx": cx, "cy": cy, "rx": rx, "ry": ry}))
+        elif shape == "circle":
+            cx, cy, r = coords[:3]
+            by_file[fname].append(ReadRegion(index, "circle", [], [], attrs,
+                                             {"cx": cx, "cy": cy, "r": r}))
+        else:
+            by_file[fname].append(ReadRegion(index, shape, coords[0::2], coords[1::2], attrs))
+    return [ReadImage(name, -1, regions, str(file)) for name, regions in by_file.items()]
+
+
+def _read_csv(path: Path) -> list[ReadImage]:
+    import csv
+    import json
+
+    from converters.errors import InvalidViaError
+    images: dict[str, ReadImage] = {}
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        need = {"filename", "file_size", "region_shape_attributes", "region_attributes"}
+        missing = need - set(reader.fieldnames or [])
+        if missing:
+            raise InvalidViaError(f"VIA CSV without column '{sorted(missing)[0]}'", file=path)
+        for line, row in enumerate(reader, 2):
+            img = images.setdefault(row["filename"], ReadImage(
+                row["filename"], int(row["file_size"] or -1), [], str(path)))
+            try:
+                shape = json.loads(row["region_shape_attributes"] or "{}")
+                attrs = json.loads(row["region_attributes"] or "{}")
+            except json.JSONDecodeError as exc:
+                raise InvalidViaError(f"malformed JSON in CSV line {line}: {exc.msg}",
+                                      file=path, image=row["filename"]) from None
+            if shape:
+                img.regions.append(_region_from_shape(len(img.regions), shape, attrs, path,
+                                                      row["filename"]))
+    return list(images.values())
+
+
+def read_via(path: str | Path) -> tuple[str, list[ReadImage]]:
+    """Read any VIA export; returns (format name, images).
+
+    Formats: ``via2-project`` (``_via_img_metadata``), ``via2-annotations`` (the metadata
+    object alone, keyed by filename + size), ``via1`` (regions as a dict), ``via3-project``
+    (``project`` / ``file`` / ``view`` / ``metadata`` / ``attribute``), ``via-csv``.
+    """
+    from converters.errors import InvalidViaError
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return "via-csv", _read_csv(path)
+    data = _json_load(path)
+    if not isinstance(data, dict):
+        raise InvalidViaError("top level is not a JSON object", file=path)
+    if "_via_img_metadata" in data:
+        meta = data["_via_img_metadata"]
+        if not isinstance(meta, dict):
+            raise InvalidViaError("'_via_img_metadata' is not an object", file=path)
+        return "via2-project", _read_via2_metadata(meta, path)
+    if {"file", "view", "metadata"} <= set(data) or ("project" in data and "file" in data):
+        return "via3-project", _read_via3(data, path)
+    if data and all(isinstance(v, dict) and "filename" in v for v in data.values()):
+        via1 = any(isinstance(v.get("regions"), dict) for v in data.values())
+        return ("via1" if via1 else "via2-annotations"), _read_via2_metadata(data, path)
+    if not data:
+        return "via2-annotations", []
+    raise InvalidViaError("unknown VIA version (no '_via_img_metadata', no VIA 3 'file'/"
+                          "'view'/'metadata', no images keyed by file name)", file=path)

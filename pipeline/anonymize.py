@@ -38,7 +38,9 @@ def command(
     counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())) or "no files"
     say(f"anonymize: {counts} -> {output}", quiet=quiet)
     for rel, row in sorted(report.private_rows.items()):
-        if row["status"] in ("failed", "quarantined", "skipped") and not row.get("reused"):
+        if row.get("reused"):
+            continue
+        if row["status"] == "failed" or (row["status"] in ("quarantined", "skipped") and not quiet):
             console.print(f"  {row['status']}: {rel}: {row['reason']}")
     if report.failed and options.fail_on_error:
         raise UsageError(f"{report.failed} file(s) failed to anonymize "

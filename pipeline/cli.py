@@ -12,7 +12,7 @@ import click
 import typer
 
 from converters.errors import SpinepipeError
-from pipeline import anonymize, export, phantom, phantom_annotations, retrieve
+from pipeline import anonymize, convert, export, phantom, phantom_annotations, retrieve
 
 app = typer.Typer(
     name="spinepipe",
@@ -38,6 +38,7 @@ app.command("retrieve")(retrieve.command)
 app.command("anonymize")(anonymize.command)
 app.command("export")(export.command)
 app.command("phantom-annotations")(phantom_annotations.command)
+app.command("convert")(convert.command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,528 @@
+"""VIA annotations -> COCO instances, class masks, overlap maps, a per-image table and QA.
+
+Input: one or more VIA exports (any format :func:`converters.via.read_via` reads) and the
+folder of the images they describe. Coordinates and rasterization follow
+:mod:`converters.coco` (COCO convention, pixel centres at +0.5; masks rasterized by
+pycocotools).
+
+Validation and repair, each problem recorded with file, image and region index:
+
+========================  =================================================  ========
+problem                   what happens                                       severity
+========================  =================================================  ========
+repeated_points           consecutive duplicate vertices removed             warning
+too_few_points            fewer than 3 distinct vertices: region dropped     warning
+outside_image             vertices clipped to the image                      warning
+self_intersection         shapely ``make_valid``, largest part kept          warning
+unknown_class             class value not in the mapping: region dropped     warning
+ignored_shape             point / line, or rect / ellipse / circle without
+                          ``shapes_to_polygons``: region dropped            warning
+missing_image             annotated in VIA, not on disk: image skipped       warning
+unannotated_image         on disk, not in any VIA file                       warning
+size_mismatch             VIA's recorded file size differs from the file     warning
+duplicate_image           the same image annotated again: later copy ignored warning
+missing_sacrum            no sacrum in an image                              warning
+lumbar_count              not exactly five lumbar vertebrae                  warning
+========================  =================================================  ========
+
+With ``strict`` every warning is an error (the command exits 1, nothing is written).
+
+Levels: each vertebra gets ``L1``..``L5`` / ``S1`` bottom-up from the sacrum: the lumbar
+instance nearest (centroid to centroid) to the sacrum is L5, the one nearest to L5 is L4,
+and so on, which follows the lordotic curve. Without a sacrum the chain starts at the lowest
+lumbar instance. Lumbar instances beyond five get no level (``null``).
+
+Outputs under the output folder:
+
+- ``coco.json``: images, annotations (polygon, area of the polygon, bbox, iscrowd 0,
+  ``level``, ``via_file``, ``via_region``), categories (lumbar 1, sacrum 2, then kept implant
+  classes);
+- ``masks/<stem>.png``: uint8, 0 background, 1 lumbar, 2 sacrum (implant classes, when kept,
+  3..; classes in ``ignore_classes`` 255); overlapping classes: larger value wins;
+- ``overlaps/<stem>.png``: uint8, 1 where two or more vertebra instances overlap, else 0;
+- ``images.csv``: per image: patient, size, instance counts, implants, overlap area and the
+  overlapping level pairs (used by the split and the composite recognition rate);
+- ``qa/<stem>.jpg`` (polygons and levels over the image, problems in red) and
+  ``qa/contact_NNN.jpg`` contact sheets;
+- ``report.json``: every problem, and a count per kind.
+
+Incremental: per image, a hash of its regions, its file and the configuration; unchanged
+images are not re-rasterized.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import struct
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+from shapely.geometry import Polygon
+from shapely.validation import make_valid
+
+from converters.coco import IGNORE, bbox, categories, flat
+from converters.errors import InvalidViaError
+from converters.io import atomic_path, write_json, write_text
+from converters.via import ReadImage, ReadRegion, read_via
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+STATE_FILE = ".convert_state.json"
+COLOURS = {"lumbar": (60, 220, 60), "sacrum": (255, 160, 0), "cage": (255, 0, 255),
+           "screw": (0, 80, 255), "rod": (0, 255, 255)}
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """params.yaml section ``convert``."""
+
+    class_attribute: str = "class"
+    # region attribute value -> class name (values not listed are unknown_class problems)
+    class_map: dict[str, str] = field(default_factory=lambda: {
+        "lumbar": "lumbar", "sacrum": "sacrum", "cage": "cage", "screw": "screw", "rod": "rod"})
+    classes: list[str] = field(default_factory=lambda: ["lumbar", "sacrum"])
+    implant_classes: list[str] = field(default_factory=lambda: ["cage", "screw", "rod"])
+    keep_implants: bool = False      # as extra COCO categories / mask values (off: the study)
+    ignore_classes: list[str] = field(default_factory=list)  # drawn as 255 in masks
+    shapes_to_polygons: bool = False  # rect / ellipse / circle become polygons
+    ellipse_points: int = 32
+    expected_lumbar: int = 5
+    strict: bool = False
+    qa: bool = True
+    qa_max_height: int = 800
+    contact_sheet_size: int = 24
+
+
+@dataclass
+class Problem:
+    kind: str
+    message: str
+    file: str = ""
+    image: str = ""
+    region: int | None = None
+    severity: str = "warning"
+
+    def line(self) -> str:
+        where = ", ".join(x for x in (f"in {self.file}" if self.file else "",
+                                      f"image {self.image}" if self.image else "",
+                                      f"region {self.region}" if self.region is not None else "")
+                          if x)
+        return f"{self.severity}: {self.kind}: {self.message}" + (f", {where}" if where else "")
+
+
+@dataclass
+class Instance:
+    cls: str
+    xs: list[float]
+    ys: list[float]
+    region: int
+    level: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _shape_to_polygon(r: ReadRegion, n: int) -> tuple[list[float], list[float]] | None:
+    p = r.params
+    if r.shape == "rect":
+        x, y, w, h = p.get("x", 0), p.get("y", 0), p.get("width", 0), p.get("height", 0)
+        return [x, x + w, x + w, x], [y, y, y + h, y + h]
+    if r.shape in ("ellipse", "circle"):
+        cx, cy = p.get("cx", 0), p.get("cy", 0)
+        rx = p.get("rx", p.get("r", 0))
+        ry = p.get("ry", p.get("r", 0))
+        theta = p.get("theta", 0.0)
+        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        x = rx * np.cos(t)
+        y = ry * np.sin(t)
+        xs = cx + x * np.cos(theta) - y * np.sin(theta)
+        ys = cy + x * np.sin(theta) + y * np.cos(theta)
+        return xs.tolist(), ys.tolist()
+    return None
+
+
+def validate_region(r: ReadRegion, width: int, height: int, cfg: ConvertConfig, file: str,
+                    image: str) -> tuple[Instance | None, list[Problem]]:
+    """Check and repair one region; returns the instance (or None if dropped) and problems."""
+    problems: list[Problem] = []
+
+    def problem(kind: str, message: str) -> None:
+        problems.append(Problem(kind, message, file, image, r.index))
+
+    value = r.attributes.get(cfg.class_attribute, "")
+    cls = cfg.class_map.get(value)
+    if cls is None:
+        problem("unknown_class", f"{cfg.class_attribute}={value!r} is not in convert.class_map")
+        return None, problems
+    if cls in cfg.implant_classes and not cfg.keep_implants:
+        return None, problems  # implants are annotated but not used (as in the study)
+    if r.shape in ("polygon", "polyline"):
+        xs, ys = list(r.xs), list(r.ys)
+    elif r.shape in ("rect", "ellipse", "circle") and cfg.shapes_to_polygons:
+        xs, ys = _shape_to_polygon(r, cfg.ellipse_points)
+    else:
+        hint = " (set convert.shapes_to_polygons)" if r.shape in ("rect", "ellipse", "circle") else ""
+        problem("ignored_shape", f"{r.shape} region ignored{hint}")
+        return None, problems
+    # repeated consecutive vertices (the closing vertex too)
+    pts = list(zip(xs, ys))
+    dedup = [p for i, p in enumerate(pts) if i == 0 or p != pts[i - 1]]
+    if len(dedup) > 1 and dedup[0] == dedup[-1]:
+        dedup.pop()
+    if len(dedup) != len(pts):
+        problem("repeated_points", f"{len(pts) - len(dedup)} repeated vertex(es) removed")
+    if len(set(dedup)) < 3:
+        problem("too_few_points", f"{len(set(dedup))} distinct vertex(es); region dropped")
+        return None, problems
+    arr = np.asarray(dedup, dtype=float)
+    clipped = np.clip(arr, [0, 0], [width, height])
+    if not np.array_equal(clipped, arr):
+        n_out = int((clipped != arr).any(axis=1).sum())
+        problem("outside_image", f"{n_out} vertex(es) outside the {width}x{height} image clipped")
+        arr = clipped
+    poly = Polygon(arr)
+    if not poly.is_valid:
+        fixed = make_valid(poly)
+        parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
+        if not parts:
+            problem("self_intersection", "self-intersecting polygon with no area; dropped")
+            return None, problems
+        best = max(parts, key=lambda g: g.area)
+        problem("self_intersection", f"self-intersecting polygon repaired (largest of "
+                                     f"{len(parts)} part(s) kept, area {best.area:.0f} of "
+                                     f"{sum(g.area for g in parts):.0f})")
+        arr = np.asarray(best.exterior.coords)[:-1]
+    if Polygon(arr).area <= 0:
+        problem("too_few_points", "polygon without area; region dropped")
+        return None, problems
+    return Instance(cls, arr[:, 0].tolist(), arr[:, 1].tolist(), r.index), problems
+
+
+def assign_levels(instances: list[Instance]) -> None:
+    """L5..L1 bottom-up from the sacrum, by nearest centroid; S1 for the sacrum."""
+    def centroid(inst: Instance) -> np.ndarray:
+        c = Polygon(zip(inst.xs, inst.ys)).centroid
+        return np.array([c.x, c.y])
+
+    sacra = [i for i in instances if i.cls == "sacrum"]
+    lumbar = [i for i in instances if i.cls == "lumbar"]
+    if sacra:
+        sacrum = max(sacra, key=lambda i: Polygon(zip(i.xs, i.ys)).area)
+        sacrum.level = "S1"
+        current = centroid(sacrum)
+    elif lumbar:
+        current = max((centroid(i) for i in lumbar), key=lambda c: c[1]) + np.array([0, 1e-6])
+    remaining = {id(i): (i, centroid(i)) for i in lumbar}
+    for level in ("L5", "L4", "L3", "L2", "L1"):
+        if not remaining:
+            break
+        key = min(remaining, key=lambda k: float(np.linalg.norm(remaining[k][1] - current)))
+        inst, current = remaining.pop(key)
+        inst.level = level
+
+
+# --------------------------------------------------------------------------------------------
+# per image
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG header without decoding; other formats through OpenCV."""
+    with path.open("rb") as fh:
+        head = fh.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        return int(w), int(h)
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InvalidViaError("image cannot be read", file=path)
+    return int(img.shape[1]), int(img.shape[0])
+
+
+@dataclass
+class ImageJob:
+    path: str
+    stem: str
+    width: int
+    height: int
+    instances: list[Instance]
+    problems: list[str]
+    mask_values: dict[str, int]
+    vertebra_classes: tuple[str, ...]
+    out: str
+    qa: bool
+    qa_max_height: int
+
+
+def _rle(inst: Instance, h: int, w: int):
+    return mask_utils.frPyObjects([flat(inst.xs, inst.ys)], h, w)[0]
+
+
+def _render(job: ImageJob) -> dict:
+    """Masks, overlap map and QA overlay of one image; returns its overlap facts."""
+    h, w = job.height, job.width
+    out = Path(job.out)
+    rles = [(_rle(i, h, w), i) for i in job.instances]
+    mask = np.zeros((h, w), np.uint8)
+    by_value: dict[int, list] = {}
+    for rle, inst in rles:
+        by_value.setdefault(job.mask_values[inst.cls], []).append(rle)
+    for value in sorted(by_value, key=lambda v: (v == IGNORE, v)):  # larger wins, ignore last
+        union = mask_utils.merge(by_value[value]) if len(by_value[value]) > 1 else by_value[value][0]
+        mask[mask_utils.decode(union).astype(bool)] = value
+    vert = [(rle, inst) for rle, inst in rles if inst.cls in job.vertebra_classes]
+    boxes = [mask_utils.toBbox(r) for r, _ in vert]
+    pairs, inter = [], []
+    for a in range(len(vert)):
+        for b in range(a + 1, len(vert)):
+            ba, bb = boxes[a], boxes[b]
+            if ba[0] > bb[0] + bb[2] or bb[0] > ba[0] + ba[2] or ba[1] > bb[1] + bb[3] \
+                    or bb[1] > ba[1] + ba[3]:
+                continue
+            both = mask_utils.merge([vert[a][0], vert[b][0]], intersect=True)
+            if mask_utils.area(both) > 0:
+                inter.append(both)
+                la, lb = vert[a][1].level or "?", vert[b][1].level or "?"
+                pairs.append("/".join(sorted((la, lb))))
+    overlap = np.zeros((h, w), np.uint8)
+    if inter:
+        union = mask_utils.merge(inter) if len(inter) > 1 else inter[0]
+        overlap = mask_utils.decode(union)
+    overlap_area = int(overlap.sum())
+    for folder, arr in (("masks", mask), ("overlaps", overlap)):
+        ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        with atomic_path(out / folder / f"{job.stem}.png") as tmp:
+            tmp.write_bytes(buf.tobytes())
+    if job.qa:
+        _qa_overlay(job, out / "qa" / f"{job.stem}.jpg")
+    return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
+
+
+def _qa_overlay(job: ImageJob, path: Path) -> None:
+    img = cv2.imread(job.path, cv2.IMREAD_GRAYSCALE)
+    scale = min(1.0, job.qa_max_height / max(job.height, 1))
+    if scale < 1:
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    canvas = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    for inst in job.instances:
+        pts = np.round(np.c_[inst.xs, inst.ys] * scale * 16).astype(np.int32)
+        cv2.polylines(canvas, [pts], True, COLOURS.get(inst.cls, (255, 255, 255)), 1,
+                      cv2.LINE_AA, shift=4)
+        if inst.level:
+            c = Polygon(zip(inst.xs, inst.ys)).centroid
+            cv2.putText(canvas, inst.level, (int(c.x * scale) - 8, int(c.y * scale) + 4),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    for k, text in enumerate(job.problems[:6]):
+        cv2.putText(canvas, text[:60], (4, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    (0, 0, 255), 1, cv2.LINE_AA)
+    ok, buf = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+
+
+def _contact_sheets(out: Path, stems: list[str], per_sheet: int) -> None:
+    for old in (out / "qa").glob("contact_*.jpg"):
+        old.unlink()
+    thumbs = []
+    for stem in stems:
+        img = cv2.imread(str(out / "qa" / f"{stem}.jpg"))
+        if img is None:
+            continue
+        t = cv2.resize(img, (int(img.shape[1] * 240 / img.shape[0]), 240))
+        cv2.putText(t, stem[:28], (2, 236), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1)
+        thumbs.append(t)
+    for k in range(0, len(thumbs), per_sheet):
+        chunk = thumbs[k:k + per_sheet]
+        width = max(t.shape[1] for t in chunk)
+        chunk = [cv2.copyMakeBorder(t, 0, 0, 0, width - t.shape[1], cv2.BORDER_CONSTANT)
+                 for t in chunk]
+        cols = 8
+        rows = [np.hstack(chunk[i:i + cols] + [np.zeros_like(chunk[0])] * (cols - len(chunk[i:i + cols])))
+                for i in range(0, len(chunk), cols)]
+        ok, buf = cv2.imencode(".jpg", np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        with atomic_path(out / "qa" / f"contact_{k // per_sheet:03d}.jpg") as tmp:
+            tmp.write_bytes(buf.tobytes())
+
+
+# --------------------------------------------------------------------------------------------
+# the whole conversion
+
+
+@dataclass
+class ConvertReport:
+    problems: list[Problem] = field(default_factory=list)
+    images: int = 0
+    annotations: int = 0
+    rendered: int = 0
+    formats: dict[str, str] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.problems:
+            out[p.kind] = out.get(p.kind, 0) + 1
+        return dict(sorted(out.items()))
+
+
+def patient_of(file_name: str) -> str:
+    """The patient pseudonym exported PNG names start with (``<pseudonym>_<sop>.png``)."""
+    stem = Path(file_name).stem
+    return stem.split("_", 1)[0] if "_" in stem else stem
+
+
+def convert(via_files: list[str | Path], images_dir: str | Path, output: str | Path,
+            cfg: ConvertConfig, *, workers: int = 1, progress=None) -> ConvertReport:
+    """Convert; raises :class:`InvalidViaError` for unreadable input (nothing written) and,
+    with ``cfg.strict``, for any problem."""
+    images_dir, output = Path(images_dir), Path(output)
+    report = ConvertReport()
+    merged: dict[str, ReadImage] = {}
+    for vf in via_files:
+        fmt, images = read_via(vf)
+        report.formats[str(vf)] = fmt
+        for img in images:
+            if img.filename in merged:
+                report.problems.append(Problem(
+                    "duplicate_image", f"also annotated in {merged[img.filename].source}; "
+                    "this copy is ignored", str(vf), img.filename))
+                continue
+            merged[img.filename] = img
+    on_disk = {p.name: p for p in sorted(images_dir.iterdir())
+               if p.suffix.lower() in IMAGE_SUFFIXES} if images_dir.is_dir() else {}
+    if not images_dir.is_dir():
+        raise InvalidViaError("images folder not found", file=images_dir)
+    for name in sorted(set(on_disk) - set(merged)):
+        report.problems.append(Problem("unannotated_image", "image on disk but in no VIA file",
+                                       "", name))
+    mask_values = {c: i + 1 for i, c in enumerate(cfg.classes)}
+    if cfg.keep_implants:
+        for c in cfg.implant_classes:
+            mask_values.setdefault(c, len(mask_values) + 1)
+    for c in cfg.ignore_classes:
+        mask_values[c] = IGNORE
+    jobs: list[ImageJob] = []
+    coco_images, coco_anns, table = [], [], []
+    for name in sorted(merged):
+        img = merged[name]
+        if name not in on_disk:
+            report.problems.append(Problem("missing_image", "annotated but not on disk; skipped",
+                                           img.source, name))
+            continue
+        path = on_disk[name]
+        if img.size >= 0 and img.size != path.stat().st_size:
+            report.problems.append(Problem(
+                "size_mismatch", f"VIA recorded {img.size} bytes, the file has "
+                f"{path.stat().st_size}", img.source, name))
+        width, height = image_size(path)
+        instances: list[Instance] = []
+        for region in img.regions:
+            inst, probs = validate_region(region, width, height, cfg, img.source, name)
+            report.problems += probs
+            if inst is not None:
+                instances.append(inst)
+        assign_levels(instances)
+        n_lumbar = sum(i.cls == "lumbar" for i in instances)
+        n_sacrum = sum(i.cls == "sacrum" for i in instances)
+        if n_sacrum == 0:
+            report.problems.append(Problem("missing_sacrum", "no sacrum (the study expects S1)",
+                                           img.source, name))
+        if n_lumbar != cfg.expected_lumbar:
+            report.problems.append(Problem(
+                "lumbar_count", f"{n_lumbar} lumbar vertebrae (the study expects "
+                f"{cfg.expected_lumbar}: L1-L5)", img.source, name))
+        image_id = len(coco_images) + 1
+        coco_images.append({"id": image_id, "file_name": name, "width": width, "height": height})
+        for inst in instances:
+            coco_anns.append({
+                "id": len(coco_anns) + 1, "image_id": image_id,
+                "category_id": mask_values[inst.cls] if mask_values[inst.cls] != IGNORE else None,
+                "segmentation": [flat(inst.xs, inst.ys)],
+                "area": float(Polygon(zip(inst.xs, inst.ys)).area),
+                "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
+                "via_file": Path(img.source).name, "via_region": inst.region})
+        n_implants = sum(cfg.class_map.get(r.attributes.get(cfg.class_attribute, "")) in
+                         cfg.implant_classes for r in img.regions)
+        problems_here = [p.line() for p in report.problems if p.image == name]
+        table.append({"file_name": name, "image_id": image_id, "patient": patient_of(name),
+                      "width": width, "height": height, "n_lumbar": n_lumbar,
+                      "n_sacrum": n_sacrum, "n_implants": n_implants,
+                      "implants": int(n_implants > 0), "problems": len(problems_here)})
+        jobs.append(ImageJob(str(path), Path(name).stem, width, height, instances,
+                             problems_here, mask_values, tuple(cfg.classes), str(output),
+                             cfg.qa, cfg.qa_max_height))
+    report.images, report.annotations = len(coco_images), len(coco_anns)
+    if cfg.strict and report.problems:
+        first = report.problems[0]
+        raise InvalidViaError(f"{len(report.problems)} problem(s) with --strict; first: "
+                              f"{first.kind}: {first.message}", file=first.file or images_dir,
+                              image=first.image or None, region=first.region)
+
+    # rasterize what changed, in parallel
+    coco_anns = [a for a in coco_anns if a["category_id"] is not None]
+    state_path = output / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    cfg_key = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()
+    todo, facts = [], {}
+    for job in jobs:
+        st = Path(job.path).stat()
+        key = hashlib.sha1(json.dumps([
+            [asdict(i) for i in job.instances], job.problems, st.st_size, st.st_mtime_ns,
+            cfg_key]).encode()).hexdigest()
+        prev = state.get(job.stem)
+        if prev and prev["key"] == key and (output / "masks" / f"{job.stem}.png").is_file():
+            facts[job.stem] = prev["facts"]
+        else:
+            todo.append((job, key))
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            chunk = max(1, len(todo) // (workers * 8))
+            results = []
+            for k, r in enumerate(pool.map(_render, [j for j, _ in todo], chunksize=chunk), 1):
+                results.append(r)
+                if progress:
+                    progress(k, len(todo))
+    else:
+        results = []
+        for k, (job, _) in enumerate(todo, 1):
+            results.append(_render(job))
+            if progress:
+                progress(k, len(todo))
+    for (job, key), f in zip(todo, results):
+        facts[job.stem] = f
+        state[job.stem] = {"key": key, "facts": f}
+    report.rendered = len(todo)
+    stems = {j.stem for j in jobs}
+    for stale in set(state) - stems:  # images no longer annotated
+        del state[stale]
+        for folder, suffix in (("masks", ".png"), ("overlaps", ".png"), ("qa", ".jpg")):
+            p = output / folder / f"{stale}{suffix}"
+            if p.is_file():
+                p.unlink()
+    for row in table:
+        f = facts[Path(row["file_name"]).stem]
+        row["overlap_area"] = f["overlap_area"]
+        row["overlap_pairs"] = " ".join(f["overlap_pairs"])
+        row["overlap"] = int(f["overlap_area"] > 0)
+
+    cats = categories({c: v for c, v in mask_values.items() if v != IGNORE})
+    write_json(output / "coco.json", {
+        "info": {"description": "spinepipe convert", "via_files": [str(v) for v in via_files]},
+        "images": coco_images, "annotations": coco_anns, "categories": cats}, indent=None)
+    buf = io.StringIO()
+    fields = ["file_name", "image_id", "patient", "width", "height", "n_lumbar", "n_sacrum",
+              "n_implants", "implants", "overlap", "overlap_area", "overlap_pairs", "problems"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(table)
+    write_text(output / "images.csv", buf.getvalue())
+    if cfg.qa:
+        _contact_sheets(output, [j.stem for j in jobs], cfg.contact_sheet_size)
+    write_json(output / "report.json", {
+        "formats": report.formats, "images": report.images, "annotations": len(coco_anns),
+        "counts": report.counts(), "problems": [asdict(p) for p in report.problems]})
+    write_json(state_path, state, indent=None)
+    return report

@@ -1,0 +1,50 @@
+"""``spinepipe convert``: VIA exports -> COCO instances, class masks, overlap maps, QA.
+
+params.yaml section ``convert`` (:class:`converters.convert.ConvertConfig`); ``--strict``
+overrides ``convert.strict``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import typer
+
+from converters.convert import ConvertConfig, convert
+from converters.errors import UsageError
+from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
+from pipeline.params import load_section
+
+
+def command(
+    input: list[Path] = typer.Option(..., "--input", "-i", help="VIA export(s): 1.x, 2.x project or annotations JSON, 3.x project, or CSV; several may follow (--input a.json b.json), a folder means all its .json and .csv files."),
+    more: list[Path] = typer.Argument(None, hidden=True),
+    images: Path = typer.Option(..., "--images", help="Folder of the annotated images (the exported PNGs)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for coco.json, masks/, overlaps/, images.csv, qa/, report.json."),
+    strict: bool = typer.Option(False, "--strict", help="Every warning is an error: exit 1, nothing written."),
+    workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Worker processes."),
+    params: Path = ParamsOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Validate and repair the annotators' polygons and write COCO instances (with levels
+    L1-L5 / S1), two-class masks, overlap maps, a per-image table and QA overlays."""
+    cfg = load_section(ConvertConfig, "convert", params) if params.exists() else ConvertConfig()
+    via_files: list[Path] = []
+    for path in [*input, *(more or [])]:
+        if path.is_dir():
+            via_files += sorted(p for p in path.iterdir() if p.suffix.lower() in (".json", ".csv"))
+        else:
+            via_files.append(path)
+    if not via_files:
+        raise UsageError("no VIA file found", file=", ".join(map(str, input)))
+    if strict:
+        cfg = dataclasses.replace(cfg, strict=True)
+    with progress_bar("convert", quiet=quiet) as update:
+        report = convert(via_files, images, output, cfg, workers=workers, progress=update)
+    counts = report.counts()
+    say(f"convert: {report.images} images, {report.annotations} instances "
+        f"({report.rendered} re-rasterized) -> {output}", quiet=quiet)
+    if counts and not quiet:
+        console.print("  problems: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+                      + f" (details: {output / 'report.json'}, overlays: {output / 'qa'})")
