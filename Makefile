@@ -44,7 +44,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 	@echo
-	@echo "Done. Results: data/ (phantom DICOM + VIA annotations); see README 'Where results appear'."
+	@echo "Done. Results: data/processed/ (COCO, masks, QA overlays in data/processed/qa/), data/interim/ (anonymized DICOM, PNG); see README 'Where results appear'."
 
 # benchmarks time the product against its peers (dicognito, dcmtk) and print ratios
 bench: $(STAMP)
@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_export.py
 	$(PY) benchmarks/bench_anonymize.py
 	$(PY) benchmarks/bench_anonymize.py --n 200 --height 2870 --width 1100
+	$(PY) benchmarks/bench_convert.py
 
 clean-venv:
 	rm -rf $(VENV)

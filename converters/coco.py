@@ -13,8 +13,9 @@ VIA's integer vertices are read as such coordinates unchanged.
   image order then region order.
 
 Class masks (``uint8``): 0 background, 1 lumbar, 2 sacrum, 255 ignore. Masks are rasterized
-with pycocotools itself (``frPyObjects`` + ``decode``), so a mask pixel is set exactly when
-COCO's own rasterization of the polygon covers it. Where instances of different classes
+with pycocotools itself (``frPyObjects`` + ``decode``, inside each polygon's bounding box: see
+:func:`rasterize_window`), so a mask pixel is set exactly when COCO's own rasterization of the
+polygon covers it. Where instances of different classes
 overlap, the larger class value wins (sacrum over lumbar); instances of the same class fuse,
 which is the semantic models' view of overlapping vertebrae.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from shapely.geometry import Polygon
@@ -53,18 +55,47 @@ def categories(classes: dict[str, int] = DEFAULT_CLASSES) -> list[dict]:
             for name, cid in sorted(classes.items(), key=lambda kv: kv[1])]
 
 
+#: lossless PNG settings for label maps: no prediction filter, run-length zlib strategy
+#: (about 4x faster than OpenCV's defaults on masks, and smaller)
+PNG_LABEL_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
+                    cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER,
+                    cv2.IMWRITE_PNG_FILTER_NONE]
+
+
 def rasterize(polygon: Sequence[float], height: int, width: int) -> np.ndarray:
     """Boolean mask of one flat polygon, by pycocotools (the COCO evaluation's own raster)."""
     rles = mask_utils.frPyObjects([list(map(float, polygon))], height, width)
     return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
 
 
+def rasterize_window(polygon: Sequence[float], height: int,
+                     width: int) -> tuple[slice, slice, np.ndarray] | None:
+    """The same raster as :func:`rasterize`, only inside the polygon's bounding box.
+
+    pycocotools rasterizes on a 5x grid of the vertices, so shifting a polygon by whole
+    pixels shifts its raster exactly: rasterizing the shifted polygon in a window gives the
+    full-image raster's pixels at a fraction of the cost. Returns (rows, cols, uint8 window).
+    """
+    xs, ys = np.asarray(polygon[0::2], float), np.asarray(polygon[1::2], float)
+    x0, y0 = max(int(np.floor(xs.min())) - 1, 0), max(int(np.floor(ys.min())) - 1, 0)
+    x1, y1 = min(int(np.ceil(xs.max())) + 2, width), min(int(np.ceil(ys.max())) + 2, height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    shifted = np.empty(len(polygon))
+    shifted[0::2], shifted[1::2] = xs - x0, ys - y0
+    rle = mask_utils.frPyObjects([shifted.tolist()], y1 - y0, x1 - x0)[0]
+    return slice(y0, y1), slice(x0, x1), mask_utils.decode(rle)
+
+
 def class_mask(height: int, width: int,
                instances: Iterable[tuple[int, Sequence[float]]]) -> np.ndarray:
     """uint8 class mask from ``(class value, flat polygon)`` pairs; larger value wins overlaps."""
     mask = np.zeros((height, width), np.uint8)
-    for value, poly in sorted(instances, key=lambda t: t[0]):
-        mask[rasterize(poly, height, width)] = value
+    for value, poly in instances:
+        win = rasterize_window(poly, height, width)
+        if win is not None:
+            rows, cols, m = win
+            np.maximum(mask[rows, cols], m * np.uint8(value), out=mask[rows, cols])
     return mask
 
 
@@ -72,5 +103,8 @@ def coverage_count(height: int, width: int, polygons: Iterable[Sequence[float]])
     """uint8 count of instances covering each pixel (>= 2 marks projection overlap)."""
     count = np.zeros((height, width), np.uint8)
     for poly in polygons:
-        count += rasterize(poly, height, width)
+        win = rasterize_window(poly, height, width)
+        if win is not None:
+            rows, cols, m = win
+            count[rows, cols] += m
     return count

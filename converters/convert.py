@@ -58,15 +58,16 @@ import json
 import struct
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 from shapely.geometry import Polygon
 from shapely.validation import make_valid
 
-from converters.coco import IGNORE, bbox, categories, flat
+from converters.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, class_mask,
+                             coverage_count, flat)
 from converters.errors import InvalidViaError
 from converters.io import atomic_path, write_json, write_text
 from converters.via import ReadImage, ReadRegion, read_via
@@ -259,45 +260,34 @@ class ImageJob:
     qa_max_height: int
 
 
-def _rle(inst: Instance, h: int, w: int):
-    return mask_utils.frPyObjects([flat(inst.xs, inst.ys)], h, w)[0]
+@lru_cache(maxsize=8)
+def _blank_png(height: int, width: int) -> bytes:
+    return cv2.imencode(".png", np.zeros((height, width), np.uint8), PNG_LABEL_PARAMS)[1].tobytes()
 
 
 def _render(job: ImageJob) -> dict:
     """Masks, overlap map and QA overlay of one image; returns its overlap facts."""
     h, w = job.height, job.width
     out = Path(job.out)
-    rles = [(_rle(i, h, w), i) for i in job.instances]
-    mask = np.zeros((h, w), np.uint8)
-    by_value: dict[int, list] = {}
-    for rle, inst in rles:
-        by_value.setdefault(job.mask_values[inst.cls], []).append(rle)
-    for value in sorted(by_value, key=lambda v: (v == IGNORE, v)):  # larger wins, ignore last
-        union = mask_utils.merge(by_value[value]) if len(by_value[value]) > 1 else by_value[value][0]
-        mask[mask_utils.decode(union).astype(bool)] = value
-    vert = [(rle, inst) for rle, inst in rles if inst.cls in job.vertebra_classes]
-    boxes = [mask_utils.toBbox(r) for r, _ in vert]
-    pairs, inter = [], []
-    for a in range(len(vert)):
-        for b in range(a + 1, len(vert)):
-            ba, bb = boxes[a], boxes[b]
-            if ba[0] > bb[0] + bb[2] or bb[0] > ba[0] + ba[2] or ba[1] > bb[1] + bb[3] \
-                    or bb[1] > ba[1] + ba[3]:
-                continue
-            both = mask_utils.merge([vert[a][0], vert[b][0]], intersect=True)
-            if mask_utils.area(both) > 0:
-                inter.append(both)
-                la, lb = vert[a][1].level or "?", vert[b][1].level or "?"
-                pairs.append("/".join(sorted((la, lb))))
-    overlap = np.zeros((h, w), np.uint8)
-    if inter:
-        union = mask_utils.merge(inter) if len(inter) > 1 else inter[0]
-        overlap = mask_utils.decode(union)
-    overlap_area = int(overlap.sum())
+    mask = class_mask(h, w, [(job.mask_values[i.cls], flat(i.xs, i.ys)) for i in job.instances])
+    vert = [i for i in job.instances if i.cls in job.vertebra_classes]
+    count = coverage_count(h, w, [flat(i.xs, i.ys) for i in vert])
+    overlap = (count >= 2).view(np.uint8)
+    overlap_area = int(np.count_nonzero(overlap))
+    pairs = []
+    if overlap_area:
+        polys = [Polygon(zip(i.xs, i.ys)) for i in vert]
+        for a in range(len(vert)):
+            for b in range(a + 1, len(vert)):
+                if polys[a].intersects(polys[b]) and polys[a].intersection(polys[b]).area > 0:
+                    pairs.append("/".join(sorted((vert[a].level or "?", vert[b].level or "?"))))
     for folder, arr in (("masks", mask), ("overlaps", overlap)):
-        ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if folder == "overlaps" and not overlap_area:
+            data = _blank_png(h, w)  # most images have no overlap: encode that once per size
+        else:
+            data = cv2.imencode(".png", arr, PNG_LABEL_PARAMS)[1].tobytes()
         with atomic_path(out / folder / f"{job.stem}.png") as tmp:
-            tmp.write_bytes(buf.tobytes())
+            tmp.write_bytes(data)
     if job.qa:
         _qa_overlay(job, out / "qa" / f"{job.stem}.jpg")
     return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
