@@ -42,8 +42,8 @@ Outputs under the output folder:
 - ``overlaps/<stem>.png``: uint8, 1 where two or more vertebra instances overlap, else 0;
 - ``images.csv``: per image: patient, size, instance counts, implants, overlap area and the
   overlapping level pairs (used by the split and the composite recognition rate);
-- ``qa/<stem>.jpg`` (polygons and levels over the image, problems in red) and
-  ``qa/contact_NNN.jpg`` contact sheets;
+- ``qa/<stem>.png`` (polygons and levels over the image, problems in red) and
+  ``qa/contact_NNN.png`` contact sheets;
 - ``report.json``: every problem, and a count per kind.
 
 Incremental: per image, a hash of its regions, its file and the configuration; unchanged
@@ -289,7 +289,7 @@ def _render(job: ImageJob) -> dict:
         with atomic_path(out / folder / f"{job.stem}.png") as tmp:
             tmp.write_bytes(data)
     if job.qa:
-        _qa_overlay(job, out / "qa" / f"{job.stem}.jpg")
+        _qa_overlay(job, out / "qa" / f"{job.stem}.png")
     return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
 
 
@@ -305,22 +305,24 @@ def _qa_overlay(job: ImageJob, path: Path) -> None:
                       cv2.LINE_AA, shift=4)
         if inst.level:
             c = Polygon(zip(inst.xs, inst.ys)).centroid
-            cv2.putText(canvas, inst.level, (int(c.x * scale) - 8, int(c.y * scale) + 4),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+            at = (int(c.x * scale) - 8, int(c.y * scale) + 4)
+            for colour, thick in (((0, 0, 0), 3), (COLOURS.get(inst.cls, (255, 255, 255)), 1)):
+                cv2.putText(canvas, inst.level, at, cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour,
+                            thick, cv2.LINE_AA)
     for k, text in enumerate(job.problems[:6]):
         cv2.putText(canvas, text[:60], (4, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
                     (0, 0, 255), 1, cv2.LINE_AA)
-    ok, buf = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    ok, buf = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
 
 
 def _contact_sheets(out: Path, stems: list[str], per_sheet: int) -> None:
-    for old in (out / "qa").glob("contact_*.jpg"):
+    for old in (out / "qa").glob("contact_*.png"):
         old.unlink()
     thumbs = []
     for stem in stems:
-        img = cv2.imread(str(out / "qa" / f"{stem}.jpg"))
+        img = cv2.imread(str(out / "qa" / f"{stem}.png"))
         if img is None:
             continue
         t = cv2.resize(img, (int(img.shape[1] * 240 / img.shape[0]), 240))
@@ -334,8 +336,8 @@ def _contact_sheets(out: Path, stems: list[str], per_sheet: int) -> None:
         cols = 8
         rows = [np.hstack(chunk[i:i + cols] + [np.zeros_like(chunk[0])] * (cols - len(chunk[i:i + cols])))
                 for i in range(0, len(chunk), cols)]
-        ok, buf = cv2.imencode(".jpg", np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 80])
-        with atomic_path(out / "qa" / f"contact_{k // per_sheet:03d}.jpg") as tmp:
+        ok, buf = cv2.imencode(".png", np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        with atomic_path(out / "qa" / f"contact_{k // per_sheet:03d}.png") as tmp:
             tmp.write_bytes(buf.tobytes())
 
 
@@ -488,7 +490,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
     stems = {j.stem for j in jobs}
     for stale in set(state) - stems:  # images no longer annotated
         del state[stale]
-        for folder, suffix in (("masks", ".png"), ("overlaps", ".png"), ("qa", ".jpg")):
+        for folder, suffix in (("masks", ".png"), ("overlaps", ".png"), ("qa", ".png")):
             p = output / folder / f"{stale}{suffix}"
             if p.is_file():
                 p.unlink()

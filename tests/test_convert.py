@@ -123,8 +123,8 @@ def test_masks_overlaps_and_table(chain, small_phantom):
         assert int(row["overlap_area"]) == int(overlap.sum())
         assert int(row["implants"]) == int(t["implants"])
         assert row["patient"] == img["file_name"].split("_")[0]
-        assert (out / "qa" / f"{stem}.jpg").is_file()
-    assert list((out / "qa").glob("contact_*.jpg"))
+        assert (out / "qa" / f"{stem}.png").is_file()
+    assert list((out / "qa").glob("contact_*.png"))
 
 
 def test_mmdet_and_mmseg_datasets_load_the_outputs(chain):
