@@ -254,14 +254,20 @@ class _Engine:
                 action = None
             if opts.retain_device_identity and itag in DEVICE_IDENTITY:
                 action = None
-            vr = raw.VR or _dictionary_vr(tag)
+            vr = raw.VR
+            if vr in (None, "UN"):  # implicit VR or a wrong VR in the file: use the dictionary
+                vr = _dictionary_vr(tag)
             keyword = keyword_for_tag(tag)
-            if action is None and vr not in ("DA", "DT", "SQ") and not (
+            if action is None and vr not in ("DA", "DT", "SQ", "UN") and not (
                     vr == "UI" and _is_instance_uid(keyword)):
                 continue  # kept as is, never decoded
             elem = ds[tag]
             vr = elem.VR
             where = f"{path}{keyword or str(tag)}"
+            if vr == "UN":  # contents that cannot be interpreted cannot be checked: removed
+                self.log(tag, "X", where)
+                del ds[tag]
+                continue
             if opts.retain_longitudinal_modified_dates and vr in ("DA", "DT") \
                     and itag != 0x00100030 and action in (None, "D", "Z", "X"):
                 if elem.value not in (None, ""):
@@ -456,6 +462,10 @@ class TreeReport:
         return self.counts.get("failed", 0)
 
 
+def _part_name(out_rel: str, rel: str) -> str:
+    return f"{out_rel}.{hashlib.sha1(rel.encode()).hexdigest()[:12]}.part"
+
+
 def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeOptions]) -> tuple[str, Outcome, str]:
     src, rel, out_root, salt, options = args
     try:
@@ -464,8 +474,10 @@ def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeOptions]) -> tupl
         if outcome.status != "anonymized":
             return rel, outcome, ""
         out_rel = f"{outcome.patient_pseudonym}/{outcome.new_study_uid}/{outcome.new_sop_uid}.dcm"
-        with atomic_path(Path(out_root) / out_rel) as tmp:
-            ds.save_as(tmp, enforce_file_format="file_meta" in dir(ds) and bool(ds.file_meta))
+        # written under a name of its own: two inputs may carry the same SOP Instance UID, and
+        # the parent decides which one becomes out_rel (see _part_name)
+        with atomic_path(Path(out_root) / _part_name(out_rel, rel)) as tmp:
+            ds.save_as(tmp, enforce_file_format=hasattr(ds, "file_meta") and bool(ds.file_meta))
         return rel, outcome, out_rel
     except InvalidDicomError as exc:
         return rel, Outcome("failed", str(exc)), ""
@@ -518,7 +530,20 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
             results.append(_anonymize_file(job))
             if progress:
                 progress(i, len(todo))
-    for rel, outcome, out_rel in results:
+    owner: dict[str, str] = {state[r]["output"]: r for r in state
+                             if r in sources and state[r].get("output") and r not in
+                             {res[0] for res in results}}
+    for rel, outcome, out_rel in sorted(results, key=lambda r: r[0]):
+        if out_rel:
+            part = output_dir / _part_name(out_rel, rel)
+            if out_rel in owner and owner[out_rel] != rel:
+                part.unlink()  # an earlier input (in path order) has this SOP Instance UID
+                outcome = Outcome("skipped", "duplicate SOP Instance UID: same object as "
+                                  f"{owner[out_rel]}")
+                out_rel = ""
+            else:
+                owner[out_rel] = rel
+                part.replace(output_dir / out_rel)
         row = {"status": outcome.status, "reason": outcome.reason, "output": out_rel}
         report.private_rows[rel] = row
         if outcome.status == "anonymized":

@@ -12,7 +12,8 @@ import click
 import typer
 
 from converters.errors import SpinepipeError
-from pipeline import anonymize, convert, export, phantom, phantom_annotations, retrieve
+from pipeline import (anonymize, convert, export, phantom, phantom_annotations, retrieve,
+                      split)
 
 app = typer.Typer(
     name="spinepipe",
@@ -39,6 +40,7 @@ app.command("anonymize")(anonymize.command)
 app.command("export")(export.command)
 app.command("phantom-annotations")(phantom_annotations.command)
 app.command("convert")(convert.command)
+app.command("split")(split.command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -340,3 +340,35 @@ def test_a_second_input_folder_keeps_the_outputs_of_the_first(tmp_path, small_ph
                             salt, AnonymizeOptions())
     assert sorted(p.name for p in (tmp_path / "out").rglob("*.dcm")) == before
     assert all(k.startswith("dicom/") for k in report.private_rows)
+
+
+def test_same_object_twice_is_reported_not_raced(tmp_path):
+    """Two inputs with one SOP Instance UID: the first (in path order) wins, every run."""
+    src = tmp_path / "in"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    good = _image()
+    good.save_as(src / "a" / "x.dcm", enforce_file_format=True)
+    good.save_as(src / "b" / "x.dcm", enforce_file_format=True)
+    for run in range(3):
+        priv = prepare_private(tmp_path / f"private{run}")
+        report = anonymize_tree(src, tmp_path / f"out{run}", priv, load_or_create_salt(priv),
+                                AnonymizeOptions(), workers=2)
+        rows = report.private_rows
+        assert rows["a/x.dcm"]["status"] == "anonymized"
+        assert rows["b/x.dcm"]["status"] == "skipped" and "a/x.dcm" in rows["b/x.dcm"]["reason"]
+        assert len(list((tmp_path / f"out{run}").rglob("*.dcm"))) == 1
+        assert not list((tmp_path / f"out{run}").rglob("*.part"))
+
+
+def test_elements_with_a_wrong_vr_are_still_cleaned(tmp_path):
+    """pydicom's badVR.dcm: a reference sequence stored with a wrong VR still has its UID
+    remapped (the dictionary's VR is used), and nothing undecodable survives."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy([f for f in _pydicom_files() if f.name == "badVR.dcm"][0], src / "badVR.dcm")
+    priv = prepare_private(tmp_path / "private")
+    report = anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv),
+                            AnonymizeOptions())
+    assert report.counts == {"anonymized": 1}
+    assert _leak_scan([src / "badVR.dcm"], tmp_path / "out") == []

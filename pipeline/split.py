@@ -1,0 +1,33 @@
+"""``spinepipe split``: fixed test set + k patient-grouped, stratified folds.
+
+params.yaml section ``split`` (:class:`train.split.SplitConfig`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipeline.console import ParamsOption, QuietOption, console, say
+from pipeline.params import load_section
+from train.split import SplitConfig, write_splits
+
+
+def command(
+    input: Path = typer.Option(..., "--input", "-i", help="The convert stage's output (images.csv, coco.json)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for splits.json, test/, fold<k>/, summary.json."),
+    params: Path = ParamsOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Split the converted images into a fixed test set and k folds, grouped by patient
+    and stratified by implants and vertebral overlap; deterministic for a seed."""
+    cfg = load_section(SplitConfig, "split", params) if params.exists() else SplitConfig()
+    summary = write_splits(input, output, cfg)
+    say(f"split: test {summary['test']['images']} images ({summary['test']['patients']} "
+        f"patients), {cfg.k} folds -> {output}/splits.json", quiet=quiet)
+    if not quiet:
+        for name, part in summary.items():
+            if name.startswith("fold"):
+                v = part["val"]
+                console.print(f"  {name}: train {part['train']['images']}, val {v['images']} "
+                              f"({', '.join(f'{n} {s}' for s, n in v['strata'].items() if n)})")
