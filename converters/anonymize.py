@@ -39,7 +39,6 @@ import datetime as _dt
 import hashlib
 import hmac
 import struct
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -57,6 +56,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from converters.errors import InvalidDicomError
 from converters.io import atomic_path, write_json
+from converters.parallel import map_jobs
 from converters.ledger import (load_ledger, read_private_json, update_ledger,
                                write_private_json)
 
@@ -517,19 +517,7 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
             continue
         todo.append((str(p), rel, str(output_dir), salt, options))
     ledger = load_ledger(private)
-    results = []
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            chunk = max(1, len(todo) // (workers * 8))  # small chunks: even load
-            for i, r in enumerate(pool.map(_anonymize_file, todo, chunksize=chunk), 1):
-                results.append(r)
-                if progress:
-                    progress(i, len(todo))
-    else:
-        for i, job in enumerate(todo, 1):
-            results.append(_anonymize_file(job))
-            if progress:
-                progress(i, len(todo))
+    results = map_jobs(_anonymize_file, todo, workers=workers, progress=progress)
     owner: dict[str, str] = {state[r]["output"]: r for r in state
                              if r in sources and state[r].get("output") and r not in
                              {res[0] for res in results}}

@@ -56,7 +56,6 @@ import hashlib
 import io
 import json
 import struct
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -70,6 +69,7 @@ from converters.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, class_m
                              coverage_count, flat)
 from converters.errors import InvalidViaError
 from converters.io import atomic_path, write_json, write_text
+from converters.parallel import map_jobs
 from converters.via import ReadImage, ReadRegion, read_via
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -469,20 +469,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
             facts[job.stem] = prev["facts"]
         else:
             todo.append((job, key))
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            chunk = max(1, len(todo) // (workers * 8))
-            results = []
-            for k, r in enumerate(pool.map(_render, [j for j, _ in todo], chunksize=chunk), 1):
-                results.append(r)
-                if progress:
-                    progress(k, len(todo))
-    else:
-        results = []
-        for k, (job, _) in enumerate(todo, 1):
-            results.append(_render(job))
-            if progress:
-                progress(k, len(todo))
+    results = map_jobs(_render, [j for j, _ in todo], workers=workers, progress=progress)
     for (job, key), f in zip(todo, results):
         facts[job.stem] = f
         state[job.stem] = {"key": key, "facts": f}

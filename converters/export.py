@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import struct
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,6 +30,7 @@ import pydicom
 
 from converters.errors import InvalidDicomError
 from converters.io import atomic_path, write_json
+from converters.parallel import map_jobs
 from converters.pixels import DisplayOptions, to_display
 from converters.via import ViaImage, via2_project
 
@@ -145,20 +145,7 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportOp
             report.reused += 1
             continue
         jobs.append((str(p), rel, str(output_dir), options))
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = []
-            chunk = max(1, len(jobs) // (workers * 8))  # small chunks: even load
-            for i, r in enumerate(pool.map(_job, jobs, chunksize=chunk), 1):
-                results.append(r)
-                if progress:
-                    progress(i, len(jobs))
-    else:
-        results = []
-        for i, j in enumerate(jobs, 1):
-            results.append(_job(j))
-            if progress:
-                progress(i, len(jobs))
+    results = map_jobs(_job, jobs, workers=workers, progress=progress)
     for rel, record, error in results:
         st = (input_dir / rel).stat()
         if record is None:

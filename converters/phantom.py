@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,6 +43,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from converters.errors import UsageError
 from converters.io import atomic_path, write_json
+from converters.parallel import map_jobs
 from converters.via import ViaImage, polygon_region, via2_project
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -650,19 +650,7 @@ def generate(cfg: PhantomConfig, output: str | Path, *, workers: int | None = No
     cases = plan_cases(cfg)
     workers = workers or os.cpu_count() or 1
     jobs = [(c, cfg, str(output)) for c in cases]
-    results: list[CaseResult] = []
-    if workers == 1 or len(jobs) == 1:
-        it = map(_write_case, jobs)
-        for r in it:
-            results.append(r)
-            if progress:
-                progress(len(results), len(jobs))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for r in pool.map(_write_case, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
-                results.append(r)
-                if progress:
-                    progress(len(results), len(jobs))
+    results = map_jobs(_write_case, jobs, workers=workers, progress=progress)
     _write_annotations(output, results)
     return results
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
-COMMANDS = ["phantom", "retrieve", "anonymize", "export", "phantom-annotations", "convert"]
+COMMANDS = ["phantom", "retrieve", "anonymize", "export", "phantom-annotations", "convert", "split"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
