@@ -13,7 +13,7 @@ import typer
 
 from converters.errors import SpinepipeError
 from pipeline import (anonymize, convert, export, phantom, phantom_annotations, retrieve,
-                      split)
+                      split, train)
 
 app = typer.Typer(
     name="spinepipe",
@@ -41,6 +41,7 @@ app.command("export")(export.command)
 app.command("phantom-annotations")(phantom_annotations.command)
 app.command("convert")(convert.command)
 app.command("split")(split.command)
+app.command("train")(train.command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,9 +33,10 @@ TINY = {
 @pytest.mark.parametrize("model", sorted(TINY))
 def test_train_few_iterations_and_roundtrip_checkpoint(model, tiny_dataset, tmp_path):
     (train_ann, val_ann), options = TINY[model]
-    cfg = build_leaf(model, data_root=tiny_dataset, train_ann=train_ann, val_ann=val_ann,
+    cfg = build_leaf(model, images=tiny_dataset / "images", masks=tiny_dataset / "masks",
+                     train_ann=tiny_dataset / train_ann, val_ann=tiny_dataset / val_ann,
                      work_dir=tmp_path / "work", img_scale=(128, 320), crop_size=(128, 128),
-                     options=options)
+                     dvclive=False, options=options)
     initial = None
     runner = train(cfg)
     net = runner.model
@@ -64,9 +65,10 @@ def test_plain_torch_load_refuses_mmengine_checkpoint_but_allowlist_loads(tiny_d
                                                                           tmp_path):
     """The trap of shared/STACK.md is real, and the allowlist (not a global switch) fixes it."""
     (train_ann, val_ann), options = TINY["unet"]
-    cfg = build_leaf("unet", data_root=tiny_dataset, train_ann=train_ann, val_ann=val_ann,
+    cfg = build_leaf("unet", images=tiny_dataset / "images", masks=tiny_dataset / "masks",
+                     train_ann=tiny_dataset / train_ann, val_ann=tiny_dataset / val_ann,
                      work_dir=tmp_path / "work", img_scale=(128, 320), crop_size=(128, 128),
-                     options={**options, "train_cfg.max_iters": 1,
+                     dvclive=False, options={**options, "train_cfg.max_iters": 1,
                               "default_hooks.checkpoint.interval": 1})
     train(cfg)
     ckpt = last_checkpoint(cfg.work_dir)

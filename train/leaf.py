@@ -18,11 +18,17 @@ from converters.errors import UsageError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-#: model name -> task family ("instance": MMDetection + COCO; "semantic": MMSegmentation + masks)
+#: model name -> task family ("instance": MMDetection + COCO; "semantic": MMSegmentation + masks).
+#: A sixth model is one config file in train/configs/ and one entry here.
 MODELS: dict[str, str] = {
     "mask_rcnn": "instance",
+    "yolact": "instance",
     "unet": "semantic",
+    "pspnet": "semantic",
+    "deeplabv3": "semantic",
 }
+#: the validation metric that picks the best checkpoint, per family
+BEST_METRIC = {"instance": "coco/segm_mAP_50", "semantic": "mIoU"}
 
 
 def family(model: str) -> str:
@@ -51,33 +57,71 @@ def set_transform(cfg: Config, transform: str, **kwargs: Any) -> None:
                 step.update(kwargs)
 
 
-def build_leaf(model: str, *, data_root: str | Path, train_ann: str, val_ann: str,
-               work_dir: str | Path, img_scale: tuple[int, int] | None = None,
-               crop_size: tuple[int, int] | None = None,
+def _yolact_input_size(cfg: Config, size: int) -> None:
+    """YOLACT's square input and the anchor strides / centres that follow from it."""
+    set_transform(cfg, "Resize", scale=(size, size), keep_ratio=False)
+    feats, f = [], -(-size // 8)
+    for _ in range(5):
+        feats.append(f)
+        f = -(-f // 2)
+    anchors = cfg.model.bbox_head.anchor_generator
+    anchors["strides"] = [size / x for x in feats]
+    anchors["centers"] = [(size * 0.5 / x, size * 0.5 / x) for x in feats]
+
+
+def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann: str | Path,
+               work_dir: str | Path, masks: str | Path | None = None,
+               img_scale: tuple[int, int] | None = None,
+               crop_size: tuple[int, int] | None = None, seed: int = 0,
+               pretrained: str | None = None, dvclive: bool = True,
                options: Mapping[str, Any] | None = None) -> Config:
     """The leaf config of one run.
 
-    ``data_root`` holds ``images/`` (and ``masks/``); ``train_ann`` / ``val_ann`` are COCO
-    files (instance models) or split lists of image stems (semantic models), relative to
-    ``data_root``. ``img_scale`` is (width, height), ``crop_size`` (height, width);
-    ``options`` are MMEngine ``--cfg-options`` (dotted keys), applied last.
+    ``images`` holds the PNGs; ``masks`` the class masks (semantic models); ``train_ann`` /
+    ``val_ann`` are COCO files (instance models) or split lists of image stems (semantic
+    models). ``img_scale`` is (width, height) (YOLACT: its width is the square side),
+    ``crop_size`` (height, width); ``pretrained`` a local checkpoint to start from
+    (``load_from``); ``options`` MMEngine ``--cfg-options`` (dotted keys), applied last.
     """
     fam = family(model)
     cfg = Config.fromfile(str(config_path(model)))
-    root = str(Path(data_root).resolve()) + "/"
+    images = str(Path(images).resolve()) + "/"
     for name, ann in (("train_dataloader", train_ann), ("val_dataloader", val_ann),
                       ("test_dataloader", val_ann)):
-        cfg[name]["dataset"]["data_root"] = root
-        cfg[name]["dataset"]["ann_file"] = ann
+        ds = cfg[name]["dataset"]
+        ds["data_root"] = ""
+        ds["ann_file"] = str(Path(ann).resolve())
+        if fam == "instance":
+            ds["data_prefix"] = dict(img=images)
+        else:
+            if masks is None:
+                raise UsageError(f"{model} needs the class masks folder")
+            ds["data_prefix"] = dict(img_path=images, seg_map_path=str(Path(masks).resolve()))
     if fam == "instance":
-        cfg.val_evaluator["ann_file"] = root + val_ann
-        cfg.test_evaluator["ann_file"] = root + val_ann
+        cfg.val_evaluator["ann_file"] = str(Path(val_ann).resolve())
+        cfg.test_evaluator["ann_file"] = str(Path(val_ann).resolve())
     if img_scale is not None:
-        set_transform(cfg, "Resize", scale=tuple(img_scale))
+        if model == "yolact":
+            _yolact_input_size(cfg, int(img_scale[0]))
+        else:
+            set_transform(cfg, "Resize", scale=tuple(img_scale))
     if crop_size is not None and fam == "semantic":
         set_transform(cfg, "RandomCrop", crop_size=tuple(crop_size))
         cfg.model.data_preprocessor["size"] = tuple(crop_size)
     cfg.work_dir = str(Path(work_dir).resolve())
+    cfg.randomness = dict(seed=seed)
+    cfg.load_from = pretrained or None
+    checkpoint = cfg.default_hooks["checkpoint"]
+    checkpoint.update(save_best=BEST_METRIC[fam], rule="greater", max_keep_ckpts=1)
+    if dvclive:
+        backends = list(cfg.visualizer.get("vis_backends", []))
+        # metrics and curves only: no DVC experiment commit (it would move git's HEAD under
+        # a running pipeline) and no nested dvc.yaml (plots are declared in the root one)
+        backends.append(dict(type="DVCLiveVisBackend",
+                             save_dir=str(Path(work_dir).resolve() / "dvclive"),
+                             artifact_suffix=(),
+                             init_kwargs=dict(save_dvc_exp=False, dvcyaml=False)))
+        cfg.visualizer["vis_backends"] = backends
     if options:
         cfg.merge_from_dict(dict(options))
     return cfg

@@ -5,12 +5,19 @@ The checkpoint allowlist (:mod:`train.checkpoint`) is installed first, so ``resu
 """
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from converters.errors import UsageError
+from converters.io import write_json
 from train.checkpoint import allow_mmengine_checkpoints
+from train.leaf import BEST_METRIC, MODELS, build_leaf, family
 
 
 def train(cfg: Config, *, resume: bool = False) -> Runner:
@@ -30,3 +37,85 @@ def last_checkpoint(work_dir: str | Path) -> Path | None:
         return None
     path = Path(marker.read_text().strip())
     return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------
+# one model x fold, as `spinepipe train` and dvc.yaml run it
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Image scale, crop and per-model MMEngine options of a training preset."""
+
+    img_scale: list[int] = field(default_factory=lambda: [256, 640])   # width, height
+    crop_size: list[int] = field(default_factory=lambda: [256, 256])   # height, width
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)   # model -> cfg options
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """params.yaml section ``train``."""
+
+    preset: str = "demo"
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    folds: list[int] = field(default_factory=lambda: [0])
+    seed: int = 0
+    pretrained: dict[str, str] = field(default_factory=dict)  # model -> local checkpoint
+    images: str = "data/interim/png"
+    masks: str = "data/processed/masks"
+    splits: str = "data/splits"
+    presets: dict[str, Preset] = field(default_factory=lambda: {"demo": Preset()})
+
+
+def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *,
+                preset: str | None = None, cfg_options: Mapping[str, Any] | None = None,
+                launcher: str = "none") -> Config:
+    """Check everything a run needs and return its leaf config (nothing trained yet)."""
+    fam = family(model)
+    name = preset or cfg.preset
+    if name not in cfg.presets:
+        raise UsageError(f"unknown preset '{name}' (known: {', '.join(sorted(cfg.presets))})")
+    p = cfg.presets[name]
+    splits_path = Path(cfg.splits) / "splits.json"
+    if not splits_path.is_file():
+        raise UsageError("no splits (run spinepipe split first)", file=splits_path)
+    splits = json.loads(splits_path.read_text())
+    if not 0 <= fold < len(splits["folds"]):
+        raise UsageError(f"fold {fold} out of range (0..{len(splits['folds']) - 1})",
+                         file=splits_path)
+    for part in ("train", "val"):
+        if not splits["folds"][fold][part]:
+            raise UsageError(f"fold {fold} has an empty {part} split", file=splits_path)
+    suffix = "json" if fam == "instance" else "txt"
+    anns = {part: Path(cfg.splits) / f"fold{fold}" / f"{part}.{suffix}" for part in ("train", "val")}
+    for path in (*anns.values(), Path(cfg.images), *([Path(cfg.masks)] if fam == "semantic" else [])):
+        if not path.exists():
+            raise UsageError("missing (run the convert and split stages)", file=path)
+    pretrained = cfg.pretrained.get(model)
+    if pretrained and not Path(pretrained).is_file():
+        raise UsageError("pretrained checkpoint not found", file=pretrained)
+    options = {**p.options.get(model, {}), **(cfg_options or {})}
+    leaf = build_leaf(model, images=cfg.images, masks=cfg.masks, train_ann=anns["train"],
+                      val_ann=anns["val"], work_dir=work_dir, img_scale=tuple(p.img_scale),
+                      crop_size=tuple(p.crop_size), seed=cfg.seed, pretrained=pretrained,
+                      options=options)
+    leaf.launcher = launcher
+    return leaf
+
+
+def run(leaf: Config, *, resume: bool = False) -> dict:
+    """Train; write the leaf config and ``metrics.json`` (best validation score) to the
+    work dir, keep the best checkpoint as ``best.pth``; return the metrics."""
+    work = Path(leaf.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    leaf.dump(str(work / "config.py"))
+    runner = train(leaf, resume=resume)
+    fam = "instance" if leaf.default_scope == "mmdet" else "semantic"
+    best_ckpt = runner.message_hub.get_info("best_ckpt")
+    best_score = runner.message_hub.get_info("best_score")
+    if best_ckpt and Path(best_ckpt).is_file():
+        shutil.copyfile(best_ckpt, work / "best.pth")
+    metrics = {"metric": BEST_METRIC[fam], "best": float(best_score) if best_score is not None
+               else None, "iterations": int(runner.iter), "epochs": int(runner.epoch)}
+    write_json(work / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,54 @@
+"""``spinepipe train``: one model on one fold, through MMEngine's Runner.
+
+params.yaml section ``train`` (:class:`train.runner.TrainConfig`): the preset (``demo`` for
+CPU, ``study`` for GPUs), image scale, per-model MMEngine options, local pretrained weights.
+Writes ``models/<model>/fold<k>/``: ``config.py`` (the leaf config, runnable with
+MMDetection's / MMSegmentation's own tools), checkpoints, ``best.pth``, logs, ``dvclive/``
+(validation curves for ``dvc plots``) and ``metrics.json``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from converters.errors import UsageError
+from pipeline.console import ParamsOption, QuietOption, say
+from pipeline.params import load_section
+from train.runner import TrainConfig, prepare_run, run
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--cfg-options takes key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def command(
+    model: str = typer.Option(..., "--model", "-m", help="mask_rcnn, yolact, unet, pspnet or deeplabv3."),
+    fold: int = typer.Option(..., "--fold", "-k", help="Fold index (0..k-1) of data/splits/splits.json."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Preset in params.yaml train.presets [params: train.preset]."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Output folder (default models/<model>/fold<k>)."),
+    resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in the work dir."),
+    launcher: str = typer.Option("none", "--launcher", help="none, pytorch (torchrun) or slurm: passed to MMEngine."),
+    cfg_options: list[str] = typer.Option([], "--cfg-options", help="MMEngine config overrides, key=value (repeatable)."),
+    params: Path = ParamsOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Train one model on one fold (leaf config generated, kept as an artifact), validating
+    every epoch; the best checkpoint and its score are kept."""
+    if launcher not in ("none", "pytorch", "slurm"):
+        raise UsageError(f"--launcher must be none, pytorch or slurm, got {launcher!r}")
+    cfg = load_section(TrainConfig, "train", params) if params.exists() else TrainConfig()
+    work = work_dir or Path("models") / model / f"fold{fold}"
+    leaf = prepare_run(model, fold, cfg, work, preset=preset, cfg_options=_options(cfg_options),
+                       launcher=launcher)
+    metrics = run(leaf, resume=resume)
+    say(f"train: {model} fold {fold}: best {metrics['metric']} = {metrics['best']} "
+        f"after {metrics['iterations']} iterations -> {work}", quiet=quiet)
