@@ -44,7 +44,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 	@echo
-	@echo "Done. Results: data/processed/ (COCO, masks, QA overlays in data/processed/qa/), data/interim/ (anonymized DICOM, PNG); see README 'Where results appear'."
+	@echo "Done. Results: models/<model>/fold0/metrics.json (trained models), data/processed/ (COCO, masks, QA overlays in data/processed/qa/), data/splits/; see README 'Where results appear'."
 
 # benchmarks time the product against its peers (dicognito, dcmtk) and print ratios
 bench: $(STAMP)
