@@ -9,7 +9,10 @@ import pydicom
 import pytest
 
 from converters import coco
-from converters.phantom import PhantomConfig, generate
+from converters.anonymize import AnonymizeOptions, anonymize_tree
+from converters.export import ExportOptions, export_tree
+from converters.ledger import load_ledger, load_or_create_salt, prepare_private
+from converters.phantom import PhantomConfig, annotations_for_export, generate
 from converters.pixels import to_display
 
 DATA = Path(__file__).parent / "data"
@@ -73,3 +76,23 @@ def tiny_dataset(small_phantom, tmp_path_factory) -> Path:
         (root / f"{name}.json").write_text(json.dumps(subset))
         (root / f"{name}.txt").write_text("\n".join(members) + "\n")
     return root
+
+
+def ingest_chain(phantom: Path, root: Path) -> dict[str, tuple[str, int]]:
+    """phantom -> anonymize -> export -> the phantom's VIA mapped to the exported PNGs.
+
+    Writes ``root/anon``, ``root/png``, ``root/private`` and ``root/via.json``; returns
+    original SOP Instance UID -> (PNG name, PNG size), as the demo's annotator step does.
+    """
+    priv = prepare_private(root / "private")
+    anonymize_tree(phantom / "dicom", root / "anon", priv, load_or_create_salt(priv),
+                   AnonymizeOptions())
+    export_tree(root / "anon", root / "png", ExportOptions())
+    instances = load_ledger(priv)["instances"]
+    exported = {}
+    for prov in (root / "png" / "provenance").glob("*.json"):
+        rec = json.loads(prov.read_text())
+        exported[instances[rec["sop_instance_uid"]]["sop_instance_uid"]] = (rec["image"], rec["png_bytes"])
+    via = json.loads((phantom / "annotations" / "via_project.json").read_text())
+    (root / "via.json").write_text(json.dumps(annotations_for_export(via, exported)))
+    return exported

@@ -17,13 +17,10 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from converters.anonymize import AnonymizeOptions, anonymize_tree
+from conftest import ingest_chain
 from converters.coco import rasterize
 from converters.convert import ConvertConfig, convert
 from converters.errors import InvalidViaError
-from converters.export import ExportOptions, export_tree
-from converters.ledger import load_ledger, load_or_create_salt, prepare_private
-from converters.phantom import annotations_for_export
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
@@ -32,18 +29,7 @@ SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 def chain(small_phantom, tmp_path_factory):
     """The small phantom through anonymize and export, with its VIA mapped to the PNGs."""
     root = tmp_path_factory.mktemp("chain")
-    priv = prepare_private(root / "private")
-    anonymize_tree(small_phantom / "dicom", root / "anon", priv, load_or_create_salt(priv),
-                   AnonymizeOptions())
-    export_tree(root / "anon", root / "png", ExportOptions())
-    instances = load_ledger(priv)["instances"]
-    exported = {}
-    for prov in (root / "png" / "provenance").glob("*.json"):
-        rec = json.loads(prov.read_text())
-        exported[instances[rec["sop_instance_uid"]]["sop_instance_uid"]] = (rec["image"], rec["png_bytes"])
-    via = annotations_for_export(
-        json.loads((small_phantom / "annotations" / "via_project.json").read_text()), exported)
-    (root / "via.json").write_text(json.dumps(via))
+    exported = ingest_chain(small_phantom, root)
     convert([root / "via.json"], root / "png", root / "out", ConvertConfig())
     return root, exported
 

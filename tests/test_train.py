@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from converters.anonymize import AnonymizeOptions, anonymize_tree
+from conftest import ingest_chain
 from converters.convert import ConvertConfig, convert
-from converters.export import ExportOptions, export_tree
-from converters.ledger import load_ledger, load_or_create_salt, prepare_private
-from converters.phantom import PhantomConfig, annotations_for_export, generate
+from converters.phantom import PhantomConfig, generate
 from train.split import SplitConfig, write_splits
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
@@ -39,17 +37,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     generate(PhantomConfig(n=14, seed=9, height=240, width=96, burned_in_share=0,
                            repeat_patient_share=0.2), root / "raw", workers=1)
-    priv = prepare_private(root / "private")
-    anonymize_tree(root / "raw" / "dicom", root / "anon", priv, load_or_create_salt(priv),
-                   AnonymizeOptions())
-    export_tree(root / "anon", root / "png", ExportOptions())
-    instances = load_ledger(priv)["instances"]
-    exported = {}
-    for prov in (root / "png" / "provenance").glob("*.json"):
-        rec = json.loads(prov.read_text())
-        exported[instances[rec["sop_instance_uid"]]["sop_instance_uid"]] = (rec["image"], rec["png_bytes"])
-    via = annotations_for_export(json.loads((root / "raw" / "annotations" / "via_project.json").read_text()), exported)
-    (root / "via.json").write_text(json.dumps(via))
+    ingest_chain(root / "raw", root)
     convert([root / "via.json"], root / "png", root / "processed", ConvertConfig(qa=False))
     write_splits(root / "processed", root / "splits", SplitConfig(k=2, max_test_fraction=0.15))
     params = {"train": {"preset": "tiny", "images": str(root / "png"),
