@@ -12,7 +12,6 @@ Targets (issue 3): at least as fast as dicognito, within 3x of copying, memory f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil

@@ -30,7 +30,7 @@ from converters.coco import PNG_LABEL_PARAMS
 from converters.convert import ConvertConfig, convert
 from converters.export import ExportOptions, export_tree
 from converters.ledger import load_ledger, load_or_create_salt, prepare_private
-from converters.phantom import PhantomConfig, annotations_for_export, generate
+from converters.phantom import PhantomConfig, annotations_for_export, exported_pngs, generate
 
 
 def reference(via_path: Path, images: Path, out: Path) -> None:
@@ -67,11 +67,7 @@ def main() -> None:
         anonymize_tree(tmp / "raw" / "dicom", tmp / "anon", priv, load_or_create_salt(priv),
                        AnonymizeOptions(), workers=cores)
         export_tree(tmp / "anon", tmp / "png", ExportOptions(), workers=cores)
-        instances = load_ledger(priv)["instances"]
-        exported = {}
-        for prov in (tmp / "png" / "provenance").glob("*.json"):
-            rec = json.loads(prov.read_text())
-            exported[instances[rec["sop_instance_uid"]]["sop_instance_uid"]] = (rec["image"], rec["png_bytes"])
+        exported = exported_pngs(tmp / "png", load_ledger(priv)["instances"])
         via = annotations_for_export(json.loads((tmp / "raw" / "annotations" / "via_project.json").read_text()), exported)
         # replicate to n images (hard links; VIA entries renamed accordingly)
         images = tmp / "images"

@@ -30,6 +30,7 @@ on ``(seed, patient index)``, so results do not depend on the number of worker p
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -672,6 +673,22 @@ def _write_annotations(output: Path, results: list[CaseResult]) -> None:
     write_json(output / "truth.json", truth)
 
 
+
+
+def exported_pngs(png_dir: str | Path, instances: dict[str, dict]) -> dict[str, tuple[str, int]]:
+    """Original SOP Instance UID -> (exported PNG name, PNG size in bytes) (demo only).
+
+    ``instances`` is the private ledger's ``instances`` table (new SOP Instance UID -> the
+    original one); the export provenance records (``provenance/*.json``) name each PNG's new
+    SOP Instance UID.
+    """
+    exported: dict[str, tuple[str, int]] = {}
+    for prov in sorted((Path(png_dir) / "provenance").glob("*.json")):
+        record = json.loads(prov.read_text())
+        row = instances.get(record["sop_instance_uid"])
+        if row is not None:
+            exported[row["sop_instance_uid"]] = (record["image"], record["png_bytes"])
+    return exported
 
 
 def annotations_for_export(via: dict, exported: dict[str, tuple[str, int]]) -> dict:

@@ -17,7 +17,7 @@ import typer
 from converters.errors import UsageError
 from converters.io import write_json
 from converters.ledger import load_ledger
-from converters.phantom import annotations_for_export
+from converters.phantom import annotations_for_export, exported_pngs
 from pipeline.console import QuietOption, say
 
 
@@ -34,13 +34,7 @@ def command(
         raise UsageError("VIA project not found", file=via)
     if not (private / "ledger.json").is_file():
         raise UsageError("no ledger: run spinepipe anonymize first", file=private / "ledger.json")
-    instances = load_ledger(private)["instances"]
-    exported: dict[str, tuple[str, int]] = {}
-    for prov in sorted((png / "provenance").glob("*.json")):
-        record = json.loads(prov.read_text())
-        row = instances.get(record["sop_instance_uid"])
-        if row is not None:
-            exported[row["sop_instance_uid"]] = (record["image"], record["png_bytes"])
+    exported = exported_pngs(png, load_ledger(private)["instances"])
     project = annotations_for_export(json.loads(via.read_text()), exported)
     write_json(output, project, indent=None)
     say(f"phantom-annotations: {len(project['_via_img_metadata'])} annotated PNGs -> {output}",

@@ -12,7 +12,7 @@ from converters import coco
 from converters.anonymize import AnonymizeOptions, anonymize_tree
 from converters.export import ExportOptions, export_tree
 from converters.ledger import load_ledger, load_or_create_salt, prepare_private
-from converters.phantom import PhantomConfig, annotations_for_export, generate
+from converters.phantom import PhantomConfig, annotations_for_export, exported_pngs, generate
 from converters.pixels import to_display
 
 DATA = Path(__file__).parent / "data"
@@ -88,11 +88,7 @@ def ingest_chain(phantom: Path, root: Path) -> dict[str, tuple[str, int]]:
     anonymize_tree(phantom / "dicom", root / "anon", priv, load_or_create_salt(priv),
                    AnonymizeOptions())
     export_tree(root / "anon", root / "png", ExportOptions())
-    instances = load_ledger(priv)["instances"]
-    exported = {}
-    for prov in (root / "png" / "provenance").glob("*.json"):
-        rec = json.loads(prov.read_text())
-        exported[instances[rec["sop_instance_uid"]]["sop_instance_uid"]] = (rec["image"], rec["png_bytes"])
+    exported = exported_pngs(root / "png", load_ledger(priv)["instances"])
     via = json.loads((phantom / "annotations" / "via_project.json").read_text())
     (root / "via.json").write_text(json.dumps(annotations_for_export(via, exported)))
     return exported

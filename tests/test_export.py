@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from converters.anonymize import AnonymizeOptions, anonymize_tree
 from converters.export import ExportOptions, export_tree
 from converters.ledger import load_or_create_salt, prepare_private
-from converters.pixels import DisplayOptions, equalize_full_depth, to_display
+from converters.pixels import DisplayOptions, to_display
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
