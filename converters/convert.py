@@ -59,6 +59,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -205,26 +206,37 @@ def validate_region(r: ReadRegion, width: int, height: int, cfg: ConvertConfig, 
     return Instance(cls, arr[:, 0].tolist(), arr[:, 1].tolist(), r.index), problems
 
 
-def assign_levels(instances: list[Instance]) -> None:
-    """L5..L1 bottom-up from the sacrum, by nearest centroid; S1 for the sacrum."""
-    def centroid(inst: Instance) -> np.ndarray:
-        c = Polygon(zip(inst.xs, inst.ys)).centroid
-        return np.array([c.x, c.y])
-
-    sacra = [i for i in instances if i.cls == "sacrum"]
-    lumbar = [i for i in instances if i.cls == "lumbar"]
+def levels_bottom_up(classes: Sequence[str], centroids: Sequence[Sequence[float]],
+                     areas: Sequence[float]) -> list[str | None]:
+    """Levels of the instances of one image (module docstring: bottom-up from the sacrum by
+    nearest centroid). ``centroids`` are (x, y) in pixels; the largest sacrum is S1; lumbar
+    instances beyond five, other sacra and other classes get ``None``."""
+    levels: list[str | None] = [None] * len(classes)
+    c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
+    sacra = [i for i, k in enumerate(classes) if k == "sacrum"]
+    remaining = [i for i, k in enumerate(classes) if k == "lumbar"]
     if sacra:
-        sacrum = max(sacra, key=lambda i: Polygon(zip(i.xs, i.ys)).area)
-        sacrum.level = "S1"
-        current = centroid(sacrum)
-    elif lumbar:
-        current = max((centroid(i) for i in lumbar), key=lambda c: c[1]) + np.array([0, 1e-6])
-    remaining = {id(i): (i, centroid(i)) for i in lumbar}
+        s = max(sacra, key=lambda i: areas[i])
+        levels[s] = "S1"
+        current = c[s]
+    elif remaining:
+        current = c[max(remaining, key=lambda i: c[i, 1])] + np.array([0, 1e-6])
     for level in ("L5", "L4", "L3", "L2", "L1"):
         if not remaining:
             break
-        key = min(remaining, key=lambda k: float(np.linalg.norm(remaining[k][1] - current)))
-        inst, current = remaining.pop(key)
+        i = min(remaining, key=lambda j: float(np.linalg.norm(c[j] - current)))
+        remaining.remove(i)
+        levels[i], current = level, c[i]
+    return levels
+
+
+def assign_levels(instances: list[Instance]) -> None:
+    """L5..L1 bottom-up from the sacrum, by nearest centroid; S1 for the sacrum."""
+    polygons = [Polygon(zip(i.xs, i.ys)) for i in instances]
+    levels = levels_bottom_up([i.cls for i in instances],
+                              [(p.centroid.x, p.centroid.y) for p in polygons],
+                              [p.area for p in polygons])
+    for inst, level in zip(instances, levels):
         inst.level = level
 
 

@@ -58,3 +58,7 @@ class InvalidViaError(SpinepipeError):
 
 class CheckpointError(SpinepipeError):
     """A checkpoint that cannot be loaded safely."""
+
+
+class ShapeMismatchError(SpinepipeError):
+    """Two images that must align (prediction and ground truth) differ in shape."""

@@ -12,8 +12,8 @@ import click
 import typer
 
 from converters.errors import SpinepipeError
-from pipeline import (anonymize, convert, export, phantom, phantom_annotations, retrieve,
-                      split, train)
+from pipeline import (anonymize, convert, evaluate, export, metrics, phantom,
+                      phantom_annotations, report, retrieve, split, train)
 
 app = typer.Typer(
     name="spinepipe",
@@ -42,6 +42,9 @@ app.command("phantom-annotations")(phantom_annotations.command)
 app.command("convert")(convert.command)
 app.command("split")(split.command)
 app.command("train")(train.command)
+app.command("evaluate")(evaluate.command)
+app.command("report")(report.command)
+app.command("metrics")(metrics.command)
 
 
 def main(argv: list[str] | None = None) -> int:

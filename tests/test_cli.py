@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
-COMMANDS = ["phantom", "retrieve", "anonymize", "export", "phantom-annotations", "convert", "split"]
+COMMANDS = ["phantom", "retrieve", "anonymize", "export", "phantom-annotations", "convert", "split",
+            "train", "evaluate", "report"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -22,6 +23,11 @@ def test_help(command):
     proc = run(command, "--help")
     assert proc.returncode == 0, proc.stderr
     assert "--quiet" in proc.stdout and "Usage" in proc.stdout
+
+
+def test_help_of_the_metrics_tool():
+    proc = run("metrics", "--help")
+    assert proc.returncode == 0 and "--pred" in proc.stdout and "--gt" in proc.stdout
 
 
 def test_phantom_command_writes_dicom_and_via(tmp_path):

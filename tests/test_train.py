@@ -70,6 +70,63 @@ def test_train_one_instance_and_one_semantic_model(project, model, metric):
     assert "resumed" in (again.stdout + again.stderr).lower()
 
 
+def test_evaluate_and_report_the_trained_models(project):
+    """evaluate (inference through mmdet / mmseg, scoring) and report, as dvc runs them."""
+    for model in ("mask_rcnn", "unet"):
+        if not (project / "models" / model / "fold1" / "best.pth").is_file():
+            assert _train(project, "--model", model, "--fold", "1").returncode == 0
+        proc = subprocess.run([SPINEPIPE, "evaluate", "--model", model, "--fold", "1",
+                               "--test", "splits/test/coco.json", "--masks", "processed/masks",
+                               "--images", "png", "--quiet"], capture_output=True, text=True,
+                              timeout=600, cwd=project)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out = project / "reports" / "eval" / model / "fold1"
+        test = json.loads((project / "splits" / "test" / "coco.json").read_text())
+        names = sorted(im["file_name"] for im in test["images"])
+        assert sorted(p.name for p in (out / "predictions").iterdir()) == names
+        rows = (out / "per_image.csv").read_text().splitlines()
+        assert len(rows) == len(names) + 1 and rows[0].startswith("file_name,predicted,")
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["images"] == len(names) and summary["missing_predictions"] == []
+        assert 0 <= summary["mean_iou"] <= 1 and 0 <= summary["recognition_rate"] <= 1
+        results = json.loads((out / "instances.json").read_text())
+        assert all(r["file_name"] in names for r in results)
+    # external predictions with one image missing: scored as a miss, reported, not dropped
+    ext = project / "ext"
+    (ext / "predictions").mkdir(parents=True)
+    for p in sorted((project / "reports/eval/unet/fold1/predictions").iterdir())[1:]:
+        (ext / "predictions" / p.name).write_bytes(p.read_bytes())
+    proc = subprocess.run([SPINEPIPE, "evaluate", "--model", "unet", "--fold", "1",
+                           "--test", "splits/test/coco.json", "--masks", "processed/masks",
+                           "--predictions", "ext", "--output", "ext_eval"],
+                          capture_output=True, text=True, timeout=300, cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((project / "ext_eval" / "summary.json").read_text())
+    assert summary["missing_predictions"] == [names[0]] and summary["images"] == len(names)
+    assert "without a prediction" in proc.stderr
+    # a prediction of the wrong size is an error naming the image, and nothing is written
+    bad = ext / "predictions" / names[-1]
+    import cv2
+    import numpy as np
+    cv2.imwrite(str(bad), np.zeros((7, 7), np.uint8))
+    proc = subprocess.run([SPINEPIPE, "evaluate", "--model", "unet", "--fold", "1",
+                           "--test", "splits/test/coco.json", "--masks", "processed/masks",
+                           "--predictions", "ext", "--output", "bad_eval", "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=project)
+    assert proc.returncode == 1 and names[-1] in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (project / "bad_eval").exists()
+    assert not [p for p in project.iterdir() if p.name.startswith(".bad_eval")]
+    # the report over both models
+    proc = subprocess.run([SPINEPIPE, "report", "--images", "png", "--masks", "processed/masks",
+                           "--model", "mask_rcnn", "--model", "unet", "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert list(metrics) == ["mask_rcnn", "unet"]
+    assert "U-Net" in (project / "reports" / "report.html").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "vgg", "--fold", "0"], "unknown model 'vgg' (known: deeplabv3, mask_rcnn, pspnet, unet, yolact)"),
     (["--model", "unet", "--fold", "7"], "fold 7 out of range (0..1)"),
@@ -92,6 +149,34 @@ def test_missing_data_is_reported_before_training(project, tmp_path):
                            str(tmp_path / "params.yaml")], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 1 and "nowhere" in proc.stderr and "missing" in proc.stderr
+
+
+@pytest.mark.parametrize("model, split", [("mask_rcnn", "train.json"), ("unet", "train.txt")])
+def test_albumentations_run_inside_the_training_pipeline(project, model, split):
+    """Photometric and geometric albumentations on grayscale images; boxes, masks and class
+    masks follow (train/augment.py)."""
+    import numpy as np
+    from mmengine.registry import DATASETS, init_default_scope
+    from train.leaf import build_leaf
+    augment = [{"type": "RandomGamma", "gamma_limit": [80, 120], "p": 1.0},
+               {"type": "Affine", "rotate": [-5, 5], "p": 1.0}]
+    ann = project / "splits" / "fold0" / split
+    leaf = build_leaf(model, images=project / "png", masks=project / "processed" / "masks",
+                      train_ann=ann, val_ann=ann, work_dir=project / "w", img_scale=(96, 240),
+                      crop_size=(240, 96), dvclive=False, augment=augment)
+    steps = [t["type"] for t in leaf.train_dataloader.dataset.pipeline]
+    assert steps[-2] == ("Albu" if model == "mask_rcnn" else "GrayAlbu")
+    assert leaf.custom_imports["imports"] == ["train.augment"]
+    import mmdet.datasets  # noqa: F401  (registers the datasets)
+    import mmseg.datasets  # noqa: F401
+    init_default_scope(leaf.default_scope)
+    item = DATASETS.build(leaf.train_dataloader.dataset)[0]
+    assert tuple(item["inputs"].shape) == (1, 240, 96)
+    sample = item["data_samples"]
+    if model == "mask_rcnn":
+        assert len(sample.gt_instances.masks) == len(sample.gt_instances.bboxes) > 0
+    else:
+        assert set(np.unique(sample.gt_sem_seg.data.numpy())) <= {0, 1, 2}
 
 
 def test_every_model_config_builds_its_model():

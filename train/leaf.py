@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from mmengine.config import Config
 
 from converters.errors import UsageError
+from train.augment import CUSTOM_IMPORTS, augment_step
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -74,6 +75,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
                img_scale: tuple[int, int] | None = None,
                crop_size: tuple[int, int] | None = None, seed: int = 0,
                pretrained: str | None = None, dvclive: bool = True,
+               augment: list[dict[str, Any]] | None = None,
                options: Mapping[str, Any] | None = None) -> Config:
     """The leaf config of one run.
 
@@ -81,7 +83,8 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     ``val_ann`` are COCO files (instance models) or split lists of image stems (semantic
     models). ``img_scale`` is (width, height) (YOLACT: its width is the square side),
     ``crop_size`` (height, width); ``pretrained`` a local checkpoint to start from
-    (``load_from``); ``options`` MMEngine ``--cfg-options`` (dotted keys), applied last.
+    (``load_from``); ``augment`` albumentations transforms for the training pipeline
+    (:mod:`train.augment`); ``options`` MMEngine ``--cfg-options`` (dotted keys), applied last.
     """
     fam = family(model)
     cfg = Config.fromfile(str(config_path(model)))
@@ -108,6 +111,11 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     if crop_size is not None and fam == "semantic":
         set_transform(cfg, "RandomCrop", crop_size=tuple(crop_size))
         cfg.model.data_preprocessor["size"] = tuple(crop_size)
+    if augment:
+        pipeline = cfg.train_dataloader.dataset.pipeline
+        pack = next(i for i, t in enumerate(pipeline) if t["type"].startswith("Pack"))
+        pipeline.insert(pack, augment_step(fam, augment))
+        cfg.custom_imports = CUSTOM_IMPORTS
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.randomness = dict(seed=seed)
     cfg.load_from = pretrained or None

@@ -50,6 +50,7 @@ class Preset:
     img_scale: list[int] = field(default_factory=lambda: [256, 640])   # width, height
     crop_size: list[int] = field(default_factory=lambda: [256, 256])   # height, width
     options: dict[str, dict[str, Any]] = field(default_factory=dict)   # model -> cfg options
+    augment: list[dict[str, Any]] = field(default_factory=list)        # albumentations
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
     leaf = build_leaf(model, images=cfg.images, masks=cfg.masks, train_ann=anns["train"],
                       val_ann=anns["val"], work_dir=work_dir, img_scale=tuple(p.img_scale),
                       crop_size=tuple(p.crop_size), seed=cfg.seed, pretrained=pretrained,
-                      options=options)
+                      augment=p.augment, options=options)
     leaf.launcher = launcher
     return leaf
 

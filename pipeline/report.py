@@ -1,0 +1,43 @@
+"""``spinepipe report``: the study's tables, statistics and figures from every evaluation.
+
+params.yaml section ``report`` (:class:`train.report.ReportConfig`): the significance level and
+the number of example overlays. Reads ``reports/eval/<model>/fold<k>/``; writes
+``reports/report.html``, ``reports/tables/``, ``reports/figures/``, ``reports/plots/`` and
+``reports/metrics.json`` (layout: :mod:`train.report`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.console import ParamsOption, QuietOption, console, say
+from pipeline.params import load_section, read_params_file
+from train.report import ReportConfig, build_report
+
+
+def command(
+    input: Path = typer.Option(Path("reports/eval"), "--input", "-i", help="Evaluations: <model>/fold<k>/per_image.csv + summary.json."),
+    output: Path = typer.Option(Path("reports"), "--output", "-o", help="Report folder."),
+    images: Path = typer.Option(Path("data/interim/png"), "--images", help="The exported PNGs (for the example overlays)."),
+    masks: Path = typer.Option(Path("data/processed/masks"), "--masks", help="Ground-truth class masks (for the overlays)."),
+    models: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Only these models, in this order (repeatable; default: params train.models, else every evaluated model)."),
+    params: Path = ParamsOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Tables 1-4 (means, Kruskal-Wallis, Holm-corrected pairwise tests), Shapiro-Wilk, Tukey
+    HSD, density and box plots, example overlays; report.html and metrics.json."""
+    cfg = load_section(ReportConfig, "report", params) if params.exists() else ReportConfig()
+    if not models and params.exists():
+        # the models the pipeline trains, in params order (stale evaluations are left out)
+        models = read_params_file(params).get("train", {}).get("models") or None
+    metrics = build_report(input, output, images=images, masks=masks, cfg=cfg,
+                           models=models or None)
+    say(f"report: {len(metrics)} models -> {output}/report.html, {output}/metrics.json",
+        quiet=quiet)
+    if not quiet:
+        for model, m in metrics.items():
+            console.print(f"  {model:10} mIoU {100 * m['mean_iou']:6.2f} %  recognition "
+                          f"{100 * m['recognition_rate']:6.2f} %  composite "
+                          f"{100 * m['composite_recognition_rate']:6.2f} %")

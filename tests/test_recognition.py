@@ -1,0 +1,129 @@
+"""Recognition and composite recognition rates (train/recognition.py) on constructed cases:
+a lateral spine of rectangles, bottom to top S1, L5..L1, with L3 and L4 overlapping."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from train.recognition import (Instances, RecognitionConfig, components, encode,
+                               merged_class_mask, postprocess_instances, recognize)
+
+H, W = 200, 60
+CFG = RecognitionConfig(score_thr=0.3, nms_iou=0.5, min_area=5, match_iou=0.5,
+                        overlap_min_fraction=0.01)
+VALUES = {"lumbar": 1, "sacrum": 2}
+# (class, y0, y1): 20-pixel vertebrae 5 pixels apart; L4 (y 80..100) and L3 (y 95..115) overlap
+SPINE = [("sacrum", 170, 195), ("lumbar", 140, 160), ("lumbar", 110, 130), ("lumbar", 80, 100),
+         ("lumbar", 62, 82), ("lumbar", 30, 50)]
+# levels bottom-up: S1, L5 (140..160), L4 (110..130), L3 (80..100), L2 (62..82), L1 (30..50)
+# overlapping pair: L3 (80..100) and L2 (62..82)
+
+
+def box(y0, y1, x0=10, x1=50):
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def instances(parts) -> Instances:
+    inst = Instances()
+    for cls, mask in parts:
+        inst.classes.append(cls)
+        inst.rles.append(encode(mask))
+        inst.scores.append(1.0)
+        inst.levels.append(None)
+    return inst.with_levels()
+
+
+GT = instances([(c, box(a, b)) for c, a, b in SPINE])
+
+
+def test_ground_truth_levels_bottom_up():
+    assert GT.levels == ["S1", "L5", "L4", "L3", "L2", "L1"]
+
+
+def test_perfect_prediction():
+    r = recognize(GT, instances([(c, box(a, b)) for c, a, b in SPINE]), CFG)
+    assert (r["recognized"], r["composite"]) == (1, 1)
+    assert r["missed"] == [] and r["shifted"] == [] and r["lost_overlaps"] == []
+    assert all(v["matched"] for v in r["levels"].values())
+
+
+def test_missing_vertebra_fails_and_shifts_levels_above():
+    pred = instances([(c, box(a, b)) for c, a, b in SPINE if (a, b) != (110, 130)])  # no L4
+    r = recognize(GT, pred, CFG)
+    assert (r["recognized"], r["composite"]) == (0, 0)
+    assert r["missed"] == ["L4"]
+    # the predictions above the gap are counted one level too low
+    assert r["shifted"] == ["L3", "L2", "L1"]
+    assert r["levels"]["L3"]["predicted_level"] == "L4"
+
+
+def test_fused_pair_of_a_semantic_model():
+    mask = np.zeros((H, W), np.uint8)
+    for c, a, b in SPINE:
+        mask[box(a, b)] = VALUES[c]
+    pred = components(mask, VALUES)          # L3 and L2 touch: one blob
+    assert len(pred) == 5
+    r = recognize(GT, pred, CFG)
+    assert r["recognized"] == 0 and r["composite"] == 0
+    assert len(r["missed"]) == 1 and r["missed"][0] in ("L3", "L2")
+
+
+def test_false_split_of_one_vertebra():
+    parts = [(c, box(a, b)) for c, a, b in SPINE if (a, b) != (140, 160)]
+    parts += [("lumbar", box(140, 160, 10, 28)), ("lumbar", box(140, 160, 32, 50))]  # L5 in two
+    r = recognize(GT, instances(parts), CFG)
+    assert r["recognized"] == 0
+    assert "L5" in r["missed"]
+
+
+def test_overlap_lost_fails_only_the_composite_rate():
+    parts = [(c, box(a, b)) for c, a, b in SPINE if (a, b) not in ((80, 100), (62, 82))]
+    parts += [("lumbar", box(83, 100)), ("lumbar", box(62, 81))]  # L3 / L2 trimmed apart
+    r = recognize(GT, instances(parts), CFG)
+    assert (r["recognized"], r["composite"]) == (1, 0)
+    assert r["lost_overlaps"] == ["L3/L2"]
+
+
+def test_overlap_where_the_truth_has_none_fails_the_composite_rate():
+    parts = [(c, box(a, b)) for c, a, b in SPINE if (a, b) != (30, 50)]
+    parts.append(("lumbar", box(30, 66)))   # L1 grown into L2
+    r = recognize(GT, instances(parts), CFG)
+    assert (r["recognized"], r["composite"]) == (1, 0)
+    assert r["false_overlaps"] == ["L2/L1"]
+
+
+def test_class_must_match():
+    parts = [(c, box(a, b)) for c, a, b in SPINE[1:]] + [("lumbar", box(170, 195))]
+    r = recognize(GT, instances(parts), CFG)
+    assert r["recognized"] == 0 and r["missed"] == ["S1"]
+
+
+def test_instance_postprocessing_threshold_nms_and_merge():
+    masks = [box(a, b) for _, a, b in SPINE] + [box(141, 160), box(0, 20)]
+    classes = [c for c, _, _ in SPINE] + ["lumbar", "lumbar"]
+    scores = [0.9] * 6 + [0.8, 0.1]       # a duplicate of L5 and a low-score blob
+    inst = postprocess_instances(classes, np.stack(masks), scores, CFG)
+    assert len(inst) == 6 and sorted(inst.levels) == sorted(GT.levels)
+    r = recognize(GT, inst, CFG)
+    assert (r["recognized"], r["composite"]) == (1, 1)
+    merged = merged_class_mask(inst, (H, W), VALUES)
+    assert merged[180, 20] == 2 and merged[150, 20] == 1 and merged[5, 20] == 0
+
+
+def test_empty_prediction():
+    r = recognize(GT, Instances(), CFG)
+    assert (r["recognized"], r["composite"], r["n_matched"]) == (0, 0, 0)
+    assert len(r["missed"]) == 6
+
+
+@pytest.mark.parametrize("min_fraction, overlapping", [(0.01, True), (0.5, False)])
+def test_overlap_criterion(min_fraction, overlapping):
+    cfg = RecognitionConfig(overlap_min_fraction=min_fraction, match_iou=0.5)
+    r = recognize(GT, instances([(c, box(a, b)) for c, a, b in SPINE]), cfg)
+    assert r["composite"] == 1   # same relation on both sides, whatever the criterion
+    # the trimmed pair only counts as a lost overlap when the GT pair counts as overlapping
+    parts = [(c, box(a, b)) for c, a, b in SPINE if (a, b) not in ((80, 100), (62, 82))]
+    parts += [("lumbar", box(83, 100)), ("lumbar", box(62, 81))]
+    assert (recognize(GT, instances(parts), cfg)["composite"] == 0) == overlapping

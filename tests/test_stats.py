@@ -1,0 +1,134 @@
+"""Statistics (train/stats.py) against SciPy, statsmodels and scikit-posthocs called directly,
+and the report (train/report.py) on evaluation folders written by train/evaluate.py's own
+writer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scikit_posthocs as sp
+from scipy import stats as st
+from statsmodels.sandbox.stats.multicomp import MultiComparison
+from statsmodels.stats.multicomp import pairwise_tukeyhsd
+
+from train import stats
+from train.evaluate import write_scores
+from train.metrics import METRICS
+from train.report import ReportConfig, build_report
+
+MODELS = ["mask_rcnn", "yolact", "unet", "pspnet", "deeplabv3"]
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(4)
+    rows = []
+    for k, model in enumerate(MODELS):
+        for i in range(30):
+            rows.append({"model": model, "file_name": f"img{i:02d}.png",
+                         "mean_iou": float(np.clip(rng.normal(0.80 + 0.02 * k, 0.04), 0, 1)),
+                         "pixel_accuracy": float(rng.beta(40 + 5 * k, 2)),
+                         "recognized": int(rng.random() < 0.5 + 0.1 * k)})
+    return pd.DataFrame(rows)
+
+
+def _groups(df, col):
+    return [df.loc[df["model"] == m, col].to_numpy() for m in MODELS]
+
+
+def test_kruskal_matches_scipy(frame):
+    res = stats.kruskal(frame, ["mean_iou", "recognized"], alpha=0.05).set_index("metric")
+    for col in ("mean_iou", "recognized"):
+        h, p = st.kruskal(*_groups(frame, col))
+        assert res.loc[col, "H"] == pytest.approx(h) and res.loc[col, "p"] == pytest.approx(p)
+        assert res.loc[col, "epsilon_squared"] == pytest.approx(h / (len(frame) - 1))
+        assert res.loc[col, "reject"] == (p < 0.05)
+
+
+def test_pairwise_matches_statsmodels_allpairtest_and_dunn(frame):
+    res = stats.pairwise(frame, "recognized", alpha=0.05)
+    table, _, _ = MultiComparison(frame["recognized"], frame["model"], group_order=MODELS) \
+        .allpairtest(st.ttest_ind, method="holm")
+    ref = pd.DataFrame(table.data[1:], columns=table.data[0])
+    assert list(zip(res["model_1"], res["model_2"])) == list(zip(ref["group1"], ref["group2"]))
+    assert res["stat"].to_numpy() == pytest.approx(ref["stat"].astype(float).to_numpy(), abs=1e-3)
+    assert res["pval_corr"].to_numpy() == pytest.approx(ref["pval_corr"].astype(float).to_numpy(), abs=1e-3)
+    assert list(res["reject"]) == list(ref["reject"])
+    dunn = sp.posthoc_dunn(frame, val_col="recognized", group_col="model", p_adjust="holm")
+    for _, r in res.iterrows():
+        assert r["dunn_pval_corr"] == pytest.approx(dunn.loc[r["model_1"], r["model_2"]])
+    a, b = _groups(frame, "recognized")[:2]
+    u = st.mannwhitneyu(a, b).statistic
+    assert res.loc[0, "cliffs_delta"] == pytest.approx(2 * u / (len(a) * len(b)) - 1)
+
+
+def test_shapiro_and_tukey_match(frame):
+    sh = stats.shapiro(frame, ["mean_iou"], alpha=0.05)
+    for m, x in zip(MODELS, _groups(frame, "mean_iou")):
+        w, p = st.shapiro(x)
+        row = sh[sh["model"] == m].iloc[0]
+        assert row["W"] == pytest.approx(w) and row["p"] == pytest.approx(p)
+    tk = stats.tukey(frame, "mean_iou", alpha=0.05)
+    assert sh["normal"].all() and tk is not None
+    ref = pairwise_tukeyhsd(frame["mean_iou"], frame["model"], alpha=0.05)
+    assert tk["p-adj"].astype(float).to_numpy() == pytest.approx(ref.pvalues, abs=1e-3)
+    # pixel accuracy near 1 (beta): not normal in some model -> Tukey does not apply
+    assert stats.tukey(frame.assign(x=frame["recognized"]), "x", 0.05) is None
+
+
+def test_degenerate_data_has_notes_not_errors():
+    df = pd.DataFrame({"model": ["a"] * 4 + ["b"] * 4, "v": [1.0] * 8})
+    k = stats.kruskal(df, ["v"], 0.05).iloc[0]
+    assert np.isnan(k["H"]) and k["p"] == 1.0 and "identical" in k["note"]
+    pw = stats.pairwise(df, "v", 0.05).iloc[0]
+    assert pw["pval"] == 1.0 and not pw["reject"] and pw["note"]
+    assert stats.shapiro(df, ["v"], 0.05)["note"].str.contains("identical").all()
+
+
+def test_report_from_evaluation_folders(tmp_path, frame):
+    import cv2
+    images, masks = tmp_path / "png", tmp_path / "masks"
+    for d in (images, masks):
+        d.mkdir()
+    gt = np.zeros((40, 20), np.uint8)
+    gt[5:15, 5:15], gt[25:35, 5:15] = 1, 2
+    for name in frame["file_name"].unique():
+        cv2.imwrite(str(images / name), np.full((40, 20), 128, np.uint8))
+        cv2.imwrite(str(masks / name), gt)
+    rng = np.random.default_rng(0)
+    for model in MODELS:
+        g = frame[frame["model"] == model]
+        rows = [{"file_name": r["file_name"], "predicted": 1,
+                 **{m: float(np.clip(r["mean_iou"] + rng.normal(0, 0.01), 0, 1)) for m in METRICS},
+                 "recognized": int(r["recognized"]), "composite": int(r["recognized"]) * int(i % 2),
+                 "n_gt": 6, "n_pred": 6, "n_matched": 6, "missed": "", "shifted": "",
+                 "lost_overlaps": "", "false_overlaps": ""} for i, (_, r) in enumerate(g.iterrows())]
+        out = tmp_path / "eval" / model / "fold0"
+        (out / "predictions").mkdir(parents=True)
+        for r in rows:
+            cv2.imwrite(str(out / "predictions" / r["file_name"]), gt)
+        write_scores(out, rows, {"model": model, "fold": 0, "level_recognition": {"L1": 1.0},
+                                 "pooled": {"mean_iou": 0.9}})
+    metrics = build_report(tmp_path / "eval", tmp_path / "reports", images=images, masks=masks,
+                           cfg=ReportConfig(), models=MODELS)
+    assert list(metrics) == MODELS
+    saved = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert saved == metrics
+    for model in MODELS:
+        g = frame[frame["model"] == model]
+        assert saved[model]["recognition_rate"] == pytest.approx(g["recognized"].mean())
+        assert set(saved[model]) == {*METRICS, "recognition_rate", "composite_recognition_rate"}
+    html = (tmp_path / "reports" / "report.html").read_text()
+    assert "Table 1" in html and "Table 4" in html and html.count("data:image/png;base64,") >= 12
+    t1 = pd.read_csv(tmp_path / "reports" / "tables" / "table1_values.csv", index_col=0)
+    assert list(t1.index) == MODELS
+    dens = pd.read_csv(tmp_path / "reports" / "plots" / "density_mean_iou.csv")
+    assert list(dens.columns) == ["value", *MODELS]
+    for model in MODELS:   # each density integrates to about 1 over its range
+        assert np.trapezoid(dens[model], dens["value"]) == pytest.approx(1, abs=0.15)
+    for name in ("table2_kruskal_wallis", "table3_recognition_rate",
+                 "table4_composite_recognition_rate", "shapiro_wilk"):
+        assert (tmp_path / "reports" / "tables" / f"{name}.md").read_text().startswith("|")
+    assert (tmp_path / "reports" / "figures" / "overlays" / "unet_worst.png").is_file()

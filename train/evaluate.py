@@ -1,0 +1,235 @@
+"""Evaluation of one model x fold on the fixed test set: predictions, per-image pixel metrics
+(:mod:`train.metrics`), recognition rates (:mod:`train.recognition`), pooled metrics.
+
+Ground truth: the split's ``test/coco.json`` (instances, levels) and the convert stage's class
+masks (``masks/<stem>.png``). Layout of an evaluation folder (``reports/eval/<model>/fold<k>``):
+
+- ``predictions/<stem>.png``: the merged class mask of the prediction (uint8, 0 background,
+  1 lumbar, 2 sacrum; instance models: where classes overlap the larger value wins, as in the
+  ground truth);
+- ``instances.json``: the predicted instances in COCO results format (``image_id``,
+  ``category_id``, ``segmentation`` as RLE, ``score``) plus ``file_name`` and ``level``; COCO
+  tools (``COCO.loadRes``) read it. Semantic models: the connected components, score 1.0;
+- ``per_image.csv``: per test image: ``predicted`` (0 when the image had no prediction), the
+  four pixel metrics, ``recognized``, ``composite``, counts, missed / shifted levels, lost /
+  false overlaps;
+- ``summary.json``: model, fold, family, means of the four metrics, ``recognition_rate``,
+  ``composite_recognition_rate``, per-level recognition, pooled metrics, missing predictions.
+
+Scoring reads only the predictions folder, so predictions made elsewhere (the same layout:
+class-mask PNGs named like the test images, ``instances.json`` optional) are scored the same
+way. A test image without a prediction PNG counts as a miss: it is scored as an all-background
+prediction (recognized 0), flagged ``predicted = 0`` and listed; it is never dropped.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from converters.coco import PNG_LABEL_PARAMS
+from converters.errors import ShapeMismatchError, SpinepipeError, UsageError
+from converters.io import write_bytes, write_json, write_text
+from train.metrics import METRICS, confusion, metrics_from_confusion, pooled_metrics
+from train.recognition import (LEVELS, Instances, RecognitionConfig, components,
+                               merged_class_mask, postprocess_instances, recognize)
+
+PER_IMAGE_FIELDS = ("file_name", "predicted", *METRICS, "recognized", "composite", "n_gt",
+                    "n_pred", "n_matched", "missed", "shifted", "lost_overlaps",
+                    "false_overlaps")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(RecognitionConfig):
+    """params.yaml section ``evaluate``."""
+
+    device: str = "auto"      # auto (GPU if there is one) | cpu | cuda:N
+    batch_size: int = 4
+
+
+@dataclass
+class TestSet:
+    """Ground truth of the test set: COCO images / instances and the class masks folder."""
+
+    images: list[dict]
+    instances: dict[int, Instances]
+    class_values: dict[str, int]
+    masks: Path
+
+    @classmethod
+    def load(cls, coco_path: str | Path, masks: str | Path) -> "TestSet":
+        coco_path = Path(coco_path)
+        if not coco_path.is_file():
+            raise UsageError("test set not found (run the split stage)", file=coco_path)
+        coco = json.loads(coco_path.read_text())
+        if not coco.get("images"):
+            raise UsageError("the test set is empty", file=coco_path)
+        values = {c["name"]: int(c["id"]) for c in coco["categories"]}
+        size = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
+        inst = {im["id"]: Instances() for im in coco["images"]}
+        for ann in coco["annotations"]:
+            h, w = size[ann["image_id"]]
+            seg = ann["segmentation"]
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list) \
+                else seg
+            target = inst[ann["image_id"]]
+            target.classes.append(next(k for k, v in values.items() if v == ann["category_id"]))
+            target.rles.append(rle)
+            target.scores.append(1.0)
+            target.levels.append(ann.get("level"))
+        return cls(sorted(coco["images"], key=lambda im: im["file_name"]), inst, values,
+                   Path(masks))
+
+
+def read_mask(path: Path, *, what: str) -> np.ndarray:
+    """A one-channel label PNG."""
+    if not Path(path).is_file():
+        raise SpinepipeError(f"{what} PNG not found", file=path)
+    mask = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise SpinepipeError(f"unreadable {what} PNG", file=path)
+    if mask.ndim != 2:
+        raise SpinepipeError(f"{what} must be a one-channel label PNG, got shape {mask.shape}",
+                             file=path)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# predictions
+
+
+def write_predictions(run_dir: str | Path, test: TestSet, images: str | Path, out: str | Path,
+                      cfg: EvaluateConfig, progress: Callable[[int, int], None] | None = None
+                      ) -> None:
+    """Run the trained model on the test images; write ``predictions/`` and
+    ``instances.json`` under ``out``."""
+    from train.inference import predict
+
+    out, images = Path(out), Path(images)
+    paths = [images / im["file_name"] for im in test.images]
+    for p in paths:
+        if not p.is_file():
+            raise UsageError("test image not found", file=p)
+    by_name = {im["file_name"]: im for im in test.images}
+    results: list[dict] = []
+    for done, (path, raw) in enumerate(predict(run_dir, paths, device=cfg.device,
+                                               batch_size=cfg.batch_size), 1):
+        im = by_name[path.name]
+        if raw.class_mask is not None:
+            inst = components(raw.class_mask, test.class_values, cfg.min_area)
+            mask = raw.class_mask
+        else:
+            inst = postprocess_instances(raw.classes, raw.masks, raw.scores, cfg)
+            mask = merged_class_mask(inst, (im["height"], im["width"]), test.class_values)
+        ok, png = cv2.imencode(".png", mask, PNG_LABEL_PARAMS)
+        write_bytes(out / "predictions" / path.name, png.tobytes())
+        for cls, rle, score, level in zip(inst.classes, inst.rles, inst.scores, inst.levels):
+            results.append({"image_id": im["id"], "file_name": im["file_name"],
+                            "category_id": test.class_values[cls], "segmentation": rle,
+                            "score": score, "level": level})
+        if progress:
+            progress(done, len(paths))
+    write_json(out / "instances.json", results, indent=None)
+
+
+# --------------------------------------------------------------------------------------------
+# scoring
+
+
+def _predicted_instances(pred_dir: Path, test: TestSet) -> dict[str, Instances] | None:
+    path = pred_dir / "instances.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SpinepipeError(f"malformed JSON ({exc.msg})", file=path) from None
+    ids = {im["id"]: im["file_name"] for im in test.images}
+    names = {v: k for k, v in test.class_values.items()}
+    out: dict[str, Instances] = {}
+    for k, r in enumerate(results):
+        name = r.get("file_name") or ids.get(r.get("image_id"))
+        if name is None or r.get("category_id") not in names:
+            raise SpinepipeError(f"result {k}: unknown image or category", file=path)
+        inst = out.setdefault(name, Instances())
+        inst.classes.append(names[r["category_id"]])
+        inst.rles.append(r["segmentation"])
+        inst.scores.append(float(r.get("score", 1.0)))
+        inst.levels.append(r.get("level"))
+    return {k: v.with_levels() if any(lv is None for lv in v.levels) else v
+            for k, v in out.items()}
+
+
+def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model: str = "",
+          fold: int | None = None, family: str = "",
+          progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], dict]:
+    """Per-image rows and the summary of the predictions in ``pred_dir`` (module docstring)."""
+    pred_dir = Path(pred_dir)
+    instances = _predicted_instances(pred_dir, test)
+    rows, cms, missing = [], [], []
+    level_hits = {lv: [0, 0] for lv in LEVELS}          # matched, present
+    for done, im in enumerate(test.images, 1):
+        name = im["file_name"]
+        gt_mask = read_mask(test.masks / name, what="ground-truth mask")
+        pred_path = pred_dir / "predictions" / name
+        predicted = pred_path.is_file()
+        if predicted:
+            pred_mask = read_mask(pred_path, what="prediction")
+            if pred_mask.shape != gt_mask.shape:
+                raise ShapeMismatchError(
+                    f"prediction {pred_mask.shape} and ground truth {gt_mask.shape} differ "
+                    "in shape", file=pred_path, image=name)
+        else:
+            missing.append(name)
+            pred_mask = np.zeros_like(gt_mask)
+        cm = confusion(pred_mask, gt_mask, image=name)
+        cms.append(cm)
+        if not predicted:
+            pred = Instances()
+        elif instances is not None:
+            pred = instances.get(name, Instances())
+        else:
+            pred = components(pred_mask, test.class_values, getattr(cfg, "min_area", 0))
+        rec = recognize(test.instances[im["id"]], pred, cfg)
+        for lv, r in rec["levels"].items():
+            if lv in level_hits:
+                level_hits[lv][0] += int(r["matched"])
+                level_hits[lv][1] += 1
+        rows.append({"file_name": name, "predicted": int(predicted),
+                     **metrics_from_confusion(cm),
+                     **{k: rec[k] for k in ("recognized", "composite", "n_gt", "n_pred",
+                                            "n_matched")},
+                     **{k: ";".join(rec[k]) for k in ("missed", "shifted", "lost_overlaps",
+                                                      "false_overlaps")}})
+        if progress:
+            progress(done, len(test.images))
+    names = {v: k for k, v in test.class_values.items()}
+    names[0] = "background"
+    summary = {
+        "model": model, "fold": fold, "family": family, "images": len(rows),
+        **{m: float(np.mean([r[m] for r in rows])) for m in METRICS},
+        "recognition_rate": float(np.mean([r["recognized"] for r in rows])),
+        "composite_recognition_rate": float(np.mean([r["composite"] for r in rows])),
+        "level_recognition": {lv: (hit / n if n else None) for lv, (hit, n) in level_hits.items()},
+        "missing_predictions": missing,
+        "pooled": pooled_metrics(cms, names),
+        "params": asdict(cfg),
+    }
+    return rows, summary
+
+
+def write_scores(out: str | Path, rows: list[dict], summary: dict) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PER_IMAGE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_text(Path(out) / "per_image.csv", buf.getvalue())
+    write_json(Path(out) / "summary.json", summary)
