@@ -44,7 +44,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 	@echo
-	@echo "Done. Results: models/<model>/fold0/metrics.json (trained models), data/processed/ (COCO, masks, QA overlays in data/processed/qa/), data/splits/; see README 'Where results appear'."
+	@echo "Done. The comparison: reports/report.html (tables: reports/tables/, per model: reports/metrics.json); trained models: models/<model>/fold0/; data: data/processed/, data/splits/. See README 'Where results appear'."
 
 # benchmarks time the product against its peers (dicognito, dcmtk) and print ratios
 bench: $(STAMP)
@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_anonymize.py
 	$(PY) benchmarks/bench_anonymize.py --n 200 --height 2870 --width 1100
 	$(PY) benchmarks/bench_convert.py
+	$(PY) benchmarks/bench_metrics.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,5 +1,6 @@
 """A straightforward implementation of the study's four pixel metrics, with one boolean mask
-per class, as the reference implementation (py_img_seg_eval ``eval_segm.py``) computes them.
+per class, structured as the reference implementation (py_img_seg_eval ``eval_segm.py``):
+four independent metric functions, each extracting its own per-class masks.
 
 Written from the formulas (see :mod:`train.metrics`), not copied. It is the peer that
 ``bench_metrics.py`` times and the cross-check the tests compare :mod:`train.metrics` with.
@@ -9,31 +10,46 @@ from __future__ import annotations
 import numpy as np
 
 
-def _masks(segm: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    return np.stack([segm == c for c in classes])
-
-
-def reference_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+def _both_masks(pred: np.ndarray, gt: np.ndarray, classes: np.ndarray):
     if pred.shape != gt.shape:
         raise ValueError("shape mismatch")
-    gt_classes = np.unique(gt)
-    all_classes = np.union1d(np.unique(pred), gt_classes)
-    pm, gm = _masks(pred, gt_classes), _masks(gt, gt_classes)
-    n_ii = [np.sum(np.logical_and(p, g)) for p, g in zip(pm, gm)]
-    t_i = [np.sum(g) for g in gm]
-    pixel_accuracy = sum(n_ii) / sum(t_i)
-    mean_accuracy = float(np.mean([n / t for n, t in zip(n_ii, t_i)]))
-    pm, gm = _masks(pred, all_classes), _masks(gt, all_classes)
-    iu, fw = [], []
+    return np.stack([pred == c for c in classes]), np.stack([gt == c for c in classes])
+
+
+def pixel_accuracy(pred: np.ndarray, gt: np.ndarray) -> float:
+    classes = np.unique(gt)
+    pm, gm = _both_masks(pred, gt, classes)
+    n_ii = sum(np.sum(np.logical_and(p, g)) for p, g in zip(pm, gm))
+    t_i = sum(np.sum(g) for g in gm)
+    return float(n_ii / t_i)
+
+
+def mean_accuracy(pred: np.ndarray, gt: np.ndarray) -> float:
+    classes = np.unique(gt)
+    pm, gm = _both_masks(pred, gt, classes)
+    return float(np.mean([np.sum(np.logical_and(p, g)) / np.sum(g) for p, g in zip(pm, gm)]))
+
+
+def _iu_terms(pred: np.ndarray, gt: np.ndarray):
+    classes = np.union1d(np.unique(pred), np.unique(gt))
+    pm, gm = _both_masks(pred, gt, classes)
     for p, g in zip(pm, gm):
-        if p.sum() == 0 or g.sum() == 0:
-            iu.append(0.0)
-            fw.append(0.0)
+        if np.sum(p) == 0 or np.sum(g) == 0:
+            yield 0.0, 0.0
             continue
         n = np.sum(np.logical_and(p, g))
         t, s = np.sum(g), np.sum(p)
-        iu.append(n / (t + s - n))
-        fw.append(t * n / (t + s - n))
-    return {"pixel_accuracy": float(pixel_accuracy), "mean_accuracy": mean_accuracy,
-            "mean_iou": float(np.sum(iu) / len(gt_classes)),
-            "frequency_weighted_iou": float(np.sum(fw) / gt.size)}
+        yield n / (t + s - n), t
+
+
+def mean_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(sum(iu for iu, _ in _iu_terms(pred, gt)) / len(np.unique(gt)))
+
+
+def frequency_weighted_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(sum(t * iu for iu, t in _iu_terms(pred, gt)) / gt.size)
+
+
+def reference_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    return {f.__name__: f(pred, gt) for f in (pixel_accuracy, mean_accuracy, mean_iou,
+                                               frequency_weighted_iou)}
