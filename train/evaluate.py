@@ -196,7 +196,7 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
         elif instances is not None:
             pred = instances.get(name, Instances())
         else:
-            pred = components(pred_mask, test.class_values, getattr(cfg, "min_area", 0))
+            pred = components(pred_mask, test.class_values, cfg.min_area)
         rec = recognize(test.instances[im["id"]], pred, cfg)
         for lv, r in rec["levels"].items():
             if lv in level_hits:

@@ -244,20 +244,23 @@ def examples(df: pd.DataFrame, eval_root: Path, images: Path, masks: Path, k: in
 # the report
 
 
+def _cell(v, percent: bool) -> str:
+    """One table cell as text: floats as percentages or 4 significant digits, NaN as n/a."""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (float, np.floating)):
+        return "n/a" if np.isnan(v) else (f"{100 * v:.2f}" if percent else f"{v:.4g}")
+    return str(v)
+
+
 def _md(df: pd.DataFrame, percent: bool = False) -> str:
-    def cell(v):
-        if isinstance(v, (bool, np.bool_)):
-            return str(bool(v))
-        if isinstance(v, (float, np.floating)):
-            return "n/a" if np.isnan(v) else (f"{100 * v:.2f}" if percent else f"{v:.4g}")
-        return str(v).replace("|", "\\|")
     cols = [str(c) for c in df.columns]
     show_index = not isinstance(df.index, pd.RangeIndex)
     lines = ["| " + " | ".join(([""] if show_index else []) + cols) + " |",
              "|" + "---|" * (len(cols) + show_index)]
     for idx, row in df.iterrows():
-        lines.append("| " + " | ".join(([str(idx)] if show_index else []) +
-                                       [cell(v) for v in row]) + " |")
+        cells = ([str(idx)] if show_index else []) + [_cell(v, percent) for v in row]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -332,16 +335,10 @@ def _uri(data: bytes) -> str:
 
 def _html(tables: dict, figs: dict, ex: list, df: pd.DataFrame, cfg: ReportConfig) -> str:
     def table_html(table: pd.DataFrame, percent: bool) -> str:
-        def fmt(v):
-            if isinstance(v, (bool, np.bool_)):
-                return str(bool(v))
-            if isinstance(v, (float, np.floating)):
-                return "n/a" if np.isnan(v) else (f"{100 * v:.2f}" if percent else f"{v:.4g}")
-            return html.escape(str(v))
         show_index = not isinstance(table.index, pd.RangeIndex)
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in
                        ([""] if show_index else []) + list(table.columns))
-        body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v, percent))}</td>" for v in
                                         (([idx] if show_index else []) + list(row))) + "</tr>"
                        for idx, row in table.iterrows())
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
