@@ -68,7 +68,7 @@ def main() -> None:
                        AnonymizeOptions(), workers=cores)
         export_tree(tmp / "anon", tmp / "png", ExportOptions(), workers=cores)
         exported = exported_pngs(tmp / "png", load_ledger(priv)["instances"])
-        via = annotations_for_export(json.loads((tmp / "raw" / "annotations" / "via_project.json").read_text()), exported)
+        via = annotations_for_export(tmp / "raw" / "annotations" / "via_project.json", exported)
         # replicate to n images (hard links; VIA entries renamed accordingly)
         images = tmp / "images"
         images.mkdir()

@@ -11,8 +11,17 @@ edition :data:`TABLE_EDITION`); this module is the engine that applies it:
   HMAC of the original Patient ID).
 - UIDs: ``2.25.<decimal of the first 128 bits of HMAC-SHA256(salt, uid)>``: valid UID syntax,
   the same input UID gives the same output UID in every run of a project (same salt), and
-  references between objects stay consistent. Registry UIDs (``1.2.840.10008.*``: SOP classes,
-  transfer syntaxes) and ``*ClassUID`` / ``*SyntaxUID`` attributes are kept.
+  references between objects stay consistent. Every instance UID is remapped, at every
+  sequence depth, unless it is a well-known UID of the standard's registry (PS3.6 Annex A as
+  pydicom lists it: transfer syntaxes, SOP classes, coding schemes, ...), checked by list, not by
+  prefix (a crafted ``1.2.840.10008.9/../x`` is remapped like any other value).
+  ``*ClassUID`` / ``*SyntaxUID`` attributes are kept.
+- Patient's Name and Patient ID are replaced by the pseudonym wherever they occur, sequence
+  items included; every other Table E.1-1 attribute is handled at every sequence depth.
+- The 128-byte Part 10 preamble (free text in some archives) is zeroed.
+- Pixel data is checked before an object is called anonymized: uncompressed, its length must
+  hold Rows x Columns x Samples x BitsAllocated x Frames; compressed, it must decode. An image
+  object without pixel data (truncated) is an error, never a "non-image" skip.
 - Option *Retain Longitudinal Temporal Information with Modified Dates* (default on): every
   DA value, and the date part of every DT value, anywhere in the dataset is shifted by one
   per-patient number of days (-365 to -3650, from an HMAC of the Patient ID), so intervals
@@ -38,8 +47,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import hmac
+import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -54,14 +64,22 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
-from converters.errors import InvalidDicomError
-from converters.io import atomic_path, write_json
-from converters.parallel import map_jobs
+from pydicom._uid_dict import UID_dictionary
+
+from converters.errors import InvalidDicomError, SpinepipeError
+from converters.io import (TEMP_MARK, atomic_path, prepare_output, remove_stale_temps,
+                           write_json)
+from converters.incremental import IncrementalState, file_signature
 from converters.ledger import (load_ledger, read_private_json, update_ledger,
                                write_private_json)
+from converters.parallel import map_jobs
+from converters.paths import check_name, check_uid, confined
 
 TABLE_EDITION = "dicomfields_2026c"
-REGISTRY_ROOT = "1.2.840.10008."
+#: well-known UIDs of PS3.6 Annex A (never identifying): kept as they are
+WELL_KNOWN_UIDS = frozenset(UID_dictionary)
+#: "GGGG,Private Creator,EE" (params.yaml anonymize.private_allowlist)
+ALLOWLIST_PATTERN = r"[0-9A-Fa-f]{4},[^,]+,[0-9A-Fa-f]{2}"
 PSEUDONYM_PREFIX = "SP"
 
 #: CID 7050 De-identification Method codes (DCM)
@@ -85,7 +103,8 @@ class AnonymizeOptions:
     retain_longitudinal_modified_dates: bool = True
     retain_patient_characteristics: bool = False
     retain_device_identity: bool = False
-    private_allowlist: list[str] = field(default_factory=list)  # "0009,CREATOR,10"
+    private_allowlist: list[str] = field(default_factory=list, metadata={
+        "pattern": ALLOWLIST_PATTERN, "example": "0009,CREATOR,10"})
     burned_in: Literal["quarantine", "blank"] = "quarantine"
     # pixel regions blanked when burned_in == "blank": [x, y, width, height] in pixels
     blank_regions: list[list[int]] = field(default_factory=list)
@@ -187,14 +206,16 @@ _DUMMY = {"PN": "ANONYMIZED", "LO": "ANONYMIZED", "SH": "ANON", "ST": "ANONYMIZE
 
 
 class _Engine:
-    def __init__(self, salt: bytes, options: AnonymizeOptions, patient_id: str):
+    def __init__(self, salt: bytes, options: AnonymizeOptions, patient_id: str,
+                 pseudonym: str):
         self.salt = salt
+        self.pseudonym = pseudonym
         self.options = options
         self.days = date_shift_days(salt, patient_id)
         self.audit: list[dict] = []
         allow = set()
         for entry in options.private_allowlist:
-            group, creator, element = entry.split(",", 2)
+            group, creator, element = entry.split(",", 2)  # the params loader checked it
             allow.add((int(group, 16), creator.strip(), int(element, 16)))
         self.private_allow = allow
 
@@ -203,7 +224,7 @@ class _Engine:
                            "keyword": keyword_for_tag(tag), "action": action, "path": path})
 
     def uid(self, value: str) -> str:
-        return value if value.startswith(REGISTRY_ROOT) else remap_uid(self.salt, value)
+        return value if value in WELL_KNOWN_UIDS else remap_uid(self.salt, value)
 
     def remap_uid_element(self, elem: DataElement) -> None:
         if elem.VM > 1:
@@ -248,7 +269,10 @@ class _Engine:
                     del ds[tag]
                 continue
             if itag in (0x00100010, 0x00100020):  # Patient's Name / Patient ID
-                continue  # set by anonymize_dataset
+                if path:  # inside a sequence item: the pseudonym too (top level: the caller)
+                    ds[tag].value = self.pseudonym
+                    self.log(tag, "P", f"{path}{keyword_for_tag(tag)}")
+                continue
             action = action_for(tag)
             if opts.retain_patient_characteristics and itag in PATIENT_CHARACTERISTICS:
                 action = None
@@ -321,6 +345,10 @@ def _dictionary_vr(tag: BaseTag) -> str:
 
 
 def _is_instance_uid(keyword: str) -> bool:
+    """A UI attribute to remap: every one but class / syntax UIDs and a few registry
+    references; an attribute unknown to the dictionary (no keyword) is remapped too."""
+    if not keyword:
+        return True
     return keyword.endswith("UID") and not keyword.endswith(("ClassUID", "SyntaxUID")) \
         and keyword not in ("CodingSchemeUID", "ContextUID", "MappingResourceUID")
 
@@ -372,13 +400,14 @@ def anonymize_dataset(ds: Dataset, salt: bytes, options: AnonymizeOptions,
     if "SOPClassUID" not in ds:
         raise InvalidDicomError("no SOP Class UID in the dataset (truncated, or not a "
                                 "composite object)", file=file, tag="(0008,0016)")
-    if "PixelData" not in ds:
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
         sop = ds.get("SOPClassUID")
         name = getattr(sop, "name", None) or str(sop or "unknown SOP class")
-        if "Image Storage" in name:
+        if "Image Storage" in name or any(k in ds for k in _IMAGE_PIXEL_MODULE):
             raise InvalidDicomError(f"{name} object without PixelData (truncated or corrupt)",
                                     file=file, tag="(7FE0,0010)")
         return Outcome("skipped", f"non-image object ({name})")
+    check_pixel_data(ds, file)
     burned = str(ds.get("BurnedInAnnotation", "")).upper() == "YES"
     if burned and options.burned_in == "quarantine":
         return Outcome("quarantined", "BurnedInAnnotation YES")
@@ -395,8 +424,10 @@ def anonymize_dataset(ds: Dataset, salt: bytes, options: AnonymizeOptions,
     }
     if not original["sop_instance_uid"]:
         raise InvalidDicomError("no SOPInstanceUID", file=file, tag="(0008,0018)")
+    if not original["study_instance_uid"]:
+        raise InvalidDicomError("no StudyInstanceUID", file=file, tag="(0020,000D)")
     pseudonym = patient_pseudonym(salt, original_pid)
-    engine = _Engine(salt, options, original_pid)
+    engine = _Engine(salt, options, original_pid, pseudonym)
     if burned:
         _blank(ds, options.blank_regions, file)
         engine.audit.append({"tag": "(7FE0,0010)", "keyword": "PixelData", "action": "C",
@@ -427,6 +458,48 @@ def anonymize_dataset(ds: Dataset, salt: bytes, options: AnonymizeOptions,
                 "date_shift_days": engine.days if options.retain_longitudinal_modified_dates else 0})
 
 
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_IMAGE_PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated")
+
+
+def check_pixel_data(ds: Dataset, file: str = "") -> None:
+    """Raise :class:`InvalidDicomError` unless the pixel data is complete: uncompressed, its
+    length holds every frame; compressed (encapsulated), it decodes."""
+    if "PixelData" not in ds:
+        return  # float pixel data: rare, parametric maps; nothing to check here
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidDicomError("pixel data without valid Rows, Columns and BitsAllocated",
+                                file=file, tag="(0028,0010)") from None
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1  # unreadable frame count (seen in real files): at least one whole frame
+    if min(rows, cols, bits, samples, frames) < 1:
+        raise InvalidDicomError(f"pixel data of {cols}x{rows} pixels, {samples} sample(s), "
+                                f"{bits} bits, {frames} frame(s)", file=file, tag="(0028,0010)")
+    if ts is not None and ts.is_encapsulated:
+        try:
+            arr = ds.pixel_array
+        except Exception as exc:  # decoders raise many types on corrupt streams
+            raise InvalidDicomError(f"compressed pixel data does not decode ({ts.name}): "
+                                    f"{exc}".splitlines()[0], file=file,
+                                    tag="(7FE0,0010)") from None
+        del arr
+        return
+    expected = (rows * cols * samples * frames * bits + 7) // 8
+    got = len(ds.PixelData or b"")
+    if got < expected:
+        raise InvalidDicomError(f"pixel data truncated: {got} bytes where {cols}x{rows}x"
+                                f"{samples}x{bits} bits x {frames} frame(s) need {expected}",
+                                file=file, tag="(7FE0,0010)")
+
+
 def read_dicom(path: str) -> Dataset:
     """Read a DICOM file (Part 10, or a raw dataset as some archives store), or raise."""
     try:
@@ -455,15 +528,22 @@ class TreeReport:
 
     counts: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, dict] = field(default_factory=dict)   # output relpath -> public facts
-    private_rows: dict[str, dict] = field(default_factory=dict)  # input relpath -> details
+    private_rows: dict[str, dict] = field(default_factory=dict)  # input key -> details
 
     @property
     def failed(self) -> int:
         return self.counts.get("failed", 0)
 
+    @property
+    def failed_inputs(self) -> list[str]:
+        return sorted(k for k, r in self.private_rows.items() if r["status"] == "failed")
+
 
 def _part_name(out_rel: str, rel: str) -> str:
-    return f"{out_rel}.{hashlib.sha1(rel.encode()).hexdigest()[:12]}.part"
+    """Where a worker writes an object before the parent moves it to ``out_rel``: hidden and
+    marked temporary, so a run killed in between leaves nothing a re-run keeps."""
+    folder, _, name = out_rel.rpartition("/")
+    return f"{folder}/.{name}.{hashlib.sha1(rel.encode()).hexdigest()[:12]}{TEMP_MARK}"
 
 
 def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeOptions]) -> tuple[str, Outcome, str]:
@@ -473,17 +553,35 @@ def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeOptions]) -> tupl
         outcome = anonymize_dataset(ds, salt, options, file=rel)
         if outcome.status != "anonymized":
             return rel, outcome, ""
-        out_rel = f"{outcome.patient_pseudonym}/{outcome.new_study_uid}/{outcome.new_sop_uid}.dcm"
+        parts = (check_name(outcome.patient_pseudonym, "pseudonym", file=rel),
+                 check_uid(outcome.new_study_uid, "Study Instance UID", file=rel,
+                           tag="(0020,000D)"),
+                 check_uid(outcome.new_sop_uid, "SOP Instance UID", file=rel,
+                           tag="(0008,0018)") + ".dcm")
+        out_rel = "/".join(parts)
+        if getattr(ds, "preamble", None) is not None:
+            ds.preamble = b"\0" * 128  # free text in some archives (names, MRNs)
         # written under a name of its own: two inputs may carry the same SOP Instance UID, and
         # the parent decides which one becomes out_rel (see _part_name)
-        with atomic_path(Path(out_root) / _part_name(out_rel, rel)) as tmp:
+        with atomic_path(confined(out_root, _part_name(out_rel, rel), file=rel)) as tmp:
             ds.save_as(tmp, enforce_file_format=hasattr(ds, "file_meta") and bool(ds.file_meta))
         return rel, outcome, out_rel
-    except InvalidDicomError as exc:
+    except SpinepipeError as exc:
         return rel, Outcome("failed", str(exc)), ""
-    except (ValueError, TypeError, KeyError, OSError, OverflowError, EOFError,
-            struct.error) as exc:  # malformed values pydicom chokes on: report, go on
-        return rel, Outcome("failed", f"{type(exc).__name__}: {exc}".splitlines()[0]), ""
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OSError,
+            OverflowError, EOFError, NotImplementedError, struct.error) as exc:
+        # malformed values pydicom chokes on: report, go on
+        return rel, Outcome("failed", f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0]), ""
+
+
+def _options_key(options: AnonymizeOptions) -> str:
+    return hashlib.sha1(json.dumps(asdict(options), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cacheable(row: dict) -> bool:
+    """Failures (and duplicates, whose first copy may go away) are retried on every run."""
+    return row["status"] in ("anonymized", "quarantined") or (
+        row["status"] == "skipped" and not row["reason"].startswith("duplicate"))
 
 
 def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private: Path,
@@ -494,66 +592,77 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
 
     Output layout: ``<pseudonym>/<new StudyInstanceUID>/<new SOPInstanceUID>.dcm`` plus
     ``audit/<new SOPInstanceUID>.json`` (tags changed and actions, no original values).
-    Incremental: an input whose size and mtime are unchanged since the last run, and whose
-    output still exists, is not processed again. Inputs are only read.
+
+    Incremental and additive (:mod:`converters.incremental`; the state lives in the private
+    folder, one file per output folder, since input paths can carry identifiers): an input
+    whose size, mtime and options are unchanged, and whose output still exists, is not
+    processed again; failures are never cached; a file that disappeared from an input folder
+    walked now has its own earlier output (and audit record) removed, unless another input
+    still produces it. Input folders not given in this run (other batches) are left alone,
+    and so are their outputs. Inputs are only read.
     """
     inputs = [Path(d) for d in input_dir] if isinstance(input_dir, list) else [Path(input_dir)]
-    output_dir = Path(output_dir)
-    state_path = private / "anonymize_state.json"
-    state = read_private_json(state_path, {})
-    sources: dict[str, Path] = {}
+    output_dir = prepare_output(output_dir)
+    remove_stale_temps(output_dir)
+    out_id = hashlib.sha1(str(output_dir.resolve()).encode()).hexdigest()[:12]
+    state = IncrementalState(private / f"anonymize_state.{out_id}.json",
+                             loader=lambda p: read_private_json(p, None),
+                             writer=write_private_json)
+    opt_key = _options_key(options)
+    sources: dict[str, tuple[str, str, Path]] = {}  # key -> (folder, rel, path)
     for d in inputs:
+        folder = str(d.resolve())
         for p in sorted(d.rglob("*")):
             if p.is_file():
                 rel = str(p.relative_to(d))
-                sources[f"{d.name}/{rel}" if len(inputs) > 1 else rel] = p
+                sources[f"{d.name}/{rel}" if len(inputs) > 1 else rel] = (folder, rel, p)
     todo, report = [], TreeReport()
-    for rel, p in sources.items():
-        st = p.stat()
-        prev = state.get(rel)
-        if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns and (
-                not prev.get("output") or (output_dir / prev["output"]).is_file()):
-            report.private_rows[rel] = {**prev["row"], "reused": True}
+    for key, (folder, rel, p) in sources.items():
+        prev = state.up_to_date(folder, rel, file_signature(p, opt_key),
+                                lambda o: (output_dir / o).is_file())
+        if prev and _cacheable(prev["row"]):
+            report.private_rows[key] = {**prev["row"], "reused": True}
             continue
-        todo.append((str(p), rel, str(output_dir), salt, options))
+        state.forget(folder, rel)  # redone now (or failing again): claims nothing meanwhile
+        todo.append((str(p), key, str(output_dir), salt, options))
     ledger = load_ledger(private)
     results = map_jobs(_anonymize_file, todo, workers=workers, progress=progress)
-    owner: dict[str, str] = {state[r]["output"]: r for r in state
-                             if r in sources and state[r].get("output") and r not in
-                             {res[0] for res in results}}
-    for rel, outcome, out_rel in sorted(results, key=lambda r: r[0]):
+    walked = {f for f, _, _ in sources.values()}
+    for folder in walked:  # files gone from a folder walked now: their own outputs go
+        for out_rel in state.prune(folder, [rel for f, rel, _ in sources.values() if f == folder]):
+            for stale in (output_dir / out_rel, output_dir / "audit" / f"{Path(out_rel).stem}.json"):
+                if stale.is_file():
+                    stale.unlink()
+    owner = {o: f"{Path(g).name}:{k}" for g, entries in state.data["groups"].items()
+             for k, e in entries.items() for o in e["outputs"]}
+    for key, outcome, out_rel in sorted(results, key=lambda r: r[0]):
+        folder, rel, p = sources[key]
         if out_rel:
-            part = output_dir / _part_name(out_rel, rel)
-            if out_rel in owner and owner[out_rel] != rel:
+            part = output_dir / _part_name(out_rel, key)
+            if out_rel in owner and owner[out_rel] != key:
                 part.unlink()  # an earlier input (in path order) has this SOP Instance UID
                 outcome = Outcome("skipped", "duplicate SOP Instance UID: same object as "
                                   f"{owner[out_rel]}")
                 out_rel = ""
             else:
-                owner[out_rel] = rel
+                owner[out_rel] = key
                 part.replace(output_dir / out_rel)
         row = {"status": outcome.status, "reason": outcome.reason, "output": out_rel}
-        report.private_rows[rel] = row
+        report.private_rows[key] = row
         if outcome.status == "anonymized":
             update_ledger(ledger, outcome.ledger)
             write_json(output_dir / "audit" / f"{outcome.new_sop_uid}.json",
                        {"output": out_rel, "profile_table": TABLE_EDITION,
                         "changes": outcome.audit}, indent=None)
-        st = sources[rel].stat()
-        state[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "output": out_rel,
-                      "row": row}
-    # inputs that disappeared: their outputs go too
-    current = {state[rel].get("output") for rel in sources if rel in state}
-    for rel in sorted(set(state) - set(sources)):
-        out_rel = state.pop(rel).get("output")
-        if out_rel and out_rel not in current and (output_dir / out_rel).is_file():
-            (output_dir / out_rel).unlink()
-    for rel, row in report.private_rows.items():
+        if outcome.status != "failed":
+            state.record(folder, rel, file_signature(p, opt_key),
+                         [out_rel] if out_rel else [], row=row)
+    for key, row in report.private_rows.items():
         report.counts[row["status"]] = report.counts.get(row["status"], 0) + 1
-        if row["status"] == "anonymized":
-            report.outputs[row["output"]] = {"status": "anonymized"}
+    for out_rel in state.outputs():
+        report.outputs[out_rel] = {"status": "anonymized"}
     write_private_json(private / "ledger.json", ledger)
-    write_private_json(state_path, state)
+    state.save()
     write_private_json(private / "anonymize_report.json", report.private_rows)
     write_json(output_dir / "report.json", {
         "counts": report.counts, "profile_table": TABLE_EDITION,

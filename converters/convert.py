@@ -46,8 +46,15 @@ Outputs under the output folder:
   ``qa/contact_NNN.png`` contact sheets;
 - ``report.json``: every problem, and a count per kind.
 
-Incremental: per image, a hash of its regions, its file and the configuration; unchanged
-images are not re-rasterized.
+Incremental and additive (:mod:`converters.incremental`, grouped by VIA file): per image, a
+hash of its regions, its file and the configuration; unchanged images are not re-rasterized.
+An image no longer in a VIA file given now loses its own masks, overlap map and overlay;
+images of VIA files not given in this run keep theirs (they are not in ``coco.json``).
+
+Nothing half-written: bad input (an unreadable VIA file, ``strict`` problems, an image that
+does not decode or whose header claims more than :data:`MAX_PIXELS` pixels) stops the
+conversion with one error before any output moves into place; rendered files are written
+under temporary names and renamed only when every image succeeded.
 """
 from __future__ import annotations
 
@@ -55,6 +62,7 @@ import csv
 import hashlib
 import io
 import json
+import shutil
 import struct
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -68,12 +76,17 @@ from shapely.validation import make_valid
 
 from converters.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, class_mask,
                              coverage_count, flat)
-from converters.errors import InvalidViaError
-from converters.io import atomic_path, write_json, write_text
+from converters.errors import InvalidImageError, InvalidViaError, OutputFolderError
+from converters.incremental import IncrementalState
+from converters.io import (atomic_path, prepare_output, remove_stale_temps, temp_name,
+                           write_json, write_text)
 from converters.parallel import map_jobs
+from converters.paths import confined
 from converters.via import ReadImage, ReadRegion, read_via
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: larger images are refused: the study's are 3.2 megapixels, the largest radiographs ~19
+MAX_PIXELS = 64_000_000
 STATE_FILE = ".convert_state.json"
 COLOURS = {"lumbar": (60, 220, 60), "sacrum": (255, 160, 0), "cage": (255, 0, 255),
            "screw": (0, 80, 255), "rod": (0, 255, 255)}
@@ -92,12 +105,12 @@ class ConvertConfig:
     keep_implants: bool = False      # as extra COCO categories / mask values (off: the study)
     ignore_classes: list[str] = field(default_factory=list)  # drawn as 255 in masks
     shapes_to_polygons: bool = False  # rect / ellipse / circle become polygons
-    ellipse_points: int = 32
-    expected_lumbar: int = 5
+    ellipse_points: int = field(default=32, metadata={"min": 3})
+    expected_lumbar: int = field(default=5, metadata={"min": 0})
     strict: bool = False
     qa: bool = True
-    qa_max_height: int = 800
-    contact_sheet_size: int = 24
+    qa_max_height: int = field(default=800, metadata={"min": 16})
+    contact_sheet_size: int = field(default=24, metadata={"min": 1})
 
 
 @dataclass
@@ -245,16 +258,21 @@ def assign_levels(instances: list[Instance]) -> None:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from a PNG header without decoding; other formats through OpenCV."""
+    """(width, height) from a PNG header without decoding; other formats through OpenCV.
+    :class:`InvalidImageError` for an unreadable image or one over :data:`MAX_PIXELS`."""
     with path.open("rb") as fh:
         head = fh.read(24)
     if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        w, h = struct.unpack(">II", head[16:24])
-        return int(w), int(h)
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise InvalidViaError("image cannot be read", file=path)
-    return int(img.shape[1]), int(img.shape[0])
+        w, h = (int(v) for v in struct.unpack(">II", head[16:24]))
+    else:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise InvalidImageError("image cannot be read", file=path)
+        w, h = int(img.shape[1]), int(img.shape[0])
+    if w < 1 or h < 1 or w * h > MAX_PIXELS:
+        raise InvalidImageError(f"image header claims {w}x{h} pixels (at most "
+                                f"{MAX_PIXELS // 1_000_000} megapixels are accepted)", file=path)
+    return w, h
 
 
 @dataclass
@@ -278,7 +296,26 @@ def _blank_png(height: int, width: int) -> bytes:
 
 
 def _render(job: ImageJob) -> dict:
-    """Masks, overlap map and QA overlay of one image; returns its overlap facts."""
+    """Masks, overlap map and QA overlay of one image, written under temporary names;
+    returns its overlap facts and ``(temporary, final)`` pairs, or ``{"error": ...}``."""
+    written: list[tuple[str, str]] = []
+    try:
+        facts = _render_into(job, written)
+    except InvalidImageError as exc:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
+        return {"error": str(exc)}
+    return {"facts": facts, "written": written}
+
+
+def _write_temp(path: Path, data: bytes, written: list[tuple[str, str]]) -> None:
+    tmp = temp_name(path)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(data)
+    written.append((str(tmp), str(path)))
+
+
+def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
     h, w = job.height, job.width
     out = Path(job.out)
     mask = class_mask(h, w, [(job.mask_values[i.cls], flat(i.xs, i.ys)) for i in job.instances])
@@ -298,15 +335,17 @@ def _render(job: ImageJob) -> dict:
             data = _blank_png(h, w)  # most images have no overlap: encode that once per size
         else:
             data = cv2.imencode(".png", arr, PNG_LABEL_PARAMS)[1].tobytes()
-        with atomic_path(out / folder / f"{job.stem}.png") as tmp:
-            tmp.write_bytes(data)
+        _write_temp(confined(out, folder, f"{job.stem}.png"), data, written)
     if job.qa:
-        _qa_overlay(job, out / "qa" / f"{job.stem}.png")
+        _write_temp(confined(out, "qa", f"{job.stem}.png"), _qa_overlay(job), written)
     return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
 
 
-def _qa_overlay(job: ImageJob, path: Path) -> None:
+def _qa_overlay(job: ImageJob) -> bytes:
     img = cv2.imread(job.path, cv2.IMREAD_GRAYSCALE)
+    if img is None or img.shape[:2] != (job.height, job.width):
+        raise InvalidImageError("image does not decode (truncated or corrupt)",
+                                file=job.path)
     scale = min(1.0, job.qa_max_height / max(job.height, 1))
     if scale < 1:
         img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -325,8 +364,7 @@ def _qa_overlay(job: ImageJob, path: Path) -> None:
         cv2.putText(canvas, text[:60], (4, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
                     (0, 0, 255), 1, cv2.LINE_AA)
     ok, buf = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
+    return buf.tobytes()
 
 
 def _contact_sheets(out: Path, stems: list[str], per_sheet: int) -> None:
@@ -378,12 +416,20 @@ def patient_of(file_name: str) -> str:
     return stem.split("_", 1)[0] if "_" in stem else stem
 
 
-def convert(via_files: list[str | Path], images_dir: str | Path, output: str | Path,
-            cfg: ConvertConfig, *, workers: int = 1, progress=None) -> ConvertReport:
-    """Convert; raises :class:`InvalidViaError` for unreadable input (nothing written) and,
-    with ``cfg.strict``, for any problem."""
-    images_dir, output = Path(images_dir), Path(output)
-    report = ConvertReport()
+@dataclass
+class _Plan:
+    """What the validation step decided: the jobs to render and the tables to write."""
+
+    jobs: list[ImageJob] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)      # the VIA file of each job
+    coco_images: list[dict] = field(default_factory=list)
+    coco_anns: list[dict] = field(default_factory=list)
+    table: list[dict] = field(default_factory=list)
+    mask_values: dict[str, int] = field(default_factory=dict)
+
+
+def _read_inputs(via_files: list[str | Path], report: ConvertReport) -> dict[str, ReadImage]:
+    """Every VIA file read; an image annotated twice keeps its first copy."""
     merged: dict[str, ReadImage] = {}
     for vf in via_files:
         fmt, images = read_via(vf)
@@ -395,21 +441,26 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
                     "this copy is ignored", str(vf), img.filename))
                 continue
             merged[img.filename] = img
-    on_disk = {p.name: p for p in sorted(images_dir.iterdir())
-               if p.suffix.lower() in IMAGE_SUFFIXES} if images_dir.is_dir() else {}
-    if not images_dir.is_dir():
-        raise InvalidViaError("images folder not found", file=images_dir)
-    for name in sorted(set(on_disk) - set(merged)):
-        report.problems.append(Problem("unannotated_image", "image on disk but in no VIA file",
-                                       "", name))
+    return merged
+
+
+def _mask_values(cfg: ConvertConfig) -> dict[str, int]:
     mask_values = {c: i + 1 for i, c in enumerate(cfg.classes)}
     if cfg.keep_implants:
         for c in cfg.implant_classes:
             mask_values.setdefault(c, len(mask_values) + 1)
     for c in cfg.ignore_classes:
         mask_values[c] = IGNORE
-    jobs: list[ImageJob] = []
-    coco_images, coco_anns, table = [], [], []
+    return mask_values
+
+
+def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
+          cfg: ConvertConfig, report: ConvertReport) -> _Plan:
+    """Validate every annotated image on disk: instances, levels, COCO rows, the table."""
+    plan = _Plan(mask_values=_mask_values(cfg))
+    for name in sorted(set(on_disk) - set(merged)):
+        report.problems.append(Problem("unannotated_image", "image on disk but in no VIA file",
+                                       "", name))
     for name in sorted(merged):
         img = merged[name]
         if name not in on_disk:
@@ -438,12 +489,14 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
             report.problems.append(Problem(
                 "lumbar_count", f"{n_lumbar} lumbar vertebrae (the study expects "
                 f"{cfg.expected_lumbar}: L1-L5)", img.source, name))
-        image_id = len(coco_images) + 1
-        coco_images.append({"id": image_id, "file_name": name, "width": width, "height": height})
+        image_id = len(plan.coco_images) + 1
+        plan.coco_images.append({"id": image_id, "file_name": name, "width": width,
+                                 "height": height})
         for inst in instances:
-            coco_anns.append({
-                "id": len(coco_anns) + 1, "image_id": image_id,
-                "category_id": mask_values[inst.cls] if mask_values[inst.cls] != IGNORE else None,
+            value = plan.mask_values[inst.cls]
+            plan.coco_anns.append({
+                "id": len(plan.coco_anns) + 1, "image_id": image_id,
+                "category_id": value if value != IGNORE else None,
                 "segmentation": [flat(inst.xs, inst.ys)],
                 "area": float(Polygon(zip(inst.xs, inst.ys)).area),
                 "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
@@ -451,69 +504,114 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
         n_implants = sum(cfg.class_map.get(r.attributes.get(cfg.class_attribute, "")) in
                          cfg.implant_classes for r in img.regions)
         problems_here = [p.line() for p in report.problems if p.image == name]
-        table.append({"file_name": name, "image_id": image_id, "patient": patient_of(name),
-                      "width": width, "height": height, "n_lumbar": n_lumbar,
-                      "n_sacrum": n_sacrum, "n_implants": n_implants,
-                      "implants": int(n_implants > 0), "problems": len(problems_here)})
-        jobs.append(ImageJob(str(path), Path(name).stem, width, height, instances,
-                             problems_here, mask_values, tuple(cfg.classes), str(output),
-                             cfg.qa, cfg.qa_max_height))
-    report.images, report.annotations = len(coco_images), len(coco_anns)
-    if cfg.strict and report.problems:
-        first = report.problems[0]
-        raise InvalidViaError(f"{len(report.problems)} problem(s) with --strict; first: "
-                              f"{first.kind}: {first.message}", file=first.file or images_dir,
-                              image=first.image or None, region=first.region)
+        plan.table.append({"file_name": name, "image_id": image_id, "patient": patient_of(name),
+                           "width": width, "height": height, "n_lumbar": n_lumbar,
+                           "n_sacrum": n_sacrum, "n_implants": n_implants,
+                           "implants": int(n_implants > 0), "problems": len(problems_here)})
+        plan.jobs.append(ImageJob(str(path), Path(name).stem, width, height, instances,
+                                  problems_here, plan.mask_values, tuple(cfg.classes),
+                                  str(output), cfg.qa, cfg.qa_max_height))
+        plan.groups.append(str(Path(img.source).resolve()))
+    plan.coco_anns = [a for a in plan.coco_anns if a["category_id"] is not None]
+    report.images, report.annotations = len(plan.coco_images), len(plan.coco_anns)
+    return plan
 
-    # rasterize what changed, in parallel
-    coco_anns = [a for a in coco_anns if a["category_id"] is not None]
-    state_path = output / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+
+def _render_changed(plan: _Plan, output: Path, cfg: ConvertConfig, state: IncrementalState,
+                    *, workers: int, progress) -> tuple[dict[str, dict], int]:
+    """Rasterize the images whose inputs changed, all into temporary names, then move them
+    into place together; the first failure removes them all and raises."""
     cfg_key = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()
+    folders = ("masks", "overlaps", "qa") if cfg.qa else ("masks", "overlaps")
     todo, facts = [], {}
-    for job in jobs:
+    for job, group in zip(plan.jobs, plan.groups):
         st = Path(job.path).stat()
         key = hashlib.sha1(json.dumps([
             [asdict(i) for i in job.instances], job.problems, st.st_size, st.st_mtime_ns,
             cfg_key]).encode()).hexdigest()
-        prev = state.get(job.stem)
-        if prev and prev["key"] == key and (output / "masks" / f"{job.stem}.png").is_file():
+        prev = state.up_to_date(group, job.stem, [key], lambda o: (output / o).is_file())
+        if prev:
             facts[job.stem] = prev["facts"]
         else:
-            todo.append((job, key))
-    results = map_jobs(_render, [j for j, _ in todo], workers=workers, progress=progress)
-    for (job, key), f in zip(todo, results):
-        facts[job.stem] = f
-        state[job.stem] = {"key": key, "facts": f}
-    report.rendered = len(todo)
-    stems = {j.stem for j in jobs}
-    for stale in set(state) - stems:  # images no longer annotated
-        del state[stale]
-        for folder, suffix in (("masks", ".png"), ("overlaps", ".png"), ("qa", ".png")):
-            p = output / folder / f"{stale}{suffix}"
-            if p.is_file():
-                p.unlink()
-    for row in table:
+            todo.append((job, group, key))
+    results = map_jobs(_render, [j for j, _, _ in todo], workers=workers, progress=progress)
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        for r in results:
+            for tmp, _ in r.get("written", []):
+                Path(tmp).unlink(missing_ok=True)
+        raise InvalidImageError(errors[0] + (f" (and {len(errors) - 1} more image(s))"
+                                             if len(errors) > 1 else ""))
+    for (job, group, key), r in zip(todo, results):
+        for tmp, final in r["written"]:
+            Path(tmp).replace(final)
+        facts[job.stem] = r["facts"]
+        state.record(group, job.stem, [key], [f"{d}/{job.stem}.png" for d in folders],
+                     facts=r["facts"])
+    return facts, len(todo)
+
+
+def _write_tables(plan: _Plan, facts: dict[str, dict], via_files: list[str | Path],
+                  output: Path, report: ConvertReport) -> None:
+    for row in plan.table:
         f = facts[Path(row["file_name"]).stem]
         row["overlap_area"] = f["overlap_area"]
         row["overlap_pairs"] = " ".join(f["overlap_pairs"])
         row["overlap"] = int(f["overlap_area"] > 0)
-
-    cats = categories({c: v for c, v in mask_values.items() if v != IGNORE})
+    cats = categories({c: v for c, v in plan.mask_values.items() if v != IGNORE})
     write_json(output / "coco.json", {
         "info": {"description": "spinepipe convert", "via_files": [str(v) for v in via_files]},
-        "images": coco_images, "annotations": coco_anns, "categories": cats}, indent=None)
+        "images": plan.coco_images, "annotations": plan.coco_anns, "categories": cats},
+        indent=None)
     buf = io.StringIO()
     fields = ["file_name", "image_id", "patient", "width", "height", "n_lumbar", "n_sacrum",
               "n_implants", "implants", "overlap", "overlap_area", "overlap_pairs", "problems"]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
-    writer.writerows(table)
+    writer.writerows(plan.table)
     write_text(output / "images.csv", buf.getvalue())
-    if cfg.qa:
-        _contact_sheets(output, [j.stem for j in jobs], cfg.contact_sheet_size)
     write_json(output / "report.json", {
-        "formats": report.formats, "images": report.images, "annotations": len(coco_anns),
+        "formats": report.formats, "images": report.images, "annotations": len(plan.coco_anns),
         "counts": report.counts(), "problems": [asdict(p) for p in report.problems]})
-    write_json(state_path, state, indent=None)
+
+
+def convert(via_files: list[str | Path], images_dir: str | Path, output: str | Path,
+            cfg: ConvertConfig, *, workers: int = 1, progress=None) -> ConvertReport:
+    """Convert; raises :class:`InvalidViaError` for unreadable input and, with
+    ``cfg.strict``, for any problem, :class:`InvalidImageError` for an image that does not
+    decode: in every case before any output is in place (module docstring)."""
+    images_dir, output = Path(images_dir), Path(output)
+    if output.exists() and not output.is_dir():
+        raise OutputFolderError("the output folder is a file", file=output)
+    report = ConvertReport()
+    merged = _read_inputs(via_files, report)
+    if not images_dir.is_dir():
+        raise InvalidViaError("images folder not found", file=images_dir)
+    on_disk = {p.name: p for p in sorted(images_dir.iterdir())
+               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    plan = _plan(merged, on_disk, output, cfg, report)
+    if cfg.strict and report.problems:
+        first = report.problems[0]
+        raise InvalidViaError(f"{len(report.problems)} problem(s) with --strict; first: "
+                              f"{first.kind}: {first.message}", file=first.file or images_dir,
+                              image=first.image or None, region=first.region)
+    created = not output.exists()
+    prepare_output(output)
+    remove_stale_temps(output)
+    state = IncrementalState(output / STATE_FILE)
+    try:
+        facts, report.rendered = _render_changed(plan, output, cfg, state, workers=workers,
+                                                 progress=progress)
+    except InvalidImageError:
+        if created:
+            shutil.rmtree(output, ignore_errors=True)  # nothing of this run stays
+        raise
+    for group in sorted(set(plan.groups) | {str(Path(v).resolve()) for v in via_files}):
+        present = [j.stem for j, g in zip(plan.jobs, plan.groups) if g == group]
+        for stale in state.prune(group, present):  # no longer annotated in this VIA file
+            (output / stale).unlink(missing_ok=True)
+    _write_tables(plan, facts, via_files, output, report)
+    if cfg.qa:
+        _contact_sheets(output, [j.stem for j in plan.jobs], cfg.contact_sheet_size)
+    state.save()
     return report

@@ -56,6 +56,18 @@ class InvalidViaError(SpinepipeError):
     """A VIA export that cannot be read: malformed JSON, unknown version, missing keys."""
 
 
+class InvalidImageError(SpinepipeError):
+    """An image file that cannot be decoded (truncated, corrupt) or is implausibly large."""
+
+
+class OutputFolderError(SpinepipeError):
+    """The output folder cannot be used: it is a file, or cannot be created or written."""
+
+
+class InvalidLedgerError(SpinepipeError):
+    """The private folder's ledger or state cannot be read (malformed JSON, wrong layout)."""
+
+
 class CheckpointError(SpinepipeError):
     """A checkpoint that cannot be loaded safely."""
 

@@ -15,11 +15,18 @@ Also written under the output folder:
   bytes), no regions yet, with the class attribute defined: annotators open it in VIA, draw,
   and save the project;
 - ``report.json``: per source file, exported / failed with the reason.
-Incremental: a source whose size and mtime are unchanged, and whose PNG exists, is skipped.
+Incremental and additive (:mod:`converters.incremental`, state in ``.export_state.json``,
+grouped by input folder): a source whose size, mtime and options are unchanged, and whose PNG
+exists, is skipped; a failure is retried on every run; a source gone from the input folder
+loses its own PNG and provenance; PNGs exported earlier from another input folder stay (and
+stay listed in ``via_project.json``).
+
+Names come from data and are checked (:mod:`converters.paths`): the Patient ID must be a safe
+name (a pseudonym) and the SOP Instance UID a valid UID, or the file fails with an error
+naming the tag; nothing is written outside the output folder.
 """
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,9 +35,11 @@ from typing import Literal
 import cv2
 import pydicom
 
-from converters.errors import InvalidDicomError
-from converters.io import atomic_path, write_json
+from converters.errors import InvalidDicomError, SpinepipeError
+from converters.incremental import IncrementalState, file_signature
+from converters.io import atomic_path, prepare_output, remove_stale_temps, write_json
 from converters.parallel import map_jobs
+from converters.paths import check_name, check_uid, confined
 from converters.pixels import DisplayOptions, to_display
 from converters.via import ViaImage, via2_project
 
@@ -43,10 +52,10 @@ class ExportOptions:
 
     bits: Literal[8, 16] = 8
     equalization: Literal["global", "clahe", "none"] = "global"
-    clahe_clip_limit: float = 2.0
-    clahe_tiles: int = 8
+    clahe_clip_limit: float = field(default=2.0, metadata={"min": 0.0})
+    clahe_tiles: int = field(default=8, metadata={"min": 1, "max": 256})
     use_voi_window: bool = False
-    png_compression: int = 1
+    png_compression: int = field(default=1, metadata={"min": 0, "max": 9})
     modalities: list[str] = field(default_factory=lambda: ["CR", "DX", "DR", "RG"])
     fail_on_error: bool = True
 
@@ -56,8 +65,13 @@ class ExportOptions:
                               clahe_tiles=self.clahe_tiles, use_voi_window=self.use_voi_window)
 
 
-def png_name(ds: pydicom.Dataset) -> str:
-    return f"{ds.PatientID}_{ds.SOPInstanceUID}.png"
+def png_name(ds: pydicom.Dataset, file: str = "") -> str:
+    """``<PatientID>_<SOPInstanceUID>.png``, both checked: a value from the file never
+    becomes a path unvalidated."""
+    pid = check_name(str(ds.get("PatientID", "")), "Patient ID", file=file, tag="(0010,0020)")
+    sop = check_uid(str(ds.get("SOPInstanceUID", "")), "SOP Instance UID", file=file,
+                    tag="(0008,0018)")
+    return f"{pid}_{sop}.png"
 
 
 def _spacing(ds) -> list[float] | None:
@@ -84,12 +98,12 @@ def export_file(src: str | Path, out_dir: str | Path, options: ExportOptions,
     if options.modalities and modality not in options.modalities:
         raise InvalidDicomError(f"modality {modality or 'missing'} is not a radiograph "
                                 f"({', '.join(options.modalities)})", file=rel, tag="(0008,0060)")
+    name = png_name(ds, rel)
     img, transforms = to_display(ds, options.display(), file=rel)
-    name = png_name(ds)
     ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, options.png_compression])
     if not ok:  # pragma: no cover - OpenCV refuses only impossible shapes
         raise InvalidDicomError("PNG encoding failed", file=rel)
-    with atomic_path(Path(out_dir) / name) as tmp:
+    with atomic_path(confined(out_dir, name, file=rel)) as tmp:
         tmp.write_bytes(buf.tobytes())
     transforms.append(f"png(compression={options.png_compression})")
     record = {
@@ -112,9 +126,10 @@ def _job(args) -> tuple[str, dict | None, str]:
     src, rel, out_dir, options = args
     try:
         return rel, export_file(src, out_dir, options, rel), ""
-    except InvalidDicomError as exc:
+    except SpinepipeError as exc:
         return rel, None, str(exc)
-    except (ValueError, TypeError, KeyError, OSError, struct.error, EOFError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OSError,
+            OverflowError, NotImplementedError, struct.error, EOFError) as exc:
         return rel, None, f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
@@ -128,48 +143,43 @@ class ExportReport:
 def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportOptions, *,
                 workers: int = 1, progress=None) -> ExportReport:
     """Export every ``*.dcm`` under ``input_dir`` (skipping ``audit/``) into ``output_dir``."""
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    state_path = output_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    input_dir = Path(input_dir)
+    output_dir = prepare_output(output_dir)
+    remove_stale_temps(output_dir)
+    state = IncrementalState(output_dir / STATE_FILE)
+    group = str(input_dir.resolve())
+    opt = asdict(options)
     report = ExportReport()
     jobs = []
-    sources = sorted(p for p in input_dir.rglob("*.dcm") if "audit" not in p.parts)
+    sources = sorted(p for p in input_dir.rglob("*.dcm")
+                     if "audit" not in p.relative_to(input_dir).parts)
     for p in sources:
         rel = str(p.relative_to(input_dir))
-        st = p.stat()
-        prev = state.get(rel)
-        if prev and prev["size"] == st.st_size and prev["mtime_ns"] == st.st_mtime_ns \
-                and prev["options"] == asdict(options) and (output_dir / prev["image"]).is_file():
-            report.exported[rel] = prev["image"]
+        prev = state.up_to_date(group, rel, file_signature(p, opt),
+                                lambda o: (output_dir / o).is_file())
+        if prev:
+            report.exported[rel] = prev["outputs"][0]
             report.reused += 1
             continue
+        state.forget(group, rel)
         jobs.append((str(p), rel, str(output_dir), options))
     results = map_jobs(_job, jobs, workers=workers, progress=progress)
     for rel, record, error in results:
-        st = (input_dir / rel).stat()
         if record is None:
-            report.failed[rel] = error
-            state.pop(rel, None)
+            report.failed[rel] = error  # not recorded: retried next run
             continue
         report.exported[rel] = record["image"]
-        state[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "image": record["image"],
-                      "options": asdict(options)}
-    # sources that disappeared: remove their PNG and provenance
-    present = {str(p.relative_to(input_dir)) for p in sources}
-    current = {state[rel]["image"] for rel in present if rel in state}
-    for rel in sorted(set(state) - present):
-        image = state.pop(rel)["image"]
-        if image in current:  # the same image now comes from another path
-            continue
-        for stale in (output_dir / image, output_dir / "provenance" / f"{image[:-4]}.json"):
-            if stale.is_file():
-                stale.unlink()
-    images = sorted(set(report.exported.values()))
+        state.record(group, rel, file_signature(input_dir / rel, opt),
+                     [record["image"], f"provenance/{record['image'][:-4]}.json"])
+    # sources gone from this input folder: their own PNG and provenance go
+    for stale in state.prune(group, [str(p.relative_to(input_dir)) for p in sources]):
+        if (output_dir / stale).is_file():
+            (output_dir / stale).unlink()
+    images = [o for o in state.outputs() if o.endswith(".png") and "/" not in o]
     write_json(output_dir / "via_project.json", via2_project(
         [ViaImage(name, (output_dir / name).stat().st_size) for name in images],
         name="spinepipe export"), indent=None)
     write_json(output_dir / "report.json", {
         "exported": len(images), "failed": report.failed, "options": asdict(options)})
-    write_json(state_path, state, indent=None)
+    state.save()
     return report

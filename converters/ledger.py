@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from converters.errors import UsageError
+from converters.errors import InvalidLedgerError, UsageError
 from converters.io import atomic_path
 
 SALT_FILE = "salt"
@@ -48,13 +48,23 @@ def write_private_json(path: Path, obj: Any) -> None:
 def read_private_json(path: Path, default: Any) -> Any:
     if not path.is_file():
         return default
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise InvalidLedgerError(f"cannot read ({type(exc).__name__})", file=path) from None
 
 
 def load_or_create_salt(private: Path) -> bytes:
     path = private / SALT_FILE
     if path.is_file():
-        return bytes.fromhex(path.read_text().strip())
+        try:
+            salt = bytes.fromhex(path.read_text().strip())
+        except (ValueError, OSError):
+            salt = b""
+        if len(salt) < 16:
+            raise InvalidLedgerError("the salt is damaged (it must be at least 16 bytes in "
+                                     "hex); restore it from a backup", file=path)
+        return salt
     salt = secrets.token_bytes(32)
     with atomic_path(path) as tmp:
         tmp.write_text(salt.hex() + "\n")
@@ -63,7 +73,12 @@ def load_or_create_salt(private: Path) -> bytes:
 
 
 def load_ledger(private: Path) -> dict:
-    return read_private_json(private / LEDGER_FILE, {"patients": {}, "instances": {}})
+    ledger = read_private_json(private / LEDGER_FILE, {"patients": {}, "instances": {}})
+    if not (isinstance(ledger, dict) and isinstance(ledger.get("patients"), dict)
+            and isinstance(ledger.get("instances"), dict)):
+        raise InvalidLedgerError("not a pseudonym ledger (needs 'patients' and 'instances')",
+                                 file=private / LEDGER_FILE)
+    return ledger
 
 
 def update_ledger(ledger: dict, row: dict) -> None:

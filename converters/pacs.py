@@ -8,6 +8,10 @@ Output: ``<output>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``
 written as received (the encoded dataset with its file meta) to a temporary name and renamed,
 so an interrupted transfer never leaves a file that looks complete.
 
+UIDs sent by the PACS are untrusted: a Study, Series or SOP Instance UID that is not a valid
+DICOM UID (:mod:`converters.paths`) never becomes a path; the object is refused (C-STORE
+status 0xC000), counted in the study's state as invalid, and the study reported incomplete.
+
 Resumable: a state file (JSON, next to the output, identifiable like the archive itself)
 records per study the instances expected (from an IMAGE-level C-FIND), received, the
 attempts and the last error. A re-run fetches only the instances still missing. A study that
@@ -36,7 +40,8 @@ from pynetdicom.sop_class import (ComputedRadiographyImageStorage,
                                   StudyRootQueryRetrieveInformationModelMove, Verification)
 
 from converters.errors import SpinepipeError, UsageError
-from converters.io import atomic_path, write_json
+from converters.io import atomic_path, prepare_output, remove_stale_temps, write_json
+from converters.paths import confined, is_uid
 
 STORAGE_CLASSES = [ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                    DigitalXRayImageStorageForProcessing, SecondaryCaptureImageStorage]
@@ -52,20 +57,20 @@ class RetrieveConfig:
 
     enabled: bool = False               # the DVC stage's switch (off: the phantom is the source)
     host: str = "127.0.0.1"
-    port: int = 4242
+    port: int = field(default=4242, metadata={"min": 1, "max": 65535})
     called_aet: str = "ORTHANC"
     calling_aet: str = "SPINEPIPE"
     method: Literal["c-get", "c-move"] = "c-get"
-    move_port: int = 11113              # our storage SCP for C-MOVE (the PACS must know it)
+    move_port: int = field(default=11113, metadata={"min": 1, "max": 65535})            # our storage SCP for C-MOVE (the PACS must know it)
     manifest: str = ""                  # CSV with AccessionNumber or PatientID column
     study_date_from: str = ""           # YYYYMMDD
     study_date_to: str = ""
     modalities: list[str] = field(default_factory=lambda: ["CR", "DX"])
     body_part: str = ""                 # e.g. LSPINE
     series_description: str = ""        # e.g. *LAT* (wildcards as the PACS supports them)
-    timeout_s: float = 30.0
-    retries: int = 3
-    backoff_s: float = 2.0
+    timeout_s: float = field(default=30.0, metadata={"min": 0.1})
+    retries: int = field(default=3, metadata={"min": 0})
+    backoff_s: float = field(default=2.0, metadata={"min": 0.0})
     tls_ca: str = ""                    # CA bundle to verify the PACS; enables TLS
     tls_cert: str = ""                  # our client certificate (mutual TLS)
     tls_key: str = ""
@@ -76,6 +81,8 @@ class RetrieveReport:
     studies: dict[str, dict] = field(default_factory=dict)
     fetched: int = 0
     not_found: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)   # study UIDs that are no valid UID
+    refused: list[str] = field(default_factory=list)   # objects stored with an invalid UID
 
     @property
     def failed(self) -> list[str]:
@@ -87,14 +94,19 @@ def read_manifest(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise UsageError("manifest not found", file=path)
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = [c for c in ("AccessionNumber", "PatientID") if c in (reader.fieldnames or [])]
-        if not cols:
-            raise UsageError("manifest needs an AccessionNumber or PatientID column "
-                             f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})",
-                             file=path)
-        rows = [(cols[0], (row[cols[0]] or "").strip()) for row in reader]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = [c for c in ("AccessionNumber", "PatientID") if c in (reader.fieldnames or [])]
+            if not cols:
+                raise UsageError("manifest needs an AccessionNumber or PatientID column "
+                                 f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})",
+                                 file=path)
+            rows = [(cols[0], (row[cols[0]] or "").strip()) for row in reader]
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"manifest is not UTF-8 text (byte {exc.start})", file=path) from None
+    except csv.Error as exc:
+        raise UsageError(f"malformed CSV: {exc}", file=path) from None
     rows = [r for r in rows if r[1]]
     if not rows:
         raise UsageError("manifest lists no study", file=path)
@@ -294,16 +306,21 @@ def list_instances(pacs: Pacs, cfg: RetrieveConfig, study_uid: str) -> list[tupl
         q.StudyInstanceUID = study_uid
         q.SeriesInstanceUID = series.SeriesInstanceUID
         q.SOPInstanceUID = ""
-        out += [(str(series.SeriesInstanceUID), str(a.SOPInstanceUID))
+        out += [(str(series.SeriesInstanceUID), str(a.get("SOPInstanceUID", "")))
                 for a in pacs.find("IMAGE", q)]
     return sorted(out)
 
 
-def _store_handler(output: Path, counter: list[int], lock: threading.Lock):
+def _store_handler(output: Path, counter: list[int], invalid: list[str], lock: threading.Lock):
     def handle(event) -> int:
         ds = event.dataset
-        rel = Path(str(ds.StudyInstanceUID)) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-        with atomic_path(output / rel) as tmp:
+        uids = [str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID",
+                                              "SOPInstanceUID")]
+        if not all(is_uid(u) for u in uids):
+            with lock:  # never a path: refused, and reported with the study
+                invalid.append("/".join(u[:80] for u in uids))
+            return 0xC000
+        with atomic_path(confined(output, uids[0], uids[1], f"{uids[2]}.dcm")) as tmp:
             tmp.write_bytes(event.encoded_dataset(include_meta=True))
         with lock:
             counter[0] += 1
@@ -316,21 +333,29 @@ def retrieve(cfg: RetrieveConfig, output: str | Path, state_path: str | Path,
              progress: Callable[[int, int], None] | None = None,
              sleep: Callable[[float], None] = time.sleep) -> RetrieveReport:
     """Find the studies, fetch what is missing, record everything in ``state_path``."""
-    output, state_path = Path(output), Path(state_path)
-    output.mkdir(parents=True, exist_ok=True)
-    for stale in output.rglob(".*.tmp*"):  # a transfer killed mid-file left its temp file
-        stale.unlink()
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    output, state_path = prepare_output(output), Path(state_path)
+    remove_stale_temps(output)  # a transfer killed mid-file left its temp file
+    try:
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    except (ValueError, OSError):
+        state = {}  # a damaged state file: every study is checked again
     pacs = Pacs(cfg)
     studies, not_found = find_studies(pacs, cfg, manifest)
     report = RetrieveReport(not_found=not_found)
-    counter, lock = [0], threading.Lock()
-    handler = _store_handler(output, counter, lock)
+    counter, lock, invalid = [0], threading.Lock(), []
+    handler = _store_handler(output, counter, invalid, lock)
     for n, uid in enumerate(sorted(studies), 1):
-        entry = state.get(uid, {"attempts": 0})
+        entry = state.get(uid, {"attempts": 0}) if is_uid(uid) else {"attempts": 0}
+        if not is_uid(uid):
+            report.invalid.append(uid[:80])
+            if progress:
+                progress(n, len(studies))
+            continue
         for attempt in range(cfg.retries + 1):
             try:
-                expected = list_instances(pacs, cfg, uid)
+                found = list_instances(pacs, cfg, uid)
+                expected = [(se, sop) for se, sop in found if is_uid(se) and is_uid(sop)]
+                bad = len(found) - len(expected)
                 missing = [(se, sop) for se, sop in expected
                            if not (output / uid / se / f"{sop}.dcm").is_file()]
                 by_series: dict[str, list[str]] = {}
@@ -340,11 +365,14 @@ def retrieve(cfg: RetrieveConfig, output: str | Path, state_path: str | Path,
                     pacs.retrieve(uid, se, sops, handler)
                 still = [sop for se, sop in expected
                          if not (output / uid / se / f"{sop}.dcm").is_file()]
-                entry.update(expected=len(expected), received=len(expected) - len(still),
-                             error="" if not still else f"{len(still)} instance(s) not received")
-                entry["status"] = "complete" if not still else "incomplete"
+                errors = [f"{len(still)} instance(s) not received"] if still else []
+                if bad:
+                    errors.append(f"{bad} instance(s) with an invalid UID refused")
+                entry.update(expected=len(found), received=len(expected) - len(still),
+                             invalid_uids=bad, error="; ".join(errors))
+                entry["status"] = "complete" if not errors else "incomplete"
                 if not still:
-                    break
+                    break  # invalid UIDs do not get better by asking again
             except PacsError as exc:
                 entry.update(status="failed", error=str(exc))
             entry["attempts"] = entry.get("attempts", 0) + 1
@@ -355,6 +383,7 @@ def retrieve(cfg: RetrieveConfig, output: str | Path, state_path: str | Path,
         write_json(state_path, state)
         if progress:
             progress(n, len(studies))
-    report.studies = {uid: state[uid] for uid in studies}
+    report.studies = {uid: state[uid] for uid in studies if uid in state}
     report.fetched = counter[0]
+    report.refused = sorted(set(invalid))
     return report

@@ -42,10 +42,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from converters.errors import UsageError
+from converters.errors import InvalidViaError, UsageError
 from converters.io import atomic_path, write_json
 from converters.parallel import map_jobs
-from converters.via import ViaImage, polygon_region, via2_project
+from converters.via import ViaImage, polygon_region, read_via, via2_project
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_IMAGE_STORAGE_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -680,37 +680,42 @@ def exported_pngs(png_dir: str | Path, instances: dict[str, dict]) -> dict[str, 
 
     ``instances`` is the private ledger's ``instances`` table (new SOP Instance UID -> the
     original one); the export provenance records (``provenance/*.json``) name each PNG's new
-    SOP Instance UID.
+    SOP Instance UID. A malformed record or ledger is an error naming the file.
     """
     exported: dict[str, tuple[str, int]] = {}
+    if not isinstance(instances, dict):
+        raise InvalidViaError("the ledger's 'instances' is not a mapping")
     for prov in sorted((Path(png_dir) / "provenance").glob("*.json")):
-        record = json.loads(prov.read_text())
-        row = instances.get(record["sop_instance_uid"])
-        if row is not None:
-            exported[row["sop_instance_uid"]] = (record["image"], record["png_bytes"])
+        try:
+            record = json.loads(prov.read_text(encoding="utf-8"))
+            row = instances.get(record["sop_instance_uid"])
+            if row is not None:
+                exported[row["sop_instance_uid"]] = (record["image"], int(record["png_bytes"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidViaError(f"malformed provenance record or ledger entry "
+                                  f"({type(exc).__name__}: {exc})".splitlines()[0],
+                                  file=prov) from None
     return exported
 
 
-def annotations_for_export(via: dict, exported: dict[str, tuple[str, int]]) -> dict:
-    """The phantom's VIA project re-keyed to the exported PNGs (demo only).
+def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]]) -> dict:
+    """The phantom's VIA project (a file) re-keyed to the exported PNGs (demo only).
 
-    ``via`` is the phantom's project (files named ``<original SOPInstanceUID>.png``);
-    ``exported`` maps an original SOP Instance UID to ``(PNG name, PNG size in bytes)``, as the
-    private ledger and the export provenance give it. Images that were not exported
+    ``via`` is the phantom's project (files named ``<original SOPInstanceUID>.png``), read
+    as any VIA file is (:func:`converters.via.read_via`: a malformed one is an error naming
+    it); ``exported`` maps an original SOP Instance UID to ``(PNG name, PNG size in bytes)``,
+    as the private ledger and the export provenance give it. Images that were not exported
     (quarantined for burned-in text) are left out, as an annotator would never see them.
     The result names only pseudonymized PNGs: no original identifier survives.
     """
     images = []
-    for meta in via["_via_img_metadata"].values():
-        original_uid = meta["filename"].removesuffix(".png")
+    for meta in read_via(via)[1]:
+        original_uid = meta.filename.removesuffix(".png")
         if original_uid not in exported:
             continue
         name, size = exported[original_uid]
-        regions = tuple(
-            polygon_region(list(zip(r["shape_attributes"]["all_points_x"],
-                                    r["shape_attributes"]["all_points_y"])),
-                           **r["region_attributes"])
-            for r in meta["regions"])
+        regions = tuple(polygon_region(list(zip(r.xs, r.ys)), **r.attributes)
+                        for r in meta.regions if r.shape == "polygon")
         images.append(ViaImage(name, size, regions))
     images.sort(key=lambda im: im.filename)
     return via2_project(images, name="spinepipe phantom annotations")

@@ -10,14 +10,22 @@ Coordinates: VIA stores polygon vertices as integer image pixel coordinates,
 ``all_points_x`` / ``all_points_y``, x to the right and y down, origin at the top-left corner
 of the image; the polygon is implicitly closed (the first point is not repeated).
 
+Reading treats every file as hostile: a value of the wrong type (a string or null where VIA
+writes numbers, nested coordinates, a region that is not an object, attributes as a list, a
+size that is not a number), a non-finite coordinate, or invalid UTF-8 is an
+:class:`~converters.errors.InvalidViaError` naming the file, image and region, never a crash.
+
 Classes: a dropdown region attribute (default name ``class``) whose option ids are the class
 values (``lumbar``, ``sacrum``, ``cage``, ``screw``, ``rod``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from converters.errors import InvalidViaError
 
 VIA2_FORMAT_VERSION = "2.0.10"
 
@@ -161,11 +169,14 @@ class ReadImage:
 def _json_load(path: Path) -> object:
     import json
 
-    from converters.errors import InvalidViaError
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InvalidViaError("VIA file not found", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidViaError(f"not UTF-8 text (byte {exc.start})", file=path) from None
+    except OSError as exc:
+        raise InvalidViaError(f"cannot read the VIA file ({exc.strerror})", file=path) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -181,45 +192,105 @@ def _attr_value(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _region_from_shape(index: int, shape: dict, attributes: dict, file: Path,
+def _numbers(values: object, what: str, file: Path, image: str, region: int) -> list[float]:
+    """A list of finite numbers (VIA's coordinates), or :class:`InvalidViaError`."""
+    if not isinstance(values, list):
+        raise InvalidViaError(f"{what} is {type(values).__name__}, not a list of numbers",
+                              file=file, image=image, region=region)
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InvalidViaError(f"{what} holds {json_repr(v)}, not a number", file=file,
+                                  image=image, region=region)
+        if not math.isfinite(v):
+            raise InvalidViaError(f"{what} holds a non-finite coordinate ({v})", file=file,
+                                  image=image, region=region)
+        out.append(float(v))
+    return out
+
+
+def json_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _region_from_shape(index: int, shape: object, attributes: object, file: Path,
                        image: str) -> ReadRegion:
-    from converters.errors import InvalidViaError
     if not isinstance(shape, dict) or "name" not in shape:
         raise InvalidViaError("region without shape_attributes.name", file=file, image=image,
                               region=index)
+    if attributes is None:
+        attributes = {}
+    if not isinstance(attributes, dict):
+        raise InvalidViaError(f"region_attributes is {type(attributes).__name__}, not an "
+                              "object", file=file, image=image, region=index)
     name = str(shape["name"])
-    attrs = {str(k): _attr_value(v) for k, v in (attributes or {}).items()}
+    attrs = {str(k): _attr_value(v) for k, v in attributes.items()}
     if name in ("polygon", "polyline"):
-        try:
-            xs = [float(v) for v in shape["all_points_x"]]
-            ys = [float(v) for v in shape["all_points_y"]]
-        except KeyError as exc:
-            raise InvalidViaError(f"{name} without key {exc.args[0]}", file=file, image=image,
-                                  region=index) from None
+        for key in ("all_points_x", "all_points_y"):
+            if key not in shape:
+                raise InvalidViaError(f"{name} without key {key}", file=file, image=image,
+                                      region=index)
+        xs = _numbers(shape["all_points_x"], "all_points_x", file, image, index)
+        ys = _numbers(shape["all_points_y"], "all_points_y", file, image, index)
         if len(xs) != len(ys):
             raise InvalidViaError("all_points_x and all_points_y differ in length", file=file,
                                   image=image, region=index)
         return ReadRegion(index, name, xs, ys, attrs)
-    params = {k: float(v) for k, v in shape.items() if k != "name" and isinstance(v, (int, float))}
+    params = {}
+    for k, v in shape.items():
+        if k == "name":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InvalidViaError(f"{name}.{k} is {json_repr(v)}, not a finite number",
+                                  file=file, image=image, region=index)
+        params[k] = float(v)
     return ReadRegion(index, name, [], [], attrs, params)
 
 
+def _size(value: object, file: Path, image: str) -> int:
+    """VIA's recorded file size in bytes (-1: unknown)."""
+    if value in ("", None):
+        return -1
+    if isinstance(value, bool):
+        value = None
+    try:
+        return int(value) if isinstance(value, (int, str)) else int("x")
+    except ValueError:
+        raise InvalidViaError(f"size {json_repr(value)} is not a number of bytes", file=file,
+                              image=image) from None
+
+
 def _read_via2_metadata(meta: dict, file: Path) -> list[ReadImage]:
-    from converters.errors import InvalidViaError
     images = []
     for key, entry in meta.items():
         if not isinstance(entry, dict) or "filename" not in entry:
             raise InvalidViaError("image entry without key 'filename'", file=file, image=str(key))
+        name = entry["filename"]
+        if not isinstance(name, str) or not name:
+            raise InvalidViaError(f"filename {json_repr(name)} is not a file name", file=file,
+                                  image=str(key))
         regions_raw = entry.get("regions", [])
+        if regions_raw is None:
+            regions_raw = []
         if isinstance(regions_raw, dict):  # VIA 1.x: {"0": {...}, "1": {...}}
-            regions_raw = [regions_raw[k] for k in sorted(regions_raw, key=lambda k: int(k))]
-        regions = [
-            _region_from_shape(i, r.get("shape_attributes"), r.get("region_attributes", {}),
-                               file, entry["filename"])
-            for i, r in enumerate(regions_raw)]
-        size = entry.get("size", entry.get("file_size", -1))
-        images.append(ReadImage(str(entry["filename"]), int(size if size not in ("", None) else -1),
-                                regions, str(file)))
+            try:
+                regions_raw = [regions_raw[k] for k in sorted(regions_raw, key=lambda k: int(k))]
+            except ValueError:
+                raise InvalidViaError("VIA 1 regions keyed by something other than numbers",
+                                      file=file, image=name) from None
+        if not isinstance(regions_raw, list):
+            raise InvalidViaError(f"regions is {type(regions_raw).__name__}, not a list",
+                                  file=file, image=name)
+        regions = []
+        for i, r in enumerate(regions_raw):
+            if not isinstance(r, dict):
+                raise InvalidViaError(f"region is {type(r).__name__}, not an object", file=file,
+                                      image=name, region=i)
+            regions.append(_region_from_shape(i, r.get("shape_attributes"),
+                                              r.get("region_attributes", {}), file, name))
+        size = _size(entry.get("size", entry.get("file_size", -1)), file, name)
+        images.append(ReadImage(name, size, regions, str(file)))
     return images
 
 
@@ -230,7 +301,6 @@ _VIA3_SHAPES = {1: "point", 2: "rect", 3: "circle", 4: "ellipse", 5: "line", 6: 
 def _read_via3(project: dict, file: Path) -> list[ReadImage]:
     """VIA 3.x: shapes are ``xy`` arrays ``[shape_id, x1, y1, ...]``; attribute values of
     dropdown / radio attributes are option ids, resolved through ``attribute[aid].options``."""
-    from converters.errors import InvalidViaError
     for key in ("file", "view", "metadata", "attribute"):
         if key not in project:
             raise InvalidViaError(f"VIA 3 project without key '{key}'", file=file)
@@ -260,8 +330,8 @@ def _read_via3(project: dict, file: Path) -> list[ReadImage]:
             name = str(a.get("aname", aid))
             options = a.get("options") or {}
             attrs[name] = str(options.get(str(value), value)) if options else str(value)
-        coords = [float(v) for v in xy[1:]]
         index = len(by_file[fname])
+        coords = _numbers(list(xy[1:]), "xy", file, fname, index)
         if shape in ("polygon", "polyline"):
             by_file[fname].append(ReadRegion(index, shape, coords[0::2], coords[1::2], attrs))
         elif shape == "rect":
@@ -285,27 +355,52 @@ def _read_csv(path: Path) -> list[ReadImage]:
     import csv
     import json
 
-    from converters.errors import InvalidViaError
     images: dict[str, ReadImage] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with _csv_open(path) as fh:
         reader = csv.DictReader(fh)
         need = {"filename", "file_size", "region_shape_attributes", "region_attributes"}
         missing = need - set(reader.fieldnames or [])
         if missing:
             raise InvalidViaError(f"VIA CSV without column '{sorted(missing)[0]}'", file=path)
         for line, row in enumerate(reader, 2):
+            if not row["filename"]:
+                raise InvalidViaError(f"CSV line {line} without a filename", file=path)
             img = images.setdefault(row["filename"], ReadImage(
-                row["filename"], int(row["file_size"] or -1), [], str(path)))
+                row["filename"], _size(row["file_size"], path, row["filename"]), [], str(path)))
             try:
                 shape = json.loads(row["region_shape_attributes"] or "{}")
                 attrs = json.loads(row["region_attributes"] or "{}")
             except json.JSONDecodeError as exc:
                 raise InvalidViaError(f"malformed JSON in CSV line {line}: {exc.msg}",
                                       file=path, image=row["filename"]) from None
+            if not isinstance(shape, dict):
+                raise InvalidViaError(f"region_shape_attributes in CSV line {line} is not an "
+                                      "object", file=path, image=row["filename"])
             if shape:
                 img.regions.append(_region_from_shape(len(img.regions), shape, attrs, path,
                                                       row["filename"]))
     return list(images.values())
+
+
+class _csv_open:
+    """Open a CSV as UTF-8 (BOM tolerated); decoding errors surface while reading, so the
+    caller turns them into :class:`InvalidViaError` (see :func:`read_via`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        try:
+            self.fh = self.path.open(newline="", encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise InvalidViaError("VIA file not found", file=self.path) from None
+        except OSError as exc:
+            raise InvalidViaError(f"cannot read the VIA file ({exc.strerror})",
+                                  file=self.path) from None
+        return self.fh
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
 
 
 def read_via(path: str | Path) -> tuple[str, list[ReadImage]]:
@@ -315,8 +410,18 @@ def read_via(path: str | Path) -> tuple[str, list[ReadImage]]:
     object alone, keyed by filename + size), ``via1`` (regions as a dict), ``via3-project``
     (``project`` / ``file`` / ``view`` / ``metadata`` / ``attribute``), ``via-csv``.
     """
-    from converters.errors import InvalidViaError
     path = Path(path)
+    try:
+        return _read_any(path)
+    except UnicodeDecodeError as exc:
+        raise InvalidViaError(f"not UTF-8 text (byte {exc.start})", file=path) from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        # any other structure VIA never writes: one line, never a traceback
+        raise InvalidViaError(f"unexpected structure ({type(exc).__name__}: {exc})"
+                              .splitlines()[0][:200], file=path) from None
+
+
+def _read_any(path: Path) -> tuple[str, list[ReadImage]]:
     if path.suffix.lower() == ".csv":
         return "via-csv", _read_csv(path)
     data = _json_load(path)

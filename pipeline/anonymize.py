@@ -43,6 +43,8 @@ def command(
         if row["status"] == "failed" or (row["status"] in ("quarantined", "skipped") and not quiet):
             console.print(f"  {row['status']}: {rel}: {row['reason']}")
     if report.failed and options.fail_on_error:
-        raise UsageError(f"{report.failed} file(s) failed to anonymize "
+        names = report.failed_inputs
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise UsageError(f"{len(names)} file(s) failed to anonymize: {listed} "
                          f"(details: {priv / 'anonymize_report.json'})",
                          file=", ".join(map(str, input)))

@@ -1,8 +1,9 @@
 """The ``spinepipe`` command line: one subcommand per DVC stage.
 
 Errors caused by the user (bad arguments, bad params, bad input files) print one line,
-``Error: <what>, in <file>[, image X][, region N]``, and exit with status 1. Anything else is a
-bug and keeps its traceback.
+``Error: <what>, in <file>[, image X][, region N]``, and exit with status 1; so do errors of
+the machine (``OSError``: permissions, a full disk). Anything else is a bug and keeps its
+traceback.
 """
 from __future__ import annotations
 
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="spinepipe", standalone_mode=False)
     except SpinepipeError as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the machine's fault, not ours: permissions, a full disk, ...
+        where = f", in {exc.filename}" if exc.filename else ""
+        print(f"Error: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
         return 1
     except click.exceptions.NoArgsIsHelpError:
         return 0

@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True, highlight=False)
+# markup off: messages quote values from data (file names, VIA values) that may hold "[...]"
+console = Console(stderr=True, highlight=False, markup=False)
 
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or summaries.")
 ParamsOption = typer.Option(

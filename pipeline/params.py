@@ -3,10 +3,16 @@
 Unknown keys are an error naming the key; values are checked against the field's type
 (int, float, bool, str, lists and nested dataclasses); missing keys take the dataclass default.
 A typo in params.yaml is never a silent default.
+
+Ranges and formats are declared on the dataclass field, next to its default, as field
+metadata: ``field(default=8, metadata={"min": 1})``; ``"max"``; ``"pattern"`` (a regular
+expression every string, or every string item of a list, must match in full; ``"example"``
+shows one in the error).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,6 +32,10 @@ def read_params_file(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError("params file not found", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"not UTF-8 text (byte {exc.start})", file=path) from None
+    except OSError as exc:
+        raise ParamsError(f"cannot read the params file ({exc.strerror})", file=path) from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -108,12 +118,29 @@ def from_mapping(cls: type[T], data: Any, *, section: str, file: str | Path = DE
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{section}.{name}", file)
+        _check(kwargs[name], fields[name].metadata, f"{section}.{name}", file)
     missing = [n for n, f in fields.items()
                if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ParamsError(f"missing key '{section}.{missing[0]}'", file=file)
     return cls(**kwargs)
+
+
+def _check(value: Any, rules: Any, key: str, file: Path) -> None:
+    """Apply a field's declared ``min`` / ``max`` / ``pattern`` (module docstring)."""
+    if not rules:
+        return
+    values = value if isinstance(value, list) else [value]
+    for i, v in enumerate(values):
+        where = f"{key}[{i}]" if isinstance(value, list) else key
+        if "min" in rules and isinstance(v, (int, float)) and v < rules["min"]:
+            raise ParamsError(f"key '{where}' must be >= {rules['min']}, got {v!r}", file=file)
+        if "max" in rules and isinstance(v, (int, float)) and v > rules["max"]:
+            raise ParamsError(f"key '{where}' must be <= {rules['max']}, got {v!r}", file=file)
+        if "pattern" in rules and isinstance(v, str) and not re.fullmatch(rules["pattern"], v):
+            example = f" (e.g. {rules['example']!r})" if "example" in rules else ""
+            raise ParamsError(f"key '{where}' is malformed: {v!r}{example}", file=file)
 
 
 def load_section(cls: type[T], section: str, path: str | Path = DEFAULT_PARAMS) -> T:

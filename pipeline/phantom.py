@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from converters.io import write_json
+from converters.io import prepare_output, write_json
 from converters.phantom import PhantomConfig, generate
 from converters.via import via2_project
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
@@ -34,6 +34,9 @@ def command(
     overrides = {k: v for k, v in dict(n=n, seed=seed, height=height, width=width).items()
                  if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
+    if cfg.enabled:
+        cfg.validate()
+    prepare_output(output)
     if not cfg.enabled:
         # a real archive is the source: leave empty outputs so downstream stages still run
         (output / "dicom").mkdir(parents=True, exist_ok=True)
@@ -41,7 +44,6 @@ def command(
         write_json(output / "truth.json", {})
         say("phantom: disabled (phantom.enabled is false); empty outputs written", quiet=quiet)
         return
-    cfg.validate()
     with progress_bar("phantom", quiet=quiet) as update:
         results = generate(cfg, output, workers=workers, progress=update)
     patients = len({r.patient_id for r in results})

@@ -9,7 +9,6 @@ pseudonymized PNGs. The ledger is read here and never copied.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -35,7 +34,7 @@ def command(
     if not (private / "ledger.json").is_file():
         raise UsageError("no ledger: run spinepipe anonymize first", file=private / "ledger.json")
     exported = exported_pngs(png, load_ledger(private)["instances"])
-    project = annotations_for_export(json.loads(via.read_text()), exported)
+    project = annotations_for_export(via, exported)
     write_json(output, project, indent=None)
     say(f"phantom-annotations: {len(project['_via_img_metadata'])} annotated PNGs -> {output}",
         quiet=quiet)

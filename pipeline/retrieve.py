@@ -24,7 +24,7 @@ def command(
     state: Optional[Path] = typer.Option(None, "--state", help="Resume state (JSON); default: <output>.state.json next to the output."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="CSV with an AccessionNumber or PatientID column [params: retrieve.manifest]."),
     host: Optional[str] = typer.Option(None, "--host", help="PACS host [params: retrieve.host]."),
-    port: Optional[int] = typer.Option(None, "--port", help="PACS DICOM port [params: retrieve.port]."),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="PACS DICOM port, 1-65535 [params: retrieve.port]."),
     called_aet: Optional[str] = typer.Option(None, "--called-aet", help="PACS AE title [params: retrieve.called_aet]."),
     method: Optional[str] = typer.Option(None, "--method", help="c-get or c-move [params: retrieve.method]."),
     force: bool = typer.Option(False, "--force", help="Run even if retrieve.enabled is false."),
@@ -55,9 +55,14 @@ def command(
         f"fetched -> {output}", quiet=quiet)
     for label in report.not_found:
         console.print(f"  not found on the PACS: {label}")
+    for uid in report.invalid:
+        console.print(f"  refused: study UID {uid!r} from the PACS is not a valid UID")
+    for uids in report.refused:
+        console.print(f"  refused: object with an invalid UID {uids!r}")
     for uid in report.failed:
         s = report.studies[uid]
         console.print(f"  incomplete: study {uid} ({s.get('received', 0)}/{s.get('expected', '?')}): {s['error']}")
-    if report.failed or report.not_found:
+    if report.failed or report.not_found or report.invalid:
         raise UsageError(f"{len(report.failed)} stud(ies) incomplete, {len(report.not_found)} "
-                         "query(ies) without a match; re-run to resume", file=state)
+                         f"query(ies) without a match, {len(report.invalid)} invalid study "
+                         "UID(s); re-run to resume", file=state)

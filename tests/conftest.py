@@ -2,20 +2,52 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from converters import coco
 from converters.anonymize import AnonymizeOptions, anonymize_tree
 from converters.export import ExportOptions, export_tree
 from converters.ledger import load_ledger, load_or_create_salt, prepare_private
 from converters.phantom import PhantomConfig, annotations_for_export, exported_pngs, generate
+from converters.pacs import RetrieveConfig
 from converters.pixels import to_display
 
 DATA = Path(__file__).parent / "data"
+
+
+def dicom_image(size: int = 8, **extra) -> Dataset:
+    """A small valid CR object (12-bit, ``size`` x ``size``, pixels 0, 1, 2, ...) with
+    identifying values; keywords in ``extra`` override or add attributes."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999.1"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID = "1.2.3.999.1"
+    ds.StudyInstanceUID = "1.2.3.999.2"
+    ds.SeriesInstanceUID = "1.2.3.999.3"
+    ds.PatientID = "MRN998877"
+    ds.PatientName = "DOE^JOHN"
+    ds.Modality = "CR"
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME2"
+    ds.PixelData = np.arange(size * size, dtype=np.uint16).tobytes()
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    return ds
 
 
 def data_file(name: str) -> Path:
@@ -89,6 +121,67 @@ def ingest_chain(phantom: Path, root: Path) -> dict[str, tuple[str, int]]:
                    AnonymizeOptions())
     export_tree(root / "anon", root / "png", ExportOptions())
     exported = exported_pngs(root / "png", load_ledger(priv)["instances"])
-    via = json.loads((phantom / "annotations" / "via_project.json").read_text())
+    via = phantom / "annotations" / "via_project.json"
     (root / "via.json").write_text(json.dumps(annotations_for_export(via, exported)))
     return exported
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Orthanc:
+    """A real Orthanc on loopback, with its own config and storage in a temp folder."""
+
+    def __init__(self, root: Path, *, check_called_aet: bool = False, tls: dict | None = None):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.dicom_port, self.http_port, self.move_port = free_port(), free_port(), free_port()
+        config = {
+            "Name": "spinepipe-test", "StorageDirectory": str(root / "storage"),
+            "IndexDirectory": str(root / "storage"), "DicomAet": "ORTHANC",
+            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": check_called_aet, "Plugins": [],
+            "DicomModalities": {"spinepipe": {
+                "AET": "SPINEPIPE", "Host": "127.0.0.1", "Port": self.move_port,
+                "AllowEcho": True, "AllowFind": True, "AllowGet": True, "AllowMove": True,
+                "AllowStore": True, "UseDicomTls": bool(tls)}},
+        }
+        if tls:
+            config.update(DicomTlsEnabled=True, DicomTlsCertificate=tls["cert"],
+                          DicomTlsPrivateKey=tls["key"], DicomTlsTrustedCertificates=tls["cert"],
+                          DicomTlsRemoteCertificateRequired=True)
+        (root / "orthanc.json").write_text(json.dumps(config))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Orthanc":
+        binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        assert Path(binary).exists(), "Orthanc missing: .ci/run installs the orthanc package"
+        self.proc = subprocess.Popen([binary, str(self.root / "orthanc.json")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.dicom_port)) == 0:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError("Orthanc did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def store(self, folder: Path) -> None:
+        proc = subprocess.run(["storescu", "+sd", "+r", "-aec", "ORTHANC", "127.0.0.1",
+                               str(self.dicom_port), str(folder)], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    def config(self, **kw) -> RetrieveConfig:
+        base = dict(enabled=True, port=self.dicom_port, move_port=self.move_port,
+                    timeout_s=5.0, retries=1, backoff_s=0.01)
+        return RetrieveConfig(**{**base, **kw})

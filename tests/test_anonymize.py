@@ -15,12 +15,13 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
 
+from conftest import dicom_image
 from converters.anonymize import (AnonymizeOptions, anonymize_dataset, anonymize_tree,
                                   profile_table)
 from converters.errors import UsageError
+from converters.io import TEMP_MARK
 from converters.ledger import load_or_create_salt, prepare_private
 
 SALT = b"\x01" * 32
@@ -37,19 +38,9 @@ def _pydicom_files() -> list[Path]:
 
 
 def _image(**extra) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.SOPInstanceUID = "1.2.3.999.1"
-    ds.PatientID = "P-123456"
-    ds.PatientName = "DOE^JANE"
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 4, 16, 12, 11
-    ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME2"
-    ds.PixelData = np.arange(16, dtype=np.uint16).tobytes()
-    for k, v in extra.items():
-        setattr(ds, k, v)
-    return ds
+    """A 4x4 CR object (pixels 0..15) of patient P-123456, DOE^JANE."""
+    return dicom_image(4, **{"PatientID": "P-123456", "PatientName": "DOE^JANE",
+                             "SOPInstanceUID": "1.2.3.999.1", **extra})
 
 
 def _profile_dataset() -> tuple[Dataset, dict[int, str]]:
@@ -181,7 +172,7 @@ def _originals(ds: Dataset) -> set[str]:
 
 def _leak_scan(inputs: list[Path], output: Path, private: Path | None = None,
                root: Path | None = None) -> list[str]:
-    """Original identifying values found in output bytes.
+    """Original identifying values found in output bytes or output file names.
 
     With ``private`` (the anonymization's private folder) and ``root`` (its input folder),
     each de-identified object is
@@ -209,7 +200,8 @@ def _leak_scan(inputs: list[Path], output: Path, private: Path | None = None,
     for p in output.rglob("*"):
         if not p.is_file():
             continue
-        blob = p.read_bytes()
+        # the bytes (preamble, sequence items, every element) and the path (file names)
+        blob = p.read_bytes() + str(p.relative_to(output)).encode()
         src = source_of.get(str(p.relative_to(output)))
         candidates = {n: src.name for n in needles.get(src, ())} if src else everything
         found += [f"{n!r} from {name} in {p.name}" for n, name in candidates.items() if n in blob]
@@ -326,7 +318,7 @@ def test_reports_skips_failures_and_leaves_inputs_alone(tmp_path):
     assert rows["notes.txt"]["status"] == "failed" and "not a DICOM file" in rows["notes.txt"]["reason"]
     assert rows["truncated.dcm"]["status"] == "failed"
     assert digest == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in src.iterdir()}
-    assert not list((tmp_path / "out").rglob("*.tmp*"))
+    assert not list((tmp_path / "out").rglob(f"*{TEMP_MARK}*"))
 
 
 def test_rerun_touches_only_what_changed(tmp_path, small_phantom):
@@ -374,7 +366,7 @@ def test_same_object_twice_is_reported_not_raced(tmp_path):
         assert rows["a/x.dcm"]["status"] == "anonymized"
         assert rows["b/x.dcm"]["status"] == "skipped" and "a/x.dcm" in rows["b/x.dcm"]["reason"]
         assert len(list((tmp_path / f"out{run}").rglob("*.dcm"))) == 1
-        assert not list((tmp_path / f"out{run}").rglob("*.part"))
+        assert not list((tmp_path / f"out{run}").rglob(f"*{TEMP_MARK}*"))
 
 
 def test_elements_with_a_wrong_vr_are_still_cleaned(tmp_path):

@@ -16,72 +16,13 @@ import numpy as np
 import pydicom
 import pytest
 
+from conftest import Orthanc, free_port
 from converters.pacs import PacsError, RetrieveConfig, read_manifest, retrieve
 from converters.errors import UsageError
+from converters.io import TEMP_MARK
 from converters.phantom import PhantomConfig, generate
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Orthanc:
-    """A real Orthanc on loopback, with its own config and storage in a temp folder."""
-
-    def __init__(self, root: Path, *, check_called_aet: bool = False, tls: dict | None = None):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.dicom_port, self.http_port, self.move_port = free_port(), free_port(), free_port()
-        config = {
-            "Name": "spinepipe-test", "StorageDirectory": str(root / "storage"),
-            "IndexDirectory": str(root / "storage"), "DicomAet": "ORTHANC",
-            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": check_called_aet, "Plugins": [],
-            "DicomModalities": {"spinepipe": {
-                "AET": "SPINEPIPE", "Host": "127.0.0.1", "Port": self.move_port,
-                "AllowEcho": True, "AllowFind": True, "AllowGet": True, "AllowMove": True,
-                "AllowStore": True, "UseDicomTls": bool(tls)}},
-        }
-        if tls:
-            config.update(DicomTlsEnabled=True, DicomTlsCertificate=tls["cert"],
-                          DicomTlsPrivateKey=tls["key"], DicomTlsTrustedCertificates=tls["cert"],
-                          DicomTlsRemoteCertificateRequired=True)
-        (root / "orthanc.json").write_text(json.dumps(config))
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Orthanc":
-        binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-        assert Path(binary).exists(), "Orthanc missing: .ci/run installs the orthanc package"
-        self.proc = subprocess.Popen([binary, str(self.root / "orthanc.json")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.dicom_port)) == 0:
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError("Orthanc did not start")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def store(self, folder: Path) -> None:
-        proc = subprocess.run(["storescu", "+sd", "+r", "-aec", "ORTHANC", "127.0.0.1",
-                               str(self.dicom_port), str(folder)], capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-
-    def config(self, **kw) -> RetrieveConfig:
-        base = dict(enabled=True, port=self.dicom_port, move_port=self.move_port,
-                    timeout_s=5.0, retries=1, backoff_s=0.01)
-        return RetrieveConfig(**{**base, **kw})
 
 
 @pytest.fixture()
@@ -99,7 +40,7 @@ def _originals(phantom: Path) -> dict[str, Path]:
 def _check_complete(out: Path, originals: dict[str, Path]) -> None:
     got = sorted(out.rglob("*.dcm"))
     assert sorted(p.stem for p in got) == sorted(originals)  # all there, none twice
-    assert not list(out.rglob("*.tmp*"))
+    assert not list(out.rglob(f"*{TEMP_MARK}*"))
     for p in got:
         ds = pydicom.dcmread(p)
         ref = pydicom.dcmread(originals[p.stem])

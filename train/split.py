@@ -123,15 +123,24 @@ def write_splits(processed: str | Path, output: str | Path, cfg: SplitConfig) ->
     for p in (table, coco_path):
         if not p.is_file():
             raise UsageError("not found (run spinepipe convert first)", file=p)
-    with table.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with table.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"not UTF-8 text (byte {exc.start})", file=table) from None
+    except csv.Error as exc:
+        raise UsageError(f"malformed CSV: {exc}", file=table) from None
     if not rows:
         raise UsageError("no images to split", file=table)
     need = {"file_name", "patient", "implants", "overlap"}
     if need - set(rows[0]):
         raise UsageError(f"column '{sorted(need - set(rows[0]))[0]}' missing", file=table)
     splits = make_splits(rows, cfg, str(table))
-    coco = json.loads(coco_path.read_text())
+    try:
+        coco = json.loads(coco_path.read_text(encoding="utf-8"))
+        coco["images"], coco["annotations"]  # noqa: B018 - the keys the subsets need
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"not a COCO file ({type(exc).__name__})", file=coco_path) from None
     by_name = {r["file_name"]: r for r in rows}
     summary = _summary(splits, by_name)
     stem = lambda f: Path(f).stem  # noqa: E731
