@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pydicom
 
-from converters.anonymize import AnonymizeOptions, anonymize_tree
+from converters.anonymize import AnonymizeConfig, anonymize_tree
 from converters.ledger import load_or_create_salt, prepare_private
 from converters.phantom import PhantomConfig, generate
 
@@ -36,7 +36,7 @@ def _rss_run(src: str, limit: int, tmp: str) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.link(f, dst)
     priv = prepare_private(Path(tmp) / "private")
-    anonymize_tree(sub, Path(tmp) / "out", priv, load_or_create_salt(priv), AnonymizeOptions())
+    anonymize_tree(sub, Path(tmp) / "out", priv, load_or_create_salt(priv), AnonymizeConfig())
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -73,7 +73,7 @@ def main() -> None:
 
         def run_ours(k: int) -> None:
             anonymize_tree(tmp / "raw" / "dicom", tmp / f"ours{k}", priv, salt,
-                           AnonymizeOptions())
+                           AnonymizeConfig())
             (priv / "anonymize_state.json").unlink()  # the second round must redo the work
 
         def run_dicognito(k: int) -> None:

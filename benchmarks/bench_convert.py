@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from converters.anonymize import AnonymizeOptions, anonymize_tree
+from converters.anonymize import AnonymizeConfig, anonymize_tree
 from converters.coco import PNG_LABEL_PARAMS
 from converters.convert import ConvertConfig, convert
-from converters.export import ExportOptions, export_tree
+from converters.export import ExportConfig, export_tree
 from converters.ledger import load_ledger, load_or_create_salt, prepare_private
 from converters.phantom import PhantomConfig, annotations_for_export, exported_pngs, generate
 
@@ -65,8 +65,8 @@ def main() -> None:
                                burned_in_share=0), tmp / "raw", workers=cores)
         priv = prepare_private(tmp / "private")
         anonymize_tree(tmp / "raw" / "dicom", tmp / "anon", priv, load_or_create_salt(priv),
-                       AnonymizeOptions(), workers=cores)
-        export_tree(tmp / "anon", tmp / "png", ExportOptions(), workers=cores)
+                       AnonymizeConfig(), workers=cores)
+        export_tree(tmp / "anon", tmp / "png", ExportConfig(), workers=cores)
         exported = exported_pngs(tmp / "png", load_ledger(priv)["instances"])
         via = annotations_for_export(tmp / "raw" / "annotations" / "via_project.json", exported)
         # replicate to n images (hard links; VIA entries renamed accordingly)

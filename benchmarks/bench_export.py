@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import pydicom
 
-from converters.anonymize import AnonymizeOptions, anonymize_tree
-from converters.export import ExportOptions, export_file, export_tree
+from converters.anonymize import AnonymizeConfig, anonymize_tree
+from converters.export import ExportConfig, export_file, export_tree
 from converters.ledger import load_or_create_salt, prepare_private
 from converters.phantom import PhantomConfig, generate
 from converters.pixels import to_display
@@ -35,14 +35,14 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=2870)
     ap.add_argument("--width", type=int, default=1100)
     args = ap.parse_args()
-    opts = ExportOptions()
+    opts = ExportConfig()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate(PhantomConfig(n=args.n, seed=1, height=args.height, width=args.width,
                                burned_in_share=0), tmp / "raw")
         priv = prepare_private(tmp / "private")
         anonymize_tree(tmp / "raw" / "dicom", tmp / "anon", priv, load_or_create_salt(priv),
-                       AnonymizeOptions(), workers=os.cpu_count() or 1)
+                       AnonymizeConfig(), workers=os.cpu_count() or 1)
         files = sorted((tmp / "anon").rglob("*.dcm"))
         files = [f for f in files if "audit" not in f.parts]
         for f in files:  # warm the page cache for everyone

@@ -97,7 +97,7 @@ DEVICE_IDENTITY = {0x00181000, 0x00081010, 0x0018700A, 0x00181002, 0x00181008, 0
 
 
 @dataclass(frozen=True)
-class AnonymizeOptions:
+class AnonymizeConfig:
     """Profile options (params.yaml section ``anonymize``)."""
 
     retain_longitudinal_modified_dates: bool = True
@@ -206,7 +206,7 @@ _DUMMY = {"PN": "ANONYMIZED", "LO": "ANONYMIZED", "SH": "ANON", "ST": "ANONYMIZE
 
 
 class _Engine:
-    def __init__(self, salt: bytes, options: AnonymizeOptions, patient_id: str,
+    def __init__(self, salt: bytes, options: AnonymizeConfig, patient_id: str,
                  pseudonym: str):
         self.salt = salt
         self.pseudonym = pseudonym
@@ -353,7 +353,7 @@ def _is_instance_uid(keyword: str) -> bool:
         and keyword not in ("CodingSchemeUID", "ContextUID", "MappingResourceUID")
 
 
-def _set_method(ds: Dataset, options: AnonymizeOptions, clean_pixels: bool) -> None:
+def _set_method(ds: Dataset, options: AnonymizeConfig, clean_pixels: bool) -> None:
     keys = ["basic"]
     if options.retain_longitudinal_modified_dates:
         keys.append("modified_dates")
@@ -390,7 +390,7 @@ def _blank(ds: Dataset, regions: list[list[int]], file: str) -> None:
     ds.BurnedInAnnotation = "NO"
 
 
-def anonymize_dataset(ds: Dataset, salt: bytes, options: AnonymizeOptions,
+def anonymize_dataset(ds: Dataset, salt: bytes, options: AnonymizeConfig,
                       file: str = "") -> Outcome:
     """De-identify ``ds`` in place. Returns the outcome (status, pseudonyms, audit, ledger).
 
@@ -485,12 +485,11 @@ def check_pixel_data(ds: Dataset, file: str = "") -> None:
                                 f"{bits} bits, {frames} frame(s)", file=file, tag="(0028,0010)")
     if ts is not None and ts.is_encapsulated:
         try:
-            arr = ds.pixel_array
+            ds.pixel_array  # noqa: B018 - decoded only to prove that it decodes
         except Exception as exc:  # decoders raise many types on corrupt streams
             raise InvalidDicomError(f"compressed pixel data does not decode ({ts.name}): "
                                     f"{exc}".splitlines()[0], file=file,
                                     tag="(7FE0,0010)") from None
-        del arr
         return
     expected = (rows * cols * samples * frames * bits + 7) // 8
     got = len(ds.PixelData or b"")
@@ -538,6 +537,14 @@ class TreeReport:
     def failed_inputs(self) -> list[str]:
         return sorted(k for k, r in self.private_rows.items() if r["status"] == "failed")
 
+    def detail_lines(self, *, failures_only: bool = False) -> list[str]:
+        """One line per input handled now that was not anonymized (for the terminal only:
+        input paths may carry identifiers)."""
+        shown = ("failed",) if failures_only else ("failed", "quarantined", "skipped")
+        return [f"  {row['status']}: {key}: {row['reason']}"
+                for key, row in sorted(self.private_rows.items())
+                if not row.get("reused") and row["status"] in shown]
+
 
 def _part_name(out_rel: str, rel: str) -> str:
     """Where a worker writes an object before the parent moves it to ``out_rel``: hidden and
@@ -546,7 +553,7 @@ def _part_name(out_rel: str, rel: str) -> str:
     return f"{folder}/.{name}.{hashlib.sha1(rel.encode()).hexdigest()[:12]}{TEMP_MARK}"
 
 
-def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeOptions]) -> tuple[str, Outcome, str]:
+def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeConfig]) -> tuple[str, Outcome, str]:
     src, rel, out_root, salt, options = args
     try:
         ds = read_dicom(src)
@@ -574,7 +581,7 @@ def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeOptions]) -> tupl
         return rel, Outcome("failed", f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0]), ""
 
 
-def _options_key(options: AnonymizeOptions) -> str:
+def _options_key(options: AnonymizeConfig) -> str:
     return hashlib.sha1(json.dumps(asdict(options), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -585,7 +592,7 @@ def _cacheable(row: dict) -> bool:
 
 
 def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private: Path,
-                   salt: bytes, options: AnonymizeOptions, *, workers: int = 1,
+                   salt: bytes, options: AnonymizeConfig, *, workers: int = 1,
                    progress=None) -> TreeReport:
     """Anonymize every file under ``input_dir`` (recursively; a list of folders is walked in
     turn, their files keyed ``<folder name>/<path>``) into ``output_dir``.

@@ -27,10 +27,11 @@ lumbar_count              not exactly five lumbar vertebrae                  war
 
 With ``strict`` every warning is an error (the command exits 1, nothing is written).
 
-Levels: each vertebra gets ``L1``..``L5`` / ``S1`` bottom-up from the sacrum: the lumbar
-instance nearest (centroid to centroid) to the sacrum is L5, the one nearest to L5 is L4,
-and so on, which follows the lordotic curve. Without a sacrum the chain starts at the lowest
-lumbar instance. Lumbar instances beyond five get no level (``null``).
+Levels: each vertebra gets ``L1``..``L5`` / ``S1`` bottom-up from the sacrum
+(:mod:`converters.levels`). The steps, in :func:`convert`: read every VIA file
+(:mod:`converters.via`), validate and repair each region (:mod:`converters.regions`), assign
+levels, build the COCO rows and the table, rasterize what changed (:mod:`converters.coco`),
+draw the QA pictures (:mod:`converters.qa`), write.
 
 Outputs under the output folder:
 
@@ -67,29 +68,27 @@ import struct
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
-from shapely.geometry import Polygon
-from shapely.validation import make_valid
 
+from converters import qa
 from converters.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, class_mask,
                              coverage_count, flat)
 from converters.errors import InvalidImageError, InvalidViaError, OutputFolderError
 from converters.incremental import IncrementalState
-from converters.io import (atomic_path, prepare_output, remove_stale_temps, temp_name,
-                           write_json, write_text)
+from converters.io import (prepare_output, remove_stale_temps, temp_name, write_json,
+                           write_text)
 from converters.parallel import map_jobs
+from converters.levels import assign_levels
 from converters.paths import confined
-from converters.via import ReadImage, ReadRegion, read_via
+from converters.regions import Instance, Problem, RegionRules, validate_region
+from converters.via import ReadImage, read_via
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: larger images are refused: the study's are 3.2 megapixels, the largest radiographs ~19
 MAX_PIXELS = 64_000_000
 STATE_FILE = ".convert_state.json"
-COLOURS = {"lumbar": (60, 220, 60), "sacrum": (255, 160, 0), "cage": (255, 0, 255),
-           "screw": (0, 80, 255), "rod": (0, 255, 255)}
 
 
 @dataclass(frozen=True)
@@ -112,145 +111,9 @@ class ConvertConfig:
     qa_max_height: int = field(default=800, metadata={"min": 16})
     contact_sheet_size: int = field(default=24, metadata={"min": 1})
 
-
-@dataclass
-class Problem:
-    kind: str
-    message: str
-    file: str = ""
-    image: str = ""
-    region: int | None = None
-    severity: str = "warning"
-
-    def line(self) -> str:
-        where = ", ".join(x for x in (f"in {self.file}" if self.file else "",
-                                      f"image {self.image}" if self.image else "",
-                                      f"region {self.region}" if self.region is not None else "")
-                          if x)
-        return f"{self.severity}: {self.kind}: {self.message}" + (f", {where}" if where else "")
-
-
-@dataclass
-class Instance:
-    cls: str
-    xs: list[float]
-    ys: list[float]
-    region: int
-    level: str | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# validation
-
-
-def _shape_to_polygon(r: ReadRegion, n: int) -> tuple[list[float], list[float]] | None:
-    p = r.params
-    if r.shape == "rect":
-        x, y, w, h = p.get("x", 0), p.get("y", 0), p.get("width", 0), p.get("height", 0)
-        return [x, x + w, x + w, x], [y, y, y + h, y + h]
-    if r.shape in ("ellipse", "circle"):
-        cx, cy = p.get("cx", 0), p.get("cy", 0)
-        rx = p.get("rx", p.get("r", 0))
-        ry = p.get("ry", p.get("r", 0))
-        theta = p.get("theta", 0.0)
-        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-        x = rx * np.cos(t)
-        y = ry * np.sin(t)
-        xs = cx + x * np.cos(theta) - y * np.sin(theta)
-        ys = cy + x * np.sin(theta) + y * np.cos(theta)
-        return xs.tolist(), ys.tolist()
-    return None
-
-
-def validate_region(r: ReadRegion, width: int, height: int, cfg: ConvertConfig, file: str,
-                    image: str) -> tuple[Instance | None, list[Problem]]:
-    """Check and repair one region; returns the instance (or None if dropped) and problems."""
-    problems: list[Problem] = []
-
-    def problem(kind: str, message: str) -> None:
-        problems.append(Problem(kind, message, file, image, r.index))
-
-    value = r.attributes.get(cfg.class_attribute, "")
-    cls = cfg.class_map.get(value)
-    if cls is None:
-        problem("unknown_class", f"{cfg.class_attribute}={value!r} is not in convert.class_map")
-        return None, problems
-    if cls in cfg.implant_classes and not cfg.keep_implants:
-        return None, problems  # implants are annotated but not used (as in the study)
-    if r.shape in ("polygon", "polyline"):
-        xs, ys = list(r.xs), list(r.ys)
-    elif r.shape in ("rect", "ellipse", "circle") and cfg.shapes_to_polygons:
-        xs, ys = _shape_to_polygon(r, cfg.ellipse_points)
-    else:
-        hint = " (set convert.shapes_to_polygons)" if r.shape in ("rect", "ellipse", "circle") else ""
-        problem("ignored_shape", f"{r.shape} region ignored{hint}")
-        return None, problems
-    # repeated consecutive vertices (the closing vertex too)
-    pts = list(zip(xs, ys))
-    dedup = [p for i, p in enumerate(pts) if i == 0 or p != pts[i - 1]]
-    if len(dedup) > 1 and dedup[0] == dedup[-1]:
-        dedup.pop()
-    if len(dedup) != len(pts):
-        problem("repeated_points", f"{len(pts) - len(dedup)} repeated vertex(es) removed")
-    if len(set(dedup)) < 3:
-        problem("too_few_points", f"{len(set(dedup))} distinct vertex(es); region dropped")
-        return None, problems
-    arr = np.asarray(dedup, dtype=float)
-    clipped = np.clip(arr, [0, 0], [width, height])
-    if not np.array_equal(clipped, arr):
-        n_out = int((clipped != arr).any(axis=1).sum())
-        problem("outside_image", f"{n_out} vertex(es) outside the {width}x{height} image clipped")
-        arr = clipped
-    poly = Polygon(arr)
-    if not poly.is_valid:
-        fixed = make_valid(poly)
-        parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
-        if not parts:
-            problem("self_intersection", "self-intersecting polygon with no area; dropped")
-            return None, problems
-        best = max(parts, key=lambda g: g.area)
-        problem("self_intersection", f"self-intersecting polygon repaired (largest of "
-                                     f"{len(parts)} part(s) kept, area {best.area:.0f} of "
-                                     f"{sum(g.area for g in parts):.0f})")
-        arr = np.asarray(best.exterior.coords)[:-1]
-    if Polygon(arr).area <= 0:
-        problem("too_few_points", "polygon without area; region dropped")
-        return None, problems
-    return Instance(cls, arr[:, 0].tolist(), arr[:, 1].tolist(), r.index), problems
-
-
-def levels_bottom_up(classes: Sequence[str], centroids: Sequence[Sequence[float]],
-                     areas: Sequence[float]) -> list[str | None]:
-    """Levels of the instances of one image (module docstring: bottom-up from the sacrum by
-    nearest centroid). ``centroids`` are (x, y) in pixels; the largest sacrum is S1; lumbar
-    instances beyond five, other sacra and other classes get ``None``."""
-    levels: list[str | None] = [None] * len(classes)
-    c = np.asarray(centroids, dtype=np.float64).reshape(-1, 2)
-    sacra = [i for i, k in enumerate(classes) if k == "sacrum"]
-    remaining = [i for i, k in enumerate(classes) if k == "lumbar"]
-    if sacra:
-        s = max(sacra, key=lambda i: areas[i])
-        levels[s] = "S1"
-        current = c[s]
-    elif remaining:
-        current = c[max(remaining, key=lambda i: c[i, 1])] + np.array([0, 1e-6])
-    for level in ("L5", "L4", "L3", "L2", "L1"):
-        if not remaining:
-            break
-        i = min(remaining, key=lambda j: float(np.linalg.norm(c[j] - current)))
-        remaining.remove(i)
-        levels[i], current = level, c[i]
-    return levels
-
-
-def assign_levels(instances: list[Instance]) -> None:
-    """L5..L1 bottom-up from the sacrum, by nearest centroid; S1 for the sacrum."""
-    polygons = [Polygon(zip(i.xs, i.ys)) for i in instances]
-    levels = levels_bottom_up([i.cls for i in instances],
-                              [(p.centroid.x, p.centroid.y) for p in polygons],
-                              [p.area for p in polygons])
-    for inst, level in zip(instances, levels):
-        inst.level = level
+    def region_rules(self) -> RegionRules:
+        return RegionRules(self.class_attribute, self.class_map, self.implant_classes,
+                           self.keep_implants, self.shapes_to_polygons, self.ellipse_points)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,7 +188,7 @@ def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
     overlap_area = int(np.count_nonzero(overlap))
     pairs = []
     if overlap_area:
-        polys = [Polygon(zip(i.xs, i.ys)) for i in vert]
+        polys = [i.polygon() for i in vert]
         for a in range(len(vert)):
             for b in range(a + 1, len(vert)):
                 if polys[a].intersects(polys[b]) and polys[a].intersection(polys[b]).area > 0:
@@ -337,58 +200,10 @@ def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
             data = cv2.imencode(".png", arr, PNG_LABEL_PARAMS)[1].tobytes()
         _write_temp(confined(out, folder, f"{job.stem}.png"), data, written)
     if job.qa:
-        _write_temp(confined(out, "qa", f"{job.stem}.png"), _qa_overlay(job), written)
+        _write_temp(confined(out, "qa", f"{job.stem}.png"),
+                    qa.overlay(job.path, w, h, job.instances, job.problems, job.qa_max_height),
+                    written)
     return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
-
-
-def _qa_overlay(job: ImageJob) -> bytes:
-    img = cv2.imread(job.path, cv2.IMREAD_GRAYSCALE)
-    if img is None or img.shape[:2] != (job.height, job.width):
-        raise InvalidImageError("image does not decode (truncated or corrupt)",
-                                file=job.path)
-    scale = min(1.0, job.qa_max_height / max(job.height, 1))
-    if scale < 1:
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    canvas = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    for inst in job.instances:
-        pts = np.round(np.c_[inst.xs, inst.ys] * scale * 16).astype(np.int32)
-        cv2.polylines(canvas, [pts], True, COLOURS.get(inst.cls, (255, 255, 255)), 1,
-                      cv2.LINE_AA, shift=4)
-        if inst.level:
-            c = Polygon(zip(inst.xs, inst.ys)).centroid
-            at = (int(c.x * scale) - 8, int(c.y * scale) + 4)
-            for colour, thick in (((0, 0, 0), 3), (COLOURS.get(inst.cls, (255, 255, 255)), 1)):
-                cv2.putText(canvas, inst.level, at, cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour,
-                            thick, cv2.LINE_AA)
-    for k, text in enumerate(job.problems[:6]):
-        cv2.putText(canvas, text[:60], (4, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                    (0, 0, 255), 1, cv2.LINE_AA)
-    ok, buf = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    return buf.tobytes()
-
-
-def _contact_sheets(out: Path, stems: list[str], per_sheet: int) -> None:
-    for old in (out / "qa").glob("contact_*.png"):
-        old.unlink()
-    thumbs = []
-    for stem in stems:
-        img = cv2.imread(str(out / "qa" / f"{stem}.png"))
-        if img is None:
-            continue
-        t = cv2.resize(img, (int(img.shape[1] * 240 / img.shape[0]), 240))
-        cv2.putText(t, stem[:28], (2, 236), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1)
-        thumbs.append(t)
-    for k in range(0, len(thumbs), per_sheet):
-        chunk = thumbs[k:k + per_sheet]
-        width = max(t.shape[1] for t in chunk)
-        chunk = [cv2.copyMakeBorder(t, 0, 0, 0, width - t.shape[1], cv2.BORDER_CONSTANT)
-                 for t in chunk]
-        cols = 8
-        rows = [np.hstack(chunk[i:i + cols] + [np.zeros_like(chunk[0])] * (cols - len(chunk[i:i + cols])))
-                for i in range(0, len(chunk), cols)]
-        ok, buf = cv2.imencode(".png", np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        with atomic_path(out / "qa" / f"contact_{k // per_sheet:03d}.png") as tmp:
-            tmp.write_bytes(buf.tobytes())
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,6 +273,7 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
           cfg: ConvertConfig, report: ConvertReport) -> _Plan:
     """Validate every annotated image on disk: instances, levels, COCO rows, the table."""
     plan = _Plan(mask_values=_mask_values(cfg))
+    rules = cfg.region_rules()
     for name in sorted(set(on_disk) - set(merged)):
         report.problems.append(Problem("unannotated_image", "image on disk but in no VIA file",
                                        "", name))
@@ -475,7 +291,7 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
         width, height = image_size(path)
         instances: list[Instance] = []
         for region in img.regions:
-            inst, probs = validate_region(region, width, height, cfg, img.source, name)
+            inst, probs = validate_region(region, width, height, rules, img.source, name)
             report.problems += probs
             if inst is not None:
                 instances.append(inst)
@@ -498,7 +314,7 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
                 "id": len(plan.coco_anns) + 1, "image_id": image_id,
                 "category_id": value if value != IGNORE else None,
                 "segmentation": [flat(inst.xs, inst.ys)],
-                "area": float(Polygon(zip(inst.xs, inst.ys)).area),
+                "area": float(inst.polygon().area),
                 "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
                 "via_file": Path(img.source).name, "via_region": inst.region})
         n_implants = sum(cfg.class_map.get(r.attributes.get(cfg.class_attribute, "")) in
@@ -612,6 +428,6 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
             (output / stale).unlink(missing_ok=True)
     _write_tables(plan, facts, via_files, output, report)
     if cfg.qa:
-        _contact_sheets(output, [j.stem for j in plan.jobs], cfg.contact_sheet_size)
+        qa.contact_sheets(output / "qa", [j.stem for j in plan.jobs], cfg.contact_sheet_size)
     state.save()
     return report

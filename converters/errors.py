@@ -4,6 +4,10 @@ Every error a user can cause derives from :class:`SpinepipeError` and knows the 
 about and, where it applies, the image / region / tag inside it. The CLI prints
 ``Error: <what>, in <file>[, image X][, region N]`` and exits with status 1. Anything else that
 escapes is a bug and keeps its traceback.
+
+Errors are named by the fault, never by a command: the library says *what* is missing or
+wrong (:class:`MissingInputError` knows which stage produces the missing input), and the
+command line adds the words for the user ("run spinepipe split first").
 """
 from __future__ import annotations
 
@@ -41,7 +45,36 @@ class ParamsError(SpinepipeError):
 
 
 class UsageError(SpinepipeError):
-    """A command-line argument is out of range or inconsistent."""
+    """A command-line argument is out of range or inconsistent (raised in ``pipeline/`` only)."""
+
+
+class MissingInputError(SpinepipeError):
+    """An input file or folder does not exist; ``produced_by`` names the pipeline stage that
+    makes it, when one does (the CLI turns it into a hint)."""
+
+    def __init__(self, message: str, *, produced_by: str | None = None, **where) -> None:
+        super().__init__(message, **where)
+        self.produced_by = produced_by
+
+
+class InvalidConfigError(SpinepipeError):
+    """A setting is out of range or names something unknown (a model, a preset, a fold)."""
+
+
+class InsufficientDataError(SpinepipeError):
+    """The data are readable but too few for the task (a split, a test set, a fold)."""
+
+
+class InvalidTableError(SpinepipeError):
+    """A CSV or JSON table (a manifest, images.csv, a per-image table) cannot be read."""
+
+
+class IncompleteRunError(SpinepipeError):
+    """A stage ran, but some of its inputs failed (each one is reported above the error)."""
+
+
+class UnsafeLocationError(SpinepipeError):
+    """A folder is where it must not be (the private folder inside a public tree)."""
 
 
 class InvalidDicomError(SpinepipeError):

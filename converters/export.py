@@ -40,14 +40,14 @@ from converters.incremental import IncrementalState, file_signature
 from converters.io import atomic_path, prepare_output, remove_stale_temps, write_json
 from converters.parallel import map_jobs
 from converters.paths import check_name, check_uid, confined
-from converters.pixels import DisplayOptions, to_display
+from converters.pixels import DisplayConfig, to_display
 from converters.via import ViaImage, via2_project
 
 STATE_FILE = ".export_state.json"
 
 
 @dataclass(frozen=True)
-class ExportOptions:
+class ExportConfig:
     """params.yaml section ``export``."""
 
     bits: Literal[8, 16] = 8
@@ -59,8 +59,8 @@ class ExportOptions:
     modalities: list[str] = field(default_factory=lambda: ["CR", "DX", "DR", "RG"])
     fail_on_error: bool = True
 
-    def display(self) -> DisplayOptions:
-        return DisplayOptions(bits=self.bits, equalization=self.equalization,
+    def display(self) -> DisplayConfig:
+        return DisplayConfig(bits=self.bits, equalization=self.equalization,
                               clahe_clip_limit=self.clahe_clip_limit,
                               clahe_tiles=self.clahe_tiles, use_voi_window=self.use_voi_window)
 
@@ -81,7 +81,7 @@ def _spacing(ds) -> list[float] | None:
     return None
 
 
-def export_file(src: str | Path, out_dir: str | Path, options: ExportOptions,
+def export_file(src: str | Path, out_dir: str | Path, options: ExportConfig,
                 rel: str = "") -> dict:
     """Export one anonymized DICOM file; returns its provenance record. Raises on bad input."""
     rel = rel or str(src)
@@ -93,7 +93,7 @@ def export_file(src: str | Path, out_dir: str | Path, options: ExportOptions,
         raise InvalidDicomError("no PixelData (non-image object)", file=rel, tag="(7FE0,0010)")
     if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
         raise InvalidDicomError("not de-identified (PatientIdentityRemoved is not YES): "
-                                "run spinepipe anonymize first", file=rel, tag="(0012,0062)")
+                                "anonymize it first", file=rel, tag="(0012,0062)")
     modality = str(ds.get("Modality", ""))
     if options.modalities and modality not in options.modalities:
         raise InvalidDicomError(f"modality {modality or 'missing'} is not a radiograph "
@@ -139,8 +139,11 @@ class ExportReport:
     failed: dict[str, str] = field(default_factory=dict)    # source rel -> reason
     reused: int = 0
 
+    def failure_lines(self) -> list[str]:
+        return [f"  failed: {reason}" for _, reason in sorted(self.failed.items())]
 
-def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportOptions, *,
+
+def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportConfig, *,
                 workers: int = 1, progress=None) -> ExportReport:
     """Export every ``*.dcm`` under ``input_dir`` (skipping ``audit/``) into ``output_dir``."""
     input_dir = Path(input_dir)

@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from converters.errors import InvalidLedgerError, UsageError
+from converters.errors import InvalidLedgerError, UnsafeLocationError
 from converters.io import atomic_path
 
 SALT_FILE = "salt"
@@ -31,9 +31,9 @@ def prepare_private(private: str | Path, *, forbidden: list[str | Path] = ()) ->
     for other in forbidden:
         other = Path(other).resolve()
         if private == other or other in private.parents:
-            raise UsageError(f"the private folder {private} must not be inside {other}")
+            raise UnsafeLocationError(f"the private folder {private} must not be inside {other}")
     if any(part == "data" for part in private.parts[-3:]):
-        raise UsageError(f"the private folder {private} must not be under a data/ folder")
+        raise UnsafeLocationError(f"the private folder {private} must not be under a data/ folder")
     private.mkdir(parents=True, exist_ok=True)
     os.chmod(private, 0o700)
     return private

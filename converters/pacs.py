@@ -39,7 +39,7 @@ from pynetdicom.sop_class import (ComputedRadiographyImageStorage,
                                   StudyRootQueryRetrieveInformationModelGet,
                                   StudyRootQueryRetrieveInformationModelMove, Verification)
 
-from converters.errors import SpinepipeError, UsageError
+from converters.errors import InvalidTableError, MissingInputError, SpinepipeError
 from converters.io import atomic_path, prepare_output, remove_stale_temps, write_json
 from converters.paths import confined, is_uid
 
@@ -88,28 +88,39 @@ class RetrieveReport:
     def failed(self) -> list[str]:
         return [uid for uid, s in self.studies.items() if s["status"] != "complete"]
 
+    def problem_lines(self) -> list[str]:
+        """Every query without a match, refused UID and incomplete study, one line each."""
+        lines = [f"  not found on the PACS: {label}" for label in self.not_found]
+        lines += [f"  refused: study UID {uid!r} from the PACS is not a valid UID"
+                  for uid in self.invalid]
+        lines += [f"  refused: object with an invalid UID {uids!r}" for uids in self.refused]
+        lines += [f"  incomplete: study {uid} ({self.studies[uid].get('received', 0)}/"
+                  f"{self.studies[uid].get('expected', '?')}): {self.studies[uid]['error']}"
+                  for uid in self.failed]
+        return lines
+
 
 def read_manifest(path: str | Path) -> list[tuple[str, str]]:
     """``[(key, value)]`` with key AccessionNumber or PatientID, from a CSV with a header."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError("manifest not found", file=path)
+        raise MissingInputError("manifest not found", file=path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             cols = [c for c in ("AccessionNumber", "PatientID") if c in (reader.fieldnames or [])]
             if not cols:
-                raise UsageError("manifest needs an AccessionNumber or PatientID column "
+                raise InvalidTableError("manifest needs an AccessionNumber or PatientID column "
                                  f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})",
                                  file=path)
             rows = [(cols[0], (row[cols[0]] or "").strip()) for row in reader]
     except UnicodeDecodeError as exc:
-        raise UsageError(f"manifest is not UTF-8 text (byte {exc.start})", file=path) from None
+        raise InvalidTableError(f"manifest is not UTF-8 text (byte {exc.start})", file=path) from None
     except csv.Error as exc:
-        raise UsageError(f"malformed CSV: {exc}", file=path) from None
+        raise InvalidTableError(f"malformed CSV: {exc}", file=path) from None
     rows = [r for r in rows if r[1]]
     if not rows:
-        raise UsageError("manifest lists no study", file=path)
+        raise InvalidTableError("manifest lists no study", file=path)
     return rows
 
 

@@ -28,7 +28,7 @@ from converters.errors import InvalidDicomError, UnsupportedDicomError
 
 
 @dataclass(frozen=True)
-class DisplayOptions:
+class DisplayConfig:
     bits: Literal[8, 16] = 8
     equalization: Literal["global", "clahe", "none"] = "global"
     clahe_clip_limit: float = 2.0
@@ -104,7 +104,7 @@ def equalize_full_depth(values: np.ndarray, out_max: int) -> np.ndarray:
     return lut[inverse]
 
 
-def to_display(ds: Dataset, options: DisplayOptions = DisplayOptions(),
+def to_display(ds: Dataset, options: DisplayConfig = DisplayConfig(),
                file: str | None = None) -> tuple[np.ndarray, list[str]]:
     """The whole export pixel pipeline; returns the image and the list of transforms applied."""
     arr, transforms = modality_values(ds, file)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from converters.errors import InvalidViaError
+from converters.errors import InvalidViaError, MissingInputError
 
 VIA2_FORMAT_VERSION = "2.0.10"
 
@@ -380,6 +380,20 @@ def _read_csv(path: Path) -> list[ReadImage]:
                 img.regions.append(_region_from_shape(len(img.regions), shape, attrs, path,
                                                       row["filename"]))
     return list(images.values())
+
+
+def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """The VIA files named by ``paths``: a file as it is, a folder as all its ``.json`` and
+    ``.csv`` files (sorted). :class:`~converters.errors.MissingInputError` when none."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in (".json", ".csv"))
+        else:
+            files.append(path)
+    if not files:
+        raise MissingInputError("no VIA file found", file=", ".join(map(str, paths)))
+    return files
 
 
 class _csv_open:

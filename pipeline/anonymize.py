@@ -1,6 +1,6 @@
 """``spinepipe anonymize``: PS3.15 Basic Profile de-identification of a DICOM tree.
 
-params.yaml section ``anonymize`` (:class:`converters.anonymize.AnonymizeOptions`).
+params.yaml section ``anonymize`` (:class:`converters.anonymize.AnonymizeConfig`).
 """
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import typer
 
-from converters.anonymize import AnonymizeOptions, anonymize_tree
-from converters.errors import UsageError
+from converters.anonymize import AnonymizeConfig, anonymize_tree
+from converters.errors import IncompleteRunError, UsageError
 from converters.ledger import load_or_create_salt, prepare_private
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
-from pipeline.params import load_section
+from pipeline.params import stage_params
 
 
 def command(
@@ -26,7 +26,7 @@ def command(
 ) -> None:
     """De-identify every DICOM file under INPUT (PS3.15 Annex E Basic Profile, modified
     dates); quarantine burned-in images, skip non-image objects, report failures."""
-    options = load_section(AnonymizeOptions, "anonymize", params) if params.exists() else AnonymizeOptions()
+    options = stage_params(AnonymizeConfig, "anonymize", params)
     for folder in input:
         if not folder.is_dir():
             raise UsageError("input folder not found", file=folder)
@@ -37,14 +37,12 @@ def command(
                                 progress=update)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())) or "no files"
     say(f"anonymize: {counts} -> {output}", quiet=quiet)
-    for rel, row in sorted(report.private_rows.items()):
-        if row.get("reused"):
-            continue
-        if row["status"] == "failed" or (row["status"] in ("quarantined", "skipped") and not quiet):
-            console.print(f"  {row['status']}: {rel}: {row['reason']}")
+    lines = report.detail_lines(failures_only=quiet)
+    if lines:
+        console.print("\n".join(lines))
     if report.failed and options.fail_on_error:
         names = report.failed_inputs
         listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        raise UsageError(f"{len(names)} file(s) failed to anonymize: {listed} "
+        raise IncompleteRunError(f"{len(names)} file(s) failed to anonymize: {listed} "
                          f"(details: {priv / 'anonymize_report.json'})",
                          file=", ".join(map(str, input)))

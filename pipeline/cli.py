@@ -1,57 +1,87 @@
-"""The ``spinepipe`` command line: one subcommand per DVC stage.
+"""The ``spinepipe`` command line: one subcommand per DVC stage, plus small tools.
+
+Subcommands load lazily: :data:`COMMANDS` names the module of each, and only the module of
+the subcommand that runs (or whose ``--help`` is asked for) is imported. ``spinepipe --help``
+imports no stage at all, and no stage that does not train or infer imports torch or the
+mmlab packages (DESIGN.md, convention 12), so every command starts in well under a second.
 
 Errors caused by the user (bad arguments, bad params, bad input files) print one line,
 ``Error: <what>, in <file>[, image X][, region N]``, and exit with status 1; so do errors of
-the machine (``OSError``: permissions, a full disk). Anything else is a bug and keeps its
-traceback.
+the machine (``OSError``: permissions, a full disk). An input that a stage needs and that an
+earlier stage makes gets the hint ``(run spinepipe <stage> first)`` here, at the boundary:
+the library names the missing input, the command line names the command. Anything else is a
+bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
-import typer
 
-from converters.errors import SpinepipeError
-from pipeline import (anonymize, convert, evaluate, export, metrics, phantom,
-                      phantom_annotations, report, retrieve, split, train)
+from converters.errors import MissingInputError, SpinepipeError
 
-app = typer.Typer(
-    name="spinepipe",
-    help="Lumbar spine X-ray archive + VIA polygons -> trained, compared segmentation models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+HELP = """Lumbar spine X-ray archive + VIA polygons -> trained, compared segmentation models.
+
+One subcommand per DVC stage (dvc.yaml calls them); each also works standalone on explicit
+paths. `spinepipe COMMAND --help` explains each."""
+
+#: subcommand -> (module holding its ``command`` function, one line for ``spinepipe --help``)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "phantom": ("pipeline.phantom", "Write the synthetic lumbar X-ray phantom (DICOM + VIA)."),
+    "retrieve": ("pipeline.retrieve", "Fetch studies from a PACS (C-FIND + C-GET / C-MOVE)."),
+    "anonymize": ("pipeline.anonymize", "De-identify a DICOM tree (PS3.15 Basic Profile)."),
+    "export": ("pipeline.export", "Anonymized DICOM -> equalized PNG, provenance, VIA project."),
+    "phantom-annotations": ("pipeline.phantom_annotations",
+                            "Demo only: the phantom's polygons as an annotator's VIA export."),
+    "convert": ("pipeline.convert", "VIA polygons -> COCO, class masks, overlaps, QA."),
+    "split": ("pipeline.split", "Fixed test set + k patient-grouped, stratified folds."),
+    "train": ("pipeline.train", "Train one model on one fold (MMDetection / MMSegmentation)."),
+    "evaluate": ("pipeline.evaluate", "Predict and score the test set with a trained model."),
+    "report": ("pipeline.report", "Tables, statistics and figures of every evaluation."),
+    "metrics": ("pipeline.metrics", "The four pixel metrics of one prediction / truth pair."),
+}
 
 
-@app.callback()
-def _root() -> None:
-    """Lumbar spine X-ray archive + VIA polygons -> trained, compared segmentation models.
+def _load(name: str) -> click.Command:
+    import typer
+    import typer.main
 
-    One subcommand per DVC stage (dvc.yaml calls them); each also works standalone on
-    explicit paths. `spinepipe COMMAND --help` explains each.
-    """
+    module = importlib.import_module(COMMANDS[name][0])
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                      context_settings={"help_option_names": ["-h", "--help"]})
+    app.command(name)(module.command)
+    cmd = typer.main.get_command(app)
+    cmd.name = name
+    return cmd
 
 
-app.command("phantom")(phantom.command)
-app.command("retrieve")(retrieve.command)
-app.command("anonymize")(anonymize.command)
-app.command("export")(export.command)
-app.command("phantom-annotations")(phantom_annotations.command)
-app.command("convert")(convert.command)
-app.command("split")(split.command)
-app.command("train")(train.command)
-app.command("evaluate")(evaluate.command)
-app.command("report")(report.command)
-app.command("metrics")(metrics.command)
+class _LazyGroup(click.Group):
+    """A click group whose commands are imported only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return _load(name) if name in COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, text) in COMMANDS.items()])
+
+
+app = _LazyGroup(name="spinepipe", help=HELP, no_args_is_help=True,
+                 context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit status."""
     try:
-        app(args=argv, prog_name="spinepipe", standalone_mode=False)
+        app.main(args=argv, prog_name="spinepipe", standalone_mode=False)
+    except MissingInputError as exc:
+        hint = f" (run spinepipe {exc.produced_by} first)" if exc.produced_by else ""
+        print(f"Error: {exc}{hint}", file=sys.stderr)
+        return 1
     except SpinepipeError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

@@ -12,9 +12,9 @@ from pathlib import Path
 import typer
 
 from converters.convert import ConvertConfig, convert
-from converters.errors import UsageError
+from converters.via import expand_inputs
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
-from pipeline.params import load_section
+from pipeline.params import stage_params
 
 
 def command(
@@ -29,15 +29,8 @@ def command(
 ) -> None:
     """Validate and repair the annotators' polygons and write COCO instances (with levels
     L1-L5 / S1), two-class masks, overlap maps, a per-image table and QA overlays."""
-    cfg = load_section(ConvertConfig, "convert", params) if params.exists() else ConvertConfig()
-    via_files: list[Path] = []
-    for path in [*input, *(more or [])]:
-        if path.is_dir():
-            via_files += sorted(p for p in path.iterdir() if p.suffix.lower() in (".json", ".csv"))
-        else:
-            via_files.append(path)
-    if not via_files:
-        raise UsageError("no VIA file found", file=", ".join(map(str, input)))
+    cfg = stage_params(ConvertConfig, "convert", params)
+    via_files = expand_inputs([*input, *(more or [])])
     if strict:
         cfg = dataclasses.replace(cfg, strict=True)
     with progress_bar("convert", quiet=quiet) as update:

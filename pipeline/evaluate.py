@@ -8,18 +8,15 @@ built under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from converters.errors import UsageError
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
-from pipeline.params import load_section
-from train.evaluate import EvaluateConfig, TestSet, score, write_predictions, write_scores
-from train.leaf import family
+from pipeline.params import stage_params
+from train.evaluate import EvaluateConfig, evaluate_run
+from train.models import eval_dir
 
 
 def command(
@@ -36,31 +33,11 @@ def command(
 ) -> None:
     """Predict the test set with a trained model, then score every image: the four pixel
     metrics, recognition and composite recognition, per-level results, pooled metrics."""
-    fam = family(model)
-    cfg = load_section(EvaluateConfig, "evaluate", params) if params.exists() else EvaluateConfig()
-    out = output or Path("reports/eval") / model / f"fold{fold}"
-    gt = TestSet.load(test, masks)
-    if predictions is not None and not predictions.is_dir():
-        raise UsageError("predictions folder not found", file=predictions)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        src = predictions
-        if src is None:
-            with progress_bar(f"evaluate {model} fold {fold}: predict", quiet=quiet) as bar:
-                write_predictions(run_dir or Path("models") / model / f"fold{fold}", gt, images,
-                                  tmp, cfg, progress=bar)
-            src = tmp
-        with progress_bar(f"evaluate {model} fold {fold}: score", quiet=quiet) as bar:
-            rows, summary = score(src, gt, cfg, model=model, fold=fold, family=fam,
-                                  progress=bar)
-        write_scores(tmp, rows, summary)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    cfg = stage_params(EvaluateConfig, "evaluate", params)
+    out = output or eval_dir(model, fold)
+    summary = evaluate_run(model, fold, cfg, test=test, masks=masks, images=images, out=out,
+                           run=run_dir, predictions=predictions,
+                           bar=lambda text: progress_bar(text, quiet=quiet))
     miss = summary["missing_predictions"]
     say(f"evaluate: {model} fold {fold}: mIoU {summary['mean_iou']:.3f}, recognition "
         f"{summary['recognition_rate']:.2f}, composite {summary['composite_recognition_rate']:.2f}"

@@ -1,6 +1,6 @@
 """``spinepipe export``: anonymized DICOM -> histogram-equalized PNG + provenance + VIA stub.
 
-params.yaml section ``export`` (:class:`converters.export.ExportOptions`).
+params.yaml section ``export`` (:class:`converters.export.ExportConfig`).
 """
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import typer
 
-from converters.errors import UsageError
-from converters.export import ExportOptions, export_tree
+from converters.errors import IncompleteRunError, UsageError
+from converters.export import ExportConfig, export_tree
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
-from pipeline.params import load_section
+from pipeline.params import stage_params
 
 
 def command(
@@ -24,15 +24,15 @@ def command(
 ) -> None:
     """Export anonymized radiographs as lossless grayscale PNG (full-bit-depth histogram
     equalization), with a provenance record per image and a VIA project for annotators."""
-    options = load_section(ExportOptions, "export", params) if params.exists() else ExportOptions()
+    options = stage_params(ExportConfig, "export", params)
     if not input.is_dir():
         raise UsageError("input folder not found", file=input)
     with progress_bar("export", quiet=quiet) as update:
         report = export_tree(input, output, options, workers=workers, progress=update)
     say(f"export: {len(report.exported)} PNG ({report.reused} unchanged), "
         f"{len(report.failed)} failed -> {output}", quiet=quiet)
-    for rel, reason in sorted(report.failed.items()):
-        console.print(f"  failed: {reason}")
+    if report.failed:
+        console.print("\n".join(report.failure_lines()))
     if report.failed and options.fail_on_error:
-        raise UsageError(f"{len(report.failed)} file(s) failed to export "
+        raise IncompleteRunError(f"{len(report.failed)} file(s) failed to export "
                          f"(details: {output / 'report.json'})", file=input)

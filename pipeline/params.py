@@ -147,3 +147,9 @@ def load_section(cls: type[T], section: str, path: str | Path = DEFAULT_PARAMS) 
     """Load ``section`` of params.yaml into ``cls``; a missing section means all defaults."""
     data = read_params_file(path)
     return from_mapping(cls, data.get(section), section=section, file=path)
+
+
+def stage_params(cls: type[T], section: str, path: str | Path = DEFAULT_PARAMS) -> T:
+    """The params of one stage: ``section`` of the params file as ``cls``, or all of
+    ``cls``'s defaults when there is no params file (a command used outside a project)."""
+    return load_section(cls, section, path) if Path(path).exists() else cls()

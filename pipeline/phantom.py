@@ -15,7 +15,7 @@ from converters.io import prepare_output, write_json
 from converters.phantom import PhantomConfig, generate
 from converters.via import via2_project
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
-from pipeline.params import load_section
+from pipeline.params import stage_params
 
 
 def command(
@@ -30,7 +30,7 @@ def command(
 ) -> None:
     """Write N synthetic lateral lumbar spine radiographs as 12-bit DICOM (with the identifying
     tags a real archive has) and the VIA 2.x project an annotator would export for them."""
-    cfg = load_section(PhantomConfig, "phantom", params) if params.exists() else PhantomConfig()
+    cfg = stage_params(PhantomConfig, "phantom", params)
     overrides = {k: v for k, v in dict(n=n, seed=seed, height=height, width=width).items()
                  if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)

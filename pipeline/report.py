@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from pipeline.console import ParamsOption, QuietOption, console, say
-from pipeline.params import load_section, read_params_file
+from pipeline.params import read_params_file, stage_params
 from train.report import ReportConfig, build_report
 
 
@@ -28,7 +28,7 @@ def command(
 ) -> None:
     """Tables 1-4 (means, Kruskal-Wallis, Holm-corrected pairwise tests), Shapiro-Wilk, Tukey
     HSD, density and box plots, example overlays; report.html and metrics.json."""
-    cfg = load_section(ReportConfig, "report", params) if params.exists() else ReportConfig()
+    cfg = stage_params(ReportConfig, "report", params)
     if not models and params.exists():
         # the models the pipeline trains, in params order (stale evaluations are left out)
         models = read_params_file(params).get("train", {}).get("models") or None

@@ -12,11 +12,11 @@ from typing import Optional
 
 import typer
 
-from converters.errors import UsageError
+from converters.errors import IncompleteRunError, UsageError
 from converters.io import write_json
 from converters.pacs import RetrieveConfig, read_manifest, retrieve
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
-from pipeline.params import load_section
+from pipeline.params import stage_params
 
 
 def command(
@@ -33,7 +33,7 @@ def command(
 ) -> None:
     """Find studies on a PACS (by manifest, or by date range + modality + body part / series
     description) and fetch what is still missing; retries with backoff, reports failures."""
-    cfg = load_section(RetrieveConfig, "retrieve", params) if params.exists() else RetrieveConfig()
+    cfg = stage_params(RetrieveConfig, "retrieve", params)
     overrides = {k: v for k, v in dict(host=host, port=port, called_aet=called_aet,
                                        method=method).items() if v is not None}
     if method is not None and method not in ("c-get", "c-move"):
@@ -53,16 +53,10 @@ def command(
     done = len(report.studies) - len(report.failed)
     say(f"retrieve: {done}/{len(report.studies)} studies complete, {report.fetched} instances "
         f"fetched -> {output}", quiet=quiet)
-    for label in report.not_found:
-        console.print(f"  not found on the PACS: {label}")
-    for uid in report.invalid:
-        console.print(f"  refused: study UID {uid!r} from the PACS is not a valid UID")
-    for uids in report.refused:
-        console.print(f"  refused: object with an invalid UID {uids!r}")
-    for uid in report.failed:
-        s = report.studies[uid]
-        console.print(f"  incomplete: study {uid} ({s.get('received', 0)}/{s.get('expected', '?')}): {s['error']}")
+    lines = report.problem_lines()
+    if lines:
+        console.print("\n".join(lines))
     if report.failed or report.not_found or report.invalid:
-        raise UsageError(f"{len(report.failed)} stud(ies) incomplete, {len(report.not_found)} "
+        raise IncompleteRunError(f"{len(report.failed)} stud(ies) incomplete, {len(report.not_found)} "
                          f"query(ies) without a match, {len(report.invalid)} invalid study "
                          "UID(s); re-run to resume", file=state)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from pipeline.console import ParamsOption, QuietOption, console, say
-from pipeline.params import load_section
+from pipeline.params import stage_params
 from train.split import SplitConfig, write_splits
 
 
@@ -21,7 +21,7 @@ def command(
 ) -> None:
     """Split the converted images into a fixed test set and k folds, grouped by patient
     and stratified by implants and vertebral overlap; deterministic for a seed."""
-    cfg = load_section(SplitConfig, "split", params) if params.exists() else SplitConfig()
+    cfg = stage_params(SplitConfig, "split", params)
     summary = write_splits(input, output, cfg)
     say(f"split: test {summary['test']['images']} images ({summary['test']['patients']} "
         f"patients), {cfg.k} folds -> {output}/splits.json", quiet=quiet)

@@ -16,8 +16,8 @@ import yaml
 
 from converters.errors import UsageError
 from pipeline.console import ParamsOption, QuietOption, say
-from pipeline.params import load_section
-from train.runner import TrainConfig, prepare_run, run
+from pipeline.params import stage_params
+from train.models import run_dir
 
 
 def _options(pairs: list[str]) -> dict:
@@ -45,8 +45,10 @@ def command(
     every epoch; the best checkpoint and its score are kept."""
     if launcher not in ("none", "pytorch", "slurm"):
         raise UsageError(f"--launcher must be none, pytorch or slurm, got {launcher!r}")
-    cfg = load_section(TrainConfig, "train", params) if params.exists() else TrainConfig()
-    work = work_dir or Path("models") / model / f"fold{fold}"
+    from train.runner import TrainConfig, prepare_run, run  # torch + mmlab: only here
+
+    cfg = stage_params(TrainConfig, "train", params)
+    work = work_dir or run_dir(model, fold)
     leaf = prepare_run(model, fold, cfg, work, preset=preset, cfg_options=_options(cfg_options),
                        launcher=launcher)
     metrics = run(leaf, resume=resume)

@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from converters import coco
-from converters.anonymize import AnonymizeOptions, anonymize_tree
-from converters.export import ExportOptions, export_tree
+from converters.anonymize import AnonymizeConfig, anonymize_tree
+from converters.export import ExportConfig, export_tree
 from converters.ledger import load_ledger, load_or_create_salt, prepare_private
 from converters.phantom import PhantomConfig, annotations_for_export, exported_pngs, generate
 from converters.pacs import RetrieveConfig
@@ -118,8 +118,8 @@ def ingest_chain(phantom: Path, root: Path) -> dict[str, tuple[str, int]]:
     """
     priv = prepare_private(root / "private")
     anonymize_tree(phantom / "dicom", root / "anon", priv, load_or_create_salt(priv),
-                   AnonymizeOptions())
-    export_tree(root / "anon", root / "png", ExportOptions())
+                   AnonymizeConfig())
+    export_tree(root / "anon", root / "png", ExportConfig())
     exported = exported_pngs(root / "png", load_ledger(priv)["instances"])
     via = phantom / "annotations" / "via_project.json"
     (root / "via.json").write_text(json.dumps(annotations_for_export(via, exported)))

@@ -18,9 +18,9 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 
 from conftest import dicom_image
-from converters.anonymize import (AnonymizeOptions, anonymize_dataset, anonymize_tree,
+from converters.anonymize import (AnonymizeConfig, anonymize_dataset, anonymize_tree,
                                   profile_table)
-from converters.errors import UsageError
+from converters.errors import UnsafeLocationError
 from converters.io import TEMP_MARK
 from converters.ledger import load_or_create_salt, prepare_private
 
@@ -73,7 +73,7 @@ def test_every_profile_attribute_is_handled_as_the_profile_says(modified_dates):
     ds, carried = _profile_dataset()
     assert len(carried) > 300
     before = {t: ds[t].value for t in carried}
-    outcome = anonymize_dataset(ds, SALT, AnonymizeOptions(
+    outcome = anonymize_dataset(ds, SALT, AnonymizeConfig(
         retain_longitudinal_modified_dates=modified_dates), file="t.dcm")
     assert outcome.status == "anonymized"
     audited = {a["tag"] for a in outcome.audit}
@@ -108,7 +108,7 @@ def test_pseudonyms_uids_and_date_shifts_are_consistent():
     a1 = _image(StudyDate="20200101", StudyInstanceUID="1.2.3.50")
     a2 = _image(StudyDate="20200301", StudyInstanceUID="1.2.3.51", SOPInstanceUID="1.2.3.999.2")
     b = _image(PatientID="OTHER", StudyDate="20200101", StudyInstanceUID="1.2.3.50")
-    o1, o2, o3 = (anonymize_dataset(d, SALT, AnonymizeOptions()) for d in (a1, a2, b))
+    o1, o2, o3 = (anonymize_dataset(d, SALT, AnonymizeConfig()) for d in (a1, a2, b))
     assert o1.patient_pseudonym == o2.patient_pseudonym != o3.patient_pseudonym
     assert a1.StudyInstanceUID == b.StudyInstanceUID  # same input UID, same output UID
     assert a1.StudyInstanceUID != a2.StudyInstanceUID
@@ -117,7 +117,7 @@ def test_pseudonyms_uids_and_date_shifts_are_consistent():
     assert int((d2 - d1).astype(int)) == 60  # the interval between a patient's studies is kept
     assert -3650 <= o1.date_shift_days <= -365
     other = _image()
-    anonymize_dataset(other, b"\x02" * 32, AnonymizeOptions())
+    anonymize_dataset(other, b"\x02" * 32, AnonymizeConfig())
     assert other.PatientID != a1.PatientID  # another project's salt, other pseudonyms
     for uid in (a1.SOPInstanceUID, a1.StudyInstanceUID):
         assert len(uid) <= 64 and all(c.isdigit() or c == "." for c in uid)
@@ -129,9 +129,9 @@ def test_private_tags_removed_unless_allowlisted():
     block.add_new(0x01, "LO", "P-123456")
     block.add_new(0x02, "DS", "1.5")
     kept = copy.deepcopy(ds)
-    anonymize_dataset(ds, SALT, AnonymizeOptions())
+    anonymize_dataset(ds, SALT, AnonymizeConfig())
     assert not any(e.tag.is_private for e in ds)
-    anonymize_dataset(kept, SALT, AnonymizeOptions(private_allowlist=["0011,ACME,02"]))
+    anonymize_dataset(kept, SALT, AnonymizeConfig(private_allowlist=["0011,ACME,02"]))
     assert kept[0x00111002].value == "1.5" and kept[0x00110010].value == "ACME"
     assert 0x00111001 not in kept
     assert "113111" in [c.CodeValue for c in kept.DeidentificationMethodCodeSequence]
@@ -211,7 +211,7 @@ def _leak_scan(inputs: list[Path], output: Path, private: Path | None = None,
 def test_no_identifier_leaks_from_the_phantom(small_phantom, tmp_path):
     priv = prepare_private(tmp_path / "private")
     report = anonymize_tree(small_phantom / "dicom", tmp_path / "out", priv,
-                            load_or_create_salt(priv), AnonymizeOptions())
+                            load_or_create_salt(priv), AnonymizeConfig())
     assert report.counts.get("anonymized", 0) >= 1 and not report.failed
     inputs = sorted((small_phantom / "dicom").rglob("*.dcm"))
     assert _leak_scan(inputs, tmp_path / "out", priv, small_phantom / "dicom") == []
@@ -227,7 +227,7 @@ def test_no_identifier_leaks_from_real_vendor_files(tmp_path):
         shutil.copy(f, src / f.name)
     priv = prepare_private(tmp_path / "private")
     report = anonymize_tree(tmp_path / "in", tmp_path / "out", priv, load_or_create_salt(priv),
-                            AnonymizeOptions(), workers=2)
+                            AnonymizeConfig(), workers=2)
     assert report.counts["anonymized"] > 30
     # every file is accounted for: anonymized, skipped, quarantined or failed, with a reason
     assert sum(report.counts.values()) == len(files)
@@ -256,7 +256,7 @@ def test_outputs_pass_dciodvfy_with_no_new_error(small_phantom, tmp_path):
         match = [f for f in _pydicom_files() if f.name == name]
         shutil.copy(match[0], extra / name)
     priv = prepare_private(tmp_path / "private")
-    anonymize_tree(extra, tmp_path / "out", priv, load_or_create_salt(priv), AnonymizeOptions())
+    anonymize_tree(extra, tmp_path / "out", priv, load_or_create_salt(priv), AnonymizeConfig())
     rows = json.loads((priv / "anonymize_report.json").read_text())
     checked = 0
     for rel, row in rows.items():
@@ -272,7 +272,7 @@ def test_outputs_pass_dciodvfy_with_no_new_error(small_phantom, tmp_path):
 def test_private_folder_is_private(tmp_path, small_phantom):
     priv = prepare_private(tmp_path / "private")
     anonymize_tree(small_phantom / "dicom", tmp_path / "out", priv, load_or_create_salt(priv),
-                   AnonymizeOptions())
+                   AnonymizeConfig())
     assert stat.S_IMODE(priv.stat().st_mode) == 0o700
     for f in priv.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f.name
@@ -281,16 +281,16 @@ def test_private_folder_is_private(tmp_path, small_phantom):
     assert {p["patient_id"] for p in ledger["patients"].values()} <= ids
     assert not any(p.name in ("salt", "ledger.json") for p in (tmp_path / "out").rglob("*"))
     for bad in (tmp_path / "out" / "private", tmp_path / "data" / "private"):
-        with pytest.raises(UsageError, match="must not be"):
+        with pytest.raises(UnsafeLocationError, match="must not be"):
             prepare_private(bad, forbidden=[tmp_path / "out"])
 
 
 def test_burned_in_images_are_quarantined_or_blanked():
     q = _image(BurnedInAnnotation="YES")
-    assert anonymize_dataset(q, SALT, AnonymizeOptions()).status == "quarantined"
+    assert anonymize_dataset(q, SALT, AnonymizeConfig()).status == "quarantined"
     assert q.PatientID == "P-123456"  # untouched, and nothing would be written
     b = _image(BurnedInAnnotation="YES")
-    out = anonymize_dataset(b, SALT, AnonymizeOptions(burned_in="blank",
+    out = anonymize_dataset(b, SALT, AnonymizeConfig(burned_in="blank",
                                                       blank_regions=[[0, 0, 4, 2]]))
     assert out.status == "anonymized" and b.BurnedInAnnotation == "NO"
     px = b.pixel_array
@@ -311,7 +311,7 @@ def test_reports_skips_failures_and_leaves_inputs_alone(tmp_path):
     digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in src.iterdir()}
     priv = prepare_private(tmp_path / "private")
     report = anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv),
-                            AnonymizeOptions())
+                            AnonymizeConfig())
     rows = report.private_rows
     assert rows["good.dcm"]["status"] == "anonymized"
     assert rows["report.dcm"]["status"] == "skipped" and "Storage" in rows["report.dcm"]["reason"]
@@ -326,13 +326,13 @@ def test_rerun_touches_only_what_changed(tmp_path, small_phantom):
     shutil.copytree(small_phantom / "dicom", src)
     priv = prepare_private(tmp_path / "private")
     salt = load_or_create_salt(priv)
-    first = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeOptions())
-    second = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeOptions())
+    first = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeConfig())
+    second = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeConfig())
     assert all(r.get("reused") for r in second.private_rows.values())
     assert second.counts == first.counts
     victim = sorted(src.rglob("*.dcm"))[0]
     victim.write_bytes(victim.read_bytes())  # new mtime
-    third = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeOptions())
+    third = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeConfig())
     redone = [k for k, r in third.private_rows.items() if not r.get("reused")]
     assert redone == [str(victim.relative_to(src))]
 
@@ -341,11 +341,11 @@ def test_a_second_input_folder_keeps_the_outputs_of_the_first(tmp_path, small_ph
     """Adding the PACS folder renames every input key; no output may be lost on the way."""
     priv = prepare_private(tmp_path / "private")
     salt = load_or_create_salt(priv)
-    anonymize_tree(small_phantom / "dicom", tmp_path / "out", priv, salt, AnonymizeOptions())
+    anonymize_tree(small_phantom / "dicom", tmp_path / "out", priv, salt, AnonymizeConfig())
     before = sorted(p.name for p in (tmp_path / "out").rglob("*.dcm"))
     (tmp_path / "pacs").mkdir()
     report = anonymize_tree([small_phantom / "dicom", tmp_path / "pacs"], tmp_path / "out", priv,
-                            salt, AnonymizeOptions())
+                            salt, AnonymizeConfig())
     assert sorted(p.name for p in (tmp_path / "out").rglob("*.dcm")) == before
     assert all(k.startswith("dicom/") for k in report.private_rows)
 
@@ -361,7 +361,7 @@ def test_same_object_twice_is_reported_not_raced(tmp_path):
     for run in range(3):
         priv = prepare_private(tmp_path / f"private{run}")
         report = anonymize_tree(src, tmp_path / f"out{run}", priv, load_or_create_salt(priv),
-                                AnonymizeOptions(), workers=2)
+                                AnonymizeConfig(), workers=2)
         rows = report.private_rows
         assert rows["a/x.dcm"]["status"] == "anonymized"
         assert rows["b/x.dcm"]["status"] == "skipped" and "a/x.dcm" in rows["b/x.dcm"]["reason"]
@@ -377,6 +377,6 @@ def test_elements_with_a_wrong_vr_are_still_cleaned(tmp_path):
     shutil.copy([f for f in _pydicom_files() if f.name == "badVR.dcm"][0], src / "badVR.dcm")
     priv = prepare_private(tmp_path / "private")
     report = anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv),
-                            AnonymizeOptions())
+                            AnonymizeConfig())
     assert report.counts == {"anonymized": 1}
     assert _leak_scan([src / "badVR.dcm"], tmp_path / "out") == []

@@ -73,3 +73,44 @@ def test_bad_params_name_the_key_and_file(tmp_path, params, message):
     line = proc.stderr.strip()
     assert "\n" not in line and message in line and "params.yaml" in line, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_root_help_lists_every_command_without_importing_them():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for command in COMMANDS + ["metrics"]:
+        assert command in proc.stdout
+
+
+INGEST_WITHOUT_TORCH = r"""
+import sys
+from pathlib import Path
+from pipeline.cli import main
+Path("split.yaml").write_text("split:\n  k: 2\n")
+args = dict(params=["--params", "none.yaml", "--quiet", "--workers", "1"])
+steps = [
+    ["phantom", "--output", "raw", "--n", "16", "--height", "256", "--width", "128"],
+    ["anonymize", "--input", "raw/dicom", "--output", "anon", "--private", "private"],
+    ["export", "--input", "anon", "--output", "png"],
+    ["convert", "--input", "ann.json", "--images", "png", "--output", "processed"],
+    ["split", "--input", "processed", "--output", "splits"],
+]
+for step in steps:
+    if step[0] == "convert":
+        code = main(["phantom-annotations", "--via", "raw/annotations/via_project.json",
+                     "--png", "png", "--private", "private", "--output", "ann.json", "--quiet"])
+        assert code == 0, "phantom-annotations"
+    extra = args["params"] if step[0] != "split" else ["--params", "split.yaml", "--quiet"]
+    assert main(step + extra) == 0, step[0]
+heavy = sorted(m for m in ("torch", "mmengine", "mmcv", "mmdet", "mmseg") if m in sys.modules)
+print("HEAVY", heavy)
+"""
+
+
+def test_the_cli_and_the_ingest_stages_never_import_torch(tmp_path):
+    """Start-up is a feature: only train and evaluate load torch and the mmlab stack."""
+    proc = subprocess.run([sys.executable, "-c", INGEST_WITHOUT_TORCH], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout
+    assert (tmp_path / "splits" / "splits.json").is_file()

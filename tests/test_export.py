@@ -15,10 +15,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from converters.anonymize import AnonymizeOptions, anonymize_tree
-from converters.export import ExportOptions, export_tree
+from converters.anonymize import AnonymizeConfig, anonymize_tree
+from converters.export import ExportConfig, export_tree
 from converters.ledger import load_or_create_salt, prepare_private
-from converters.pixels import DisplayOptions, to_display
+from converters.pixels import DisplayConfig, to_display
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
@@ -73,9 +73,9 @@ def test_voi_window_and_clahe_and_16_bit():
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 4096, (64, 64)).astype(np.uint16)
     img, t = to_display(_ds(raw, WindowCenter="2048", WindowWidth="1024"),
-                        DisplayOptions(use_voi_window=True, bits=16))
+                        DisplayConfig(use_voi_window=True, bits=16))
     assert img.dtype == np.uint16 and "voi_window(center=2048, width=1024)" in t
-    img, t = to_display(_ds(raw), DisplayOptions(equalization="clahe"))
+    img, t = to_display(_ds(raw), DisplayConfig(equalization="clahe"))
     assert img.dtype == np.uint8 and any(s.startswith("clahe") for s in t)
 
 
@@ -127,13 +127,13 @@ def anonymized(small_phantom, tmp_path_factory):
     root = tmp_path_factory.mktemp("anon")
     priv = prepare_private(root / "private")
     anonymize_tree(small_phantom / "dicom", root / "anon", priv, load_or_create_salt(priv),
-                   AnonymizeOptions())
+                   AnonymizeConfig())
     return root
 
 
 def test_export_tree_writes_png_provenance_and_via_stub(anonymized, tmp_path):
     out = tmp_path / "png"
-    report = export_tree(anonymized / "anon", out, ExportOptions(), workers=2)
+    report = export_tree(anonymized / "anon", out, ExportConfig(), workers=2)
     assert report.exported and not report.failed
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == len(report.exported)
@@ -159,16 +159,16 @@ def test_export_is_incremental(anonymized, tmp_path):
     src = tmp_path / "anon"
     shutil.copytree(anonymized / "anon", src)
     out = tmp_path / "png"
-    first = export_tree(src, out, ExportOptions())
+    first = export_tree(src, out, ExportConfig())
     assert first.reused == 0
-    second = export_tree(src, out, ExportOptions())
+    second = export_tree(src, out, ExportConfig())
     assert second.reused == len(first.exported)
     victim = sorted(src.rglob("*.dcm"))[0]
     victim.write_bytes(victim.read_bytes())
-    third = export_tree(src, out, ExportOptions())
+    third = export_tree(src, out, ExportConfig())
     assert third.reused == len(first.exported) - 1
     victim.unlink()
-    fourth = export_tree(src, out, ExportOptions())
+    fourth = export_tree(src, out, ExportConfig())
     assert len(list(out.glob("*.png"))) == len(first.exported) - 1 == len(fourth.exported)
 
 
@@ -182,7 +182,7 @@ def test_bad_inputs_are_reported_and_the_rest_proceeds(anonymized, tmp_path):
     del nopix.PixelData
     nopix.save_as(src / "nopix.dcm", enforce_file_format=True)
     (src / "corrupt.dcm").write_bytes(b"\0" * 50)
-    report = export_tree(src, tmp_path / "png", ExportOptions())
+    report = export_tree(src, tmp_path / "png", ExportConfig())
     assert set(report.failed) == {"not_anonymized.dcm", "mr.dcm", "nopix.dcm", "corrupt.dcm"}
     assert "PatientIdentityRemoved" in report.failed["not_anonymized.dcm"]
     assert "modality MR" in report.failed["mr.dcm"]

@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 

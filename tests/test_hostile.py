@@ -21,8 +21,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import Orthanc, dicom_image
-from converters.anonymize import AnonymizeOptions, anonymize_tree
-from converters.export import ExportOptions, export_tree
+from converters.anonymize import AnonymizeConfig, anonymize_tree
+from converters.export import ExportConfig, export_tree
 from converters.io import TEMP_MARK
 from converters.ledger import load_or_create_salt, prepare_private
 from converters.pacs import retrieve
@@ -139,8 +139,8 @@ def test_a_crafted_uid_through_anonymize_and_export_stays_inside(tmp_path):
     save(image(SOPInstanceUID="1.2.840.10008.9/../../../../PNG_ESCAPE"), src / "x.dcm")
     priv = prepare_private(tmp_path / "private")
     anonymize_tree(src, tmp_path / "d" / "anon", priv, load_or_create_salt(priv),
-                   AnonymizeOptions())
-    report = export_tree(tmp_path / "d" / "anon", tmp_path / "d" / "png", ExportOptions())
+                   AnonymizeConfig())
+    report = export_tree(tmp_path / "d" / "anon", tmp_path / "d" / "png", ExportConfig())
     assert len(report.exported) == 1 and not report.failed
     assert not [p for p in tmp_path.rglob("*ESCAPE*")]
     assert all(p.parent == tmp_path / "d" / "png" for p in tmp_path.rglob("*.png"))
@@ -213,7 +213,7 @@ def test_identifiers_in_sequences_preamble_and_registry_uids_are_gone(tmp_path):
     src = tmp_path / "in"
     save(ds, src / "a.dcm", preamble=b"DOE^JOHN MRN998877".ljust(128, b" "))
     priv = prepare_private(tmp_path / "private")
-    anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv), AnonymizeOptions())
+    anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv), AnonymizeConfig())
     (written,) = list((tmp_path / "out").rglob("*.dcm"))
     blob = written.read_bytes()
     assert blob[:128] == b"\0" * 128
@@ -241,7 +241,7 @@ def test_truncated_and_implausible_pixel_data_fail(tmp_path):
     save(huge, src / "huge.dcm")
     priv = prepare_private(tmp_path / "private")
     report = anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv),
-                            AnonymizeOptions())
+                            AnonymizeConfig())
     rows = report.private_rows
     assert rows["whole.dcm"]["status"] == "anonymized"
     for name in ("truncated.dcm", "header400.dcm", "huge.dcm"):
@@ -267,9 +267,9 @@ def test_a_second_batch_keeps_the_first(tmp_path):
     _batch(tmp_path / "batch1", 8, 1)
     _batch(tmp_path / "batch2", 5, 2)
     out = tmp_path / "out"
-    anonymize_tree(tmp_path / "batch1", out, priv, salt, AnonymizeOptions())
+    anonymize_tree(tmp_path / "batch1", out, priv, salt, AnonymizeConfig())
     first = sorted(out.rglob("*.dcm"))
-    anonymize_tree(tmp_path / "batch2", out, priv, salt, AnonymizeOptions())
+    anonymize_tree(tmp_path / "batch2", out, priv, salt, AnonymizeConfig())
     assert len(list(out.rglob("*.dcm"))) == 13 and set(first) <= set(out.rglob("*.dcm"))
     audits = {p.stem for p in (out / "audit").glob("*.json")}
     assert audits == {p.stem for p in out.rglob("*.dcm")}  # no orphaned audit record
@@ -277,16 +277,16 @@ def test_a_second_batch_keeps_the_first(tmp_path):
     assert len(public["outputs"]) == 13
     # a file removed from batch 1: only its own output and audit record go
     (tmp_path / "batch1" / "f0.dcm").unlink()
-    anonymize_tree(tmp_path / "batch1", out, priv, salt, AnonymizeOptions())
+    anonymize_tree(tmp_path / "batch1", out, priv, salt, AnonymizeConfig())
     assert len(list(out.rglob("*.dcm"))) == 12
     assert {p.stem for p in (out / "audit").glob("*.json")} == {p.stem for p in out.rglob("*.dcm")}
     # export into one folder from two input folders: additive as well
     png = tmp_path / "png"
-    export_tree(out, png, ExportOptions())
+    export_tree(out, png, ExportConfig())
     other = tmp_path / "other"
-    anonymize_tree(tmp_path / "batch2", other, priv, salt, AnonymizeOptions())
+    anonymize_tree(tmp_path / "batch2", other, priv, salt, AnonymizeConfig())
     shutil.rmtree(other / next(other.glob("SP*")).name)  # keep one patient only
-    export_tree(other, png, ExportOptions())
+    export_tree(other, png, ExportConfig())
     assert len(list(png.glob("*.png"))) == 12
     via = json.loads((png / "via_project.json").read_text())
     assert len(via["_via_img_metadata"]) == 12
@@ -503,8 +503,8 @@ def test_reruns_remove_stale_temp_files(tmp_path, capsys):
     src = tmp_path / "in"
     save(image(), src / "a.dcm")
     priv = prepare_private(tmp_path / "private")
-    anonymize_tree(src, tmp_path / "anon", priv, load_or_create_salt(priv), AnonymizeOptions())
-    export_tree(tmp_path / "anon", tmp_path / "png", ExportOptions())
+    anonymize_tree(src, tmp_path / "anon", priv, load_or_create_salt(priv), AnonymizeConfig())
+    export_tree(tmp_path / "anon", tmp_path / "png", ExportConfig())
     via, images = _via(tmp_path)
     assert cli(capsys, "convert", "--input", str(via), "--images", str(images), "--output",
                str(tmp_path / "conv"), "--params", NO_PARAMS, "--quiet")[0] == 0
@@ -515,8 +515,8 @@ def test_reruns_remove_stale_temp_files(tmp_path, capsys):
             stale = d / f".a.dcm.1234abcd{TEMP_MARK}.part"
             stale.write_bytes(b"half")
             left.append(stale)
-    anonymize_tree(src, tmp_path / "anon", priv, load_or_create_salt(priv), AnonymizeOptions())
-    export_tree(tmp_path / "anon", tmp_path / "png", ExportOptions())
+    anonymize_tree(src, tmp_path / "anon", priv, load_or_create_salt(priv), AnonymizeConfig())
+    export_tree(tmp_path / "anon", tmp_path / "png", ExportConfig())
     assert cli(capsys, "convert", "--input", str(via), "--images", str(images), "--output",
                str(tmp_path / "conv"), "--params", NO_PARAMS, "--quiet")[0] == 0
     assert not [p for p in left if p.exists()]

@@ -12,7 +12,7 @@ from mmengine.runner import load_checkpoint as mm_load_checkpoint
 
 from converters.errors import CheckpointError
 from train.checkpoint import load_checkpoint
-from train.leaf import build_leaf
+from train.run_config import build_leaf
 from train.runner import last_checkpoint, train
 
 TINY = {

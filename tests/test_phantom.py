@@ -12,7 +12,7 @@ import pytest
 from shapely.geometry import Polygon
 
 from converters.coco import rasterize, flat
-from converters.errors import UsageError
+from converters.errors import InvalidConfigError
 from converters.phantom import PhantomConfig, generate
 
 IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "StudyTime",
@@ -183,5 +183,5 @@ def test_real_study_size_works(tmp_path):
     {"overlap_share": 1.5},       # a share is a probability
 ])
 def test_bad_configuration_is_refused(tmp_path, kwargs):
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidConfigError):
         generate(PhantomConfig(**kwargs), tmp_path, workers=1)

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import Orthanc, free_port
 from converters.pacs import PacsError, RetrieveConfig, read_manifest, retrieve
-from converters.errors import UsageError
+from converters.errors import InvalidTableError
 from converters.io import TEMP_MARK
 from converters.phantom import PhantomConfig, generate
 
@@ -177,5 +177,5 @@ def test_tls(tmp_path, small_phantom):
 def test_bad_manifest(tmp_path, content, message):
     p = tmp_path / "m.csv"
     p.write_text(content)
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(InvalidTableError, match=message):
         read_manifest(p)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from converters.errors import UsageError
+from converters.errors import SpinepipeError
 from train.split import SplitConfig, make_splits, write_splits
 
 
@@ -80,7 +80,7 @@ def test_stratified_by_implants_and_overlap(seed):
     (30, 1, "at least 2"),                # one fold is no cross-validation
 ])
 def test_impossible_splits_are_clear_errors(n_patients, k, message):
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(SpinepipeError, match=message):
         make_splits(_rows(n_patients), SplitConfig(k=k))
 
 

@@ -157,7 +157,7 @@ def test_albumentations_run_inside_the_training_pipeline(project, model, split):
     masks follow (train/augment.py)."""
     import numpy as np
     from mmengine.registry import DATASETS, init_default_scope
-    from train.leaf import build_leaf
+    from train.run_config import build_leaf
     augment = [{"type": "RandomGamma", "gamma_limit": [80, 120], "p": 1.0},
                {"type": "Affine", "rotate": [-5, 5], "p": 1.0}]
     ann = project / "splits" / "fold0" / split
@@ -184,7 +184,8 @@ def test_every_model_config_builds_its_model():
     from mmengine.registry import DefaultScope
     from mmengine.registry import MODELS as REGISTRY
     from pipeline.params import load_section
-    from train.leaf import MODELS, build_leaf
+    from train.models import MODELS
+    from train.run_config import build_leaf
     from train.runner import TrainConfig
     cfg = load_section(TrainConfig, "train", Path(__file__).parents[1] / "params.yaml")
     demo = cfg.presets["demo"]

@@ -26,20 +26,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import tempfile
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from converters.coco import PNG_LABEL_PARAMS
-from converters.errors import ShapeMismatchError, SpinepipeError, UsageError
+from converters.errors import (InsufficientDataError, MissingInputError,
+                               ShapeMismatchError, SpinepipeError)
 from converters.io import write_bytes, write_json, write_text
+from converters.levels import LEVELS
 from train.metrics import METRICS, confusion, metrics_from_confusion, pooled_metrics
-from train.recognition import (LEVELS, Instances, RecognitionConfig, components,
-                               merged_class_mask, postprocess_instances, recognize)
+from train.models import family, run_dir
+from train.recognition import (Instances, RecognitionConfig, components, merged_class_mask,
+                               postprocess_instances, recognize)
 
 PER_IMAGE_FIELDS = ("file_name", "predicted", *METRICS, "recognized", "composite", "n_gt",
                     "n_pred", "n_matched", "missed", "shifted", "lost_overlaps",
@@ -67,10 +73,10 @@ class TestSet:
     def load(cls, coco_path: str | Path, masks: str | Path) -> "TestSet":
         coco_path = Path(coco_path)
         if not coco_path.is_file():
-            raise UsageError("test set not found (run the split stage)", file=coco_path)
+            raise MissingInputError("test set not found", produced_by="split", file=coco_path)
         coco = json.loads(coco_path.read_text())
         if not coco.get("images"):
-            raise UsageError("the test set is empty", file=coco_path)
+            raise InsufficientDataError("the test set is empty", file=coco_path)
         values = {c["name"]: int(c["id"]) for c in coco["categories"]}
         size = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
         inst = {im["id"]: Instances() for im in coco["images"]}
@@ -116,7 +122,7 @@ def write_predictions(run_dir: str | Path, test: TestSet, images: str | Path, ou
     paths = [images / im["file_name"] for im in test.images]
     for p in paths:
         if not p.is_file():
-            raise UsageError("test image not found", file=p)
+            raise MissingInputError("test image not found", produced_by="export", file=p)
     by_name = {im["file_name"]: im for im in test.images}
     results: list[dict] = []
     for done, (path, raw) in enumerate(predict(run_dir, paths, device=cfg.device,
@@ -233,3 +239,41 @@ def write_scores(out: str | Path, rows: list[dict], summary: dict) -> None:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
     write_text(Path(out) / "per_image.csv", buf.getvalue())
     write_json(Path(out) / "summary.json", summary)
+
+
+def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path,
+                 masks: str | Path, images: str | Path, out: str | Path,
+                 run: str | Path | None = None, predictions: str | Path | None = None,
+                 bar: Callable[[str], ContextManager[Callable[[int, int], None]]] | None = None
+                 ) -> dict:
+    """Evaluate one model x fold into ``out`` (built under a temporary name beside it and
+    renamed when complete, replacing an earlier evaluation); returns the summary.
+
+    Predictions come from the trained ``run`` (default ``models/<model>/fold<k>``) or, with
+    ``predictions``, from a folder made elsewhere. ``bar(description)`` gives a progress
+    callback per phase (predict, score)."""
+    bar = bar or (lambda _: nullcontext(lambda done, total: None))
+    fam = family(model)
+    out = Path(out)
+    gt = TestSet.load(test, masks)
+    if predictions is not None and not Path(predictions).is_dir():
+        raise MissingInputError("predictions folder not found", file=predictions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        src = Path(predictions) if predictions is not None else tmp
+        if predictions is None:
+            with bar(f"evaluate {model} fold {fold}: predict") as update:
+                write_predictions(run or run_dir(model, fold), gt, images, tmp, cfg,
+                                  progress=update)
+        with bar(f"evaluate {model} fold {fold}: score") as update:
+            rows, summary = score(src, gt, cfg, model=model, fold=fold, family=fam,
+                                  progress=update)
+        write_scores(tmp, rows, summary)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return summary

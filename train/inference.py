@@ -16,8 +16,9 @@ from typing import Iterator, Sequence
 import numpy as np
 from mmengine.config import Config
 
-from converters.errors import UsageError
+from converters.errors import MissingInputError
 from train.checkpoint import allow_mmengine_checkpoints
+from train.models import family_of_scope
 
 
 @dataclass
@@ -43,9 +44,9 @@ def load_run(run_dir: str | Path) -> tuple[Config, Path, str]:
     cfg_path, ckpt = run_dir / "config.py", run_dir / "best.pth"
     for path in (cfg_path, ckpt):
         if not path.is_file():
-            raise UsageError("missing (train this model and fold first)", file=path)
+            raise MissingInputError("trained run incomplete: file missing", produced_by="train", file=path)
     cfg = Config.fromfile(str(cfg_path))
-    family = "instance" if cfg.get("default_scope") == "mmdet" else "semantic"
+    family = family_of_scope(cfg.get("default_scope"))
     pipeline = [copy.deepcopy(t) for t in cfg.test_dataloader.dataset.pipeline
                 if t.get("type") != "LoadAnnotations"]
     cfg.test_dataloader.dataset.pipeline = pipeline

@@ -34,9 +34,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
-from converters.convert import levels_bottom_up
+from converters.levels import levels_bottom_up
 
-LEVELS = ("L1", "L2", "L3", "L4", "L5", "S1")
 VERTEBRA_CLASSES = ("lumbar", "sacrum")
 
 

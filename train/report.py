@@ -34,10 +34,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from converters.errors import UsageError
+from converters.errors import InvalidTableError, MissingInputError
 from converters.io import write_bytes, write_json, write_text
 from train import stats
 from train.metrics import METRICS
+from train.models import eval_dir
 
 RATES = ("recognition_rate", "composite_recognition_rate")
 PER_IMAGE_RATE = {"recognition_rate": "recognized", "composite_recognition_rate": "composite"}
@@ -64,7 +65,7 @@ def load_evaluations(root: str | Path, models: list[str] | None = None) -> tuple
     root = Path(root)
     runs = sorted(root.glob("*/fold*/per_image.csv"))
     if not runs:
-        raise UsageError("no evaluations found (run spinepipe evaluate first)", file=root)
+        raise MissingInputError("no evaluations found", produced_by="evaluate", file=root)
     frames, summaries = [], []
     for csv_path in runs:
         model, fold = csv_path.parent.parent.name, int(csv_path.parent.name[4:])
@@ -74,13 +75,13 @@ def load_evaluations(root: str | Path, models: list[str] | None = None) -> tuple
         missing = [c for c in ("file_name", "predicted", *METRICS, "recognized", "composite")
                    if c not in df.columns]
         if missing:
-            raise UsageError(f"missing columns {', '.join(missing)}", file=csv_path)
+            raise InvalidTableError(f"missing columns {', '.join(missing)}", file=csv_path)
         df.insert(0, "model", model)
         df.insert(1, "fold", fold)
         frames.append(df)
         summaries.append(json.loads((csv_path.parent / "summary.json").read_text()))
     if not frames:
-        raise UsageError(f"no evaluations of {', '.join(models or [])} found", file=root)
+        raise MissingInputError(f"no evaluations of {', '.join(models or [])} found", file=root)
     df = pd.concat(frames, ignore_index=True)
     order = [m for m in (models or sorted(df["model"].unique())) if m in set(df["model"])]
     df["model"] = pd.Categorical(df["model"], categories=order, ordered=True)
@@ -223,7 +224,7 @@ def examples(df: pd.DataFrame, eval_root: Path, images: Path, masks: Path, k: in
         picks = [("best", r) for _, r in g.tail(k)[::-1].iterrows()] + \
                 [("worst", r) for _, r in g.head(k).iterrows()]
         for kind, r in picks:
-            pred_path = eval_root / model / f"fold{r['fold']}" / "predictions" / r["file_name"]
+            pred_path = eval_dir(model, r["fold"], eval_root) / "predictions" / r["file_name"]
             img = cv2.imread(str(images / r["file_name"]), cv2.IMREAD_UNCHANGED)
             gt = cv2.imread(str(masks / r["file_name"]), cv2.IMREAD_UNCHANGED)
             if img is None or gt is None:

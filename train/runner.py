@@ -14,10 +14,11 @@ from typing import Any, Mapping
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from converters.errors import UsageError
+from converters.errors import InsufficientDataError, InvalidConfigError, MissingInputError
 from converters.io import write_json
 from train.checkpoint import allow_mmengine_checkpoints
-from train.leaf import BEST_METRIC, MODELS, build_leaf, family
+from train.models import BEST_METRIC, MODELS, family, family_of_scope
+from train.run_config import build_leaf
 
 
 def train(cfg: Config, *, resume: bool = False) -> Runner:
@@ -75,26 +76,26 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
     fam = family(model)
     name = preset or cfg.preset
     if name not in cfg.presets:
-        raise UsageError(f"unknown preset '{name}' (known: {', '.join(sorted(cfg.presets))})")
+        raise InvalidConfigError(f"unknown preset '{name}' (known: {', '.join(sorted(cfg.presets))})")
     p = cfg.presets[name]
     splits_path = Path(cfg.splits) / "splits.json"
     if not splits_path.is_file():
-        raise UsageError("no splits (run spinepipe split first)", file=splits_path)
+        raise MissingInputError("no splits", produced_by="split", file=splits_path)
     splits = json.loads(splits_path.read_text())
     if not 0 <= fold < len(splits["folds"]):
-        raise UsageError(f"fold {fold} out of range (0..{len(splits['folds']) - 1})",
+        raise InvalidConfigError(f"fold {fold} out of range (0..{len(splits['folds']) - 1})",
                          file=splits_path)
     for part in ("train", "val"):
         if not splits["folds"][fold][part]:
-            raise UsageError(f"fold {fold} has an empty {part} split", file=splits_path)
+            raise InsufficientDataError(f"fold {fold} has an empty {part} split", file=splits_path)
     suffix = "json" if fam == "instance" else "txt"
     anns = {part: Path(cfg.splits) / f"fold{fold}" / f"{part}.{suffix}" for part in ("train", "val")}
     for path in (*anns.values(), Path(cfg.images), *([Path(cfg.masks)] if fam == "semantic" else [])):
         if not path.exists():
-            raise UsageError("missing (run the convert and split stages)", file=path)
+            raise MissingInputError("missing", produced_by="split", file=path)
     pretrained = cfg.pretrained.get(model)
     if pretrained and not Path(pretrained).is_file():
-        raise UsageError("pretrained checkpoint not found", file=pretrained)
+        raise MissingInputError("pretrained checkpoint not found", file=pretrained)
     options = {**p.options.get(model, {}), **(cfg_options or {})}
     leaf = build_leaf(model, images=cfg.images, masks=cfg.masks, train_ann=anns["train"],
                       val_ann=anns["val"], work_dir=work_dir, img_scale=tuple(p.img_scale),
@@ -111,7 +112,7 @@ def run(leaf: Config, *, resume: bool = False) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     leaf.dump(str(work / "config.py"))
     runner = train(leaf, resume=resume)
-    fam = "instance" if leaf.default_scope == "mmdet" else "semantic"
+    fam = family_of_scope(leaf.default_scope)
     best_ckpt = runner.message_hub.get_info("best_ckpt")
     best_score = runner.message_hub.get_info("best_score")
     if best_ckpt and Path(best_ckpt).is_file():

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from converters.errors import UsageError
+from converters.errors import (InsufficientDataError, InvalidConfigError,
+                               InvalidTableError, MissingInputError)
 from converters.io import write_json, write_text
 
 
@@ -73,11 +74,11 @@ def make_splits(rows: list[dict], cfg: SplitConfig, file: str = "images.csv") ->
     groups = np.array([r["patient"] for r in rows])
     n_patients = len(set(groups))
     if cfg.k < 2:
-        raise UsageError(f"split.k must be at least 2, got {cfg.k}")
+        raise InvalidConfigError(f"split.k must be at least 2, got {cfg.k}")
     if not 0 < cfg.max_test_fraction < 1:
-        raise UsageError("split.max_test_fraction must be between 0 and 1")
+        raise InvalidConfigError("split.max_test_fraction must be between 0 and 1")
     if n_patients < cfg.k + 1:
-        raise UsageError(f"{len(rows)} images of {n_patients} patients cannot make a test set "
+        raise InsufficientDataError(f"{len(rows)} images of {n_patients} patients cannot make a test set "
                          f"and {cfg.k} patient-grouped folds (need at least {cfg.k + 1} "
                          "patients)", file=file)
     y = _strata(rows)
@@ -87,7 +88,7 @@ def make_splits(rows: list[dict], cfg: SplitConfig, file: str = "images.csv") ->
     _, test_idx = _grouped_split(first, cfg.seed, y, groups)[0]
     rest = np.setdiff1d(np.arange(len(rows)), test_idx)
     if len(set(groups[rest])) < cfg.k:
-        raise UsageError(f"after the test set, {len(set(groups[rest]))} patients remain for "
+        raise InsufficientDataError(f"after the test set, {len(set(groups[rest]))} patients remain for "
                          f"{cfg.k} folds", file=file)
     folds = []
     for train_i, val_i in _grouped_split(cfg.k, cfg.seed, y[rest], groups[rest]):
@@ -122,25 +123,25 @@ def write_splits(processed: str | Path, output: str | Path, cfg: SplitConfig) ->
     table, coco_path = processed / "images.csv", processed / "coco.json"
     for p in (table, coco_path):
         if not p.is_file():
-            raise UsageError("not found (run spinepipe convert first)", file=p)
+            raise MissingInputError("not found", produced_by="convert", file=p)
     try:
         with table.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except UnicodeDecodeError as exc:
-        raise UsageError(f"not UTF-8 text (byte {exc.start})", file=table) from None
+        raise InvalidTableError(f"not UTF-8 text (byte {exc.start})", file=table) from None
     except csv.Error as exc:
-        raise UsageError(f"malformed CSV: {exc}", file=table) from None
+        raise InvalidTableError(f"malformed CSV: {exc}", file=table) from None
     if not rows:
-        raise UsageError("no images to split", file=table)
+        raise InsufficientDataError("no images to split", file=table)
     need = {"file_name", "patient", "implants", "overlap"}
     if need - set(rows[0]):
-        raise UsageError(f"column '{sorted(need - set(rows[0]))[0]}' missing", file=table)
+        raise InvalidTableError(f"column '{sorted(need - set(rows[0]))[0]}' missing", file=table)
     splits = make_splits(rows, cfg, str(table))
     try:
         coco = json.loads(coco_path.read_text(encoding="utf-8"))
         coco["images"], coco["annotations"]  # noqa: B018 - the keys the subsets need
     except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"not a COCO file ({type(exc).__name__})", file=coco_path) from None
+        raise InvalidTableError(f"not a COCO file ({type(exc).__name__})", file=coco_path) from None
     by_name = {r["file_name"]: r for r in rows}
     summary = _summary(splits, by_name)
     stem = lambda f: Path(f).stem  # noqa: E731

@@ -14,29 +14,11 @@ from typing import Any, Mapping
 
 from mmengine.config import Config
 
-from converters.errors import UsageError
+from converters.errors import MissingInputError
 from train.augment import CUSTOM_IMPORTS, augment_step
+from train.models import BEST_METRIC, family
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-
-#: model name -> task family ("instance": MMDetection + COCO; "semantic": MMSegmentation + masks).
-#: A sixth model is one config file in train/configs/ and one entry here.
-MODELS: dict[str, str] = {
-    "mask_rcnn": "instance",
-    "yolact": "instance",
-    "unet": "semantic",
-    "pspnet": "semantic",
-    "deeplabv3": "semantic",
-}
-#: the validation metric that picks the best checkpoint, per family
-BEST_METRIC = {"instance": "coco/segm_mAP_50", "semantic": "mIoU"}
-
-
-def family(model: str) -> str:
-    if model not in MODELS:
-        raise UsageError(f"unknown model '{model}' (known: {', '.join(sorted(MODELS))})")
-    return MODELS[model]
-
 
 def config_path(model: str) -> Path:
     family(model)
@@ -98,7 +80,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
             ds["data_prefix"] = dict(img=images)
         else:
             if masks is None:
-                raise UsageError(f"{model} needs the class masks folder")
+                raise MissingInputError(f"{model} needs the class masks folder", produced_by="convert")
             ds["data_prefix"] = dict(img_path=images, seg_map_path=str(Path(masks).resolve()))
     if fam == "instance":
         cfg.val_evaluator["ann_file"] = str(Path(val_ann).resolve())

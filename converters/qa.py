@@ -1,0 +1,75 @@
+"""QA pictures for people: overlays of the polygons on their image, and contact sheets.
+
+Overlays are BGR PNGs, scaled down to at most ``qa_max_height`` rows: each polygon in its
+class colour (:data:`COLOURS`, BGR), its level (L1-L5, S1) at its centroid, and the image's
+first problems in red at the top. Contact sheets tile the overlays as 240-pixel-high
+thumbnails with their names, eight to a row. Look at them; do not read them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from converters.errors import InvalidImageError
+from converters.io import atomic_path
+from converters.regions import Instance
+
+COLOURS = {"lumbar": (60, 220, 60), "sacrum": (255, 160, 0), "cage": (255, 0, 255),
+           "screw": (0, 80, 255), "rod": (0, 255, 255)}
+
+
+def overlay(path: str, width: int, height: int, instances: Sequence[Instance],
+            problems: Sequence[str], max_height: int) -> bytes:
+    """PNG bytes: the image (scaled to at most ``max_height`` rows) with every polygon in its
+    class colour, its level at the centroid, and the first problems in red at the top."""
+    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if img is None or img.shape[:2] != (height, width):
+        raise InvalidImageError("image does not decode (truncated or corrupt)", file=path)
+    scale = min(1.0, max_height / max(height, 1))
+    if scale < 1:
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    canvas = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    for inst in instances:
+        pts = np.round(np.c_[inst.xs, inst.ys] * scale * 16).astype(np.int32)
+        cv2.polylines(canvas, [pts], True, COLOURS.get(inst.cls, (255, 255, 255)), 1,
+                      cv2.LINE_AA, shift=4)
+        if inst.level:
+            c = inst.polygon().centroid
+            at = (int(c.x * scale) - 8, int(c.y * scale) + 4)
+            for colour, thick in (((0, 0, 0), 3), (COLOURS.get(inst.cls, (255, 255, 255)), 1)):
+                cv2.putText(canvas, inst.level, at, cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour,
+                            thick, cv2.LINE_AA)
+    for k, text in enumerate(problems[:6]):
+        cv2.putText(canvas, text[:60], (4, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    (0, 0, 255), 1, cv2.LINE_AA)
+    ok, buf = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return buf.tobytes()
+
+
+def contact_sheets(qa_dir: Path, stems: Sequence[str], per_sheet: int) -> None:
+    """``contact_NNN.png`` in ``qa_dir``: the overlays ``<stem>.png`` as 240-pixel-high
+    thumbnails, eight per row, ``per_sheet`` per sheet (earlier sheets are replaced)."""
+    for old in qa_dir.glob("contact_*.png"):
+        old.unlink()
+    thumbs = []
+    for stem in stems:
+        img = cv2.imread(str(qa_dir / f"{stem}.png"))
+        if img is None:
+            continue
+        t = cv2.resize(img, (int(img.shape[1] * 240 / img.shape[0]), 240))
+        cv2.putText(t, stem[:28], (2, 236), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1)
+        thumbs.append(t)
+    for k in range(0, len(thumbs), per_sheet):
+        chunk = thumbs[k:k + per_sheet]
+        width = max(t.shape[1] for t in chunk)
+        chunk = [cv2.copyMakeBorder(t, 0, 0, 0, width - t.shape[1], cv2.BORDER_CONSTANT)
+                 for t in chunk]
+        cols = 8
+        rows = [np.hstack(chunk[i:i + cols] + [np.zeros_like(chunk[0])] * (cols - len(chunk[i:i + cols])))
+                for i in range(0, len(chunk), cols)]
+        ok, buf = cv2.imencode(".png", np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        with atomic_path(qa_dir / f"contact_{k // per_sheet:03d}.png") as tmp:
+            tmp.write_bytes(buf.tobytes())

@@ -1,0 +1,143 @@
+"""Regions: a VIA region checked and repaired into an :class:`Instance`, or dropped with its
+:class:`Problem`.
+
+Coordinates are image pixels in the COCO convention of :mod:`converters.coco` (x right, y
+down, origin at the top-left corner of the top-left pixel). Checks, in order: the class value
+(through ``class_map``), the shape (polygons; rect / ellipse / circle only with
+``shapes_to_polygons``), repeated consecutive vertices (removed), fewer than three distinct
+vertices (dropped), vertices outside the image (clipped to ``[0, width] x [0, height]``),
+self-intersection (shapely ``make_valid``, the largest part kept), no area (dropped). The
+problem kinds and their severities are listed in :mod:`converters.convert`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from shapely.geometry import Polygon
+from shapely.validation import make_valid
+
+from converters.via import ReadRegion
+
+
+@dataclass(frozen=True)
+class RegionRules:
+    """What :func:`validate_region` needs of the ``convert`` params."""
+
+    class_attribute: str = "class"
+    class_map: dict[str, str] = field(default_factory=dict)
+    implant_classes: list[str] = field(default_factory=list)
+    keep_implants: bool = False
+    shapes_to_polygons: bool = False
+    ellipse_points: int = 32
+
+
+@dataclass
+class Problem:
+    """One annotation problem, located by VIA file, image and region index."""
+
+    kind: str
+    message: str
+    file: str = ""
+    image: str = ""
+    region: int | None = None
+    severity: str = "warning"
+
+    def line(self) -> str:
+        where = ", ".join(x for x in (f"in {self.file}" if self.file else "",
+                                      f"image {self.image}" if self.image else "",
+                                      f"region {self.region}" if self.region is not None else "")
+                          if x)
+        return f"{self.severity}: {self.kind}: {self.message}" + (f", {where}" if where else "")
+
+
+@dataclass
+class Instance:
+    """A validated polygon: its class, vertices (image pixels, COCO convention), the index of
+    the VIA region it came from, and its level (:mod:`converters.levels`)."""
+
+    cls: str
+    xs: list[float]
+    ys: list[float]
+    region: int
+    level: str | None = None
+
+    def polygon(self) -> Polygon:
+        return Polygon(zip(self.xs, self.ys))
+
+
+
+def _shape_to_polygon(r: ReadRegion, n: int) -> tuple[list[float], list[float]] | None:
+    p = r.params
+    if r.shape == "rect":
+        x, y, w, h = p.get("x", 0), p.get("y", 0), p.get("width", 0), p.get("height", 0)
+        return [x, x + w, x + w, x], [y, y, y + h, y + h]
+    if r.shape in ("ellipse", "circle"):
+        cx, cy = p.get("cx", 0), p.get("cy", 0)
+        rx = p.get("rx", p.get("r", 0))
+        ry = p.get("ry", p.get("r", 0))
+        theta = p.get("theta", 0.0)
+        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        x = rx * np.cos(t)
+        y = ry * np.sin(t)
+        xs = cx + x * np.cos(theta) - y * np.sin(theta)
+        ys = cy + x * np.sin(theta) + y * np.cos(theta)
+        return xs.tolist(), ys.tolist()
+    return None
+
+
+def validate_region(r: ReadRegion, width: int, height: int, cfg: RegionRules, file: str,
+                    image: str) -> tuple[Instance | None, list[Problem]]:
+    """Check and repair one region; returns the instance (or None if dropped) and problems."""
+    problems: list[Problem] = []
+
+    def problem(kind: str, message: str) -> None:
+        problems.append(Problem(kind, message, file, image, r.index))
+
+    value = r.attributes.get(cfg.class_attribute, "")
+    cls = cfg.class_map.get(value)
+    if cls is None:
+        problem("unknown_class", f"{cfg.class_attribute}={value!r} is not in convert.class_map")
+        return None, problems
+    if cls in cfg.implant_classes and not cfg.keep_implants:
+        return None, problems  # implants are annotated but not used (as in the study)
+    if r.shape in ("polygon", "polyline"):
+        xs, ys = list(r.xs), list(r.ys)
+    elif r.shape in ("rect", "ellipse", "circle") and cfg.shapes_to_polygons:
+        xs, ys = _shape_to_polygon(r, cfg.ellipse_points)
+    else:
+        hint = " (set convert.shapes_to_polygons)" if r.shape in ("rect", "ellipse", "circle") else ""
+        problem("ignored_shape", f"{r.shape} region ignored{hint}")
+        return None, problems
+    # repeated consecutive vertices (the closing vertex too)
+    pts = list(zip(xs, ys))
+    dedup = [p for i, p in enumerate(pts) if i == 0 or p != pts[i - 1]]
+    if len(dedup) > 1 and dedup[0] == dedup[-1]:
+        dedup.pop()
+    if len(dedup) != len(pts):
+        problem("repeated_points", f"{len(pts) - len(dedup)} repeated vertex(es) removed")
+    if len(set(dedup)) < 3:
+        problem("too_few_points", f"{len(set(dedup))} distinct vertex(es); region dropped")
+        return None, problems
+    arr = np.asarray(dedup, dtype=float)
+    clipped = np.clip(arr, [0, 0], [width, height])
+    if not np.array_equal(clipped, arr):
+        n_out = int((clipped != arr).any(axis=1).sum())
+        problem("outside_image", f"{n_out} vertex(es) outside the {width}x{height} image clipped")
+        arr = clipped
+    poly = Polygon(arr)
+    if not poly.is_valid:
+        fixed = make_valid(poly)
+        parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
+        if not parts:
+            problem("self_intersection", "self-intersecting polygon with no area; dropped")
+            return None, problems
+        best = max(parts, key=lambda g: g.area)
+        problem("self_intersection", f"self-intersecting polygon repaired (largest of "
+                                     f"{len(parts)} part(s) kept, area {best.area:.0f} of "
+                                     f"{sum(g.area for g in parts):.0f})")
+        arr = np.asarray(best.exterior.coords)[:-1]
+    if Polygon(arr).area <= 0:
+        problem("too_few_points", "polygon without area; region dropped")
+        return None, problems
+    return Instance(cls, arr[:, 0].tolist(), arr[:, 1].tolist(), r.index), problems

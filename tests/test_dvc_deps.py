@@ -1,0 +1,150 @@
+"""dvc.yaml tells the truth: every stage lists the project modules its command imports
+(transitively, function-level imports included) and the params keys its config reads, so
+`dvc repro` re-runs exactly what a change affects.
+
+Only an explicit, short allowlist is exempt: the error types and the CLI glue that every
+command shares and that never changes what a stage computes.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "converters", "train")
+#: shared glue: error types, the command line and its console, the params loader
+ALLOWED = {"converters/errors.py", "pipeline/cli.py", "pipeline/console.py",
+           "pipeline/params.py", "pipeline/__init__.py", "converters/__init__.py",
+           "train/__init__.py"}
+
+
+def _module_file(name: str) -> str | None:
+    parts = name.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    for candidate in (Path(*parts).with_suffix(".py"), Path(*parts) / "__init__.py"):
+        if (ROOT / candidate).is_file():
+            return candidate.as_posix()
+    return None
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def imported_files(start: str) -> set[str]:
+    """Project files that ``start`` (a path relative to the root) imports, transitively."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        tree = ast.parse((ROOT / path).read_text())
+        for node in _runtime_nodes(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # "from converters import qa" names a module; "from x.y import f" a member
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                f = _module_file(name)
+                if f:
+                    todo.append(f)
+    return seen
+
+
+def _stages() -> dict[str, dict]:
+    """dvc.yaml's stages with matrix stages expanded for the first value of each axis (the
+    params keys of the axes are recorded under ``axes``: each run depends on its item only)."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    out = {}
+    for name, stage in dvc["stages"].items():
+        if "matrix" in stage:
+            item, axes = {}, []
+            for axis, values in stage["matrix"].items():
+                if isinstance(values, str):  # ${train.models}
+                    section, key = values.strip("${}").split(".")
+                    values = params[section][key]
+                    axes.append(f"{section}.{key}")
+                item[axis] = values[0]
+            text = yaml.safe_dump(stage)
+            for axis, value in item.items():
+                text = text.replace("${item.%s}" % axis, str(value))
+            stage = {**yaml.safe_load(text), "axes": axes}
+            name = f"{name}@{'-'.join(map(str, item.values()))}"
+        out[name] = stage
+    return out
+
+
+def _command_module(cmd: str) -> str:
+    m = re.match(r"spinepipe ([\w-]+)", cmd)
+    assert m, f"stage command does not call spinepipe: {cmd}"
+    return COMMANDS[m.group(1)][0]
+
+
+def missing_deps(stage: dict) -> list[str]:
+    """Project files the stage's command imports that its deps do not cover."""
+    module = _command_module(stage["cmd"])
+    needed = imported_files(module.replace(".", "/") + ".py") - ALLOWED
+    deps = [str(d).rstrip("/") for d in stage.get("deps", [])]
+    covered = lambda f: any(f == d or f.startswith(d + "/") for d in deps)  # noqa: E731
+    return sorted(f for f in needed if not covered(f))
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_deps_cover_the_code_it_runs(name):
+    assert missing_deps(_stages()[name]) == []
+
+
+def test_the_check_would_catch_a_dropped_dep():
+    train = next(s for n, s in _stages().items() if n.startswith("train@"))
+    train = {**train, "deps": [d for d in train["deps"] if d != "train/augment.py"]}
+    assert missing_deps(train) == ["train/augment.py"]
+
+
+def _config_reads(module: str) -> list[tuple[type, str]]:
+    """(dataclass, section) of every ``stage_params(Cls, "section", ...)`` in a stage module."""
+    mod = importlib.import_module(module)
+    tree = ast.parse(Path(mod.__file__).read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "stage_params":
+            cls_name, section = node.args[0].id, node.args[1].value
+            # the class is imported at module level, or inside the command function
+            cls = getattr(mod, cls_name, None)
+            if cls is None:
+                for imp in ast.walk(tree):
+                    if isinstance(imp, ast.ImportFrom) and any(a.name == cls_name for a in imp.names):
+                        cls = getattr(importlib.import_module(imp.module), cls_name)
+            found.append((cls, section))
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_params_cover_the_keys_it_reads(name):
+    stage = _stages()[name]
+    declared = [str(p) for p in [*stage.get("params", []), *stage.get("axes", [])]]
+    missing = []
+    for cls, section in _config_reads(_command_module(stage["cmd"])):
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            if not any(key == d or key.startswith(d + ".") for d in declared):
+                missing.append(key)
+    assert missing == []

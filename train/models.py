@@ -1,0 +1,44 @@
+"""The model registry and where each run lives: light (no torch, no mmlab), so the command
+line, evaluation and the report use it without importing a training stack.
+
+A sixth model is one config file in ``train/configs/`` and one entry in :data:`MODELS`
+(plus its preset options in ``params.yaml``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from converters.errors import InvalidConfigError
+
+#: model name -> task family ("instance": MMDetection + COCO; "semantic": MMSegmentation + masks).
+#: A sixth model is one config file in train/configs/ and one entry here.
+MODELS: dict[str, str] = {
+    "mask_rcnn": "instance",
+    "yolact": "instance",
+    "unet": "semantic",
+    "pspnet": "semantic",
+    "deeplabv3": "semantic",
+}
+#: the validation metric that picks the best checkpoint, per family
+BEST_METRIC = {"instance": "coco/segm_mAP_50", "semantic": "mIoU"}
+
+
+def family(model: str) -> str:
+    if model not in MODELS:
+        raise InvalidConfigError(f"unknown model '{model}' (known: {', '.join(sorted(MODELS))})")
+    return MODELS[model]
+
+
+def family_of_scope(default_scope: str) -> str:
+    """The family of a leaf config, from its MMEngine ``default_scope``."""
+    return "instance" if default_scope == "mmdet" else "semantic"
+
+
+def run_dir(model: str, fold: int, root: str | Path = "models") -> Path:
+    """``models/<model>/fold<k>``: a trained run (leaf config, checkpoints, metrics)."""
+    return Path(root) / model / f"fold{fold}"
+
+
+def eval_dir(model: str, fold: int, root: str | Path = "reports/eval") -> Path:
+    """``reports/eval/<model>/fold<k>``: an evaluation (predictions, per-image scores)."""
+    return Path(root) / model / f"fold{fold}"
