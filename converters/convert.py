@@ -11,21 +11,32 @@ Validation and repair, each problem recorded with file, image and region index:
 problem                   what happens                                       severity
 ========================  =================================================  ========
 repeated_points           consecutive duplicate vertices removed             warning
-too_few_points            fewer than 3 distinct vertices: region dropped     warning
+too_few_points            fewer than 3 distinct vertices: region dropped     error
 outside_image             vertices clipped to the image                      warning
 self_intersection         shapely ``make_valid``, largest part kept          warning
-unknown_class             class value not in the mapping: region dropped     warning
+                          (no area left: region dropped)                     error
+unknown_class             class value not in the mapping (or never set):
+                          region dropped                                     error
 ignored_shape             point / line, or rect / ellipse / circle without
-                          ``shapes_to_polygons``: region dropped            warning
-missing_image             annotated in VIA, not on disk: image skipped       warning
+                          ``shapes_to_polygons``: region dropped            error
+missing_image             annotated in VIA, not on disk: image skipped       error
 unannotated_image         on disk, not in any VIA file                       warning
 size_mismatch             VIA's recorded file size differs from the file     warning
-duplicate_image           the same image annotated again: later copy ignored warning
+duplicate_image           the same image annotated again: later copy ignored error
 missing_sacrum            no sacrum in an image                              warning
 lumbar_count              not exactly five lumbar vertebrae                  warning
 ========================  =================================================  ========
 
-With ``strict`` every warning is an error (the command exits 1, nothing is written).
+``error`` marks a problem that loses an annotation: :func:`validate` (``spinepipe validate``,
+the annotators' check before handing a batch over) fails on it; convert still converts the
+rest and reports it. With ``strict`` every problem stops the conversion: nothing is written
+but the full problem list (``<output>.problems.json`` beside the output folder, or the path
+given), and the error shows the counts per kind and the first locations.
+
+Never an empty success: a batch whose regions all get dropped (every class unknown, say)
+is an error, not a dataset of zero instances. The class attribute is found when it is not
+called ``convert.class_attribute`` (:func:`converters.regions.detect_class_attribute`); which
+one was used is in ``report.json``.
 
 Levels: each vertebra gets ``L1``..``L5`` / ``S1`` bottom-up from the sacrum
 (:mod:`converters.levels`). The steps, in :func:`convert`: read every VIA file
@@ -60,6 +71,7 @@ under temporary names and renamed only when every image succeeded.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -75,14 +87,16 @@ import numpy as np
 from converters import qa
 from converters.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, class_mask,
                              coverage_count, flat)
-from converters.errors import InvalidImageError, InvalidViaError, OutputFolderError
+from converters.errors import (InvalidImageError, InvalidViaError, MissingInputError,
+                               OutputFolderError)
 from converters.incremental import IncrementalState
 from converters.io import (prepare_output, remove_stale_temps, temp_name, write_json,
                            write_text)
 from converters.parallel import map_jobs
 from converters.levels import assign_levels
 from converters.paths import confined
-from converters.regions import Instance, Problem, RegionRules, validate_region
+from converters.regions import (Instance, Problem, RegionRules, detect_class_attribute,
+                               validate_region)
 from converters.via import ReadImage, read_via
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -215,8 +229,22 @@ class ConvertReport:
     problems: list[Problem] = field(default_factory=list)
     images: int = 0
     annotations: int = 0
+    regions: int = 0
     rendered: int = 0
     formats: dict[str, str] = field(default_factory=dict)
+    class_attribute: str = "class"
+    class_attribute_detected: bool = False
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def locations(self, n: int = 5) -> list[str]:
+        """The first ``n`` problems, one line each, and how many more there are."""
+        lines = [f"  {p.line()}" for p in self.problems[:n]]
+        if len(self.problems) > n:
+            lines.append(f"  ... and {len(self.problems) - n} more")
+        return lines
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -273,7 +301,7 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
           cfg: ConvertConfig, report: ConvertReport) -> _Plan:
     """Validate every annotated image on disk: instances, levels, COCO rows, the table."""
     plan = _Plan(mask_values=_mask_values(cfg))
-    rules = cfg.region_rules()
+    rules = dataclasses.replace(cfg.region_rules(), class_attribute=report.class_attribute)
     for name in sorted(set(on_disk) - set(merged)):
         report.problems.append(Problem("unannotated_image", "image on disk but in no VIA file",
                                        "", name))
@@ -317,8 +345,9 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
                 "area": float(inst.polygon().area),
                 "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
                 "via_file": Path(img.source).name, "via_region": inst.region})
-        n_implants = sum(cfg.class_map.get(r.attributes.get(cfg.class_attribute, "")) in
+        n_implants = sum(rules.class_of(r.attributes.get(rules.class_attribute, "")) in
                          cfg.implant_classes for r in img.regions)
+        report.regions += len(img.regions)
         problems_here = [p.line() for p in report.problems if p.image == name]
         plan.table.append({"file_name": name, "image_id": image_id, "patient": patient_of(name),
                            "width": width, "height": height, "n_lumbar": n_lumbar,
@@ -388,29 +417,68 @@ def _write_tables(plan: _Plan, facts: dict[str, dict], via_files: list[str | Pat
     write_text(output / "images.csv", buf.getvalue())
     write_json(output / "report.json", {
         "formats": report.formats, "images": report.images, "annotations": len(plan.coco_anns),
+        "class_attribute": report.class_attribute,
+        "class_attribute_detected": report.class_attribute_detected,
         "counts": report.counts(), "problems": [asdict(p) for p in report.problems]})
 
 
+def _check(via_files: list[str | Path], images_dir: Path, output: Path, cfg: ConvertConfig,
+           report: ConvertReport) -> _Plan:
+    """Read, find the class attribute, validate: everything before anything is written."""
+    merged = _read_inputs(via_files, report)
+    if not images_dir.is_dir():
+        raise MissingInputError("images folder not found", file=images_dir)
+    report.class_attribute, report.class_attribute_detected = detect_class_attribute(
+        list(merged.values()), cfg.region_rules())
+    on_disk = {p.name: p for p in sorted(images_dir.iterdir())
+               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    plan = _plan(merged, on_disk, output, cfg, report)
+    if report.regions and not plan.coco_anns:
+        counts = ", ".join(f"{n} {k}" for k, n in report.counts().items()) or "no problem"
+        raise InvalidViaError(f"{report.regions} region(s) but not one instance survived "
+                              f"({counts}; class attribute '{report.class_attribute}')",
+                              file=", ".join(map(str, via_files)))
+    return plan
+
+
+def validate(via_files: list[str | Path], images_dir: str | Path,
+             cfg: ConvertConfig) -> ConvertReport:
+    """The validation of :func:`convert` alone: every problem, nothing written."""
+    report = ConvertReport()
+    _check(via_files, Path(images_dir), Path("."), cfg, report)
+    return report
+
+
+def default_problems_file(output: str | Path) -> Path:
+    """Where ``--strict`` writes the full problem list: beside the output folder."""
+    output = Path(output)
+    return output.parent / f"{output.name}.problems.json"
+
+
 def convert(via_files: list[str | Path], images_dir: str | Path, output: str | Path,
-            cfg: ConvertConfig, *, workers: int = 1, progress=None) -> ConvertReport:
+            cfg: ConvertConfig, *, workers: int = 1, progress=None,
+            problems_file: str | Path | None = None) -> ConvertReport:
     """Convert; raises :class:`InvalidViaError` for unreadable input and, with
-    ``cfg.strict``, for any problem, :class:`InvalidImageError` for an image that does not
+    ``cfg.strict``, for any problem (after writing them all to ``problems_file``, default
+    :func:`default_problems_file`), :class:`InvalidImageError` for an image that does not
     decode: in every case before any output is in place (module docstring)."""
     images_dir, output = Path(images_dir), Path(output)
     if output.exists() and not output.is_dir():
         raise OutputFolderError("the output folder is a file", file=output)
     report = ConvertReport()
-    merged = _read_inputs(via_files, report)
-    if not images_dir.is_dir():
-        raise InvalidViaError("images folder not found", file=images_dir)
-    on_disk = {p.name: p for p in sorted(images_dir.iterdir())
-               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-    plan = _plan(merged, on_disk, output, cfg, report)
+    plan = _check(via_files, images_dir, output, cfg, report)
     if cfg.strict and report.problems:
+        target = Path(problems_file) if problems_file else default_problems_file(output)
+        write_json(target, {"counts": report.counts(),
+                            "problems": [asdict(p) for p in report.problems]})
+        counts = ", ".join(f"{n} {k}" for k, n in report.counts().items())
         first = report.problems[0]
-        raise InvalidViaError(f"{len(report.problems)} problem(s) with --strict; first: "
-                              f"{first.kind}: {first.message}", file=first.file or images_dir,
+        err = InvalidViaError(f"{len(report.problems)} problem(s) with --strict ({counts}; "
+                              f"all of them in {target}); first: {first.kind}: "
+                              f"{first.message}", file=first.file or images_dir,
                               image=first.image or None, region=first.region)
+        err.details = report.locations()
+        raise err
     created = not output.exists()
     prepare_output(output)
     remove_stale_temps(output)

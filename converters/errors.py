@@ -26,6 +26,8 @@ class SpinepipeError(Exception):
         self.image = image
         self.region = region
         self.tag = tag
+        #: lines the CLI prints above the one-line error (the first problems of many)
+        self.details: list[str] = []
 
     def __str__(self) -> str:
         parts = [self.message]

@@ -12,8 +12,9 @@ Also written under the output folder:
 - ``provenance/<stem>.json``: source pseudonym UIDs, pixel spacing (mm, row then column),
   size, bit depth, photometric interpretation and every transform applied, in order;
 - ``via_project.json``: a VIA 2.x project listing every exported PNG (file name and size in
-  bytes), no regions yet, with the class attribute defined: annotators open it in VIA, draw,
-  and save the project;
+  bytes), no regions yet, with the class attribute defined, and ``default_filepath`` set from
+  ``via_image_path`` (where the annotators' VIA finds the PNGs, so Project > Load shows the
+  images): annotators open it in VIA, draw, and save the project;
 - ``report.json``: per source file, exported / failed with the reason.
 Incremental and additive (:mod:`converters.incremental`, state in ``.export_state.json``,
 grouped by input folder): a source whose size, mtime and options are unchanged, and whose PNG
@@ -41,7 +42,7 @@ from converters.io import atomic_path, prepare_output, remove_stale_temps, write
 from converters.parallel import map_jobs
 from converters.paths import check_name, check_uid, confined
 from converters.pixels import DisplayConfig, to_display
-from converters.via import ViaImage, via2_project
+from converters.via import ViaImage, via2_project, via_filepath
 
 STATE_FILE = ".export_state.json"
 
@@ -58,6 +59,13 @@ class ExportConfig:
     png_compression: int = field(default=1, metadata={"min": 0, "max": 9})
     modalities: list[str] = field(default_factory=lambda: ["CR", "DX", "DR", "RG"])
     fail_on_error: bool = True
+    # where the annotators' VIA finds the PNGs: a folder or an http(s) URL prefix ("" = ask)
+    via_image_path: str = ""
+
+    def signature(self) -> dict:
+        """What an exported PNG depends on (not where VIA looks for it, not error policy)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("via_image_path", "fail_on_error")}
 
     def display(self) -> DisplayConfig:
         return DisplayConfig(bits=self.bits, equalization=self.equalization,
@@ -151,7 +159,7 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportCo
     remove_stale_temps(output_dir)
     state = IncrementalState(output_dir / STATE_FILE)
     group = str(input_dir.resolve())
-    opt = asdict(options)
+    opt = options.signature()
     report = ExportReport()
     jobs = []
     sources = sorted(p for p in input_dir.rglob("*.dcm")
@@ -181,7 +189,8 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportCo
     images = [o for o in state.outputs() if o.endswith(".png") and "/" not in o]
     write_json(output_dir / "via_project.json", via2_project(
         [ViaImage(name, (output_dir / name).stat().st_size) for name in images],
-        name="spinepipe export"), indent=None)
+        name="spinepipe export", default_filepath=via_filepath(options.via_image_path)),
+        indent=None)
     write_json(output_dir / "report.json", {
         "exported": len(images), "failed": report.failed, "options": asdict(options)})
     state.save()

@@ -7,7 +7,18 @@ down, origin at the top-left corner of the top-left pixel). Checks, in order: th
 ``shapes_to_polygons``), repeated consecutive vertices (removed), fewer than three distinct
 vertices (dropped), vertices outside the image (clipped to ``[0, width] x [0, height]``),
 self-intersection (shapely ``make_valid``, the largest part kept), no area (dropped). The
-problem kinds and their severities are listed in :mod:`converters.convert`.
+problem kinds are listed in :mod:`converters.convert`; a problem that loses an annotation (a
+region or an image dropped) has severity ``error``, a repair or a remark ``warning``.
+
+Class values: a region's value of the class attribute maps through ``class_map``, whose keys
+may be option ids (``lumbar``) or VIA option descriptions (``lumbar vertebra (L1-L5)``, as
+VIA's COCO export names categories); the descriptions spinepipe's own VIA projects use are
+known without being listed (:data:`converters.via.DEFAULT_CLASS_OPTIONS`). A value VIA left
+unset (absent, ``undefined`` in its CSV) is an ``unknown_class`` problem like any other.
+
+The class attribute: when no region carries ``class_attribute`` (annotators may name it
+``type``, ``label``, ``vertebra``...), :func:`detect_class_attribute` picks the one attribute
+whose values match ``class_map`` for the most regions, or refuses with the attributes found.
 """
 from __future__ import annotations
 
@@ -17,7 +28,12 @@ import numpy as np
 from shapely.geometry import Polygon
 from shapely.validation import make_valid
 
-from converters.via import ReadRegion
+from converters.errors import InvalidViaError
+from converters.via import DEFAULT_CLASS_OPTIONS, ReadImage, ReadRegion
+
+#: problem kinds that lose an annotation: ``error`` (``spinepipe validate`` exits 1)
+ERROR_KINDS = frozenset({"unknown_class", "ignored_shape", "too_few_points", "missing_image",
+                         "duplicate_image"})
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,15 @@ class RegionRules:
     keep_implants: bool = False
     shapes_to_polygons: bool = False
     ellipse_points: int = 32
+    #: option description -> option id (VIA's COCO export names categories by description)
+    aliases: dict[str, str] = field(default_factory=lambda: {
+        d: k for k, d in DEFAULT_CLASS_OPTIONS.items()})
+
+    def class_of(self, value: str) -> str | None:
+        """The class of an attribute value: through ``class_map`` directly, or through the
+        description of a known option."""
+        cls = self.class_map.get(value)
+        return cls if cls is not None else self.class_map.get(self.aliases.get(value, ""))
 
 
 @dataclass
@@ -41,7 +66,11 @@ class Problem:
     file: str = ""
     image: str = ""
     region: int | None = None
-    severity: str = "warning"
+    severity: str = ""  # "error" for ERROR_KINDS, else "warning" (set from the kind)
+
+    def __post_init__(self) -> None:
+        if not self.severity:
+            self.severity = "error" if self.kind in ERROR_KINDS else "warning"
 
     def line(self) -> str:
         where = ", ".join(x for x in (f"in {self.file}" if self.file else "",
@@ -91,11 +120,11 @@ def validate_region(r: ReadRegion, width: int, height: int, cfg: RegionRules, fi
     """Check and repair one region; returns the instance (or None if dropped) and problems."""
     problems: list[Problem] = []
 
-    def problem(kind: str, message: str) -> None:
-        problems.append(Problem(kind, message, file, image, r.index))
+    def problem(kind: str, message: str, severity: str = "") -> None:
+        problems.append(Problem(kind, message, file, image, r.index, severity))
 
     value = r.attributes.get(cfg.class_attribute, "")
-    cls = cfg.class_map.get(value)
+    cls = cfg.class_of(value)
     if cls is None:
         problem("unknown_class", f"{cfg.class_attribute}={value!r} is not in convert.class_map")
         return None, problems
@@ -130,7 +159,8 @@ def validate_region(r: ReadRegion, width: int, height: int, cfg: RegionRules, fi
         fixed = make_valid(poly)
         parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
         if not parts:
-            problem("self_intersection", "self-intersecting polygon with no area; dropped")
+            problem("self_intersection", "self-intersecting polygon with no area; region "
+                    "dropped", severity="error")
             return None, problems
         best = max(parts, key=lambda g: g.area)
         problem("self_intersection", f"self-intersecting polygon repaired (largest of "
@@ -141,3 +171,33 @@ def validate_region(r: ReadRegion, width: int, height: int, cfg: RegionRules, fi
         problem("too_few_points", "polygon without area; region dropped")
         return None, problems
     return Instance(cls, arr[:, 0].tolist(), arr[:, 1].tolist(), r.index), problems
+
+
+def detect_class_attribute(images: list[ReadImage], rules: RegionRules) -> tuple[str, bool]:
+    """The region attribute that holds the class: ``(name, detected)``.
+
+    ``rules.class_attribute`` when any region carries it (or there are no regions); else the
+    one attribute whose values map to a class for the most regions (``detected`` True). No
+    such attribute, or a tie: :class:`InvalidViaError` listing the attributes found with a few
+    of their values, and naming the param to set."""
+    regions = [r for img in images for r in img.regions]
+    if not regions or any(rules.class_attribute in r.attributes for r in regions):
+        return rules.class_attribute, False
+    values: dict[str, dict[str, None]] = {}
+    hits: dict[str, int] = {}
+    for r in regions:
+        for name, value in r.attributes.items():
+            values.setdefault(name, {})[value] = None
+            hits[name] = hits.get(name, 0) + (rules.class_of(value) is not None)
+    ranked = sorted(hits.items(), key=lambda kv: -kv[1])
+    if ranked and ranked[0][1] > 0 and (len(ranked) == 1 or ranked[1][1] < ranked[0][1]):
+        return ranked[0][0], True
+    found = "; ".join(
+        f"'{name}' ({', '.join(repr(v) for v in list(vals)[:3])}"
+        f"{', ...' if len(vals) > 3 else ''})" for name, vals in values.items()) or "none"
+    why = "several attributes match equally" if ranked and ranked[0][1] > 0 else \
+        "no attribute's values match convert.class_map"
+    raise InvalidViaError(f"no region carries the class attribute '{rules.class_attribute}' "
+                          f"and {why}; attributes found: {found}; set convert.class_attribute "
+                          "(and convert.class_map) in params.yaml",
+                          file=images[0].source if images else None)

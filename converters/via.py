@@ -126,6 +126,18 @@ def via2_project(images: Iterable[ViaImage], *, name: str = "spinepipe",
     }
 
 
+def via_filepath(location: str) -> str:
+    """``core.default_filepath`` for a VIA project: where VIA loads the images from, the
+    prefix it puts before every file name. A folder path (as the annotators' machine sees
+    it: ``/data/png/``, ``C:\\data\\png\\``) or an http(s) URL prefix, with the trailing
+    separator VIA needs added; ``""`` leaves VIA asking for the images."""
+    location = location.strip()
+    if not location or location.endswith(("/", "\\")):
+        return location
+    windows = "\\" in location and "/" not in location and "://" not in location
+    return location + ("\\" if windows else "/")
+
+
 def polygon_region(points: Sequence[Sequence[float]], **attributes: str) -> ViaRegion:
     """Round float vertices to VIA's integer pixel coordinates, dropping repeated neighbours."""
     xs: list[int] = []
@@ -351,6 +363,90 @@ def _read_via3(project: dict, file: Path) -> list[ReadImage]:
     return [ReadImage(name, -1, regions, str(file)) for name, regions in by_file.items()]
 
 
+def _read_coco(data: dict, file: Path) -> list[ReadImage]:
+    """A COCO instances file (VIA's "Export Annotations (COCO format)", or any COCO file with
+    polygons): one region per annotation, its polygon from ``segmentation`` (the largest part
+    when there are several), its class in the region attribute named by the category's
+    ``supercategory`` (VIA writes the attribute name there; ``category`` when it is empty),
+    valued by the category's ``name`` (VIA writes the option's *description*).
+
+    ``area`` and ``bbox`` of the file are ignored (VIA writes the box area there): they are
+    recomputed from the polygon downstream like for every other format. A file that is COCO
+    but holds no polygon at all (RLE masks, boxes only) is an error saying so."""
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise InvalidViaError(f"COCO file whose '{key}' is not a list", file=file)
+    categories = {}
+    for c in data.get("categories") or []:
+        if not isinstance(c, dict) or "id" not in c:
+            raise InvalidViaError(f"COCO category {json_repr(c)} without an id", file=file)
+        categories[c["id"]] = (str(c.get("supercategory") or "category"), str(c.get("name", "")))
+    images: dict[object, ReadImage] = {}
+    for im in data["images"]:
+        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or "id" not in im:
+            raise InvalidViaError(f"COCO image {json_repr(im)} without id and file_name",
+                                  file=file)
+        images[im["id"]] = ReadImage(im["file_name"], -1, [], str(file))
+    kinds = set()
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or ann.get("image_id") not in images:
+            raise InvalidViaError(f"COCO annotation {k} names no image of the file", file=file)
+        img = images[ann["image_id"]]
+        seg = ann.get("segmentation")
+        index = len(img.regions)
+        if isinstance(seg, dict):
+            kinds.add("RLE masks")
+            continue
+        parts = [p for p in (seg or []) if isinstance(p, list) and p]
+        if not parts:
+            kinds.add("boxes only" if ann.get("bbox") else "no shape")
+            continue
+        coords = [_numbers(p, "segmentation", file, img.filename, index) for p in parts]
+        best = max(coords, key=lambda c: abs(_shoelace(c[0::2], c[1::2])))
+        if len(best) % 2:
+            raise InvalidViaError("segmentation with an odd number of coordinates", file=file,
+                                  image=img.filename, region=index)
+        attribute, name = categories.get(ann.get("category_id"), ("category", ""))
+        img.regions.append(ReadRegion(index, "polygon", best[0::2], best[1::2],
+                                      {attribute: name}))
+    if data["annotations"] and not any(im.regions for im in images.values()):
+        raise InvalidViaError(f"COCO file without polygons ({', '.join(sorted(kinds))}): "
+                              "spinepipe needs polygon segmentations", file=file)
+    return list(images.values())
+
+
+def _shoelace(xs: Sequence[float], ys: Sequence[float]) -> float:
+    return 0.5 * sum(xs[i - 1] * ys[i] - xs[i] * ys[i - 1] for i in range(len(xs)))
+
+
+def _js_undefined_to_null(text: str) -> str:
+    """VIA builds its CSV cells with ``JSON.stringify`` per value, which turns a value that
+    was never set (a dropdown never picked) into a bare JavaScript ``undefined``:
+    ``{"class":undefined}``. Read it as JSON ``null`` ("not set"); strings are left alone."""
+    if "undefined" not in text:
+        return text
+    out, i, in_string = [], 0, False
+    while i < len(text):
+        ch = text[i]
+        if in_string:
+            out.append(ch)
+            if ch == "\\":
+                out.append(text[i + 1:i + 2])
+                i += 1
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+            out.append(ch)
+        elif text.startswith("undefined", i):
+            out.append("null")
+            i += len("undefined") - 1
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def _read_csv(path: Path) -> list[ReadImage]:
     import csv
     import json
@@ -368,8 +464,8 @@ def _read_csv(path: Path) -> list[ReadImage]:
             img = images.setdefault(row["filename"], ReadImage(
                 row["filename"], _size(row["file_size"], path, row["filename"]), [], str(path)))
             try:
-                shape = json.loads(row["region_shape_attributes"] or "{}")
-                attrs = json.loads(row["region_attributes"] or "{}")
+                shape = json.loads(_js_undefined_to_null(row["region_shape_attributes"] or "{}"))
+                attrs = json.loads(_js_undefined_to_null(row["region_attributes"] or "{}"))
             except json.JSONDecodeError as exc:
                 raise InvalidViaError(f"malformed JSON in CSV line {line}: {exc.msg}",
                                       file=path, image=row["filename"]) from None
@@ -422,7 +518,9 @@ def read_via(path: str | Path) -> tuple[str, list[ReadImage]]:
 
     Formats: ``via2-project`` (``_via_img_metadata``), ``via2-annotations`` (the metadata
     object alone, keyed by filename + size), ``via1`` (regions as a dict), ``via3-project``
-    (``project`` / ``file`` / ``view`` / ``metadata`` / ``attribute``), ``via-csv``.
+    (``project`` / ``file`` / ``view`` / ``metadata`` / ``attribute``), ``via-csv`` (bare
+    ``undefined`` cells read as "not set"), ``coco`` (VIA's COCO export or any COCO
+    instances file with polygons).
     """
     path = Path(path)
     try:
@@ -448,6 +546,8 @@ def _read_any(path: Path) -> tuple[str, list[ReadImage]]:
         return "via2-project", _read_via2_metadata(meta, path)
     if {"file", "view", "metadata"} <= set(data) or ("project" in data and "file" in data):
         return "via3-project", _read_via3(data, path)
+    if "images" in data and "annotations" in data:
+        return "coco", _read_coco(data, path)
     if data and all(isinstance(v, dict) and "filename" in v for v in data.values()):
         via1 = any(isinstance(v.get("regions"), dict) for v in data.values())
         return ("via1" if via1 else "via2-annotations"), _read_via2_metadata(data, path)

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipeline.train", "Train one model on one fold (MMDetection / MMSegmentation)."),
     "evaluate": ("pipeline.evaluate", "Predict and score the test set with a trained model."),
     "report": ("pipeline.report", "Tables, statistics and figures of every evaluation."),
+    "validate": ("pipeline.validate", "Check VIA annotations as convert would; write nothing."),
     "metrics": ("pipeline.metrics", "The four pixel metrics of one prediction / truth pair."),
 }
 
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}{hint}", file=sys.stderr)
         return 1
     except SpinepipeError as exc:
+        for line in exc.details:
+            print(line, file=sys.stderr)
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # the machine's fault, not ours: permissions, a full disk, ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -18,11 +19,12 @@ from pipeline.params import stage_params
 
 
 def command(
-    input: list[Path] = typer.Option(..., "--input", "-i", help="VIA export(s): 1.x, 2.x project or annotations JSON, 3.x project, or CSV; several may follow (--input a.json b.json), a folder means all its .json and .csv files."),
+    input: list[Path] = typer.Option(..., "--input", "-i", help="VIA export(s): 1.x, 2.x project or annotations JSON, 3.x project, CSV, or COCO (VIA's COCO export included); several may follow (--input a.json b.json), a folder means all its .json and .csv files."),
     more: list[Path] = typer.Argument(None, hidden=True),
     images: Path = typer.Option(..., "--images", help="Folder of the annotated images (the exported PNGs)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for coco.json, masks/, overlaps/, images.csv, qa/, report.json."),
-    strict: bool = typer.Option(False, "--strict", help="Every warning is an error: exit 1, nothing written."),
+    strict: bool = typer.Option(False, "--strict", help="Every problem is an error: exit 1, nothing written but the full problem list (see --problems-file)."),
+    problems_file: Optional[Path] = typer.Option(None, "--problems-file", help="Where --strict writes every problem (default: <output>.problems.json beside the output folder)."),
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Worker processes."),
     params: Path = ParamsOption,
     quiet: bool = QuietOption,
@@ -34,10 +36,14 @@ def command(
     if strict:
         cfg = dataclasses.replace(cfg, strict=True)
     with progress_bar("convert", quiet=quiet) as update:
-        report = convert(via_files, images, output, cfg, workers=workers, progress=update)
+        report = convert(via_files, images, output, cfg, workers=workers, progress=update,
+                         problems_file=problems_file)
     counts = report.counts()
     say(f"convert: {report.images} images, {report.annotations} instances "
         f"({report.rendered} re-rasterized) -> {output}", quiet=quiet)
+    if report.class_attribute_detected:  # said even with --quiet: it changes what was read
+        console.print(f"  class attribute: '{report.class_attribute}' (no region carries "
+                      f"'{cfg.class_attribute}'; found by its values)")
     if counts and not quiet:
         console.print("  problems: " + ", ".join(f"{n} {k}" for k, n in counts.items())
                       + f" (details: {output / 'report.json'}, overlays: {output / 'qa'})")

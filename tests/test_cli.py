@@ -10,7 +10,7 @@ import pytest
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 COMMANDS = ["phantom", "retrieve", "anonymize", "export", "phantom-annotations", "convert", "split",
-            "train", "evaluate", "report"]
+            "train", "evaluate", "report", "validate"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
