@@ -12,7 +12,7 @@ STAMP := $(VENV)/.spinepipe-installed
 # reads one exact pin (e.g. "torch==2.13.0") from pyproject.toml, the one place versions live
 PIN = $(shell $(PYTHON) -c "import tomllib,sys; d=tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']; print(next(x for x in d if x.split('==')[0]=='$(1)'))")
 
-.PHONY: demo test bench venv clean-venv help
+.PHONY: demo test bench venv system-deps clean-venv help
 
 help:
 	@echo "make demo   set up .venv/ and run the pipeline on the phantom (dvc repro)"
@@ -38,11 +38,29 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import mmdet, mmseg, mmseg.models, mmdet.models; from mmcv.ops import RoIAlign, nms"
 	@touch $(STAMP)
 
-test: $(STAMP)
+# Debian tools the tests run for real: a PACS (orthanc), dcmtk (storescu, dcmj2pnm), dicom3tools
+# (dciodvfy). Installed when missing and this is root with apt; otherwise the one command to run.
+SYSTEM_TOOLS := Orthanc:orthanc storescu:dcmtk dcmj2pnm:dcmtk dciodvfy:dicom3tools openssl:openssl
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "The tests need Debian packages that are missing. Install them with:"; \
+	    echo "  sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest
 
+# one line per stage (each stage's summary; mmengine's logs go to models/<model>/fold<k>/train.log)
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro -q
 	@echo
 	@echo "Done. The comparison: reports/report.html (tables: reports/tables/, per model: reports/metrics.json); trained models: models/<model>/fold0/; data: data/processed/, data/splits/. See README 'Where results appear'."
 

@@ -75,6 +75,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import shutil
 import struct
 from dataclasses import asdict, dataclass, field
@@ -356,10 +357,16 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
         plan.jobs.append(ImageJob(str(path), Path(name).stem, width, height, instances,
                                   problems_here, plan.mask_values, tuple(cfg.classes),
                                   str(output), cfg.qa, cfg.qa_max_height))
-        plan.groups.append(str(Path(img.source).resolve()))
+        plan.groups.append(_group(img.source, output))
     plan.coco_anns = [a for a in plan.coco_anns if a["category_id"] is not None]
     report.images, report.annotations = len(plan.coco_images), len(plan.coco_anns)
     return plan
+
+
+def _group(via_file: str | Path, output: Path) -> str:
+    """The incremental-state group of a VIA file: its path relative to the output folder (the
+    state is part of the output, which must not depend on where the workspace is)."""
+    return os.path.relpath(Path(via_file).resolve(), output.resolve())
 
 
 def _render_changed(plan: _Plan, output: Path, cfg: ConvertConfig, state: IncrementalState,
@@ -490,7 +497,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
         if created:
             shutil.rmtree(output, ignore_errors=True)  # nothing of this run stays
         raise
-    for group in sorted(set(plan.groups) | {str(Path(v).resolve()) for v in via_files}):
+    for group in sorted(set(plan.groups) | {_group(v, output) for v in via_files}):
         present = [j.stem for j, g in zip(plan.jobs, plan.groups) if g == group]
         for stale in state.prune(group, present):  # no longer annotated in this VIA file
             (output / stale).unlink(missing_ok=True)

@@ -28,6 +28,7 @@ naming the tag; nothing is written outside the output folder.
 """
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,7 +159,9 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportCo
     output_dir = prepare_output(output_dir)
     remove_stale_temps(output_dir)
     state = IncrementalState(output_dir / STATE_FILE)
-    group = str(input_dir.resolve())
+    # relative: the output must not depend on where the workspace is (DVC's experiment queue
+    # runs each experiment in a workspace of its own)
+    group = os.path.relpath(input_dir.resolve(), output_dir.resolve())
     opt = options.signature()
     report = ExportReport()
     jobs = []

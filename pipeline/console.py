@@ -1,10 +1,16 @@
 """Shared console, progress bars and params-file option for the stage modules.
 
 Logs and progress bars go through one rich console on stderr so bars stay intact
-(DESIGN.md, convention 9); ``--quiet`` turns bars and chatter off.
+(DESIGN.md, convention 9). Every stage ends with one summary line (:func:`say`), printed even
+with ``--quiet``; ``--quiet`` turns off progress bars, detail lines and, for the stages that
+train or infer, the libraries' own console output (mmengine's hook tables and iteration
+logs, deprecation warnings), which goes to a log file instead (:func:`library_output_to`).
+So ``dvc repro -q`` (``make demo``) prints one line per stage.
 """
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,9 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 # markup off: messages quote values from data (file names, VIA values) that may hold "[...]"
-console = Console(stderr=True, highlight=False, markup=False)
+console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
-QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or summaries.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="Only the one-line summary: no progress bars, no details, no library logs (those go to the run's log file).")
 ParamsOption = typer.Option(
     Path("params.yaml"), "--params",
     help="params.yaml to read this stage's section from (skipped if the file does not exist).")
@@ -39,5 +45,31 @@ def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[
 
 
 def say(message: str, *, quiet: bool = False) -> None:
-    if not quiet:
-        console.print(message)
+    """The stage's one-line summary: printed with or without ``--quiet``."""
+    console.print(message)
+
+
+@contextmanager
+def library_output_to(log: Path | None) -> Iterator[None]:
+    """With ``log``, everything written to this process's stdout and stderr, at the file
+    descriptor level (mmengine's logger, C extensions, warnings), is appended to ``log``
+    instead of reaching the terminal; without, nothing changes."""
+    if log is None:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "ab") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

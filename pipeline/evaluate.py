@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from pipeline.console import ParamsOption, QuietOption, progress_bar, say
+from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
 from pipeline.params import stage_params
 from train.evaluate import EvaluateConfig, evaluate_run
 from train.models import eval_dir
@@ -35,9 +35,11 @@ def command(
     metrics, recognition and composite recognition, per-level results, pooled metrics."""
     cfg = stage_params(EvaluateConfig, "evaluate", params)
     out = output or eval_dir(model, fold)
-    summary = evaluate_run(model, fold, cfg, test=test, masks=masks, images=images, out=out,
-                           run=run_dir, predictions=predictions,
-                           bar=lambda text: progress_bar(text, quiet=quiet))
+    log = out.parent / f"{out.name}.log" if quiet else None  # mmengine's output, if any
+    with library_output_to(log):
+        summary = evaluate_run(model, fold, cfg, test=test, masks=masks, images=images,
+                               out=out, run=run_dir, predictions=predictions,
+                               bar=lambda text: progress_bar(text, quiet=quiet))
     miss = summary["missing_predictions"]
     say(f"evaluate: {model} fold {fold}: mIoU {summary['mean_iou']:.3f}, recognition "
         f"{summary['recognition_rate']:.2f}, composite {summary['composite_recognition_rate']:.2f}"

@@ -15,7 +15,7 @@ import typer
 import yaml
 
 from converters.errors import UsageError
-from pipeline.console import ParamsOption, QuietOption, say
+from pipeline.console import ParamsOption, QuietOption, library_output_to, say
 from pipeline.params import stage_params
 from train.models import run_dir
 
@@ -45,12 +45,16 @@ def command(
     every epoch; the best checkpoint and its score are kept."""
     if launcher not in ("none", "pytorch", "slurm"):
         raise UsageError(f"--launcher must be none, pytorch or slurm, got {launcher!r}")
-    from train.runner import TrainConfig, prepare_run, run  # torch + mmlab: only here
-
-    cfg = stage_params(TrainConfig, "train", params)
     work = work_dir or run_dir(model, fold)
-    leaf = prepare_run(model, fold, cfg, work, preset=preset, cfg_options=_options(cfg_options),
-                       launcher=launcher)
-    metrics = run(leaf, resume=resume)
-    say(f"train: {model} fold {fold}: best {metrics['metric']} = {metrics['best']} "
+    with library_output_to(work / "train.log" if quiet else None):
+        from train.runner import TrainConfig, prepare_run, run  # torch + mmlab: only here
+
+        cfg = stage_params(TrainConfig, "train", params)
+        leaf = prepare_run(model, fold, cfg, work, preset=preset,
+                           cfg_options=_options(cfg_options), launcher=launcher)
+        metrics = run(leaf, resume=resume)
+    rank = f" (rank {metrics['rank']} of {metrics['world_size']})" \
+        if metrics["world_size"] > 1 else ""
+    best = "none" if metrics["best"] is None else f"{metrics['best']:.4g}"
+    say(f"train: {model} fold {fold}{rank}: best {metrics['metric']} = {best} "
         f"after {metrics['iterations']} iterations -> {work}", quiet=quiet)

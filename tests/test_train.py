@@ -199,3 +199,47 @@ def test_every_model_config_builds_its_model():
         with DefaultScope.overwrite_default_scope(leaf.default_scope):
             net = REGISTRY.build(leaf.model)
         assert sum(p.numel() for p in net.parameters()) > 1e5, model
+
+
+@pytest.mark.parametrize("model", ["mask_rcnn", "unet"])
+def test_two_process_distributed_training_on_cpu(project, model):
+    """mmengine's own launcher under torchrun (gloo on CPU; SyncBN becomes BN there): both
+    ranks train, rank 0 alone writes the run's files, and its checkpoint loads."""
+    from conftest import free_port
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    work = project / "ddp" / model
+    proc = subprocess.run(
+        [torchrun, "--nproc-per-node", "2", "--master-port", str(free_port()),
+         "-m", "pipeline.cli", "train", "--model", model, "--fold", "1", "--launcher",
+         "pytorch", "--work-dir", str(work), "--quiet"],
+        capture_output=True, text=True, timeout=600, cwd=project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "(rank 0 of 2)" in out and "(rank 1 of 2)" in out, out[-2000:]
+    assert json.loads((work / "metrics.json").read_text())["world_size"] == 2
+    checkpoints = sorted(p.name for p in work.glob("*.pth"))
+    assert "best.pth" in checkpoints and len([c for c in checkpoints if c != "best.pth"]) <= 2
+    log = (work / "train.log").read_text()
+    assert "Distributed launcher: pytorch" in log or "distributed" in log.lower()
+    from mmengine.config import Config
+    from mmengine.registry import MODELS as REGISTRY
+    from mmengine.registry import DefaultScope
+    from mmengine.runner import load_checkpoint
+    from train.checkpoint import allow_mmengine_checkpoints
+    import mmdet.models  # noqa: F401 - registers the models
+    import mmseg.models  # noqa: F401
+    allow_mmengine_checkpoints()
+    cfg = Config.fromfile(str(work / "config.py"))
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        net = REGISTRY.build(cfg.model)
+        ckpt = load_checkpoint(net, str(work / "best.pth"), map_location="cpu")
+    assert ckpt["meta"]["iter"] > 0
+
+
+def test_quiet_training_prints_one_line_and_logs_to_the_run(project):
+    proc = _train(project, "--model", "unet", "--fold", "1", "--work-dir", "quiet_unet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train: unet fold 1: best mIoU"), lines[:20]
+    log = (project / "quiet_unet" / "train.log").read_text()
+    assert "Iter(train)" in log and "Saving checkpoint" in log

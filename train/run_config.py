@@ -115,3 +115,15 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     if options:
         cfg.merge_from_dict(dict(options))
     return cfg
+
+
+def replace_type(node: Any, old: str, new: str) -> None:
+    """Every ``type=old`` in a config (nested dicts and lists) becomes ``type=new``."""
+    if isinstance(node, dict):
+        if node.get("type") == old:
+            node["type"] = new
+        for value in node.values():
+            replace_type(value, old, new)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            replace_type(value, old, new)

@@ -6,6 +6,7 @@ The checkpoint allowlist (:mod:`train.checkpoint`) is installed first, so ``resu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from converters.errors import InsufficientDataError, InvalidConfigError, Missing
 from converters.io import write_json
 from train.checkpoint import allow_mmengine_checkpoints
 from train.models import BEST_METRIC, MODELS, family, family_of_scope
-from train.run_config import build_leaf
+from train.run_config import build_leaf, replace_type
 
 
 def train(cfg: Config, *, resume: bool = False) -> Runner:
@@ -26,6 +27,14 @@ def train(cfg: Config, *, resume: bool = False) -> Runner:
     allow_mmengine_checkpoints()
     cfg.resume = resume
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    if cfg.get("launcher", "none") == "pytorch" and not _cuda():
+        # MMEngine 0.10's init_dist calls torch.cuda.set_device unconditionally: on CPU the
+        # process group (gloo, from torchrun's environment) is started here, and MMEngine
+        # uses it as it finds it
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
@@ -102,22 +111,48 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
                       crop_size=tuple(p.crop_size), seed=cfg.seed, pretrained=pretrained,
                       augment=p.augment, options=options)
     leaf.launcher = launcher
+    if launcher != "none" and not _cuda():
+        # torch's SyncBatchNorm runs on accelerators only: CPU processes (gloo) use plain BN
+        for key in list(leaf.keys()):
+            replace_type(leaf[key], "SyncBN", "BN")
+        leaf.env_cfg = {**leaf.get("env_cfg", {}), "dist_cfg": {"backend": "gloo"}}
+        # MMEngine's default wrapper passes device_ids=[LOCAL_RANK], which means a GPU
+        leaf.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None,
+                                      broadcast_buffers=False,
+                                      find_unused_parameters=leaf.get("find_unused_parameters",
+                                                                      False))
     return leaf
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def run(leaf: Config, *, resume: bool = False) -> dict:
     """Train; write the leaf config and ``metrics.json`` (best validation score) to the
-    work dir, keep the best checkpoint as ``best.pth``; return the metrics."""
+    work dir, keep the best checkpoint as ``best.pth``; return the metrics (with this
+    process's ``rank`` and the ``world_size``).
+
+    Distributed (``launcher`` pytorch / slurm, one process per rank): every rank trains, and
+    rank 0 alone writes files (MMEngine saves checkpoints and logs from rank 0 as well)."""
+    from mmengine.dist import get_dist_info
+
     work = Path(leaf.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    leaf.dump(str(work / "config.py"))
+    if int(os.environ.get("RANK", "0")) == 0:  # before the process group exists
+        leaf.dump(str(work / "config.py"))
     runner = train(leaf, resume=resume)
+    rank, world_size = get_dist_info()
     fam = family_of_scope(leaf.default_scope)
     best_ckpt = runner.message_hub.get_info("best_ckpt")
     best_score = runner.message_hub.get_info("best_score")
-    if best_ckpt and Path(best_ckpt).is_file():
-        shutil.copyfile(best_ckpt, work / "best.pth")
     metrics = {"metric": BEST_METRIC[fam], "best": float(best_score) if best_score is not None
-               else None, "iterations": int(runner.iter), "epochs": int(runner.epoch)}
-    write_json(work / "metrics.json", metrics)
-    return metrics
+               else None, "iterations": int(runner.iter), "epochs": int(runner.epoch),
+               "world_size": world_size}
+    if rank == 0:
+        if best_ckpt and Path(best_ckpt).is_file():
+            shutil.copyfile(best_ckpt, work / "best.pth")
+        write_json(work / "metrics.json", metrics)
+    return {**metrics, "rank": rank}
