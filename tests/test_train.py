@@ -243,3 +243,40 @@ def test_quiet_training_prints_one_line_and_logs_to_the_run(project):
     assert len(lines) == 1 and lines[0].startswith("train: unet fold 1: best mIoU"), lines[:20]
     log = (project / "quiet_unet" / "train.log").read_text()
     assert "Iter(train)" in log and "Saving checkpoint" in log
+
+
+def test_study_preset_builds_every_model_and_trains_an_iteration_on_cpu(project):
+    """The GPU preset (ResNet-50 backbones, 640x1600 inputs, the packages' schedules) is
+    checked here on CPU: every model's study leaf config builds, and Mask R-CNN runs one
+    training iteration at the study's scale through the CLI."""
+    from mmengine.registry import DefaultScope
+    from mmengine.registry import MODELS as REGISTRY
+    import mmdet.models  # noqa: F401 - registers the models
+    import mmseg.models  # noqa: F401
+    from pipeline.params import load_section
+    from train.models import MODELS
+    from train.runner import TrainConfig, prepare_run
+    cfg = load_section(TrainConfig, "train", Path(__file__).parents[1] / "params.yaml")
+    cfg = TrainConfig(**{**cfg.__dict__, "images": str(project / "png"),
+                         "masks": str(project / "processed" / "masks"),
+                         "splits": str(project / "splits")})
+    for model in MODELS:
+        leaf = prepare_run(model, 1, cfg, project / "study" / model, preset="study")
+        with DefaultScope.overwrite_default_scope(leaf.default_scope):
+            net = REGISTRY.build(leaf.model)
+        assert sum(p.numel() for p in net.parameters()) > 5e6, model  # full-size backbones
+    (project / "study.yaml").write_text(yaml.safe_dump({"train": {
+        **yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["train"],
+        "images": str(project / "png"), "masks": str(project / "processed" / "masks"),
+        "splits": str(project / "splits")}}))
+    proc = _train(project, "--model", "mask_rcnn", "--fold", "1", "--preset", "study",
+                  "--params", "study.yaml", "--work-dir", "study/run",
+                  "--cfg-options", "train_cfg.max_epochs=1",
+                  "--cfg-options", "train_cfg.val_interval=2",
+                  "--cfg-options", "train_dataloader.dataset.indices=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "after 1 iterations" in proc.stderr + proc.stdout
+    from mmengine.config import Config
+    leaf = Config.fromfile(str(project / "study" / "run" / "config.py"))
+    resize = [t for t in leaf.train_dataloader.dataset.pipeline if t["type"] == "Resize"]
+    assert [tuple(t["scale"]) for t in resize] == [(640, 1600)]  # the study's scale
