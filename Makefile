@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_anonymize.py --n 200 --height 2870 --width 1100
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_metrics.py
+	$(PY) benchmarks/bench_commands.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -87,16 +87,49 @@ def rasterize_window(polygon: Sequence[float], height: int,
     return slice(y0, y1), slice(x0, x1), mask_utils.decode(rle)
 
 
+Window = tuple[slice, slice, np.ndarray]
+
+
 def class_mask(height: int, width: int,
                instances: Iterable[tuple[int, Sequence[float]]]) -> np.ndarray:
     """uint8 class mask from ``(class value, flat polygon)`` pairs; larger value wins overlaps."""
+    pairs = [(value, rasterize_window(poly, height, width)) for value, poly in instances]
+    return paint(height, width, pairs)
+
+
+def paint(height: int, width: int, windows: Iterable[tuple[int, Window | None]]) -> np.ndarray:
+    """uint8 class mask from ``(class value, window)`` pairs (:func:`rasterize_window`)."""
     mask = np.zeros((height, width), np.uint8)
-    for value, poly in instances:
-        win = rasterize_window(poly, height, width)
+    for value, win in windows:
         if win is not None:
             rows, cols, m = win
             np.maximum(mask[rows, cols], m * np.uint8(value), out=mask[rows, cols])
     return mask
+
+
+def overlap_map(height: int, width: int,
+                windows: Sequence[Window | None]) -> np.ndarray | None:
+    """uint8 map, 1 where two or more of the rasterized instances overlap; None when none do.
+
+    Only pairs whose windows intersect are compared, inside the intersection, so an image
+    without overlaps (most) costs no full-size array."""
+    wins = [w for w in windows if w is not None]
+    out = None
+    for a in range(len(wins)):
+        ra, ca, ma = wins[a]
+        for b in range(a + 1, len(wins)):
+            rb, cb, mb = wins[b]
+            r0, r1 = max(ra.start, rb.start), min(ra.stop, rb.stop)
+            c0, c1 = max(ca.start, cb.start), min(ca.stop, cb.stop)
+            if r0 >= r1 or c0 >= c1:
+                continue
+            both = ma[r0 - ra.start:r1 - ra.start, c0 - ca.start:c1 - ca.start] & \
+                mb[r0 - rb.start:r1 - rb.start, c0 - cb.start:c1 - cb.start]
+            if both.any():
+                if out is None:
+                    out = np.zeros((height, width), np.uint8)
+                np.maximum(out[r0:r1, c0:c1], both, out=out[r0:r1, c0:c1])
+    return out
 
 
 def coverage_count(height: int, width: int, polygons: Iterable[Sequence[float]]) -> np.ndarray:

@@ -86,8 +86,8 @@ import cv2
 import numpy as np
 
 from converters import qa
-from converters.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, class_mask,
-                             coverage_count, flat)
+from converters.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, flat, overlap_map,
+                             paint, rasterize_window)
 from converters.errors import (InvalidImageError, InvalidViaError, MissingInputError,
                                OutputFolderError)
 from converters.incremental import IncrementalState
@@ -196,11 +196,13 @@ def _write_temp(path: Path, data: bytes, written: list[tuple[str, str]]) -> None
 def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
     h, w = job.height, job.width
     out = Path(job.out)
-    mask = class_mask(h, w, [(job.mask_values[i.cls], flat(i.xs, i.ys)) for i in job.instances])
+    windows = [rasterize_window(flat(i.xs, i.ys), h, w) for i in job.instances]  # once each
+    mask = paint(h, w, [(job.mask_values[i.cls], win)
+                        for i, win in zip(job.instances, windows)])
     vert = [i for i in job.instances if i.cls in job.vertebra_classes]
-    count = coverage_count(h, w, [flat(i.xs, i.ys) for i in vert])
-    overlap = (count >= 2).view(np.uint8)
-    overlap_area = int(np.count_nonzero(overlap))
+    overlap = overlap_map(h, w, [win for i, win in zip(job.instances, windows)
+                                 if i.cls in job.vertebra_classes])
+    overlap_area = int(np.count_nonzero(overlap)) if overlap is not None else 0
     pairs = []
     if overlap_area:
         polys = [i.polygon() for i in vert]
