@@ -66,7 +66,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from pydicom._uid_dict import UID_dictionary
 
-from converters.errors import InvalidDicomError, SpinepipeError
+from converters.errors import InvalidDicomError, MissingInputError, SpinepipeError
 from converters.io import (TEMP_MARK, atomic_path, prepare_output, remove_stale_temps,
                            write_json)
 from converters.incremental import IncrementalState, file_signature
@@ -591,6 +591,13 @@ def _cacheable(row: dict) -> bool:
         row["status"] == "skipped" and not row["reason"].startswith("duplicate"))
 
 
+def check_input_folders(folders: list[str | Path]) -> None:
+    """:class:`MissingInputError` naming the first input folder that does not exist."""
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise MissingInputError("input folder not found", file=folder)
+
+
 def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private: Path,
                    salt: bytes, options: AnonymizeConfig, *, workers: int = 1,
                    progress=None) -> TreeReport:
@@ -609,6 +616,7 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
     and so are their outputs. Inputs are only read.
     """
     inputs = [Path(d) for d in input_dir] if isinstance(input_dir, list) else [Path(input_dir)]
+    check_input_folders(inputs)
     output_dir = prepare_output(output_dir)
     remove_stale_temps(output_dir)
     out_id = hashlib.sha1(str(output_dir.resolve()).encode()).hexdigest()[:12]

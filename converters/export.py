@@ -42,7 +42,7 @@ from converters.incremental import IncrementalState, file_signature
 from converters.io import atomic_path, prepare_output, remove_stale_temps, write_json
 from converters.parallel import map_jobs
 from converters.paths import check_name, check_uid, confined
-from converters.pixels import DisplayConfig, to_display
+from converters.pixels import DisplayConfig, check_display, to_display
 from converters.via import ViaImage, via2_project, via_filepath
 
 STATE_FILE = ".export_state.json"
@@ -156,6 +156,7 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportCo
                 workers: int = 1, progress=None) -> ExportReport:
     """Export every ``*.dcm`` under ``input_dir`` (skipping ``audit/``) into ``output_dir``."""
     input_dir = Path(input_dir)
+    check_display(options.display())
     output_dir = prepare_output(output_dir)
     remove_stale_temps(output_dir)
     state = IncrementalState(output_dir / STATE_FILE)

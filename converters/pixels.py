@@ -24,7 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
-from converters.errors import InvalidDicomError, UnsupportedDicomError
+from converters.errors import InvalidConfigError, InvalidDicomError, UnsupportedDicomError
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,18 @@ def equalize_full_depth(values: np.ndarray, out_max: int) -> np.ndarray:
     return lut[inverse]
 
 
+def check_display(options: DisplayConfig) -> None:
+    """:class:`InvalidConfigError` for settings OpenCV cannot take (it dies of SIGFPE on zero
+    CLAHE tiles): refused here too, for library callers, not only in params.yaml."""
+    if options.clahe_tiles < 1 or options.clahe_clip_limit < 0:
+        raise InvalidConfigError(f"clahe_tiles must be >= 1 and clahe_clip_limit >= 0, got "
+                                 f"{options.clahe_tiles} and {options.clahe_clip_limit}")
+
+
 def to_display(ds: Dataset, options: DisplayConfig = DisplayConfig(),
                file: str | None = None) -> tuple[np.ndarray, list[str]]:
     """The whole export pixel pipeline; returns the image and the list of transforms applied."""
+    check_display(options)
     arr, transforms = modality_values(ds, file)
     if options.use_voi_window:
         arr, done = _window(ds, arr)

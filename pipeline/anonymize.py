@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from converters.anonymize import AnonymizeConfig, anonymize_tree
-from converters.errors import IncompleteRunError, UsageError
+from converters.anonymize import AnonymizeConfig, anonymize_tree, check_input_folders
+from converters.errors import IncompleteRunError
 from converters.ledger import load_or_create_salt, prepare_private
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
@@ -27,9 +27,7 @@ def command(
     """De-identify every DICOM file under INPUT (PS3.15 Annex E Basic Profile, modified
     dates); quarantine burned-in images, skip non-image objects, report failures."""
     options = stage_params(AnonymizeConfig, "anonymize", params)
-    for folder in input:
-        if not folder.is_dir():
-            raise UsageError("input folder not found", file=folder)
+    check_input_folders(input)
     priv = prepare_private(private, forbidden=[output, *input])
     salt = load_or_create_salt(priv)
     with progress_bar("anonymize", quiet=quiet) as update:

@@ -520,3 +520,13 @@ def test_reruns_remove_stale_temp_files(tmp_path, capsys):
     assert cli(capsys, "convert", "--input", str(via), "--images", str(images), "--output",
                str(tmp_path / "conv"), "--params", NO_PARAMS, "--quiet")[0] == 0
     assert not [p for p in left if p.exists()]
+
+
+def test_zero_clahe_tiles_refused_by_the_library_too(tmp_path):
+    """OpenCV kills the process (SIGFPE) on zero tiles: export refuses before any worker."""
+    from converters.errors import InvalidConfigError
+    save(image(PatientIdentityRemoved="YES", PatientID="SP00"), tmp_path / "anon" / "a.dcm")
+    with pytest.raises(InvalidConfigError, match="clahe_tiles must be >= 1"):
+        export_tree(tmp_path / "anon", tmp_path / "png",
+                    ExportConfig(equalization="clahe", clahe_tiles=0), workers=2)
+    assert not (tmp_path / "png").exists()
