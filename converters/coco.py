@@ -130,14 +130,3 @@ def overlap_map(height: int, width: int,
                     out = np.zeros((height, width), np.uint8)
                 np.maximum(out[r0:r1, c0:c1], both, out=out[r0:r1, c0:c1])
     return out
-
-
-def coverage_count(height: int, width: int, polygons: Iterable[Sequence[float]]) -> np.ndarray:
-    """uint8 count of instances covering each pixel (>= 2 marks projection overlap)."""
-    count = np.zeros((height, width), np.uint8)
-    for poly in polygons:
-        win = rasterize_window(poly, height, width)
-        if win is not None:
-            rows, cols, m = win
-            count[rows, cols] += m
-    return count

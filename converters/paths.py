@@ -10,7 +10,7 @@ every later writer.
   no empty component (``1..2``, ``.1``, ``1.`` are invalid). Leading zeros inside a component
   are tolerated, as real archives carry them.
 - Names (pseudonyms, image stems) must consist of ``A-Z a-z 0-9 . _ -``, must not start with a
-  dot and are at most 128 characters long; :func:`sanitize` maps anything else to ``_``.
+  dot and are at most 128 characters long.
 """
 from __future__ import annotations
 
@@ -54,12 +54,6 @@ def check_name(value: object, what: str, **where) -> str:
         raise UnsafePathError(f"{what} {str(value)[:80]!r} is not a safe file name "
                               "(letters, digits, '.', '_', '-'; no leading dot)", **where)
     return str(value)
-
-
-def sanitize(value: str) -> str:
-    """A safe name derived from ``value``: other characters become ``_`` (never empty)."""
-    out = re.sub(r"[^A-Za-z0-9._-]", "_", value)[:NAME_MAX].lstrip(".")
-    return out or "_"
 
 
 def confined(root: str | Path, *parts: str, **where) -> Path:
