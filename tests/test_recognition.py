@@ -2,8 +2,11 @@
 a lateral spine of rectangles, bottom to top S1, L5..L1, with L3 and L4 overlapping."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 from train.recognition import (Instances, RecognitionConfig, components, encode,
                                merged_class_mask, postprocess_instances, recognize)
@@ -68,6 +71,7 @@ def test_fused_pair_of_a_semantic_model():
     r = recognize(GT, pred, CFG)
     assert r["recognized"] == 0 and r["composite"] == 0
     assert len(r["missed"]) == 1 and r["missed"][0] in ("L3", "L2")
+    assert (r["gt_overlaps"], r["overlaps_apart"]) == (1, 0)   # the fused pair is not apart
 
 
 def test_false_split_of_one_vertebra():
@@ -84,6 +88,8 @@ def test_overlap_lost_fails_only_the_composite_rate():
     r = recognize(GT, instances(parts), CFG)
     assert (r["recognized"], r["composite"]) == (1, 0)
     assert r["lost_overlaps"] == ["L3/L2"]
+    assert r["gt_overlaps"] == 1        # the ground truth's one overlapping pair (the subgroup)
+    assert r["overlaps_apart"] == 1     # both matched: apart, though drawn without overlap
 
 
 def test_overlap_where_the_truth_has_none_fails_the_composite_rate():
@@ -92,6 +98,7 @@ def test_overlap_where_the_truth_has_none_fails_the_composite_rate():
     r = recognize(GT, instances(parts), CFG)
     assert (r["recognized"], r["composite"]) == (1, 0)
     assert r["false_overlaps"] == ["L2/L1"]
+    assert r["gt_overlaps"] == 1
 
 
 def test_class_must_match():
@@ -127,3 +134,43 @@ def test_overlap_criterion(min_fraction, overlapping):
     parts = [(c, box(a, b)) for c, a, b in SPINE if (a, b) not in ((80, 100), (62, 82))]
     parts += [("lumbar", box(83, 100)), ("lumbar", box(62, 81))]
     assert (recognize(GT, instances(parts), cfg)["composite"] == 0) == overlapping
+
+
+def test_islands_of_a_neighbour_are_not_overlaps_with_largest_component():
+    """YOLACT's box-cropped masks: L1's mask carries an island inside L2 (a false overlap)
+    and L2's a sliver along L3; the largest region alone is the vertebra."""
+    masks, classes = [], []
+    for c, a, b in SPINE:
+        m = box(a, b)
+        if (a, b) == (30, 50):        # L1 + an island at L2's top (not touching L1)
+            m |= box(64, 68, 20, 30)
+        masks.append(m)
+        classes.append(c)
+    plain = postprocess_instances(classes, np.stack(masks), [0.9] * 6,
+                                  dataclasses.replace(CFG, largest_component=False))
+    assert recognize(GT, plain, CFG)["false_overlaps"] == ["L2/L1"]
+    kept = postprocess_instances(classes, np.stack(masks), [0.9] * 6, CFG)
+    r = recognize(GT, kept, CFG)
+    assert (r["recognized"], r["composite"], r["false_overlaps"]) == (1, 1, [])
+    l1 = kept.levels.index("L1")
+    assert (mask_utils.decode(kept.rles[l1]).astype(bool) == box(30, 50)).all()
+    # a real overlap survives: L3 and L2 share rows 80..82 in one connected mask each
+    assert r["gt_overlaps"] == 1 and r["lost_overlaps"] == []
+
+
+def test_a_fragment_inside_a_vertebra_is_dropped_but_overlapping_neighbours_stay():
+    """Mask R-CNN's fragments: a lower-scoring piece inside L4 (IoU with L4 0.3, so IoU NMS
+    keeps it) would take a level of its own and shift every level above it."""
+    masks = [box(a, b) for _, a, b in SPINE] + [box(112, 122, 12, 36)]   # inside L4
+    classes = [c for c, _, _ in SPINE] + ["lumbar"]
+    scores = [0.95] * len(SPINE) + [0.6]
+    loose = postprocess_instances(classes, np.stack(masks), scores,
+                                  dataclasses.replace(CFG, containment_max=1.0))
+    assert len(loose) == 7 and loose.levels.count(None) == 1
+    assert recognize(GT, loose, CFG)["shifted"]                   # the chain went through it
+    kept = postprocess_instances(classes, np.stack(masks), scores, CFG)
+    assert len(kept) == 6 and kept.levels == GT.levels
+    r = recognize(GT, kept, CFG)
+    assert (r["recognized"], r["composite"], r["shifted"]) == (1, 1, [])
+    # L3 and L2 overlap (2 of 20 rows): neither covers half of the other, both stay
+    assert r["gt_overlaps"] == 1 and r["lost_overlaps"] == []

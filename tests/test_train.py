@@ -193,7 +193,8 @@ def test_every_model_config_builds_its_model():
     demo = cfg.presets["demo"]
     for model, fam in MODELS.items():
         leaf = build_leaf(model, images="x", masks="y", train_ann="a", val_ann="b",
-                          work_dir="w", img_scale=tuple(demo.img_scale),
+                          work_dir="w",
+                          img_scale=tuple(demo.model_img_scale.get(model, demo.img_scale)),
                           crop_size=tuple(demo.crop_size), dvclive=False,
                           options=demo.options.get(model, {}))
         import mmdet.models  # noqa: F401  (registers the models)
@@ -201,6 +202,40 @@ def test_every_model_config_builds_its_model():
         with DefaultScope.overwrite_default_scope(leaf.default_scope):
             net = REGISTRY.build(leaf.model)
         assert sum(p.numel() for p in net.parameters()) > 1e5, model
+
+
+@pytest.mark.parametrize("size", [(192, 480), (100, 250), (550, 550)])
+def test_yolact_anchors_follow_its_input_size(size):
+    """YOLACT's fixed input keeps the radiographs' aspect: every image is resized to it (no
+    padding, so the prototypes cover the image) and each level's anchor stride is the input
+    size over the feature map size the network really produces, per axis."""
+    import torch
+    from mmengine.registry import DefaultScope
+    from mmengine.registry import MODELS as REGISTRY
+    from train.run_config import build_leaf
+    import mmdet.models  # noqa: F401  (registers the models)
+    width, height = size
+    leaf = build_leaf("yolact", images="x", train_ann="a", val_ann="b", work_dir="w",
+                      img_scale=size, dvclive=False,
+                      options={"model.backbone.depth": 18,
+                               "model.neck.in_channels": [64, 128, 256, 512]})
+    for pipeline in (leaf.train_dataloader.dataset.pipeline, leaf.val_dataloader.dataset.pipeline):
+        resize = next(t for t in pipeline if t["type"] == "Resize")
+        assert tuple(resize["scale"]) == size and resize["keep_ratio"] is False
+    with DefaultScope.overwrite_default_scope(leaf.default_scope):
+        net = REGISTRY.build(leaf.model).eval()
+    with torch.no_grad():
+        feats = net.extract_feat(torch.zeros(1, 1, height, width))
+    gen = net.bbox_head.prior_generator
+    assert len(feats) == len(gen.strides) == 5
+    for feat, stride, center in zip(feats, gen.strides, gen.centers):
+        fh, fw = feat.shape[-2:]
+        assert stride == pytest.approx((width / fw, height / fh))
+        assert center == pytest.approx((width / fw / 2, height / fh / 2))
+    priors = gen.grid_priors([f.shape[-2:] for f in feats], device="cpu")
+    for level, (sw, sh) in zip(priors, gen.strides):   # the grid spans the image exactly:
+        cx, cy = (level[-1, 0] + level[-1, 2]) / 2, (level[-1, 1] + level[-1, 3]) / 2
+        assert (float(cx), float(cy)) == pytest.approx((width - sw / 2, height - sh / 2))
 
 
 @pytest.mark.parametrize("model", ["mask_rcnn", "unet"])

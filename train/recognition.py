@@ -5,7 +5,14 @@ An *instance* is one binary mask in pycocotools RLE (the COCO convention of
 
 - Instance models: the model's instances, kept when ``score >= score_thr`` and at least
   ``min_area`` pixels, then same-class mask NMS (an instance whose mask IoU with a kept,
-  higher-scoring instance of its class exceeds ``nms_iou`` is dropped): the paper's remedies.
+  higher-scoring instance of its class exceeds ``nms_iou`` is dropped): the paper's remedies;
+  and an instance covered for more than ``containment_max`` of its own area by such an
+  instance is a fragment of that vertebra, dropped too (overlapping neighbours share a few
+  per cent of their area, far below).
+  With ``largest_component`` each instance first keeps its largest connected region
+  (8-connectivity): a vertebral body is one region, and YOLACT's masks (a linear combination
+  of low-resolution prototypes, cropped to the predicted box) leave islands of the
+  neighbouring vertebra inside the box, which would otherwise read as overlaps.
 - Semantic models: the connected components (8-connectivity) of each class of the class mask;
   vertebrae fused into one blob stay one instance, which is the point of the comparison.
 - Levels: ``L1``..``L5`` / ``S1`` bottom-up from the sacrum, as for the ground truth
@@ -17,8 +24,10 @@ one-to-one by a distinct predicted instance of its class with mask IoU >= ``matc
 vertebra, say) do not fail recognition.
 
 Composite recognition: recognition, and additionally 0 when two ground-truth instances overlap
-but their matched predictions do not ("falsely non-overlapping", what a semantic model's
-fused mask produces), or two matched predictions overlap where their ground truths do not.
+but their matched predictions do not ("falsely non-overlapping"), or two matched predictions
+overlap where their ground truths do not. An overlapping ground-truth pair is *kept apart*
+when both of its vertebrae are matched, each by its own prediction (a semantic model's fused
+blob matches at most one of them): the study's question, per pair.
 Two instances *overlap* when their intersection covers at least ``overlap_min_fraction`` of the
 smaller one (a few boundary pixels shared by neighbours are not an overlap).
 
@@ -48,6 +57,11 @@ class RecognitionConfig:
     min_area: int = 20                  # pixels: smaller instances / components are dropped
     match_iou: float = 0.5              # a ground-truth instance is recognized at this IoU
     overlap_min_fraction: float = 0.01  # of the smaller instance's area
+    largest_component: bool = True      # instance models: each mask keeps its largest region
+    #: instance models: an instance this much covered by a kept, higher-scoring instance of
+    #: its class is a fragment of that vertebra, dropped (NMS by IoU misses a fragment: it is
+    #: small, so its IoU with the whole stays low)
+    containment_max: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
 
 
 @dataclass
@@ -117,6 +131,14 @@ def overlap_matrix(inst: Instances, min_fraction: float) -> np.ndarray:
     return out
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected region of a binary mask (the mask itself when it has one)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
 def postprocess_instances(classes: list[str], masks: list[np.ndarray] | np.ndarray,
                           scores: list[float], cfg: RecognitionConfig) -> Instances:
     """An instance model's raw output -> kept instances with levels (module docstring)."""
@@ -126,6 +148,8 @@ def postprocess_instances(classes: list[str], masks: list[np.ndarray] | np.ndarr
         if scores[i] < cfg.score_thr or classes[i] not in VERTEBRA_CLASSES:
             continue
         m = np.asarray(masks[i]).astype(bool)
+        if cfg.largest_component:
+            m = largest_component(m)
         if int(m.sum()) < cfg.min_area:
             continue
         cand.classes.append(classes[i])
@@ -133,11 +157,25 @@ def postprocess_instances(classes: list[str], masks: list[np.ndarray] | np.ndarr
         cand.scores.append(float(scores[i]))
         cand.levels.append(None)
     iou = iou_matrix(cand, cand)
+    inside = containment_matrix(cand)
     keep: list[int] = []
     for i in range(len(cand)):   # descending score
-        if all(cand.classes[j] != cand.classes[i] or iou[i, j] <= cfg.nms_iou for j in keep):
+        if all(cand.classes[j] != cand.classes[i] or
+               (iou[i, j] <= cfg.nms_iou and inside[i, j] <= cfg.containment_max)
+               for j in keep):
             keep.append(i)
     return cand.subset(keep).with_levels()
+
+
+def containment_matrix(inst: Instances) -> np.ndarray:
+    """``[i, j]``: the share of instance i's area that instance j covers."""
+    n = len(inst)
+    if not n:
+        return np.zeros((0, 0))
+    areas = np.asarray(mask_utils.area(inst.rles), dtype=np.float64)
+    # pycocotools' iou with iscrowd=1 divides the intersection by the first argument's area
+    return np.asarray(mask_utils.iou(inst.rles, inst.rles, [1] * n), dtype=np.float64) \
+        if areas.all() else np.zeros((n, n))
 
 
 def components(class_mask: np.ndarray, class_values: dict[str, int],
@@ -181,9 +219,13 @@ def recognize(gt: Instances, pred: Instances, cfg: RecognitionConfig) -> dict:
     match = {int(r): int(c) for r, c in zip(rows, cols) if score[r, c] >= cfg.match_iou}
     recognized = len(gt) > 0 and len(match) == len(gt)
 
-    lost, false = [], []
+    lost, false, gt_overlaps, apart = [], [], 0, 0
     if len(gt) > 1:
         gto = overlap_matrix(gt, cfg.overlap_min_fraction)
+        pairs = list(zip(*np.nonzero(np.triu(gto, 1))))
+        gt_overlaps = len(pairs)
+        # kept apart: both vertebrae of an overlapping pair matched, each by its own prediction
+        apart = sum(int(a) in match and int(b) in match for a, b in pairs)
         pro = overlap_matrix(pred, cfg.overlap_min_fraction)
         matched = sorted(match)
         for a_i, a in enumerate(matched):
@@ -208,6 +250,8 @@ def recognize(gt: Instances, pred: Instances, cfg: RecognitionConfig) -> dict:
         "n_gt": len(gt),
         "n_pred": len(pred),
         "n_matched": len(match),
+        "gt_overlaps": gt_overlaps,
+        "overlaps_apart": apart,
         "missed": [gt.levels[i] or str(i) for i in range(len(gt)) if i not in match],
         "shifted": [lv for lv, r in per_level.items()
                     if r["matched"] and r["predicted_level"] != lv],

@@ -40,16 +40,29 @@ def set_transform(cfg: Config, transform: str, **kwargs: Any) -> None:
                 step.update(kwargs)
 
 
-def _yolact_input_size(cfg: Config, size: int) -> None:
-    """YOLACT's square input and the anchor strides / centres that follow from it."""
-    set_transform(cfg, "Resize", scale=(size, size), keep_ratio=False)
-    feats, f = [], -(-size // 8)
+def _grid(size: int) -> list[int]:
+    """Feature map sizes of YOLACT's five levels (strides 8..128, rounded up) for one side."""
+    sizes, f = [], -(-size // 8)
     for _ in range(5):
-        feats.append(f)
+        sizes.append(f)
         f = -(-f // 2)
+    return sizes
+
+
+def _yolact_input_size(cfg: Config, width: int, height: int) -> None:
+    """YOLACT's fixed input (every image resized to it, aspect not kept, so prototypes cover
+    the whole image with no padding) and the anchor strides / centres that follow from it.
+
+    MMDetection's YOLACT uses a 550 x 550 square (COCO's mixed aspects). Lateral spine
+    radiographs are all about 1:2.5 (width:height); squeezing them into a square halves each
+    vertebra's height in the 1/4-scale prototypes, which then merge neighbours and miss the
+    sacrum. The input keeps the modality's aspect instead: strides per axis.
+    """
+    set_transform(cfg, "Resize", scale=(width, height), keep_ratio=False)
     anchors = cfg.model.bbox_head.anchor_generator
-    anchors["strides"] = [size / x for x in feats]
-    anchors["centers"] = [(size * 0.5 / x, size * 0.5 / x) for x in feats]
+    pairs = list(zip(_grid(width), _grid(height)))
+    anchors["strides"] = [(width / fw, height / fh) for fw, fh in pairs]
+    anchors["centers"] = [(width * 0.5 / fw, height * 0.5 / fh) for fw, fh in pairs]
 
 
 def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann: str | Path,
@@ -63,7 +76,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
 
     ``images`` holds the PNGs; ``masks`` the class masks (semantic models); ``train_ann`` /
     ``val_ann`` are COCO files (instance models) or split lists of image stems (semantic
-    models). ``img_scale`` is (width, height) (YOLACT: its width is the square side),
+    models). ``img_scale`` is (width, height) (YOLACT: its fixed input size),
     ``crop_size`` (height, width); ``pretrained`` a local checkpoint to start from
     (``load_from``); ``augment`` albumentations transforms for the training pipeline
     (:mod:`train.augment`); ``options`` MMEngine ``--cfg-options`` (dotted keys), applied last.
@@ -87,7 +100,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
         cfg.test_evaluator["ann_file"] = str(Path(val_ann).resolve())
     if img_scale is not None:
         if model == "yolact":
-            _yolact_input_size(cfg, int(img_scale[0]))
+            _yolact_input_size(cfg, int(img_scale[0]), int(img_scale[1]))
         else:
             set_transform(cfg, "Resize", scale=tuple(img_scale))
     if crop_size is not None and fam == "semantic":

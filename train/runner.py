@@ -58,6 +58,9 @@ class Preset:
     """Image scale, crop and per-model MMEngine options of a training preset."""
 
     img_scale: list[int] = field(default_factory=lambda: [256, 640])   # width, height
+    #: model -> its own (width, height) where it needs one: YOLACT's masks come from prototypes
+    #: at 1/4 of its input (Mask R-CNN's from a 28 x 28 grid per object, whatever the input)
+    model_img_scale: dict[str, list[int]] = field(default_factory=dict)
     crop_size: list[int] = field(default_factory=lambda: [256, 256])   # height, width
     options: dict[str, dict[str, Any]] = field(default_factory=dict)   # model -> cfg options
     augment: list[dict[str, Any]] = field(default_factory=list)        # albumentations
@@ -105,9 +108,14 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
     pretrained = cfg.pretrained.get(model)
     if pretrained and not Path(pretrained).is_file():
         raise MissingInputError("pretrained checkpoint not found", file=pretrained)
+    unknown = sorted(set(p.model_img_scale) - set(MODELS))
+    if unknown:
+        raise InvalidConfigError(f"train.presets.{name}.model_img_scale: unknown model "
+                                 f"'{unknown[0]}' (known: {', '.join(sorted(MODELS))})")
     options = {**p.options.get(model, {}), **(cfg_options or {})}
+    img_scale = p.model_img_scale.get(model, p.img_scale)
     leaf = build_leaf(model, images=cfg.images, masks=cfg.masks, train_ann=anns["train"],
-                      val_ann=anns["val"], work_dir=work_dir, img_scale=tuple(p.img_scale),
+                      val_ann=anns["val"], work_dir=work_dir, img_scale=tuple(img_scale),
                       crop_size=tuple(p.crop_size), seed=cfg.seed, pretrained=pretrained,
                       augment=p.augment, options=options)
     leaf.launcher = launcher

@@ -1,7 +1,7 @@
 # YOLACT (MMDetection), as in the study. Inherits MMDetection's own YOLACT-R50 config (model,
 # schedule, runtime) and overrides classes, grayscale input and the dataset. YOLACT works on a
-# fixed square input; its anchor strides follow the input size (train/run_config.py recomputes them
-# when a preset changes the size).
+# fixed input size (MMDetection: a 550 square); a preset's size keeps the radiographs' aspect
+# (train/run_config.py sets it and the anchor strides that follow from it).
 _base_ = ['mmdet::yolact/yolact_r50_1xb8-55e_coco.py']
 input_size = 550
 classes = ('lumbar', 'sacrum')
