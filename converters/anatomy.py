@@ -40,6 +40,17 @@ class Region:
     points: np.ndarray  # (k, 2) float, image pixel coordinates
     cls: str
     level: str | None
+    #: rows of ``points`` that are the endplate corners: posterior-superior,
+    #: anterior-superior, then (lumbar bodies) anterior-inferior, posterior-inferior
+    corners: tuple[int, ...] = ()
+
+    def endplates(self) -> dict[str, list[list[float]]]:
+        """The true endplates, each [posterior corner, anterior corner] as (x, y)."""
+        c = [[float(v) for v in self.points[i]] for i in self.corners]
+        out = {"superior": [c[0], c[1]]}
+        if len(c) == 4:
+            out["inferior"] = [c[3], c[2]]
+        return out
 
 
 
@@ -70,21 +81,37 @@ def _edge(p0, p1, n, bulge, rng, inward) -> list[tuple[float, float]]:
     return pts
 
 
+def body_corners(n_points: int) -> tuple[int, int, int, int]:
+    """Rows of :func:`vertebral_body`'s outline that are its corners (posterior-superior,
+    anterior-superior, anterior-inferior, posterior-inferior)."""
+    counts = _edge_counts(n_points)
+    ta = 1 + counts[0]
+    ba = ta + 1 + counts[1]
+    return 0, ta, ba, ba + 1 + counts[2]
+
+
+def _edge_counts(n_points: int) -> np.ndarray:
+    """Points between the corners per side: endplates get most, as annotators click along
+    them (superior endplate, anterior wall, inferior endplate, posterior wall)."""
+    extra = max(0, n_points - 4)
+    weights = np.array([3.0, 1.5, 3.0, 1.0])
+    counts = np.floor(weights / weights.sum() * extra).astype(int)
+    for i in np.argsort(-weights)[: extra - counts.sum()]:
+        counts[i] += 1
+    return counts
+
+
 def vertebral_body(rng: np.random.Generator, a: float, b: float, wedge: float,
                    n_points: int) -> np.ndarray:
-    """A lateral vertebral body outline in local coordinates, ``n_points`` (6-15) vertices.
+    """A lateral vertebral body outline in local coordinates, ``n_points`` (6-15) vertices,
+    its corners at the rows :func:`body_corners` gives.
 
     ``a``/``b`` are half depth / half height; ``wedge`` > 0 makes the anterior wall taller.
     Endplates are slightly concave, the anterior wall waisted, as on a lateral radiograph.
     """
     ba, bp = b * (1 + wedge), b * (1 - wedge)
     tp, ta, bA, bP = (-a, -bp), (a, -ba), (a, ba), (-a, bp)  # corners, clockwise on screen
-    extra = max(0, n_points - 4)
-    # distribute the extra points: endplates get most, as annotators click along them
-    weights = np.array([3.0, 1.5, 3.0, 1.0])
-    counts = np.floor(weights / weights.sum() * extra).astype(int)
-    for i in np.argsort(-weights)[: extra - counts.sum()]:
-        counts[i] += 1
+    counts = _edge_counts(n_points)
     conc = b * rng.uniform(0.04, 0.10)
     pts: list[tuple[float, float]] = [tp]
     pts += _edge(tp, ta, counts[0], conc, rng, (0, 1))             # superior endplate
@@ -182,7 +209,8 @@ def render(case: CaseSpec, cfg: PhantomConfig) -> tuple[np.ndarray, list[Region]
 
     # anatomy in units of the vertebral body height (b = 0.5)
     depth = prng.uniform(1.25, 1.55)
-    lordosis = math.radians(prng.uniform(16, 26) + rng.normal(0, 2))
+    # L1-S1 comes to about 1.6 x this + the sacral angle: 20-70 degrees over the patients
+    lordosis = math.radians(prng.uniform(8, 32) + rng.normal(0, 2))
     sacral_extra = math.radians(prng.uniform(8, 18) + rng.normal(0, 2))
     heights = 1.0 + prng.normal(0, 0.04, 7)   # T12, L1..L5 and a spare
     gaps = prng.uniform(0.22, 0.34, 7)        # T12/L1, L1/L2, ..., L5/S1
@@ -224,12 +252,26 @@ def render(case: CaseSpec, cfg: PhantomConfig) -> tuple[np.ndarray, list[Region]
     phi_s = phis[5] - sacral_extra  # sacral slope = L5 tilt + a lordotic L5/S1 disc
     phi_ls = (phis[5] + phi_s) / 2
     s_top = centers[5] + (heights[5] / 2 + gaps[5]) * _axis(phi_ls)
+    # a degenerative slip (grade I-II): the body and everything above it moves anteriorly
+    # along the endplate below (its own generator: the other features stay as they were)
+    srng = np.random.default_rng([cfg.seed, 5, case.index])
+    slip: dict | None = None
+    if srng.random() < cfg.slip_share:
+        k = int(srng.choice([3, 4, 5], p=[0.15, 0.5, 0.35]))   # L3/L4, L4/L5, L5/S1
+        fraction = float(srng.uniform(0.08, 0.45))
+        below_phi = phis[k + 1] if k < 5 else phi_s
+        shift = fraction * depth * np.array([math.cos(below_phi), -math.sin(below_phi)])
+        for i in range(k + 1):
+            centers[i] = centers[i] + shift
+        slip = {"pair": LUMBAR_LEVELS[k - 1] + "/" + (LUMBAR_LEVELS[k] if k < 5 else "S1"),
+                "fraction": round(fraction, 4)}
 
     a = depth / 2
-    bodies_local = []
+    bodies_local, corners = [], []
     for i in range(n_b):
         wedge = rng.normal(0, 0.04) + (0.09 if i == 5 else 0.0) - (0.03 if i == 1 else 0.0)
         n_pts = int(rng.integers(6, 16))
+        corners.append(body_corners(n_pts))
         bodies_local.append(vertebral_body(rng, a * (1 + rng.normal(0, 0.03)),
                                            heights[i] / 2, wedge, n_pts))
     bodies = [_rot(bodies_local[i], centers[i], phis[i]) for i in range(n_b)]
@@ -307,8 +349,9 @@ def render(case: CaseSpec, cfg: PhantomConfig) -> tuple[np.ndarray, list[Region]
         cv.fill(p, bone, texture=trabecular, rim=bone * 0.9, rim_px=rim_px)
     cv.fill(sacrum, bone * 0.9, texture=trabecular, rim=bone * 0.8, rim_px=rim_px)
 
-    regions: list[Region] = [Region(bodies[i], "lumbar", LUMBAR_LEVELS[i - 1]) for i in range(1, 6)]
-    regions.append(Region(sacrum, "sacrum", "S1"))
+    regions: list[Region] = [Region(bodies[i], "lumbar", LUMBAR_LEVELS[i - 1], corners[i])
+                             for i in range(1, 6)]
+    regions.append(Region(sacrum, "sacrum", "S1", (0, 1)))
 
     # implants: pedicle screws in each fused level, a rod joining their heads, cages in discs
     metal = 2.2
@@ -375,6 +418,7 @@ def render(case: CaseSpec, cfg: PhantomConfig) -> tuple[np.ndarray, list[Region]
         "overlap_discs": [("L%d/L%d" % (i, i + 1)) if i < 5 else "L5/S1" for i in overlap_discs],
         "thoracic": thoracic,
         "facing": "left" if facing_left else "right",
+        "slip": slip,
     }
     return pixels, regions, info
 

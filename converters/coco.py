@@ -130,3 +130,25 @@ def overlap_map(height: int, width: int,
                     out = np.zeros((height, width), np.uint8)
                 np.maximum(out[r0:r1, c0:c1], both, out=out[r0:r1, c0:c1])
     return out
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray | None:
+    """The outer contour of a binary mask's largest 8-connected region, along the pixel
+    edges, in the coordinates above: ``(k, 2)`` float (x, y); None for an empty mask. A
+    single pixel ``(row i, column j)`` gives the square ``(j, i)``..``(j + 1, i + 1)``, so the
+    outline of a mask covers exactly its pixels (works in the mask's bounding box)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    crop = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
+    # OpenCV traces pixel centres. On a 2x grid each pixel is a 2x2 block, and a corner of
+    # the traced staircase lies on a block's first (even) or last (odd) pixel: pixel k of the
+    # 2x grid at a corner stands for the edge ceil(k / 2) of the original grid
+    big = cv2.resize(crop, (crop.shape[1] * 2, crop.shape[0] * 2),
+                     interpolation=cv2.INTER_NEAREST)
+    big = cv2.copyMakeBorder(big, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    best = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.int64) - 1
+    return ((best + 1) // 2).astype(np.float64) + (x0, y0)
+

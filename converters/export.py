@@ -43,6 +43,7 @@ from converters.io import atomic_path, prepare_output, remove_stale_temps, write
 from converters.parallel import map_jobs
 from converters.paths import check_name, check_uid, confined
 from converters.pixels import DisplayConfig, check_display, to_display
+from converters.provenance import record_path
 from converters.via import ViaImage, via2_project, via_filepath
 
 STATE_FILE = ".export_state.json"
@@ -127,7 +128,7 @@ def export_file(src: str | Path, out_dir: str | Path, options: ExportConfig,
         "pixel_spacing_mm": _spacing(ds), "png_bits": options.bits, "png_bytes": len(buf),
         "transforms": transforms,
     }
-    write_json(Path(out_dir) / "provenance" / f"{name[:-4]}.json", record)
+    write_json(record_path(out_dir, name), record)
     return record
 
 

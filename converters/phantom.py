@@ -15,7 +15,10 @@ would hand over:
   size -1 (VIA's "unknown"): the demo maps them to the exported, pseudonymized PNG names
   through the private ledger.
 - ``truth.json``: per image, the vertebral level of each region (``L1``..``L5``, ``S1`` or
-  ``null`` for implants) and what was drawn (overlapping levels, implants, thoracic vertebra).
+  ``null`` for implants), what was drawn (overlapping levels, implants, thoracic vertebra, a
+  slip and its size), the pixel spacing, the true ``endplates`` (per level ``superior`` and,
+  lumbar, ``inferior``: [posterior corner, anterior corner], vertices of the polygon) and the
+  true clinical ``measures`` computed from them (:mod:`converters.measures`).
 
 Geometry: the COCO convention of :mod:`converters.coco`: continuous coordinates, x to the
 right, y down, (0, 0) at the top-left corner of the top-left pixel, pixel (row i, column j)
@@ -33,6 +36,7 @@ on ``(seed, patient index)``, so results do not depend on the number of worker p
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from converters.anatomy import MAX_VALUE, CaseSpec, Region, burn_in, render
 from converters.errors import InvalidConfigError, InvalidViaError
 from converters.io import atomic_path, write_json
+from converters.measures import measures_from_endplates
 from converters.parallel import map_jobs
 from converters.via import ViaImage, polygon_region, read_via, via2_project
 
@@ -80,6 +85,7 @@ class PhantomConfig:
     burned_in_share: float = 0.1    # images with the patient's name burned into the pixels
     dx_share: float = 0.5           # Digital X-Ray objects (the rest Computed Radiography)
     repeat_patient_share: float = 0.3  # patients with 2-3 images (pre- and post-operative)
+    slip_share: float = 0.25        # images with a degenerative slip (grade I-II)
 
     def validate(self) -> None:
         if self.n < 1:
@@ -89,10 +95,18 @@ class PhantomConfig:
                 f"image size {self.width}x{self.height} out of range "
                 "(width 64-8192, height 128-8192)")
         for name in ("overlap_share", "implant_share", "thoracic_share", "monochrome1_share",
-                     "burned_in_share", "dx_share", "repeat_patient_share"):
+                     "burned_in_share", "dx_share", "repeat_patient_share", "slip_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InvalidConfigError(f"{name} must be between 0 and 1, got {value}")
+
+
+@dataclass(frozen=True)
+class AnnotatorConfig:
+    """params.yaml section ``annotator``: the demo's annotator (``phantom-annotations``)."""
+
+    #: exported images left unannotated, for ``spinepipe propose`` (:func:`held_out`)
+    holdout: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass
@@ -148,7 +162,7 @@ def _uid(cfg: PhantomConfig, *parts) -> str:
 
 
 def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.random.Generator,
-             monochrome1: bool, burned_in: bool, dx: bool) -> Dataset:
+             monochrome1: bool, burned_in: bool, dx: bool, facing: str = "right") -> Dataset:
     pat = _patient(cfg, case.patient_index)
     study_date = pat["first_study"] + _dt.timedelta(days=120 * case.patient_image)
     study_time = f"{8 + case.index % 10:02d}{(7 * case.index) % 60:02d}{(13 * case.index) % 60:02d}"
@@ -206,7 +220,8 @@ def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.ran
     ds.SeriesNumber = 1
     ds.AcquisitionNumber = 1
     ds.InstanceNumber = 1
-    ds.PatientOrientation = ["A", "F"]
+    # rows run towards the patient's front (facing right) or back, columns towards the feet
+    ds.PatientOrientation = ["A" if facing == "right" else "P", "F"]
     ds.ViewPosition = "LL"
     ds.ImageLaterality = "U"
     ds.BurnedInAnnotation = "YES" if burned_in else "NO"
@@ -235,7 +250,7 @@ def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.ran
         ds.AcquisitionContextSequence = []
         ds.AnatomicRegionSequence = [Dataset()]
         code = ds.AnatomicRegionSequence[0]
-        code.CodeValue = "122496002"
+        code.CodeValue = "122496007"     # SNOMED CT: lumbar spine structure
         code.CodingSchemeDesignator = "SCT"
         code.CodeMeaning = "Lumbar spine"
     else:
@@ -264,12 +279,12 @@ def _write_case(args: tuple[CaseSpec, PhantomConfig, str]) -> CaseResult:
     if burned_in:
         pat = _patient(cfg, case.patient_index)
         burn_in(pixels, [pat["name"].replace("^", " "), pat["id"], pat["birth"]])
-    ds = _dataset(cfg, case, pixels, rng, monochrome1, burned_in, dx)
+    ds = _dataset(cfg, case, pixels, rng, monochrome1, burned_in, dx, info["facing"])
     rel = Path("dicom") / ds.PatientID / ds.AccessionNumber / f"{ds.SOPInstanceUID}.dcm"
     with atomic_path(Path(out) / rel) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     info.update(monochrome1=monochrome1, burned_in=burned_in, modality=ds.Modality,
-                patient_index=case.patient_index)
+                patient_index=case.patient_index, pixel_spacing_mm=float(ds.PixelSpacing[0]))
     return CaseResult(ds.SOPInstanceUID, ds.PatientID, str(rel), regions, info)
 
 
@@ -295,12 +310,15 @@ def _write_annotations(output: Path, results: list[CaseResult]) -> None:
     for r in results:
         via_regions = [polygon_region(reg.points, **{"class": reg.cls}) for reg in r.regions]
         images.append(ViaImage(f"{r.sop_instance_uid}.png", -1, tuple(via_regions)))
+        endplates = {reg.level: reg.endplates() for reg in r.regions if reg.corners}
         truth[r.sop_instance_uid] = {
             "dicom": r.dicom_path,
             "patient_id": r.patient_id,
             "levels": [reg.level for reg in r.regions],
             "classes": [reg.cls for reg in r.regions],
             **r.info,
+            "endplates": endplates,
+            "measures": measures_from_endplates(endplates, (r.info["pixel_spacing_mm"],) * 2),
         }
     write_json(output / "annotations" / "via_project.json",
                via2_project(images, name="spinepipe phantom"), indent=None)
@@ -332,7 +350,14 @@ def exported_pngs(png_dir: str | Path, instances: dict[str, dict]) -> dict[str, 
     return exported
 
 
-def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]]) -> dict:
+def held_out(names: list[str], n: int) -> set[str]:
+    """The ``n`` exported PNGs the demo's annotator leaves unannotated: the first by the
+    SHA-1 of their names (stable when other images come or go)."""
+    return set(sorted(names, key=lambda name: hashlib.sha1(name.encode()).hexdigest())[:n])
+
+
+def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]], *,
+                           keep: Callable[[str], bool] | None = None) -> dict:
     """The phantom's VIA project (a file) re-keyed to the exported PNGs (demo only).
 
     ``via`` is the phantom's project (files named ``<original SOPInstanceUID>.png``), read
@@ -340,7 +365,8 @@ def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]]
     it); ``exported`` maps an original SOP Instance UID to ``(PNG name, PNG size in bytes)``,
     as the private ledger and the export provenance give it. Images that were not exported
     (quarantined for burned-in text) are left out, as an annotator would never see them.
-    The result names only pseudonymized PNGs: no original identifier survives.
+    The result names only pseudonymized PNGs: no original identifier survives. ``keep``
+    (a PNG name -> bool) selects images (:func:`held_out`).
     """
     images = []
     for meta in read_via(via)[1]:
@@ -348,6 +374,8 @@ def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]]
         if original_uid not in exported:
             continue
         name, size = exported[original_uid]
+        if keep is not None and not keep(name):
+            continue
         regions = tuple(polygon_region(list(zip(r.xs, r.ys)), **r.attributes)
                         for r in meta.regions if r.shape == "polygon")
         images.append(ViaImage(name, size, regions))

@@ -2,7 +2,9 @@
 
 Overlays are BGR PNGs, scaled down to at most ``qa_max_height`` rows: each polygon in its
 class colour (:data:`COLOURS`, BGR), its level (L1-L5, S1) at its centroid, and the image's
-first problems in red at the top. Contact sheets tile the overlays as 240-pixel-high
+first problems in red at the top; the endplates found (:mod:`converters.measures`) in yellow,
+the L1 and S1 endplates extended to show the lordosis angle, written at the bottom right.
+Contact sheets tile the overlays as 240-pixel-high
 thumbnails with their names, eight to a row. Look at them; do not read them.
 """
 from __future__ import annotations
@@ -15,16 +17,46 @@ import numpy as np
 
 from converters.errors import InvalidImageError
 from converters.io import atomic_path
+from converters.measures import Spine
 from converters.regions import Instance
 
+ENDPLATE = (0, 230, 255)   # BGR yellow
 COLOURS = {"lumbar": (60, 220, 60), "sacrum": (255, 160, 0), "cage": (255, 0, 255),
            "screw": (0, 80, 255), "rod": (0, 255, 255)}
 
 
+def _draw_spine(canvas: np.ndarray, spine: Spine, lordosis: float | None, scale: float) -> None:
+    """Endplate lines (yellow); the L1 superior and S1 endplates extended posteriorly until
+    they meet or leave the picture, with the lordosis angle written at the top right."""
+    def px(p) -> tuple[int, int]:
+        return int(round(p[0] * scale * 16)), int(round(p[1] * scale * 16))
+
+    for vt in spine.vertebrae.values():
+        for plate in (vt.superior, vt.inferior):
+            if plate is not None:
+                cv2.line(canvas, px(plate.posterior), px(plate.anterior), ENDPLATE, 1,
+                         cv2.LINE_AA, shift=4)
+    if lordosis is None:
+        return
+    h, w = canvas.shape[:2]
+    for lv in ("L1", "S1"):
+        plate = spine.vertebrae[lv].superior
+        d = np.subtract(plate.posterior, plate.anterior)
+        d = d / max(float(np.linalg.norm(d)), 1e-9)
+        far = np.asarray(plate.posterior) + d * 0.35 * max(h, w) / scale
+        cv2.line(canvas, px(plate.anterior), px(far), ENDPLATE, 1, cv2.LINE_AA, shift=4)
+    text = f"lordosis L1-S1 {lordosis:.1f} deg"
+    for colour, thick in (((0, 0, 0), 3), (ENDPLATE, 1)):
+        cv2.putText(canvas, text, (max(2, w - 7 * len(text)), h - 8), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, colour, thick, cv2.LINE_AA)
+
+
 def overlay(path: str, width: int, height: int, instances: Sequence[Instance],
-            problems: Sequence[str], max_height: int) -> bytes:
+            problems: Sequence[str], max_height: int, *, spine: Spine | None = None,
+            lordosis: float | None = None) -> bytes:
     """PNG bytes: the image (scaled to at most ``max_height`` rows) with every polygon in its
-    class colour, its level at the centroid, and the first problems in red at the top."""
+    class colour, its level at the centroid, the endplates found and the lordosis angle
+    (:mod:`converters.measures`), and the first problems in red at the top."""
     img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if img is None or img.shape[:2] != (height, width):
         raise InvalidImageError("image does not decode (truncated or corrupt)", file=path)
@@ -42,6 +74,8 @@ def overlay(path: str, width: int, height: int, instances: Sequence[Instance],
             for colour, thick in (((0, 0, 0), 3), (COLOURS.get(inst.cls, (255, 255, 255)), 1)):
                 cv2.putText(canvas, inst.level, at, cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour,
                             thick, cv2.LINE_AA)
+    if spine is not None:
+        _draw_spine(canvas, spine, lordosis, scale)
     for k, text in enumerate(problems[:6]):
         cv2.putText(canvas, text[:60], (4, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
                     (0, 0, 255), 1, cv2.LINE_AA)

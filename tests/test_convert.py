@@ -107,6 +107,7 @@ def test_masks_overlaps_and_table(chain, small_phantom):
         assert int(row["overlap"]) == int(overlap.sum() > 0) == int(t["overlap"])
         assert int(row["overlap_area"]) == int(overlap.sum())
         assert int(row["implants"]) == int(t["implants"])
+        assert img["n_implants"] == int(row["n_implants"]) and (img["n_implants"] > 0) == t["implants"]
         assert row["patient"] == img["file_name"].split("_")[0]
         assert (out / "qa" / f"{stem}.png").is_file()
     assert list((out / "qa").glob("contact_*.png"))

@@ -104,7 +104,9 @@ def test_report_from_evaluation_folders(tmp_path, frame):
                  **{m: float(np.clip(r["mean_iou"] + rng.normal(0, 0.01), 0, 1)) for m in METRICS},
                  "recognized": int(r["recognized"]), "composite": int(r["recognized"]) * int(i % 2),
                  "n_gt": 6, "n_pred": 6, "n_matched": 6, "missed": "", "shifted": "",
-                 "lost_overlaps": "", "false_overlaps": ""} for i, (_, r) in enumerate(g.iterrows())]
+                 "lost_overlaps": "" if i % 2 else "L4/L5", "false_overlaps": "",
+                 "gt_overlaps": i % 3, "overlaps_apart": (i % 3) * (i % 2), "implants": i % 2}
+                for i, (_, r) in enumerate(g.iterrows())]
         out = tmp_path / "eval" / model / "fold0"
         (out / "predictions").mkdir(parents=True)
         for r in rows:
@@ -119,7 +121,21 @@ def test_report_from_evaluation_folders(tmp_path, frame):
     for model in MODELS:
         g = frame[frame["model"] == model]
         assert saved[model]["recognition_rate"] == pytest.approx(g["recognized"].mean())
-        assert set(saved[model]) == {*METRICS, "recognition_rate", "composite_recognition_rate"}
+        assert set(saved[model]) == {*METRICS, "recognition_rate", "composite_recognition_rate",
+                                     "composite_recognition_rate_overlaps"}
+        # images with overlaps: i % 3 > 0; composite: recognized on odd i
+        comp = [int(r["recognized"]) * (i % 2) for i, (_, r) in enumerate(g.iterrows())]
+        on_overlaps = [c for i, c in enumerate(comp) if i % 3]
+        assert saved[model]["composite_recognition_rate_overlaps"] == pytest.approx(
+            np.mean(on_overlaps))
+    sub = pd.read_csv(tmp_path / "reports" / "tables" / "subgroups_values.csv")
+    assert set(sub["subgroup"]) == {"overlaps", "no overlaps", "implants", "no implants"}
+    assert (sub.groupby("model")["images"].sum() == 2 * 30).all()   # each split covers all
+    one = sub[(sub["model"] == "unet") & (sub["subgroup"] == "implants")].iloc[0]
+    assert one["images"] == 15 and one["composite"] == one["recognized"]   # implants: odd i
+    ov = sub[(sub["model"] == "unet") & (sub["subgroup"] == "overlaps")].iloc[0]
+    # pairs: i % 3 summed over i < 30 = 30; kept apart on odd i only = 15
+    assert (ov["images"], ov["overlap_pairs"], ov["overlap_pairs_apart"]) == (20, 30, 15)
     html = (tmp_path / "reports" / "report.html").read_text()
     assert "Table 1" in html and "Table 4" in html and html.count("data:image/png;base64,") >= 12
     t1 = pd.read_csv(tmp_path / "reports" / "tables" / "table1_values.csv", index_col=0)
@@ -132,3 +148,30 @@ def test_report_from_evaluation_folders(tmp_path, frame):
                  "table4_composite_recognition_rate", "shapiro_wilk"):
         assert (tmp_path / "reports" / "tables" / f"{name}.md").read_text().startswith("|")
     assert (tmp_path / "reports" / "figures" / "overlays" / "unet_worst.png").is_file()
+    notes = (tmp_path / "reports" / "tables" / "notes.md").read_text()
+    assert "exact McNemar" in notes and "Only" not in notes      # 30 images: no warning
+    assert "Small test set" not in html and "Subgroups" in html
+    build_report(tmp_path / "eval", tmp_path / "small", images=images, masks=masks,
+                 cfg=ReportConfig(min_images=31), models=MODELS)
+    assert "Only 30 test images per model" in (tmp_path / "small" / "report.html").read_text()
+
+
+def test_overlap_finding_compares_the_best_of_each_family():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from train.report import overlap_finding, subgroups
+    rows = []
+    for i in range(12):
+        for model, comp in (("mask_rcnn", i < 10), ("yolact", i < 4), ("unet", i < 3),
+                            ("pspnet", i < 5)):
+            rows.append({"model": model, "fold": 0, "file_name": f"{i}.png", "recognized": 1,
+                         "composite": int(comp), "gt_overlaps": 1, "implants": 0,
+                         "overlaps_apart": int(comp)})
+    df = pd.DataFrame(rows)
+    text = overlap_finding(df, subgroups(df), 0.05)
+    p = mcnemar([[5, 5], [0, 2]], exact=True).pvalue      # Mask R-CNN 10/12 vs PSPNet 5/12
+    assert "Mask R-CNN) reaches 83.33 %" in text and "PSPNet) 41.67 %" in text
+    assert "finding holds" in text and f"p = {p:.3g}" in text
+    assert "kept apart: 10/12 against 5/12" in text
+    no_overlaps = df.assign(gt_overlaps=0)
+    assert "cannot be checked" in overlap_finding(no_overlaps, subgroups(no_overlaps), 0.05)

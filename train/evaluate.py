@@ -12,9 +12,17 @@ masks (``masks/<stem>.png``). Layout of an evaluation folder (``reports/eval/<mo
   tools (``COCO.loadRes``) read it. Semantic models: the connected components, score 1.0;
 - ``per_image.csv``: per test image: ``predicted`` (0 when the image had no prediction), the
   four pixel metrics, ``recognized``, ``composite``, counts, missed / shifted levels, lost /
-  false overlaps;
+  false overlaps, ``gt_overlaps`` (overlapping ground-truth vertebra pairs, by the composite
+  rule), ``overlaps_apart`` (those kept apart: both vertebrae matched) and ``implants`` (the
+  image's implant regions from the test set; empty when the test set does not say): the
+  report's subgroups;
+- ``measures.csv`` / ``measures_truth.csv``: the clinical measures (:mod:`converters.measures`,
+  the columns of convert's ``measures.csv``) of the prediction and of the ground truth, per
+  test image, in millimetres too where export's provenance gives the pixel spacing;
 - ``summary.json``: model, fold, family, means of the four metrics, ``recognition_rate``,
-  ``composite_recognition_rate``, per-level recognition, pooled metrics, missing predictions.
+  ``composite_recognition_rate``, per-level recognition, pooled metrics, missing predictions,
+  ``lordosis_mae_deg``, ``measurable_rate`` and ``measures`` (agreement with the ground
+  truth's measures, Bland-Altman: :mod:`train.measures`).
 
 Scoring reads only the predictions folder, so predictions made elsewhere (the same layout:
 class-mask PNGs named like the test images, ``instances.json`` optional) are scored the same
@@ -29,7 +37,7 @@ import json
 import shutil
 import tempfile
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -44,12 +52,16 @@ from converters.io import write_bytes, write_json, write_text
 from converters.levels import LEVELS
 from train.metrics import METRICS, confusion, metrics_from_confusion, pooled_metrics
 from train.models import family, run_dir
-from train.recognition import (Instances, RecognitionConfig, components, merged_class_mask,
-                               postprocess_instances, recognize)
+from converters.coco import mask_outline
+from converters.measures import image_measures, measures_csv
+from converters.provenance import pixel_spacing, read_record
+from train.measures import summarize as summarize_measures
+from train.recognition import (VERTEBRA_CLASSES, Instances, RecognitionConfig, components,
+                               merged_class_mask, postprocess_instances, recognize)
 
 PER_IMAGE_FIELDS = ("file_name", "predicted", *METRICS, "recognized", "composite", "n_gt",
                     "n_pred", "n_matched", "missed", "shifted", "lost_overlaps",
-                    "false_overlaps")
+                    "false_overlaps", "gt_overlaps", "overlaps_apart", "implants")
 
 
 @dataclass(frozen=True)
@@ -62,12 +74,15 @@ class EvaluateConfig(RecognitionConfig):
 
 @dataclass
 class TestSet:
-    """Ground truth of the test set: COCO images / instances and the class masks folder."""
+    """Ground truth of the test set: COCO images / instances and the class masks folder;
+    ``outlines`` per image id: (level, polygon vertices) of each vertebra, for the clinical
+    measures."""
 
     images: list[dict]
     instances: dict[int, Instances]
     class_values: dict[str, int]
     masks: Path
+    outlines: dict[int, list[tuple[str | None, np.ndarray]]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, coco_path: str | Path, masks: str | Path) -> "TestSet":
@@ -80,6 +95,7 @@ class TestSet:
         values = {c["name"]: int(c["id"]) for c in coco["categories"]}
         size = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
         inst = {im["id"]: Instances() for im in coco["images"]}
+        outlines: dict[int, list] = {im["id"]: [] for im in coco["images"]}
         for ann in coco["annotations"]:
             h, w = size[ann["image_id"]]
             seg = ann["segmentation"]
@@ -90,8 +106,11 @@ class TestSet:
             target.rles.append(rle)
             target.scores.append(1.0)
             target.levels.append(ann.get("level"))
+            if isinstance(seg, list) and seg and target.classes[-1] in VERTEBRA_CLASSES:
+                outlines[ann["image_id"]].append(
+                    (ann.get("level"), np.asarray(seg[0], dtype=np.float64).reshape(-1, 2)))
         return cls(sorted(coco["images"], key=lambda im: im["file_name"]), inst, values,
-                   Path(masks))
+                   Path(masks), outlines)
 
 
 def read_mask(path: Path, *, what: str) -> np.ndarray:
@@ -173,13 +192,31 @@ def _predicted_instances(pred_dir: Path, test: TestSet) -> dict[str, Instances] 
             for k, v in out.items()}
 
 
+def predicted_outlines(inst: Instances) -> list[tuple[str | None, np.ndarray]]:
+    """(level, outline) of each predicted vertebra: its mask traced along the pixel edges."""
+    out = []
+    for cls, rle, level in zip(inst.classes, inst.rles, inst.levels):
+        if cls not in VERTEBRA_CLASSES or level is None:
+            continue
+        outline = mask_outline(mask_utils.decode(rle).astype(bool))
+        if outline is not None and len(outline) >= 3:
+            out.append((level, outline))
+    return out
+
+
 def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model: str = "",
           fold: int | None = None, family: str = "",
-          progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], dict]:
-    """Per-image rows and the summary of the predictions in ``pred_dir`` (module docstring)."""
+          spacing: dict[str, tuple[float, float]] | None = None,
+          progress: Callable[[int, int], None] | None = None
+          ) -> tuple[list[dict], dict, list[dict], list[dict]]:
+    """Per-image rows, the summary, and the clinical measures of the predictions and of the
+    ground truth (one row per test image each) of the predictions in ``pred_dir`` (module
+    docstring); ``spacing`` gives the pixel spacing of the images that have one."""
     pred_dir = Path(pred_dir)
+    spacing = spacing or {}
     instances = _predicted_instances(pred_dir, test)
     rows, cms, missing = [], [], []
+    pred_measures, true_measures = [], []
     level_hits = {lv: [0, 0] for lv in LEVELS}          # matched, present
     for done, im in enumerate(test.images, 1):
         name = im["file_name"]
@@ -204,6 +241,11 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
         else:
             pred = components(pred_mask, test.class_values, cfg.min_area)
         rec = recognize(test.instances[im["id"]], pred, cfg)
+        mm = spacing.get(name)
+        pred_measures.append({"file_name": name,
+                              **image_measures(predicted_outlines(pred), mm)[0]})
+        true_measures.append({"file_name": name,
+                              **image_measures(test.outlines.get(im["id"], []), mm)[0]})
         for lv, r in rec["levels"].items():
             if lv in level_hits:
                 level_hits[lv][0] += int(r["matched"])
@@ -213,7 +255,9 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
                      **{k: rec[k] for k in ("recognized", "composite", "n_gt", "n_pred",
                                             "n_matched")},
                      **{k: ";".join(rec[k]) for k in ("missed", "shifted", "lost_overlaps",
-                                                      "false_overlaps")}})
+                                                      "false_overlaps")},
+                     "gt_overlaps": rec["gt_overlaps"], "overlaps_apart": rec["overlaps_apart"],
+                     "implants": im.get("n_implants", "")})
         if progress:
             progress(done, len(test.images))
     names = {v: k for k, v in test.class_values.items()}
@@ -228,10 +272,15 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
         "pooled": pooled_metrics(cms, names),
         "params": asdict(cfg),
     }
-    return rows, summary
+    clinical = summarize_measures(pred_measures, true_measures)
+    summary["lordosis_mae_deg"] = clinical["groups"]["lordosis_deg"]["mae"]
+    summary["measurable_rate"] = clinical["measurable_rate"]
+    summary["measures"] = clinical
+    return rows, summary, pred_measures, true_measures
 
 
-def write_scores(out: str | Path, rows: list[dict], summary: dict) -> None:
+def write_scores(out: str | Path, rows: list[dict], summary: dict,
+                 measures: tuple[list[dict], list[dict]] | None = None) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=PER_IMAGE_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -239,6 +288,9 @@ def write_scores(out: str | Path, rows: list[dict], summary: dict) -> None:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
     write_text(Path(out) / "per_image.csv", buf.getvalue())
     write_json(Path(out) / "summary.json", summary)
+    if measures is not None:
+        write_text(Path(out) / "measures.csv", measures_csv(measures[0]))
+        write_text(Path(out) / "measures_truth.csv", measures_csv(measures[1]))
 
 
 def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path,
@@ -266,10 +318,13 @@ def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path
             with bar(f"evaluate {model} fold {fold}: predict") as update:
                 write_predictions(run or run_dir(model, fold), gt, images, tmp, cfg,
                                   progress=update)
+        spacing = {im["file_name"]: pixel_spacing(read_record(images, im["file_name"]))
+                   for im in gt.images}
         with bar(f"evaluate {model} fold {fold}: score") as update:
-            rows, summary = score(src, gt, cfg, model=model, fold=fold, family=fam,
-                                  progress=update)
-        write_scores(tmp, rows, summary)
+            rows, summary, pred_m, true_m = score(
+                src, gt, cfg, model=model, fold=fold, family=fam,
+                spacing={k: v for k, v in spacing.items() if v}, progress=update)
+        write_scores(tmp, rows, summary, (pred_m, true_m))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
