@@ -21,6 +21,8 @@ ignored_shape             point / line, or rect / ellipse / circle without
                           ``shapes_to_polygons``: region dropped            error
 missing_image             annotated in VIA, not on disk: image skipped       error
 unannotated_image         on disk, not in any VIA file                       warning
+proposal_record           the ``spinepipe_proposal`` file attribute was      warning
+                          altered: that image's corrections not measured
 size_mismatch             VIA's recorded file size differs from the file     warning
 duplicate_image           the same image annotated again: later copy ignored error
 missing_sacrum            no sacrum in an image                              warning
@@ -46,7 +48,8 @@ draw the QA pictures (:mod:`converters.qa`), write.
 
 Outputs under the output folder:
 
-- ``coco.json``: images, annotations (polygon, area of the polygon, bbox, iscrowd 0,
+- ``coco.json``: images (COCO's keys plus ``n_implants``, the implant regions the annotator
+  drew, kept or not: the report's subgroups), annotations (polygon, area of the polygon, bbox, iscrowd 0,
   ``level``, ``via_file``, ``via_region``), categories (lumbar 1, sacrum 2, then kept implant
   classes);
 - ``masks/<stem>.png``: uint8, 0 background, 1 lumbar, 2 sacrum (implant classes, when kept,
@@ -54,9 +57,19 @@ Outputs under the output folder:
 - ``overlaps/<stem>.png``: uint8, 1 where two or more vertebra instances overlap, else 0;
 - ``images.csv``: per image: patient, size, instance counts, implants, overlap area and the
   overlapping level pairs (used by the split and the composite recognition rate);
-- ``qa/<stem>.png`` (polygons and levels over the image, problems in red) and
+- ``qa/<stem>.png`` (polygons and levels over the image, the endplates and the lordosis
+  angle in yellow, problems in red) and
   ``qa/contact_NNN.png`` contact sheets;
-- ``report.json``: every problem, and a count per kind.
+- ``measures.csv``: per image, the clinical measures of the annotated polygons
+  (:mod:`converters.measures`: lordosis, segmental angles, disc and body heights in pixels
+  and, with the pixel spacing from export's provenance, millimetres, slips and Meyerding
+  grades; empty where not measurable, the reasons in ``not_measurable``);
+- ``report.json``: every problem, and a count per kind;
+- ``correction.csv``: for images that came back from ``spinepipe propose`` (their file
+  attribute ``spinepipe_proposal`` records what the model proposed), per image and region
+  what the annotator did: ``unchanged``, ``edited`` (with the IoU of the proposed and the
+  final polygon), ``added``, ``deleted`` (:func:`converters.propose.corrections`); only the
+  header when no image was proposed.
 
 Incremental and additive (:mod:`converters.incremental`, grouped by VIA file): per image, a
 hash of its regions, its file and the configuration; unchanged images are not re-rasterized.
@@ -96,6 +109,9 @@ from converters.io import (prepare_output, remove_stale_temps, temp_name, write_
 from converters.parallel import map_jobs
 from converters.levels import assign_levels
 from converters.paths import confined
+from converters.measures import Spine, image_measures, measures_csv
+from converters.propose import CORRECTION_FIELDS, PROPOSAL_ATTRIBUTE, corrections, read_proposal
+from converters.provenance import pixel_spacing, read_record
 from converters.regions import (Instance, Problem, RegionRules, detect_class_attribute,
                                validate_region)
 from converters.via import ReadImage, read_via
@@ -166,6 +182,8 @@ class ImageJob:
     out: str
     qa: bool
     qa_max_height: int
+    spine: Spine | None = None           # endplates, drawn on the QA overlay
+    lordosis: float | None = None
 
 
 @lru_cache(maxsize=8)
@@ -218,7 +236,8 @@ def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
         _write_temp(confined(out, folder, f"{job.stem}.png"), data, written)
     if job.qa:
         _write_temp(confined(out, "qa", f"{job.stem}.png"),
-                    qa.overlay(job.path, w, h, job.instances, job.problems, job.qa_max_height),
+                    qa.overlay(job.path, w, h, job.instances, job.problems, job.qa_max_height,
+                               spine=job.spine, lordosis=job.lordosis),
                     written)
     return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
 
@@ -234,6 +253,8 @@ class ConvertReport:
     annotations: int = 0
     regions: int = 0
     rendered: int = 0
+    #: what annotators did to model proposals: status -> regions (see ``correction.csv``)
+    corrections: dict[str, int] = field(default_factory=dict)
     formats: dict[str, str] = field(default_factory=dict)
     class_attribute: str = "class"
     class_attribute_detected: bool = False
@@ -272,6 +293,8 @@ class _Plan:
     coco_anns: list[dict] = field(default_factory=list)
     table: list[dict] = field(default_factory=list)
     mask_values: dict[str, int] = field(default_factory=dict)
+    corrections: list[dict] = field(default_factory=list)   # rows of correction.csv
+    measures: list[dict] = field(default_factory=list)      # rows of measures.csv
 
 
 def _read_inputs(via_files: list[str | Path], report: ConvertReport) -> dict[str, ReadImage]:
@@ -336,9 +359,11 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
             report.problems.append(Problem(
                 "lumbar_count", f"{n_lumbar} lumbar vertebrae (the study expects "
                 f"{cfg.expected_lumbar}: L1-L5)", img.source, name))
+        n_implants = sum(rules.class_of(r.attributes.get(rules.class_attribute, "")) in
+                         cfg.implant_classes for r in img.regions)
         image_id = len(plan.coco_images) + 1
         plan.coco_images.append({"id": image_id, "file_name": name, "width": width,
-                                 "height": height})
+                                 "height": height, "n_implants": n_implants})
         for inst in instances:
             value = plan.mask_values[inst.cls]
             plan.coco_anns.append({
@@ -348,21 +373,44 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
                 "area": float(inst.polygon().area),
                 "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
                 "via_file": Path(img.source).name, "via_region": inst.region})
-        n_implants = sum(rules.class_of(r.attributes.get(rules.class_attribute, "")) in
-                         cfg.implant_classes for r in img.regions)
         report.regions += len(img.regions)
+        _corrections(img, rules.class_attribute, plan, report)
         problems_here = [p.line() for p in report.problems if p.image == name]
         plan.table.append({"file_name": name, "image_id": image_id, "patient": patient_of(name),
                            "width": width, "height": height, "n_lumbar": n_lumbar,
                            "n_sacrum": n_sacrum, "n_implants": n_implants,
                            "implants": int(n_implants > 0), "problems": len(problems_here)})
+        measures, spine = image_measures(
+            [(i.level, np.c_[i.xs, i.ys]) for i in instances if i.cls in cfg.classes],
+            pixel_spacing(read_record(path.parent, name)))
+        plan.measures.append({"file_name": name, **measures})
         plan.jobs.append(ImageJob(str(path), Path(name).stem, width, height, instances,
                                   problems_here, plan.mask_values, tuple(cfg.classes),
-                                  str(output), cfg.qa, cfg.qa_max_height))
+                                  str(output), cfg.qa, cfg.qa_max_height, spine,
+                                  measures["lordosis_deg"]))
         plan.groups.append(_group(img.source, output))
     plan.coco_anns = [a for a in plan.coco_anns if a["category_id"] is not None]
     report.images, report.annotations = len(plan.coco_images), len(plan.coco_anns)
     return plan
+
+
+def _corrections(img: ReadImage, class_attribute: str, plan: _Plan,
+                 report: ConvertReport) -> None:
+    """What the annotator changed in a model's proposals (the image came from ``spinepipe
+    propose``); an altered proposal record is a warning, never a lost annotation."""
+    record = img.file_attributes.get(PROPOSAL_ATTRIBUTE, "")
+    if not record:
+        return
+    try:
+        proposed = read_proposal(record, img.source, img.filename)
+    except InvalidViaError as exc:
+        report.problems.append(Problem("proposal_record", f"{exc.message}: corrections not "
+                                       "measured", img.source, img.filename))
+        return
+    rows = corrections(img.filename, proposed, img.regions, class_attribute)
+    plan.corrections += rows
+    for row in rows:
+        report.corrections[row["status"]] = report.corrections.get(row["status"], 0) + 1
 
 
 def _group(via_file: str | Path, output: Path) -> str:
@@ -371,11 +419,24 @@ def _group(via_file: str | Path, output: Path) -> str:
     return os.path.relpath(Path(via_file).resolve(), output.resolve())
 
 
+@lru_cache(maxsize=1)
+def _render_code() -> str:
+    """A hash of the code that draws masks, overlap maps and overlays: a new version of it
+    re-renders every image (DVC re-runs the stage; this makes the stage redo the work)."""
+    from converters import coco, measures
+    h = hashlib.sha1()
+    for module in (coco, measures, qa):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()
+
+
 def _render_changed(plan: _Plan, output: Path, cfg: ConvertConfig, state: IncrementalState,
                     *, workers: int, progress) -> tuple[dict[str, dict], int]:
     """Rasterize the images whose inputs changed, all into temporary names, then move them
     into place together; the first failure removes them all and raises."""
-    cfg_key = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()
+    cfg_key = hashlib.sha1(json.dumps([asdict(cfg), _render_code()], sort_keys=True)
+                           .encode()).hexdigest()
     folders = ("masks", "overlaps", "qa") if cfg.qa else ("masks", "overlaps")
     todo, facts = [], {}
     for job, group in zip(plan.jobs, plan.groups):
@@ -424,6 +485,12 @@ def _write_tables(plan: _Plan, facts: dict[str, dict], via_files: list[str | Pat
     writer.writeheader()
     writer.writerows(plan.table)
     write_text(output / "images.csv", buf.getvalue())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CORRECTION_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(plan.corrections)
+    write_text(output / "correction.csv", buf.getvalue())
+    write_text(output / "measures.csv", measures_csv(plan.measures))
     write_json(output / "report.json", {
         "formats": report.formats, "images": report.images, "annotations": len(plan.coco_anns),
         "class_attribute": report.class_attribute,

@@ -176,6 +176,8 @@ class ReadImage:
     size: int                      # bytes as VIA recorded it (-1: unknown)
     regions: list[ReadRegion]
     source: str                    # the VIA file it came from
+    #: VIA 2 file attributes (JSON and CSV exports; values as strings, checkboxes joined)
+    file_attributes: dict[str, str] = field(default_factory=dict)
 
 
 def _json_load(path: Path) -> object:
@@ -260,6 +262,16 @@ def _region_from_shape(index: int, shape: object, attributes: object, file: Path
     return ReadRegion(index, name, [], [], attrs, params)
 
 
+def _file_attributes(value: object, file: Path, image: str) -> dict[str, str]:
+    """An image's ``file_attributes`` (absent or null: none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidViaError(f"file_attributes is {type(value).__name__}, not an object",
+                              file=file, image=image)
+    return {str(k): _attr_value(v) for k, v in value.items()}
+
+
 def _size(value: object, file: Path, image: str) -> int:
     """VIA's recorded file size in bytes (-1: unknown)."""
     if value in ("", None):
@@ -302,7 +314,8 @@ def _read_via2_metadata(meta: dict, file: Path) -> list[ReadImage]:
             regions.append(_region_from_shape(i, r.get("shape_attributes"),
                                               r.get("region_attributes", {}), file, name))
         size = _size(entry.get("size", entry.get("file_size", -1)), file, name)
-        images.append(ReadImage(name, size, regions, str(file)))
+        images.append(ReadImage(name, size, regions, str(file),
+                                _file_attributes(entry.get("file_attributes"), file, name)))
     return images
 
 
@@ -466,9 +479,12 @@ def _read_csv(path: Path) -> list[ReadImage]:
             try:
                 shape = json.loads(_js_undefined_to_null(row["region_shape_attributes"] or "{}"))
                 attrs = json.loads(_js_undefined_to_null(row["region_attributes"] or "{}"))
+                file_attrs = json.loads(_js_undefined_to_null(row.get("file_attributes") or "{}"))
             except json.JSONDecodeError as exc:
                 raise InvalidViaError(f"malformed JSON in CSV line {line}: {exc.msg}",
                                       file=path, image=row["filename"]) from None
+            if file_attrs and not img.file_attributes:
+                img.file_attributes.update(_file_attributes(file_attrs, path, row["filename"]))
             if not isinstance(shape, dict):
                 raise InvalidViaError(f"region_shape_attributes in CSV line {line} is not an "
                                       "object", file=path, image=row["filename"])

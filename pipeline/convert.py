@@ -22,7 +22,7 @@ def command(
     input: list[Path] = typer.Option(..., "--input", "-i", help="VIA export(s): 1.x, 2.x project or annotations JSON, 3.x project, CSV, or COCO (VIA's COCO export included); several may follow (--input a.json b.json), a folder means all its .json and .csv files."),
     more: list[Path] = typer.Argument(None, hidden=True),
     images: Path = typer.Option(..., "--images", help="Folder of the annotated images (the exported PNGs)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for coco.json, masks/, overlaps/, images.csv, qa/, report.json."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for coco.json, masks/, overlaps/, images.csv, qa/, report.json, correction.csv."),
     strict: bool = typer.Option(False, "--strict", help="Every problem is an error: exit 1, nothing written but the full problem list (see --problems-file)."),
     problems_file: Optional[Path] = typer.Option(None, "--problems-file", help="Where --strict writes every problem (default: <output>.problems.json beside the output folder)."),
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Worker processes."),
@@ -39,8 +39,12 @@ def command(
         report = convert(via_files, images, output, cfg, workers=workers, progress=update,
                          problems_file=problems_file)
     counts = report.counts()
+    fixed = report.corrections
+    corrected = (f"; proposals: {fixed.get('unchanged', 0)} unchanged, {fixed.get('edited', 0)}"
+                 f" edited, {fixed.get('added', 0)} added, {fixed.get('deleted', 0)} deleted "
+                 f"(correction.csv)" if fixed else "")
     say(f"convert: {report.images} images, {report.annotations} instances "
-        f"({report.rendered} re-rasterized) -> {output}", quiet=quiet)
+        f"({report.rendered} re-rasterized){corrected} -> {output}", quiet=quiet)
     if report.class_attribute_detected:  # said even with --quiet: it changes what was read
         console.print(f"  class attribute: '{report.class_attribute}' (no region carries "
                       f"'{cfg.class_attribute}'; found by its values)")

@@ -1,0 +1,65 @@
+"""What does proposing add to inference? The demo's trained run outlines 100 radiographs at
+1100x2870 (the demo's PNGs scaled up to the study's largest size): seconds per image of the
+model's own inference (``train.inference.predict``, masks at full size) and of the whole
+``propose`` (inference + post-processing + polygons + review + the VIA project), in one run.
+
+Target (issue 15): propose adds < 20 % to inference. Needs a trained run (`make demo`).
+
+    .venv/bin/python benchmarks/bench_propose.py [--model mask_rcnn] [--fold 0] [--n 100]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.models import run_dir  # noqa: E402
+from train.propose import ProposeConfig, propose_images, write_proposals  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mask_rcnn")
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--images", default="data/interim/png")
+    args = ap.parse_args()
+    run = run_dir(args.model, args.fold)
+    sources = sorted(Path(args.images).glob("*.png"))
+    if not sources or not (run / "best.pth").is_file():
+        sys.exit("run `make demo` first (needs data/interim/png and a trained run)")
+    cfg = ProposeConfig(device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(args.n):
+            img = cv2.imread(str(sources[i % len(sources)]), cv2.IMREAD_UNCHANGED)
+            big = cv2.resize(img, (1100, 2870), interpolation=cv2.INTER_LINEAR)
+            paths.append(Path(tmp) / f"img{i:03d}.png")
+            cv2.imwrite(str(paths[-1]), big)
+        from train.inference import predict
+        list(predict(run, paths[:2], device="cpu"))           # warm-up: model load, first batch
+        t0 = time.perf_counter()
+        for _ in predict(run, paths, device="cpu", batch_size=cfg.batch_size):
+            pass
+        infer = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        props = propose_images([run], paths, cfg)
+        write_proposals(props, Path(tmp) / "out" / "proposals.json", model=args.model,
+                        class_attribute="class", class_options=None, default_filepath="",
+                        truth=None, runs=[args.model])
+        total = time.perf_counter() - t0
+    n = args.n
+    print(f"{n} images 1100x2870, {args.model} fold {args.fold}, CPU")
+    print(f"inference alone : {infer / n:.3f} s/image")
+    print(f"propose (all)   : {total / n:.3f} s/image")
+    print(f"propose adds {100 * (total - infer) / infer:.1f} % to inference (target < 20 %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Proposals back to VIA (converters/propose.py, train/propose.py, spinepipe propose): masks
+to polygons, the review order, the VIA project's keys, and the annotators' corrections read
+back by convert."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from converters.coco import flat, rasterize
+from converters.propose import (PROPOSAL_ATTRIBUTE, REGION_ID, Proposal, ProposedRegion,
+                                corrections, mask_polygon, polygon_iou, read_proposal, review,
+                                via_images)
+from converters.via import read_via
+
+SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
+
+
+def _vertebra(h=200, w=120, cx=60, cy=100, angle=12.0) -> np.ndarray:
+    """A tilted, slightly waisted vertebral body."""
+    box = cv2.boxPoints(((cx, cy), (70, 48), angle))
+    m = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(m, [np.round(box).astype(np.int32)], 1)
+    cv2.ellipse(m, (cx, int(cy - 30)), (20, 8), angle, 0, 360, 0, -1)   # concave endplate
+    return m.astype(bool)
+
+
+@pytest.mark.parametrize("max_points", [6, 15, 40])
+def test_mask_polygon_fits_within_its_vertex_budget(max_points):
+    m = _vertebra()
+    xs, ys, fit = mask_polygon(m, max_points)
+    assert 3 <= len(xs) <= max_points and all(isinstance(v, int) for v in xs + ys)
+    assert 0 <= min(xs) and max(xs) <= m.shape[1] and 0 <= min(ys) and max(ys) <= m.shape[0]
+    drawn = rasterize(flat(xs, ys), *m.shape).astype(bool)
+    iou = (drawn & m).sum() / (drawn | m).sum()
+    assert fit == pytest.approx(iou)
+    assert iou >= {6: 0.85, 15: 0.93, 40: 0.95}[max_points]
+
+
+def test_mask_polygon_traces_pixel_edges_not_centres():
+    """A 10 x 10 square of pixels is the polygon (x0, y0)-(x0+10, y0+10), not 9 x 9."""
+    m = np.zeros((30, 30), bool)
+    m[5:15, 8:18] = True
+    xs, ys, fit = mask_polygon(m, 15)
+    assert sorted(set(xs)) == [8, 18] and sorted(set(ys)) == [5, 15] and fit == 1.0
+    assert mask_polygon(np.zeros((5, 5), bool), 15) is None
+
+
+def _spine(n_lumbar=5, sacrum=True, score=0.95) -> list[ProposedRegion]:
+    regions = [ProposedRegion("lumbar", [0, 10, 10], [0, 0, 10], score, f"L{5 - k}")
+               for k in range(n_lumbar)]
+    if sacrum:
+        regions.append(ProposedRegion("sacrum", [0, 10, 10], [20, 20, 30], score, "S1"))
+    return regions
+
+
+def test_review_puts_missing_and_extra_vertebrae_first():
+    cases = {"ok.png": _spine(), "low.png": _spine(score=0.31), "missing.png": _spine(4),
+             "extra.png": _spine(6), "nosacrum.png": _spine(sacrum=False),
+             "overlap.png": _spine()}
+    props = []
+    for name, regions in cases.items():
+        p = Proposal(name, 100, 60, 200, regions)
+        review(p, overlapping=["L4/L5"] if name == "overlap.png" else [],
+               disagreement=0.4 if name == "low.png" else None, instance_model=True)
+        props.append(p)
+    order = [im.filename for im in via_images(props, class_attribute="class", model="m")]
+    assert set(order[:3]) == {"missing.png", "extra.png", "nosacrum.png"}
+    assert order[3:] == ["low.png", "overlap.png", "ok.png"]
+    reasons = {p.filename: "; ".join(p.reasons) for p in props}
+    assert "4 lumbar + 1 sacrum" in reasons["missing.png"]
+    assert "lowest instance score 0.31" in reasons["low.png"] and "runs disagree" in reasons["low.png"]
+    assert reasons["overlap.png"] == "overlapping L4/L5" and reasons["ok.png"] == ""
+
+
+def test_corrections_of_an_edited_project():
+    prop = Proposal("a.png", 100, 60, 200, _spine())
+    image = via_images([prop], class_attribute="class", model="m")[0]
+    proposed = read_proposal(image.file_attributes[PROPOSAL_ATTRIBUTE], "f.json", "a.png")
+    assert [p.id for p in proposed] == [r.attributes[REGION_ID] for r in image.regions]
+    from converters.via import ReadRegion
+    final = [ReadRegion(i, "polygon", list(r.xs), list(r.ys), dict(r.attributes))
+             for i, r in enumerate(image.regions)]
+    final[0].xs = [0, 12, 12]                       # a point moved
+    del final[2]                                    # a region deleted
+    final.append(ReadRegion(9, "polygon", [0, 5, 5], [40, 40, 50], {"class": "lumbar"}))
+    final.append(ReadRegion(10, "polygon", list(final[1].xs), list(final[1].ys),
+                            dict(final[1].attributes)))   # a copy keeps the id: added
+    rows = corrections("a.png", proposed, final, "class")
+    status = {(r["proposal"], r["status"]) for r in rows}
+    assert ("p1", "edited") in status and ("p2", "unchanged") in status
+    assert ("p3", "deleted") in status and sum(r["status"] == "added" for r in rows) == 2
+    edited = next(r for r in rows if r["proposal"] == "p1")
+    assert float(edited["iou"]) == pytest.approx(polygon_iou([0, 10, 10], [0, 0, 10],
+                                                             [0, 12, 12], [0, 0, 10]), abs=1e-4)
+
+
+@pytest.mark.parametrize("value", ["", "{", "[]", '{"regions": [{"id": 1}]}',
+                                   '{"regions": [{"id": "p1", "class": "lumbar", "x": [1, 2], "y": [1]}]}',
+                                   '{"regions": [{"id": "p1", "class": "lumbar", "x": ["a"], "y": [1]}]}'])
+def test_a_tampered_proposal_record_is_one_clear_error(value):
+    from converters.errors import InvalidViaError
+    with pytest.raises(InvalidViaError, match="spinepipe_proposal.*f.json|f.json.*spinepipe_proposal"):
+        read_proposal(value, "f.json", "a.png")
+
+
+# --------------------------------------------------------------------------------------------
+# the command, on a tiny trained run
+
+
+TINY = {"img_scale": [96, 240], "crop_size": [240, 96], "options": {
+    "mask_rcnn": {"model.backbone.depth": 18, "model.neck.in_channels": [64, 128, 256, 512],
+                  "train_cfg.max_epochs": 2, "train_cfg.val_interval": 1},
+    "unet": {"model.backbone.base_channels": 8, "model.decode_head.in_channels": 8,
+             "model.decode_head.channels": 8, "model.auxiliary_head.in_channels": 16,
+             "model.auxiliary_head.channels": 8, "train_cfg.max_iters": 4,
+             "train_cfg.val_interval": 2, "default_hooks.checkpoint.interval": 2}}}
+HELD_OUT = 3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project whose annotator left HELD_OUT images unannotated (their true polygons kept
+    apart in holdout.json), with a tiny Mask R-CNN (folds 0 and 1) and U-Net trained on the
+    rest."""
+    import yaml
+
+    from conftest import ingest_chain
+    from converters.convert import ConvertConfig, convert
+    from converters.phantom import PhantomConfig, generate
+    from train.split import SplitConfig, write_splits
+    root = tmp_path_factory.mktemp("propose")
+    generate(PhantomConfig(n=14, seed=5, height=240, width=96, burned_in_share=0,
+                           overlap_share=0.8), root / "raw", workers=1)
+    ingest_chain(root / "raw", root)
+    project = json.loads((root / "via.json").read_text())
+    meta = project["_via_img_metadata"]
+    held = sorted(meta)[-HELD_OUT:]
+    truth = {**project, "_via_img_metadata": {k: meta[k] for k in held},
+             "_via_image_id_list": held}
+    (root / "holdout.json").write_text(json.dumps(truth))
+    (root / "annotations").mkdir()
+    project["_via_img_metadata"] = {k: v for k, v in meta.items() if k not in held}
+    project["_via_image_id_list"] = list(project["_via_img_metadata"])
+    (root / "annotations" / "via.json").write_text(json.dumps(project))
+    convert([root / "annotations" / "via.json"], root / "png", root / "processed",
+            ConvertConfig(qa=False))
+    write_splits(root / "processed", root / "splits", SplitConfig(k=2, max_test_fraction=0.15))
+    params = {"train": {"preset": "tiny", "images": str(root / "png"),
+                        "masks": str(root / "processed" / "masks"),
+                        "splits": str(root / "splits"), "presets": {"tiny": TINY}},
+              "propose": {"enabled": True, "max_points": 12, "score_thr": 0.05}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    for model, fold in (("mask_rcnn", "0"), ("mask_rcnn", "1"), ("unet", "0")):
+        proc = subprocess.run([SPINEPIPE, "train", "--model", model, "--fold", fold, "--quiet"],
+                              capture_output=True, text=True, cwd=root, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, [meta[k]["filename"] for k in held]
+
+
+def _propose(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SPINEPIPE, "propose", "--images", "png", *args, "--quiet"],
+                          capture_output=True, text=True, cwd=root, timeout=600)
+
+
+def test_proposals_load_as_a_via_project_in_review_order(trained):
+    root, held = trained
+    proc = _propose(root, "--model", "mask_rcnn", "--fold", "0", "--fold", "1",
+                    "--only-unannotated", "annotations", "--truth", "holdout.json",
+                    "--via-image-path", "/data/png", "--output", "out/proposals.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.startswith("propose: 3 images") and "mean IoU with the truth" in proc.stderr
+    project = json.loads((root / "out" / "proposals.json").read_text())
+    assert {"_via_settings", "_via_img_metadata", "_via_attributes"} <= set(project)
+    assert project["_via_settings"]["core"]["default_filepath"] == "/data/png/"
+    region_attrs = project["_via_attributes"]["region"]
+    assert set(region_attrs["class"]["options"]) >= {"lumbar", "sacrum"}
+    assert {"level", "source", "score", REGION_ID} <= set(region_attrs)
+    meta = project["_via_img_metadata"]
+    assert sorted(im["filename"] for im in meta.values()) == sorted(held)
+    for key, im in meta.items():
+        assert {"filename", "size", "regions", "file_attributes"} <= set(im)
+        assert key == im["filename"] + str(im["size"])
+        assert im["size"] == (root / "png" / im["filename"]).stat().st_size
+        h, w = cv2.imread(str(root / "png" / im["filename"]), cv2.IMREAD_UNCHANGED).shape
+        for r in im["regions"]:
+            s = r["shape_attributes"]
+            assert s["name"] == "polygon" and 3 <= len(s["all_points_x"]) <= 12
+            assert all(0 <= x <= w for x in s["all_points_x"])
+            assert all(0 <= y <= h for y in s["all_points_y"])
+            assert r["region_attributes"]["source"] == "model"
+            assert r["region_attributes"]["class"] in ("lumbar", "sacrum")
+    worklist = list(csv.DictReader((root / "out" / "worklist.csv").open()))
+    assert [row["file_name"] for row in worklist] == \
+        [meta[k]["filename"] for k in project["_via_image_id_list"]]
+    scores = [float(row["score"]) for row in worklist]
+    assert scores == sorted(scores, reverse=True)
+    summary = json.loads((root / "out" / "proposals_summary.json").read_text())
+    assert summary["runs"] == ["mask_rcnn fold 0", "mask_rcnn fold 1"]
+    assert summary["truth_images"] == 3 and 0 <= summary["truth_mean_iou"] <= 1
+    assert read_via(root / "out" / "proposals.json")[0] == "via2-project"
+
+
+def test_a_semantic_model_proposes_its_components(trained):
+    root, held = trained
+    proc = _propose(root, "--model", "unet", "--fold", "0", "--only-unannotated",
+                    "annotations", "--output", "sem/proposals.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    project = json.loads((root / "sem" / "proposals.json").read_text())
+    assert len(project["_via_img_metadata"]) == HELD_OUT
+    for im in project["_via_img_metadata"].values():
+        for r in im["regions"]:
+            assert r["region_attributes"]["score"] == "1.000"   # components have no score
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--model", "yolact"], "trained run incomplete"),
+    (["--images", "annotations"], "no PNG found"),
+])
+def test_propose_errors_are_one_line(trained, args, message):
+    root, _ = trained
+    proc = _propose(root, *args, "--output", "bad/proposals.json")
+    assert proc.returncode == 1 and message in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not (root / "bad" / "proposals.json").exists()
+
+
+def test_nothing_left_to_propose_is_an_empty_project_not_a_failure(trained):
+    """Once every image is annotated, the DVC stage still succeeds."""
+    root, _ = trained
+    proc = _propose(root, "--only-unannotated", "annotations", "--only-unannotated",
+                    "holdout.json", "--output", "none/proposals.json")
+    assert proc.returncode == 0 and "no image to propose for" in proc.stderr
+    assert json.loads((root / "none" / "proposals.json").read_text())["_via_img_metadata"] == {}
+
+
+def test_disabled_stage_writes_an_empty_project(trained, tmp_path):
+    root, _ = trained
+    (tmp_path / "params.yaml").write_text("propose:\n  enabled: false\n")
+    proc = subprocess.run([SPINEPIPE, "propose", "--images", str(root / "png"), "--output",
+                           str(tmp_path / "p" / "proposals.json"), "--quiet"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and "disabled" in proc.stderr
+    assert json.loads((tmp_path / "p" / "proposals.json").read_text())["_via_img_metadata"] == {}
+
+
+def _convert(root: Path, via: Path, out: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SPINEPIPE, "convert", "--input", str(via), "--images", "png",
+                           "--output", out, "--workers", "1", "--quiet"],
+                          capture_output=True, text=True, cwd=root, timeout=600)
+
+
+def test_the_round_trip_through_convert_and_what_annotators_changed(trained):
+    """Untouched proposals convert back to the same instances; an annotator's edits (a point
+    moved, a region deleted, one drawn) come out in correction.csv."""
+    from shapely.geometry import Polygon
+    root, _ = trained
+    proc = _propose(root, "--model", "mask_rcnn", "--fold", "0", "--only-unannotated",
+                    "annotations", "--output", "rt/proposals.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    project = json.loads((root / "rt" / "proposals.json").read_text())
+    proposed = {(im["filename"], k): r["shape_attributes"]
+                for im in project["_via_img_metadata"].values()
+                for k, r in enumerate(im["regions"])}
+    assert proposed, "the tiny model proposed nothing"
+    proc = _convert(root, root / "rt" / "proposals.json", "rt_untouched")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    coco = json.loads((root / "rt_untouched" / "coco.json").read_text())
+    names = {im["id"]: im["file_name"] for im in coco["images"]}
+    assert len(coco["annotations"]) == len(proposed)
+    for ann in coco["annotations"]:
+        shape = proposed[(names[ann["image_id"]], ann["via_region"])]
+        a = Polygon(np.asarray(ann["segmentation"][0]).reshape(-1, 2))
+        b = Polygon(list(zip(shape["all_points_x"], shape["all_points_y"])))
+        assert a.intersection(b).area / a.union(b).area >= 0.99
+    rows = list(csv.DictReader((root / "rt_untouched" / "correction.csv").open()))
+    assert len(rows) == len(proposed) and {r["status"] for r in rows} == {"unchanged"}
+    assert "proposals: " + f"{len(proposed)} unchanged" in proc.stderr
+
+    # the annotator: in the first image with 3+ regions, move a point of region 0, delete
+    # region 1, draw a new one (no proposal id: VIA gives it the attribute defaults)
+    key, im = next((k, v) for k, v in project["_via_img_metadata"].items()
+                   if len(v["regions"]) >= 3)
+    moved = im["regions"][0]["shape_attributes"]
+    moved["all_points_x"][0] += 6
+    del im["regions"][1]
+    xs, ys = moved["all_points_x"], moved["all_points_y"]
+    im["regions"].append({"shape_attributes": {"name": "polygon",
+                                               "all_points_x": [min(xs), min(xs) + 8, min(xs) + 8],
+                                               "all_points_y": [2, 2, 10]},
+                          "region_attributes": {"class": "lumbar", "level": "", "source": "",
+                                                "score": "", REGION_ID: ""}})
+    (root / "rt" / "edited.json").write_text(json.dumps(project))
+    proc = _convert(root, root / "rt" / "edited.json", "rt_edited")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in csv.DictReader((root / "rt_edited" / "correction.csv").open())
+            if r["file_name"] == im["filename"]]
+    status = {r["proposal"]: r["status"] for r in rows if r["proposal"]}
+    assert status["p1"] == "edited" and status["p2"] == "deleted"
+    assert all(s == "unchanged" for p, s in status.items() if p not in ("p1", "p2"))
+    assert [r["status"] for r in rows if not r["proposal"]] == ["added"]
+    edited = next(r for r in rows if r["proposal"] == "p1")
+    assert 0.5 < float(edited["iou"]) < 0.999
+    assert "1 edited, 1 added, 1 deleted" in proc.stderr
