@@ -74,6 +74,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_commands.py
+	$(PY) benchmarks/bench_measures.py
+	$(PY) benchmarks/bench_seg.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -415,12 +415,23 @@ def anonymize_dataset(ds: Dataset, salt: bytes, options: AnonymizeConfig,
         return Outcome("quarantined", "BurnedInAnnotation YES and no blank_regions configured")
 
     original_pid = str(ds.get("PatientID", "") or "")
+    def text(keyword: str) -> str:
+        return str(ds.get(keyword, "") or "")
+
     original = {
         "patient_id": original_pid,
-        "patient_name": str(ds.get("PatientName", "") or ""),
-        "accession_number": str(ds.get("AccessionNumber", "") or ""),
-        "study_instance_uid": str(ds.get("StudyInstanceUID", "") or ""),
-        "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
+        "patient_name": text("PatientName"),
+        "accession_number": text("AccessionNumber"),
+        "study_instance_uid": text("StudyInstanceUID"),
+        "sop_instance_uid": text("SOPInstanceUID"),
+        # what a re-identified result (spinepipe to-seg --reidentify) needs to point back
+        "series_instance_uid": text("SeriesInstanceUID"),
+        "patient_birth_date": text("PatientBirthDate"),
+        "patient_sex": text("PatientSex"),
+        "study_date": text("StudyDate"),
+        "study_time": text("StudyTime"),
+        "study_id": text("StudyID"),
+        "referring_physician_name": text("ReferringPhysicianName"),
     }
     if not original["sop_instance_uid"]:
         raise InvalidDicomError("no SOPInstanceUID", file=file, tag="(0008,0018)")
@@ -455,6 +466,7 @@ def anonymize_dataset(ds: Dataset, salt: bytes, options: AnonymizeConfig,
         ledger={**original, "pseudonym": pseudonym,
                 "new_sop_instance_uid": str(ds.SOPInstanceUID),
                 "new_study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+                "new_series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
                 "date_shift_days": engine.days if options.retain_longitudinal_modified_dates else 0})
 
 

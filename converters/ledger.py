@@ -5,8 +5,11 @@ Everything here can re-identify patients, so it lives only in the ``--private`` 
 
 - ``salt``: 32 random bytes (hex) keying every HMAC (pseudonyms, UIDs, date shifts); the same
   salt gives the same pseudonyms across runs, which keeps a project's batches consistent.
-- ``ledger.json``: ``patients`` (pseudonym -> original Patient ID / Name, date shift) and
-  ``instances`` (new SOP Instance UID -> original SOP / Study Instance UID, accession number).
+- ``ledger.json``: ``patients`` (pseudonym -> original Patient ID / Name / Birth Date / Sex,
+  date shift) and ``instances`` (new SOP Instance UID -> original SOP / Series / Study
+  Instance UID, accession number, study date / time / ID, referring physician, and the new
+  study and series UIDs): all a re-identified result needs to point back
+  (:mod:`converters.seg`).
 - ``anonymize_report.json`` and ``anonymize_state.json``: per input path (paths of an archive
   often contain identifiers) what happened, and what is up to date.
 """
@@ -85,9 +88,17 @@ def update_ledger(ledger: dict, row: dict) -> None:
     """Add one anonymized instance (``Outcome.ledger``) to the ledger."""
     ledger["patients"][row["pseudonym"]] = {
         "patient_id": row["patient_id"], "patient_name": row["patient_name"],
+        "patient_birth_date": row.get("patient_birth_date", ""),
+        "patient_sex": row.get("patient_sex", ""),
         "date_shift_days": row["date_shift_days"]}
     ledger["instances"][row["new_sop_instance_uid"]] = {
         "pseudonym": row["pseudonym"], "sop_instance_uid": row["sop_instance_uid"],
         "study_instance_uid": row["study_instance_uid"],
         "new_study_instance_uid": row["new_study_instance_uid"],
-        "accession_number": row["accession_number"]}
+        "accession_number": row["accession_number"],
+        **{k: row.get(k, "") for k in INSTANCE_EXTRA}}
+
+
+#: instance fields recorded since re-identified results exist (older ledgers lack them)
+INSTANCE_EXTRA = ("series_instance_uid", "new_series_instance_uid", "study_date", "study_time",
+                  "study_id", "referring_physician_name")

@@ -1,4 +1,5 @@
-"""Retrieval from a PACS with pynetdicom: C-FIND the studies, C-GET or C-MOVE their instances.
+"""Retrieval from a PACS with pynetdicom: C-FIND the studies, C-GET or C-MOVE their instances;
+and the way back: C-STORE of spinepipe's results (:func:`store`, ``spinepipe store``).
 
 Queries (Study Root): by accession numbers or patient IDs (a CSV manifest with an
 ``AccessionNumber`` or ``PatientID`` column), or by study date range, modalities in study,
@@ -255,6 +256,84 @@ class Pacs:
                 assoc.release()
             if server is not None:
                 server.shutdown()
+
+
+@dataclass
+class StoreReport:
+    """What ``store`` did, per instance: ``stored`` now, ``already`` stored by an earlier run
+    (the state file says so), ``failed`` (with the PACS's status or the reason)."""
+
+    instances: list[dict] = field(default_factory=list)
+
+    def count(self, outcome: str) -> int:
+        return sum(r["outcome"] == outcome for r in self.instances)
+
+
+#: C-STORE statuses that mean "stored" (success, and the warnings "coerced", "elements
+#: discarded", "does not match SOP class")
+STORE_OK = (0x0000, 0xB000, 0xB006, 0xB007)
+
+
+def store(cfg: RetrieveConfig, files: list[Path], state_path: str | Path,
+          progress: Callable[[int, int], None] | None = None) -> StoreReport:
+    """C-STORE ``files`` (DICOM Part 10) to the PACS of ``cfg`` over one association (TLS
+    when configured). Resumable: ``state_path`` (JSON) records, per PACS address, the SOP
+    Instance UIDs it accepted; a re-run sends only the others. A failure is reported and
+    never recorded, so the next run tries again."""
+    import pydicom
+
+    state_path = Path(state_path)
+    try:
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    except (ValueError, OSError):
+        state = {}
+    where = f"{cfg.called_aet}@{cfg.host}:{cfg.port}"
+    done = set(state.get(where, []))
+    report = StoreReport()
+    todo = []
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path)
+            sop_class, sop = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+            ts = str(ds.file_meta.TransferSyntaxUID)
+        except Exception as exc:  # pydicom raises many kinds on a damaged file
+            report.instances.append({"file": str(path), "sop_instance_uid": "",
+                                     "outcome": "failed",
+                                     "reason": f"unreadable DICOM ({type(exc).__name__})"})
+            continue
+        if sop in done:
+            report.instances.append({"file": str(path), "sop_instance_uid": sop,
+                                     "outcome": "already", "reason": ""})
+            continue
+        todo.append((path, ds, sop_class, ts))
+    if todo:
+        pacs = Pacs(cfg)
+        ae = pacs._ae()
+        for sop_class, ts in sorted({(c, t) for _, _, c, t in todo})[:128]:
+            ae.add_requested_context(sop_class, [ts])
+        assoc = pacs._associate(ae)
+        try:
+            for n, (path, ds, sop_class, ts) in enumerate(todo, 1):
+                sop = str(ds.SOPInstanceUID)
+                status = assoc.send_c_store(ds) if assoc.is_established else None
+                code = getattr(status, "Status", None) if status else None
+                if code in STORE_OK:
+                    done.add(sop)
+                    state[where] = sorted(done)
+                    write_json(state_path, state)
+                    report.instances.append({"file": str(path), "sop_instance_uid": sop,
+                                             "outcome": "stored", "reason": ""})
+                else:
+                    why = (f"status 0x{code:04X}" if code is not None else
+                           "no answer (association lost or no accepted presentation context)")
+                    report.instances.append({"file": str(path), "sop_instance_uid": sop,
+                                             "outcome": "failed", "reason": why})
+                if progress:
+                    progress(n, len(todo))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    return report
 
 
 def _study_query(cfg: RetrieveConfig) -> Dataset:

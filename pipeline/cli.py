@@ -38,7 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "split": ("pipeline.split", "Fixed test set + k patient-grouped, stratified folds."),
     "train": ("pipeline.train", "Train one model on one fold (MMDetection / MMSegmentation)."),
     "evaluate": ("pipeline.evaluate", "Predict and score the test set with a trained model."),
+    "propose": ("pipeline.propose", "Outline new images with a trained model, as a VIA project in review order."),
     "report": ("pipeline.report", "Tables, statistics and figures of every evaluation."),
+    "to-seg": ("pipeline.to_seg", "Predictions as DICOM SEG on the radiographs (pseudonymized or re-identified)."),
+    "store": ("pipeline.store", "Send DICOM objects (SEG results) to the PACS by C-STORE."),
     "validate": ("pipeline.validate", "Check VIA annotations as convert would; write nothing."),
     "metrics": ("pipeline.metrics", "The four pixel metrics of one prediction / truth pair."),
 }

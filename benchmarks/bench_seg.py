@@ -1,0 +1,83 @@
+"""DICOM SEG: seconds per image to write a Segmentation of one radiograph's predicted
+vertebrae (six instance masks, overlapping ones included, built with highdicom and saved),
+next to the PNG export of the same radiograph (decode, equalize, encode, provenance), for
+phantom radiographs at the study's largest size (1100x2870), in one run.
+
+Target (issue 17): printed side by side; SEG per image of the order of the export's.
+
+    .venv/bin/python benchmarks/bench_seg.py [--n 100]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from converters.anonymize import AnonymizeConfig, anonymize_tree
+from converters.coco import rasterize
+from converters.export import ExportConfig, export_file
+from converters.ledger import load_ledger, load_or_create_salt, prepare_private
+from converters.phantom import PhantomConfig, generate
+from converters.seg import Algorithm, Segment, build_segmentation
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        generate(PhantomConfig(n=args.n, seed=4, height=2870, width=1100, burned_in_share=0),
+                 tmp / "raw")
+        priv = prepare_private(tmp / "private")
+        anonymize_tree(tmp / "raw" / "dicom", tmp / "anon", priv, load_or_create_salt(priv),
+                       AnonymizeConfig(), workers=os.cpu_count() or 1)
+        truth = json.loads((tmp / "raw" / "truth.json").read_text())
+        via = json.loads((tmp / "raw" / "annotations" / "via_project.json").read_text())
+        regions = {im["filename"][:-4]: im["regions"] for im in via["_via_img_metadata"].values()}
+        new_to_old = {k: v["sop_instance_uid"] for k, v in load_ledger(priv)["instances"].items()}
+        files = [f for f in sorted((tmp / "anon").rglob("*.dcm")) if "audit" not in f.parts]
+        jobs = []
+        for f in files:
+            ds = pydicom.dcmread(f)
+            old = new_to_old[str(ds.SOPInstanceUID)]
+            segs = []
+            for r, level in zip(regions[old], truth[old]["levels"]):
+                if level is None:
+                    continue
+                s = r["shape_attributes"]
+                poly = [v for xy in zip(s["all_points_x"], s["all_points_y"]) for v in xy]
+                segs.append(Segment(level, "sacrum" if level == "S1" else "lumbar",
+                                    rasterize(poly, int(ds.Rows), int(ds.Columns)).astype(bool)))
+            jobs.append((f, ds, segs))
+        alg = Algorithm("mask_rcnn", 0, "bench", "0" * 64, "bench")
+        build_segmentation(jobs[0][1], jobs[0][2], alg)          # warm-up (imports)
+        export_file(jobs[0][0], tmp / "warm", ExportConfig())
+
+        (tmp / "seg").mkdir()
+        t0 = time.perf_counter()
+        for f, ds, segs in jobs:
+            seg = build_segmentation(ds, segs, alg)
+            seg.save_as(tmp / "seg" / f"{seg.SOPInstanceUID}.dcm", enforce_file_format=True)
+        t_seg = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        for f, _, _ in jobs:
+            export_file(f, tmp / "png", ExportConfig())
+        t_png = time.perf_counter() - t0
+        n = len(jobs)
+        size = np.mean([p.stat().st_size for p in (tmp / "seg").glob("*.dcm")]) / 1e6
+    print(f"{n} radiographs 1100x2870, 6 vertebra segments each, one core")
+    print(f"DICOM SEG (highdicom, BINARY) : {t_seg / n:.3f} s per image ({size:.2f} MB each)")
+    print(f"PNG export (spinepipe export) : {t_png / n:.3f} s per image")
+    print(f"SEG / export: {t_seg / t_png:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

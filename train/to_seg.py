@@ -1,0 +1,172 @@
+"""An evaluation's predictions as DICOM Segmentation objects on the anonymized radiographs
+(``spinepipe to-seg``); the objects themselves: :mod:`converters.seg`.
+
+Input: an evaluation folder (``reports/eval/<model>/fold<k>``: ``instances.json`` for instance
+models, ``predictions/<stem>.png`` class masks for semantic models) and the anonymized DICOM
+tree (``<pseudonym>/<study>/<sop>.dcm``, as ``anonymize`` writes it). Each PNG is named
+``<pseudonym>_<SOP Instance UID>.png`` (``export``); both parts are checked
+(:mod:`converters.paths`) before they name a file, and the DICOM found must carry that SOP
+Instance UID.
+
+Output: ``<output>/<SEG SOP Instance UID>.dcm`` per image (written to a temporary name, then
+renamed), and ``to_seg.json`` (per image: source, SEG file, segments). With
+``reidentify`` the objects point to the original study (:func:`converters.seg.reidentified_source`)
+and ``output`` must lie inside the private folder: anywhere else is refused before anything
+is read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pydicom
+from pycocotools import mask as mask_utils
+
+from converters.errors import (InvalidDicomError, MissingInputError, SpinepipeError,
+                               UnsafeLocationError)
+from converters.io import atomic_path, write_json
+from converters.ledger import load_ledger
+from converters.paths import check_name, check_uid, confined
+from converters.seg import Algorithm, Segment, build_segmentation, reidentified_source
+from train.models import family
+
+CLASS_VALUES = {"lumbar": 1, "sacrum": 2}
+
+
+@dataclass(frozen=True)
+class ToSegConfig:
+    """params.yaml section ``to_seg``: the DVC stage's pseudonymized SEG of one run."""
+
+    enabled: bool = False
+    model: str = "mask_rcnn"
+    fold: int = field(default=0, metadata={"min": 0})
+
+
+def spinepipe_version() -> str:
+    try:
+        return version("spinepipe")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown"
+
+
+def algorithm_of(model: str, fold: int | None, run: Path | None) -> Algorithm:
+    """The model, fold, leaf config and the checkpoint's SHA-256 (``unknown`` when the
+    evaluation's run is not at hand, e.g. predictions made elsewhere)."""
+    digest, config = "unknown", "unknown"
+    if run is not None and (run / "best.pth").is_file():
+        h = hashlib.sha256()
+        with (run / "best.pth").open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    if run is not None and (run / "config.py").is_file():
+        config = f"{run.name}/config.py of {model}"
+    return Algorithm(model, fold, config, digest, spinepipe_version())
+
+
+def segments_of(eval_dir: Path, image: str, model: str,
+                instances: dict[str, list[dict]] | None) -> list[Segment]:
+    """The segments of one evaluated image (module docstring)."""
+    if family(model) == "instance":
+        out = []
+        for r in (instances or {}).get(image, []):
+            cls = {1: "lumbar", 2: "sacrum"}.get(int(r.get("category_id", 0)))
+            if cls is None:
+                continue
+            out.append(Segment(r.get("level") or cls, cls,
+                               mask_utils.decode(r["segmentation"]).astype(bool),
+                               float(r.get("score", 1.0))))
+        return out
+    path = eval_dir / "predictions" / image
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None or mask.ndim != 2:
+        raise SpinepipeError("prediction PNG missing or not a one-channel label map",
+                             file=path)
+    return [Segment(cls, cls, mask == v) for cls, v in CLASS_VALUES.items()]
+
+
+def find_source(dicom_root: Path, image: str) -> Path:
+    """The anonymized DICOM of an exported PNG name ``<pseudonym>_<SOP UID>.png``."""
+    stem = Path(image).stem
+    pseudonym, _, sop = stem.partition("_")
+    check_name(pseudonym, "pseudonym in the image name", file=image)
+    check_uid(sop, "SOP Instance UID in the image name", file=image)
+    folder = confined(dicom_root, pseudonym, file=image)
+    hits = sorted(folder.glob(f"*/{sop}.dcm")) if folder.is_dir() else []
+    if not hits:
+        raise MissingInputError(f"no anonymized DICOM for {image} under {dicom_root}",
+                                produced_by="anonymize", file=dicom_root / pseudonym)
+    return confined(dicom_root, *hits[0].relative_to(dicom_root).parts, file=image)
+
+
+def write_segs(eval_dir: str | Path, dicom_root: str | Path, output: str | Path, *,
+               model: str, fold: int | None, run: str | Path | None = None,
+               private: str | Path | None = None, reidentify: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write one SEG per evaluated image with at least one segment; return the record
+    written as ``to_seg.json``."""
+    eval_dir, dicom_root, output = Path(eval_dir), Path(dicom_root), Path(output)
+    ledger = None
+    if reidentify:
+        if private is None:
+            raise UnsafeLocationError("--reidentify needs --private (the ledger's folder)")
+        priv = Path(private).resolve()
+        out = output.resolve()
+        if out != priv and priv not in out.parents:
+            raise UnsafeLocationError(f"re-identified objects are written only under the "
+                                      f"private folder {private}, not {output}")
+        ledger = load_ledger(priv)
+    summary_path = eval_dir / "per_image.csv"
+    if not summary_path.is_file():
+        raise MissingInputError("evaluation not found", produced_by="evaluate", file=summary_path)
+    import csv
+    images = [r["file_name"] for r in csv.DictReader(summary_path.open())
+              if r.get("predicted", "1") != "0"]
+    instances = None
+    if family(model) == "instance":
+        path = eval_dir / "instances.json"
+        if not path.is_file():
+            raise MissingInputError("instances.json not found", produced_by="evaluate", file=path)
+        try:
+            rows = json.loads(path.read_text())
+        except ValueError as exc:
+            raise SpinepipeError(f"malformed JSON ({exc})".splitlines()[0], file=path) from None
+        instances = {}
+        for r in rows:
+            instances.setdefault(r.get("file_name"), []).append(r)
+    algorithm = algorithm_of(model, fold, Path(run) if run is not None else None)
+    record = {"model": model, "fold": fold, "reidentified": reidentify,
+              "checkpoint_sha256": algorithm.checkpoint_sha256, "images": []}
+    output.mkdir(parents=True, exist_ok=True)
+    for done, image in enumerate(images, 1):
+        src_path = find_source(dicom_root, image)
+        try:
+            source = pydicom.dcmread(src_path)
+        except Exception as exc:
+            raise InvalidDicomError(f"unreadable DICOM ({type(exc).__name__})",
+                                    file=src_path) from None
+        if str(source.get("SOPInstanceUID", "")) != Path(image).stem.partition("_")[2]:
+            raise InvalidDicomError("the SOP Instance UID differs from the image name",
+                                    file=src_path, tag="(0008,0018)")
+        segments = segments_of(eval_dir, image, model, instances)
+        if not any(np.asarray(s.mask).any() for s in segments):
+            record["images"].append({"image": image, "seg": None, "segments": []})
+            continue
+        if ledger is not None:
+            source = reidentified_source(source, ledger)
+        seg = build_segmentation(source, segments, algorithm, reidentified=reidentify)
+        target = confined(output, f"{seg.SOPInstanceUID}.dcm")
+        with atomic_path(target) as tmp:
+            seg.save_as(tmp, enforce_file_format=True)
+        record["images"].append({"image": image, "seg": target.name,
+                                 "segments": [str(s.SegmentLabel) for s in seg.SegmentSequence]})
+        if progress:
+            progress(done, len(images))
+    write_json(output / "to_seg.json", record)
+    return record
