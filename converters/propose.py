@@ -103,6 +103,11 @@ def simplify(points: np.ndarray, max_points: int) -> np.ndarray:
     return run(hi).astype(np.float64)
 
 
+def _largest_part(geom) -> Polygon | None:
+    parts = [g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and g.area > 0]
+    return max(parts, key=lambda g: g.area) if parts else None
+
+
 def polygon_iou(ax: Sequence[float], ay: Sequence[float], bx: Sequence[float],
                 by: Sequence[float]) -> float:
     """Area IoU of two polygons (self-intersections repaired; 0 when either has no area)."""
@@ -120,6 +125,12 @@ def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int
     if contour is None or len(contour) < 3:
         return None
     region = polygon_region(simplify(contour, max_points))
+    if len(region.xs) >= 3 and not Polygon(list(zip(region.xs, region.ys))).is_valid:
+        # simplification (or a pinch between diagonal pixels) crossed the outline: the
+        # largest valid part, simplified again (VIA draws it; convert would repair it)
+        fixed = _largest_part(make_valid(Polygon(contour)))
+        if fixed is not None:
+            region = polygon_region(simplify(np.asarray(fixed.exterior.coords)[:-1], max_points))
     if len(region.xs) < 3:
         return None
     x0, y0 = int(contour[:, 0].min()), int(contour[:, 1].min())

@@ -104,10 +104,12 @@ def propose_images(runs: Sequence[Path], paths: Sequence[Path], cfg: ProposeConf
         prop = Proposal(path.name, path.stat().st_size, w, h)
         areas = []
         for k in range(len(inst)):
-            poly = mask_polygon(mask_utils.decode(inst.rles[k]), cfg.max_points)
+            x0, y0, mask = inst.mask(k)          # the crop post-processing kept
+            poly = mask_polygon(mask, cfg.max_points)
             if poly is None:
                 continue
             xs, ys, fit = poly
+            xs, ys = [x + x0 for x in xs], [y + y0 for y in ys]
             prop.regions.append(ProposedRegion(inst.classes[k], xs, ys, inst.scores[k],
                                                inst.levels[k], mask_iou=fit))
             areas.append(float(mask_utils.area(inst.rles[k])))

@@ -72,6 +72,9 @@ class Instances:
     rles: list[dict] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     levels: list[str | None] = field(default_factory=list)
+    #: optional, per instance ``(x0, y0, mask in its bounding box)``: post-processing keeps
+    #: them so that nothing decodes a full-size RLE again (radiographs are large)
+    crops: list[tuple[int, int, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -81,23 +84,60 @@ class Instances:
 
     def subset(self, keep: list[int]) -> "Instances":
         return Instances([self.classes[i] for i in keep], [self.rles[i] for i in keep],
-                         [self.scores[i] for i in keep], [self.levels[i] for i in keep])
+                         [self.scores[i] for i in keep], [self.levels[i] for i in keep],
+                         None if self.crops is None else [self.crops[i] for i in keep])
+
+    def mask(self, i: int) -> tuple[int, int, np.ndarray]:
+        """``(x0, y0, mask)`` of instance i: its crop when kept, else the decoded RLE."""
+        if self.crops is not None:
+            return self.crops[i]
+        return 0, 0, mask_utils.decode(self.rles[i]).astype(bool)
 
     def with_levels(self) -> "Instances":
         """A copy with levels assigned bottom-up from the sacrum."""
         if not self.rles:
             return Instances()
-        boxes = mask_utils.toBbox(self.rles)
-        centroids = [_centroid(r, b) for r, b in zip(self.rles, boxes)]
+        if self.crops is not None:
+            centroids = [_centroid_of(c, x0, y0) for x0, y0, c in self.crops]
+        else:
+            boxes = mask_utils.toBbox(self.rles)
+            centroids = [_centroid(r, b) for r, b in zip(self.rles, boxes)]
         levels = levels_bottom_up(self.classes, centroids, list(self.areas()))
-        return Instances(list(self.classes), list(self.rles), list(self.scores), levels)
+        return Instances(list(self.classes), list(self.rles), list(self.scores), levels,
+                         None if self.crops is None else list(self.crops))
 
 
 def encode(mask: np.ndarray) -> dict:
     """RLE of a binary mask, ``counts`` as str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+def encode_crop(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict:
+    """RLE of a full ``height x width`` mask that is ``crop`` at ``(x0, y0)``, zero elsewhere
+    (only the crop is written; the zeros cost nothing until read)."""
+    full = np.zeros((height, width), np.uint8, order="F")
+    full[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+    rle = mask_utils.encode(full)
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def bounding_crop(mask: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+    """``(x0, y0, mask[y0:y1, x0:x1])`` over the mask's set pixels; None when empty."""
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
+    if w == 0 or h == 0:
+        return None
+    return x, y, mask[y:y + h, x:x + w]
+
+
+def _centroid_of(crop: np.ndarray, x0: int, y0: int) -> tuple[float, float]:
+    """Centroid (x, y) of a cropped mask, pixel centres at +0.5 (:mod:`converters.coco`)."""
+    mom = cv2.moments(crop.view(np.uint8), binaryImage=True)
+    if mom["m00"] == 0:
+        return (x0 + crop.shape[1] / 2, y0 + crop.shape[0] / 2)
+    return (x0 + mom["m10"] / mom["m00"] + 0.5, y0 + mom["m01"] / mom["m00"] + 0.5)
 
 
 def _centroid(rle: dict, box: np.ndarray) -> tuple[float, float]:
@@ -143,19 +183,24 @@ def postprocess_instances(classes: list[str], masks: list[np.ndarray] | np.ndarr
                           scores: list[float], cfg: RecognitionConfig) -> Instances:
     """An instance model's raw output -> kept instances with levels (module docstring)."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    cand = Instances()
+    cand = Instances(crops=[])
     for i in order:
         if scores[i] < cfg.score_thr or classes[i] not in VERTEBRA_CLASSES:
             continue
-        m = np.asarray(masks[i]).astype(bool)
+        m = np.asarray(masks[i])
+        box = bounding_crop(m if m.dtype == bool else m.astype(bool))
+        if box is None:
+            continue
+        x0, y0, crop = box             # every step below works in the mask's bounding box
         if cfg.largest_component:
-            m = largest_component(m)
-        if int(m.sum()) < cfg.min_area:
+            crop = largest_component(crop)
+        if int(np.count_nonzero(crop)) < cfg.min_area:
             continue
         cand.classes.append(classes[i])
-        cand.rles.append(encode(m))
+        cand.rles.append(encode_crop(crop, x0, y0, *m.shape))
         cand.scores.append(float(scores[i]))
         cand.levels.append(None)
+        cand.crops.append((x0, y0, crop))
     iou = iou_matrix(cand, cand)
     inside = containment_matrix(cand)
     keep: list[int] = []
@@ -181,7 +226,7 @@ def containment_matrix(inst: Instances) -> np.ndarray:
 def components(class_mask: np.ndarray, class_values: dict[str, int],
                min_area: int = 0) -> Instances:
     """Connected components (8-connectivity) of each class of a class mask, with levels."""
-    out = Instances()
+    out = Instances(crops=[])
     for name in VERTEBRA_CLASSES:
         value = class_values.get(name)
         if value is None:
@@ -191,10 +236,13 @@ def components(class_mask: np.ndarray, class_values: dict[str, int],
         for k in range(1, n):
             if stats[k, cv2.CC_STAT_AREA] < max(min_area, 1):
                 continue
+            x0, y0, w, h = (int(v) for v in stats[k, :4])
+            crop = labels[y0:y0 + h, x0:x0 + w] == k
             out.classes.append(name)
-            out.rles.append(encode(labels == k))
+            out.rles.append(encode_crop(crop, x0, y0, *class_mask.shape))
             out.scores.append(1.0)
             out.levels.append(None)
+            out.crops.append((x0, y0, crop))
     return out.with_levels()
 
 
