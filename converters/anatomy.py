@@ -252,6 +252,15 @@ def render(case: CaseSpec, cfg: PhantomConfig) -> tuple[np.ndarray, list[Region]
     phi_s = phis[5] - sacral_extra  # sacral slope = L5 tilt + a lordotic L5/S1 disc
     phi_ls = (phis[5] + phi_s) / 2
     s_top = centers[5] + (heights[5] / 2 + gaps[5]) * _axis(phi_ls)
+    a = depth / 2
+    s_len = prng.uniform(1.8, 2.2)
+    s_a = a * prng.uniform(1.0, 1.12)
+    # S1's posterior-superior corner under L5's posterior-inferior one (no slip unless drawn):
+    # move the sacrum along its endplate by what separates the two corners there
+    u_s = np.array([math.cos(phi_s), -math.sin(phi_s)])
+    l5_corner = centers[5] - a * np.array([math.cos(phis[5]), -math.sin(phis[5])]) \
+        + heights[5] / 2 * 0.91 * _axis(phis[5])   # L5 is wedged: its posterior wall shorter
+    s_top = s_top + float((l5_corner - (s_top - s_a * u_s)) @ u_s) * u_s
     # a degenerative slip (grade I-II): the body and everything above it moves anteriorly
     # along the endplate below (its own generator: the other features stay as they were)
     srng = np.random.default_rng([cfg.seed, 5, case.index])
@@ -266,7 +275,6 @@ def render(case: CaseSpec, cfg: PhantomConfig) -> tuple[np.ndarray, list[Region]
         slip = {"pair": LUMBAR_LEVELS[k - 1] + "/" + (LUMBAR_LEVELS[k] if k < 5 else "S1"),
                 "fraction": round(fraction, 4)}
 
-    a = depth / 2
     bodies_local, corners = [], []
     for i in range(n_b):
         wedge = rng.normal(0, 0.04) + (0.09 if i == 5 else 0.0) - (0.03 if i == 1 else 0.0)
@@ -275,8 +283,6 @@ def render(case: CaseSpec, cfg: PhantomConfig) -> tuple[np.ndarray, list[Region]
         bodies_local.append(vertebral_body(rng, a * (1 + rng.normal(0, 0.03)),
                                            heights[i] / 2, wedge, n_pts))
     bodies = [_rot(bodies_local[i], centers[i], phis[i]) for i in range(n_b)]
-    s_len = prng.uniform(1.8, 2.2)
-    s_a = a * prng.uniform(1.0, 1.12)
     # the sacral outline's v=0 is its superior endplate; centre it on the axis below L5
     sacrum = _rot(sacrum_outline(rng, s_a, s_len, int(rng.integers(10, 16))), s_top, phi_s)
 

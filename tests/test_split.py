@@ -78,6 +78,7 @@ def test_stratified_by_implants_and_overlap(seed):
 @pytest.mark.parametrize("n_patients, k, message", [
     (4, 5, "need at least 6 patients"),   # too few patients for a test set and 5 folds
     (30, 1, "at least 2"),                # one fold is no cross-validation
+    (3, 2, "cannot be split 3 ways"),     # enough patients, but each stratum has one image
 ])
 def test_impossible_splits_are_clear_errors(n_patients, k, message):
     with pytest.raises(SpinepipeError, match=message):

@@ -64,7 +64,11 @@ def _grouped_split(n_splits: int, seed: int, y: np.ndarray, groups: np.ndarray):
     with warnings.catch_warnings():  # a stratum smaller than n_splits only warns
         warnings.simplefilter("ignore", UserWarning)
         cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=False)
-        return list(cv.split(np.zeros(len(y)), y, seeded))
+        try:
+            return list(cv.split(np.zeros(len(y)), y, seeded))
+        except ValueError as exc:    # too few images / patients for this many splits
+            raise InsufficientDataError(f"{len(y)} images of {len(names)} patients cannot be "
+                                        f"split {n_splits} ways ({exc})") from None
 
 
 def make_splits(rows: list[dict], cfg: SplitConfig, file: str = "images.csv") -> dict:
