@@ -4,7 +4,6 @@ back by convert."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import subprocess
 import sys
@@ -288,12 +287,12 @@ def test_the_round_trip_through_convert_and_what_annotators_changed(trained):
 
     # the annotator: in the first image with 3+ regions, move a point of region 0, delete
     # region 1, draw a new one (no proposal id: VIA gives it the attribute defaults)
-    key, im = next((k, v) for k, v in project["_via_img_metadata"].items()
+    _, im = next((k, v) for k, v in project["_via_img_metadata"].items()
                    if len(v["regions"]) >= 3)
     moved = im["regions"][0]["shape_attributes"]
     moved["all_points_x"][0] += 6
     del im["regions"][1]
-    xs, ys = moved["all_points_x"], moved["all_points_y"]
+    xs = moved["all_points_x"]
     im["regions"].append({"shape_attributes": {"name": "polygon",
                                                "all_points_x": [min(xs), min(xs) + 8, min(xs) + 8],
                                                "all_points_y": [2, 2, 10]},

@@ -15,8 +15,6 @@ How VIA 2.0.10 writes each file (read from via.js, functions named in each build
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 

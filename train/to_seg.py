@@ -16,6 +16,7 @@ is read.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import numpy as np
 import pydicom
 from pycocotools import mask as mask_utils
 
+from converters.coco import DEFAULT_CLASSES
 from converters.errors import (InvalidDicomError, MissingInputError, SpinepipeError,
                                UnsafeLocationError)
 from converters.io import atomic_path, write_json
@@ -35,9 +37,6 @@ from converters.ledger import load_ledger
 from converters.paths import check_name, check_uid, confined
 from converters.seg import Algorithm, Segment, build_segmentation, reidentified_source
 from train.models import family
-
-CLASS_VALUES = {"lumbar": 1, "sacrum": 2}
-
 
 @dataclass(frozen=True)
 class ToSegConfig:
@@ -76,7 +75,7 @@ def segments_of(eval_dir: Path, image: str, model: str,
     if family(model) == "instance":
         out = []
         for r in (instances or {}).get(image, []):
-            cls = {1: "lumbar", 2: "sacrum"}.get(int(r.get("category_id", 0)))
+            cls = {v: k for k, v in DEFAULT_CLASSES.items()}.get(int(r.get("category_id", 0)))
             if cls is None:
                 continue
             out.append(Segment(r.get("level") or cls, cls,
@@ -88,7 +87,7 @@ def segments_of(eval_dir: Path, image: str, model: str,
     if mask is None or mask.ndim != 2:
         raise SpinepipeError("prediction PNG missing or not a one-channel label map",
                              file=path)
-    return [Segment(cls, cls, mask == v) for cls, v in CLASS_VALUES.items()]
+    return [Segment(cls, cls, mask == v) for cls, v in DEFAULT_CLASSES.items()]
 
 
 def find_source(dicom_root: Path, image: str) -> Path:
@@ -125,7 +124,6 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, output: str | Path,
     summary_path = eval_dir / "per_image.csv"
     if not summary_path.is_file():
         raise MissingInputError("evaluation not found", produced_by="evaluate", file=summary_path)
-    import csv
     images = [r["file_name"] for r in csv.DictReader(summary_path.open())
               if r.get("predicted", "1") != "0"]
     instances = None
