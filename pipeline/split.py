@@ -4,6 +4,7 @@ params.yaml section ``split`` (:class:`train.split.SplitConfig`).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -25,6 +26,9 @@ def command(
     summary = write_splits(input, output, cfg)
     say(f"split: test {summary['test']['images']} images ({summary['test']['patients']} "
         f"patients), {cfg.k} folds -> {output}/splits.json", quiet=quiet)
+    strata = json.loads((output / "splits.json").read_text())["strata"]
+    if "coarser" in strata:
+        say(f"split: note: stratified by {strata}", quiet=quiet)
     if not quiet:
         for name, part in summary.items():
             if name.startswith("fold"):

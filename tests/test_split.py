@@ -78,11 +78,28 @@ def test_stratified_by_implants_and_overlap(seed):
 @pytest.mark.parametrize("n_patients, k, message", [
     (4, 5, "need at least 6 patients"),   # too few patients for a test set and 5 folds
     (30, 1, "at least 2"),                # one fold is no cross-validation
-    (3, 2, "cannot be split 3 ways"),     # enough patients, but each stratum has one image
 ])
 def test_impossible_splits_are_clear_errors(n_patients, k, message):
     with pytest.raises(SpinepipeError, match=message):
         make_splits(_rows(n_patients), SplitConfig(k=k))
+
+
+def test_a_batch_too_small_for_its_strata_is_split_with_coarser_ones():
+    """14 images of 8 patients, no stratum with 7 images (the test pass splits 7 ways):
+    scikit-learn refuses the stratified split; spinepipe stratifies by what it can and says so."""
+    rows = [{"file_name": f"SP{i % 8:05d}_{i}.png", "patient": f"SP{i % 8:05d}",
+             "implants": int(i % 4 in (1, 2)), "overlap": int(i % 4 >= 2)} for i in range(14)]
+    assert max(Counter((r["implants"], r["overlap"]) for r in rows).values()) < 7
+    s = make_splits(rows, SplitConfig(k=2, max_test_fraction=0.15))
+    assert "coarser than implants x overlap" in s["strata"]
+    patient = {r["file_name"]: r["patient"] for r in rows}
+    test_patients = {patient[f] for f in s["test"]}
+    assert s["test"] and all(not {patient[f] for f in fold["val"]} & test_patients
+                             for fold in s["folds"])
+    assert sorted(s["test"] + [f for fold in s["folds"] for f in fold["val"]]) == \
+        sorted(patient)
+    big = make_splits(_rows(), SplitConfig())
+    assert big["strata"] == "implants x overlap (images.csv)"
 
 
 def test_written_outputs(tmp_path):

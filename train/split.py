@@ -12,7 +12,9 @@ Input: the convert stage's ``images.csv`` (one row per image: ``file_name``, ``p
 
 Method: case IDs (file names) are sorted, then scikit-learn's ``StratifiedGroupKFold``
 (seeded through a permutation of the patient labels) splits them with the patient as group and the stratum
-(implants x overlap) as label. The fixed test set is one fold of a first pass sized to the
+(implants x overlap) as label; a batch too small for that (no stratum with as many images
+as splits) is stratified by overlap, then implants, then not at all, and ``strata`` in
+``splits.json`` says so. The fixed test set is one fold of a first pass sized to the
 test share; the k folds split the rest. No patient is ever in two of test / folds' val sets.
 Test size: ``test_size`` images (100 as in the study), at most ``max_test_fraction`` of them.
 """
@@ -49,23 +51,33 @@ STRATUM_NAMES = {0: "no implant, no overlap", 1: "no implant, overlap",
                  2: "implant, no overlap", 3: "implant, overlap"}
 
 
+# Coarser labels, tried in turn when no stratum of the finer one has n_splits images (a small
+# batch): stratification then keeps what it can instead of refusing the split.
+LABELLINGS = (("implants x overlap", lambda y: y), ("overlap", lambda y: y % 2),
+              ("implants", lambda y: y // 2), ("none", lambda y: np.zeros_like(y)))
+
+
 def _grouped_split(n_splits: int, seed: int, y: np.ndarray, groups: np.ndarray):
-    """StratifiedGroupKFold, seeded by relabelling the groups.
+    """StratifiedGroupKFold, seeded by relabelling the groups; returns (folds, labelling).
 
     scikit-learn's ``shuffle=True`` stratifies markedly worse (seen here: up to 7 points off
     a stratum's share where ``shuffle=False`` stays within 1), so the groups are renamed
     through a seeded permutation instead, which changes the algorithm's tie-breaking order
-    and hence the split, and ``shuffle=False`` is used.
+    and hence the split, and ``shuffle=False`` is used. The label is the finest of
+    :data:`LABELLINGS` with at least one stratum of ``n_splits`` images (scikit-learn refuses
+    when every stratum is smaller; a stratum smaller than ``n_splits`` merely warns).
     """
     import warnings
     names = np.unique(groups)
     relabel = dict(zip(names, np.random.default_rng(seed).permutation(len(names))))
     seeded = np.array([relabel[g] for g in groups])
-    with warnings.catch_warnings():  # a stratum smaller than n_splits only warns
+    label, coarse = next((name, f(y)) for name, f in LABELLINGS
+                         if np.bincount(f(y)).max() >= n_splits or name == "none")
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=False)
         try:
-            return list(cv.split(np.zeros(len(y)), y, seeded))
+            return list(cv.split(np.zeros(len(y)), coarse, seeded)), label
         except ValueError as exc:    # too few images / patients for this many splits
             raise InsufficientDataError(f"{len(y)} images of {len(names)} patients cannot be "
                                         f"split {n_splits} ways ({exc})") from None
@@ -89,16 +101,22 @@ def make_splits(rows: list[dict], cfg: SplitConfig, file: str = "images.csv") ->
     n_test = min(cfg.test_size, int(len(rows) * cfg.max_test_fraction))
     n_test = max(n_test, 1)
     first = min(max(2, round(len(rows) / n_test)), n_patients)
-    _, test_idx = _grouped_split(first, cfg.seed, y, groups)[0]
+    test_folds, test_label = _grouped_split(first, cfg.seed, y, groups)
+    test_idx = test_folds[0][1]
     rest = np.setdiff1d(np.arange(len(rows)), test_idx)
     if len(set(groups[rest])) < cfg.k:
         raise InsufficientDataError(f"after the test set, {len(set(groups[rest]))} patients remain for "
                          f"{cfg.k} folds", file=file)
     folds = []
-    for train_i, val_i in _grouped_split(cfg.k, cfg.seed, y[rest], groups[rest]):
+    cv_folds, cv_label = _grouped_split(cfg.k, cfg.seed, y[rest], groups[rest])
+    for train_i, val_i in cv_folds:
         folds.append({"train": sorted(names[rest][train_i].tolist()),
                       "val": sorted(names[rest][val_i].tolist())})
-    return {"seed": cfg.seed, "k": cfg.k, "strata": "implants x overlap (images.csv)",
+    strata = (f"{test_label} (images.csv)" if test_label == cv_label else
+              f"test: {test_label}, folds: {cv_label} (images.csv)")
+    if {test_label, cv_label} != {LABELLINGS[0][0]}:
+        strata += "; coarser than implants x overlap: too few images per stratum"
+    return {"seed": cfg.seed, "k": cfg.k, "strata": strata,
             "test": sorted(names[test_idx].tolist()), "folds": folds}
 
 
