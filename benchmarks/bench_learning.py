@@ -83,7 +83,7 @@ def main() -> None:
     if inst and sem:
         (ci, mi), (cs, ms) = max(inst), max(sem)
         print(f"composite recognition on the images with overlaps: best instance {mi} {ci:.2f} "
-              f"vs best semantic {ms} {cs:.2f} ({ci / cs if cs else float('inf'):.2f}x)")
+              f"vs best semantic {ms} {cs:.2f}" + (f" ({ci / cs:.2f}x)" if cs else ""))
 
 
 if __name__ == "__main__":
