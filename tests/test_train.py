@@ -135,6 +135,11 @@ def test_evaluate_and_report_the_trained_models(project):
     (["--model", "unet", "--fold", "0", "--preset", "huge"], "unknown preset 'huge'"),
     (["--model", "unet", "--fold", "0", "--launcher", "mpi"], "--launcher must be none, pytorch or slurm"),
     (["--model", "unet", "--fold", "0", "--cfg-options", "oops"], "key=value"),
+    # an override that leaves MMEngine nothing to build, or a layer it cannot make
+    (["--model", "unet", "--fold", "0", "--cfg-options", "model.backbone=null"],
+     "the model does not build from this config (TypeError: cfg should be a dict"),
+    (["--model", "unet", "--fold", "0", "--cfg-options", "model.decode_head.num_classes=-1"],
+     "the model does not build from this config (RuntimeError"),
 ])
 def test_bad_requests_fail_before_training(project, args, message):
     proc = _train(project, *args)

@@ -35,7 +35,14 @@ def train(cfg: Config, *, resume: bool = False) -> Runner:
 
         if not dist.is_initialized():
             dist.init_process_group(backend="gloo")
-    runner = Runner.from_cfg(cfg)
+    try:
+        runner = Runner.from_cfg(cfg)   # builds the model: an override can break it here
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InvalidConfigError(f"the model does not build from this config "
+                                 f"({type(exc).__name__}: {first}); check --cfg-options and "
+                                 "the preset's options", file=Path(cfg.work_dir) / "config.py"
+                                 ) from None
     runner.train()
     return runner
 
