@@ -620,9 +620,9 @@ def _html(tables: dict, figs: dict, ex: list, df: pd.DataFrame, cfg: ReportConfi
         "<p>Models and folds: " + ", ".join(
             f"{html.escape(_name(m))} ({', '.join(str(int(f)) for f in sorted(fs))})"
             for m, fs in runs.items()) +
-        f". Per-image metrics on the fixed test set, as in the study (Long et al.; background "
-        f"counts as a class); recognition rates judged automatically; significance level "
-        f"{cfg.alpha}.</p>",
+        ". Per-image metrics on the fixed test set, as in the study (Konya et al. 2021, "
+        "with Long et al.'s definitions; background counts as a class); recognition rates "
+        f"judged automatically; significance level {cfg.alpha}.</p>",
     ]
     if notes.get("sample"):
         parts.append(f"<p class='note'><b>Small test set.</b> {html.escape(notes['sample'])}</p>")
