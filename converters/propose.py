@@ -124,13 +124,21 @@ def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int
     contour = mask_outline(mask)
     if contour is None or len(contour) < 3:
         return None
+    def valid(region) -> bool:
+        return len(region.xs) >= 3 and Polygon(list(zip(region.xs, region.ys))).is_valid
+
     region = polygon_region(simplify(contour, max_points))
-    if len(region.xs) >= 3 and not Polygon(list(zip(region.xs, region.ys))).is_valid:
+    if len(region.xs) >= 3 and not valid(region):
         # simplification (or a pinch between diagonal pixels) crossed the outline: the
-        # largest valid part, simplified again (VIA draws it; convert would repair it)
+        # largest valid part, simplified again, with more vertices where that still crosses
+        # (rounding to VIA's integers can too); convert would repair it, but not as drawn
         fixed = _largest_part(make_valid(Polygon(contour)))
         if fixed is not None:
-            region = polygon_region(simplify(np.asarray(fixed.exterior.coords)[:-1], max_points))
+            part = np.asarray(fixed.exterior.coords)[:-1]
+            for n in (max_points, 2 * max_points, 4 * max_points):
+                region = polygon_region(simplify(part, n))
+                if valid(region):
+                    break
     if len(region.xs) < 3:
         return None
     x0, y0 = int(contour[:, 0].min()), int(contour[:, 1].min())
