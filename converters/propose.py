@@ -8,8 +8,11 @@ top-left pixel, so pixel ``(x, y)`` covers ``[x, x+1) x [y, y+1)``); VIA stores 
 integers (:mod:`converters.via`).
 
 A mask becomes one polygon: the outer contour of its largest region, traced along the pixel
-edges (:func:`converters.coco.mask_outline`), simplified (Douglas-Peucker, the tolerance raised until) to at most ``max_points``
-vertices (the study drew 15 per vertebra).
+edges (:func:`converters.coco.mask_outline`), simplified (Douglas-Peucker, the tolerance raised
+until) to at most ``max_points`` vertices (the study drew 15 per vertebra). Where that crosses
+itself (a ragged mask, or two parts touching at a pixel corner), the largest part of the
+outline is simplified by shapely's topology-preserving Douglas-Peucker instead: every polygon
+written is simple, so convert reads it back as the one instance it was.
 
 Each proposed image carries, for the round trip, a file attribute ``spinepipe_proposal``
 (compact JSON: the model and, per region, its id, class, level and vertices) and each region an
@@ -81,18 +84,11 @@ class Proposal:
 # masks -> polygons
 
 
-def simplify(points: np.ndarray, max_points: int) -> np.ndarray:
-    """Douglas-Peucker with the smallest tolerance (doubling from 0.25 px, then bisected) that
-    leaves at most ``max_points`` vertices."""
-    pts = points.astype(np.float32).reshape(-1, 1, 2)
-
-    def run(eps: float) -> np.ndarray:
-        return cv2.approxPolyDP(pts, eps, closed=True)[:, 0, :]
-
-    if len(points) <= max_points:
-        return points
+def _within(run, max_points: int) -> list:
+    """``run(tolerance)`` with the smallest tolerance (doubling from 0.25 px, then bisected)
+    that leaves at most ``max_points`` vertices."""
     lo, hi = 0.0, 0.25
-    while len(run(hi)) > max_points:
+    while len(run(hi)) > max_points and hi < 1e6:
         lo, hi = hi, hi * 2
     for _ in range(12):
         mid = (lo + hi) / 2
@@ -100,7 +96,17 @@ def simplify(points: np.ndarray, max_points: int) -> np.ndarray:
             lo = mid
         else:
             hi = mid
-    return run(hi).astype(np.float64)
+    return run(hi)
+
+
+def simplify(points: np.ndarray, max_points: int) -> np.ndarray:
+    """Douglas-Peucker (OpenCV) with the smallest tolerance that leaves at most
+    ``max_points`` vertices."""
+    if len(points) <= max_points:
+        return points
+    pts = points.astype(np.float32).reshape(-1, 1, 2)
+    return _within(lambda eps: cv2.approxPolyDP(pts, eps, closed=True)[:, 0, :],
+                   max_points).astype(np.float64)
 
 
 def _largest_part(geom) -> Polygon | None:
@@ -117,6 +123,30 @@ def polygon_iou(ax: Sequence[float], ay: Sequence[float], bx: Sequence[float],
     return float(a.intersection(b).area / union) if union > 0 else 0.0
 
 
+def _simple(xs: Sequence[int], ys: Sequence[int]) -> bool:
+    return len(xs) >= 3 and Polygon(list(zip(xs, ys))).is_valid
+
+
+def _valid_region(contour: np.ndarray, max_points: int) -> ViaRegion:
+    """A simple polygon of at most ``max_points`` vertices for a pixel outline whose
+    Douglas-Peucker simplification crosses itself: the largest part of the repaired outline,
+    simplified by shapely's topology-preserving Douglas-Peucker (a valid ring in, a valid ring
+    out) with the smallest tolerance that leaves ``max_points`` vertices. The outline's vertices
+    are pixel corners, so they are VIA's integers already and rounding cannot make it cross.
+    No vertices (so no proposal) when even that is not a simple polygon of some area."""
+    part = _largest_part(make_valid(Polygon(contour)))
+    if part is None:
+        return polygon_region([])
+    ring = Polygon(part.exterior)
+
+    def run(tol: float) -> list:
+        return list(ring.simplify(tol, preserve_topology=True).exterior.coords)[:-1]
+
+    region = polygon_region(_within(run, max_points))
+    simple = len(region.xs) <= max_points and _simple(region.xs, region.ys)
+    return region if simple else polygon_region([])
+
+
 def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int], float] | None:
     """VIA integer vertices of a mask's polygon and their IoU with the mask (pixel areas);
     None when the mask is empty or too thin to outline. Works in the mask's bounding box
@@ -124,21 +154,11 @@ def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int
     contour = mask_outline(mask)
     if contour is None or len(contour) < 3:
         return None
-    def valid(region) -> bool:
-        return len(region.xs) >= 3 and Polygon(list(zip(region.xs, region.ys))).is_valid
-
     region = polygon_region(simplify(contour, max_points))
-    if len(region.xs) >= 3 and not valid(region):
-        # simplification (or a pinch between diagonal pixels) crossed the outline: the
-        # largest valid part, simplified again, with more vertices where that still crosses
-        # (rounding to VIA's integers can too); convert would repair it, but not as drawn
-        fixed = _largest_part(make_valid(Polygon(contour)))
-        if fixed is not None:
-            part = np.asarray(fixed.exterior.coords)[:-1]
-            for n in (max_points, 2 * max_points, 4 * max_points):
-                region = polygon_region(simplify(part, n))
-                if valid(region):
-                    break
+    if len(region.xs) >= 3 and not _simple(region.xs, region.ys):
+        # Douglas-Peucker (or a pinch between diagonal pixels) crossed the outline; convert
+        # would repair it, but not as drawn
+        region = _valid_region(contour, max_points)
     if len(region.xs) < 3:
         return None
     x0, y0 = int(contour[:, 0].min()), int(contour[:, 1].min())

@@ -13,11 +13,13 @@ import cv2
 import numpy as np
 import pytest
 
-from converters.coco import flat, rasterize
+from shapely.geometry import Polygon
+
+from converters.coco import flat, mask_outline, rasterize
 from converters.propose import (PROPOSAL_ATTRIBUTE, REGION_ID, Proposal, ProposedRegion,
                                 corrections, mask_polygon, polygon_iou, read_proposal, review,
-                                via_images)
-from converters.via import read_via
+                                simplify, via_images)
+from converters.via import polygon_region, read_via
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
@@ -50,6 +52,36 @@ def test_mask_polygon_traces_pixel_edges_not_centres():
     xs, ys, fit = mask_polygon(m, 15)
     assert sorted(set(xs)) == [8, 18] and sorted(set(ys)) == [5, 15] and fit == 1.0
     assert mask_polygon(np.zeros((5, 5), bool), 15) is None
+
+
+def _ragged(seed: int) -> np.ndarray:
+    """A tiny model's mask: a few overlapping ellipses with pixels missing here and there."""
+    rng = np.random.default_rng(seed)
+    m = np.zeros((60, 60), np.uint8)
+    for _ in range(rng.integers(3, 8)):
+        centre = (int(rng.integers(15, 45)), int(rng.integers(15, 45)))
+        axes = (int(rng.integers(2, 15)), int(rng.integers(1, 6)))
+        cv2.ellipse(m, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    return (m > 0) & (rng.random(m.shape) > 0.15)
+
+
+def test_mask_polygon_never_crosses_itself_nor_exceeds_its_budget():
+    """Douglas-Peucker crosses a ragged outline, and the outline of two squares touching at a
+    corner (one 8-connected region) is a figure eight: what reaches VIA must still be one
+    simple polygon within max_points, or convert would split it (the round trip's IoU)."""
+    pinch = np.zeros((30, 30), bool)
+    pinch[2:12, 2:12] = pinch[12:20, 12:20] = True
+    masks = [pinch] + [_ragged(seed) for seed in range(300)]
+    crossed = 0
+    for m in masks:
+        outline = polygon_region(simplify(mask_outline(m), 12))
+        crossed += not Polygon(list(zip(outline.xs, outline.ys))).is_valid
+        xs, ys, fit = mask_polygon(m, 12)
+        assert 3 <= len(xs) <= 12 and Polygon(list(zip(xs, ys))).is_valid
+        assert 0 < fit <= 1
+    assert crossed >= 5          # the repair is what is tested, not Douglas-Peucker's luck
+    xs, ys, _ = mask_polygon(pinch, 12)
+    assert sorted(set(xs)) == [2, 12] and sorted(set(ys)) == [2, 12]   # the larger square
 
 
 def _spine(n_lumbar=5, sacrum=True, score=0.95) -> list[ProposedRegion]:
