@@ -69,13 +69,16 @@ def algorithm_of(model: str, fold: int | None, run: Path | None) -> Algorithm:
     return Algorithm(model, fold, config, digest, spinepipe_version())
 
 
+CLASS_OF_ID = {v: k for k, v in DEFAULT_CLASSES.items()}
+
+
 def segments_of(eval_dir: Path, image: str, model: str,
                 instances: dict[str, list[dict]] | None) -> list[Segment]:
     """The segments of one evaluated image (module docstring)."""
     if family(model) == "instance":
         out = []
         for r in (instances or {}).get(image, []):
-            cls = {v: k for k, v in DEFAULT_CLASSES.items()}.get(int(r.get("category_id", 0)))
+            cls = CLASS_OF_ID.get(int(r.get("category_id", 0)))
             if cls is None:
                 continue
             out.append(Segment(r.get("level") or cls, cls,
