@@ -8,6 +8,9 @@ Ranges and formats are declared on the dataclass field, next to its default, as 
 metadata: ``field(default=8, metadata={"min": 1})``; ``"max"``; ``"pattern"`` (a regular
 expression every string, or every string item of a list, must match in full; ``"example"``
 shows one in the error).
+
+YAML is read as YAML 1.2 (and DVC, through ruamel) reads numbers: ``1e-4`` is a float, where
+PyYAML's YAML 1.1 rules want ``1.0e-4`` and would give the string ``"1e-4"``.
 """
 from __future__ import annotations
 
@@ -26,6 +29,20 @@ T = TypeVar("T")
 DEFAULT_PARAMS = Path("params.yaml")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's floats in scientific notation."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with ``1e-4`` a number (module docstring)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+
+
 def read_params_file(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -37,7 +54,7 @@ def read_params_file(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     except OSError as exc:
         raise ParamsError(f"cannot read the params file ({exc.strerror})", file=path) from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -58,3 +58,13 @@ def test_missing_section_means_defaults(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_section(Section, "s", tmp_path / "nope.yaml")
+
+
+def test_scientific_notation_is_a_number_as_dvc_reads_it(tmp_path):
+    """PyYAML's YAML 1.1 reads 1e-4 as a string; DVC (ruamel, YAML 1.2) as a number: a
+    learning rate written so must be the number DVC tracks, not a type error."""
+    p = tmp_path / "params.yaml"
+    p.write_text("s:\n  ratio: 1e-4\n  name: '1e5'\n  maybe: 2\n")
+    assert load_section(Section, "s", p) == Section(ratio=1e-4, name="1e5", maybe=2)
+    p.write_text("s:\n  ratio: 2.5E+3\n")
+    assert load_section(Section, "s", p).ratio == 2500.0
