@@ -107,5 +107,10 @@ class CheckpointError(SpinepipeError):
     """A checkpoint that cannot be loaded safely."""
 
 
+class TrainingDivergedError(SpinepipeError):
+    """A training whose loss or weights stopped being finite numbers (a learning rate too
+    high for the data, a broken annotation, a layer that overflows)."""
+
+
 class ShapeMismatchError(SpinepipeError):
     """Two images that must align (prediction and ground truth) differ in shape."""

@@ -16,17 +16,23 @@ import yaml
 
 from converters.errors import UsageError
 from pipeline.console import ParamsOption, QuietOption, library_output_to, say
-from pipeline.params import stage_params
+from pipeline.params import load_yaml, stage_params
 from train.models import run_dir
 
 
 def _options(pairs: list[str]) -> dict:
+    """``key=value`` pairs (keys dotted into the leaf config, as MMEngine's ``--cfg-options``):
+    values in YAML (numbers, true / false, null, lists, dicts), scientific notation such as
+    ``1e-4`` a number too."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise UsageError(f"--cfg-options takes key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = load_yaml(value)
+        except yaml.YAMLError:
+            raise UsageError(f"--cfg-options {key}: not a YAML value: {value!r}") from None
     return out
 
 
@@ -37,7 +43,7 @@ def command(
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Output folder (default models/<model>/fold<k>)."),
     resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in the work dir."),
     launcher: str = typer.Option("none", "--launcher", help="none, pytorch (torchrun) or slurm: passed to MMEngine."),
-    cfg_options: list[str] = typer.Option([], "--cfg-options", help="MMEngine config overrides, key=value (repeatable)."),
+    cfg_options: list[str] = typer.Option([], "--cfg-options", help="MMEngine config overrides, key=value (repeatable); values in YAML, 1e-4 a number."),
     params: Path = ParamsOption,
     quiet: bool = QuietOption,
 ) -> None:

@@ -135,6 +135,8 @@ def test_evaluate_and_report_the_trained_models(project):
     (["--model", "unet", "--fold", "0", "--preset", "huge"], "unknown preset 'huge'"),
     (["--model", "unet", "--fold", "0", "--launcher", "mpi"], "--launcher must be none, pytorch or slurm"),
     (["--model", "unet", "--fold", "0", "--cfg-options", "oops"], "key=value"),
+    (["--model", "unet", "--fold", "0", "--cfg-options", "model.x=[1,"],
+     "--cfg-options model.x: not a YAML value: '[1,'"),
     # an override that leaves MMEngine nothing to build, or a layer it cannot make
     (["--model", "unet", "--fold", "0", "--cfg-options", "model.backbone=null"],
      "the model does not build from this config (TypeError: cfg should be a dict"),
@@ -146,6 +148,52 @@ def test_bad_requests_fail_before_training(project, args, message):
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_cfg_options_read_scientific_notation_as_numbers():
+    """PyYAML reads 1e-4 as a string (YAML 1.1 wants 1.0e-4): torch then refused the string
+    learning rate with a traceback."""
+    from pipeline.train import _options
+
+    assert _options(["optim_wrapper.optimizer.lr=1e-4", "a=2.5E+3", "b=3", "c=[1, 2]",
+                     "d=null", "e=abc", "f='1e5'"]) == {
+        "optim_wrapper.optimizer.lr": 1e-4, "a": 2500.0, "b": 3, "c": [1, 2], "d": None,
+        "e": "abc", "f": "1e5"}
+
+
+@pytest.mark.parametrize("model, options, cause", [
+    # the loss itself turns NaN (U-Net's cross-entropy)
+    ("unet", [], "loss nan"),
+    # weights so large that YOLACT's head asserts before any loss is NaN
+    ("yolact", ["train_cfg.max_epochs=1", "model.backbone.depth=18",
+                "model.neck.in_channels=[64,128,256,512]"],
+     "AssertionError: classification scores become infinite or NaN!"),
+])
+def test_a_diverging_training_stops_with_one_line(project, model, options, cause):
+    work = project / f"diverged_{model}"
+    args = ["--model", model, "--fold", "1", "--work-dir", work.name,
+            "--cfg-options", "optim_wrapper.optimizer.lr=1e8"]
+    for option in options:
+        args += ["--cfg-options", option]
+    proc = _train(project, *args)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training diverged at iteration" in lines[0], proc.stderr[-3000:]
+    assert cause in lines[0] and "optim_wrapper.optimizer.lr" in lines[0]
+    log = Path(lines[0].rsplit(", in ", 1)[1])
+    assert log.is_file() and (project / log).resolve().is_relative_to(work.resolve())
+    assert not (work / "metrics.json").exists() and not (work / "best.pth").exists()
+
+
+def test_non_finite_weights_are_told_from_finite_ones():
+    import torch
+
+    from train.runner import _finite_weights
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert _finite_weights(net)
+    net[1].running_var[0] = float("inf")      # a buffer, not a parameter
+    assert not _finite_weights(net)
 
 
 def test_missing_data_is_reported_before_training(project, tmp_path):

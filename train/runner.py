@@ -2,10 +2,17 @@
 
 The checkpoint allowlist (:mod:`train.checkpoint`) is installed first, so ``resume`` and
 ``load_from`` work under torch >= 2.6.
+
+A training that diverges stops at the first iteration whose loss is not a finite number (NaN or
+infinite), and so does one that fails inside MMDetection / MMSegmentation once its weights are
+no longer finite or its head says its scores are not (YOLACT's "classification scores become
+infinite or NaN!"): :class:`converters.errors.TrainingDivergedError`, one line naming the
+run's MMEngine log, not a model trained on NaN that reports a score.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -13,9 +20,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from converters.errors import InsufficientDataError, InvalidConfigError, MissingInputError
+from converters.errors import (InsufficientDataError, InvalidConfigError, MissingInputError,
+                               TrainingDivergedError)
 from converters.io import write_json
 from train.checkpoint import allow_mmengine_checkpoints
 from train.models import BEST_METRIC, MODELS, family, family_of_scope
@@ -43,8 +52,48 @@ def train(cfg: Config, *, resume: bool = False) -> Runner:
                                  f"({type(exc).__name__}: {first}); check --cfg-options and "
                                  "the preset's options", file=Path(cfg.work_dir) / "config.py"
                                  ) from None
-    runner.train()
+    runner.register_hook(FiniteLoss(), priority="VERY_HIGH")
+    try:
+        runner.train()
+    except TrainingDivergedError:
+        raise
+    except Exception as exc:
+        # MMDetection's heads assert that their scores are finite ("... become infinite or
+        # NaN!"): weights still finite but so large that the forward pass overflows
+        said = isinstance(exc, AssertionError) and "nan" in str(exc).lower()
+        if not said and _finite_weights(runner.model):
+            raise      # a bug, with its traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise TrainingDivergedError(
+            f"training diverged at iteration {runner.iter + 1} ({type(exc).__name__}: "
+            f"{first}); lower the learning rate (--cfg-options optim_wrapper.optimizer.lr=...)",
+            file=_log(runner)) from None
     return runner
+
+
+class FiniteLoss(Hook):
+    """Stop at the first training iteration whose loss is NaN or infinite."""
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        loss = (outputs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDivergedError(
+                f"training diverged at iteration {runner.iter + 1}: loss {float(loss)}; lower "
+                "the learning rate (--cfg-options optim_wrapper.optimizer.lr=...)",
+                file=_log(runner))
+
+
+def _finite_weights(model) -> bool:
+    """Every parameter and float buffer (batch-norm statistics) finite."""
+    import torch
+
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if torch.is_floating_point(t))
+
+
+def _log(runner) -> Path:
+    """The run's log (MMEngine writes it to a timestamped folder of the work dir)."""
+    return Path(runner.log_dir) / f"{runner.timestamp}.log"
 
 
 def last_checkpoint(work_dir: str | Path) -> Path | None:
