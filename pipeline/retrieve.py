@@ -3,6 +3,13 @@
 params.yaml section ``retrieve`` (:class:`converters.pacs.RetrieveConfig`). With
 ``retrieve.enabled: false`` (the demo, where the phantom is the archive) the command only
 makes sure the output folder exists.
+
+What the PACS sends is verified (:mod:`converters.pacs`): an object whose study, series,
+instance or patient is not what was asked is refused and listed ("refused: ..."); each study
+and each study-level query has a deadline of 10 x ``retrieve.timeout_s``
+(:data:`converters.pacs.DEADLINE_FACTOR`), after which its association is aborted and it is
+listed incomplete / unanswered; a PACS failure status is shown in words. Any of these makes
+the command exit 1 after the rest was fetched; a re-run resumes.
 """
 from __future__ import annotations
 
@@ -56,7 +63,11 @@ def command(
     lines = report.problem_lines()
     if lines:
         console.print("\n".join(lines))
-    if report.failed or report.not_found or report.invalid:
+    if report.failed or report.not_found or report.invalid or report.unanswered \
+            or report.mismatched:
+        extra = "".join(f", {n} {what}" for n, what in (
+            (len(report.unanswered), "query(ies) unanswered within the deadline"),
+            (len(report.mismatched), "object(s) refused (not what was asked)")) if n)
         raise IncompleteRunError(f"{len(report.failed)} stud(ies) incomplete, {len(report.not_found)} "
                          f"query(ies) without a match, {len(report.invalid)} invalid study "
-                         "UID(s); re-run to resume", file=state)
+                         f"UID(s){extra}; re-run to resume", file=state)

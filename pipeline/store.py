@@ -2,7 +2,9 @@
 
 The connection is ``retrieve``'s (params.yaml section ``retrieve``: host, port, AE titles,
 TLS); the flags override it. Resumable: ``<input>/.store_state.json`` records what each PACS
-accepted, so a re-run sends only the rest. Every instance is reported; any failure makes the
+accepted, with the sha256 of each file's bytes, so a re-run sends only the rest and every file
+whose content changed since it was stored (a SEG rewritten under the same SOP Instance UID is
+sent again, never answered "already there"). Every instance is reported; any failure makes the
 command exit 1 after the others were sent.
 """
 from __future__ import annotations

@@ -171,9 +171,8 @@ def test_retrieve_refuses_a_traversal_uid_from_a_real_pacs(tmp_path, capsys):
 
 def test_store_handler_refuses_objects_with_invalid_uids(tmp_path):
     """What a PACS pushes during C-GET / C-MOVE is checked too, not only C-FIND answers."""
-    import threading
-
-    from converters.pacs import _store_handler
+    from converters.io import prepare_output
+    from converters.pacs import Asked, Receiver, RetrieveConfig, deadline_for
 
     class Event:  # the two members of pynetdicom's C-STORE event that the handler reads
         def __init__(self, ds):
@@ -185,11 +184,12 @@ def test_store_handler_refuses_objects_with_invalid_uids(tmp_path):
             self.dataset.save_as(buf, enforce_file_format=True)
             return buf.getvalue()
 
-    counter, invalid = [0], []
-    handle = _store_handler(tmp_path / "out", counter, invalid, threading.Lock())
-    assert handle(Event(image(SeriesInstanceUID="../../x"))) == 0xC000
-    assert handle(Event(image())) == 0x0000
-    assert counter == [1] and len(invalid) == 1
+    receiver = Receiver(prepare_output(tmp_path / "out"))
+    with receiver.expecting(Asked("1.2.3.999.2", "1.2.3.999.3", frozenset({"1.2.3.999.1"}),
+                                 "MRN998877", deadline_for(RetrieveConfig()))):
+        assert receiver.handle(Event(image(SeriesInstanceUID="../../x"))) == 0xC000
+        assert receiver.handle(Event(image())) == 0x0000
+    assert receiver.fetched == 1 and len(receiver.invalid) == 1
     assert [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.dcm")] \
         == ["1.2.3.999.2/1.2.3.999.3/1.2.3.999.1.dcm"]
 
