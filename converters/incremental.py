@@ -13,6 +13,10 @@ The rules every stage follows (DESIGN.md, convention 11):
 - an item that disappeared from a group processed now loses its own outputs, unless another
   entry (of any group) still claims them; groups not processed now (other batches, other
   annotation files) are left alone with their outputs.
+- a state file is input too: an entry whose outputs are not plain relative paths (absolute,
+  ``..``, empty parts) makes the whole file count as damaged (everything redone, nothing
+  deleted), and the caller deletes through :func:`converters.io.remove_output`, which touches
+  only regular files below the output root.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from converters.errors import SpinepipeError
-from converters.io import write_json
+from converters.io import is_own_file, read_own, write_json
 
 VERSION = 2
 
@@ -32,6 +36,28 @@ def file_signature(path: Path, *extra: Any) -> list:
     return [st.st_size, st.st_mtime_ns, *extra]
 
 
+def _safe_relative(value: object) -> bool:
+    if not isinstance(value, str) or not value or value.startswith("/") or "\x00" in value:
+        return False
+    return all(part not in ("", ".", "..") for part in value.split("/"))
+
+
+def _well_formed(data: Any) -> bool:
+    """The layout this version writes, every output a plain relative path."""
+    if not isinstance(data, dict) or data.get("version") != VERSION \
+            or not isinstance(data.get("groups"), dict):
+        return False
+    for group in data["groups"].values():
+        if not isinstance(group, dict):
+            return False
+        for entry in group.values():
+            if not (isinstance(entry, dict) and isinstance(entry.get("sig"), list)
+                    and isinstance(entry.get("outputs"), list)
+                    and all(_safe_relative(o) for o in entry["outputs"])):
+                return False
+    return True
+
+
 class IncrementalState:
     """``groups[group][key] = {"sig": [...], "outputs": [...], **extra}`` in a JSON file."""
 
@@ -40,23 +66,30 @@ class IncrementalState:
         self.path = Path(path)
         self._writer = writer or (lambda p, obj: write_json(p, obj, indent=None))
         data: Any = None
-        if self.path.is_file():
+        if loader is not None:
             try:
-                data = loader(self.path) if loader else json.loads(self.path.read_text())
+                data = loader(self.path)
             except (ValueError, OSError, SpinepipeError):
                 data = None  # a damaged state file only costs a full re-run
-        if not isinstance(data, dict) or data.get("version") != VERSION:
+        else:
+            raw = read_own(self.path)  # a link planted at the state's name is refused
+            try:
+                data = json.loads(raw) if raw is not None else None
+            except ValueError:
+                data = None
+        if not _well_formed(data):
             data = {"version": VERSION, "groups": {}}  # older layouts: everything redone once
         self.data = data
 
     def group(self, name: str) -> dict[str, dict]:
         return self.data["groups"].setdefault(name, {})
 
-    def up_to_date(self, group: str, key: str, sig: list,
-                   exists: Callable[[str], bool]) -> dict | None:
-        """The entry when ``sig`` is unchanged and every output still ``exists``."""
+    def up_to_date(self, group: str, key: str, sig: list, root: Path) -> dict | None:
+        """The entry when ``sig`` is unchanged and every output is still a regular file of
+        its own under ``root`` (a link planted at an output's name makes the item redone)."""
         entry = self.group(group).get(key)
-        if entry and entry["sig"] == sig and all(exists(o) for o in entry["outputs"]):
+        if entry and entry["sig"] == sig and all(is_own_file(Path(root) / o)
+                                                 for o in entry["outputs"]):
             return entry
         return None
 

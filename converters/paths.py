@@ -58,11 +58,15 @@ def check_name(value: object, what: str, **where) -> str:
 
 def confined(root: str | Path, *parts: str, **where) -> Path:
     """``root / parts...``, refused with :class:`UnsafePathError` unless it stays inside
-    ``root`` once resolved (``..``, absolute parts and links are all caught)."""
+    ``root`` once its folder is resolved (``..``, absolute parts and linked folders are all
+    caught; the write itself goes through :mod:`converters.io`, which refuses any link below
+    the root)."""
     root = Path(root)
     base = Path(os.path.realpath(root))
     path = root.joinpath(*parts)
-    real = Path(os.path.realpath(path))
+    # a link at the final name is replaced by the write path (converters.io), never followed
+    real = Path(os.path.realpath(path)) if path.name in ("", ".", "..") \
+        else Path(os.path.realpath(path.parent)) / path.name
     if real != base and base not in real.parents:
         raise UnsafePathError(f"refused to write {'/'.join(parts)[:120]!r} outside the output "
                               f"folder {root}", **where)

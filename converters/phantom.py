@@ -49,7 +49,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from converters.anatomy import MAX_VALUE, CaseSpec, Region, burn_in, render
 from converters.errors import InvalidConfigError, InvalidViaError
-from converters.io import atomic_path, write_json
+from converters.io import atomic_path, prepare_output, write_json
 from converters.measures import measures_from_endplates
 from converters.parallel import map_jobs
 from converters.via import ViaImage, polygon_region, read_via, via2_project
@@ -296,7 +296,7 @@ def generate(cfg: PhantomConfig, output: str | Path, *, workers: int | None = No
     :class:`CaseResult` per image, in index order.
     """
     cfg.validate()
-    output = Path(output)
+    output = prepare_output(output)
     cases = plan_cases(cfg)
     workers = workers or os.cpu_count() or 1
     jobs = [(c, cfg, str(output)) for c in cases]

@@ -14,8 +14,14 @@ bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
+import os
 import sys
+import warnings
+from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -47,6 +53,89 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: subcommand -> (options naming the folders it writes, "name:file" for a file whose folder it
+#: writes; options it reads that must lie apart from those folders). Every folder written is
+#: an output root: locked for the run (a second run waits), every write and delete confined to
+#: it (:mod:`converters.io`). The private folder is locked like an output, kept mode 700.
+ROOTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "phantom": (("output",), ()),
+    "retrieve": (("output", "state:file"), ()),
+    "anonymize": (("output", "private"), ("input",)),
+    "export": (("output",), ("input",)),
+    "phantom-annotations": (("output:file", "holdout_output:file"), ()),
+    "convert": (("output", "problems_file:file"), ("input", "more", "images")),
+    "validate": (("problems_file:file",), ()),
+    "split": (("output",), ("input",)),
+    "train": (("work_dir",), ()),
+    "evaluate": (("output",), ()),
+    "propose": (("output:file",), ()),
+    "report": (("output",), ()),
+    "to-seg": (("output",), ("dicom",)),
+    "store": (("input",), ()),  # its resume state lives in the folder it sends
+}
+
+
+def _folders(kwargs: dict, names: tuple[str, ...]) -> list[Path]:
+    out: list[Path] = []
+    for spec in names:
+        key, _, kind = spec.partition(":")
+        value = kwargs.get(key)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is not None:
+                out.append(Path(v).parent if kind == "file" else Path(v))
+    return out
+
+
+def _guarded(name: str, command: Callable) -> Callable:
+    """``command`` run inside its output roots (:data:`ROOTS`), with library warnings
+    silenced under ``--quiet``."""
+    writes, apart = ROOTS.get(name, ((), ()))
+
+    @functools.wraps(command)
+    def run(**kwargs):
+        from converters import io
+        from pipeline.console import console
+
+        io.wait_notice = console.print
+        if kwargs.get("quiet"):
+            warnings.simplefilter("ignore")  # pydicom's and numpy's notes: not for -q
+        inputs = _folders(kwargs, apart)
+        roots = {os.path.realpath(p): p for p in _folders(kwargs, writes)}
+        created = [f for p in roots.values() for f in _missing_folders(p)]
+        try:
+            with contextlib.ExitStack() as stack:
+                for real in sorted(roots):  # one order everywhere: never a deadlock
+                    stack.enter_context(io.output_root(
+                        roots[real], inputs=inputs,
+                        private=roots[real] == kwargs.get("private") and name == "anonymize"))
+                return command(**kwargs)
+        except BaseException:
+            for folder in sorted(set(created), key=lambda f: -len(f.parts)):
+                _remove_if_empty(folder)  # a folder this failed run created: not kept
+            raise
+
+    return run
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when nothing but empty folders lies below it (no file, no link)."""
+    for here, dirs, files in os.walk(folder):
+        if files or any(os.path.islink(os.path.join(here, d)) for d in dirs):
+            return
+    for here, dirs, _ in sorted(os.walk(folder), key=lambda t: -len(t[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(here)
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet (the lock will create them)."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
 def _load(name: str) -> click.Command:
     import typer
     import typer.main
@@ -54,7 +143,7 @@ def _load(name: str) -> click.Command:
     module = importlib.import_module(COMMANDS[name][0])
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                       context_settings={"help_option_names": ["-h", "--help"]})
-    app.command(name)(module.command)
+    app.command(name)(_guarded(name, module.command))
     cmd = typer.main.get_command(app)
     cmd.name = name
     return cmd

@@ -15,6 +15,7 @@ from typing import List, Optional
 import typer
 
 from converters.errors import InsufficientDataError, UsageError
+from converters.io import prepare_output
 from converters.export import ExportConfig
 from converters.via import read_via, via_filepath
 from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
@@ -66,7 +67,7 @@ def command(
             f"project written -> {output}", quiet=quiet)
         return
     log = output.parent / f"{output.stem}.log" if quiet else None
-    output.parent.mkdir(parents=True, exist_ok=True)
+    prepare_output(output.parent)
     with library_output_to(log), progress_bar("propose", quiet=quiet) as update:
         proposals = propose_images(runs, paths, cfg, progress=update)
     scores = truth_iou(proposals, read_via(truth)[1], cfg.class_attribute) if truth else None

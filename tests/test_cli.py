@@ -114,3 +114,32 @@ def test_the_cli_and_the_ingest_stages_never_import_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout, proc.stdout
     assert (tmp_path / "splits" / "splits.json").is_file()
+
+
+def test_quiet_keeps_library_warnings_off_the_terminal(tmp_path):
+    """pydicom warns about invalid values (a UID with letters, in a sequence item and at the
+    top level); with --quiet the user sees the one summary line and nothing else."""
+    from pydicom import config
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from conftest import dicom_image
+
+    item = Dataset()
+    item.add_new(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.1")
+    item.add_new(0x00081155, "UI", "1.2.3.4x")
+    ds = dicom_image(8)
+    ds.add_new(0x00081140, "SQ", Sequence([item]))
+    ds.add_new(0x00200052, "UI", "1.2.3.ABC")
+    (tmp_path / "in").mkdir()
+    saved = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds.save_as(tmp_path / "in" / "a.dcm", enforce_file_format=True)
+    finally:
+        config.settings.writing_validation_mode = saved
+    proc = run("anonymize", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--private",
+               str(tmp_path / "private"), "--params", str(tmp_path / "none.yaml"), "--quiet",
+               "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["anonymize: 1 anonymized -> " + str(tmp_path / "out")]

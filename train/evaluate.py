@@ -34,8 +34,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import secrets
 import shutil
-import tempfile
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,7 +48,7 @@ from pycocotools import mask as mask_utils
 from converters.coco import PNG_LABEL_PARAMS
 from converters.errors import (InsufficientDataError, MissingInputError,
                                ShapeMismatchError, SpinepipeError)
-from converters.io import write_bytes, write_json, write_text
+from converters.io import TEMP_MARK, prepare_output, write_bytes, write_json, write_text
 from converters.levels import LEVELS
 from train.metrics import METRICS, confusion, metrics_from_confusion, pooled_metrics
 from train.models import family, run_dir
@@ -310,8 +310,9 @@ def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path
     gt = TestSet.load(test, masks)
     if predictions is not None and not Path(predictions).is_dir():
         raise MissingInputError("predictions folder not found", file=predictions)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    prepare_output(out.parent)
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}{TEMP_MARK}"
+    tmp.mkdir()  # the user's umask (mkdtemp's would be 700)
     try:
         src = Path(predictions) if predictions is not None else tmp
         if predictions is None:

@@ -31,7 +31,7 @@ from scipy.optimize import linear_sum_assignment
 
 from converters.coco import DEFAULT_CLASSES
 from converters.errors import InvalidConfigError, MissingInputError
-from converters.io import write_json, write_text
+from converters.io import prepare_output, write_json, write_text
 from converters.propose import (Proposal, ProposedRegion, mark_fused, mask_polygon,
                                 polygon_iou, proposal_attributes, review, via_images)
 from converters.via import ReadImage, expand_inputs, read_via, via2_project
@@ -157,6 +157,7 @@ def write_proposals(proposals: Sequence[Proposal], output: str | Path, *, model:
                     runs: Sequence[str]) -> dict:
     """Write the project, ``worklist.csv`` and ``proposals_summary.json``; return the summary."""
     output = Path(output)
+    prepare_output(output.parent)
     if output.suffix.lower() != ".json":
         raise InvalidConfigError("the proposals project must be a .json file", file=output)
     images = via_images(proposals, class_attribute=class_attribute, model=model)

@@ -45,7 +45,7 @@ import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
 from converters.errors import InvalidTableError, MissingInputError
-from converters.io import write_bytes, write_json, write_text
+from converters.io import prepare_output, write_bytes, write_json, write_text
 from train import stats
 from train.metrics import METRICS
 from train.models import eval_dir, family
@@ -506,6 +506,7 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
     """Write every report output (module docstring); return ``metrics.json``'s content."""
     eval_root, output = Path(eval_root), Path(output)
     df, summaries = load_evaluations(eval_root, models)
+    prepare_output(output)
     values = df.assign(recognition_rate=df["recognized"].astype(float),
                        composite_recognition_rate=df["composite"].astype(float))
     all_metrics = [*METRICS, *RATES]

@@ -25,7 +25,7 @@ from mmengine.runner import Runner
 
 from converters.errors import (InsufficientDataError, InvalidConfigError, MissingInputError,
                                TrainingDivergedError)
-from converters.io import write_json
+from converters.io import atomic_path, prepare_output, write_json
 from train.checkpoint import allow_mmengine_checkpoints
 from train.models import BEST_METRIC, MODELS, family, family_of_scope
 from train.run_config import build_leaf, replace_type
@@ -204,7 +204,7 @@ def run(leaf: Config, *, resume: bool = False) -> dict:
     from mmengine.dist import get_dist_info
 
     work = Path(leaf.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    prepare_output(work)
     if int(os.environ.get("RANK", "0")) == 0:  # before the process group exists
         leaf.dump(str(work / "config.py"))
     runner = train(leaf, resume=resume)
@@ -217,6 +217,7 @@ def run(leaf: Config, *, resume: bool = False) -> dict:
                "world_size": world_size}
     if rank == 0:
         if best_ckpt and Path(best_ckpt).is_file():
-            shutil.copyfile(best_ckpt, work / "best.pth")
+            with atomic_path(work / "best.pth") as tmp:  # never through a link
+                shutil.copyfile(best_ckpt, tmp)
         write_json(work / "metrics.json", metrics)
     return {**metrics, "rank": rank}

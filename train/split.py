@@ -30,7 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from converters.errors import (InsufficientDataError, InvalidConfigError,
                                InvalidTableError, MissingInputError)
-from converters.io import write_json, write_text
+from converters.io import prepare_output, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,7 @@ def write_splits(processed: str | Path, output: str | Path, cfg: SplitConfig) ->
     by_name = {r["file_name"]: r for r in rows}
     summary = _summary(splits, by_name)
     stem = lambda f: Path(f).stem  # noqa: E731
+    prepare_output(output)
     write_json(output / "test" / "coco.json", _coco_subset(coco, splits["test"]), indent=None)
     write_text(output / "test" / "list.txt", "".join(f"{stem(f)}\n" for f in splits["test"]))
     for k, fold in enumerate(splits["folds"]):
