@@ -8,9 +8,12 @@ hard-linked under 1,000 names, their VIA entries repeated: the per-image work is
   for the class masks alone and for every mask convert writes (class masks + overlap maps)
 - spinepipe, one core and all cores (convert with qa off; then with QA overlays)
 - re-conversion after one image's annotation changed
-Targets: within 2x of the class-mask floor (issue 13); re-conversion under 2 s.
+- one image with 1,000 and with 3,000 small regions (issue 21: the overlap search was
+  quadratic, 12 s and 118 s; through shapely's STRtree it is near-linear)
+Targets: within 2x of the class-mask floor (issue 13); re-conversion under 2 s; 3,000 regions
+at most 4x the time of 1,000.
 
-    .venv/bin/python benchmarks/bench_convert.py [--n 1000] [--unique 50]
+    .venv/bin/python benchmarks/bench_convert.py [--n 1000] [--unique 50] [--regions-only]
 """
 from __future__ import annotations
 
@@ -51,14 +54,49 @@ def reference(via_path: Path, images: Path, out: Path) -> None:
         cv2.imwrite(str(out / (Path(entry["filename"]).stem + ".png")), mask, PNG_LABEL_PARAMS)
 
 
+def many_regions(tmp: Path) -> None:
+    """Convert one 1500x2000 image annotated with 1,000, then 3,000 small regions (random
+    hexagons, many overlapping), one core; print both times and their ratio."""
+    cv2.imwrite(str(tmp / "big.png"), np.full((2000, 1500), 90, np.uint8))
+    times = {}
+    for n in (1000, 3000):
+        rng = np.random.default_rng(0)
+        regions = []
+        for k in range(n):
+            cx, cy, r = rng.uniform(20, 1480), rng.uniform(20, 1980), rng.uniform(4, 15)
+            t = np.sort(rng.uniform(0, 2 * np.pi, 6))
+            regions.append({"shape_attributes": {
+                "name": "polygon", "all_points_x": np.round(cx + r * np.cos(t)).astype(int).tolist(),
+                "all_points_y": np.round(cy + r * np.sin(t)).astype(int).tolist()},
+                "region_attributes": {"class": "sacrum" if k == 0 else "lumbar"}})
+        via = tmp / f"regions{n}.json"
+        via.write_text(json.dumps({"_via_img_metadata": {"big.png": {
+            "filename": "big.png", "size": -1, "regions": regions}}}))
+        images = tmp / f"regions{n}"
+        images.mkdir()
+        os.link(tmp / "big.png", images / "big.png")
+        t0 = time.perf_counter()
+        convert([via], images, tmp / f"regions{n}_out", ConvertConfig(), workers=1)
+        times[n] = time.perf_counter() - t0
+    print(f"one image with many regions, 1 core: 1,000 regions {times[1000]:.2f} s, 3,000 "
+          f"regions {times[3000]:.2f} s -> ratio {times[3000] / times[1000]:.1f}x "
+          "(quadratic: 9x; target <= 4x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--unique", type=int, default=50)
     ap.add_argument("--height", type=int, default=2870)
     ap.add_argument("--width", type=int, default=1100)
+    ap.add_argument("--regions-only", action="store_true",
+                    help="only the many-regions measurement")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        many_regions(Path(tmp))
+    if args.regions_only:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate(PhantomConfig(n=args.unique, seed=4, height=args.height, width=args.width,

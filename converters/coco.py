@@ -18,6 +18,12 @@ with pycocotools itself (``frPyObjects`` + ``decode``, inside each polygon's bou
 polygon covers it. Where instances of different classes
 overlap, the larger class value wins (sacrum over lumbar); instances of the same class fuse,
 which is the semantic models' view of overlapping vertebrae.
+
+Cost, linear in the regions of an image (an image with thousands of regions converts in
+about the time of thousands of images with one): the overlap map counts coverage in one pass
+over the instances' windows (:func:`overlap_map`), and the overlapping instances are found
+through shapely's ``STRtree`` spatial index, never by comparing every pair
+(:func:`overlap_labels`).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
+import shapely
 from pycocotools import mask as mask_utils
 from shapely.geometry import Polygon
 
@@ -111,25 +118,51 @@ def overlap_map(height: int, width: int,
                 windows: Sequence[Window | None]) -> np.ndarray | None:
     """uint8 map, 1 where two or more of the rasterized instances overlap; None when none do.
 
-    Only pairs whose windows intersect are compared, inside the intersection, so an image
-    without overlaps (most) costs no full-size array."""
+    One pass over the windows, counting coverage inside the windows' joint bounding box
+    (``seen``: covered once, ``twice``: covered again), so the cost is linear in the number of
+    instances and their windows' area, whatever their arrangement."""
     wins = [w for w in windows if w is not None]
-    out = None
-    for a in range(len(wins)):
-        ra, ca, ma = wins[a]
-        for b in range(a + 1, len(wins)):
-            rb, cb, mb = wins[b]
-            r0, r1 = max(ra.start, rb.start), min(ra.stop, rb.stop)
-            c0, c1 = max(ca.start, cb.start), min(ca.stop, cb.stop)
-            if r0 >= r1 or c0 >= c1:
-                continue
-            both = ma[r0 - ra.start:r1 - ra.start, c0 - ca.start:c1 - ca.start] & \
-                mb[r0 - rb.start:r1 - rb.start, c0 - cb.start:c1 - cb.start]
-            if both.any():
-                if out is None:
-                    out = np.zeros((height, width), np.uint8)
-                np.maximum(out[r0:r1, c0:c1], both, out=out[r0:r1, c0:c1])
+    if len(wins) < 2:
+        return None
+    r0, r1 = min(w[0].start for w in wins), max(w[0].stop for w in wins)
+    c0, c1 = min(w[1].start for w in wins), max(w[1].stop for w in wins)
+    seen = np.zeros((r1 - r0, c1 - c0), np.uint8)
+    twice = np.zeros_like(seen)
+    for rows, cols, m in wins:
+        at = (slice(rows.start - r0, rows.stop - r0), slice(cols.start - c0, cols.stop - c0))
+        twice[at] |= seen[at] & m
+        seen[at] |= m
+    if not twice.any():
+        return None
+    out = np.zeros((height, width), np.uint8)
+    out[r0:r1, c0:c1] = twice
     return out
+
+
+def overlap_labels(polygons: Sequence[Polygon], labels: Sequence[str]) -> list[str]:
+    """The sorted distinct ``"a/b"`` label pairs (each pair's labels sorted) of the polygons
+    that overlap with a positive area: what testing every pair gives, found through one
+    ``STRtree`` per label. A polygon looks for partners of one label only until that label
+    pair is found, so thousands of polygons sharing a label (``?``: instances without a
+    level) cost a few index queries each, not a comparison with every other polygon. (Only
+    shapes that meet without overlapping, all at one point say, still cost a test per pair.)"""
+    if len(polygons) < 2:
+        return []
+    geoms = np.asarray(polygons, dtype=object)
+    names = sorted(set(labels))
+    code = np.asarray([names.index(x) for x in labels])
+    members = [np.flatnonzero(code == c) for c in range(len(names))]
+    trees = [shapely.STRtree(geoms[idx]) for idx in members]
+    found = np.zeros((len(names), len(names)), bool)
+    for i in range(len(geoms)):
+        for c, idx in enumerate(members):
+            if found[code[i], c]:
+                continue
+            hits = idx[trees[c].query(geoms[i], predicate="intersects")]
+            hits = hits[hits > i]  # each pair once, from its first polygon
+            if len(hits) and (shapely.area(shapely.intersection(geoms[i], geoms[hits])) > 0).any():
+                found[code[i], c] = found[c, code[i]] = True
+    return sorted({f"{names[a]}/{names[b]}" for a, b in zip(*np.nonzero(np.triu(found)))})
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray | None:

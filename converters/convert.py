@@ -14,7 +14,8 @@ repeated_points           consecutive duplicate vertices removed             war
 too_few_points            fewer than 3 distinct vertices: region dropped     error
 outside_image             vertices clipped to the image                      warning
 self_intersection         shapely ``make_valid``, largest part kept          warning
-                          (no area left: region dropped)                     error
+                          (no area left, or more than 100 self-crossings:
+                          region dropped)                                    error
 unknown_class             class value not in the mapping (or never set):
                           region dropped                                     error
 ignored_shape             point / line, or rect / ellipse / circle without
@@ -99,26 +100,27 @@ import cv2
 import numpy as np
 
 from converters import qa
-from converters.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, flat, overlap_map,
-                             paint, rasterize_window)
+from converters.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, flat, overlap_labels,
+                             overlap_map, paint, rasterize_window)
 from converters.errors import (InvalidImageError, InvalidViaError, MissingInputError,
                                OutputFolderError)
 from converters.incremental import IncrementalState
-from converters.io import (prepare_output, remove_stale_temps, temp_name, write_json,
-                           write_text)
+from converters.io import (move_into_place, prepare_output, remove_output, remove_stale_temps,
+                           temp_name, write_bytes, write_json, write_text)
 from converters.parallel import map_jobs
 from converters.levels import assign_levels
 from converters.paths import confined
+from converters.pixels import MAX_PIXELS
 from converters.measures import Spine, image_measures, measures_csv
 from converters.propose import CORRECTION_FIELDS, PROPOSAL_ATTRIBUTE, corrections, read_proposal
 from converters.provenance import pixel_spacing, read_record
 from converters.regions import (Instance, Problem, RegionRules, detect_class_attribute,
                                validate_region)
-from converters.via import ReadImage, read_via
+from converters.via import MAX_POINTS, ReadImage, open_input, read_via
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-#: larger images are refused: the study's are 3.2 megapixels, the largest radiographs ~19
-MAX_PIXELS = 64_000_000
+# larger images are refused: MAX_PIXELS (converters.pixels, export's default too); the
+# study's are 3.2 megapixels, the largest radiographs ~19
 STATE_FILE = ".convert_state.json"
 
 
@@ -135,7 +137,7 @@ class ConvertConfig:
     keep_implants: bool = False      # as extra COCO categories / mask values (off: the study)
     ignore_classes: list[str] = field(default_factory=list)  # drawn as 255 in masks
     shapes_to_polygons: bool = False  # rect / ellipse / circle become polygons
-    ellipse_points: int = field(default=32, metadata={"min": 3})
+    ellipse_points: int = field(default=32, metadata={"min": 3, "max": MAX_POINTS})
     expected_lumbar: int = field(default=5, metadata={"min": 0})
     strict: bool = False
     qa: bool = True
@@ -154,7 +156,7 @@ class ConvertConfig:
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from a PNG header without decoding; other formats through OpenCV.
     :class:`InvalidImageError` for an unreadable image or one over :data:`MAX_PIXELS`."""
-    with path.open("rb") as fh:
+    with open_input(path) as fh:  # a regular file: a FIFO would block
         head = fh.read(24)
     if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
         w, h = (int(v) for v in struct.unpack(">II", head[16:24]))
@@ -206,8 +208,7 @@ def _render(job: ImageJob) -> dict:
 
 def _write_temp(path: Path, data: bytes, written: list[tuple[str, str]]) -> None:
     tmp = temp_name(path)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_bytes(data)
+    write_bytes(tmp, data)
     written.append((str(tmp), str(path)))
 
 
@@ -222,12 +223,8 @@ def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
                                  if i.cls in job.vertebra_classes])
     overlap_area = int(np.count_nonzero(overlap)) if overlap is not None else 0
     pairs = []
-    if overlap_area:
-        polys = [i.polygon() for i in vert]
-        for a in range(len(vert)):
-            for b in range(a + 1, len(vert)):
-                if polys[a].intersects(polys[b]) and polys[a].intersection(polys[b]).area > 0:
-                    pairs.append("/".join(sorted((vert[a].level or "?", vert[b].level or "?"))))
+    if overlap_area:  # through a spatial index: linear in regions (converters.coco)
+        pairs = overlap_labels([i.polygon() for i in vert], [i.level or "?" for i in vert])
     for folder, arr in (("masks", mask), ("overlaps", overlap)):
         if folder == "overlaps" and not overlap_area:
             data = _blank_png(h, w)  # most images have no overlap: encode that once per size
@@ -331,8 +328,12 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
     for name in sorted(set(on_disk) - set(merged)):
         report.problems.append(Problem("unannotated_image", "image on disk but in no VIA file",
                                        "", name))
+    earlier: dict[str, list[str]] = {}  # by image: one pass, not one per image
+    for p in report.problems:
+        earlier.setdefault(p.image, []).append(p.line())
     for name in sorted(merged):
         img = merged[name]
+        first = len(report.problems)
         if name not in on_disk:
             report.problems.append(Problem("missing_image", "annotated but not on disk; skipped",
                                            img.source, name))
@@ -375,7 +376,8 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
                 "via_file": Path(img.source).name, "via_region": inst.region})
         report.regions += len(img.regions)
         _corrections(img, rules.class_attribute, plan, report)
-        problems_here = [p.line() for p in report.problems if p.image == name]
+        problems_here = earlier.get(name, []) + [p.line() for p in report.problems[first:]
+                                                 if p.image == name]
         plan.table.append({"file_name": name, "image_id": image_id, "patient": patient_of(name),
                            "width": width, "height": height, "n_lumbar": n_lumbar,
                            "n_sacrum": n_sacrum, "n_implants": n_implants,
@@ -444,7 +446,7 @@ def _render_changed(plan: _Plan, output: Path, cfg: ConvertConfig, state: Increm
         key = hashlib.sha1(json.dumps([
             [asdict(i) for i in job.instances], job.problems, st.st_size, st.st_mtime_ns,
             cfg_key]).encode()).hexdigest()
-        prev = state.up_to_date(group, job.stem, [key], lambda o: (output / o).is_file())
+        prev = state.up_to_date(group, job.stem, [key], output)
         if prev:
             facts[job.stem] = prev["facts"]
         else:
@@ -459,7 +461,7 @@ def _render_changed(plan: _Plan, output: Path, cfg: ConvertConfig, state: Increm
                                              if len(errors) > 1 else ""))
     for (job, group, key), r in zip(todo, results):
         for tmp, final in r["written"]:
-            Path(tmp).replace(final)
+            move_into_place(tmp, final)
         facts[job.stem] = r["facts"]
         state.record(group, job.stem, [key], [f"{d}/{job.stem}.png" for d in folders],
                      facts=r["facts"])
@@ -545,6 +547,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
     plan = _check(via_files, images_dir, output, cfg, report)
     if cfg.strict and report.problems:
         target = Path(problems_file) if problems_file else default_problems_file(output)
+        prepare_output(target.parent)  # beside the output folder, or where --problems-file says
         write_json(target, {"counts": report.counts(),
                             "problems": [asdict(p) for p in report.problems]})
         counts = ", ".join(f"{n} {k}" for k, n in report.counts().items())
@@ -569,7 +572,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
     for group in sorted(set(plan.groups) | {_group(v, output) for v in via_files}):
         present = [j.stem for j, g in zip(plan.jobs, plan.groups) if g == group]
         for stale in state.prune(group, present):  # no longer annotated in this VIA file
-            (output / stale).unlink(missing_ok=True)
+            remove_output(output, stale)
     _write_tables(plan, facts, via_files, output, report)
     if cfg.qa:
         qa.contact_sheets(output / "qa", [j.stem for j in plan.jobs], cfg.contact_sheet_size)

@@ -22,6 +22,14 @@ exists, is skipped; a failure is retried on every run; a source gone from the in
 loses its own PNG and provenance; PNGs exported earlier from another input folder stay (and
 stay listed in ``via_project.json``).
 
+Bounded and regular inputs: the pixel count a file claims (header and codestream, see
+:func:`converters.pixels.check_pixel_budget`) is checked against ``max_pixels`` (default 64
+megapixels, as convert's limit) before anything is decoded. Inputs are regular files: a
+``*.dcm`` that is a FIFO, socket, device, folder or broken link fails without being opened
+(a FIFO would block the run forever); a symbolic link is followed when it resolves to a
+regular file, wherever that is (DVC's symlink cache links tracked files so), since export
+only reads it.
+
 Names come from data and are checked (:mod:`converters.paths`): the Patient ID must be a safe
 name (a pseudonym) and the SOP Instance UID a valid UID, or the file fails with an error
 naming the tag; nothing is written outside the output folder.
@@ -39,12 +47,15 @@ import pydicom
 
 from converters.errors import InvalidDicomError, SpinepipeError
 from converters.incremental import IncrementalState, file_signature
-from converters.io import atomic_path, prepare_output, remove_stale_temps, write_json
+from converters.io import (atomic_path, prepare_output, remove_output, remove_stale_temps,
+                           write_json)
 from converters.parallel import map_jobs
 from converters.paths import check_name, check_uid, confined
-from converters.pixels import DisplayConfig, check_display, to_display
+from converters.pixels import (MAX_PIXELS, DisplayConfig, check_display, check_pixel_budget,
+                               to_display)
 from converters.provenance import record_path
-from converters.via import ViaImage, via2_project, via_filepath
+from converters.via import NotRegularFile, ViaImage, open_input, special_kind, via2_project, \
+    via_filepath
 
 STATE_FILE = ".export_state.json"
 
@@ -63,16 +74,20 @@ class ExportConfig:
     fail_on_error: bool = True
     # where the annotators' VIA finds the PNGs: a folder or an http(s) URL prefix ("" = ask)
     via_image_path: str = ""
+    # pixel values (rows x columns x frames x samples) a file may claim; checked before decoding
+    max_pixels: int = field(default=MAX_PIXELS, metadata={"min": 1})
 
     def signature(self) -> dict:
-        """What an exported PNG depends on (not where VIA looks for it, not error policy)."""
+        """What an exported PNG depends on (not where VIA looks for it, not error policy or
+        the size limit)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("via_image_path", "fail_on_error")}
+                if k not in ("via_image_path", "fail_on_error", "max_pixels")}
 
     def display(self) -> DisplayConfig:
         return DisplayConfig(bits=self.bits, equalization=self.equalization,
                               clahe_clip_limit=self.clahe_clip_limit,
-                              clahe_tiles=self.clahe_tiles, use_voi_window=self.use_voi_window)
+                              clahe_tiles=self.clahe_tiles, use_voi_window=self.use_voi_window,
+                              max_pixels=self.max_pixels)
 
 
 def png_name(ds: pydicom.Dataset, file: str = "") -> str:
@@ -96,11 +111,15 @@ def export_file(src: str | Path, out_dir: str | Path, options: ExportConfig,
     """Export one anonymized DICOM file; returns its provenance record. Raises on bad input."""
     rel = rel or str(src)
     try:
-        ds = pydicom.dcmread(src)
+        with open_input(src) as fh:
+            ds = pydicom.dcmread(fh)
+    except NotRegularFile as exc:
+        raise InvalidDicomError(exc.strerror, file=rel) from None
     except Exception as exc:
         raise InvalidDicomError(f"unreadable DICOM ({type(exc).__name__})", file=rel) from None
     if "PixelData" not in ds:
         raise InvalidDicomError("no PixelData (non-image object)", file=rel, tag="(7FE0,0010)")
+    check_pixel_budget(ds, options.max_pixels, rel, setting="export.max_pixels")
     if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
         raise InvalidDicomError("not de-identified (PatientIdentityRemoved is not YES): "
                                 "anonymize it first", file=rel, tag="(0012,0062)")
@@ -171,8 +190,13 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportCo
                      if "audit" not in p.relative_to(input_dir).parts)
     for p in sources:
         rel = str(p.relative_to(input_dir))
+        kind = special_kind(p)
+        if kind:  # never opened: a FIFO would block the run (module docstring)
+            state.forget(group, rel)
+            report.failed[rel] = str(InvalidDicomError(f"not a regular file ({kind})", file=rel))
+            continue
         prev = state.up_to_date(group, rel, file_signature(p, opt),
-                                lambda o: (output_dir / o).is_file())
+                                output_dir)
         if prev:
             report.exported[rel] = prev["outputs"][0]
             report.reused += 1
@@ -189,8 +213,7 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportCo
                      [record["image"], f"provenance/{record['image'][:-4]}.json"])
     # sources gone from this input folder: their own PNG and provenance go
     for stale in state.prune(group, [str(p.relative_to(input_dir)) for p in sources]):
-        if (output_dir / stale).is_file():
-            (output_dir / stale).unlink()
+        remove_output(output_dir, stale)  # a regular file below the output, nothing else
     images = [o for o in state.outputs() if o.endswith(".png") and "/" not in o]
     write_json(output_dir / "via_project.json", via2_project(
         [ViaImage(name, (output_dir / name).stat().st_size) for name in images],

@@ -46,7 +46,7 @@ from shapely.validation import make_valid
 
 from converters.coco import flat, mask_outline, rasterize
 from converters.errors import InvalidViaError
-from converters.via import ReadRegion, ViaImage, ViaRegion, polygon_region
+from converters.via import ReadRegion, ViaImage, ViaRegion, json_value, polygon_region
 
 LUMBAR_COUNT = 5
 PROPOSAL_ATTRIBUTE = "spinepipe_proposal"   # file attribute: what was proposed
@@ -266,7 +266,7 @@ class Proposed:
 def read_proposal(value: str, file: str, image: str) -> list[Proposed]:
     """The ``spinepipe_proposal`` file attribute of an image (hostile: checked)."""
     try:
-        data = json.loads(value)
+        data = json_value(value)  # nesting bounded: a deep value is a ValueError
         regions = data["regions"]
         out = []
         for r in regions:

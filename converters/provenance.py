@@ -9,12 +9,12 @@ never a crash), and the record's path is built from the image name through
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from converters.errors import SpinepipeError
 from converters.paths import confined
+from converters.via import json_value, open_input
 
 
 def record_path(png_dir: str | Path, image_name: str) -> Path:
@@ -25,7 +25,8 @@ def record_path(png_dir: str | Path, image_name: str) -> Path:
 def read_record(png_dir: str | Path, image_name: str) -> dict | None:
     """The record of an exported PNG, or None when there is none (or it does not parse)."""
     try:
-        data = json.loads(record_path(png_dir, image_name).read_text(encoding="utf-8"))
+        with open_input(record_path(png_dir, image_name)) as fh:  # never a FIFO, never deep
+            data = json_value(fh.read().decode("utf-8"))
     except (OSError, ValueError, SpinepipeError):
         return None
     return data if isinstance(data, dict) else None

@@ -6,6 +6,12 @@ first problems in red at the top; the endplates found (:mod:`converters.measures
 the L1 and S1 endplates extended to show the lordosis angle, written at the bottom right.
 Contact sheets tile the overlays as 240-pixel-high
 thumbnails with their names, eight to a row. Look at them; do not read them.
+
+Any image size is drawn, never a crash and never a huge picture: an overlay is at most
+``qa_max_height`` rows and :data:`WIDTH_FACTOR` times that wide (a 16 x 60000 strip becomes
+1 x 800, a 60000 x 16 one 3200 x 1), a thumbnail at most :data:`THUMB_MAX_WIDTH` wide (a wider
+overlay is letterboxed), every side at least one pixel; an image without regions, or a
+sheet without overlays, is drawn (or skipped) like any other.
 """
 from __future__ import annotations
 
@@ -16,11 +22,15 @@ import cv2
 import numpy as np
 
 from converters.errors import InvalidImageError
-from converters.io import atomic_path
+from converters.io import remove_output, write_bytes
 from converters.measures import Spine
 from converters.regions import Instance
 
 ENDPLATE = (0, 230, 255)   # BGR yellow
+THUMB_HEIGHT = 240
+THUMB_MAX_WIDTH = 4 * THUMB_HEIGHT
+#: an overlay is at most this many times ``qa_max_height`` wide
+WIDTH_FACTOR = 4
 COLOURS = {"lumbar": (60, 220, 60), "sacrum": (255, 160, 0), "cage": (255, 0, 255),
            "screw": (0, 80, 255), "rod": (0, 255, 255)}
 
@@ -60,9 +70,9 @@ def overlay(path: str, width: int, height: int, instances: Sequence[Instance],
     img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if img is None or img.shape[:2] != (height, width):
         raise InvalidImageError("image does not decode (truncated or corrupt)", file=path)
-    scale = min(1.0, max_height / max(height, 1))
+    scale = min(1.0, max_height / max(height, 1), WIDTH_FACTOR * max_height / max(width, 1))
     if scale < 1:
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        img = _shrink(img, scale)
     canvas = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     for inst in instances:
         pts = np.round(np.c_[inst.xs, inst.ys] * scale * 16).astype(np.int32)
@@ -83,19 +93,41 @@ def overlay(path: str, width: int, height: int, instances: Sequence[Instance],
     return buf.tobytes()
 
 
+def _shrink(img: np.ndarray, scale: float) -> np.ndarray:
+    """``img`` scaled by ``scale`` (area interpolation), each side at least one pixel."""
+    h, w = img.shape[:2]
+    if round(w * scale) >= 1 and round(h * scale) >= 1:
+        return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def _thumbnail(img: np.ndarray, label: str) -> np.ndarray:
+    """``img`` :data:`THUMB_HEIGHT` rows high (at most :data:`THUMB_MAX_WIDTH` wide: a wider
+    one is letterboxed), its label written at the bottom."""
+    h, w = img.shape[:2]
+    width = int(w * THUMB_HEIGHT / h)
+    if width <= THUMB_MAX_WIDTH:
+        t = cv2.resize(img, (max(1, width), THUMB_HEIGHT))
+    else:
+        t = cv2.resize(img, (THUMB_MAX_WIDTH, max(1, int(h * THUMB_MAX_WIDTH / w))))
+        t = cv2.copyMakeBorder(t, 0, THUMB_HEIGHT - t.shape[0], 0, 0, cv2.BORDER_CONSTANT)
+    cv2.putText(t, label[:28], (2, THUMB_HEIGHT - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                (255, 255, 255), 1)
+    return t
+
+
 def contact_sheets(qa_dir: Path, stems: Sequence[str], per_sheet: int) -> None:
     """``contact_NNN.png`` in ``qa_dir``: the overlays ``<stem>.png`` as 240-pixel-high
     thumbnails, eight per row, ``per_sheet`` per sheet (earlier sheets are replaced)."""
     for old in qa_dir.glob("contact_*.png"):
-        old.unlink()
+        remove_output(qa_dir, old.name)  # regular files only
     thumbs = []
     for stem in stems:
         img = cv2.imread(str(qa_dir / f"{stem}.png"))
         if img is None:
             continue
-        t = cv2.resize(img, (int(img.shape[1] * 240 / img.shape[0]), 240))
-        cv2.putText(t, stem[:28], (2, 236), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1)
-        thumbs.append(t)
+        thumbs.append(_thumbnail(img, stem))
     for k in range(0, len(thumbs), per_sheet):
         chunk = thumbs[k:k + per_sheet]
         width = max(t.shape[1] for t in chunk)
@@ -105,5 +137,4 @@ def contact_sheets(qa_dir: Path, stems: Sequence[str], per_sheet: int) -> None:
         rows = [np.hstack(chunk[i:i + cols] + [np.zeros_like(chunk[0])] * (cols - len(chunk[i:i + cols])))
                 for i in range(0, len(chunk), cols)]
         ok, buf = cv2.imencode(".png", np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        with atomic_path(qa_dir / f"contact_{k // per_sheet:03d}.png") as tmp:
-            tmp.write_bytes(buf.tobytes())
+        write_bytes(qa_dir / f"contact_{k // per_sheet:03d}.png", buf.tobytes())

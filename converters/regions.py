@@ -6,7 +6,10 @@ down, origin at the top-left corner of the top-left pixel). Checks, in order: th
 (through ``class_map``), the shape (polygons; rect / ellipse / circle only with
 ``shapes_to_polygons``), repeated consecutive vertices (removed), fewer than three distinct
 vertices (dropped), vertices outside the image (clipped to ``[0, width] x [0, height]``),
-self-intersection (shapely ``make_valid``, the largest part kept), no area (dropped). The
+self-intersection (shapely ``make_valid``, the largest part kept; a polygon crossing itself
+more than :data:`MAX_CROSSINGS` times is dropped instead, since the repair costs the square of
+the crossings: a 101-vertex star takes make_valid 6 s, a 301-vertex one minutes; counting
+them stops at the limit), no area (dropped). The
 problem kinds are listed in :mod:`converters.convert`; a problem that loses an annotation (a
 region or an image dropped) has severity ``error``, a repair or a remark ``warning``.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import shapely
 from shapely.geometry import Polygon
 from shapely.validation import make_valid
 
@@ -34,6 +38,8 @@ from converters.via import DEFAULT_CLASS_OPTIONS, ReadImage, ReadRegion
 #: problem kinds that lose an annotation: ``error`` (``spinepipe validate`` exits 1)
 ERROR_KINDS = frozenset({"unknown_class", "ignored_shape", "too_few_points", "missing_image",
                          "duplicate_image"})
+#: self-crossings repaired in one polygon (an annotator's slip makes one or two)
+MAX_CROSSINGS = 100
 
 
 @dataclass(frozen=True)
@@ -156,21 +162,52 @@ def validate_region(r: ReadRegion, width: int, height: int, cfg: RegionRules, fi
         arr = clipped
     poly = Polygon(arr)
     if not poly.is_valid:
-        fixed = make_valid(poly)
-        parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
-        if not parts:
-            problem("self_intersection", "self-intersecting polygon with no area; region "
-                    "dropped", severity="error")
+        arr = _repair(poly, arr, problem)
+        if arr is None:
             return None, problems
-        best = max(parts, key=lambda g: g.area)
-        problem("self_intersection", f"self-intersecting polygon repaired (largest of "
-                                     f"{len(parts)} part(s) kept, area {best.area:.0f} of "
-                                     f"{sum(g.area for g in parts):.0f})")
-        arr = np.asarray(best.exterior.coords)[:-1]
     if Polygon(arr).area <= 0:
         problem("too_few_points", "polygon without area; region dropped")
         return None, problems
     return Instance(cls, arr[:, 0].tolist(), arr[:, 1].tolist(), r.index), problems
+
+
+def _repair(poly: Polygon, arr: np.ndarray, problem) -> np.ndarray | None:
+    """The largest part of a self-intersecting polygon made valid, or None (dropped, with an
+    error) when nothing with area is left or it crosses itself too often to repair."""
+    if count_crossings(arr, MAX_CROSSINGS) > MAX_CROSSINGS:
+        problem("self_intersection", f"polygon crossing itself more than {MAX_CROSSINGS} "
+                "times: not repaired, region dropped", severity="error")
+        return None
+    fixed = make_valid(poly)
+    parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon"]
+    if not parts:
+        problem("self_intersection", "self-intersecting polygon with no area; region "
+                "dropped", severity="error")
+        return None
+    best = max(parts, key=lambda g: g.area)
+    problem("self_intersection", f"self-intersecting polygon repaired (largest of "
+                                 f"{len(parts)} part(s) kept, area {best.area:.0f} of "
+                                 f"{sum(g.area for g in parts):.0f})")
+    return np.asarray(best.exterior.coords)[:-1]
+
+
+def count_crossings(arr: np.ndarray, limit: int, chunk: int = 32) -> int:
+    """Pairs of non-adjacent edges of the closed ring through the vertices ``arr`` that meet
+    (cross or touch), found through an ``STRtree`` of the edges; the count stops once it
+    exceeds ``limit``, so the cost stays bounded whatever the polygon."""
+    n = len(arr)
+    closed = np.vstack([arr, arr[:1]])
+    edges = shapely.linestrings(np.stack([closed[:-1], closed[1:]], axis=1))
+    tree = shapely.STRtree(edges)
+    count = 0
+    for start in range(0, n, chunk):
+        mine, other = tree.query(edges[start:start + chunk], predicate="intersects")
+        mine = mine + start
+        later = (other > mine + 1) & ~((mine == 0) & (other == n - 1))  # not adjacent
+        count += int(np.count_nonzero(later))
+        if count > limit:
+            break
+    return count
 
 
 def detect_class_attribute(images: list[ReadImage], rules: RegionRules) -> tuple[str, bool]:

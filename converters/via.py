@@ -15,12 +15,24 @@ writes numbers, nested coordinates, a region that is not an object, attributes a
 size that is not a number), a non-finite coordinate, or invalid UTF-8 is an
 :class:`~converters.errors.InvalidViaError` naming the file, image and region, never a crash.
 
+Bounded resources (hostile files end in one line, not in a RecursionError, a ``csv.Error``
+or a run that never ends): JSON nested deeper than :data:`MAX_JSON_DEPTH` levels (VIA's own
+files are at most 8 deep), a CSV field longer than :data:`MAX_CSV_FIELD` characters (Python's
+default limit, 131,072, is raised so that a legitimate 10,000-point polygon fits), more than
+:data:`MAX_REGIONS` regions in one image or more than :data:`MAX_POINTS` vertices in one
+polygon are each an :class:`~converters.errors.InvalidViaError` naming the file (and the
+image, region or CSV line). :func:`expand_inputs` takes regular files only (a symbolic link
+to one is followed): a FIFO, socket or device named ``*.json`` is refused, never opened.
+
 Classes: a dropdown region attribute (default name ``class``) whose option ids are the class
 values (``lumbar``, ``sacrum``, ``cage``, ``screw``, ``rod``).
 """
 from __future__ import annotations
 
+import errno
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -28,6 +40,15 @@ from typing import Iterable, Sequence
 from converters.errors import InvalidViaError, MissingInputError
 
 VIA2_FORMAT_VERSION = "2.0.10"
+
+#: JSON nesting accepted in a VIA file (VIA writes at most 8 levels)
+MAX_JSON_DEPTH = 64
+#: characters accepted in one CSV field (a 10,000-point polygon of 5-digit floats: ~300,000)
+MAX_CSV_FIELD = 1_048_576
+#: regions accepted in one image (the study draws about 15: vertebrae and implants)
+MAX_REGIONS = 10_000
+#: vertices accepted in one polygon (VIA users draw tens; spinepipe proposals 15)
+MAX_POINTS = 10_000
 
 #: class value -> description, as shown in VIA's dropdown
 DEFAULT_CLASS_OPTIONS: dict[str, str] = {
@@ -155,6 +176,56 @@ def polygon_region(points: Sequence[Sequence[float]], **attributes: str) -> ViaR
 
 
 # --------------------------------------------------------------------------------------------
+# inputs are regular files
+
+
+class NotRegularFile(OSError):
+    """An input that is not a regular file (FIFO, socket, device, folder, broken link)."""
+
+
+_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character "
+          "device"), (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def special_kind(path: str | Path) -> str | None:
+    """None for a regular file (a symbolic link is followed); else what it is, in words
+    (``FIFO``, ``socket``, ``folder``, ``broken link``...). Nothing is opened."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return "broken link" if os.path.islink(path) else "missing"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+
+
+def open_input(path: str | Path, mode: str = "rb", **kw):
+    """Open an input file for reading, refusing anything but a regular file with
+    :class:`NotRegularFile` (checked before opening, and again on the open descriptor, which is
+    opened non-blocking so that a FIFO put there meanwhile cannot block)."""
+    kind = special_kind(path)
+    if kind == "missing":
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    if kind:
+        raise NotRegularFile(errno.EINVAL, f"not a regular file ({kind})", str(path))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        kind = _kind(os.fstat(fd).st_mode)
+        if kind:
+            raise NotRegularFile(errno.EINVAL, f"not a regular file ({kind})", str(path))
+        os.set_blocking(fd, True)
+        return open(fd, mode, **kw)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
 # reading every VIA export format
 
 
@@ -184,7 +255,10 @@ def _json_load(path: Path) -> object:
     import json
 
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open_input(path, "r", encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except NotRegularFile as exc:
+        raise InvalidViaError(exc.strerror, file=path) from None
     except FileNotFoundError:
         raise InvalidViaError("VIA file not found", file=path) from None
     except UnicodeDecodeError as exc:
@@ -192,10 +266,37 @@ def _json_load(path: Path) -> object:
     except OSError as exc:
         raise InvalidViaError(f"cannot read the VIA file ({exc.strerror})", file=path) from None
     try:
-        return json.loads(text)
+        return json_value(text)
     except json.JSONDecodeError as exc:
         raise InvalidViaError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: "
                               f"{exc.msg}", file=path) from None
+    except JsonTooDeep:
+        raise InvalidViaError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                              file=path) from None
+
+
+class JsonTooDeep(ValueError):
+    """JSON nested deeper than :data:`MAX_JSON_DEPTH`."""
+
+
+def json_value(text: str) -> object:
+    """``json.loads`` with the nesting bounded (:data:`MAX_JSON_DEPTH`): :class:`JsonTooDeep`
+    (a ValueError) instead of a RecursionError, or of a value too deep for a later ``repr``.
+    For every JSON text that comes from a user (VIA files, their CSV cells, file attributes)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise JsonTooDeep() from None
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise JsonTooDeep()
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return value
 
 
 def _attr_value(value: object) -> str:
@@ -206,11 +307,16 @@ def _attr_value(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _numbers(values: object, what: str, file: Path, image: str, region: int) -> list[float]:
-    """A list of finite numbers (VIA's coordinates), or :class:`InvalidViaError`."""
+def _numbers(values: object, what: str, file: Path, image: str, region: int,
+             per_point: int = 1) -> list[float]:
+    """A list of finite numbers (VIA's coordinates), or :class:`InvalidViaError`; at most
+    :data:`MAX_POINTS` vertices of ``per_point`` numbers each."""
     if not isinstance(values, list):
         raise InvalidViaError(f"{what} is {type(values).__name__}, not a list of numbers",
                               file=file, image=image, region=region)
+    if len(values) > MAX_POINTS * per_point:
+        raise InvalidViaError(f"{what} holds {len(values):,} values: more than {MAX_POINTS:,} "
+                              "vertices in one polygon", file=file, image=image, region=region)
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -221,6 +327,13 @@ def _numbers(values: object, what: str, file: Path, image: str, region: int) -> 
                                   image=image, region=region)
         out.append(float(v))
     return out
+
+
+def _check_regions(count: int, file: Path, image: str) -> None:
+    """:class:`InvalidViaError` when an image has more than :data:`MAX_REGIONS` regions."""
+    if count > MAX_REGIONS:
+        raise InvalidViaError(f"{count:,} regions in one image: more than {MAX_REGIONS:,}",
+                              file=file, image=image, region=MAX_REGIONS)
 
 
 def json_repr(value: object) -> str:
@@ -306,6 +419,7 @@ def _read_via2_metadata(meta: dict, file: Path) -> list[ReadImage]:
         if not isinstance(regions_raw, list):
             raise InvalidViaError(f"regions is {type(regions_raw).__name__}, not a list",
                                   file=file, image=name)
+        _check_regions(len(regions_raw), file, name)
         regions = []
         for i, r in enumerate(regions_raw):
             if not isinstance(r, dict):
@@ -356,7 +470,11 @@ def _read_via3(project: dict, file: Path) -> list[ReadImage]:
             options = a.get("options") or {}
             attrs[name] = str(options.get(str(value), value)) if options else str(value)
         index = len(by_file[fname])
-        coords = _numbers(list(xy[1:]), "xy", file, fname, index)
+        _check_regions(index + 1, file, fname)
+        if not isinstance(xy, list):
+            raise InvalidViaError(f"xy is {type(xy).__name__}, not a list", file=file,
+                                  image=fname, region=index)
+        coords = _numbers(xy[1:], "xy", file, fname, index, per_point=2)
         if shape in ("polygon", "polyline"):
             by_file[fname].append(ReadRegion(index, shape, coords[0::2], coords[1::2], attrs))
         elif shape == "rect":
@@ -407,6 +525,7 @@ def _read_coco(data: dict, file: Path) -> list[ReadImage]:
         img = images[ann["image_id"]]
         seg = ann.get("segmentation")
         index = len(img.regions)
+        _check_regions(index + 1, file, img.filename)
         if isinstance(seg, dict):
             kinds.add("RLE masks")
             continue
@@ -414,7 +533,10 @@ def _read_coco(data: dict, file: Path) -> list[ReadImage]:
         if not parts:
             kinds.add("boxes only" if ann.get("bbox") else "no shape")
             continue
-        coords = [_numbers(p, "segmentation", file, img.filename, index) for p in parts]
+        if sum(len(p) for p in parts) > 2 * MAX_POINTS:
+            raise InvalidViaError(f"segmentation of more than {MAX_POINTS:,} vertices",
+                                  file=file, image=img.filename, region=index)
+        coords = [_numbers(p, "segmentation", file, img.filename, index, 2) for p in parts]
         best = max(coords, key=lambda c: abs(_shoelace(c[0::2], c[1::2])))
         if len(best) % 2:
             raise InvalidViaError("segmentation with an odd number of coordinates", file=file,
@@ -461,48 +583,75 @@ def _js_undefined_to_null(text: str) -> str:
 
 
 def _read_csv(path: Path) -> list[ReadImage]:
+    """A VIA 2 CSV export; fields up to :data:`MAX_CSV_FIELD` characters (module docstring)."""
     import csv
+
+    limit = csv.field_size_limit(MAX_CSV_FIELD)
+    try:
+        with _csv_open(path) as fh:
+            reader = csv.DictReader(fh)
+            try:
+                return _csv_rows(reader, path)
+            except csv.Error as exc:
+                what = (f"a field longer than {MAX_CSV_FIELD:,} characters"
+                        if "field larger than field limit" in str(exc) else str(exc))
+                # line_num counts the lines parsed before the one that failed
+                raise InvalidViaError(f"malformed CSV at line {reader.line_num + 1}: {what}",
+                                      file=path) from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_rows(reader, path: Path) -> list[ReadImage]:
     import json
 
     images: dict[str, ReadImage] = {}
-    with _csv_open(path) as fh:
-        reader = csv.DictReader(fh)
-        need = {"filename", "file_size", "region_shape_attributes", "region_attributes"}
-        missing = need - set(reader.fieldnames or [])
-        if missing:
-            raise InvalidViaError(f"VIA CSV without column '{sorted(missing)[0]}'", file=path)
-        for line, row in enumerate(reader, 2):
-            if not row["filename"]:
-                raise InvalidViaError(f"CSV line {line} without a filename", file=path)
-            img = images.setdefault(row["filename"], ReadImage(
-                row["filename"], _size(row["file_size"], path, row["filename"]), [], str(path)))
-            try:
-                shape = json.loads(_js_undefined_to_null(row["region_shape_attributes"] or "{}"))
-                attrs = json.loads(_js_undefined_to_null(row["region_attributes"] or "{}"))
-                file_attrs = json.loads(_js_undefined_to_null(row.get("file_attributes") or "{}"))
-            except json.JSONDecodeError as exc:
-                raise InvalidViaError(f"malformed JSON in CSV line {line}: {exc.msg}",
-                                      file=path, image=row["filename"]) from None
-            if file_attrs and not img.file_attributes:
-                img.file_attributes.update(_file_attributes(file_attrs, path, row["filename"]))
-            if not isinstance(shape, dict):
-                raise InvalidViaError(f"region_shape_attributes in CSV line {line} is not an "
-                                      "object", file=path, image=row["filename"])
-            if shape:
-                img.regions.append(_region_from_shape(len(img.regions), shape, attrs, path,
-                                                      row["filename"]))
+    need = {"filename", "file_size", "region_shape_attributes", "region_attributes"}
+    missing = need - set(reader.fieldnames or [])
+    if missing:
+        raise InvalidViaError(f"VIA CSV without column '{sorted(missing)[0]}'", file=path)
+    for line, row in enumerate(reader, 2):
+        if not row["filename"]:
+            raise InvalidViaError(f"CSV line {line} without a filename", file=path)
+        img = images.setdefault(row["filename"], ReadImage(
+            row["filename"], _size(row["file_size"], path, row["filename"]), [], str(path)))
+        try:
+            shape = json_value(_js_undefined_to_null(row["region_shape_attributes"] or "{}"))
+            attrs = json_value(_js_undefined_to_null(row["region_attributes"] or "{}"))
+            file_attrs = json_value(_js_undefined_to_null(row.get("file_attributes") or "{}"))
+        except json.JSONDecodeError as exc:
+            raise InvalidViaError(f"malformed JSON in CSV line {line}: {exc.msg}",
+                                  file=path, image=row["filename"]) from None
+        except JsonTooDeep:
+            raise InvalidViaError(f"JSON in CSV line {line} nested deeper than "
+                                  f"{MAX_JSON_DEPTH} levels", file=path,
+                                  image=row["filename"]) from None
+        if file_attrs and not img.file_attributes:
+            img.file_attributes.update(_file_attributes(file_attrs, path, row["filename"]))
+        if not isinstance(shape, dict):
+            raise InvalidViaError(f"region_shape_attributes in CSV line {line} is not an "
+                                  "object", file=path, image=row["filename"])
+        if shape:
+            _check_regions(len(img.regions) + 1, path, row["filename"])
+            img.regions.append(_region_from_shape(len(img.regions), shape, attrs, path,
+                                                  row["filename"]))
     return list(images.values())
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     """The VIA files named by ``paths``: a file as it is, a folder as all its ``.json`` and
-    ``.csv`` files (sorted). :class:`~converters.errors.MissingInputError` when none."""
+    ``.csv`` files (sorted). :class:`~converters.errors.MissingInputError` when none;
+    :class:`InvalidViaError` for one that is not a regular file (a FIFO would block)."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
             files += sorted(p for p in path.iterdir() if p.suffix.lower() in (".json", ".csv"))
         else:
             files.append(path)
+    for f in files:
+        kind = special_kind(f)
+        if kind and kind != "missing":  # a missing file: read_via says "not found"
+            raise InvalidViaError(f"not a regular file ({kind})", file=f)
     if not files:
         raise MissingInputError("no VIA file found", file=", ".join(map(str, paths)))
     return files
@@ -517,7 +666,9 @@ class _csv_open:
 
     def __enter__(self):
         try:
-            self.fh = self.path.open(newline="", encoding="utf-8-sig")
+            self.fh = open_input(self.path, "r", newline="", encoding="utf-8-sig")
+        except NotRegularFile as exc:
+            raise InvalidViaError(exc.strerror, file=self.path) from None
         except FileNotFoundError:
             raise InvalidViaError("VIA file not found", file=self.path) from None
         except OSError as exc:
