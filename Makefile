@@ -38,11 +38,14 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import mmdet, mmseg, mmseg.models, mmdet.models; from mmcv.ops import RoIAlign, nms"
 	@touch $(STAMP)
 
-# Debian tools the tests run for real: a PACS (orthanc), dcmtk (storescu, dcmj2pnm), dicom3tools
+# Debian tools: the OCR that anonymize runs on every image (tesseract: the demo needs it too),
+# and those the tests run for real: a PACS (orthanc), dcmtk (storescu, dcmj2pnm), dicom3tools
 # (dciodvfy). Installed when missing and this is root with apt; otherwise the one command to run.
-SYSTEM_TOOLS := Orthanc:orthanc storescu:dcmtk dcmj2pnm:dcmtk dciodvfy:dicom3tools openssl:openssl
+DEMO_TOOLS := tesseract:tesseract-ocr
+SYSTEM_TOOLS := $(DEMO_TOOLS) Orthanc:orthanc storescu:dcmtk dcmj2pnm:dcmtk dciodvfy:dicom3tools openssl:openssl
+TOOLS ?= $(SYSTEM_TOOLS)
 system-deps:
-	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	@missing=""; for pair in $(TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$tool >/dev/null || [ -x /usr/sbin/$$tool ] || case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -50,7 +53,7 @@ system-deps:
 	    echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  else \
-	    echo "The tests need Debian packages that are missing. Install them with:"; \
+	    echo "spinepipe needs Debian packages that are missing. Install them with:"; \
 	    echo "  sudo apt-get install$$missing"; exit 1; \
 	  fi; \
 	fi
@@ -60,12 +63,14 @@ test: $(STAMP) system-deps
 
 # one line per stage (each stage's summary; mmengine's logs go to models/<model>/fold<k>/train.log)
 demo: $(STAMP)
+	@$(MAKE) --no-print-directory system-deps TOOLS="$(DEMO_TOOLS)"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro -q
 	@echo
 	@echo "Done. The comparison: reports/report.html (tables: reports/tables/, per model: reports/metrics.json); trained models: models/<model>/fold0/; data: data/processed/, data/splits/. See README 'Where results appear'."
 
 # benchmarks time the product against its peers (dicognito, dcmtk) and print ratios
 bench: $(STAMP)
+	@$(MAKE) --no-print-directory system-deps TOOLS="$(DEMO_TOOLS)"
 	$(PIP) install -q -e ".[bench,test]"
 	$(PY) benchmarks/bench_phantom.py
 	$(PY) benchmarks/bench_export.py

@@ -25,6 +25,10 @@ pseudonymous UIDs and carries its pseudonymous patient module: safe to share. *R
 (:func:`reidentified_source`): the anonymized object's patient, study, series and instance
 identifiers are replaced by the originals from the private ledger, so the SEG lands in the
 patient's real study in the PACS; such objects may be written only under the private folder.
+The identity is verified against the ledger before anything is built
+(:func:`converters.ledger.verified_identity`): an object whose pseudonym, identity key or
+recorded Patient ID and issuer disagree with the ledger is refused, never attached to the
+wrong patient.
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from converters.errors import InvalidDicomError, InvalidLedgerError
+from converters.errors import InvalidDicomError
+from converters.ledger import verified_identity
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 SERIES_NUMBER = 9100            # where the SEG series sorts in a viewer's list
@@ -82,26 +87,23 @@ def seg_uid(source_sop_uid: str, algorithm: Algorithm, kind: str, reidentified: 
                                       "reidentified" if reidentified else "pseudonymized"])
 
 
-def reidentified_source(ds: Dataset, ledger: dict) -> Dataset:
+def reidentified_source(ds: Dataset, ledger: dict, salt: bytes | None = None) -> Dataset:
     """A copy of an anonymized object carrying the original identifiers from the ledger
     (patient name / ID / birth date / sex; study, series and SOP Instance UIDs, accession
     number, study date / time / ID, referring physician): what a re-identified SEG points
-    to. :class:`InvalidLedgerError` when the ledger does not know the instance, or predates
-    the fields re-identification needs."""
-    sop = str(ds.SOPInstanceUID)
-    inst = ledger.get("instances", {}).get(sop)
-    if not isinstance(inst, dict):
-        raise InvalidLedgerError(f"the ledger has no entry for SOP Instance UID {sop}: the "
-                                 "object was not anonymized with this private folder")
-    patient = ledger.get("patients", {}).get(inst.get("pseudonym"), {})
-    need = ("series_instance_uid", "study_date")
-    if not patient or any(k not in inst for k in need):
-        raise InvalidLedgerError(f"the ledger entry of {sop} predates re-identification "
-                                 "(no original series UID / study date): anonymize the "
-                                 "archive again into a new output with this private folder")
+    to. The identity is checked first (:func:`converters.ledger.verified_identity`: the
+    object's pseudonym is the one its instance entry records, the patient entry carries the
+    same identity key, made of its recorded Patient ID and issuer, and, with ``salt``, that
+    key's pseudonym); :class:`InvalidLedgerError` when any check fails, when the ledger does
+    not know the instance, or predates the fields re-identification needs."""
+    patient, inst = verified_identity(ledger, str(ds.SOPInstanceUID),
+                                      str(ds.get("PatientID", "") or ""), salt)
     out = copy.deepcopy(ds)
     out.PatientName = patient.get("patient_name", "")
     out.PatientID = patient.get("patient_id", "")
+    issuer = (patient.get("issuer") or [""])[0]
+    if issuer:
+        out.IssuerOfPatientID = issuer
     out.PatientBirthDate = patient.get("patient_birth_date", "")
     out.PatientSex = patient.get("patient_sex", "")
     out.StudyInstanceUID = inst["study_instance_uid"]

@@ -1,4 +1,9 @@
-"""``spinepipe anonymize``: PS3.15 Basic Profile de-identification of a DICOM tree.
+"""``spinepipe anonymize``: allowlist de-identification of a DICOM tree.
+
+Every element gets an explicit action from one versioned table built from PS3.15 Annex E and
+what a radiograph needs (``converters/deid_actions.tsv``); what no row keeps is removed
+(:mod:`converters.anonymize`). Patients are keyed by issuer + Patient ID, without an ID by
+study, and the ledger refuses to merge two of them (:mod:`converters.ledger`).
 
 params.yaml section ``anonymize`` (:class:`converters.anonymize.AnonymizeConfig`).
 """
@@ -24,8 +29,9 @@ def command(
     params: Path = ParamsOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """De-identify every DICOM file under INPUT (PS3.15 Annex E Basic Profile, modified
-    dates); quarantine burned-in images, skip non-image objects, report failures."""
+    """De-identify every DICOM file under INPUT: an allowlist built from PS3.15 Annex E (what
+    no rule keeps is removed; modified dates); quarantine burned-in images, skip non-image
+    objects, report failures and identities the ledger refuses to merge."""
     options = stage_params(AnonymizeConfig, "anonymize", params)
     check_input_folders(input)
     priv = prepare_private(private, forbidden=[output, *input])

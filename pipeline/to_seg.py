@@ -4,7 +4,9 @@ radiographs they were made on (:mod:`train.to_seg`, :mod:`converters.seg`).
 params.yaml section ``to_seg`` (:class:`train.to_seg.ToSegConfig`): whether the DVC stage
 writes (``enabled``) and which run (``model``, ``fold``). The DVC stage writes only the
 *pseudonymized* objects (safe to share, under ``data/``); ``--reidentify`` (by hand, never in a
-DVC stage) writes objects that point to the original study, and only under ``--private``.
+DVC stage) writes objects that point to the original study, and only under ``--private``,
+after every source's identity has been checked against the ledger
+(:func:`converters.ledger.verified_identity`): a mismatch writes nothing.
 """
 from __future__ import annotations
 

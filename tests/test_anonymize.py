@@ -1,6 +1,7 @@
-"""De-identification: the PS3.15 Basic Profile applied attribute by attribute, leak scans on the
-phantom and on pydicom's real vendor files, dciodvfy, the private folder, burned-in text,
-non-image objects, failures, and incremental re-runs."""
+"""De-identification: the action table (PS3.15 Annex E and the radiograph's allowlist) applied
+attribute by attribute, leak scans on the phantom and on pydicom's real vendor files, dciodvfy,
+the private folder, burned-in text, non-image and truncated objects, the pixel budget,
+failures, and incremental re-runs. (The marker-everywhere class test: test_deid_leak.py.)"""
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 
 from conftest import dicom_image
-from converters.anonymize import (AnonymizeConfig, anonymize_dataset, anonymize_tree,
-                                  profile_table)
+from converters.anonymize import (AnonymizeConfig, action_table, anonymize_dataset,
+                                  anonymize_tree, table_actions)
 from converters.errors import UnsafeLocationError
 from converters.io import TEMP_MARK
 from converters.ledger import load_or_create_salt, prepare_private
@@ -43,13 +44,14 @@ def _image(**extra) -> Dataset:
                              "SOPInstanceUID": "1.2.3.999.1", **extra})
 
 
-def _profile_dataset() -> tuple[Dataset, dict[int, str]]:
-    """A dataset carrying every exact-tag attribute of Table E.1-1 that pydicom knows."""
-    exact, _ = profile_table()
+def _table_dataset() -> tuple[Dataset, dict[int, str]]:
+    """A dataset carrying every attribute of the action table that pydicom knows (text VRs
+    and sequences), with identifying values."""
     ds = _image()
     carried = {}
-    for tag, action in exact.items():
-        if tag in (0x00100010, 0x00100020, 0x00080018, 0x7FE00010) or tag >> 16 == 0x0002:
+    for tag in action_table().rows:
+        if tag in (0x00100010, 0x00100020, 0x00080018, 0x00080016, 0x00280008, 0x7FE00010) \
+                or tag >> 16 in (0x0000, 0x0002) or tag in ds:
             continue
         try:
             vr = dictionary_VR(tag)
@@ -64,41 +66,52 @@ def _profile_dataset() -> tuple[Dataset, dict[int, str]]:
             ds.add_new(tag, vr, VALUES[vr])
         else:
             continue
-        carried[tag] = action
+        carried[tag] = vr
     return ds, carried
 
 
+def _audited(audit: dict) -> set[str]:
+    """Every keyword (or ``(GGGG,EEEE)``) the audit names an action for."""
+    return {name for per in audit["counts"].values() for name in per}
+
+
 @pytest.mark.parametrize("modified_dates", [True, False])
-def test_every_profile_attribute_is_handled_as_the_profile_says(modified_dates):
-    ds, carried = _profile_dataset()
-    assert len(carried) > 300
+def test_every_table_attribute_is_handled_as_the_table_says(modified_dates):
+    """The whole action table (PS3.15 Table E.1-1 rows and the radiograph's allowlist),
+    attribute by attribute, with and without the modified-dates option."""
+    ds, carried = _table_dataset()
+    assert len(carried) > 500
     before = {t: ds[t].value for t in carried}
-    outcome = anonymize_dataset(ds, SALT, AnonymizeConfig(
-        retain_longitudinal_modified_dates=modified_dates), file="t.dcm")
+    options = AnonymizeConfig(retain_longitudinal_modified_dates=modified_dates)
+    actions = table_actions(options)
+    outcome = anonymize_dataset(ds, SALT, options, file="t.dcm")
     assert outcome.status == "anonymized"
-    audited = {a["tag"] for a in outcome.audit}
-    for tag, action in carried.items():
+    audited = _audited(outcome.audit)
+    set_by_spinepipe = {0x00120062, 0x00120063, 0x00120064, 0x00280303}
+    for tag, vr in carried.items():
+        action, check = actions[tag]
         name = keyword_for_tag(tag) or hex(tag)
-        vr = dictionary_VR(tag)
         present = tag in ds
         value = ds[tag].value if present else None
-        if modified_dates and vr in ("DA", "DT") and tag != 0x00100030 and action != "U":
+        if action == "S":
             assert present and value and value != before[tag], name   # shifted, not removed
             assert str(value)[4:8] != "0317" or str(value)[:4] != "2015", name
-        elif action == "X":
-            assert not present, name
+        elif action in ("X", "N", "C"):   # C: no standard code in this dataset: removed
+            assert not present or tag in set_by_spinepipe, name
         elif action == "Z":
             assert present and not value, name
         elif action == "D":
             assert present and value != before[tag], name
-        elif action in ("U", "U*"):
-            if vr == "UI":
-                assert str(value).startswith("2.25."), name
-            elif vr == "SQ":
-                assert str(value[0].ReferencedSOPInstanceUID).startswith("2.25."), name
-            else:
-                assert not value, name
-        assert f"({tag >> 16:04X},{tag & 0xFFFF:04X})" in audited, name
+        elif action == "U":
+            assert str(value).startswith("2.25."), name
+        elif action == "Q":
+            assert str(value[0].ReferencedSOPInstanceUID).startswith("2.25."), name
+            assert "CodeMeaning" not in value[0], name   # free text without a code: removed
+        elif action == "K" and check == "registry":   # a class UID outside PS3.6: remapped
+            assert str(value).startswith("2.25."), name
+        elif action == "K":   # kept only if its check allows the value, else emptied
+            assert present and value in (before[tag], "", None), name
+        assert name in audited, name
     assert ds.PatientIdentityRemoved == "YES"
     codes = [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
     assert codes[0] == "113100" and (("113107" in codes) is modified_dates)
@@ -181,7 +194,7 @@ def _leak_scan(inputs: list[Path], output: Path, private: Path | None = None,
     (reports, audit records) is scanned for the values of all inputs.
     """
     needles: dict[Path, set[bytes]] = {}
-    retained = []  # manufacturers are kept by the profile; an institution may share the name
+    retained = []  # manufacturers (kept with retain_device_identity) may share a name
     for f in inputs:
         try:
             ds = pydicom.dcmread(f, force=True)
@@ -226,8 +239,10 @@ def test_no_identifier_leaks_from_real_vendor_files(tmp_path):
     for f in files:
         shutil.copy(f, src / f.name)
     priv = prepare_private(tmp_path / "private")
+    # the header leak scan needs the objects written: OCR (which quarantines the ultrasound
+    # examples' burned-in labels) is off here and tested in test_burned_in / test_deid_leak
     report = anonymize_tree(tmp_path / "in", tmp_path / "out", priv, load_or_create_salt(priv),
-                            AnonymizeConfig(), workers=2)
+                            AnonymizeConfig(ocr=False), workers=2)
     assert report.counts["anonymized"] > 30
     # every file is accounted for: anonymized, skipped, quarantined or failed, with a reason
     assert sum(report.counts.values()) == len(files)
@@ -380,3 +395,94 @@ def test_elements_with_a_wrong_vr_are_still_cleaned(tmp_path):
                             AnonymizeConfig())
     assert report.counts == {"anonymized": 1}
     assert _leak_scan([src / "badVR.dcm"], tmp_path / "out") == []
+
+
+def test_a_file_cut_inside_an_element_is_an_error_not_a_skip(tmp_path, capsys):
+    """A header cut in the middle of the SOP Class UID's value was "skipped: non-image
+    object" with exit 0: now an error naming the file (the value is shorter than its
+    declared length)."""
+    from pipeline.cli import main
+    src = tmp_path / "in"
+    src.mkdir()
+    whole = tmp_path / "whole.dcm"
+    _image().save_as(whole, enforce_file_format=True)
+    data = whole.read_bytes()
+    cut = data.index(b"1.2.840.10008.5.1.4.1.1.1", 200) + 5   # inside SOPClassUID
+    (src / "cut.dcm").write_bytes(data[:cut])
+    code = main(["anonymize", "--input", str(src), "--output", str(tmp_path / "out"),
+                 "--private", str(tmp_path / "private"), "--params", "/nonexistent/p.yaml",
+                 "--quiet", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "cut.dcm" in err and "Traceback" not in err
+    assert "truncated" in err and "skipped" not in err
+    rows = json.loads((tmp_path / "private" / "anonymize_report.json").read_text())
+    assert rows["cut.dcm"]["status"] == "failed"
+
+
+def test_a_tiny_jpeg2000_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+    """A few-kB JPEG 2000 object whose header claims 16000 x 16000 pixels: refused from the
+    header (pixel budget, 64 MP), never decoded into gigabytes."""
+    from pydicom.uid import JPEG2000Lossless
+    ds = dicom_image(64, PatientID="P-1", SOPInstanceUID="1.2.3.999.7")
+    ds.compress(JPEG2000Lossless, ds.pixel_array)
+    ds.Rows = ds.Columns = 16000
+    src = tmp_path / "in"
+    src.mkdir()
+    ds.save_as(src / "bomb.dcm", enforce_file_format=True)
+    assert (src / "bomb.dcm").stat().st_size < 4000
+    priv = prepare_private(tmp_path / "private")
+    report = anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv),
+                            AnonymizeConfig())
+    row = report.private_rows["bomb.dcm"]
+    assert row["status"] == "failed" and "64,000,000" in row["reason"], row
+    assert not list((tmp_path / "out").rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("retain", [False, True])
+def test_the_retain_options_switch_their_rows(retain):
+    """Retain Patient Characteristics / Device Identity (PS3.15 options): kept when on (a
+    patient-characteristics value still checked), removed or emptied when off."""
+    ds = _image(PatientSex="F", PatientAge="045Y", PatientWeight="61.5", Manufacturer="ACME",
+                StationName="XR-ROOM-3", DeviceSerialNumber="SN1001", SmokingStatus="MAYBE")
+    options = AnonymizeConfig(retain_patient_characteristics=retain,
+                              retain_device_identity=retain)
+    outcome = anonymize_dataset(ds, SALT, options)
+    assert outcome.status == "anonymized"
+    got = {kw: str(ds.get(kw, "<removed>")) for kw in (
+        "PatientSex", "PatientAge", "PatientWeight", "Manufacturer", "StationName",
+        "DeviceSerialNumber", "SmokingStatus")}
+    if retain:
+        assert got == {"PatientSex": "F", "PatientAge": "045Y", "PatientWeight": "61.5",
+                       "Manufacturer": "ACME", "StationName": "XR-ROOM-3",
+                       "DeviceSerialNumber": "SN1001", "SmokingStatus": ""}  # not a term: emptied
+        codes = {c.CodeValue for c in ds.DeidentificationMethodCodeSequence}
+        assert {"113108", "113109"} <= codes
+    else:
+        assert got == {"PatientSex": "", "PatientAge": "<removed>", "PatientWeight": "<removed>",
+                       "Manufacturer": "", "StationName": "", "DeviceSerialNumber": "",
+                       "SmokingStatus": "<removed>"}
+
+
+@pytest.mark.parametrize("ts", ["", "1.2.3", "../../x"])
+def test_a_transfer_syntax_the_standard_does_not_define_is_named(tmp_path, ts):
+    """Found by the property fuzz: an empty Transfer Syntax UID reached an AttributeError."""
+    from pydicom import config
+
+    from conftest import dicom_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    ds = dicom_image(8)
+    ds.file_meta.TransferSyntaxUID = ts
+    saved = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds.save_as(src / "a.dcm", implicit_vr=False, little_endian=True)
+    finally:
+        config.settings.writing_validation_mode = saved
+    priv = prepare_private(tmp_path / "private")
+    report = anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv),
+                            AnonymizeConfig())
+    assert report.counts == {"failed": 1}
+    reason = next(iter(report.private_rows.values()))["reason"]
+    assert "transfer syntax" in reason and "(0002,0010)" in reason, reason

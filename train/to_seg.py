@@ -12,7 +12,9 @@ Output: ``<output>/<SEG SOP Instance UID>.dcm`` per image (written to a temporar
 renamed), and ``to_seg.json`` (per image: source, SEG file, segments). With
 ``reidentify`` the objects point to the original study (:func:`converters.seg.reidentified_source`)
 and ``output`` must lie inside the private folder: anywhere else is refused before anything
-is read.
+is read. Every source's identity is verified against the ledger (with the private folder's
+salt) before any SEG is written (:func:`converters.ledger.verified_identity`): a mismatch is
+a one-line error naming the source, and nothing is written.
 """
 from __future__ import annotations
 
@@ -30,10 +32,10 @@ import pydicom
 from pycocotools import mask as mask_utils
 
 from converters.coco import DEFAULT_CLASSES
-from converters.errors import (InvalidDicomError, MissingInputError, SpinepipeError,
-                               UnsafeLocationError)
+from converters.errors import (InvalidDicomError, InvalidLedgerError, MissingInputError,
+                               SpinepipeError, UnsafeLocationError)
 from converters.io import atomic_path, write_json
-from converters.ledger import load_ledger
+from converters.ledger import load_ledger, load_salt, verified_identity
 from converters.paths import check_name, check_uid, confined
 from converters.seg import Algorithm, Segment, build_segmentation, reidentified_source
 from train.models import family
@@ -107,6 +109,36 @@ def find_source(dicom_root: Path, image: str) -> Path:
     return confined(dicom_root, *hits[0].relative_to(dicom_root).parts, file=image)
 
 
+def _private_ledger(private: str | Path | None, output: Path) -> tuple[dict, bytes]:
+    """The ledger and salt for re-identification; the output must lie inside ``private``."""
+    if private is None:
+        raise UnsafeLocationError("--reidentify needs --private (the ledger's folder)")
+    priv = Path(private).resolve()
+    out = output.resolve()
+    if out != priv and priv not in out.parents:
+        raise UnsafeLocationError(f"re-identified objects are written only under the "
+                                  f"private folder {private}, not {output}")
+    return load_ledger(priv), load_salt(priv)
+
+
+def _verify_identities(images: list[str], dicom_root: Path, ledger: dict, salt: bytes) -> None:
+    """Every source's identity checked against the ledger before anything is written."""
+    for image in images:
+        src_path = find_source(dicom_root, image)
+        try:
+            head = pydicom.dcmread(src_path, stop_before_pixels=True,
+                                   specific_tags=["SOPInstanceUID", "PatientID"])
+        except Exception as exc:
+            raise InvalidDicomError(f"unreadable DICOM ({type(exc).__name__})",
+                                    file=src_path) from None
+        try:
+            verified_identity(ledger, str(head.get("SOPInstanceUID", "")),
+                              str(head.get("PatientID", "") or ""), salt)
+        except InvalidLedgerError as exc:
+            exc.file = exc.file or str(src_path)
+            raise
+
+
 def write_segs(eval_dir: str | Path, dicom_root: str | Path, output: str | Path, *,
                model: str, fold: int | None, run: str | Path | None = None,
                private: str | Path | None = None, reidentify: bool = False,
@@ -114,16 +146,7 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, output: str | Path,
     """Write one SEG per evaluated image with at least one segment; return the record
     written as ``to_seg.json``."""
     eval_dir, dicom_root, output = Path(eval_dir), Path(dicom_root), Path(output)
-    ledger = None
-    if reidentify:
-        if private is None:
-            raise UnsafeLocationError("--reidentify needs --private (the ledger's folder)")
-        priv = Path(private).resolve()
-        out = output.resolve()
-        if out != priv and priv not in out.parents:
-            raise UnsafeLocationError(f"re-identified objects are written only under the "
-                                      f"private folder {private}, not {output}")
-        ledger = load_ledger(priv)
+    ledger, salt = _private_ledger(private, output) if reidentify else (None, None)
     summary_path = eval_dir / "per_image.csv"
     if not summary_path.is_file():
         raise MissingInputError("evaluation not found", produced_by="evaluate", file=summary_path)
@@ -144,6 +167,8 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, output: str | Path,
     algorithm = algorithm_of(model, fold, Path(run) if run is not None else None)
     record = {"model": model, "fold": fold, "reidentified": reidentify,
               "checkpoint_sha256": algorithm.checkpoint_sha256, "images": []}
+    if ledger is not None:
+        _verify_identities(images, dicom_root, ledger, salt)
     output.mkdir(parents=True, exist_ok=True)
     for done, image in enumerate(images, 1):
         src_path = find_source(dicom_root, image)
@@ -160,7 +185,7 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, output: str | Path,
             record["images"].append({"image": image, "seg": None, "segments": []})
             continue
         if ledger is not None:
-            source = reidentified_source(source, ledger)
+            source = reidentified_source(source, ledger, salt)
         seg = build_segmentation(source, segments, algorithm, reidentified=reidentify)
         target = confined(output, f"{seg.SOPInstanceUID}.dcm")
         with atomic_path(target) as tmp:
