@@ -3,14 +3,19 @@ through ``spinepipe convert`` and ``spinepipe anonymize`` (in-process, as a user
 
 Every case must end in exit 0, or exit 1 with exactly one ``Error:`` line; never a traceback
 (an exception escaping ``pipeline.cli.main`` fails the test with the case's seed), and never a
-file written outside the output folder (the sandbox is compared before and after each case).
-The generator is seeded: a failing case is reproduced by its printed seed.
+file written outside the output folder: the *whole* temporary root of the test (every file,
+folder and link, links never followed) is compared before and after each case, everything
+outside the command's output folders must be unchanged. The sandbox sits four folders below
+that root, so the hostile values' ``../../../ESCAPED`` lands inside what is watched, and
+``/etc/passwd`` is compared too. The generator is seeded: a failing case is reproduced by its
+printed seed. (The hypothesis-driven fuzz of the same inputs: ``test_fuzz_property.py``.)
 """
 from __future__ import annotations
 
 import copy
 import json
 import random
+import shutil
 from io import BytesIO
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pipeline.cli import main
+from test_fuzz_property import changed_outside, passwd_hash, snapshot
 from test_hostile import image
 
 CASES = 520  # at least 500 per run, per command
@@ -31,13 +37,23 @@ HOSTILE = [None, "", "abc", "../../../ESCAPED", "/etc/passwd", -1, 0, 1, 3.5, -1
            "\u0000\u202e", "x" * 300, 2 ** 70, ["lumbar"], {"lumbar": True}, "undefined"]
 
 
-def _snapshot(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+def _sandbox(tmp_path: Path) -> Path:
+    """The sandbox, four folders below the watched root: ``../../../ESCAPED`` from any folder
+    in it stays below ``tmp_path``; the root also holds a file and a link an escape could hit."""
+    (tmp_path / "victim.txt").write_text("keep me")
+    (tmp_path / "link_out").symlink_to("/nonexistent-target")
+    sandbox = tmp_path / "d1" / "d2" / "d3" / "sandbox"
+    sandbox.mkdir(parents=True)
+    return sandbox
 
 
-def _outside_unchanged(before: dict[str, int], after: dict[str, int], out: str) -> list[str]:
-    return sorted(k for k in set(before) | set(after)
-                  if not k.startswith(out + "/") and before.get(k) != after.get(k))
+def _confined(tmp_path: Path, before: dict, passwd: str, allowed: list[Path],
+              seed: int) -> None:
+    """Nothing under the whole temporary root changed but ``allowed``; /etc/passwd intact."""
+    rel = [str(p.relative_to(tmp_path)) for p in allowed]
+    changed = changed_outside(before, snapshot(tmp_path, content=False), rel)
+    assert changed == [], f"case seed {seed}: wrote outside {rel}: {changed}"
+    assert passwd_hash() == passwd, f"case seed {seed}: /etc/passwd changed"
 
 
 def _run(capsys, args: list[str], seed: int) -> int:
@@ -47,6 +63,7 @@ def _run(capsys, args: list[str], seed: int) -> int:
         raise AssertionError(f"case seed {seed}: {type(exc).__name__}: {exc}") from exc
     err = capsys.readouterr().err
     errors = [l for l in err.splitlines() if l.startswith("Error:")]
+    assert "Traceback" not in err, f"case seed {seed}: {err}"
     assert (code == 0 and not errors) or (code == 1 and len(errors) == 1), \
         f"case seed {seed}: exit {code}, stderr:\n{err}"
     return code
@@ -105,7 +122,7 @@ def _mutate_json(doc: dict, rng: random.Random) -> dict:
 
 
 def test_random_via_mutations_never_crash_nor_escape(tmp_path, capsys):
-    sandbox = tmp_path / "sandbox"
+    sandbox = _sandbox(tmp_path)
     (sandbox / "img").mkdir(parents=True)
     cv2.imwrite(str(sandbox / "img" / "a.png"), np.full((120, 60), 100, np.uint8))
     base = _base_via()
@@ -117,13 +134,12 @@ def test_random_via_mutations_never_crash_nor_escape(tmp_path, capsys):
         via = sandbox / "via.json"
         via.write_text(json.dumps(doc, allow_nan=True))
         out = f"out{case % 4}"
-        before = _snapshot(sandbox)
+        before, passwd = snapshot(tmp_path, content=False), passwd_hash()
         args = ["convert", "--input", str(via), "--images", str(sandbox / "img"),
                 "--output", str(sandbox / out), "--params", NO_PARAMS, "--quiet",
                 "--workers", "1"]
         outcomes[_run(capsys, args, seed)] += 1
-        changed = _outside_unchanged(before, _snapshot(sandbox), out)
-        assert changed == [], f"case seed {seed}: wrote outside the output: {changed}"
+        _confined(tmp_path, before, passwd, [sandbox / out], seed)
     assert min(outcomes.values()) > 50, outcomes  # both outcomes are exercised
 
 
@@ -193,8 +209,8 @@ def _mutate_dicom(base: bytes, rng: random.Random) -> bytes:
 
 
 def test_random_dicom_header_mutations_never_crash_nor_escape(tmp_path, capsys):
-    sandbox = tmp_path / "sandbox"
-    private = tmp_path / "private"
+    sandbox = _sandbox(tmp_path)
+    private = sandbox / "private"
     base = _base_dicom()
     rng = random.Random(1125)
     outcomes = {0: 0, 1: 0}
@@ -204,12 +220,12 @@ def test_random_dicom_header_mutations_never_crash_nor_escape(tmp_path, capsys):
         inp.mkdir(parents=True)
         (inp / "x.dcm").write_bytes(_mutate_dicom(base, random.Random(seed)))
         out = f"out{case % 4}"
-        before = _snapshot(sandbox)
+        before, passwd = snapshot(tmp_path, content=False), passwd_hash()
         outcomes[_run(capsys, ["anonymize", "--input", str(inp), "--output",
                                str(sandbox / out), "--private", str(private), "--params",
                                NO_PARAMS, "--quiet", "--workers", "1"], seed)] += 1
-        changed = _outside_unchanged(before, _snapshot(sandbox), out)
-        assert changed == [], f"case seed {seed}: wrote outside the output: {changed}"
+        _confined(tmp_path, before, passwd, [sandbox / out, private], seed)
+        shutil.rmtree(inp)  # read by this case only: keeps the watched tree small
     assert min(outcomes.values()) > 50, outcomes
     written = [p for out in sandbox.glob("out*") for p in out.rglob("*.dcm")]
     for p in written:  # whatever was anonymized carries no identifier
