@@ -63,10 +63,12 @@ ROOTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "anonymize": (("output", "private"), ("input",)),
     "export": (("output",), ("input",)),
     "phantom-annotations": (("output:file", "holdout_output:file"), ()),
-    "convert": (("output", "problems_file:file"), ("input", "more", "images")),
-    "validate": (("problems_file:file",), ()),
+    # convert --strict's problem list goes beside the output (or to --problems-file), a
+    # folder that may hold the inputs: confined (converters/convert.py), not locked
+    "convert": (("output",), ("input", "more", "images")),
     "split": (("output",), ("input",)),
-    "train": (("work_dir",), ()),
+    # train: no lock: under torchrun every rank runs this command on one work dir (rank 0
+    # writes); its writes are still confined (train/runner.py opens the work dir as a root)
     "evaluate": (("output",), ()),
     "propose": (("output:file",), ()),
     "report": (("output",), ()),

@@ -20,7 +20,7 @@ from typing import Optional
 import typer
 
 from converters.errors import IncompleteRunError, UsageError
-from converters.io import write_json
+from converters.io import prepare_output, write_json
 from converters.pacs import RetrieveConfig, read_manifest, retrieve
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
@@ -48,7 +48,8 @@ def command(
     cfg = dataclasses.replace(cfg, **overrides)
     state = state or output.with_name(output.name + ".state.json")
     if not cfg.enabled and not force:
-        output.mkdir(parents=True, exist_ok=True)
+        prepare_output(output)
+        prepare_output(state.parent)  # the state lies beside the output folder
         write_json(state, {"enabled": False})
         say("retrieve: disabled (retrieve.enabled is false); nothing fetched", quiet=quiet)
         return

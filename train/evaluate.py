@@ -138,6 +138,7 @@ def write_predictions(run_dir: str | Path, test: TestSet, images: str | Path, ou
     from train.inference import predict
 
     out, images = Path(out), Path(images)
+    prepare_output(out)
     paths = [images / im["file_name"] for im in test.images]
     for p in paths:
         if not p.is_file():
@@ -281,6 +282,7 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
 
 def write_scores(out: str | Path, rows: list[dict], summary: dict,
                  measures: tuple[list[dict], list[dict]] | None = None) -> None:
+    prepare_output(out)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=PER_IMAGE_FIELDS, lineterminator="\n")
     writer.writeheader()

@@ -34,7 +34,7 @@ from pycocotools import mask as mask_utils
 from converters.coco import DEFAULT_CLASSES
 from converters.errors import (InvalidDicomError, InvalidLedgerError, MissingInputError,
                                SpinepipeError, UnsafeLocationError)
-from converters.io import atomic_path, write_json
+from converters.io import atomic_path, prepare_output, write_json
 from converters.ledger import load_ledger, load_salt, verified_identity
 from converters.paths import check_name, check_uid, confined
 from converters.seg import Algorithm, Segment, build_segmentation, reidentified_source
@@ -169,7 +169,7 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, output: str | Path,
               "checkpoint_sha256": algorithm.checkpoint_sha256, "images": []}
     if ledger is not None:
         _verify_identities(images, dicom_root, ledger, salt)
-    output.mkdir(parents=True, exist_ok=True)
+    prepare_output(output)
     for done, image in enumerate(images, 1):
         src_path = find_source(dicom_root, image)
         try:
