@@ -11,6 +11,9 @@ file is looked at by OCR: the worst case):
 - dicognito (PyPI, `make bench` installs it): read, Anonymizer.anonymize, write
 - copy: shutil.copyfile of every file (the floor)
 Peak memory: maximum RSS of a fresh process anonymizing 10% of the files vs all of them.
+Then the whole commands as a user runs them, start-up included (issue 21 asks for
+whole-process time): ``spinepipe anonymize`` (default workers, every core; and one worker)
+with ``anonymize.ocr`` off and on, beside ``python -m dicognito --output-directory``.
 Targets (issues 3, 21): without OCR at least as fast as dicognito, with OCR at most 1.5x
 dicognito's time, OCR at most 0.3 s per study-size image on one core, within 3x of copying,
 memory flat.
@@ -156,7 +159,60 @@ def bench(n: int, height: int, width: int) -> None:
         _warm_up()
         wall, cpu = _time_all(_contenders(tmp, files), tmp / "out")
         rss = _peak_rss(tmp / "raw" / "dicom", len(files))
+        whole = _whole_processes(tmp)
     _report(len(files), height, width, wall, cpu, rss)
+    _report_whole(whole)
+
+
+def _whole_processes(tmp: Path) -> dict[str, float]:
+    """Best wall seconds of each command over three alternating rounds, start-up included,
+    as a user runs it: ``spinepipe anonymize`` (its default workers: every core; and one
+    worker) with OCR off and on, and dicognito's command line (one process)."""
+    spinepipe = str(Path(sys.executable).with_name("spinepipe"))
+    for ocr in ("false", "true"):
+        (tmp / f"ocr_{ocr}.yaml").write_text(f"anonymize: {{ocr: {ocr}}}\n")
+    runs = {f"spinepipe{'+ocr' if ocr else ''}{' 1 worker' if one else ''}":
+            [spinepipe, "anonymize", "--input", str(tmp / "raw" / "dicom"), "--output",
+             str(tmp / "out"), "--private", str(tmp / "priv"), "--quiet", "--params",
+             str(tmp / f"ocr_{str(ocr).lower()}.yaml")] + (["--workers", "1"] if one else [])
+            for ocr in (False, True) for one in (False, True)}
+    if _has_dicognito():  # its console script is broken in 0.19.0: run as a module
+        runs["dicognito"] = [sys.executable, "-m", "dicognito", "--quiet", "--output-directory",
+                             str(tmp / "out"), str(tmp / "raw" / "dicom")]
+    best: dict[str, float] = {}
+    for _ in range(3):
+        for name, argv in runs.items():
+            os.sync()
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+            shutil.rmtree(tmp / "out")
+            shutil.rmtree(tmp / "priv", ignore_errors=True)
+    return best
+
+
+def _has_dicognito() -> bool:
+    try:
+        import dicognito  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _report_whole(best: dict[str, float]) -> None:
+    print(f"  whole processes, start-up included (spinepipe with {os.cpu_count()} workers, "
+          "its default, and with 1):")
+    for name, t in best.items():
+        print(f"    {name:24s} {t:6.2f} s")
+    dg = best.get("dicognito")
+    if dg is None:
+        print("    dicognito not installed: `make bench` installs the benchmark peers")
+        return
+    for workers in ("", " 1 worker"):
+        print(f"    dicognito / spinepipe{workers} without OCR = "
+              f"{dg / best['spinepipe' + workers]:.2f}x (target >= 1x); "
+              f"spinepipe{workers} with OCR / dicognito = "
+              f"{best['spinepipe+ocr' + workers] / dg:.2f}x (target <= 1.5x)")
 
 
 def _report(n: int, height: int, width: int, wall: dict, cpu: dict, rss: list) -> None:

@@ -339,18 +339,19 @@ def _length_fits(raw, tag: int) -> bool:
     return limit is None or not isinstance(value, (bytes, bytearray)) or len(value) <= limit
 
 
-@lru_cache(maxsize=1)
-def standard_codes() -> dict[tuple[str, str], str]:
-    """(coding scheme designator, code value) -> code meaning, from pydicom's dictionary."""
+@lru_cache(maxsize=64)  # schemes come from the data: bounded
+def standard_codes(scheme: str) -> dict[str, str]:
+    """Code value -> code meaning of one coding scheme (``SCT``, ``DCM``, ...), from pydicom's
+    dictionary; built per scheme on first use (the whole dictionary costs a tenth of a
+    second, paid by every worker process that meets a code)."""
     try:
         from pydicom.sr._concepts_dict import concepts
     except ImportError:  # pragma: no cover - then no code is known, and every one is removed
         return {}
-    out: dict[tuple[str, str], str] = {}
-    for scheme, by_keyword in concepts.items():
-        for entries in by_keyword.values():
-            for value, (meaning, _cids) in entries.items():
-                out.setdefault((scheme, value), meaning)
+    out: dict[str, str] = {}
+    for entries in concepts.get(scheme, {}).values():
+        for value, (meaning, _cids) in entries.items():
+            out.setdefault(value, meaning)
     return out
 
 
@@ -629,7 +630,7 @@ class _Engine:
                 value = str(ds.get("CodeValue", "") or "").strip()
             except Exception:  # a malformed element: no standard code
                 scheme = value = ""
-            self._code[id(ds)] = standard_codes().get((scheme, value))
+            self._code[id(ds)] = standard_codes(scheme).get(value)
         return self._code[id(ds)]
 
     def _code_element(self, ds: Dataset, tag: BaseTag, check: str, path: str) -> None:

@@ -60,6 +60,7 @@ Errors: a missing ``tesseract`` program, a Tesseract crash or timeout raise
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 
 import cv2
@@ -397,14 +398,22 @@ def _mosaic(img: np.ndarray, boxes) -> tuple[np.ndarray | None, list[tuple[int, 
 
 def check_ocr_available() -> str:
     """Tesseract's version; a one-line :class:`SpinepipeError` when it is not installed (for
-    a stage to fail once, before its first file, rather than on every file)."""
-    import pytesseract
-
+    a stage to fail once, before its first file, rather than on every file). Asks the program
+    itself: importing pytesseract costs a quarter of a second (it imports pandas when
+    installed), and most images never need it (see :func:`_ocr`)."""
     try:
-        return str(pytesseract.get_tesseract_version())
-    except pytesseract.TesseractNotFoundError:
+        done = subprocess.run([TESSERACT, "--version"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
         raise SpinepipeError(_MISSING) from None
+    words = (done.stdout or done.stderr).split()  # "tesseract 5.3.0 ..."
+    if done.returncode != 0 or len(words) < 2 or words[0] != "tesseract":
+        raise SpinepipeError(_MISSING)
+    return words[1]
 
+
+#: The OCR program (Debian's tesseract-ocr), found on PATH.
+TESSERACT = "tesseract"
 
 _MISSING = ("the OCR program 'tesseract' is not installed (Debian package tesseract-ocr; "
             "`make system-deps` installs it)")
@@ -412,7 +421,9 @@ _MISSING = ("the OCR program 'tesseract' is not installed (Debian package tesser
 
 def _ocr(mosaic: np.ndarray, timeout_s: float) -> list[tuple[str, float, float]]:
     """Words Tesseract reads in the mosaic: (text, confidence, vertical centre)."""
-    import pytesseract  # imported here: only anonymization needs it
+    import pytesseract  # imported here: only images with text-like lines need it
+
+    pytesseract.pytesseract.tesseract_cmd = TESSERACT
 
     # one core per worker process, for the tesseract child only: left in this process's
     # environment, OMP_THREAD_LIMIT would reach every later child (a torch training started

@@ -29,7 +29,6 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import cv2
 import numpy as np
 
 from converters.errors import InvalidConfigError, InvalidDicomError, UnsupportedDicomError
@@ -250,6 +249,8 @@ def to_display(ds: Dataset, options: DisplayConfig = DisplayConfig(),
         img16 = np.rint(scaled).astype(np.uint16)
         transforms.append("rescale_to_16bit")
         if options.equalization == "clahe":
+            import cv2  # here: anonymize reads this module and needs no OpenCV
+
             clahe = cv2.createCLAHE(clipLimit=options.clahe_clip_limit,
                                     tileGridSize=(options.clahe_tiles, options.clahe_tiles))
             img16 = clahe.apply(img16)

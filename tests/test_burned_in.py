@@ -154,12 +154,12 @@ def test_what_is_not_one_grey_frame_is_a_one_line_error(bad):
 
 
 def test_a_missing_tesseract_is_a_one_line_error(monkeypatch):
-    import pytesseract
+    from converters import burned_in
 
     pixels, photometric = real_cr("RG3_UNCR.dcm")
     img, _ = burn_corner(pixels, photometric)
     assert check_ocr_available().startswith("5.")  # Debian's tesseract-ocr 5
-    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    monkeypatch.setattr(burned_in, "TESSERACT", "/nonexistent/tesseract")
     with pytest.raises(SpinepipeError, match="tesseract-ocr") as err:
         find_burned_in_text(img)
     assert "\n" not in str(err.value)
