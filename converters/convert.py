@@ -116,7 +116,8 @@ from converters.propose import CORRECTION_FIELDS, PROPOSAL_ATTRIBUTE, correction
 from converters.provenance import pixel_spacing, read_record
 from converters.regions import (Instance, Problem, RegionRules, detect_class_attribute,
                                validate_region)
-from converters.via import MAX_POINTS, ReadImage, open_input, read_via
+from converters.records import open_input
+from converters.via import MAX_POINTS, ReadImage, read_via
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # larger images are refused: MAX_PIXELS (converters.pixels, export's default too); the

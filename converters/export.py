@@ -54,8 +54,8 @@ from converters.paths import check_name, check_uid, confined
 from converters.pixels import (MAX_PIXELS, DisplayConfig, check_display, check_pixel_budget,
                                to_display)
 from converters.provenance import record_path
-from converters.via import NotRegularFile, ViaImage, open_input, special_kind, via2_project, \
-    via_filepath
+from converters.records import NotRegularFile, open_input, special_kind
+from converters.via import ViaImage, via2_project, via_filepath
 
 STATE_FILE = ".export_state.json"
 

@@ -46,7 +46,8 @@ from shapely.validation import make_valid
 
 from converters.coco import flat, mask_outline, rasterize
 from converters.errors import InvalidViaError
-from converters.via import ReadRegion, ViaImage, ViaRegion, json_value, polygon_region
+from converters.records import json_value
+from converters.via import ReadRegion, ViaImage, ViaRegion, polygon_region
 
 LUMBAR_COUNT = 5
 PROPOSAL_ATTRIBUTE = "spinepipe_proposal"   # file attribute: what was proposed

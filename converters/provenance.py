@@ -14,7 +14,7 @@ from pathlib import Path
 
 from converters.errors import SpinepipeError
 from converters.paths import confined
-from converters.via import json_value, open_input
+from converters.records import json_value, open_input
 
 
 def record_path(png_dir: str | Path, image_name: str) -> Path:

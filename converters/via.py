@@ -29,20 +29,17 @@ values (``lumbar``, ``sacrum``, ``cage``, ``screw``, ``rod``).
 """
 from __future__ import annotations
 
-import errno
 import math
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from converters.errors import InvalidViaError, MissingInputError
+from converters.records import (MAX_JSON_DEPTH, JsonTooDeep, NotRegularFile,
+                                 json_value, open_input, read_json, special_kind)
 
 VIA2_FORMAT_VERSION = "2.0.10"
 
-#: JSON nesting accepted in a VIA file (VIA writes at most 8 levels)
-MAX_JSON_DEPTH = 64
 #: characters accepted in one CSV field (a 10,000-point polygon of 5-digit floats: ~300,000)
 MAX_CSV_FIELD = 1_048_576
 #: regions accepted in one image (the study draws about 15: vertebrae and implants)
@@ -176,56 +173,6 @@ def polygon_region(points: Sequence[Sequence[float]], **attributes: str) -> ViaR
 
 
 # --------------------------------------------------------------------------------------------
-# inputs are regular files
-
-
-class NotRegularFile(OSError):
-    """An input that is not a regular file (FIFO, socket, device, folder, broken link)."""
-
-
-_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character "
-          "device"), (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
-
-
-def _kind(mode: int) -> str | None:
-    if stat.S_ISREG(mode):
-        return None
-    return next((name for test, name in _KINDS if test(mode)), "special file")
-
-
-def special_kind(path: str | Path) -> str | None:
-    """None for a regular file (a symbolic link is followed); else what it is, in words
-    (``FIFO``, ``socket``, ``folder``, ``broken link``...). Nothing is opened."""
-    try:
-        return _kind(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return "broken link" if os.path.islink(path) else "missing"
-    except OSError as exc:
-        return f"unreadable: {exc.strerror}"
-
-
-def open_input(path: str | Path, mode: str = "rb", **kw):
-    """Open an input file for reading, refusing anything but a regular file with
-    :class:`NotRegularFile` (checked before opening, and again on the open descriptor, which is
-    opened non-blocking so that a FIFO put there meanwhile cannot block)."""
-    kind = special_kind(path)
-    if kind == "missing":
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    if kind:
-        raise NotRegularFile(errno.EINVAL, f"not a regular file ({kind})", str(path))
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        kind = _kind(os.fstat(fd).st_mode)
-        if kind:
-            raise NotRegularFile(errno.EINVAL, f"not a regular file ({kind})", str(path))
-        os.set_blocking(fd, True)
-        return open(fd, mode, **kw)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-# --------------------------------------------------------------------------------------------
 # reading every VIA export format
 
 
@@ -252,51 +199,10 @@ class ReadImage:
 
 
 def _json_load(path: Path) -> object:
-    import json
-
     try:
-        with open_input(path, "r", encoding="utf-8-sig") as fh:
-            text = fh.read()
-    except NotRegularFile as exc:
-        raise InvalidViaError(exc.strerror, file=path) from None
-    except FileNotFoundError:
+        return read_json(path, what="VIA file", shape=object, error=InvalidViaError)
+    except MissingInputError:
         raise InvalidViaError("VIA file not found", file=path) from None
-    except UnicodeDecodeError as exc:
-        raise InvalidViaError(f"not UTF-8 text (byte {exc.start})", file=path) from None
-    except OSError as exc:
-        raise InvalidViaError(f"cannot read the VIA file ({exc.strerror})", file=path) from None
-    try:
-        return json_value(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidViaError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: "
-                              f"{exc.msg}", file=path) from None
-    except JsonTooDeep:
-        raise InvalidViaError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
-                              file=path) from None
-
-
-class JsonTooDeep(ValueError):
-    """JSON nested deeper than :data:`MAX_JSON_DEPTH`."""
-
-
-def json_value(text: str) -> object:
-    """``json.loads`` with the nesting bounded (:data:`MAX_JSON_DEPTH`): :class:`JsonTooDeep`
-    (a ValueError) instead of a RecursionError, or of a value too deep for a later ``repr``.
-    For every JSON text that comes from a user (VIA files, their CSV cells, file attributes)."""
-    import json
-
-    try:
-        value = json.loads(text)
-    except RecursionError:
-        raise JsonTooDeep() from None
-    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise JsonTooDeep()
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return value
 
 
 def _attr_value(value: object) -> str:

@@ -4,11 +4,11 @@ params.yaml section ``split`` (:class:`train.split.SplitConfig`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from converters.records import read_json
 from pipeline.console import ParamsOption, QuietOption, console, say
 from pipeline.params import stage_params
 from train.split import SplitConfig, write_splits
@@ -26,7 +26,7 @@ def command(
     summary = write_splits(input, output, cfg)
     say(f"split: test {summary['test']['images']} images ({summary['test']['patients']} "
         f"patients), {cfg.k} folds -> {output}/splits.json", quiet=quiet)
-    strata = json.loads((output / "splits.json").read_text())["strata"]
+    strata = read_json(output / "splits.json", what="splits", keys={"strata": str})["strata"]
     if "coarser" in strata:
         say(f"split: note: stratified by {strata}", quiet=quiet)
     if not quiet:

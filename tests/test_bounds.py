@@ -42,7 +42,7 @@ from pydicom.uid import JPEG2000Lossless
 from shapely.geometry import Polygon
 
 from conftest import dicom_image
-from converters import coco, via
+from converters import coco, records, via
 from converters.errors import InvalidDicomError, InvalidViaError
 from converters.pixels import MAX_PIXELS, check_pixel_budget
 from pipeline.cli import main
@@ -216,7 +216,7 @@ def test_via_json_nested_100000_deep_is_one_line(tmp_path, capsys):
     deep = tmp_path / "via.json"
     deep.write_text('{"_via_img_metadata": ' + "[" * 100_000 + "]" * 100_000 + "}")
     code, err = _convert(capsys, tmp_path, deep, images)
-    one_line_error(code, err, f"nested deeper than {via.MAX_JSON_DEPTH} levels", "via.json")
+    one_line_error(code, err, f"nested deeper than {records.MAX_JSON_DEPTH} levels", "via.json")
     # deep, within Python's recursion limit, inside a region attribute: refused all the same
     note: list = []
     for _ in range(100):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import secrets
 import shutil
 from contextlib import nullcontext
@@ -55,6 +54,7 @@ from train.models import family, run_dir
 from converters.coco import mask_outline
 from converters.measures import image_measures, measures_csv
 from converters.provenance import pixel_spacing, read_record
+from converters.records import read_json
 from train.measures import summarize as summarize_measures
 from train.recognition import (VERTEBRA_CLASSES, Instances, RecognitionConfig, components,
                                merged_class_mask, postprocess_instances, recognize)
@@ -87,9 +87,8 @@ class TestSet:
     @classmethod
     def load(cls, coco_path: str | Path, masks: str | Path) -> "TestSet":
         coco_path = Path(coco_path)
-        if not coco_path.is_file():
-            raise MissingInputError("test set not found", produced_by="split", file=coco_path)
-        coco = json.loads(coco_path.read_text())
+        coco = read_json(coco_path, what="test set", made_by="split",
+                         keys={"images": list, "annotations": list, "categories": list})
         if not coco.get("images"):
             raise InsufficientDataError("the test set is empty", file=coco_path)
         values = {c["name"]: int(c["id"]) for c in coco["categories"]}
@@ -173,10 +172,7 @@ def _predicted_instances(pred_dir: Path, test: TestSet) -> dict[str, Instances] 
     path = pred_dir / "instances.json"
     if not path.is_file():
         return None
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SpinepipeError(f"malformed JSON ({exc.msg})", file=path) from None
+    results = read_json(path, what="predicted instances", made_by="evaluate", shape=list)
     ids = {im["id"]: im["file_name"] for im in test.images}
     names = {v: k for k, v in test.class_values.items()}
     out: dict[str, Instances] = {}

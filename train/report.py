@@ -35,7 +35,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from converters.errors import InvalidTableError, MissingInputError
 from converters.io import prepare_output, write_bytes, write_json, write_text
+from converters.records import read_json
 from train import stats
 from train.metrics import METRICS
 from train.models import eval_dir, family
@@ -97,7 +97,8 @@ def load_evaluations(root: str | Path, models: list[str] | None = None) -> tuple
         df.insert(0, "model", model)
         df.insert(1, "fold", fold)
         frames.append(df)
-        summaries.append(json.loads((csv_path.parent / "summary.json").read_text()))
+        summaries.append(read_json(csv_path.parent / "summary.json",
+                                   what="evaluation summary", made_by="evaluate"))
     if not frames:
         raise MissingInputError(f"no evaluations of {', '.join(models or [])} found", file=root)
     df = pd.concat(frames, ignore_index=True)

@@ -11,7 +11,6 @@ run's MMEngine log, not a model trained on NaN that reports a score.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -26,6 +25,7 @@ from mmengine.runner import Runner
 from converters.errors import (InsufficientDataError, InvalidConfigError, MissingInputError,
                                TrainingDivergedError)
 from converters.io import atomic_path, prepare_output, write_json
+from converters.records import read_json
 from train.checkpoint import allow_mmengine_checkpoints
 from train.models import BEST_METRIC, MODELS, family, family_of_scope
 from train.run_config import build_leaf, replace_type
@@ -147,9 +147,7 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
         raise InvalidConfigError(f"unknown preset '{name}' (known: {', '.join(sorted(cfg.presets))})")
     p = cfg.presets[name]
     splits_path = Path(cfg.splits) / "splits.json"
-    if not splits_path.is_file():
-        raise MissingInputError("no splits", produced_by="split", file=splits_path)
-    splits = json.loads(splits_path.read_text())
+    splits = read_json(splits_path, what="splits", made_by="split", keys={"folds": list})
     if not 0 <= fold < len(splits["folds"]):
         raise InvalidConfigError(f"fold {fold} out of range (0..{len(splits['folds']) - 1})",
                          file=splits_path)

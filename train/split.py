@@ -21,7 +21,6 @@ Test size: ``test_size`` images (100 as in the study), at most ``max_test_fracti
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from converters.errors import (InsufficientDataError, InvalidConfigError,
                                InvalidTableError, MissingInputError)
 from converters.io import prepare_output, write_json, write_text
+from converters.records import read_json
 
 
 @dataclass(frozen=True)
@@ -159,11 +159,8 @@ def write_splits(processed: str | Path, output: str | Path, cfg: SplitConfig) ->
     if need - set(rows[0]):
         raise InvalidTableError(f"column '{sorted(need - set(rows[0]))[0]}' missing", file=table)
     splits = make_splits(rows, cfg, str(table))
-    try:
-        coco = json.loads(coco_path.read_text(encoding="utf-8"))
-        coco["images"], coco["annotations"]  # noqa: B018 - the keys the subsets need
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidTableError(f"not a COCO file ({type(exc).__name__})", file=coco_path) from None
+    coco = read_json(coco_path, what="COCO annotations", made_by="convert",
+                     keys={"images": list, "annotations": list})
     by_name = {r["file_name"]: r for r in rows}
     summary = _summary(splits, by_name)
     stem = lambda f: Path(f).stem  # noqa: E731

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,6 +36,7 @@ from converters.errors import (InvalidDicomError, InvalidLedgerError, MissingInp
 from converters.io import atomic_path, prepare_output, write_json
 from converters.ledger import load_ledger, load_salt, verified_identity
 from converters.paths import check_name, check_uid, confined
+from converters.records import read_json
 from converters.seg import Algorithm, Segment, build_segmentation, reidentified_source
 from train.models import family
 
@@ -154,13 +154,8 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, output: str | Path,
               if r.get("predicted", "1") != "0"]
     instances = None
     if family(model) == "instance":
-        path = eval_dir / "instances.json"
-        if not path.is_file():
-            raise MissingInputError("instances.json not found", produced_by="evaluate", file=path)
-        try:
-            rows = json.loads(path.read_text())
-        except ValueError as exc:
-            raise SpinepipeError(f"malformed JSON ({exc})".splitlines()[0], file=path) from None
+        rows = read_json(eval_dir / "instances.json", what="predicted instances",
+                         made_by="evaluate", shape=list)
         instances = {}
         for r in rows:
             instances.setdefault(r.get("file_name"), []).append(r)
