@@ -123,7 +123,7 @@ def test_evaluation_reads_the_test_set_and_the_predictions_through_it(tiny_datas
 
 def test_the_report_reads_each_summary_through_it(tmp_path):
     from train.evaluate import PER_IMAGE_FIELDS
-    from train.report import load_evaluations
+    from train.report_tables import load_evaluations
 
     fold = tmp_path / "eval" / "unet" / "fold0"
     fold.mkdir(parents=True)

@@ -159,7 +159,7 @@ def test_report_from_evaluation_folders(tmp_path, frame):
 def test_overlap_finding_compares_the_best_of_each_family():
     from statsmodels.stats.contingency_tables import mcnemar
 
-    from train.report import overlap_finding, subgroups
+    from train.report_tables import overlap_finding, subgroups
     rows = []
     for i in range(12):
         for model, comp in (("mask_rcnn", i < 10), ("yolact", i < 4), ("unet", i < 3),

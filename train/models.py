@@ -1,8 +1,8 @@
 """The model registry and where each run lives: light (no torch, no mmlab), so the command
 line, evaluation and the report use it without importing a training stack.
 
-A sixth model is one config file in ``train/configs/`` and one entry in :data:`MODELS`
-(plus its preset options in ``params.yaml``).
+A sixth model is one config file in ``train/configs/``, one entry in :data:`MODELS` and its
+name in :data:`DISPLAY_NAMES` (plus its preset options in ``params.yaml``).
 """
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ MODELS: dict[str, str] = {
     "pspnet": "semantic",
     "deeplabv3": "semantic",
 }
+#: how the report, the help texts and the model cards name each model
+DISPLAY_NAMES = {"mask_rcnn": "Mask R-CNN", "yolact": "YOLACT", "unet": "U-Net",
+                 "pspnet": "PSPNet", "deeplabv3": "DeepLabv3"}
 #: the validation metric that picks the best checkpoint, per family. Instance models: COCO's
 #: mask AP averaged over IoU 0.50-0.95, not AP50, which saturates on the phantom (Mask R-CNN
 #: 1.000 at epochs 16 and 20; the tie kept epoch 16, whose masks were worse: mask AP 0.78
@@ -30,6 +33,11 @@ def family(model: str) -> str:
     if model not in MODELS:
         raise InvalidConfigError(f"unknown model '{model}' (known: {', '.join(sorted(MODELS))})")
     return MODELS[model]
+
+
+def display_name(model: str) -> str:
+    """The model's name as people write it (``Mask R-CNN``); an unknown one as given."""
+    return DISPLAY_NAMES.get(model, model)
 
 
 def family_of_scope(default_scope: str) -> str:
