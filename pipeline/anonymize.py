@@ -40,7 +40,7 @@ def command(
         report = anonymize_tree(input, output, priv, salt, options, workers=workers,
                                 progress=update)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())) or "no files"
-    say(f"anonymize: {counts} -> {output}", quiet=quiet)
+    say(f"anonymize: {counts} -> {output}")
     lines = report.detail_lines(failures_only=quiet)
     if lines:
         console.print("\n".join(lines))

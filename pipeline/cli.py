@@ -98,7 +98,7 @@ def _guarded(name: str, command: Callable) -> Callable:
         from converters import io
         from pipeline.console import console
 
-        io.wait_notice = console.print
+        io.wait_notice = lambda message: console.print(message)  # rich only if needed
         if kwargs.get("quiet"):
             warnings.simplefilter("ignore")  # pydicom's and numpy's notes: not for -q
         inputs = _folders(kwargs, apart)

@@ -16,11 +16,32 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-# markup off: messages quote values from data (file names, VIA values) that may hold "[...]"
-console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+_RICH = None
+
+
+def rich_console():
+    """rich's console on stderr, made on first use: importing rich costs a tenth of the start
+    of a quick command (anonymize on a few files), and a ``--quiet`` run that prints only its
+    summary line never needs it. Markup, highlighting and emoji codes off: messages quote
+    values from data (file names, VIA values) that may hold ``[...]`` or ``:name:``."""
+    global _RICH
+    if _RICH is None:
+        from rich.console import Console
+
+        _RICH = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+    return _RICH
+
+
+class _Console:
+    """``console.print(...)`` and the rest, on :func:`rich_console`, made when first used."""
+
+    def __getattr__(self, name: str):
+        return getattr(rich_console(), name)
+
+
+console = _Console()
 
 QuietOption = typer.Option(False, "--quiet", "-q", help="Only the one-line summary: no progress bars, no details, no library logs (those go to the run's log file).")
 ParamsOption = typer.Option(
@@ -34,8 +55,11 @@ def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[
     if quiet:
         yield lambda done, total: None
         return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as prog:
+                  TimeElapsedColumn(), console=rich_console(), transient=False) as prog:
         task = prog.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
@@ -44,9 +68,10 @@ def progress_bar(description: str, *, quiet: bool = False) -> Iterator[Callable[
         yield update
 
 
-def say(message: str, *, quiet: bool = False) -> None:
-    """The stage's one-line summary: printed with or without ``--quiet``."""
-    console.print(message)
+def say(message: str) -> None:
+    """The stage's one-line summary on stderr, printed with or without ``--quiet`` (as is:
+    no markup, no wrapping)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager

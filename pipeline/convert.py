@@ -44,7 +44,7 @@ def command(
                  f" edited, {fixed.get('added', 0)} added, {fixed.get('deleted', 0)} deleted "
                  f"(correction.csv)" if fixed else "")
     say(f"convert: {report.images} images, {report.annotations} instances "
-        f"({report.rendered} re-rasterized){corrected} -> {output}", quiet=quiet)
+        f"({report.rendered} re-rasterized){corrected} -> {output}")
     if report.class_attribute_detected:  # said even with --quiet: it changes what was read
         console.print(f"  class attribute: '{report.class_attribute}' (no region carries "
                       f"'{cfg.class_attribute}'; found by its values)")

@@ -45,4 +45,4 @@ def command(
         f"{summary['recognition_rate']:.2f}, composite {summary['composite_recognition_rate']:.2f}"
         f" on {summary['images']} test images"
         + (f"; {len(miss)} without a prediction (scored as misses)" if miss else "")
-        + f" -> {out}", quiet=quiet)
+        + f" -> {out}")

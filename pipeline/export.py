@@ -35,7 +35,7 @@ def command(
     with progress_bar("export", quiet=quiet) as update:
         report = export_tree(input, output, options, workers=workers, progress=update)
     say(f"export: {len(report.exported)} PNG ({report.reused} unchanged), "
-        f"{len(report.failed)} failed -> {output}", quiet=quiet)
+        f"{len(report.failed)} failed -> {output}")
     if report.failed:
         console.print("\n".join(report.failure_lines()))
     if report.failed and options.fail_on_error:

@@ -42,11 +42,10 @@ def command(
         (output / "dicom").mkdir(parents=True, exist_ok=True)
         write_json(output / "annotations" / "via_project.json", via2_project([]), indent=None)
         write_json(output / "truth.json", {})
-        say("phantom: disabled (phantom.enabled is false); empty outputs written", quiet=quiet)
+        say("phantom: disabled (phantom.enabled is false); empty outputs written")
         return
     with progress_bar("phantom", quiet=quiet) as update:
         results = generate(cfg, output, workers=workers, progress=update)
     patients = len({r.patient_id for r in results})
     say(f"phantom: {len(results)} images of {patients} patients "
-        f"({cfg.width}x{cfg.height}) -> {output}/dicom, {output}/annotations/via_project.json",
-        quiet=quiet)
+        f"({cfg.width}x{cfg.height}) -> {output}/dicom, {output}/annotations/via_project.json")

@@ -56,4 +56,4 @@ def command(
     write_json(output, project, indent=None)
     kept = f", {len(held)} held out (truth: {holdout_output})" if held else ""
     say(f"phantom-annotations: {len(project['_via_img_metadata'])} annotated PNGs{kept} -> "
-        f"{output}", quiet=quiet)
+        f"{output}")

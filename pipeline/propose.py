@@ -45,8 +45,7 @@ def command(
     if not cfg.enabled and not force:
         write_proposals([], output, model="", class_attribute=cfg.class_attribute,
                         class_options=None, default_filepath="", truth=None, runs=[])
-        say(f"propose: disabled (propose.enabled is false); empty project written -> {output}",
-            quiet=quiet)
+        say(f"propose: disabled (propose.enabled is false); empty project written -> {output}")
         return
     models = list(model or [cfg.model])
     folds = list(fold or [cfg.fold])
@@ -64,7 +63,7 @@ def command(
         write_proposals([], output, model=names[0], class_attribute=cfg.class_attribute,
                         class_options=None, default_filepath="", truth=None, runs=names)
         say(f"propose: no image to propose for (every PNG is annotated already); empty "
-            f"project written -> {output}", quiet=quiet)
+            f"project written -> {output}")
         return
     log = output.parent / f"{output.stem}.log" if quiet else None
     prepare_output(output.parent)
@@ -79,4 +78,4 @@ def command(
     extra = (f"; mean IoU with the truth {summary['truth_mean_iou']:.3f} on "
              f"{summary['truth_images']} images" if scores else "")
     say(f"propose: {summary['images']} images, {summary['regions']} polygons from {names[0]}"
-        f" ({summary['needs_review']} to review first){extra} -> {output}", quiet=quiet)
+        f" ({summary['needs_review']} to review first){extra} -> {output}")

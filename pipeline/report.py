@@ -34,8 +34,7 @@ def command(
         models = read_params_file(params).get("train", {}).get("models") or None
     metrics = build_report(input, output, images=images, masks=masks, cfg=cfg,
                            models=models or None)
-    say(f"report: {len(metrics)} models -> {output}/report.html, {output}/metrics.json",
-        quiet=quiet)
+    say(f"report: {len(metrics)} models -> {output}/report.html, {output}/metrics.json")
     if not quiet:
         for model, m in metrics.items():
             console.print(f"  {model:10} mIoU {100 * m['mean_iou']:6.2f} %  recognition "

@@ -51,7 +51,7 @@ def command(
         prepare_output(output)
         prepare_output(state.parent)  # the state lies beside the output folder
         write_json(state, {"enabled": False})
-        say("retrieve: disabled (retrieve.enabled is false); nothing fetched", quiet=quiet)
+        say("retrieve: disabled (retrieve.enabled is false); nothing fetched")
         return
     rows = read_manifest(manifest or cfg.manifest) if (manifest or cfg.manifest) else None
     if rows is None and not (cfg.study_date_from or cfg.study_date_to or cfg.modalities):
@@ -60,7 +60,7 @@ def command(
         report = retrieve(cfg, output, state, rows, progress=update)
     done = len(report.studies) - len(report.failed)
     say(f"retrieve: {done}/{len(report.studies)} studies complete, {report.fetched} instances "
-        f"fetched -> {output}", quiet=quiet)
+        f"fetched -> {output}")
     lines = report.problem_lines()
     if lines:
         console.print("\n".join(lines))

@@ -25,10 +25,10 @@ def command(
     cfg = stage_params(SplitConfig, "split", params)
     summary = write_splits(input, output, cfg)
     say(f"split: test {summary['test']['images']} images ({summary['test']['patients']} "
-        f"patients), {cfg.k} folds -> {output}/splits.json", quiet=quiet)
+        f"patients), {cfg.k} folds -> {output}/splits.json")
     strata = read_json(output / "splits.json", what="splits", keys={"strata": str})["strata"]
     if "coarser" in strata:
-        say(f"split: note: stratified by {strata}", quiet=quiet)
+        say(f"split: note: stratified by {strata}")
     if not quiet:
         for name, part in summary.items():
             if name.startswith("fold"):

@@ -49,7 +49,7 @@ def command(
                           + (f" ({r['reason']})" if r["reason"] else ""))
     failed = report.count("failed")
     say(f"store: {report.count('stored')} stored, {report.count('already')} already there, "
-        f"{failed} failed -> {cfg.called_aet}@{cfg.host}:{cfg.port}", quiet=quiet)
+        f"{failed} failed -> {cfg.called_aet}@{cfg.host}:{cfg.port}")
     if failed:
         for r in [r for r in report.instances if r["outcome"] == "failed"][:5]:
             console.print(f"  failed: {r['file']}: {r['reason']}")

@@ -41,8 +41,7 @@ def command(
     cfg = stage_params(ToSegConfig, "to_seg", params)
     if not cfg.enabled and not force and not reidentify:
         write_json(output / "to_seg.json", {"enabled": False, "images": []})
-        say(f"to-seg: disabled (to_seg.enabled is false); nothing written -> {output}",
-            quiet=quiet)
+        say(f"to-seg: disabled (to_seg.enabled is false); nothing written -> {output}")
         return
     model = model or cfg.model
     fold = cfg.fold if fold is None else fold
@@ -55,4 +54,4 @@ def command(
     written = sum(1 for r in record["images"] if r["seg"])
     mode = "re-identified" if reidentify else "pseudonymized"
     say(f"to-seg: {written} {mode} DICOM SEG of {model} fold {fold} ({len(record['images'])}"
-        f" images) -> {output}", quiet=quiet)
+        f" images) -> {output}")

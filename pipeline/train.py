@@ -63,4 +63,4 @@ def command(
         if metrics["world_size"] > 1 else ""
     best = "none" if metrics["best"] is None else f"{metrics['best']:.4g}"
     say(f"train: {model} fold {fold}{rank}: best {metrics['metric']} = {best} "
-        f"after {metrics['iterations']} iterations -> {work}", quiet=quiet)
+        f"after {metrics['iterations']} iterations -> {work}")

@@ -51,7 +51,7 @@ def command(
                 if report.class_attribute_detected else "")
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items()) or "no problem"
     say(f"validate: {report.images} images, {report.annotations} instances{detected}: "
-        f"{counts}", quiet=quiet)
+        f"{counts}")
     if failing:
         raise IncompleteRunError(f"{len(failing)} problem(s) that "
                                  + ("--strict refuses" if cfg.strict else "lose annotations")
