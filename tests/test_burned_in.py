@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from conftest import dicom_image
 
 from converters.anatomy import MAX_VALUE, CaseSpec, burn_in, render
 from converters.burned_in import (TextBox, blank_boxes, check_ocr_available,
@@ -241,3 +242,54 @@ def test_ocr_leaves_the_environment_of_later_children_alone(monkeypatch):
     img, _ = burn_corner(*real_cr("RG3_UNCR.dcm"))
     assert find_burned_in_text(img)
     assert "OMP_THREAD_LIMIT" not in os.environ
+
+
+# --------------------------------------------------------------------------------------------
+# the pixels OCR reads are pydicom's, without its copy where that is exact
+
+
+def _cases():
+    """name -> (dataset, whether the no-copy view applies)."""
+    from pydicom.uid import ExplicitVRBigEndian
+
+    base = np.arange(64, dtype=np.uint16) * 61 % 4096
+    high = base.copy()
+    high[5] |= 0x8000  # an overlay bit above BitsStored: pydicom masks it away
+    big = dicom_image(PixelData=base.astype(">u2").tobytes())
+    big.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    return {
+        "12 of 16 bits": (dicom_image(PixelData=base.tobytes()), True),
+        "full 16 bits": (dicom_image(PixelData=(base * 16).tobytes(), BitsStored=16,
+                                     HighBit=15), True),
+        "8 bits": (dicom_image(PixelData=base.astype(np.uint8).tobytes(), BitsAllocated=8,
+                               BitsStored=8, HighBit=7), True),
+        "bit above BitsStored": (dicom_image(PixelData=high.tobytes()), False),
+        "signed": (dicom_image(PixelData=(base.astype(np.int16) - 2048).tobytes(),
+                               PixelRepresentation=1), False),
+        "two frames": (dicom_image(size=4, PixelData=base.tobytes()[:64], NumberOfFrames=2),
+                       False),
+        "big endian": (big, False),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_cases()))
+def test_ocr_reads_exactly_the_pixels_pydicom_decodes(name):
+    from converters.anonymize import _native_view, _stored_pixels
+
+    ds, view_applies = _cases()[name]
+    expected = ds.pixel_array.copy()
+    ds = pydicom.dcmread(_roundtrip(ds))  # as anonymize reads it: no cached array
+    assert (_native_view(ds) is not None) == view_applies
+    got = _stored_pixels(ds, "x.dcm")
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    if view_applies:
+        assert not got.flags.writeable  # OCR only reads: a write would be a bug, and fails
+
+
+def _roundtrip(ds):
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    return buf
