@@ -92,7 +92,6 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
-import pydicom
 from pydicom._uid_dict import UID_dictionary
 from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
@@ -103,6 +102,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
+from converters.dicom_file import read_dicom, transfer_syntax
 from converters.errors import (InvalidConfigError, InvalidDicomError, InvalidLedgerError,
                                MissingInputError, SpinepipeError, UnsupportedDicomError)
 from converters.incremental import IncrementalState, file_signature
@@ -845,7 +845,7 @@ def _cleaner(ts: str, file: str) -> Callable[[bytes], tuple[bytes, list[str]]] |
 def clean_pixel_markers(ds: Dataset, decoded: np.ndarray | None, file: str = "") -> list[str]:
     """Remove comment and application segments from every frame of encapsulated pixel data
     (module docstring); the result must decode to ``decoded``. Returns what was removed."""
-    ts = _transfer_syntax(ds)
+    ts = transfer_syntax(ds)
     if ts is None or not ts.is_encapsulated or "PixelData" not in ds:
         return []
     clean = _cleaner(ts, file)
@@ -918,7 +918,7 @@ def _native_view(ds: Dataset) -> np.ndarray | None:
     set above BitsStored (pydicom would mask those). None otherwise. pydicom's own array costs
     a copy and a masking pass of the whole image (a third of the OCR's time on a CR), and OCR
     only reads the pixels."""
-    ts = _transfer_syntax(ds)
+    ts = transfer_syntax(ds)
     try:
         rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
         stored = int(ds.get("BitsStored", bits))
@@ -1106,7 +1106,7 @@ def check_pixel_data(ds: Dataset, file: str = "",
     returned). The pixel count is checked against ``max_pixels`` before any decoding."""
     if "PixelData" not in ds:
         return None  # float pixel data: rare, parametric maps; nothing to check here
-    ts = _transfer_syntax(ds)
+    ts = transfer_syntax(ds)
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits = int(ds.BitsAllocated)
@@ -1137,44 +1137,6 @@ def check_pixel_data(ds: Dataset, file: str = "",
                                 f"{samples} sample(s); at most {max_pixels:,} are decoded",
                                 file=file, tag="(0028,0010)")
     return None
-
-
-def _check_complete(ds: Dataset, path: str) -> Dataset:
-    """:class:`InvalidDicomError` when the file ends inside its last element (a value shorter
-    than its declared length: pydicom reads what is there and says nothing)."""
-    if not len(ds):
-        return ds
-    last = max(ds.keys())
-    raw = ds.get_item(last)
-    length = getattr(raw, "length", None)
-    value = getattr(raw, "value", None)
-    if isinstance(value, (bytes, bytearray)) and length not in (None, 0xFFFFFFFF) \
-            and len(value) < length:
-        raise InvalidDicomError(f"truncated: the file ends inside {_name(last)} ({len(value)} "
-                                f"of {length} bytes)", file=path,
-                                tag=f"({last.group:04X},{last.element:04X})")
-    return ds
-
-
-def read_dicom(path: str) -> Dataset:
-    """Read a DICOM file (Part 10, or a raw dataset as some archives store), or raise;
-    a truncated file is an error (:func:`_check_complete`)."""
-    try:
-        return _check_complete(pydicom.dcmread(path, force=False), path)
-    except _PydicomInvalid:
-        try:
-            ds = pydicom.dcmread(path, force=True)
-        except Exception as exc:
-            raise InvalidDicomError(f"not a DICOM file ({type(exc).__name__})", file=path) from None
-        if "SOPClassUID" not in ds:
-            raise InvalidDicomError("not a DICOM file (no DICM preamble, no SOP Class UID)",
-                                    file=path) from None
-        return _check_complete(ds, path)
-    except SpinepipeError:
-        raise
-    except Exception as exc:
-        raise InvalidDicomError(f"unreadable DICOM ({type(exc).__name__}: {exc})".splitlines()[0],
-                                file=path) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1249,23 +1211,10 @@ def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeConfig]) -> tuple
         return rel, Outcome("failed", f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0]), ""
 
 
-def _transfer_syntax(ds: Dataset, file: str = ""):
-    """The file's Transfer Syntax UID, ``None`` when it has no file meta; one the standard
-    does not define (empty, ``1.2.3``, a path) is :class:`InvalidDicomError`."""
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is None:
-        return None
-    uid = pydicom.uid.UID(str(ts))
-    if not uid.is_transfer_syntax:
-        raise InvalidDicomError(f"transfer syntax {str(ts)[:64]!r} is not one of the "
-                                "standard's", file=file, tag="(0002,0010)")
-    return uid
-
-
 def _decode_if_reencoded(ds: Dataset) -> None:
     """Elements read in implicit VR from a file whose transfer syntax says explicit VR are
     decoded (pydicom writes raw elements as they came, and has no VR to write for them)."""
-    ts = _transfer_syntax(ds)
+    ts = transfer_syntax(ds)
     if ts is not None and not ts.is_implicit_VR and \
             any(getattr(ds.get_item(tag), "VR", "") is None for tag in ds.keys()):
         for _ in ds.iterall():

@@ -54,7 +54,8 @@ from converters.paths import check_name, check_uid, confined
 from converters.pixels import (MAX_PIXELS, DisplayConfig, check_display, check_pixel_budget,
                                to_display)
 from converters.provenance import record_path
-from converters.records import NotRegularFile, open_input, special_kind
+from converters.dicom_file import read_dicom
+from converters.records import special_kind
 from converters.via import ViaImage, via2_project, via_filepath
 
 STATE_FILE = ".export_state.json"
@@ -110,13 +111,7 @@ def export_file(src: str | Path, out_dir: str | Path, options: ExportConfig,
                 rel: str = "") -> dict:
     """Export one anonymized DICOM file; returns its provenance record. Raises on bad input."""
     rel = rel or str(src)
-    try:
-        with open_input(src) as fh:
-            ds = pydicom.dcmread(fh)
-    except NotRegularFile as exc:
-        raise InvalidDicomError(exc.strerror, file=rel) from None
-    except Exception as exc:
-        raise InvalidDicomError(f"unreadable DICOM ({type(exc).__name__})", file=rel) from None
+    ds = read_dicom(src, name=rel)
     if "PixelData" not in ds:
         raise InvalidDicomError("no PixelData (non-image object)", file=rel, tag="(7FE0,0010)")
     check_pixel_budget(ds, options.max_pixels, rel, setting="export.max_pixels")

@@ -52,7 +52,6 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -69,9 +68,11 @@ from pynetdicom.status import (QR_FIND_SERVICE_CLASS_STATUS, QR_GET_SERVICE_CLAS
                                QR_MOVE_SERVICE_CLASS_STATUS, STORAGE_SERVICE_CLASS_STATUS,
                                VERIFICATION_SERVICE_CLASS_STATUS, code_to_category)
 
-from converters.errors import InvalidTableError, MissingInputError, SpinepipeError
+from converters.dicom_file import read_dicom, transfer_syntax
+from converters.errors import InvalidDicomError, InvalidTableError, MissingInputError, SpinepipeError
 from converters.io import prepare_output, remove_stale_temps, write_bytes, write_json
 from converters.paths import confined, is_uid
+from converters.records import NotRegularFile, open_input
 
 STORAGE_CLASSES = [ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                    DigitalXRayImageStorageForProcessing, SecondaryCaptureImageStorage]
@@ -452,11 +453,19 @@ def _store_state(state_path: Path, where: str) -> tuple[dict, dict[str, str]]:
 def _read_for_store(path: Path) -> tuple[Dataset, str]:
     """The dataset of ``path`` and the sha256 of its bytes, from one read (what is hashed is
     what is sent)."""
-    import pydicom
-
-    data = path.read_bytes()
-    ds = pydicom.dcmread(BytesIO(data))
-    _ = (ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID)  # else unreadable
+    try:
+        with open_input(path) as fh:
+            data = fh.read()
+    except NotRegularFile as exc:
+        raise InvalidDicomError(exc.strerror, file=path) from None
+    except OSError as exc:
+        raise InvalidDicomError(f"cannot be read ({exc.strerror})", file=path) from None
+    ds = read_dicom(data, name=path)
+    if transfer_syntax(ds, path) is None:
+        raise InvalidDicomError("no file meta: not a Part 10 file", file=path)
+    for keyword, tag in (("SOPClassUID", "(0008,0016)"), ("SOPInstanceUID", "(0008,0018)")):
+        if not str(ds.get(keyword) or ""):
+            raise InvalidDicomError(f"no {keyword}", file=path, tag=tag)
     return ds, hashlib.sha256(data).hexdigest()
 
 
@@ -478,10 +487,9 @@ def store(cfg: RetrieveConfig, files: list[Path], state_path: str | Path,
     for path in files:
         try:
             ds, digest = _read_for_store(path)
-        except Exception as exc:  # pydicom raises many kinds on a damaged file
+        except InvalidDicomError as exc:
             report.instances.append({"file": str(path), "sop_instance_uid": "",
-                                     "outcome": "failed",
-                                     "reason": f"unreadable DICOM ({type(exc).__name__})"})
+                                     "outcome": "failed", "reason": exc.message})
             continue
         sop = str(ds.SOPInstanceUID)
         if sent.get(sop) == digest:

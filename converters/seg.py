@@ -39,10 +39,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from converters.dicom_file import read_dicom
 from converters.errors import InvalidDicomError
 from converters.ledger import verified_identity
 
@@ -189,7 +189,7 @@ def build_segmentation(source: Dataset, segments: list[Segment], algorithm: Algo
 def read_seg(path: str | Path) -> list[tuple[str, str, np.ndarray]]:
     """(segment label, segmented property type code value, (rows, cols) bool mask) of every
     segment of a BINARY Segmentation of one source image, read with pydicom."""
-    ds = pydicom.dcmread(path)
+    ds = read_dicom(path)
     frames = ds.pixel_array
     if frames.ndim == 2:
         frames = frames[None]

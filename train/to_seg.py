@@ -27,10 +27,10 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import pydicom
 from pycocotools import mask as mask_utils
 
 from converters.coco import DEFAULT_CLASSES
+from converters.dicom_file import read_dicom
 from converters.errors import (InvalidDicomError, InvalidLedgerError, MissingInputError,
                                SpinepipeError, UnsafeLocationError)
 from converters.io import atomic_path, prepare_output, write_json
@@ -125,12 +125,7 @@ def _verify_identities(images: list[str], dicom_root: Path, ledger: dict, salt: 
     """Every source's identity checked against the ledger before anything is written."""
     for image in images:
         src_path = find_source(dicom_root, image)
-        try:
-            head = pydicom.dcmread(src_path, stop_before_pixels=True,
-                                   specific_tags=["SOPInstanceUID", "PatientID"])
-        except Exception as exc:
-            raise InvalidDicomError(f"unreadable DICOM ({type(exc).__name__})",
-                                    file=src_path) from None
+        head = read_dicom(src_path, header_only=True)
         try:
             verified_identity(ledger, str(head.get("SOPInstanceUID", "")),
                               str(head.get("PatientID", "") or ""), salt)
@@ -167,11 +162,7 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, output: str | Path,
     prepare_output(output)
     for done, image in enumerate(images, 1):
         src_path = find_source(dicom_root, image)
-        try:
-            source = pydicom.dcmread(src_path)
-        except Exception as exc:
-            raise InvalidDicomError(f"unreadable DICOM ({type(exc).__name__})",
-                                    file=src_path) from None
+        source = read_dicom(src_path)
         if str(source.get("SOPInstanceUID", "")) != Path(image).stem.partition("_")[2]:
             raise InvalidDicomError("the SOP Instance UID differs from the image name",
                                     file=src_path, tag="(0008,0018)")
