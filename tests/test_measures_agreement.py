@@ -1,0 +1,105 @@
+"""Evaluate's wiring of the pixel metrics, recognition and clinical measures into the files the
+report reads. The class of defect guarded: a test image without a prediction dropped from the
+averages or scored as a success (instead of as an all-background prediction: a miss), and the
+headline agreement numbers of ``summary.json`` (``lordosis_mae_deg``, the measurable rate)
+not being the ones of the per-image ``measures.csv`` / ``measures_truth.csv`` beside it.
+(Bland-Altman arithmetic by hand: test_agreement_guarantees.py.)
+
+The test set is the small phantom through anonymize, export and convert; the predictions are
+its own ground-truth masks for every image but one, given as a folder as
+``spinepipe evaluate --predictions`` takes it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ingest_chain
+from converters.convert import ConvertConfig, convert
+from train.evaluate import EvaluateConfig, evaluate_run
+
+
+@pytest.fixture(scope="module")
+def evaluated(small_phantom, tmp_path_factory):
+    root = tmp_path_factory.mktemp("wiring")
+    ingest_chain(small_phantom, root)
+    convert([root / "via.json"], root / "png", root / "processed", ConvertConfig(qa=False))
+    names = sorted(p.name for p in (root / "processed" / "masks").glob("*.png"))
+    assert len(names) >= 4
+    missing = names[1]
+    (root / "pred" / "predictions").mkdir(parents=True)
+    for name in names:
+        if name != missing:
+            shutil.copy(root / "processed" / "masks" / name, root / "pred" / "predictions" / name)
+    summary = evaluate_run("unet", 0, EvaluateConfig(device="cpu"),
+                           test=root / "processed" / "coco.json",
+                           masks=root / "processed" / "masks", images=root / "png",
+                           out=root / "eval", predictions=root / "pred")
+    assert summary == json.loads((root / "eval" / "summary.json").read_text())
+    rows = {r["file_name"]: r for r in csv.DictReader((root / "eval" / "per_image.csv").open())}
+    assert sorted(rows) == names
+    return {"root": root, "names": names, "missing": missing, "summary": summary, "rows": rows}
+
+
+def test_a_missing_prediction_scores_as_an_all_background_miss(evaluated):
+    """Hand-computed: an all-background prediction has IoU t_0 / (H W) on the background and
+    0 on each other class of the truth; pixel accuracy t_0 / (H W); nothing recognized."""
+    root, missing, rows = evaluated["root"], evaluated["missing"], evaluated["rows"]
+    summary = evaluated["summary"]
+    assert summary["missing_predictions"] == [missing]
+    assert summary["images"] == len(evaluated["names"])          # counted, not dropped
+    gt = cv2.imread(str(root / "processed" / "masks" / missing), cv2.IMREAD_UNCHANGED)
+    background = float((gt == 0).sum()) / gt.size
+    classes = len(np.unique(gt))
+    assert classes == 3                                           # background, lumbar, sacrum
+    row = rows[missing]
+    assert row["predicted"] == "0" and row["recognized"] == "0" and row["composite"] == "0"
+    assert int(row["n_pred"]) == 0 and int(row["n_matched"]) == 0 and int(row["n_gt"]) >= 6
+    assert float(row["mean_iou"]) == pytest.approx(background / classes, abs=1e-6)
+    assert float(row["pixel_accuracy"]) == pytest.approx(background, abs=1e-6)
+    assert len(row["missed"].split(";")) == int(row["n_gt"])      # every vertebra missed
+    for name, other in rows.items():                              # the others: their truth
+        if name != missing:
+            assert other["predicted"] == "1" and float(other["mean_iou"]) == pytest.approx(1.0)
+    n = len(rows)
+    assert summary["mean_iou"] == pytest.approx(
+        ((n - 1) + background / classes) / n, abs=1e-6)
+    assert summary["recognition_rate"] == pytest.approx(
+        np.mean([int(r["recognized"]) for r in rows.values()]))
+    assert summary["recognition_rate"] <= (n - 1) / n
+
+
+def _measures(path) -> dict[str, dict]:
+    return {r["file_name"]: r for r in csv.DictReader(path.open())}
+
+
+def test_headline_agreement_is_that_of_the_per_image_measures(evaluated):
+    """``lordosis_mae_deg`` and the measurable rates of summary.json, recomputed by hand from
+    measures.csv (prediction) and measures_truth.csv: the missing image gives no measure, so
+    it lowers the measurable rate and is left out of the error."""
+    root, missing, summary = evaluated["root"], evaluated["missing"], evaluated["summary"]
+    pred = _measures(root / "eval" / "measures.csv")
+    truth = _measures(root / "eval" / "measures_truth.csv")
+    assert sorted(pred) == sorted(truth) == evaluated["names"]
+    assert all(truth[n]["lordosis_deg"] for n in truth)           # the phantom is measurable
+    assert pred[missing]["lordosis_deg"] == ""
+    pairs = [(float(pred[n]["lordosis_deg"]), float(truth[n]["lordosis_deg"]))
+             for n in truth if pred[n]["lordosis_deg"]]
+    # (a perfect class mask fuses overlapping vertebrae into one blob, which is not measured)
+    assert 1 <= len(pairs) <= len(truth) - 1
+    mae = np.mean([abs(p - t) for p, t in pairs])
+    assert summary["lordosis_mae_deg"] == pytest.approx(mae, abs=1e-3)   # csv: 4 decimals
+    assert summary["lordosis_mae_deg"] < 2.0                      # the truth's own outlines
+    lordosis = summary["measures"]["groups"]["lordosis_deg"]
+    assert lordosis["n"] == len(pairs)
+    assert lordosis["measurable_rate"] == pytest.approx(len(pairs) / len(truth))
+    assert lordosis["bias"] == pytest.approx(np.mean([p - t for p, t in pairs]), abs=1e-3)
+    measured = [n for n in truth if all(pred[n][c] for c in truth[n]
+                                        if c.endswith(("_deg", "_px", "_pct")) and truth[n][c])]
+    assert missing not in measured
+    assert summary["measurable_rate"] == pytest.approx(len(measured) / len(truth))
