@@ -241,6 +241,52 @@ def write_json(path: str | Path, obj: Any, *, indent: int | None = 1, mode: int 
     write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", mode=mode)
 
 
+@contextmanager
+def open_append(path: str | Path) -> Iterator[int]:
+    """A log file below an active output root, open for appending (created with the umask if
+    missing): yields its file descriptor. Reached like a write (no link at any level); a link
+    planted at its name is :class:`~converters.paths.UnsafePathError`, a FIFO or device there
+    is refused without blocking."""
+    path = Path(path)
+    root, parts = _root_of(path)
+    _check_parts(parts, str(path))
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    with _folder(root, parts[:-1], create=True) as dfd:
+        try:
+            fd = os.open(parts[-1], flags, 0o666, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):
+                raise UnsafePathError(f"refused to write {path}: a symbolic link or a FIFO, "
+                                      "not a log file spinepipe writes") from None
+            raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePathError(f"refused to write {path}: not a regular file")
+        os.set_blocking(fd, True)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def refuse_links_below(folder: str | Path) -> None:
+    """:class:`~converters.paths.UnsafePathError` naming the first symbolic link anywhere
+    below ``folder`` (not followed). For an output folder a foreign library writes into with
+    plain ``open`` (MMEngine's checkpoints, logs and clock-named folders): a link planted
+    there before the run is refused instead of written through."""
+    todo = [Path(folder)]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_symlink():
+                raise UnsafePathError(f"refused to write below {folder}: {entry.path} is a "
+                                      "symbolic link, not a file spinepipe wrote")
+            if entry.is_dir(follow_symlinks=False):
+                todo.append(Path(entry.path))
+
+
 def temp_name(path: str | Path) -> Path:
     """A temporary sibling of ``path`` that :func:`remove_stale_temps` recognises (for
     outputs written now and moved into place later with :func:`move_into_place`)."""

@@ -98,10 +98,15 @@ def read_private_json(path: Path, default: Any) -> Any:
         raise InvalidLedgerError(f"cannot read ({type(exc).__name__})", file=path) from None
 
 
-def _read_salt(path: Path) -> bytes:
+def _read_salt(path: Path) -> bytes | None:
+    """The salt, ``None`` when there is none; read without following a link planted at its
+    name (:class:`~converters.paths.UnsafePathError`, never another file's bytes as salt)."""
     try:
-        salt = bytes.fromhex(path.read_text().strip())
-    except (ValueError, OSError):
+        raw = read_own(path)
+        if raw is None:
+            return None
+        salt = bytes.fromhex(raw.decode("ascii").strip())
+    except (ValueError, IsADirectoryError):
         salt = b""
     if len(salt) < 16:
         raise InvalidLedgerError("the salt is damaged (it must be at least 16 bytes in "
@@ -111,8 +116,9 @@ def _read_salt(path: Path) -> bytes:
 
 def load_or_create_salt(private: Path) -> bytes:
     path = Path(private) / SALT_FILE
-    if path.is_file():
-        return _read_salt(path)
+    salt = _read_salt(path)
+    if salt is not None:
+        return salt
     salt = secrets.token_bytes(32)
     with atomic_path(path, mode=0o600) as tmp:
         tmp.write_text(salt.hex() + "\n")
@@ -122,10 +128,11 @@ def load_or_create_salt(private: Path) -> bytes:
 def load_salt(private: Path) -> bytes:
     """The existing salt (re-identification never creates one)."""
     path = Path(private) / SALT_FILE
-    if not path.is_file():
+    salt = _read_salt(path)
+    if salt is None:
         raise InvalidLedgerError("no salt in the private folder: not the folder the objects "
                                  "were anonymized with", file=path)
-    return _read_salt(path)
+    return salt
 
 
 # --------------------------------------------------------------------------------------------

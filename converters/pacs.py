@@ -70,8 +70,9 @@ from pynetdicom.status import (QR_FIND_SERVICE_CLASS_STATUS, QR_GET_SERVICE_CLAS
 
 from converters.dicom_file import read_dicom, transfer_syntax
 from converters.errors import InvalidDicomError, InvalidTableError, MissingInputError, SpinepipeError
-from converters.io import prepare_output, remove_stale_temps, write_bytes, write_json
-from converters.paths import confined, is_uid
+from converters.io import (is_own_file, prepare_output, remove_stale_temps, write_bytes,
+                           write_json)
+from converters.paths import UnsafePathError, confined, is_uid
 from converters.records import NotRegularFile, open_input
 
 STORAGE_CLASSES = [ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
@@ -85,6 +86,8 @@ DEADLINE_FACTOR = 10
 REFUSED_NOT_ASKED = 0x0124   # "Refused: Not Authorised" (PS3.7 Annex C)
 #: the C-STORE status of an object refused because one of its UIDs is no valid UID
 REFUSED_INVALID_UID = 0xC000  # "Cannot Understand"
+#: C-STORE status for an object that could not be written here: "Refused: Out of Resources"
+OUT_OF_RESOURCES = 0xA700
 
 _STATUS_TABLES = {"C-FIND": QR_FIND_SERVICE_CLASS_STATUS, "C-GET": QR_GET_SERVICE_CLASS_STATUS,
                   "C-MOVE": QR_MOVE_SERVICE_CLASS_STATUS,
@@ -682,8 +685,13 @@ class Receiver:
                                      f"object {uids[2]} sent for study "
                                      f"{asked.study if asked else '(none)'}: {why}"))
                 return REFUSED_NOT_ASKED
-        write_bytes(confined(self.output, uids[0], uids[1], f"{uids[2]}.dcm"),
-                    event.encoded_dataset(include_meta=True))
+        try:
+            write_bytes(confined(self.output, uids[0], uids[1], f"{uids[2]}.dcm"),
+                        event.encoded_dataset(include_meta=True))
+        except UnsafePathError as exc:  # a link planted in the output: said, never followed
+            with self.lock:
+                self.refused.append((uids[0], f"object {uids[2]} not written: {exc}"))
+            return OUT_OF_RESOURCES
         with self.lock:
             self.fetched += 1
         return 0x0000
@@ -701,7 +709,8 @@ def _attempt(pacs: Pacs, cfg: RetrieveConfig, uid: str, patient_id: str, receive
     expected = [(se, sop) for se, sop in found if is_uid(se) and is_uid(sop)]
     bad = len(found) - len(expected)
     entry.update(expected=len(found), invalid_uids=bad)
-    here = lambda se, sop: (receiver.output / uid / se / f"{sop}.dcm").is_file()
+    # a regular file, not a link planted at its name (that object is fetched and written anew)
+    here = lambda se, sop: is_own_file(receiver.output / uid / se / f"{sop}.dcm")
     by_series: dict[str, list[str]] = {}
     for se, sop in expected:
         if not here(se, sop):

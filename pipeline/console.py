@@ -76,19 +76,21 @@ def say(message: str) -> None:
 
 @contextmanager
 def library_output_to(log: Path | None) -> Iterator[None]:
-    """With ``log``, everything written to this process's stdout and stderr, at the file
-    descriptor level (mmengine's logger, C extensions, warnings), is appended to ``log``
-    instead of reaching the terminal; without, nothing changes."""
+    """With ``log`` (a file below the stage's output root), everything written to this
+    process's stdout and stderr, at the file descriptor level (mmengine's logger, C
+    extensions, warnings), is appended to ``log`` instead of reaching the terminal; without,
+    nothing changes."""
     if log is None:
         yield
         return
-    log.parent.mkdir(parents=True, exist_ok=True)
+    from converters.io import open_append
+
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(log, "ab") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
+    with open_append(log) as fd:  # below the stage's output root, never through a link
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
         try:
             yield
         finally:

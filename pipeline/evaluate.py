@@ -35,11 +35,10 @@ def command(
     metrics, recognition and composite recognition, per-level results, pooled metrics."""
     cfg = stage_params(EvaluateConfig, "evaluate", params)
     out = output or eval_dir(model, fold)
-    log = out.parent / f"{out.name}.log" if quiet else None  # mmengine's output, if any
-    with library_output_to(log):
-        summary = evaluate_run(model, fold, cfg, test=test, masks=masks, images=images,
-                               out=out, run=run_dir, predictions=predictions,
-                               bar=lambda text: progress_bar(text, quiet=quiet))
+    summary = evaluate_run(model, fold, cfg, test=test, masks=masks, images=images, out=out,
+                           run=run_dir, predictions=predictions,
+                           bar=lambda text: progress_bar(text, quiet=quiet),
+                           capture=library_output_to if quiet else None)  # into evaluate.log
     miss = summary["missing_predictions"]
     say(f"evaluate: {model} fold {fold}: mIoU {summary['mean_iou']:.3f}, recognition "
         f"{summary['recognition_rate']:.2f}, composite {summary['composite_recognition_rate']:.2f}"

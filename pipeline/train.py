@@ -15,6 +15,7 @@ import typer
 import yaml
 
 from converters.errors import UsageError
+from converters.io import prepare_output
 from pipeline.console import ParamsOption, QuietOption, library_output_to, say
 from pipeline.params import load_yaml, stage_params
 from train.models import run_dir
@@ -51,7 +52,7 @@ def command(
     every epoch; the best checkpoint and its score are kept."""
     if launcher not in ("none", "pytorch", "slurm"):
         raise UsageError(f"--launcher must be none, pytorch or slurm, got {launcher!r}")
-    work = work_dir or run_dir(model, fold)
+    work = prepare_output(work_dir or run_dir(model, fold))  # not locked: torchrun's ranks share it
     with library_output_to(work / "train.log" if quiet else None):
         from train.runner import TrainConfig, prepare_run, run  # torch + mmlab: only here
 

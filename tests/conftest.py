@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -127,24 +129,38 @@ def ingest_chain(phantom: Path, root: Path) -> dict[str, tuple[str, int]]:
 
 
 def free_port() -> int:
+    """A port free when asked: another process may take it before it is used. Only for the
+    Orthanc below (which retries with new ports) and for ports a product binds itself."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 class Orthanc:
-    """A real Orthanc on loopback, with its own config and storage in a temp folder."""
+    """A real Orthanc on loopback, with its own config and storage in a temp folder.
+
+    Its ports are picked free, then bound by Orthanc: when one was taken meanwhile, Orthanc
+    exits, and :meth:`start` tries again with new ports (the server is known to be this one
+    by the unique name its REST API answers with)."""
 
     def __init__(self, root: Path, *, check_called_aet: bool = False, tls: dict | None = None):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.dicom_port, self.http_port, self.move_port = free_port(), free_port(), free_port()
+        self.name = f"spinepipe-test-{secrets.token_hex(6)}"
+        self.check_called_aet, self.tls = check_called_aet, tls
+        self.proc: subprocess.Popen | None = None
+        self.move_port = free_port()  # bound by spinepipe's C-MOVE receiver, not by Orthanc
+        self._new_ports()
+
+    def _new_ports(self) -> None:
+        self.dicom_port, self.http_port = free_port(), free_port()
+        tls = self.tls
         config = {
-            "Name": "spinepipe-test", "StorageDirectory": str(root / "storage"),
-            "IndexDirectory": str(root / "storage"), "DicomAet": "ORTHANC",
+            "Name": self.name, "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "storage"), "DicomAet": "ORTHANC",
             "DicomPort": self.dicom_port, "HttpPort": self.http_port,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": check_called_aet, "Plugins": [],
+            "DicomCheckCalledAet": self.check_called_aet, "Plugins": [],
             "DicomModalities": {"spinepipe": {
                 "AET": "SPINEPIPE", "Host": "127.0.0.1", "Port": self.move_port,
                 "AllowEcho": True, "AllowFind": True, "AllowGet": True, "AllowMove": True,
@@ -154,20 +170,33 @@ class Orthanc:
             config.update(DicomTlsEnabled=True, DicomTlsCertificate=tls["cert"],
                           DicomTlsPrivateKey=tls["key"], DicomTlsTrustedCertificates=tls["cert"],
                           DicomTlsRemoteCertificateRequired=True)
-        (root / "orthanc.json").write_text(json.dumps(config))
-        self.proc: subprocess.Popen | None = None
+        (self.root / "orthanc.json").write_text(json.dumps(config))
+
+    def _answers(self) -> bool:
+        """This Orthanc's REST API answers (it listens on its DICOM port before its HTTP
+        port), and the DICOM port accepts connections."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/system",
+                                        timeout=2) as r:
+                mine = json.loads(r.read()).get("Name") == self.name
+        except (OSError, ValueError):
+            return False
+        with socket.socket() as s:
+            return mine and s.connect_ex(("127.0.0.1", self.dicom_port)) == 0
 
     def start(self) -> "Orthanc":
         binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
         assert Path(binary).exists(), "Orthanc missing: .ci/run installs the orthanc package"
-        self.proc = subprocess.Popen([binary, str(self.root / "orthanc.json")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.dicom_port)) == 0:
+        for _ in range(5):
+            self.proc = subprocess.Popen([binary, str(self.root / "orthanc.json")],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 60  # a guard against a hang, not a measure
+            while time.time() < deadline and self.proc.poll() is None:
+                if self._answers():
                     return self
-            time.sleep(0.1)
+                time.sleep(0.1)
+            self.kill()
+            self._new_ports()  # a port was taken between picking it and Orthanc binding it
         raise RuntimeError("Orthanc did not start")
 
     def kill(self) -> None:

@@ -6,8 +6,9 @@ Every case must end in exit 0, or exit 1 with exactly one ``Error:`` line; never
 file written outside the output folder: the *whole* temporary root of the test (every file,
 folder and link, links never followed) is compared before and after each case, everything
 outside the command's output folders must be unchanged. The sandbox sits four folders below
-that root, so the hostile values' ``../../../ESCAPED`` lands inside what is watched, and
-``/etc/passwd`` is compared too. The generator is seeded: a failing case is reproduced by its
+that root, and each command runs from the sandbox (its working folder), so the hostile
+values' ``../../../ESCAPED`` lands inside what is watched whether a path is built from an
+output folder or from the working folder; ``/etc/passwd`` is compared too. The generator is seeded: a failing case is reproduced by its
 printed seed. (The hypothesis-driven fuzz of the same inputs: ``test_fuzz_property.py``.)
 """
 from __future__ import annotations
@@ -37,13 +38,15 @@ HOSTILE = [None, "", "abc", "../../../ESCAPED", "/etc/passwd", -1, 0, 1, 3.5, -1
            "\u0000\u202e", "x" * 300, 2 ** 70, ["lumbar"], {"lumbar": True}, "undefined"]
 
 
-def _sandbox(tmp_path: Path) -> Path:
-    """The sandbox, four folders below the watched root: ``../../../ESCAPED`` from any folder
-    in it stays below ``tmp_path``; the root also holds a file and a link an escape could hit."""
+def _sandbox(tmp_path: Path, monkeypatch) -> Path:
+    """The sandbox, four folders below the watched root and the working folder of the
+    commands: ``../../../ESCAPED`` from any folder in it (or from the working folder) stays
+    below ``tmp_path``; the root also holds a file and a link an escape could hit."""
     (tmp_path / "victim.txt").write_text("keep me")
     (tmp_path / "link_out").symlink_to("/nonexistent-target")
     sandbox = tmp_path / "d1" / "d2" / "d3" / "sandbox"
     sandbox.mkdir(parents=True)
+    monkeypatch.chdir(sandbox)
     return sandbox
 
 
@@ -121,8 +124,8 @@ def _mutate_json(doc: dict, rng: random.Random) -> dict:
     return doc
 
 
-def test_random_via_mutations_never_crash_nor_escape(tmp_path, capsys):
-    sandbox = _sandbox(tmp_path)
+def test_random_via_mutations_never_crash_nor_escape(tmp_path, capsys, monkeypatch):
+    sandbox = _sandbox(tmp_path, monkeypatch)
     (sandbox / "img").mkdir(parents=True)
     cv2.imwrite(str(sandbox / "img" / "a.png"), np.full((120, 60), 100, np.uint8))
     base = _base_via()
@@ -208,8 +211,8 @@ def _mutate_dicom(base: bytes, rng: random.Random) -> bytes:
     return buf.getvalue()
 
 
-def test_random_dicom_header_mutations_never_crash_nor_escape(tmp_path, capsys):
-    sandbox = _sandbox(tmp_path)
+def test_random_dicom_header_mutations_never_crash_nor_escape(tmp_path, capsys, monkeypatch):
+    sandbox = _sandbox(tmp_path, monkeypatch)
     private = sandbox / "private"
     base = _base_dicom()
     rng = random.Random(1125)
@@ -228,7 +231,7 @@ def test_random_dicom_header_mutations_never_crash_nor_escape(tmp_path, capsys):
         shutil.rmtree(inp)  # read by this case only: keeps the watched tree small
     assert min(outcomes.values()) > 50, outcomes
     written = [p for out in sandbox.glob("out*") for p in out.rglob("*.dcm")]
+    assert written, "no mutation produced an anonymized object: the generator is too harsh"
     for p in written:  # whatever was anonymized carries no identifier
         blob = p.read_bytes()
         assert b"DOE" not in blob and b"MRN998877" not in blob and b"ESCAPED" not in blob
-    assert written, "no mutation produced an anonymized object: the generator is too harsh"

@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -78,6 +80,34 @@ def _segs(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.dcm"))
 
 
+#: SNOMED CT concepts of the segments, written out from SNOMED CT itself (not read from
+#: pydicom's code dictionary, which the product uses): "Bone structure of L1" ... "of sacrum",
+#: and "Lumbar spine structure" for a semantic model's lumbar class
+SNOMED = {"L1": "66794005", "L2": "14293000", "L3": "36470004", "L4": "11994002",
+          "L5": "49668003", "S1": "54735007", "lumbar": "122496007", "sacrum": "54735007"}
+
+
+def _instance_segs(root: Path) -> list[Path]:
+    """The instance model's pseudonymized SEG objects (``seg_inst``), written by to-seg if an
+    earlier test has not (checked: exit 0, one object per image)."""
+    if len(_segs(root / "seg_inst")) != N_IMAGES:
+        proc = _run(root, "to-seg", "--model", "mask_rcnn", "--fold", "0", "--input",
+                    "eval/mask_rcnn/fold0", "--dicom", "anon", "--output", "seg_inst", "--force")
+        assert proc.returncode == 0, proc.stderr
+    files = _segs(root / "seg_inst")
+    assert len(files) == N_IMAGES, files
+    return files
+
+
+@contextmanager
+def _closed_port():
+    """A loopback port held bound but not listening for the block: a connection to it is
+    refused (no other process can take it meanwhile, as it could a port picked and freed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
 def test_instance_predictions_read_back_pixel_for_pixel(project):
     root, results = project
     proc = _run(root, "to-seg", "--model", "mask_rcnn", "--fold", "0", "--input",
@@ -89,6 +119,7 @@ def test_instance_predictions_read_back_pixel_for_pixel(project):
     for r in results:
         by_image.setdefault(r["file_name"], []).append(r)
     record = json.loads((root / "seg_inst" / "to_seg.json").read_text())
+    assert len(record["images"]) == N_IMAGES
     for row in record["images"]:
         seg_path = root / "seg_inst" / row["seg"]
         seg = pydicom.dcmread(seg_path)
@@ -103,10 +134,10 @@ def test_instance_predictions_read_back_pixel_for_pixel(project):
         segments = read_seg(seg_path)
         expected = {r["level"]: mask_utils.decode(r["segmentation"]).astype(bool)
                     for r in by_image[row["image"]]}
-        assert sorted(lbl for lbl, _, _ in segments) == sorted(expected)
+        assert expected and sorted(lbl for lbl, _, _ in segments) == sorted(expected)
         for label, code, mask in segments:
             assert np.array_equal(mask, expected[label]), (row["image"], label)
-            assert code == {"L1": "66794005", "L5": "49668003", "S1": "54735007"}.get(label, code)
+            assert code == SNOMED[label], (label, code)
         # overlapping vertebrae stay overlapping segments
         total = sum(m.astype(int) for _, _, m in segments)
         assert total.max() >= 2
@@ -117,10 +148,7 @@ def test_instance_predictions_read_back_pixel_for_pixel(project):
 
 def test_dciodvfy_finds_no_error(project):
     root, _ = project
-    if not _segs(root / "seg_inst"):
-        _run(root, "to-seg", "--model", "mask_rcnn", "--input", "eval/mask_rcnn/fold0",
-             "--dicom", "anon", "--output", "seg_inst", "--force")
-    for f in _segs(root / "seg_inst")[:2]:
+    for f in _instance_segs(root)[:2]:
         out = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
         text = out.stdout + out.stderr
         assert "Segmentation" in text
@@ -142,9 +170,12 @@ def test_semantic_predictions_give_one_segment_per_class_on_the_source_grid(proj
                 "--dicom", "anon", "--output", str(tmp_path / "seg"), "--force")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "seg" / "to_seg.json").read_text())
+    assert len(record["images"]) == N_IMAGES
     for row in record["images"]:
-        segments = {lbl: m for lbl, _, m in read_seg(tmp_path / "seg" / row["seg"])}
+        read = read_seg(tmp_path / "seg" / row["seg"])
+        segments = {lbl: m for lbl, _, m in read}
         assert set(segments) == {"lumbar", "sacrum"}
+        assert {lbl: code for lbl, code, _ in read} == {k: SNOMED[k] for k in segments}
         pred = cv2.imread(str(ev / "predictions" / row["image"]), cv2.IMREAD_UNCHANGED)
         if row["image"] == first.name:
             pred = cv2.resize(pred, (full.shape[1], full.shape[0]),
@@ -155,10 +186,9 @@ def test_semantic_predictions_give_one_segment_per_class_on_the_source_grid(proj
 
 def test_pseudonymized_seg_carries_no_original_identifier(project):
     root, _ = project
-    if not _segs(root / "seg_inst"):
-        _run(root, "to-seg", "--model", "mask_rcnn", "--input", "eval/mask_rcnn/fold0",
-             "--dicom", "anon", "--output", "seg_inst", "--force")
+    _instance_segs(root)
     inputs = sorted((root / "raw" / "dicom").rglob("*.dcm"))
+    assert len(inputs) == N_IMAGES
     assert _leak_scan(inputs, root / "seg_inst") == []
 
 
@@ -213,6 +243,7 @@ def test_reidentified_seg_stored_to_a_real_pacs_and_fetched_back(project, tmp_pa
         assert proc.returncode == 0, proc.stderr
         assert f"store: {N_IMAGES} stored, 0 already there, 0 failed" in proc.stderr
         again = _run(root, "store", "--input", "private/seg", "--params", str(params))
+        assert again.returncode == 0, again.stderr
         assert f"store: 0 stored, {N_IMAGES} already there" in again.stderr   # resumable
 
         target = pydicom.dcmread(files[0])
@@ -252,7 +283,7 @@ def test_reidentified_seg_stored_to_a_real_pacs_and_fetched_back(project, tmp_pa
         statuses = [s.Status for s, _ in assoc.send_c_get(
             get, StudyRootQueryRetrieveInformationModelGet) if s]
         assoc.release()
-        assert statuses[-1] == 0x0000 and len(received) == 1
+        assert statuses and statuses[-1] == 0x0000 and len(received) == 1
         back = pydicom.dcmread(pydicom.filebase.DicomBytesIO(received[0]), force=True)
         assert back.SOPInstanceUID == target.SOPInstanceUID
         assert back.PixelData == target.PixelData
@@ -263,13 +294,11 @@ def test_reidentified_seg_stored_to_a_real_pacs_and_fetched_back(project, tmp_pa
 
 
 def test_store_reports_a_pacs_that_is_not_there(project, tmp_path):
-    from conftest import free_port
     root, _ = project
-    if not _segs(root / "seg_inst"):
-        _run(root, "to-seg", "--model", "mask_rcnn", "--input", "eval/mask_rcnn/fold0",
-             "--dicom", "anon", "--output", "seg_inst", "--force")
+    _instance_segs(root)
     params = tmp_path / "params.yaml"
-    params.write_text(f"retrieve:\n  port: {free_port()}\n  timeout_s: 2\n")
-    proc = _run(root, "store", "--input", "seg_inst", "--params", str(params))
+    with _closed_port() as port:
+        params.write_text(f"retrieve:\n  port: {port}\n  timeout_s: 2\n")
+        proc = _run(root, "store", "--input", "seg_inst", "--params", str(params))
     assert proc.returncode == 1 and "no answer from" in proc.stderr
     assert "Traceback" not in proc.stderr

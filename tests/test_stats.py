@@ -175,3 +175,32 @@ def test_overlap_finding_compares_the_best_of_each_family():
     assert "kept apart: 10/12 against 5/12" in text
     no_overlaps = df.assign(gt_overlaps=0)
     assert "cannot be checked" in overlap_finding(no_overlaps, subgroups(no_overlaps), 0.05)
+
+
+def test_a_report_of_one_model_has_no_pairwise_tests_and_no_traceback(tmp_path, frame):
+    """One model (a first training, a curator's smoke run): Tukey's HSD needs two groups."""
+    import cv2
+    images, masks = tmp_path / "png", tmp_path / "masks"
+    for d in (images, masks):
+        d.mkdir()
+    g = frame[frame["model"] == "unet"]
+    gt = np.zeros((40, 20), np.uint8)
+    gt[5:15, 5:15] = 1
+    for name in g["file_name"]:
+        cv2.imwrite(str(images / name), np.full((40, 20), 128, np.uint8))
+        cv2.imwrite(str(masks / name), gt)
+    rows = [{"file_name": r["file_name"], "predicted": 1, **{m: float(r["mean_iou"]) for m in METRICS},
+             "recognized": int(r["recognized"]), "composite": int(r["recognized"]), "n_gt": 6,
+             "n_pred": 6, "n_matched": 6, "missed": "", "shifted": "", "lost_overlaps": "",
+             "false_overlaps": "", "gt_overlaps": 0, "overlaps_apart": 0, "implants": 0}
+            for _, r in g.iterrows()]
+    out = tmp_path / "eval" / "unet" / "fold0"
+    out.mkdir(parents=True)
+    write_scores(out, rows, {"model": "unet", "fold": 0, "level_recognition": {"L1": 1.0},
+                             "pooled": {"mean_iou": 0.9}})
+    metrics = build_report(tmp_path / "eval", tmp_path / "reports", images=images, masks=masks,
+                           cfg=ReportConfig(), models=["unet"])
+    assert list(metrics) == ["unet"]
+    assert metrics["unet"]["mean_iou"] == pytest.approx(g["mean_iou"].mean())
+    assert not list((tmp_path / "reports" / "tables").glob("tukey_*"))
+    assert (tmp_path / "reports" / "report.html").stat().st_size > 0

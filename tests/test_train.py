@@ -295,11 +295,10 @@ def test_yolact_anchors_follow_its_input_size(size):
 def test_two_process_distributed_training_on_cpu(project, model):
     """mmengine's own launcher under torchrun (gloo on CPU; SyncBN becomes BN there): both
     ranks train, rank 0 alone writes the run's files, and its checkpoint loads."""
-    from conftest import free_port
     torchrun = str(Path(sys.executable).parent / "torchrun")
     work = project / "ddp" / model
-    proc = subprocess.run(
-        [torchrun, "--nproc-per-node", "2", "--master-port", str(free_port()),
+    proc = subprocess.run(  # --standalone: the rendezvous binds a free port itself
+        [torchrun, "--standalone", "--nproc-per-node", "2",
          "-m", "pipeline.cli", "train", "--model", model, "--fold", "1", "--launcher",
          "pytorch", "--work-dir", str(work), "--quiet"],
         capture_output=True, text=True, timeout=600, cwd=project)

@@ -294,14 +294,15 @@ def write_scores(out: str | Path, rows: list[dict], summary: dict,
 def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path,
                  masks: str | Path, images: str | Path, out: str | Path,
                  run: str | Path | None = None, predictions: str | Path | None = None,
-                 bar: Callable[[str], ContextManager[Callable[[int, int], None]]] | None = None
-                 ) -> dict:
+                 bar: Callable[[str], ContextManager[Callable[[int, int], None]]] | None = None,
+                 capture: Callable[[Path], ContextManager] | None = None) -> dict:
     """Evaluate one model x fold into ``out`` (built under a temporary name beside it and
     renamed when complete, replacing an earlier evaluation); returns the summary.
 
     Predictions come from the trained ``run`` (default ``models/<model>/fold<k>``) or, with
     ``predictions``, from a folder made elsewhere. ``bar(description)`` gives a progress
-    callback per phase (predict, score)."""
+    callback per phase (predict, score); ``capture(log)`` redirects the libraries' console
+    output (mmengine's) to ``log``, the evaluation's ``evaluate.log``, while it runs."""
     bar = bar or (lambda _: nullcontext(lambda done, total: None))
     fam = family(model)
     out = Path(out)
@@ -312,22 +313,32 @@ def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path
     tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}{TEMP_MARK}"
     tmp.mkdir()  # the user's umask (mkdtemp's would be 700)
     try:
-        src = Path(predictions) if predictions is not None else tmp
-        if predictions is None:
-            with bar(f"evaluate {model} fold {fold}: predict") as update:
-                write_predictions(run or run_dir(model, fold), gt, images, tmp, cfg,
-                                  progress=update)
-        spacing = {im["file_name"]: pixel_spacing(read_record(images, im["file_name"]))
-                   for im in gt.images}
-        with bar(f"evaluate {model} fold {fold}: score") as update:
-            rows, summary, pred_m, true_m = score(
-                src, gt, cfg, model=model, fold=fold, family=fam,
-                spacing={k: v for k, v in spacing.items() if v}, progress=update)
-        write_scores(tmp, rows, summary, (pred_m, true_m))
+        with (capture or (lambda _: nullcontext()))(tmp / "evaluate.log"):
+            summary = _evaluate_into(tmp, model, fold, fam, cfg, gt, images, run, predictions,
+                                     bar)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    return summary
+
+
+def _evaluate_into(tmp: Path, model: str, fold: int, fam: str, cfg: EvaluateConfig,
+                   gt: TestSet, images: str | Path, run: str | Path | None,
+                   predictions: str | Path | None, bar) -> dict:
+    """Predict (unless ``predictions`` are given) and score into the folder ``tmp``."""
+    src = Path(predictions) if predictions is not None else tmp
+    if predictions is None:
+        with bar(f"evaluate {model} fold {fold}: predict") as update:
+            write_predictions(run or run_dir(model, fold), gt, images, tmp, cfg,
+                              progress=update)
+    spacing = {im["file_name"]: pixel_spacing(read_record(images, im["file_name"]))
+               for im in gt.images}
+    with bar(f"evaluate {model} fold {fold}: score") as update:
+        rows, summary, pred_m, true_m = score(
+            src, gt, cfg, model=model, fold=fold, family=fam,
+            spacing={k: v for k, v in spacing.items() if v}, progress=update)
+    write_scores(tmp, rows, summary, (pred_m, true_m))
     return summary

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from mmengine.runner import Runner
 
 from converters.errors import (InsufficientDataError, InvalidConfigError, MissingInputError,
                                TrainingDivergedError)
-from converters.io import atomic_path, prepare_output, write_json
+from converters.io import atomic_path, prepare_output, refuse_links_below, write_json, write_text
 from converters.records import read_json
 from train.checkpoint import allow_mmengine_checkpoints
 from train.models import BEST_METRIC, MODELS, family, family_of_scope
@@ -203,8 +204,13 @@ def run(leaf: Config, *, resume: bool = False) -> dict:
 
     work = Path(leaf.work_dir)
     prepare_output(work)
+    refuse_links_below(work)  # MMEngine opens its files with plain open(): links are followed
+    # MMEngine keeps one visualizer per name for the whole process, and the mm configs name
+    # theirs 'visualizer': a second run in one process (tests, a notebook) would get the first
+    # one's, and write its logs and dvclive files into the first run's folder
+    leaf.visualizer["name"] = f"spinepipe_{work.name}_{secrets.token_hex(4)}"
     if int(os.environ.get("RANK", "0")) == 0:  # before the process group exists
-        leaf.dump(str(work / "config.py"))
+        write_text(work / "config.py", leaf.pretty_text)  # what Config.dump writes, confined
     runner = train(leaf, resume=resume)
     rank, world_size = get_dist_info()
     fam = family_of_scope(leaf.default_scope)

@@ -120,7 +120,10 @@ def pairwise(df: pd.DataFrame, metric: str, alpha: float, by: str = "model") -> 
 
 
 def tukey(df: pd.DataFrame, metric: str, alpha: float, by: str = "model") -> pd.DataFrame | None:
-    """Tukey's HSD table, or None when normality fails in some model (module docstring)."""
+    """Tukey's HSD table, or None when normality fails in some model (module docstring) or
+    there are fewer than two models to compare."""
+    if df[by].nunique() < 2:
+        return None
     sh = shapiro(df, [metric], alpha, by)
     if sh.empty or not sh["normal"].all():
         return None
