@@ -12,12 +12,13 @@ STAMP := $(VENV)/.spinepipe-installed
 # reads one exact pin (e.g. "torch==2.13.0") from pyproject.toml, the one place versions live
 PIN = $(shell $(PYTHON) -c "import tomllib,sys; d=tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']; print(next(x for x in d if x.split('==')[0]=='$(1)'))")
 
-.PHONY: demo test bench venv system-deps clean-venv help
+.PHONY: demo test bench mutation venv system-deps clean-venv help
 
 help:
 	@echo "make demo   set up .venv/ and run the pipeline on the phantom (dvc repro)"
 	@echo "make test   set up .venv/ and run the tests"
 	@echo "make bench  run the benchmarks in benchmarks/ (installs the peers they compare with)"
+	@echo "make mutation  mutation-test the modules that hold the promises (MODULES=io,paths JOBS=n)"
 
 venv: $(STAMP)
 
@@ -81,6 +82,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_commands.py
 	$(PY) benchmarks/bench_measures.py
 	$(PY) benchmarks/bench_seg.py
+
+# mutation testing of the modules that hold the promises (issue 30): mutmut per module with
+# only its tests, in build/mutation/<module>/; a score table; exit 1 below 90 %.
+# MODULES=io,paths (default: every module)  JOBS=n (default: every core). Not part of make test.
+mutation: $(STAMP) system-deps
+	$(PY) tests/mutation.py $(if $(MODULES),--modules $(MODULES)) $(if $(JOBS),--jobs $(JOBS))
 
 clean-venv:
 	rm -rf $(VENV)

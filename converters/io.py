@@ -57,8 +57,9 @@ wait_notice: Callable[[str], None] = lambda message: None
 
 @dataclass(frozen=True)
 class _Root:
-    path: Path          # as the user gave it
+    path: Path          # as the user gave it (for messages)
     real: Path          # resolved once, when the root was opened (a link *to* the root is fine)
+    absolute: Path      # made absolute then: a later chdir does not move the root
 
 
 #: the active output roots of this process, by resolved path
@@ -116,7 +117,7 @@ def prepare_output(path: str | Path, *, private: bool = False) -> Path:
         raise OutputFolderError(f"cannot write into the output folder "
                                 f"({exc.strerror or type(exc).__name__})", file=path) from None
     real = _resolved(path)
-    _ROOTS.setdefault(real, _Root(path, real))
+    _ROOTS.setdefault(real, _Root(path, real, Path(os.path.abspath(path))))
     return path
 
 
@@ -152,7 +153,7 @@ def _root_of(path: Path) -> tuple[_Root, list[str]]:
     here = Path.cwd().joinpath(path).parts  # ".." kept: the walk refuses it
     best: tuple[_Root, list[str]] | None = None
     for root in _ROOTS.values():
-        for base in (Path(os.path.abspath(root.path)).parts, root.real.parts):
+        for base in (root.absolute.parts, root.real.parts):
             if len(here) > len(base) and here[:len(base)] == base:
                 parts = list(here[len(base):])
                 if best is None or len(parts) < len(best[1]):
