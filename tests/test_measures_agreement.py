@@ -103,3 +103,15 @@ def test_headline_agreement_is_that_of_the_per_image_measures(evaluated):
                                         if c.endswith(("_deg", "_px", "_pct")) and truth[n][c])]
     assert missing not in measured
     assert summary["measurable_rate"] == pytest.approx(len(measured) / len(truth))
+
+
+def test_an_evaluation_of_external_predictions_keeps_a_copy_of_what_it_scored(evaluated):
+    """to-seg and the report's examples read ``predictions/`` inside the evaluation: with
+    ``--predictions`` it holds the label maps that were scored, byte for byte, and no file
+    for the missing one."""
+    root, names, missing = evaluated["root"], evaluated["names"], evaluated["missing"]
+    kept = sorted(p.name for p in (root / "eval" / "predictions").iterdir())
+    assert kept == [n for n in names if n != missing]
+    for name in kept:
+        assert (root / "eval" / "predictions" / name).read_bytes() == \
+            (root / "pred" / "predictions" / name).read_bytes()

@@ -54,7 +54,7 @@ from train.models import family, run_dir
 from converters.coco import mask_outline
 from converters.measures import image_measures, measures_csv
 from converters.provenance import pixel_spacing, read_record
-from converters.records import read_json
+from converters.records import open_input, read_json
 from train.measures import summarize as summarize_measures
 from train.recognition import (VERTEBRA_CLASSES, Instances, RecognitionConfig, components,
                                merged_class_mask, postprocess_instances, recognize)
@@ -341,4 +341,20 @@ def _evaluate_into(tmp: Path, model: str, fold: int, fam: str, cfg: EvaluateConf
             src, gt, cfg, model=model, fold=fold, family=fam,
             spacing={k: v for k, v in spacing.items() if v}, progress=update)
     write_scores(tmp, rows, summary, (pred_m, true_m))
+    if predictions is not None:
+        _keep_copy(Path(predictions), gt, tmp)
     return summary
+
+
+def _keep_copy(src: Path, test: TestSet, out: Path) -> None:
+    """Predictions made elsewhere, copied into the evaluation (the test images' label maps and
+    ``instances.json``): the folder then reads like a model's evaluation (to-seg, the
+    report's examples) and keeps what was scored, whatever happens to ``src`` later."""
+    names = [im["file_name"] for im in test.images]
+    for path in [src / "predictions" / n for n in names] + [src / "instances.json"]:
+        try:
+            with open_input(path) as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            continue  # a missing prediction is scored as a miss (module docstring)
+        write_bytes(out / path.relative_to(src), data)
