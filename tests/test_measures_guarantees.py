@@ -4,7 +4,12 @@ run).
 Class of defect guarded: ``measures.csv`` with shifted, renamed or unrounded columns, a
 missing measure written as something other than an empty cell, a Meyerding grade off at its
 boundaries, a measure said to need the wrong levels, and ``not_measurable`` reasons out of
-anatomical order.
+anatomical order; and in the geometry of :func:`find_vertebrae`, on hand-built outlines with
+known answers: endplates taken from the wrong hull edge or with the wrong contact tolerance,
+the anterior side decided by one cue instead of both, the caudal axis not through the
+neighbours' centroids, the gap / fused-blob / 3-point thresholds off at their edge, a spine
+without a sacrum or with L5 and S1 alone left unmeasured, and measures that change when the
+picture is mirrored, shifted or resampled to square millimetres.
 """
 from __future__ import annotations
 
@@ -15,10 +20,19 @@ import math
 import numpy as np
 import pytest
 
-from converters.measures import (COLUMNS, MEASURES, Spine, find_vertebrae, image_measures,
-                                 measures_csv,
-                                 measures_from_endplates, meyerding, reasons,
-                                 uses)
+from converters.measures import (
+    COLUMNS,
+    MEASURES,
+    Endplate,
+    Spine,
+    find_vertebrae,
+    image_measures,
+    measures_csv,
+    measures_from_endplates,
+    meyerding,
+    reasons,
+    uses,
+)
 
 
 def test_measures_csv_writes_every_column_rounded_and_blanks_for_none():
@@ -131,3 +145,234 @@ def test_a_fused_blob_and_a_gap_make_the_levels_above_uncertain():
     spine = find_vertebrae(gap)
     assert spine.unusable["L2"] == "a vertebra seems missing between L2 and L3"
     assert spine.unusable["L1"] == "above an uncertain level (L2)"
+
+
+# --------------------------------------------------------------------------------------------
+# geometry by hand: unit vectors, centroids, hull normals, endplates (find_vertebrae's parts)
+
+
+def test_unit_vectors_and_the_zero_vector():
+    from converters.measures import _unit
+    assert np.allclose(_unit(np.array([0.3, 0.4])), [0.6, 0.8])      # norm under 1 too
+    with np.errstate(all="raise"):                                  # no 0/0 NaN
+        assert np.array_equal(_unit(np.zeros(2)), [0.0, 0.0])
+
+
+def test_centroid_is_the_area_centroid_or_the_mean_of_a_flat_outline():
+    from converters.measures import _centroid
+    # a quadrilateral of area 0.3: its area centroid is not the mean of its vertices
+    quad = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.5], [0.0, 0.1]])
+    assert np.allclose(_centroid(quad), [11 / 18, 0.1722222], atol=1e-6)
+    line = np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 0.0]])              # no area
+    got = _centroid(line)
+    assert got.shape == (2,) and np.allclose(got, [2.0, 0.0])
+
+
+def test_hull_normals_point_outward_even_for_a_pixel_sized_outline():
+    from converters.measures import _hull_edges
+    square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    edges = _hull_edges(square)
+    assert len(edges) == 4
+    for p, q, n in edges:
+        assert np.isclose(np.linalg.norm(n), 1.0) and np.isclose(n @ (q - p), 0.0)
+        assert n @ ((p + q) / 2 - [0.5, 0.5]) > 0                  # away from the centre
+
+
+def _rounded_body(x0, y0, w, h, rim=1.5):
+    """A body whose superior endplate's rims curve ``rim`` px down over 4 px at each end."""
+    return np.array([[x0, y0 + rim], [x0 + 4, y0], [x0 + w - 4, y0], [x0 + w, y0 + rim],
+                     [x0 + w, y0 + h], [x0, y0 + h]])
+
+
+@pytest.mark.parametrize("tol, corners", [(1.0, (4.0, 36.0)), (1.5, (4.0, 36.0)),
+                                          (2.0, (0.0, 40.0))])
+def test_endplate_contact_is_strictly_within_the_tolerance(tol, corners):
+    from converters.measures import endplate_line
+    body = _rounded_body(0.0, 0.0, 40.0, 20.0)
+    a, b = endplate_line(body, np.array([0.0, -1.0]), tol)
+    xs = sorted([a[0], b[0]])
+    assert xs == pytest.approx(corners) and a[1] == pytest.approx(0) == b[1]
+
+
+def test_endplate_is_the_edge_the_outline_follows_longest():
+    from converters.measures import endplate_line
+    # rims 1 px below the top edge, 10 px out: within tol 2 they make the top edge 40 px
+    # long, longer than either slanted rim edge (about 30 px of contact)
+    body = np.array([[0.0, 1.0], [10.0, 0.0], [30.0, 0.0], [40.0, 1.0], [40.0, 20.0],
+                     [0.0, 20.0]])
+    a, b = endplate_line(body, np.array([0.0, -1.0]), 2.0)
+    assert sorted([tuple(a), tuple(b)]) == [(0.0, 0.0), (40.0, 0.0)]
+
+
+def test_a_sub_pixel_outline_still_has_endplates():
+    from converters.measures import endplate_line
+    tiny = np.array([[0.0, 0.0], [0.8, 0.0], [0.8, 0.5], [0.0, 0.5]])
+    a, b = endplate_line(tiny, np.array([0.0, -1.0]), 1.0)
+    assert sorted([a[0], b[0]]) == pytest.approx([0.0, 0.8])
+
+
+# --------------------------------------------------------------------------------------------
+# whole spines of rectangles: which side is anterior, thresholds at their edge
+
+
+def _spine(bulge=0.0, tail=-30.0, h=20.0, rim=0.0, levels=("L1", "L2", "L3", "L4", "L5"),
+           sacrum=True):
+    """L1..L5 as 40 px wide bodies ``h`` tall, 8 px apart (their superior rims curving
+    ``rim`` px down at each end), L2..L4 pushed ``bulge`` px towards +x (0.5, 1, 0.5 x), and
+    a sacrum whose flat S1 endplate is 40 px wide and whose tip lies ``tail`` px along x."""
+    out, y = [], 0.0
+    for lv in ("L1", "L2", "L3", "L4", "L5"):
+        if lv in levels:
+            x0 = bulge * {"L2": 0.5, "L3": 1.0, "L4": 0.5}.get(lv, 0.0)
+            out.append((lv, _rounded_body(x0, y, 40.0, h, rim)))
+        y += h + 8
+    if sacrum:
+        out.append(("S1", np.array([[0, y + rim], [4, y], [36, y], [40, y + rim],
+                                    [40 + 0.3 * tail, y + 25], [20 + tail, y + 60],
+                                    [0.3 * tail, y + 25]])))
+    return out
+
+
+def _anterior_x(spine) -> float:
+    assert spine.anterior is not None and abs(abs(spine.anterior[0]) - 1) < 1e-9
+    return float(spine.anterior[0])
+
+
+@pytest.mark.parametrize("bulge, tail, side", [
+    (0.0, -30.0, 1), (0.0, 30.0, -1),       # the sacrum alone: anterior where it is not
+    (32.0, 20.0, 1),                        # a strong bulge outweighs a sacrum cue against it
+    (3.0, 30.0, -1),                        # a sacrum cue outweighs a faint bulge against it
+])
+def test_the_anterior_side_adds_the_bulge_and_the_sacrum_cues(bulge, tail, side):
+    # cues by hand: the bulge is the middle bodies' mean offset from the chord L1 - S1 in
+    # endplate depths (32 px: 0.4, 3 px: 0.0375); the sacrum's, its centroid's offset from
+    # the S1 endplate's midpoint in endplate lengths (tail 30: 0.23, tail 20: about 0.15)
+    spine = find_vertebrae(_spine(bulge, tail))
+    assert _anterior_x(spine) == side and spine.unusable == {}
+    assert np.allclose(spine.up, [0.0, -1.0])
+    for lv, v in spine.vertebrae.items():
+        assert v.level == lv
+        assert (v.superior.anterior[0] - v.superior.posterior[0]) * side == pytest.approx(40)
+
+
+def test_a_lordotic_spine_without_a_sacrum_is_measured_between_its_bodies():
+    spine = find_vertebrae(_spine(bulge=16.0, sacrum=False))
+    assert spine.unusable == {"S1": "missing"} and _anterior_x(spine) == 1
+    assert sorted(spine.vertebrae) == ["L1", "L2", "L3", "L4", "L5"]
+    row, _ = image_measures(_spine(bulge=16.0, sacrum=False))
+    assert row["seg_L2_L3_deg"] == pytest.approx(0.0) and row["lordosis_deg"] is None
+    assert row["disc_L2_L3_middle_px"] == pytest.approx(8.0)
+
+
+def test_l5_and_s1_alone_are_enough_for_their_measures():
+    outlines = _spine(levels=("L5",))
+    spine = find_vertebrae(outlines)
+    assert sorted(spine.vertebrae) == ["L5", "S1"] and _anterior_x(spine) == 1
+    assert spine.vertebrae["S1"].superior == Endplate((0.0, 140.0), (40.0, 140.0))
+    assert spine.vertebrae["L5"].inferior == Endplate((0.0, 132.0), (40.0, 132.0))
+    row, _ = image_measures(outlines)
+    assert row["disc_L5_S1_anterior_px"] == pytest.approx(8.0)
+    assert row["seg_L5_S1_deg"] == pytest.approx(0.0) and row["slip_L5_S1_pct"] == 0.0
+    assert row["not_measurable"] == "L1: missing; L2: missing; L3: missing; L4: missing"
+
+
+@pytest.mark.parametrize("h, rim_in", [(20.0, False), (40.0, True)])
+def test_endplate_contact_tolerance_is_5_percent_of_the_body_height(h, rim_in):
+    # rims 1.5 px below the line: within 5 % of a 40 px body (2 px), not of a 20 px one
+    # (1 px); the sacrum's tolerance is that of the median lumbar body
+    spine = find_vertebrae(_spine(h=h, rim=1.5))
+    assert spine.unusable == {} and _anterior_x(spine) == 1
+    want = (0.0, 40.0) if rim_in else (4.0, 36.0)
+    for lv in ("L1", "L3", "L5", "S1"):
+        sup = spine.vertebrae[lv].superior
+        assert (sup.posterior[0], sup.anterior[0]) == pytest.approx(want), lv
+
+
+def test_a_three_point_outline_is_usable_and_a_spike_has_no_endplate():
+    outlines = dict(_spine())
+    outlines["L1"] = np.array([[0.0, 0.0], [40.0, 0.0], [20.0, 20.0]])   # 3 points
+    outlines["L3"] = np.array([[12.0, 84.0], [28.0, 84.0], [20.0, 56.0]])  # a spike
+    spine = find_vertebrae(list(outlines.items()))
+    assert spine.vertebrae["L1"].superior == Endplate((0.0, 0.0), (40.0, 0.0))
+    assert spine.unusable == {"L3": "no endplate found"}
+
+
+def _stack(ys, h=12.0, tall=None):
+    tall = tall or {}
+    return [(lv, _rect(y, tall.get(lv, h), w=24.0)) for lv, y in zip(("L1", "L2", "L3", "L4",
+                                                                        "L5"), ys)]
+
+
+@pytest.mark.parametrize("step, flagged", [(32.0, False), (32.5, True)])
+def test_a_gap_is_a_step_over_1_6_median_steps(step, flagged):
+    spine = find_vertebrae(_stack([0.0, step, step + 20, step + 40, step + 60]))
+    gap = "a vertebra seems missing between L1 and L2"
+    assert (spine.unusable["L1"] == gap) == flagged
+
+
+def test_two_steps_are_enough_to_find_a_gap():
+    spine = find_vertebrae(_stack([0.0, 28.0, 178.0]))
+    assert spine.unusable["L2"] == "a vertebra seems missing between L2 and L3"
+    assert spine.unusable["L1"] == "above an uncertain level (L2)"
+
+
+@pytest.mark.parametrize("tall, fused", [(32.0, False), (32.5, True)])
+def test_a_fused_blob_is_taller_than_1_6_median_bodies(tall, fused):
+    spine = find_vertebrae(_column(L3=tall))
+    assert spine.unusable.get("L3", "").startswith("fused") == fused
+
+
+def test_three_lumbar_bodies_are_enough_to_find_a_fused_one():
+    outlines = [o for o in _column(L3=48.0) if o[0] in ("L3", "L4", "L5", "S1")]
+    spine = find_vertebrae(outlines)
+    assert spine.unusable["L3"] == "fused blob (taller than two bodies' worth)"
+
+
+@pytest.mark.parametrize("move", ["mirrored", "shifted"])
+def test_known_corners_measure_the_same_facing_left_or_anywhere_in_the_picture(move):
+    plates = {"L1": {"superior": _corners(0, 20), "inferior": [[0.0, 20.0], [10.0, 20.0]]},
+              "L5": {"superior": _corners(60, 5), "inferior": [[3.0, 90.0], [13.0, 90.0]]},
+              "S1": {"superior": _corners(100, -20)}}
+
+    def moved(p):
+        return [4000.0 - p[0], p[1]] if move == "mirrored" else [p[0] + 4000.0, p[1] + 40.0]
+
+    other = {lv: {side: [moved(p) for p in pts] for side, pts in sides.items()}
+             for lv, sides in plates.items()}
+    want, got = measures_from_endplates(plates), measures_from_endplates(other)
+    assert want["disc_L5_S1_posterior_px"] > 0 and want["lordosis_deg"] == pytest.approx(40)
+    for col in MEASURES:
+        assert got[col] == pytest.approx(want[col], abs=1e-9), col
+
+
+def test_the_axis_at_a_body_runs_through_its_neighbours_centroids():
+    # L1 and L5 pushed 40 px anteriorly: the axis at L2 (L1 -> L3), at L4 (L3 -> L5) and at
+    # L5 (L4 -> L5) leans, at L3 (L2 -> L4) it does not; a leaning axis makes a body taller
+    # along it (about 39 px), so the 1.5 px rims fall within its tolerance (5 %: about 2 px)
+    outlines = dict(_spine(h=20.0, rim=1.5))
+    for lv in ("L1", "L5"):
+        outlines[lv] = outlines[lv] + [40.0, 0.0]
+    spine = find_vertebrae(list(outlines.items()))
+    assert spine.unusable == {}
+    width = {lv: abs(v.superior.anterior[0] - v.superior.posterior[0])
+             for lv, v in spine.vertebrae.items() if lv != "S1"}
+    assert width == pytest.approx({"L1": 40, "L2": 40, "L3": 32, "L4": 40, "L5": 40})
+
+
+def test_millimetres_are_the_measures_of_the_picture_resampled_to_square_pixels():
+    plates = {"L1": {"superior": _corners(0, 20), "inferior": [[0.0, 20.0], [10.0, 20.0]]},
+              "L5": {"superior": _corners(60, 5), "inferior": [[3.0, 90.0], [13.0, 90.0]]},
+              "S1": {"superior": _corners(100, -20)}}
+    for turn in (0.0, 50.0, 130.0):
+        c, s = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+        turned = {lv: {k: [[c * x - s * y, s * x + c * y] for x, y in pts]
+                       for k, pts in sides.items()} for lv, sides in plates.items()}
+        spacing = (0.5, 3.0)                                   # row, column (mm)
+        square = {lv: {k: [[x * spacing[1], y * spacing[0]] for x, y in pts]
+                       for k, pts in sides.items()} for lv, sides in turned.items()}
+        mm, want = measures_from_endplates(turned, spacing), measures_from_endplates(square)
+        for col in MEASURES:
+            if col.endswith("_mm"):
+                assert mm[col] == pytest.approx(want[col[:-3] + "_px"]), (turn, col)
+            elif not col.endswith("_px"):
+                assert mm[col] == pytest.approx(want[col]), (turn, col)

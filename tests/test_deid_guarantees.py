@@ -1,0 +1,605 @@
+"""De-identification guarantees, stated by hand (issue 30, mutation module ``deid``): the action
+table is refused when malformed, a kept value survives only when its check allows it, a UID is
+remapped consistently and never to itself, dates move by the patient's one shift, private tags
+go unless allowlisted, nested sequences are walked, code meanings come from the dictionary,
+the file meta is rebuilt, and the audit counts every element. Guards against regressions of
+the table's reader and of the engine that applies it (converters/anonymize.py)."""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from io import BytesIO
+
+import cv2
+import numpy as np
+import pytest
+from conftest import dicom_image
+from pydicom import dcmread
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+
+from converters import anonymize as an
+from converters.anonymize import AnonymizeConfig, anonymize_dataset
+from converters.burned_in import find_burned_in_text
+from converters.errors import InvalidConfigError, UnsupportedDicomError
+
+SALT = b"\x05" * 32
+NO_OCR = AnonymizeConfig(ocr=False)
+HEADER = "# test table, version t-1\ntag\tkeyword\taction\tcheck\toptions\tsource\n"
+SPECIAL = "(50xx,xxxx)\t-\tX\n(60xx,xxxx)\t-\tX\n(gggg,0000)\t-\tX\n(odd group)\t-\tX\n*\t-\tX\n"
+OWN_UID = "1.2.826.0.1.3680043.10.511.99"
+
+
+def _image(**extra) -> Dataset:
+    return dicom_image(4, **{"PatientID": "P-42", "PatientName": "ROE^RICHARD", **extra})
+
+
+def _run(ds: Dataset, options: AnonymizeConfig = NO_OCR):
+    out = anonymize_dataset(ds, SALT, options)
+    assert out.status == "anonymized", out.reason
+    return out
+
+
+def _raw(tag: int, vr: str, value: bytes) -> RawDataElement:
+    return RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+
+
+def _table(tmp_path, rows: str, special: str = SPECIAL, header: str = HEADER):
+    path = tmp_path / "table.tsv"
+    path.write_text(header + rows + special, encoding="utf-8")
+    return an.action_table(path)
+
+
+# ---- the table's reader
+
+
+def test_a_well_formed_table_is_read_row_by_row(tmp_path):
+    table = _table(tmp_path, "(0010,0040)\tPatientSex\tZ\tlist:M|F\tpatient_characteristics=K,"
+                             "device_identity=X\n(0028,0010)\tRows\tK\n")
+    assert table.version == "t-1"
+    assert table.rows[0x00100040] == an.Rule("Z", "list:M|F", (
+        ("patient_characteristics", "K"), ("device_identity", "X")))
+    assert table.rows[0x00280010] == an.Rule("K", "", ())   # a short row: no check, no options
+    assert set(table.special) == {"curves", "overlays", "group_length", "private", "default"}
+
+
+@pytest.mark.parametrize("rows, special, header, message, line", [
+    ("(0010,0040)\tPatientSex\tZ\t\tretain_all=K\n", SPECIAL, HEADER, "unknown option", 3),
+    ("(0010,0040)\tPatientSex\tZ\t\tpatient_characteristics=W\n", SPECIAL, HEADER,
+     "unknown option", 3),
+    ("(0010,0040)\tPatientSex\tW\n", SPECIAL, HEADER, "unknown action", 3),
+    ("(0010,0040)\tPatientSex\tK\tnumeric\n", SPECIAL, HEADER, "unknown value check", None),
+    ("(0010,004G)\tPatientSex\tX\n", SPECIAL, HEADER, "malformed tag", 3),
+    ("(0010,0040)\tPatientSex\tK\n", SPECIAL, HEADER, "without a value check", 3),
+    ("(0010,0040)\tPatientSex\tZ\t\tpatient_characteristics=K\n", SPECIAL, HEADER,
+     "without a value check", 3),
+    ("(0028,0010)\tRows\tK\n", SPECIAL.replace("*\t-\tX\n", ""), HEADER, "default row", 0),
+    ("(0028,0010)\tRows\tK\n", SPECIAL, HEADER.replace(", version t-1", ""), "version", 0),
+])
+def test_a_malformed_table_is_refused_naming_the_line(tmp_path, rows, special, header, message,
+                                                      line):
+    with pytest.raises(InvalidConfigError, match=message) as err:
+        _table(tmp_path, rows, special, header)
+    if line is not None:   # the row's line, or the file itself for what the whole table lacks
+        assert err.value.file == str(tmp_path / "table.tsv") + (f" line {line}" if line else "")
+
+
+def test_only_text_attributes_need_a_value_check(tmp_path):
+    table = _table(tmp_path, "(0028,0010)\tRows\tK\n(0002,0010)\tTransferSyntaxUID\tK\n"
+                             "(0010,0040)\tPatientSex\tX\t\tdevice_identity=Z\n")
+    assert table.rows[0x00020010].action == "K"      # file meta: set or checked by spinepipe
+    assert table.rows[0x00100040].options == (("device_identity", "Z"),)
+
+
+def test_options_switch_the_rows_they_name():
+    plain = an.table_actions(AnonymizeConfig())
+    assert plain[0x00100040] == ("Z", "list:M|F|O") and plain[0x00181000][0] == "Z"
+    assert plain[0x00080020][0] == "S"
+    assert an.table_actions(AnonymizeConfig(retain_patient_characteristics=True))[
+        0x00100040] == ("K", "list:M|F|O")
+    assert an.table_actions(AnonymizeConfig(retain_device_identity=True))[0x00181000][0] == "K"
+    assert an.table_actions(AnonymizeConfig(retain_longitudinal_modified_dates=False))[
+        0x00080020][0] == "Z"
+
+
+# ---- small pieces, hand-computed
+
+
+def test_dates_shift_by_calendar_days():
+    assert an._shift_da("20200301", -1) == "20200229"
+    assert an._shift_da(" 20200301 ", 366) == "20210302"
+    assert an._shift_da("2020030112", 0) == "20200301"
+    assert an._shift_da("2020-03-01", 1) == "" and an._shift_da("", 1) == ""
+    assert an._shift_dt("20200301120000.5+0100", -1) == "20200229120000.5+0100"
+    assert an._shift_dt("20200301", -1) == "20200229"
+    assert an._shift_dt(" 20200301 ", -1) == "20200229"
+    assert an._shift_dt("2020030", -1) == "" and an._shift_dt("2020", 5) == ""
+    assert an._shift_dt("20200301T1200", 1) == "20200302"       # a non-DT tail is dropped
+    assert an._shift_dt("20201301120000", 1) == ""              # an impossible date: emptied
+
+
+def test_uids_remap_deterministically_never_to_themselves():
+    a, b = an.remap_uid(SALT, OWN_UID), an.remap_uid(SALT, OWN_UID + "1")
+    assert a == an.remap_uid(SALT, OWN_UID) and a != b and a != OWN_UID
+    assert a != an.remap_uid(b"\x06" * 32, OWN_UID)
+    for uid in (a, b):
+        assert uid.startswith("2.25.") and len(uid) <= 64
+        assert 0 < int(uid[5:]) < 2 ** 128 and str(int(uid[5:])) == uid[5:]
+    assert len({an.remap_uid(SALT, f"1.2.{i}") for i in range(50)}) == 50
+
+
+def test_text_values_split_and_strip():
+    assert an._text_values(DataElement(0x00080008, "CS", None)) == []
+    assert an._text_values(_raw(0x00080008, "CS", b"ORIGINAL\\PRIMARY ")) == ["ORIGINAL",
+                                                                             "PRIMARY"]
+    assert an._text_values(_raw(0x00080016, "UI", b"1.2\0")) == ["1.2"]
+    assert an._text_values(DataElement(0x00080008, "CS", ["A ", "B"])) == ["A", "B"]
+    assert an._text_values(DataElement(0x00180015, "CS", "SPINE")) == ["SPINE"]
+    assert an._text_values(DataElement(0x00180015, "CS", "")) == []
+    assert an._text_values(_raw(0x00180015, "CS", b"  ")) == []
+    assert isinstance(DataElement(0x00080008, "CS", ["A", "B"]).value, MultiValue)
+
+
+def test_empty_values_and_names():
+    assert isinstance(an._empty_value("SQ"), Sequence) and len(an._empty_value("SQ")) == 0
+    assert an._empty_value("LO") == "" and an._empty_value("UI") == ""
+    assert an._empty_value("US") is None and an._empty_value("OB") is None
+    assert an._name(Tag(0x00100010)) == "PatientName"
+    assert an._name(Tag(0x0011ABCD)) == "(0011,ABCD)"
+
+
+def test_vr_and_length_checks():
+    assert an._vr_fits("US", 0x00280010) and an._vr_fits(None, 0x00280010)
+    assert an._vr_fits("UN", 0x00280010) and not an._vr_fits("LO", 0x00280010)
+    assert an._vr_fits("SS", 0x00280106) and an._vr_fits("US", 0x00280106)  # "US or SS"
+    assert not an._vr_fits("OB", 0x00280106)
+    assert an._length_fits(_raw(0x00280010, "US", b"\x04\x00"), 0x00280010)
+    assert not an._length_fits(_raw(0x00280010, "US", b"\x04\x00\x04\x00"), 0x00280010)
+    assert an._length_fits(DataElement(0x00280010, "US", 4), 0x00280010)
+    assert an._length_fits(_raw(0x00280030, "DS", b"1\\1" * 20), 0x00280030)  # text: unbounded
+
+
+# ---- the engine
+
+
+def test_a_kept_value_survives_only_when_its_check_allows(capsys):
+    ds = _image(BodyPartExamined="SPINE", ViewPosition="DOE^JOHN", WindowCenter="40",
+                ImageType=["ORIGINAL", "JOHN DOE", "PRIMARY"], PatientOrientation="MRN1")
+    ds[0x00281051] = _raw(0x00281051, "DS", b"80\\wide")   # Window Width: one bad number
+    out = _run(ds)
+    assert ds.BodyPartExamined == "SPINE" and ds.WindowCenter == 40
+    assert ds.ViewPosition == "" and ds.PatientOrientation == ""
+    assert list(ds.ImageType) == ["ORIGINAL", "", "PRIMARY"]   # a list keeps its good values
+    assert ds[0x00281051].value in ("", None)                   # a number check keeps all or none
+    assert out.audit["counts"]["V"] == {"ViewPosition": 1, "ImageType": 1,
+                                        "PatientOrientation": 1, "WindowWidth": 1}
+    assert out.audit["counts"]["K"]["BodyPartExamined"] == 1
+
+
+def test_patient_characteristics_are_kept_checked_only_with_their_option():
+    plain = _image(PatientSex="F", PatientAge="045Y")
+    _run(plain)
+    assert plain.PatientSex == "" and "PatientAge" not in plain
+    kept = _image(PatientSex="F", PatientAge="45 years")
+    out = _run(kept, AnonymizeConfig(ocr=False, retain_patient_characteristics=True))
+    assert kept.PatientSex == "F" and kept.PatientAge == ""
+    assert out.audit["counts"]["V"] == {"PatientAge": 1}
+
+
+def test_class_uids_kept_only_when_well_known():
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    ds = _image(SOPClassUID=ct, ReferencedSOPClassUID=OWN_UID)
+    _run(ds)
+    assert ds.SOPClassUID == ct
+    assert ds.file_meta.MediaStorageSOPClassUID == ct
+    odd = _image(SOPClassUID=OWN_UID)
+    out = _run(odd)
+    assert odd.SOPClassUID == an.remap_uid(SALT, OWN_UID)
+    assert out.audit["counts"]["U"]["SOPClassUID"] == 1
+
+
+def test_uids_remapped_consistently_at_every_depth():
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ref.ReferencedSOPInstanceUID = OWN_UID
+    ds = _image(SOPInstanceUID=OWN_UID, ReferencedImageSequence=Sequence([ref]),
+                FailedSOPInstanceUIDList=[OWN_UID, OWN_UID + ".2"], IrradiationEventUID="")
+    out = _run(ds)
+    new = an.remap_uid(SALT, OWN_UID)
+    assert ds.SOPInstanceUID == new == out.new_sop_uid != OWN_UID
+    assert ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID == new
+    assert list(ds.FailedSOPInstanceUIDList) == [new, an.remap_uid(SALT, OWN_UID + ".2")]
+    assert ds.IrradiationEventUID == ""
+    assert ds.file_meta.MediaStorageSOPInstanceUID == new
+    assert {"tag": "(0008,1155)", "keyword": "ReferencedSOPInstanceUID", "action": "U",
+            "path": "ReferencedImageSequence[0].ReferencedSOPInstanceUID"} in out.audit["changes"]
+
+
+def test_dates_move_by_the_patients_one_shift():
+    ds = _image(StudyDate="20200301", ContentDate="", AcquisitionDateTime="20200301101010",
+                CalibrationDate=["20190101", "20190202"], PatientBirthDate="19700101")
+    out = _run(ds)
+    days = out.date_shift_days
+    assert -3650 <= days <= -365
+
+    def moved(text):
+        return (dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+                + dt.timedelta(days=days)).strftime("%Y%m%d")
+    assert ds.StudyDate == moved("20200301") and ds.ContentDate == ""
+    assert ds.AcquisitionDateTime == moved("20200301") + "101010"
+    assert list(ds.CalibrationDate) == [moved("20190101"), moved("20190202")]
+    assert ds.PatientBirthDate == ""
+    assert out.ledger["date_shift_days"] == days
+    plain = _image(StudyDate="20200301")
+    out = _run(plain, AnonymizeConfig(ocr=False, retain_longitudinal_modified_dates=False))
+    assert plain.StudyDate == "" and out.date_shift_days == 0
+
+
+def test_pseudonym_everywhere_and_dummies_by_vr():
+    item = Dataset()
+    item.PatientID = "P-42"
+    item.PatientName = "ROE^RICHARD"
+    item.ReferencedSOPInstanceUID = OWN_UID
+    ds = _image(ContentCreatorName="ROE^RICHARD", AnnotationGroupUID=OWN_UID,
+                ReferencedImageSequence=Sequence([item]), AccessionNumber="ACC1",
+                StudyTime="101010")
+    out = _run(ds)
+    p = out.patient_pseudonym
+    assert p and ds.PatientID == ds.PatientName == p
+    assert ds.ReferencedImageSequence[0].PatientID == p
+    assert ds.ReferencedImageSequence[0].PatientName == p
+    assert ds.ContentCreatorName == ""                     # Z/D of a PN: emptied
+    assert ds.AnnotationGroupUID == an.remap_uid(SALT, OWN_UID)  # D of a UI: remapped
+    assert ds.AccessionNumber == "" and ds.StudyTime == ""
+    assert out.audit["counts"]["P"] == {"PatientID": 2, "PatientName": 2}
+
+
+def test_dummy_values_replace_the_input():
+    ds = _image(VerifyingObserverName="ROE^RICHARD", VerifyingOrganization="ACME",
+                VerificationDateTime="20200101101010")
+    out = _run(ds)
+    assert ds.VerifyingObserverName == "ANONYMIZED" and ds.VerifyingOrganization == "ANONYMIZED"
+    assert out.audit["counts"]["D"]["VerifyingObserverName"] == 1
+
+
+def test_sequences_emptied_removed_or_walked_and_counted():
+    inner = Dataset()
+    inner.PatientName = "ROE^RICHARD"
+    inner.PatientAddress = "1 ELM ST"
+    study = Dataset()
+    study.ReferencedSOPInstanceUID = OWN_UID
+    study.ReferencedImageSequence = Sequence([inner])
+    empty_item = Dataset()
+    empty_item.PatientAddress = "1 ELM ST"                   # removed: the item is left empty
+    content = Dataset()
+    content.TextValue = "ROE"
+    ds = _image(ReferencedStudySequence=Sequence([study]), VerifyingObserverSequence=Sequence(
+        [content]), SourceImageSequence=Sequence([empty_item, Dataset(), copy.deepcopy(study)]),
+        OtherPatientIDsSequence=Sequence([copy.deepcopy(inner)]))
+    out = _run(ds)
+    assert len(ds.ReferencedStudySequence) == 0            # Z: emptied
+    assert len(ds.VerifyingObserverSequence) == 0          # D of a sequence: emptied
+    assert "OtherPatientIDsSequence" not in ds             # X: removed
+    assert len(ds.SourceImageSequence) == 1                # Q: empty items dropped
+    walked = ds.SourceImageSequence[0]
+    assert "PatientAddress" not in walked.ReferencedImageSequence[0]
+    counts = out.audit["counts"]
+    # Referenced Study (UID, ReferencedImageSequence, PatientName, PatientAddress),
+    # Verifying Observer (TextValue), Other Patient IDs (PatientName, PatientAddress)
+    assert counts["X"]["ReferencedSOPInstanceUID"] == 1
+    assert counts["X"]["PatientName"] == 2 and counts["X"]["TextValue"] == 1
+    assert counts["X"]["PatientAddress"] == 4             # 2 counted + 2 removed while walked
+    assert counts["X"]["ReferencedImageSequence"] == 1
+    assert counts["Z"] == {"ReferencedStudySequence": 1, "VerifyingObserverSequence": 1}
+    # an emptied or removed sequence is one change; what it held is counted, not listed;
+    # a path names the item of the input
+    assert [c["path"] for c in out.audit["changes"] if c["keyword"] == "TextValue"] == []
+    assert [c["path"] for c in out.audit["changes"] if c["keyword"] == "PatientAddress"] == [
+        "SourceImageSequence[0].PatientAddress",
+        "SourceImageSequence[2].ReferencedImageSequence[0].PatientAddress"]  # input index
+
+
+def test_code_meanings_come_from_the_dictionary():
+    std, local = Dataset(), Dataset()
+    std.CodeValue, std.CodingSchemeDesignator, std.CodeMeaning = "122494005", "SCT", "DOE^JOHN"
+    std.CodingSchemeVersion = "X1"
+    local.CodeValue, local.CodingSchemeDesignator, local.CodeMeaning = "L5", "99LOCAL", "ROE"
+    ds = _image(AnatomicRegionSequence=Sequence([std]), ViewCodeSequence=Sequence([local]))
+    out = _run(ds)
+    item = ds.AnatomicRegionSequence[0]
+    assert (item.CodeValue, item.CodingSchemeDesignator) == ("122494005", "SCT")
+    assert item.CodeMeaning == an.standard_codes("SCT")["122494005"] != "DOE^JOHN"
+    assert "CodingSchemeVersion" not in item
+    assert "ViewCodeSequence" not in ds or len(ds.ViewCodeSequence) == 0
+    assert out.audit["counts"]["C"] == {"CodeMeaning": 1}
+    assert out.audit["counts"]["X"]["CodeMeaning"] == 1
+    assert {"tag": "(0008,0100)", "keyword": "CodeValue", "action": "X",
+            "path": "ViewCodeSequence[0].CodeValue"} in out.audit["changes"]
+
+
+def test_private_tags_go_unless_allowlisted():
+    def planted():
+        ds = _image()
+        block = ds.private_block(0x0011, "ACME", create=True)
+        block.add_new(0x01, "LO", "ROE^RICHARD")
+        block.add_new(0x02, "DS", "1.5")
+        other = ds.private_block(0x0013, "ACME", create=True)
+        other.add_new(0x02, "DS", "2.5")
+        item = Dataset()
+        item.ReferencedSOPInstanceUID = OWN_UID
+        item.private_block(0x0011, "ACME", create=True).add_new(0x02, "DS", "3.5")
+        ds.SourceImageSequence = Sequence([item])
+        return ds
+    ds = planted()
+    _run(ds)
+    assert not [e for e in ds if e.tag.is_private]
+    assert not [e for e in ds.SourceImageSequence[0] if e.tag.is_private]
+    kept = planted()
+    out = _run(kept, AnonymizeConfig(ocr=False, private_allowlist=["0011, ACME ,02"]))
+    assert kept[0x00111002].value == "1.5" and kept[0x00110010].value == "ACME"
+    assert kept.SourceImageSequence[0][0x00111002].value == "3.5"
+    assert 0x00111001 not in kept and 0x00131002 not in kept and 0x00130010 not in kept
+    assert out.audit["counts"]["K"]["(0011,1002)"] == 2
+
+
+def test_curves_overlays_group_lengths_and_unknown_tags_go():
+    ds = _image()
+    ds.add_new(0x50000010, "US", 3)
+    ds.add_new(0x60003000, "OW", b"\x00\x01")
+    ds.add_new(0x00080000, "UL", 10)
+    ds[0x00089999] = _raw(0x00089999, "LO", b"ROE ")   # public but in no dictionary
+    ds[0x00020016] = _raw(0x00020016, "AE", b"SRC ")   # file meta in the data set
+    ds[0x00281050] = _raw(0x00281050, "LO", b"ROE ")   # Window Center with a VR not its own
+    ds[0x00181404] = _raw(0x00181404, "US", b"\x02\x00")   # Exposures on Plate: kept
+    out = _run(ds)
+    for tag in (0x50000010, 0x60003000, 0x00080000, 0x00089999, 0x00020016, 0x00281050):
+        assert tag not in ds
+    assert ds.Rows == 4 and ds.ExposuresOnPlate == 2
+    assert out.audit["counts"]["X"]["(0008,9999)"] == 1
+
+
+def test_too_long_numbers_and_nested_pixels_are_removed():
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = OWN_UID
+    item.PixelData = b"ROE^RICHARD!"
+    ds = _image(SourceImageSequence=Sequence([item]))
+    ds[0x00181404] = _raw(0x00181404, "US", b"ROE^RICHARD!")   # Exposures on Plate: 6 values
+    out = _run(ds)
+    assert 0x00181404 not in ds and "PixelData" not in ds.SourceImageSequence[0]
+    assert "PixelData" in ds and out.audit["counts"]["R"] == {"PixelData": 1}
+
+
+def test_spinepipe_sets_its_own_fields_and_the_file_meta():
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "1", "99X", "ROE"
+    ds = _image(PatientIdentityRemoved="NO", DeidentificationMethod="ROE",
+                DeidentificationMethodCodeSequence=Sequence([code]))
+    ds.file_meta.SourceApplicationEntityTitle = "ROE"
+    ds.file_meta.ImplementationVersionName = "ROE"
+    assert "FileMetaInformationVersion" not in ds.file_meta   # added by spinepipe
+    out = _run(ds)
+    assert ds.PatientIdentityRemoved == "YES" and "ROE" not in str(ds.DeidentificationMethod)
+    assert "99X" not in [c.CodingSchemeDesignator for c in ds.DeidentificationMethodCodeSequence]
+    meta = ds.file_meta
+    assert "SourceApplicationEntityTitle" not in meta
+    assert meta.ImplementationVersionName == an.IMPLEMENTATION_VERSION_NAME
+    assert meta.ImplementationClassUID == an.IMPLEMENTATION_CLASS_UID
+    assert meta.FileMetaInformationVersion == b"\x00\x01"
+    assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert {"tag": "(0002,0016)", "keyword": "SourceApplicationEntityTitle", "action": "X",
+            "path": "file_meta.SourceApplicationEntityTitle"} in out.audit["changes"]
+    assert out.audit["counts"]["N"]["PatientIdentityRemoved"] == 1
+    assert out.audit["counts"]["K"]["TransferSyntaxUID"] == 1
+
+
+def test_an_unknown_transfer_syntax_is_refused():
+    ds = _image()
+    ds.file_meta.TransferSyntaxUID = OWN_UID
+    engine = an._Engine(SALT, NO_OCR, "PSEUDO", "key")
+    with pytest.raises(UnsupportedDicomError):
+        engine.file_meta(ds, "x.dcm")
+
+
+def test_the_audit_counts_every_element_and_lists_every_change():
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = OWN_UID
+    item.PatientAddress = "1 ELM ST"
+    ds = _image(PatientAddress="1 ELM ST", SourceImageSequence=Sequence([item]))
+    elements = len(ds) + len(item) + len(ds.file_meta)
+    out = _run(ds)
+    counts = out.audit["counts"]
+    assert sum(n for per in counts.values() for n in per.values()) == elements
+    changes = out.audit["changes"]
+    assert all(c["action"] != "K" for c in changes)
+    assert sum(1 for c in changes if c["keyword"] == "PatientAddress") == 2
+    assert {"tag": "(0010,1040)", "keyword": "PatientAddress", "action": "X",
+            "path": "SourceImageSequence[0].PatientAddress"} in changes
+    assert {"tag": "(0008,0018)", "keyword": "SOPInstanceUID", "action": "U",
+            "path": "SOPInstanceUID"} in changes
+    assert not [c for c in changes if c["action"] in ("R", "K")]
+
+
+def test_the_outcome_and_ledger_name_old_and_new_identifiers():
+    ds = _image(StudyInstanceUID=OWN_UID + ".1", SeriesInstanceUID=OWN_UID + ".2",
+                SOPInstanceUID=OWN_UID + ".3", AccessionNumber="ACC7", IssuerOfPatientID="HOSP")
+    out = _run(ds)
+    new_study = an.remap_uid(SALT, OWN_UID + ".1")
+    assert out.new_study_uid == new_study == ds.StudyInstanceUID
+    assert out.new_sop_uid == an.remap_uid(SALT, OWN_UID + ".3")
+    row = out.ledger
+    assert (row["patient_name"], row["accession_number"], row["patient_id"]) == (
+        "ROE^RICHARD", "ACC7", "P-42")
+    assert row["study_instance_uid"] == OWN_UID + ".1"
+    assert row["sop_instance_uid"] == OWN_UID + ".3"
+    assert row["new_study_instance_uid"] == new_study
+    assert row["new_series_instance_uid"] == an.remap_uid(SALT, OWN_UID + ".2")
+    assert row["new_sop_instance_uid"] == out.new_sop_uid
+    assert row["pseudonym"] == out.patient_pseudonym == ds.PatientID
+    assert row["date_shift_days"] == out.date_shift_days != 0
+    assert row["issuer"] and row["patient_key"]
+    again = _run(_image(StudyInstanceUID="1.2.3.4", SOPInstanceUID="1.2.3.5",
+                        IssuerOfPatientID="HOSP"))
+    assert again.patient_pseudonym == out.patient_pseudonym       # same patient, same key
+    assert again.date_shift_days == out.date_shift_days
+
+
+@pytest.mark.parametrize("flag", ["YES", "yes"])
+def test_a_burned_in_flag_quarantines_or_blanks_the_configured_regions(flag):
+    ds = _image(BurnedInAnnotation=flag)
+    out = anonymize_dataset(ds, SALT, NO_OCR)
+    assert out.status == "quarantined" and ds.PatientID == "P-42"
+    out = anonymize_dataset(ds, SALT, AnonymizeConfig(ocr=False, burned_in="blank"))
+    assert out.status == "quarantined" and "blank_regions" in out.reason
+    out = _run(ds, AnonymizeConfig(ocr=False, burned_in="blank",
+                                   blank_regions=[[0, 0, 2, 1], [0, 3, 1, 1]]))
+    assert ds.BurnedInAnnotation == "NO" and ds.PatientID == out.patient_pseudonym
+    assert ds.pixel_array.tolist() == [[0, 0, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+                                       [0, 13, 14, 15]]
+    assert {"tag": "(7FE0,0010)", "keyword": "PixelData", "action": "C", "path": "PixelData",
+            "blanked": 2} in out.audit["changes"]
+    assert "113101" in [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]
+
+
+def test_an_allowlisted_private_element_at_offset_00_is_kept_an_orphan_is_not():
+    ds = _image()
+    block = ds.private_block(0x0011, "ACME", create=True)
+    block.add_new(0x00, "DS", "1.5")
+    block.add_new(0x01, "DS", "2.5")
+    ds.add_new(0x00131005, "LO", "ROE^RICHARD")         # a private element without its creator
+    out = _run(ds, AnonymizeConfig(ocr=False, private_allowlist=["0011,ACME,00",
+                                                                 "0013,ACME,05"]))
+    assert ds[0x00111000].value == "1.5" and 0x00111001 not in ds
+    assert 0x00131005 not in ds
+    assert out.audit["counts"]["X"]["(0013,1005)"] == 1
+
+
+def test_a_date_longer_than_its_vr_is_shifted_and_cut_to_a_date():
+    ds = _image()
+    ds[0x00080020] = _raw(0x00080020, "DA", b"2020030112")   # Study Date: 10 characters
+    out = _run(ds)
+    assert ds.StudyDate == (dt.date(2020, 3, 1) + dt.timedelta(days=out.date_shift_days)
+                            ).strftime("%Y%m%d")
+
+
+def _referenced() -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = OWN_UID
+    return item
+
+
+def test_every_change_names_its_path():
+    ds = _image(AnnotationGroupUID=OWN_UID, VerifyingObserverName="ROE^RICHARD",
+                VerifyingObserverSequence=Sequence([Dataset()]), PatientIdentityRemoved="NO",
+                ContentCreatorName="ROE", StudyDate="20200301",
+                SourceImageSequence=Sequence([_referenced()]))
+    changes = _run(ds).audit["changes"]
+    for keyword, action in (("AnnotationGroupUID", "U"), ("VerifyingObserverName", "D"),
+                            ("VerifyingObserverSequence", "Z"), ("PatientIdentityRemoved", "N"),
+                            ("ContentCreatorName", "Z"), ("PatientName", "P"),
+                            ("StudyInstanceUID", "U"), ("StudyDate", "S"),
+                            ("SourceImageSequence", "Q")):
+        assert [c["path"] for c in changes if c["keyword"] == keyword] == [keyword]
+        assert [c["action"] for c in changes if c["keyword"] == keyword] == [action]
+
+
+def _reread(ds: Dataset) -> Dataset:
+    """``ds`` written as implicit VR little endian and read back: its elements raw, VR unknown."""
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+    buf = BytesIO()
+    ds.save_as(buf, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    buf.seek(0)
+    return dcmread(buf)
+
+
+def test_an_emptied_sequence_counts_its_items_however_it_was_written():
+    ref = Dataset()
+    ref.ReferencedSOPInstanceUID = OWN_UID
+    ds = _reread(_image(ReferencedStudySequence=Sequence([ref])))
+    assert ds.get_item(0x00081110).VR is None            # raw, read without its VR
+    out = _run(ds)
+    assert len(ds.ReferencedStudySequence) == 0
+    assert out.audit["counts"]["X"]["ReferencedSOPInstanceUID"] == 1
+    odd = _image(AccessionNumber="A")                    # a text attribute holding a sequence
+    del odd.AccessionNumber
+    odd.add(DataElement(0x00080050, "SQ", Sequence([copy.deepcopy(ref)])))
+    out = _run(odd)
+    assert odd["AccessionNumber"].VR == "SQ" and len(odd["AccessionNumber"].value) == 0
+    assert out.audit["counts"]["X"]["ReferencedSOPInstanceUID"] == 1
+
+
+def _with_text(frames: int = 1, **extra) -> tuple[Dataset, np.ndarray]:
+    """A 512x512 image with a name and number burned into a dark band (frame ``frames``)."""
+    img = (np.arange(512, dtype=np.uint16)[None, :] * 4 + 200).repeat(512, axis=0)
+    img[420:470, 14:480] = 0
+    cv2.putText(img, "DOE^JOHN 12345", (20, 460), cv2.FONT_HERSHEY_SIMPLEX, 1.4, 4000, 3,
+                cv2.LINE_AA)
+    ds = _image(**extra)
+    ds.Rows = ds.Columns = 512
+    pixels = img if frames == 1 else np.stack([img * 0 + 200] * (frames - 1) + [img])
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    return ds, img
+
+
+def test_burned_in_text_found_by_ocr_quarantines_or_is_blanked():
+    ds, img = _with_text(BurnedInAnnotation="NO")          # the flag NO is not trusted
+    out = anonymize_dataset(ds, SALT, AnonymizeConfig())
+    assert out.status == "quarantined" and ds.PatientID == "P-42"
+    boxes = [b.region for b in find_burned_in_text(img)]
+    assert len(boxes) >= 1
+    assert out.reason == f"burned-in text found by OCR at {boxes} (x, y, width, height)"
+    out = _run(ds, AnonymizeConfig(burned_in="blank"))
+    assert ds.BurnedInAnnotation == "NO" and ds.PatientID == out.patient_pseudonym
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert find_burned_in_text(ds.pixel_array) == []
+    assert (ds.pixel_array[:400] == img[:400]).all()        # only the label's boxes change
+    assert {"tag": "(7FE0,0010)", "keyword": "PixelData", "action": "C", "path": "PixelData",
+            "ocr_regions": boxes} in out.audit["changes"]
+    assert "113101" in [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]
+    kept, _ = _with_text()
+    assert not [c for c in _run(kept, NO_OCR).audit["changes"] if c["keyword"] == "PixelData"]
+
+
+@pytest.mark.parametrize("mode, tail", [
+    ("quarantine", ""), ("blank", " (a multi-frame or colour image is not blanked)")])
+def test_every_frame_is_read_and_a_multi_frame_image_is_not_blanked(mode, tail):
+    ds, img = _with_text(frames=2)
+    out = anonymize_dataset(ds, SALT, AnonymizeConfig(burned_in=mode))
+    boxes = [b.region for b in find_burned_in_text(img)]
+    assert out.status == "quarantined"
+    assert out.reason == (f"burned-in text found by OCR at {boxes} of frame 2 "
+                          f"(x, y, width, height){tail}")
+
+
+def test_a_removed_sequence_read_without_vrs_counts_its_nested_items():
+    leaf = Dataset()
+    leaf.ReferencedSOPInstanceUID = OWN_UID
+    mid = Dataset()
+    mid.ReferencedImageSequence = Sequence([leaf])
+    mid.ReferencedSOPInstanceUID = OWN_UID + ".1"
+    other = Dataset()
+    other.PatientID = "P-42"
+    ds = _reread(_image(ReferencedStudySequence=Sequence([mid]),
+                        OtherPatientIDsSequence=Sequence([other])))
+    assert ds.get_item(0x00101002).VR is None
+    out = _run(ds)                                      # Z (emptied) and X (removed) alike
+    assert out.audit["counts"]["X"] == {"ReferencedImageSequence": 1,
+                                        "ReferencedSOPInstanceUID": 2, "PatientID": 1,
+                                        "OtherPatientIDsSequence": 1}
+
+
+def test_each_code_item_gets_its_own_meaning():
+    def code(value, scheme, meaning):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+        return item
+    ds = _image(AnatomicRegionSequence=Sequence([code("122494005", "SCT", "ROE")]),
+                ViewCodeSequence=Sequence([code("399348003", "SCT", "ROE")]))
+    _run(ds)
+    sct = an.standard_codes("SCT")
+    assert ds.AnatomicRegionSequence[0].CodeMeaning == sct["122494005"]
+    assert ds.ViewCodeSequence[0].CodeMeaning == sct["399348003"] != sct["122494005"]
