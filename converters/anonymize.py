@@ -121,7 +121,7 @@ TABLE_FILE = Path(__file__).with_name("deid_actions.tsv")
 #: well-known UIDs of PS3.6 Annex A (never identifying): kept as they are
 WELL_KNOWN_UIDS = frozenset(UID_dictionary)
 #: "GGGG,Private Creator,EE" (params.yaml anonymize.private_allowlist)
-ALLOWLIST_PATTERN = r"[0-9A-Fa-f]{4},[^,]+,[0-9A-Fa-f]{2}"
+ALLOWLIST_PATTERN = r"[0-9A-Fa-f]{4},[^,]*[^,\s][^,]*,[0-9A-Fa-f]{2}"  # a creator not blank
 #: the file meta's implementation fields: spinepipe's own, whatever wrote the input
 IMPLEMENTATION_CLASS_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "spinepipe:anonymize").int)
 IMPLEMENTATION_VERSION_NAME = "SPINEPIPE_DEID"
@@ -222,8 +222,9 @@ def _needs_check(tag: int, rule: Rule) -> bool:
     return kept and not rule.check and tag >> 16 != 0x0002 and _dictionary_vr(tag) in _TEXT_VRS
 
 
-@lru_cache(maxsize=4)
-def action_table(path: Path = TABLE_FILE) -> ActionTable:
+# The cached functions below are plain functions wrapped by lru_cache rather than decorated:
+# mutmut (make mutation) does not mutate decorated functions.
+def _action_table_uncached(path: Path = TABLE_FILE) -> ActionTable:
     """The de-identification action table (module docstring), checked as it is read."""
     rows: dict[int, Rule] = {}
     special: dict[str, Rule] = {}
@@ -253,6 +254,9 @@ def action_table(path: Path = TABLE_FILE) -> ActionTable:
     return ActionTable(version, rows, special)
 
 
+action_table = lru_cache(maxsize=4)(_action_table_uncached)
+
+
 def table_actions(options: AnonymizeConfig) -> dict:
     """tag -> (action, value check) of every row of the table with ``options`` applied (and
     ``curves``, ``overlays``, ``group_length``, ``private``, ``default``)."""
@@ -261,8 +265,7 @@ def table_actions(options: AnonymizeConfig) -> dict:
                            options.retain_longitudinal_modified_dates))
 
 
-@lru_cache(maxsize=16)
-def _effective(characteristics: bool, device: bool, dates: bool) -> dict:
+def _effective_uncached(characteristics: bool, device: bool, dates: bool) -> dict:
     """tag (or special name) -> (action, check) with the options applied."""
     on = {"patient_characteristics": characteristics, "device_identity": device,
           "no_modified_dates": not dates}
@@ -280,11 +283,13 @@ def _effective(characteristics: bool, device: bool, dates: bool) -> dict:
     return out
 
 
+_effective = lru_cache(maxsize=16)(_effective_uncached)
+
+
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-@lru_cache(maxsize=None)
-def _value_check(check: str) -> Callable[[str], bool] | None:
+def _value_check_uncached(check: str) -> Callable[[str], bool] | None:
     """A predicate on one value of a kept text attribute (None: anything goes)."""
     if check in ("", "any", "registry"):
         return None
@@ -302,12 +307,17 @@ def _value_check(check: str) -> Callable[[str], bool] | None:
     raise InvalidConfigError(f"unknown value check {check!r}", file=TABLE_FILE)
 
 
-@lru_cache(maxsize=None)
-def _dictionary_vr(tag: int) -> str:
+_value_check = lru_cache(maxsize=None)(_value_check_uncached)
+
+
+def _dictionary_vr_uncached(tag: int) -> str:
     try:
         return dictionary_VR(tag)
     except KeyError:
         return "UN"
+
+
+_dictionary_vr = lru_cache(maxsize=None)(_dictionary_vr_uncached)
 
 
 def _vr_fits(raw_vr: str | None, tag: int) -> bool:
@@ -319,8 +329,7 @@ def _vr_fits(raw_vr: str | None, tag: int) -> bool:
 _SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "AT": 4, "UV": 8, "SV": 8}
 
 
-@lru_cache(maxsize=None)
-def _max_length(tag: int) -> int | None:
+def _max_length_uncached(tag: int) -> int | None:
     """Bytes a kept binary number attribute can hold (its VR's size x the dictionary's largest
     VM); None when unbounded (``1-n``, OB / OW data)."""
     size = _SIZES.get(_dictionary_vr(tag).split(" or ")[0])
@@ -331,6 +340,9 @@ def _max_length(tag: int) -> int | None:
     return size * int(vm) if size and vm.isdigit() else None
 
 
+_max_length = lru_cache(maxsize=None)(_max_length_uncached)
+
+
 def _length_fits(raw, tag: int) -> bool:
     """A kept number attribute holds no more values than the dictionary allows (bytes of
     text stored as a long run of numbers in a one-value attribute are refused)."""
@@ -339,8 +351,7 @@ def _length_fits(raw, tag: int) -> bool:
     return limit is None or not isinstance(value, (bytes, bytearray)) or len(value) <= limit
 
 
-@lru_cache(maxsize=64)  # schemes come from the data: bounded
-def standard_codes(scheme: str) -> dict[str, str]:
+def _standard_codes_uncached(scheme: str) -> dict[str, str]:
     """Code value -> code meaning of one coding scheme (``SCT``, ``DCM``, ...), from pydicom's
     dictionary; built per scheme on first use (the whole dictionary costs a tenth of a
     second, paid by every worker process that meets a code)."""
@@ -353,6 +364,9 @@ def standard_codes(scheme: str) -> dict[str, str]:
         for value, (meaning, _cids) in entries.items():
             out.setdefault(value, meaning)
     return out
+
+
+standard_codes = lru_cache(maxsize=64)(_standard_codes_uncached)
 
 
 TABLE_VERSION = action_table().version
@@ -485,8 +499,10 @@ class _Engine:
         if not self.private_allow or tag.element < 0x1000:
             return False
         creator = ds.get(Tag(tag.group, tag.element >> 8))
-        name = str(creator.value).strip() if creator is not None else ""
-        return (tag.group, name, tag.element & 0xFF) in self.private_allow
+        if creator is None:  # no creator: nobody can say whose element it is
+            return False
+        name = str(creator.value).strip()
+        return bool(name) and (tag.group, name, tag.element & 0xFF) in self.private_allow
 
     def _kept_private(self, ds: Dataset) -> set[int]:
         """Private tags to keep (allowlisted elements and their creators)."""
@@ -630,7 +646,7 @@ class _Engine:
                 value = str(ds.get("CodeValue", "") or "").strip()
             except Exception:  # a malformed element: no standard code
                 scheme = value = ""
-            self._code[id(ds)] = standard_codes(scheme).get(value)
+            self._code[id(ds)] = standard_codes(scheme).get(value) if value else None
         return self._code[id(ds)]
 
     def _code_element(self, ds: Dataset, tag: BaseTag, check: str, path: str) -> None:

@@ -295,10 +295,10 @@ def _size(value: object, file: Path, image: str) -> int:
     """VIA's recorded file size in bytes (-1: unknown)."""
     if value in ("", None):
         return -1
-    if isinstance(value, bool):
-        value = None
     try:
-        return int(value) if isinstance(value, (int, str)) else int("x")
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(value)
+        return int(value)
     except ValueError:
         raise InvalidViaError(f"size {json_repr(value)} is not a number of bytes", file=file,
                               image=image) from None
@@ -442,11 +442,11 @@ def _read_coco(data: dict, file: Path) -> list[ReadImage]:
         if sum(len(p) for p in parts) > 2 * MAX_POINTS:
             raise InvalidViaError(f"segmentation of more than {MAX_POINTS:,} vertices",
                                   file=file, image=img.filename, region=index)
-        coords = [_numbers(p, "segmentation", file, img.filename, index, 2) for p in parts]
-        best = max(coords, key=lambda c: abs(_shoelace(c[0::2], c[1::2])))
-        if len(best) % 2:
+        if any(len(p) % 2 for p in parts):
             raise InvalidViaError("segmentation with an odd number of coordinates", file=file,
                                   image=img.filename, region=index)
+        coords = [_numbers(p, "segmentation", file, img.filename, index, 2) for p in parts]
+        best = max(coords, key=lambda c: abs(_shoelace(c[0::2], c[1::2])))
         attribute, name = categories.get(ann.get("category_id"), ("category", ""))
         img.regions.append(ReadRegion(index, "polygon", best[0::2], best[1::2],
                                       {attribute: name}))

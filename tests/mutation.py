@@ -64,6 +64,9 @@ class Module:
     why: str = ""                  # the promise it holds
 
 
+DEID_TESTS = ("tests/test_deid_guarantees.py", "tests/test_anonymize.py",
+              "tests/test_deid_leak.py", "tests/test_identity.py")
+
 MODULES: dict[str, Module] = {
     "paths": Module(
         "converters/paths.py",
@@ -102,15 +105,17 @@ MODULES: dict[str, Module] = {
         "train/measures.py",
         ("tests/test_agreement_guarantees.py",),
         why="MAE, bias, limits of agreement, measurable rate of predicted measures"),
-    "deid": Module(
-        "converters/anonymize.py",
-        ("tests/test_deid_guarantees.py", "tests/test_anonymize.py", "tests/test_deid_leak.py",
-         "tests/test_identity.py"),
-        # the table and the engine that applies it (not OCR, pixel markers, the tree);
-        # mutmut does not mutate decorated functions: the lru_cached action_table,
-        # _effective, _value_check, _dictionary_vr, _max_length, standard_codes give none
-        functions=("_parse_rule", "_needs_check", "table_actions", "_vr_fits", "_length_fits",
-                   "remap_uid", "_shift_da", "_shift_dt", "_name", "_text_values",
+    "deid-table": Module(
+        "converters/anonymize.py", DEID_TESTS,
+        functions=("_parse_rule", "_needs_check", "_action_table_uncached", "table_actions",
+                   "_effective_uncached", "_value_check_uncached", "_dictionary_vr_uncached",
+                   "_vr_fits", "_max_length_uncached", "_length_fits",
+                   "_standard_codes_uncached"),
+        why="de-identification: the PS3.15 action table, its options and value checks"),
+    "deid-engine": Module(
+        "converters/anonymize.py", DEID_TESTS,
+        # the engine that applies the table (not OCR, pixel markers, the tree: other promises)
+        functions=("remap_uid", "_shift_da", "_shift_dt", "_name", "_text_values",
                    "_empty_value", "anonymize_dataset",
                    "_Engine.__init__", "_Engine.log", "_Engine.audit", "_Engine._count_removed",
                    "_Engine.rule", "_Engine.uid", "_Engine._private_kept",
@@ -119,7 +124,7 @@ MODULES: dict[str, Module] = {
                    "_Engine._dummy", "_Engine._remove", "_Engine._remove_rule",
                    "_Engine._sequence", "_Engine._code_meaning", "_Engine._code_element",
                    "_Engine._set_later", "_Engine._pixels", "_Engine.file_meta"),
-        why="de-identification: the PS3.15 action table and its application"),
+        why="de-identification: the engine that applies the table to every element"),
     "via": Module(
         "converters/via.py",
         ("tests/test_via_guarantees.py", "tests/test_via_real.py", "tests/test_via_roundtrip.py",

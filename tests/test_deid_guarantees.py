@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import re
 from io import BytesIO
 
 import cv2
@@ -31,6 +32,15 @@ NO_OCR = AnonymizeConfig(ocr=False)
 HEADER = "# test table, version t-1\ntag\tkeyword\taction\tcheck\toptions\tsource\n"
 SPECIAL = "(50xx,xxxx)\t-\tX\n(60xx,xxxx)\t-\tX\n(gggg,0000)\t-\tX\n(odd group)\t-\tX\n*\t-\tX\n"
 OWN_UID = "1.2.826.0.1.3680043.10.511.99"
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_results():
+    """Each test computes the table's reading, the options' effect, the checks and the code
+    dictionary afresh (mutation testing forks test processes that would reuse the parent's)."""
+    for cached in (an.action_table, an._effective, an._value_check, an._dictionary_vr,
+                   an._max_length, an.standard_codes):
+        cached.cache_clear()
 
 
 def _image(**extra) -> Dataset:
@@ -603,3 +613,26 @@ def test_each_code_item_gets_its_own_meaning():
     sct = an.standard_codes("SCT")
     assert ds.AnatomicRegionSequence[0].CodeMeaning == sct["122494005"]
     assert ds.ViewCodeSequence[0].CodeMeaning == sct["399348003"] != sct["122494005"]
+
+
+def test_a_code_without_a_value_has_no_standard_meaning():
+    # pydicom's LOINC dictionary holds an entry whose value is empty: a code item without a
+    # value must not take its meaning (nor keep the input's)
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "", "LN", "ROE^RICHARD"
+    ds = _image(ViewCodeSequence=Sequence([item]))
+    _run(ds)
+    assert [dict(i) for i in ds.ViewCodeSequence] == []    # nothing kept: the item goes
+
+
+def test_a_private_element_whose_creator_is_blank_is_never_kept():
+    ds = _image()
+    ds.add_new(0x00130010, "LO", "   ")                # a creator of spaces
+    ds.add_new(0x00131005, "LO", "ROE^RICHARD")
+    # the params loader refuses a blank creator (below); the engine refuses it too
+    out = _run(ds, AnonymizeConfig(ocr=False, private_allowlist=["0013, ,05", "0013,,05"]))
+    assert 0x00131005 not in ds and 0x00130010 not in ds
+    assert out.audit["counts"]["X"]["(0013,1005)"] == 1
+    for entry, ok in (("0013, ,05", False), ("0013,,05", False), ("0009,GEMS_IDEN_01,10", True),
+                      ("0011, ACME ,02", True), ("0009,ACME,1", False), ("009,ACME,10", False)):
+        assert bool(re.fullmatch(an.ALLOWLIST_PATTERN, entry)) is ok, entry
