@@ -4,10 +4,10 @@ Same phantom DICOM files (default 1,000 at the phantom's default 256x640; the st
 images are 1100x2870, 12 bits), one core each, BurnedInAnnotation NO on every file (so every
 file is looked at by OCR: the worst case):
 - spinepipe: anonymize_tree(workers=1): read, allowlist de-identification, write, audit, ledger;
-  with ``anonymize.ocr`` off, and on when the engine has that option; without it, the OCR
-  (decode + converters.burned_in.find_burned_in_text, less the reading of the file, which
-  anonymize does anyway) is timed per file on its own and the whole process with OCR is
-  projected as anonymize + OCR
+  with ``anonymize.ocr`` off, and on when the engine has that option; without it, the OCR (decode +
+  converters.dicom.burned_in.find_burned_in_text, less the reading of the file, which anonymize
+  does anyway) is timed per file on its own and the whole process with OCR is projected as
+  anonymize + OCR
 - dicognito (PyPI, `make bench` installs it): read, Anonymizer.anonymize, write
 - copy: shutil.copyfile of every file (the floor)
 Peak memory: maximum RSS of a fresh process anonymizing 10% of the files vs all of them.
@@ -45,11 +45,11 @@ import cv2
 import numpy as np
 import pydicom
 
-from converters.anatomy import MAX_VALUE, CaseSpec, burn_in, render
-from converters.anonymize import AnonymizeConfig, anonymize_tree
-from converters.burned_in import find_burned_in_text
-from converters.ledger import load_or_create_salt, prepare_private
-from converters.phantom import PhantomConfig, generate
+from converters.phantom.anatomy import MAX_VALUE, CaseSpec, burn_in, render
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.burned_in import find_burned_in_text
+from converters.dicom.ledger import load_or_create_salt, prepare_private
+from converters.phantom.writing import PhantomConfig, generate
 
 HAS_OCR_OPTION = "ocr" in {f.name for f in dataclasses.fields(AnonymizeConfig)}
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from converters.phantom import PhantomConfig, generate
+from converters.phantom.writing import PhantomConfig, generate
 
 BIN = Path(sys.executable).parent
 SPINEPIPE = str(BIN / "spinepipe")

@@ -28,12 +28,13 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from converters.anonymize import AnonymizeConfig, anonymize_tree
-from converters.coco import PNG_LABEL_PARAMS
-from converters.convert import ConvertConfig, convert
-from converters.export import ExportConfig, export_tree
-from converters.ledger import load_ledger, load_or_create_salt, prepare_private
-from converters.phantom import PhantomConfig, annotations_for_export, exported_pngs, generate
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.annotations.coco import PNG_LABEL_PARAMS
+from converters.annotations.convert import ConvertConfig, convert
+from converters.dicom.export import ExportConfig, export_tree
+from converters.dicom.ledger import load_ledger, load_or_create_salt, prepare_private
+from converters.phantom.writing import (PhantomConfig, annotations_for_export, exported_pngs,
+                                        generate)
 
 
 def reference(via_path: Path, images: Path, out: Path) -> None:

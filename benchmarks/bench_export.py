@@ -22,11 +22,11 @@ from pathlib import Path
 import cv2
 import pydicom
 
-from converters.anonymize import AnonymizeConfig, anonymize_tree
-from converters.export import ExportConfig, export_file, export_tree
-from converters.ledger import load_or_create_salt, prepare_private
-from converters.phantom import PhantomConfig, generate
-from converters.pixels import to_display
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.export import ExportConfig, export_file, export_tree
+from converters.dicom.ledger import load_or_create_salt, prepare_private
+from converters.phantom.writing import PhantomConfig, generate
+from converters.dicom.pixels import to_display
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from converters.anatomy import render
-from converters.measures import image_measures
-from converters.phantom import PhantomConfig, plan_cases
+from converters.phantom.anatomy import render
+from converters.spine.measures import image_measures
+from converters.phantom.writing import PhantomConfig, plan_cases
 
 
 def main() -> None:

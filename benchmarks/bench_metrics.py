@@ -1,6 +1,7 @@
-"""Per-image pixel metrics: spinepipe (train/metrics.py) vs a straightforward implementation
-of the same formulas with one boolean mask per class (benchmarks/reference_metrics.py, as
-the study's reference implementation computes them), on label masks at 1100x2870.
+"""Per-image pixel metrics: spinepipe (train/evaluation/metrics.py) vs a straightforward
+implementation of the same formulas with one boolean mask per class
+(benchmarks/reference_metrics.py, as the study's reference implementation computes them), on label
+masks at 1100x2870.
 
 Targets (issue 6): >= 50x faster with identical values, and the metrics of a pair take less
 time than decoding its two PNGs. The product runs on all pairs; the reference (slow) on the
@@ -16,9 +17,9 @@ import time
 import cv2
 import numpy as np
 
-from converters.coco import PNG_LABEL_PARAMS
+from converters.annotations.coco import PNG_LABEL_PARAMS
 from reference_metrics import reference_metrics
-from train.metrics import METRICS, pixel_metrics
+from train.evaluation.metrics import METRICS, pixel_metrics
 
 H, W = 2870, 1100
 

@@ -18,7 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from converters.phantom import PhantomConfig, generate
+from converters.phantom.writing import PhantomConfig, generate
 
 
 def _write_plain(args: tuple[str, int, int, int]) -> None:

@@ -1,8 +1,8 @@
 """What does proposing add to inference? The demo's trained run outlines 100 radiographs at
-1100x2870 (the demo's PNGs scaled up to the study's largest size): seconds per image of the
-whole ``propose`` (inference + post-processing + polygons + review + the VIA project) and,
-within that same run, of the model's own inference (``train.inference.predict``, masks at
-full size, timed where propose calls it), so the difference is what propose adds.
+1100x2870 (the demo's PNGs scaled up to the study's largest size): seconds per image of the whole
+``propose`` (inference + post-processing + polygons + review + the VIA project) and, within that
+same run, of the model's own inference (``train.infer.inference.predict``, masks at full size,
+timed where propose calls it), so the difference is what propose adds.
 
 Target (issue 15): propose adds < 20 % to inference. Needs a trained run (`make demo`).
 
@@ -21,7 +21,7 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.models import run_dir  # noqa: E402
-from train.propose import ProposeConfig, propose_images, write_proposals  # noqa: E402
+from train.infer.propose import ProposeConfig, propose_images, write_proposals  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
             big = cv2.resize(img, (1100, 2870), interpolation=cv2.INTER_LINEAR)
             paths.append(Path(tmp) / f"img{i:03d}.png")
             cv2.imwrite(str(paths[-1]), big)
-        import train.inference as inference
+        import train.infer.inference as inference
         real_predict = inference.predict
         list(real_predict(run, paths[:2], device="cpu"))     # warm-up: model load, first batch
         inside = [0.0]

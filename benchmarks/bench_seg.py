@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from converters.anonymize import AnonymizeConfig, anonymize_tree
-from converters.coco import rasterize
-from converters.export import ExportConfig, export_file
-from converters.ledger import load_ledger, load_or_create_salt, prepare_private
-from converters.phantom import PhantomConfig, generate
-from converters.seg import Algorithm, Segment, build_segmentation
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.annotations.coco import rasterize
+from converters.dicom.export import ExportConfig, export_file
+from converters.dicom.ledger import load_ledger, load_or_create_salt, prepare_private
+from converters.phantom.writing import PhantomConfig, generate
+from converters.dicom.seg import Algorithm, Segment, build_segmentation
 
 
 def main() -> None:

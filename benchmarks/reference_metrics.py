@@ -2,8 +2,9 @@
 per class, structured as the reference implementation (py_img_seg_eval ``eval_segm.py``):
 four independent metric functions, each extracting its own per-class masks.
 
-Written from the formulas (see :mod:`train.metrics`), not copied. It is the peer that
-``bench_metrics.py`` times and the cross-check the tests compare :mod:`train.metrics` with.
+Written from the formulas (see :mod:`train.evaluation.metrics`), not copied. It is the peer that
+``bench_metrics.py`` times and the cross-check the tests compare :mod:`train.evaluation.metrics`
+with.
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """``spinepipe anonymize``: allowlist de-identification of a DICOM tree.
 
-Every element gets an explicit action from one versioned table built from PS3.15 Annex E and
-what a radiograph needs (``converters/deid_actions.tsv``); what no row keeps is removed
-(:mod:`converters.anonymize`). Patients are keyed by issuer + Patient ID, without an ID by
-study, and the ledger refuses to merge two of them (:mod:`converters.ledger`).
+Every element gets an explicit action from one versioned table built from PS3.15 Annex E and what a
+radiograph needs (``converters/dicom/deid_actions.tsv``); what no row keeps is removed
+(:mod:`converters.dicom.anonymize`). Patients are keyed by issuer + Patient ID, without an ID by
+study, and the ledger refuses to merge two of them (:mod:`converters.dicom.ledger`).
 
-params.yaml section ``anonymize`` (:class:`converters.anonymize.AnonymizeConfig`).
+params.yaml section ``anonymize`` (:class:`converters.dicom.anonymize.AnonymizeConfig`).
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import typer
 
-from converters.anonymize import AnonymizeConfig, anonymize_tree, check_input_folders
-from converters.errors import IncompleteRunError
-from converters.ledger import load_or_create_salt, prepare_private
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree, check_input_folders
+from converters.core.errors import IncompleteRunError
+from converters.dicom.ledger import load_or_create_salt, prepare_private
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
 

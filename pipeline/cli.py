@@ -25,7 +25,7 @@ from typing import Callable
 
 import click
 
-from converters.errors import MissingInputError, SpinepipeError
+from converters.core.errors import MissingInputError, SpinepipeError
 
 HELP = """Lumbar spine X-ray archive + VIA polygons -> trained, compared segmentation models.
 
@@ -56,7 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: subcommand -> (options naming the folders it writes, "name:file" for a file whose folder it
 #: writes; options it reads that must lie apart from those folders). Every folder written is
 #: an output root: locked for the run (a second run waits), every write and delete confined to
-#: it (:mod:`converters.io`). The private folder is locked like an output, kept mode 700.
+#: it (:mod:`converters.core.files`). The private folder is locked like an output, kept mode 700.
 ROOTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "phantom": (("output",), ()),
     "retrieve": (("output", "state:file"), ()),
@@ -64,11 +64,11 @@ ROOTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "export": (("output",), ("input",)),
     "phantom-annotations": (("output:file", "holdout_output:file"), ()),
     # convert --strict's problem list goes beside the output (or to --problems-file), a
-    # folder that may hold the inputs: confined (converters/convert.py), not locked
+    # folder that may hold the inputs: confined (converters/annotations/convert.py), not locked
     "convert": (("output",), ("input", "more", "images")),
     "split": (("output",), ("input",)),
     # train: no lock: under torchrun every rank runs this command on one work dir (rank 0
-    # writes); its writes are still confined (train/runner.py opens the work dir as a root)
+    # writes); its writes are still confined (train/fit/runner.py opens the work dir as a root)
     "evaluate": (("output",), ()),
     "propose": (("output:file",), ()),
     "report": (("output",), ()),
@@ -95,7 +95,7 @@ def _guarded(name: str, command: Callable) -> Callable:
 
     @functools.wraps(command)
     def run(**kwargs):
-        from converters import io
+        from converters.core import files as io
         from pipeline.console import console
 
         io.wait_notice = lambda message: console.print(message)  # rich only if needed

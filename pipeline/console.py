@@ -83,7 +83,7 @@ def library_output_to(log: Path | None) -> Iterator[None]:
     if log is None:
         yield
         return
-    from converters.io import open_append
+    from converters.core.files import open_append
 
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,7 +1,7 @@
 """``spinepipe convert``: VIA exports -> COCO instances, class masks, overlap maps, QA.
 
-params.yaml section ``convert`` (:class:`converters.convert.ConvertConfig`); ``--strict``
-overrides ``convert.strict``.
+params.yaml section ``convert`` (:class:`converters.annotations.convert.ConvertConfig`);
+``--strict`` overrides ``convert.strict``.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Optional
 
 import typer
 
-from converters.convert import ConvertConfig, convert
-from converters.via import expand_inputs
+from converters.annotations.convert import ConvertConfig, convert
+from converters.annotations.via import expand_inputs
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
 

@@ -1,9 +1,11 @@
 """``spinepipe evaluate``: one trained model x fold on the fixed test set.
 
-params.yaml section ``evaluate`` (:class:`train.evaluate.EvaluateConfig`): score threshold and
-same-class NMS of instance predictions, minimum instance area, the IoU at which a vertebra
-counts as recognized, the overlap criterion of the composite recognition rate, the device.
-Writes ``reports/eval/<model>/fold<k>/`` (layout: :mod:`train.evaluate`); the folder is
+params.yaml section ``evaluate`` (:class:`train.evaluation.evaluate.EvaluateConfig`): the IoU at
+which a vertebra counts as recognized, the device; section ``postprocess``
+(:class:`train.evaluation.recognition.PostprocessConfig`, shared with ``propose``): score
+threshold and same-class NMS of instance predictions, minimum instance area, the overlap
+criterion of the composite recognition rate.
+Writes ``reports/eval/<model>/fold<k>/`` (layout: :mod:`train.evaluation.evaluate`); the folder is
 built under a temporary name and renamed when complete.
 """
 from __future__ import annotations
@@ -15,7 +17,8 @@ import typer
 
 from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
 from pipeline.params import stage_params
-from train.evaluate import EvaluateConfig, evaluate_run
+from train.evaluation.evaluate import EvaluateConfig, evaluate_run
+from train.evaluation.recognition import PostprocessConfig
 from train.models import eval_dir
 
 
@@ -34,8 +37,10 @@ def command(
     """Predict the test set with a trained model, then score every image: the four pixel
     metrics, recognition and composite recognition, per-level results, pooled metrics."""
     cfg = stage_params(EvaluateConfig, "evaluate", params)
+    post = stage_params(PostprocessConfig, "postprocess", params)
     out = output or eval_dir(model, fold)
-    summary = evaluate_run(model, fold, cfg, test=test, masks=masks, images=images, out=out,
+    summary = evaluate_run(model, fold, cfg, post=post, test=test, masks=masks, images=images,
+                           out=out,
                            run=run_dir, predictions=predictions,
                            bar=lambda text: progress_bar(text, quiet=quiet),
                            capture=library_output_to if quiet else None)  # into evaluate.log

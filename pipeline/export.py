@@ -1,6 +1,6 @@
 """``spinepipe export``: anonymized DICOM -> histogram-equalized PNG + provenance + VIA stub.
 
-params.yaml section ``export`` (:class:`converters.export.ExportConfig`).
+params.yaml section ``export`` (:class:`converters.dicom.export.ExportConfig`).
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from converters.errors import IncompleteRunError, UsageError
-from converters.export import ExportConfig, export_tree
+from converters.core.errors import IncompleteRunError, UsageError
+from converters.dicom.export import ExportConfig, export_tree
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
 

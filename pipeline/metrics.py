@@ -1,5 +1,6 @@
 """``spinepipe metrics``: the study's four per-image pixel metrics of one prediction /
-ground-truth pair of label PNGs, as JSON (definitions and conventions: :mod:`train.metrics`).
+ground-truth pair of label PNGs, as JSON (definitions and conventions:
+:mod:`train.evaluation.metrics`).
 """
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from train.evaluate import read_mask
-from train.metrics import pixel_metrics
+from train.evaluation.evaluate import read_mask
+from train.evaluation.metrics import pixel_metrics
 
 
 def command(

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from converters.errors import ParamsError
+from converters.core.errors import ParamsError
 
 T = TypeVar("T")
 DEFAULT_PARAMS = Path("params.yaml")
@@ -119,6 +119,17 @@ def _coerce(value: Any, tp: Any, key: str, file: Path) -> Any:
     raise TypeError(f"unsupported params field type {tp!r} for {key}")  # a bug, not user input
 
 
+_POST = ("score_thr", "nms_iou", "min_area", "overlap_min_fraction", "largest_component",
+         "containment_max")
+#: keys that moved or went (an old params.yaml gets one line naming the new place, never a
+#: silent default)
+MOVED: dict[str, str] = {
+    **{f"{section}.{key}": f"moved to 'postprocess.{key}' (one section for evaluate and propose)"
+       for section in ("evaluate", "propose") for key in _POST},
+    "propose.match_iou": "is no longer read (propose never used it): remove it",
+}
+
+
 def from_mapping(cls: type[T], data: Any, *, section: str, file: str | Path = DEFAULT_PARAMS) -> T:
     """Build ``cls`` (a frozen dataclass) from a mapping, rejecting unknown keys by name."""
     file = Path(file)
@@ -129,6 +140,9 @@ def from_mapping(cls: type[T], data: Any, *, section: str, file: str | Path = DE
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    for key in unknown:
+        if f"{section}.{key}" in MOVED:
+            raise ParamsError(f"key '{section}.{key}' {MOVED[f'{section}.{key}']}", file=file)
     if unknown:
         known = ", ".join(sorted(fields))
         raise ParamsError(f"unknown key '{section}.{unknown[0]}' (known keys: {known})", file=file)

@@ -1,6 +1,6 @@
 """``spinepipe phantom``: write the synthetic lumbar X-ray phantom (DICOM + VIA annotations).
 
-params.yaml section ``phantom`` (all keys of :class:`converters.phantom.PhantomConfig`);
+params.yaml section ``phantom`` (all keys of :class:`converters.phantom.writing.PhantomConfig`);
 command-line flags override it.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Optional
 
 import typer
 
-from converters.io import prepare_output, write_json
-from converters.phantom import PhantomConfig, generate
-from converters.via import via2_project
+from converters.core.files import prepare_output, write_json
+from converters.phantom.writing import PhantomConfig, generate
+from converters.annotations.via import via2_project
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
 from pipeline.params import stage_params
 

@@ -7,8 +7,8 @@ to the exported PNG names through the private ledger (original -> new SOP Instan
 the export provenance (new SOP Instance UID -> PNG), and writes a VIA project that names only
 pseudonymized PNGs. The ledger is read here and never copied.
 
-``annotator.holdout`` images (:func:`converters.phantom.held_out`) are left unannotated, as a new
-batch would be: ``spinepipe propose`` outlines them, and their true polygons go to
+``annotator.holdout`` images (:func:`converters.phantom.writing.held_out`) are left unannotated, as
+a new batch would be: ``spinepipe propose`` outlines them, and their true polygons go to
 ``--holdout-output`` (never into ``data/annotations/``) to measure the proposals.
 """
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Optional
 
 import typer
 
-from converters.errors import UsageError
-from converters.io import write_json
-from converters.ledger import load_ledger
-from converters.phantom import AnnotatorConfig, annotations_for_export, exported_pngs, held_out
+from converters.core.errors import UsageError
+from converters.core.files import write_json
+from converters.dicom.ledger import load_ledger
+from converters.phantom.writing import (AnnotatorConfig, annotations_for_export, exported_pngs,
+                                        held_out)
 from pipeline.console import ParamsOption, QuietOption, say
 from pipeline.params import stage_params
 
@@ -43,11 +44,9 @@ def command(
                                                                params).holdout
     if not via.is_file():
         raise UsageError("VIA project not found", file=via)
-    if not (private / "ledger.json").is_file():
-        raise UsageError("no ledger: run spinepipe anonymize first", file=private / "ledger.json")
     if n_held and holdout_output is None:
         raise UsageError(f"{n_held} held-out image(s) need --holdout-output")
-    exported = exported_pngs(png, load_ledger(private)["instances"])
+    exported = exported_pngs(png, load_ledger(private, must_exist=True)["instances"])
     held = held_out([name for name, _ in exported.values()], n_held)
     project = annotations_for_export(via, exported, keep=lambda name: name not in held)
     if holdout_output is not None:

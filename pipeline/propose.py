@@ -1,11 +1,11 @@
 """``spinepipe propose``: a trained model outlines new images for the annotators in VIA.
 
-params.yaml section ``propose`` (:class:`train.propose.ProposeConfig`): whether the DVC stage
-proposes (``enabled``), the run that proposes (``model``, ``fold``; on the command line,
-further ``--model`` / ``--fold`` runs measure disagreement), the polygons' vertex budget,
-the instance post-processing (as in ``evaluate``), the device; ``export.via_image_path``
-gives the project's default file path. Outputs: the VIA project, ``worklist.csv`` and
-``proposals_summary.json`` beside it (:mod:`train.propose`).
+params.yaml section ``propose`` (:class:`train.infer.propose.ProposeConfig`): whether the DVC stage
+proposes (``enabled``), the run that proposes (``model``, ``fold``; on the command line, further
+``--model`` / ``--fold`` runs measure disagreement), the polygons' vertex budget, the project's
+default file path (``via_image_path``: where the annotators' VIA finds the PNGs), the device;
+section ``postprocess`` (shared with ``evaluate``): which instances are kept. Outputs: the VIA project, ``worklist.csv`` and ``proposals_summary.json`` beside
+it (:mod:`train.infer.propose`).
 """
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from typing import List, Optional
 
 import typer
 
-from converters.errors import InsufficientDataError, UsageError
-from converters.io import prepare_output
-from converters.export import ExportConfig
-from converters.via import read_via, via_filepath
+from converters.core.errors import InsufficientDataError, UsageError
+from converters.core.files import prepare_output
+from converters.annotations.via import read_via, via_filepath
 from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
 from pipeline.params import stage_params
 from train.models import MODELS, run_dir
-from train.propose import (ProposeConfig, image_paths, propose_images, truth_iou, unannotated,
-                           write_proposals)
+from train.evaluation.recognition import PostprocessConfig
+from train.infer.propose import (ProposeConfig, image_paths, propose_images, truth_iou,
+                                 unannotated, write_proposals)
 
 
 def command(
@@ -32,7 +32,7 @@ def command(
     output: Path = typer.Option(..., "--output", "-o", help="VIA project to write (.json); worklist.csv and proposals_summary.json go beside it."),
     only_unannotated: Optional[List[Path]] = typer.Option(None, "--only-unannotated", help="VIA file(s) or folder(s): skip images that already have regions there."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="VIA file with the true polygons of (some of) these images: report the proposals' mean IoU with them."),
-    via_image_path: Optional[str] = typer.Option(None, "--via-image-path", help="Where annotators' VIA finds the PNGs (the project's default_filepath) [params: export.via_image_path]."),
+    via_image_path: Optional[str] = typer.Option(None, "--via-image-path", help="Where annotators' VIA finds the PNGs (the project's default_filepath) [params: propose.via_image_path]."),
     models_root: Path = typer.Option(Path("models"), "--models-root", help="Folder of the trained runs (<model>/fold<k>)."),
     force: bool = typer.Option(False, "--force", help="Run even if propose.enabled is false."),
     params: Path = ParamsOption,
@@ -41,7 +41,7 @@ def command(
     """Outline each vertebra of new images with a trained model, as a VIA project whose
     images come in review order (the most doubtful first), with a worklist of why."""
     cfg = stage_params(ProposeConfig, "propose", params)
-    export_cfg = stage_params(ExportConfig, "export", params)
+    post = stage_params(PostprocessConfig, "postprocess", params)
     if not cfg.enabled and not force:
         write_proposals([], output, model="", class_attribute=cfg.class_attribute,
                         class_options=None, default_filepath="", truth=None, runs=[])
@@ -68,13 +68,13 @@ def command(
     log = output.parent / f"{output.stem}.log" if quiet else None
     prepare_output(output.parent)
     with library_output_to(log), progress_bar("propose", quiet=quiet) as update:
-        proposals = propose_images(runs, paths, cfg, progress=update)
+        proposals = propose_images(runs, paths, cfg, post, progress=update)
     scores = truth_iou(proposals, read_via(truth)[1], cfg.class_attribute) if truth else None
     summary = write_proposals(
         proposals, output, model=names[0], class_attribute=cfg.class_attribute,
         class_options=None, runs=names, truth=scores,
         default_filepath=via_filepath(via_image_path if via_image_path is not None
-                                      else export_cfg.via_image_path))
+                                      else cfg.via_image_path))
     extra = (f"; mean IoU with the truth {summary['truth_mean_iou']:.3f} on "
              f"{summary['truth_images']} images" if scores else "")
     say(f"propose: {summary['images']} images, {summary['regions']} polygons from {names[0]}"

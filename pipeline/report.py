@@ -1,9 +1,9 @@
 """``spinepipe report``: the study's tables, statistics and figures from every evaluation.
 
-params.yaml section ``report`` (:class:`train.report.ReportConfig`): the significance level and
-the number of example overlays. Reads ``reports/eval/<model>/fold<k>/``; writes
+params.yaml section ``report`` (:class:`train.report.build.ReportConfig`): the significance level
+and the number of example overlays. Reads ``reports/eval/<model>/fold<k>/``; writes
 ``reports/report.html``, ``reports/tables/``, ``reports/figures/``, ``reports/plots/`` and
-``reports/metrics.json`` (layout: :mod:`train.report`).
+``reports/metrics.json`` (layout: :mod:`train.report.build`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import typer
 
 from pipeline.console import ParamsOption, QuietOption, console, say
 from pipeline.params import read_params_file, stage_params
-from train.report import ReportConfig, build_report
+from train.report.build import ReportConfig, build_report
 
 
 def command(

@@ -1,15 +1,15 @@
 """``spinepipe retrieve``: pull studies from a PACS (C-FIND + C-GET / C-MOVE), resumably.
 
-params.yaml section ``retrieve`` (:class:`converters.pacs.RetrieveConfig`). With
-``retrieve.enabled: false`` (the demo, where the phantom is the archive) the command only
-makes sure the output folder exists.
+params.yaml section ``retrieve`` (:class:`converters.dicom.pacs.RetrieveConfig`). With
+``retrieve.enabled: false`` (the demo, where the phantom is the archive) the command only makes
+sure the output folder exists.
 
-What the PACS sends is verified (:mod:`converters.pacs`): an object whose study, series,
-instance or patient is not what was asked is refused and listed ("refused: ..."); each study
-and each study-level query has a deadline of 10 x ``retrieve.timeout_s``
-(:data:`converters.pacs.DEADLINE_FACTOR`), after which its association is aborted and it is
-listed incomplete / unanswered; a PACS failure status is shown in words. Any of these makes
-the command exit 1 after the rest was fetched; a re-run resumes.
+What the PACS sends is verified (:mod:`converters.dicom.pacs`): an object whose study, series,
+instance or patient is not what was asked is refused and listed ("refused: ..."); each study and
+each study-level query has a deadline of 10 x ``retrieve.timeout_s``
+(:data:`converters.dicom.pacs.DEADLINE_FACTOR`), after which its association is aborted and it is
+listed incomplete / unanswered; a PACS failure status is shown in words. Any of these makes the
+command exit 1 after the rest was fetched; a re-run resumes.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Optional
 
 import typer
 
-from converters.errors import IncompleteRunError, UsageError
-from converters.io import prepare_output, write_json
-from converters.pacs import RetrieveConfig, read_manifest, retrieve
+from converters.core.errors import IncompleteRunError, UsageError
+from converters.core.files import prepare_output, write_json
+from converters.dicom.pacs import RetrieveConfig, read_manifest, retrieve
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
 

@@ -1,6 +1,6 @@
 """``spinepipe split``: fixed test set + k patient-grouped, stratified folds.
 
-params.yaml section ``split`` (:class:`train.split.SplitConfig`).
+params.yaml section ``split`` (:class:`converters.annotations.split.SplitConfig`).
 """
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import typer
 
-from converters.records import read_json
+from converters.core.records import read_json
 from pipeline.console import ParamsOption, QuietOption, console, say
 from pipeline.params import stage_params
-from train.split import SplitConfig, write_splits
+from converters.annotations.split import SplitConfig, write_splits
 
 
 def command(

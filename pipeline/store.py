@@ -15,8 +15,8 @@ from typing import Optional
 
 import typer
 
-from converters.errors import IncompleteRunError, MissingInputError
-from converters.pacs import RetrieveConfig, store
+from converters.core.errors import IncompleteRunError, MissingInputError
+from converters.dicom.pacs import RetrieveConfig, store
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
 

@@ -1,12 +1,12 @@
 """``spinepipe to-seg``: an evaluation's predictions as DICOM Segmentation objects on the
-radiographs they were made on (:mod:`train.to_seg`, :mod:`converters.seg`).
+radiographs they were made on (:mod:`train.infer.to_seg`, :mod:`converters.dicom.seg`).
 
-params.yaml section ``to_seg`` (:class:`train.to_seg.ToSegConfig`): whether the DVC stage
+params.yaml section ``to_seg`` (:class:`train.infer.to_seg.ToSegConfig`): whether the DVC stage
 writes (``enabled``) and which run (``model``, ``fold``). The DVC stage writes only the
-*pseudonymized* objects (safe to share, under ``data/``); ``--reidentify`` (by hand, never in a
-DVC stage) writes objects that point to the original study, and only under ``--private``,
-after every source's identity has been checked against the ledger
-(:func:`converters.ledger.verified_identity`): a mismatch writes nothing.
+*pseudonymized* objects (safe to share, under ``data/``); ``--reidentify`` (by hand, never in a DVC
+stage) writes objects that point to the original study, and only under ``--private``, after every
+source's identity has been checked against the ledger
+(:func:`converters.dicom.ledger.verified_identity`): a mismatch writes nothing.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from typing import Optional
 
 import typer
 
-from converters.errors import UsageError
-from converters.io import write_json
+from converters.core.errors import UsageError
+from converters.core.files import write_json
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
 from pipeline.params import stage_params
 from train.models import MODELS, eval_dir, run_dir
-from train.to_seg import ToSegConfig, write_segs
+from train.infer.to_seg import ToSegConfig, write_segs
 
 
 def command(
@@ -28,6 +28,7 @@ def command(
     fold: Optional[int] = typer.Option(None, "--fold", "-k", help="Its fold [params: to_seg.fold]."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Evaluation folder (default reports/eval/<model>/fold<k>)."),
     dicom: Path = typer.Option(Path("data/interim/anon"), "--dicom", help="The anonymized DICOM tree the PNGs were exported from."),
+    images: Path = typer.Option(Path("data/interim/png"), "--images", help="The exported PNG folder: its provenance records name each image's DICOM."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the SEG objects (<SOP Instance UID>.dcm) and to_seg.json."),
     run: Optional[Path] = typer.Option(None, "--run-dir", help="The trained run, for the checkpoint's hash (default models/<model>/fold<k>)."),
     reidentify: bool = typer.Option(False, "--reidentify", help="Point the objects to the original patient and study (from the private ledger); --output must lie inside --private."),
@@ -48,7 +49,7 @@ def command(
     if model not in MODELS:
         raise UsageError(f"unknown model '{model}' (known: {', '.join(sorted(MODELS))})")
     with progress_bar("to-seg", quiet=quiet) as update:
-        record = write_segs(input or eval_dir(model, fold), dicom, output, model=model,
+        record = write_segs(input or eval_dir(model, fold), dicom, images, output, model=model,
                             fold=fold, run=run or run_dir(model, fold), private=private,
                             reidentify=reidentify, progress=update)
     written = sum(1 for r in record["images"] if r["seg"])

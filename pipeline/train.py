@@ -1,10 +1,10 @@
 """``spinepipe train``: one model on one fold, through MMEngine's Runner.
 
-params.yaml section ``train`` (:class:`train.runner.TrainConfig`): the preset (``demo`` for
-CPU, ``study`` for GPUs), image scale, per-model MMEngine options, local pretrained weights.
-Writes ``models/<model>/fold<k>/``: ``config.py`` (the leaf config, runnable with
-MMDetection's / MMSegmentation's own tools), checkpoints, ``best.pth``, logs, ``dvclive/``
-(validation curves for ``dvc plots``) and ``metrics.json``.
+params.yaml section ``train`` (:class:`train.fit.runner.TrainConfig`): the preset (``demo`` for
+CPU, ``study`` for GPUs), image scale, per-model MMEngine options, local pretrained weights. Writes
+``models/<model>/fold<k>/``: ``config.py`` (the leaf config, runnable with MMDetection's /
+MMSegmentation's own tools), checkpoints, ``best.pth``, logs, ``dvclive/`` (validation curves for
+``dvc plots``) and ``metrics.json``.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Optional
 import typer
 import yaml
 
-from converters.errors import UsageError
-from converters.io import prepare_output
+from converters.core.errors import UsageError
+from converters.core.files import prepare_output
 from pipeline.console import ParamsOption, QuietOption, library_output_to, say
 from pipeline.params import load_yaml, stage_params
 from train.models import run_dir
@@ -54,7 +54,7 @@ def command(
         raise UsageError(f"--launcher must be none, pytorch or slurm, got {launcher!r}")
     work = prepare_output(work_dir or run_dir(model, fold))  # not locked: torchrun's ranks share it
     with library_output_to(work / "train.log" if quiet else None):
-        from train.runner import TrainConfig, prepare_run, run  # torch + mmlab: only here
+        from train.fit.runner import TrainConfig, prepare_run, run  # torch + mmlab: only here
 
         cfg = stage_params(TrainConfig, "train", params)
         leaf = prepare_run(model, fold, cfg, work, preset=preset,

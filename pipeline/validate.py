@@ -1,9 +1,9 @@
 """``spinepipe validate``: the annotators' check before handing a batch over.
 
-The same validation as ``spinepipe convert`` (params.yaml section ``convert``: class
-attribute, class map, shapes), nothing written: a table of the problems on the terminal, and
-exit status 1 when one of them loses an annotation (severity ``error``; with ``--strict``,
-any problem). Kinds and severities: :mod:`converters.convert`.
+The same validation as ``spinepipe convert`` (params.yaml section ``convert``: class attribute,
+class map, shapes), nothing written: a table of the problems on the terminal, and exit status 1
+when one of them loses an annotation (severity ``error``; with ``--strict``, any problem). Kinds
+and severities: :mod:`converters.annotations.convert`.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from converters.convert import ConvertConfig, validate
-from converters.errors import IncompleteRunError
-from converters.via import expand_inputs
+from converters.annotations.convert import ConvertConfig, validate
+from converters.core.errors import IncompleteRunError
+from converters.annotations.via import expand_inputs
 from pipeline.console import ParamsOption, QuietOption, console, say
 from pipeline.params import stage_params
 

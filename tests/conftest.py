@@ -17,13 +17,14 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from converters import coco
-from converters.anonymize import AnonymizeConfig, anonymize_tree
-from converters.export import ExportConfig, export_tree
-from converters.ledger import load_ledger, load_or_create_salt, prepare_private
-from converters.phantom import PhantomConfig, annotations_for_export, exported_pngs, generate
-from converters.pacs import RetrieveConfig
-from converters.pixels import to_display
+from converters.annotations import coco
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.export import ExportConfig, export_tree
+from converters.dicom.ledger import load_ledger, load_or_create_salt, prepare_private
+from converters.phantom.writing import (PhantomConfig, annotations_for_export, exported_pngs,
+                                        generate)
+from converters.dicom.pacs import RetrieveConfig
+from converters.dicom.pixels import to_display
 
 DATA = Path(__file__).parent / "data"
 
@@ -72,8 +73,8 @@ def small_phantom(tmp_path_factory) -> Path:
 def tiny_dataset(small_phantom, tmp_path_factory) -> Path:
     """The small phantom as the models read it: images/, masks/, COCO and split lists.
 
-    Built directly from the phantom's truth (PNG by the export pixel pipeline, COCO and masks
-    by converters.coco) so the model-stack tests do not depend on the VIA converter.
+    Built directly from the phantom's truth (PNG by the export pixel pipeline, COCO and masks by
+    converters.annotations.coco) so the model-stack tests do not depend on the VIA converter.
     """
     root = tmp_path_factory.mktemp("dataset")
     (root / "images").mkdir()

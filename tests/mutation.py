@@ -69,51 +69,51 @@ DEID_TESTS = ("tests/test_deid_guarantees.py", "tests/test_anonymize.py",
 
 MODULES: dict[str, Module] = {
     "paths": Module(
-        "converters/paths.py",
+        "converters/core/paths.py",
         ("tests/test_paths_guarantees.py", "tests/test_confinement.py", "tests/test_hostile.py"),
         why="UIDs and names from data never become a path outside the output folder"),
     "io": Module(
-        "converters/io.py",
+        "converters/core/files.py",
         ("tests/test_io_guarantees.py", "tests/test_confinement.py", "tests/test_hostile.py"),
         why="the one write/delete path: confined, atomic, never through a link, locked"),
     "incremental": Module(
-        "converters/incremental.py",
+        "converters/core/incremental.py",
         ("tests/test_incremental_guarantees.py",),
         why="an up-to-date item is not redone; a stale, failed or damaged one is"),
     "convert-incremental": Module(
-        "converters/convert.py",
+        "converters/annotations/convert.py",
         ("tests/test_incremental_guarantees.py",),
         functions=("_render_changed", "_group", "_render_code", "_write_temp"),
         why="convert re-renders exactly the changed images and removes what was dropped"),
     "ledger": Module(
-        "converters/ledger.py",
+        "converters/dicom/ledger.py",
         ("tests/test_ledger_guarantees.py", "tests/test_identity.py"),
         why="pseudonyms and date shifts: keyed, stable, private"),
     "metrics": Module(
-        "train/metrics.py",
+        "train/evaluation/metrics.py",
         ("tests/test_metrics_guarantees.py", "tests/test_metrics.py"),
         why="the four pixel metrics, hand-computed"),
     "recognition": Module(
-        "train/recognition.py",
+        "train/evaluation/recognition.py",
         ("tests/test_recognition_guarantees.py", "tests/test_recognition.py"),
         why="a vertebra is recognized only when the right level is found"),
     "measures": Module(
-        "converters/measures.py",
+        "converters/spine/measures.py",
         ("tests/test_measures_guarantees.py", "tests/test_measures.py"),
         why="the clinical measures of a set of vertebra polygons"),
     "agreement": Module(
-        "train/measures.py",
+        "train/evaluation/agreement.py",
         ("tests/test_agreement_guarantees.py",),
         why="MAE, bias, limits of agreement, measurable rate of predicted measures"),
     "deid-table": Module(
-        "converters/anonymize.py", DEID_TESTS,
+        "converters/dicom/anonymize.py", DEID_TESTS,
         functions=("_parse_rule", "_needs_check", "_action_table_uncached", "table_actions",
                    "_effective_uncached", "_value_check_uncached", "_dictionary_vr_uncached",
                    "_vr_fits", "_max_length_uncached", "_length_fits",
                    "_standard_codes_uncached"),
         why="de-identification: the PS3.15 action table, its options and value checks"),
     "deid-engine": Module(
-        "converters/anonymize.py", DEID_TESTS,
+        "converters/dicom/anonymize.py", DEID_TESTS,
         # the engine that applies the table (not OCR, pixel markers, the tree: other promises)
         functions=("remap_uid", "_shift_da", "_shift_dt", "_name", "_text_values",
                    "_empty_value", "anonymize_dataset",
@@ -126,7 +126,7 @@ MODULES: dict[str, Module] = {
                    "_Engine._set_later", "_Engine._pixels", "_Engine.file_meta"),
         why="de-identification: the engine that applies the table to every element"),
     "via": Module(
-        "converters/via.py",
+        "converters/annotations/via.py",
         ("tests/test_via_guarantees.py", "tests/test_via_real.py", "tests/test_via_roundtrip.py",
          "tests/test_bounds.py", "tests/test_measures.py"),
         why="VIA projects and exports read as VIA wrote them"),
@@ -251,7 +251,7 @@ use_git_change_detection = false
 
 
 def mutant_function(mutant: str) -> str:
-    """``converters.io.x_atomic_path__mutmut_3`` -> ``atomic_path``;
+    """``converters.core.files.x_atomic_path__mutmut_3`` -> ``atomic_path``;
     ``...xǁIncrementalStateǁprune__mutmut_1`` -> ``IncrementalState.prune``."""
     last = re.sub(r"__mutmut_\d+$", "", mutant.rsplit(".", 1)[-1])
     if last.startswith("xǁ"):

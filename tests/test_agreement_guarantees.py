@@ -1,5 +1,5 @@
-"""The agreement of predicted clinical measures with the ground truth's (train/measures.py),
-against hand-computed Bland-Altman numbers.
+"""The agreement of predicted clinical measures with the ground truth's
+(train/evaluation/agreement.py), against hand-computed Bland-Altman numbers.
 
 Class of defect guarded: a wrong MAE, bias, SD or limits of agreement (a sign, a ddof, the
 1.96), a missing prediction counted as agreement instead of as not measurable, measures the
@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from converters.measures import MEASURES
-from train.measures import GROUPS, agreement, image_measurable, summarize
+from converters.spine.measures import MEASURES
+from train.evaluation.agreement import GROUPS, agreement, image_measurable, summarize
 
 SD = math.sqrt(12.5)  # differences 2 and -3: mean -0.5, squares 6.25 + 6.25 over n - 1 = 1
 

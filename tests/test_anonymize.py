@@ -20,10 +20,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import dicom_image
-from converters.anonymize import AnonymizeConfig, anonymize_dataset, anonymize_tree
-from converters.errors import UnsafeLocationError
-from converters.io import TEMP_MARK
-from converters.ledger import load_or_create_salt, prepare_private
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_dataset, anonymize_tree
+from converters.core.errors import UnsafeLocationError
+from converters.core.files import TEMP_MARK
+from converters.dicom.ledger import load_or_create_salt, prepare_private
 
 SALT = b"\x01" * 32
 
@@ -583,6 +583,26 @@ def test_same_object_twice_is_reported_not_raced(tmp_path):
         assert rows["b/x.dcm"]["status"] == "skipped" and "a/x.dcm" in rows["b/x.dcm"]["reason"]
         assert len(list((tmp_path / f"out{run}").rglob("*.dcm"))) == 1
         assert not list((tmp_path / f"out{run}").rglob(f"*{TEMP_MARK}*"))
+
+
+def test_a_duplicate_is_retried_and_takes_over_when_the_first_copy_goes(tmp_path):
+    """A skipped duplicate is never cached as final: once the first copy is gone, the next
+    run anonymizes the second (other skips, a non-image say, are reused)."""
+    src = tmp_path / "in"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    _image().save_as(src / "a" / "x.dcm", enforce_file_format=True)
+    _image().save_as(src / "b" / "x.dcm", enforce_file_format=True)
+    priv = prepare_private(tmp_path / "private")
+    salt = load_or_create_salt(priv)
+    rows = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeConfig()).private_rows
+    assert rows["b/x.dcm"]["duplicate_of"] == "a/x.dcm" and "reused" not in rows["b/x.dcm"]
+    rows = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeConfig()).private_rows
+    assert rows["a/x.dcm"]["reused"] and "reused" not in rows["b/x.dcm"]   # retried
+    (src / "a" / "x.dcm").unlink()
+    rows = anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeConfig()).private_rows
+    assert rows["b/x.dcm"]["status"] == "anonymized"
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 1
 
 
 def test_elements_with_a_wrong_vr_are_still_cleaned(tmp_path):

@@ -42,9 +42,11 @@ from pydicom.uid import JPEG2000Lossless
 from shapely.geometry import Polygon
 
 from conftest import dicom_image
-from converters import coco, records, via
-from converters.errors import InvalidDicomError, InvalidViaError
-from converters.pixels import MAX_PIXELS, check_pixel_budget
+from converters.annotations import coco
+from converters.core import records
+from converters.annotations import via
+from converters.core.errors import InvalidDicomError, InvalidViaError
+from converters.dicom.pixels import MAX_PIXELS, check_pixel_budget
 from pipeline.cli import main
 
 NO_PARAMS = "/nonexistent/params.yaml"
@@ -314,7 +316,7 @@ def test_a_polygon_crossing_itself_thousands_of_times_is_dropped(tmp_path):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_crossings_are_counted_as_every_pair_of_edges_would(seed):
-    from converters.regions import count_crossings
+    from converters.annotations.regions import count_crossings
     from shapely.geometry import LineString
     rng = np.random.default_rng(seed)
     pts = rng.integers(0, 12, size=(int(rng.integers(4, 40)), 2)).astype(float)

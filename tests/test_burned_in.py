@@ -1,4 +1,4 @@
-"""Burned-in text is looked for by OCR (converters/burned_in.py), not trusted to a flag.
+"""Burned-in text is looked for by OCR (converters/dicom/burned_in.py), not trusted to a flag.
 
 Real vendor radiographs (the full-size Philips and Fuji CR of pydicom-data, which carry no
 BurnedInAnnotation) and phantom radiographs, with and without a name written into the pixels
@@ -15,11 +15,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from conftest import dicom_image
 
-from converters.anatomy import MAX_VALUE, CaseSpec, burn_in, render
-from converters.burned_in import (TextBox, blank_boxes, check_ocr_available,
-                                  find_burned_in_text)
-from converters.errors import InvalidImageError, SpinepipeError
-from converters.phantom import PhantomConfig
+from converters.phantom.anatomy import MAX_VALUE, CaseSpec, burn_in, render
+from converters.dicom.burned_in import (TextBox, blank_boxes, check_ocr_available,
+                                        find_burned_in_text)
+from converters.core.errors import InvalidImageError, SpinepipeError
+from converters.phantom.writing import PhantomConfig
 
 NAME = "DOE^JOHN 12345 01.02.1960"
 
@@ -155,7 +155,7 @@ def test_what_is_not_one_grey_frame_is_a_one_line_error(bad):
 
 
 def test_a_missing_tesseract_is_a_one_line_error(monkeypatch):
-    from converters import burned_in
+    from converters.dicom import burned_in
 
     pixels, photometric = real_cr("RG3_UNCR.dcm")
     img, _ = burn_corner(pixels, photometric)
@@ -205,8 +205,8 @@ def test_anonymize_quarantines_a_cr_whose_name_is_burned_in_without_the_flag(tmp
 
 
 def test_anonymize_blank_mode_blanks_what_ocr_found(tmp_path):
-    from converters.anonymize import AnonymizeConfig, anonymize_tree
-    from converters.ledger import load_or_create_salt, prepare_private
+    from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+    from converters.dicom.ledger import load_or_create_salt, prepare_private
 
     src, box = _cr_with_name(tmp_path, None)
     priv = prepare_private(tmp_path / "private")
@@ -222,8 +222,8 @@ def test_anonymize_blank_mode_blanks_what_ocr_found(tmp_path):
 
 
 def test_anonymize_with_the_flag_yes_skips_ocr_and_quarantines(tmp_path):
-    from converters.anonymize import AnonymizeConfig, anonymize_tree
-    from converters.ledger import load_or_create_salt, prepare_private
+    from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+    from converters.dicom.ledger import load_or_create_salt, prepare_private
 
     src, _ = _cr_with_name(tmp_path, "YES")
     priv = prepare_private(tmp_path / "private")
@@ -274,7 +274,7 @@ def _cases():
 
 @pytest.mark.parametrize("name", sorted(_cases()))
 def test_ocr_reads_exactly_the_pixels_pydicom_decodes(name):
-    from converters.anonymize import _native_view, _stored_pixels
+    from converters.dicom.anonymize import _native_view, _stored_pixels
 
     ds, view_applies = _cases()[name]
     expected = ds.pixel_array.copy()

@@ -1,4 +1,5 @@
-"""The one write path, tested as a class (issue #21 item 8, issue #30 item 5; converters/io.py).
+"""The one write path, tested as a class (issue #21 item 8, issue #30 item 5;
+converters/core/files.py).
 
 For *every* stage that writes (phantom, retrieve, anonymize, export, phantom-annotations,
 convert, split, train, evaluate, propose, to-seg, report, store), the stage is run once on a
@@ -40,9 +41,9 @@ import pydicom
 import pytest
 
 from conftest import Orthanc
-from converters import io
-from converters.ledger import load_or_create_salt, prepare_private
-from converters.paths import UnsafePathError
+from converters.core import files as io
+from converters.dicom.ledger import load_or_create_salt, prepare_private
+from converters.core.paths import UnsafePathError
 from pipeline.cli import main
 from test_fuzz_property import changed_outside
 from test_fuzz_property import snapshot as tree_state
@@ -96,7 +97,8 @@ STAGES = {
     "propose": (["propose", "--models-root", "{w}/models", "--images", "{w}/png", "--output",
                  "{w}/proposals/proposals.json"], ["proposals"]),
     "to-seg": (["to-seg", "--model", "pspnet", "--fold", "0", "--input", "{w}/truth",
-                "--run-dir", RUN, "--dicom", "{w}/anon", "--output", "{w}/seg", "--force"],
+                "--run-dir", RUN, "--dicom", "{w}/anon", "--images", "{w}/png", "--output",
+                "{w}/seg", "--force"],
                ["seg"]),
     "report": (["report", "--input", "{w}/eval", "--output", "{w}/reports", "--images", "{w}/png",
                 "--masks", "{w}/processed/masks", "--model", "unet", "--model", "pspnet"],

@@ -19,9 +19,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from conftest import ingest_chain
-from converters.coco import rasterize
-from converters.convert import ConvertConfig, convert
-from converters.errors import InvalidViaError
+from converters.annotations.coco import rasterize
+from converters.annotations.convert import ConvertConfig, convert
+from converters.core.errors import InvalidViaError
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 

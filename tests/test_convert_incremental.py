@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ingest_chain
-from converters.convert import ConvertConfig, convert
+from converters.annotations.convert import ConvertConfig, convert
 
 LUMBAR, SACRUM = 1, 2
 

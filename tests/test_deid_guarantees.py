@@ -3,7 +3,7 @@ table is refused when malformed, a kept value survives only when its check allow
 remapped consistently and never to itself, dates move by the patient's one shift, private tags
 go unless allowlisted, nested sequences are walked, code meanings come from the dictionary,
 the file meta is rebuilt, and the audit counts every element. Guards against regressions of
-the table's reader and of the engine that applies it (converters/anonymize.py)."""
+the table's reader and of the engine that applies it (converters/dicom/anonymize.py)."""
 from __future__ import annotations
 
 import copy
@@ -22,10 +22,10 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from converters import anonymize as an
-from converters.anonymize import AnonymizeConfig, anonymize_dataset
-from converters.burned_in import find_burned_in_text
-from converters.errors import InvalidConfigError, UnsupportedDicomError
+from converters.dicom import anonymize as an
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_dataset
+from converters.dicom.burned_in import find_burned_in_text
+from converters.core.errors import InvalidConfigError, UnsupportedDicomError
 
 SALT = b"\x05" * 32
 NO_OCR = AnonymizeConfig(ocr=False)

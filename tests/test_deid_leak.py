@@ -5,7 +5,7 @@ output byte; each place identifiers were found to survive, one by one; and the a
 an action for every element of the input.
 
 Anonymization runs through the real ``spinepipe anonymize`` command (in-process,
-``pipeline.cli.main``) or :func:`converters.anonymize.anonymize_tree`, on real pydicom files.
+``pipeline.cli.main``) or :func:`converters.dicom.anonymize.anonymize_tree`, on real pydicom files.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from pydicom.tag import Tag
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
 from conftest import dicom_image
-from converters.anonymize import AnonymizeConfig, anonymize_tree
-from converters.ledger import load_or_create_salt, prepare_private
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.ledger import load_or_create_salt, prepare_private
 from pipeline.cli import main
 
 MARKER = "ZQXLEAK"

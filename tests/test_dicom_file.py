@@ -1,4 +1,4 @@
-"""One DICOM reader (converters/dicom_file.py, issue #22 item 4).
+"""One DICOM reader (converters/dicom/read.py, issue #22 item 4).
 
 The class: a damaged DICOM file (not DICOM at all, cut short in its header or pixel data, a
 transfer syntax the standard does not define, a FIFO in its place) reaches several stages.
@@ -8,6 +8,7 @@ without preamble (as some archives store them) is read, not refused.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,8 +16,8 @@ import pydicom
 import pytest
 from conftest import dicom_image
 
-from converters.dicom_file import read_dicom
-from converters.errors import InvalidDicomError
+from converters.dicom.read import read_dicom
+from converters.core.errors import InvalidDicomError
 
 
 def _good(tmp_path: Path) -> bytes:
@@ -91,10 +92,10 @@ def _damaged_tree(tmp_path: Path, damage: str) -> tuple[Path, str]:
 
 @pytest.mark.parametrize("damage", ["cut in the pixel data", "undefined transfer syntax"])
 def test_every_stage_reads_dicom_through_it(tmp_path, damage, capsys):
-    from converters.pacs import _read_for_store
-    from converters.seg import read_seg
+    from converters.dicom.pacs import _read_for_store
+    from converters.dicom.seg import read_seg
     from pipeline.cli import main
-    from train.to_seg import _verify_identities
+    from train.infer.to_seg import _verify_identities
 
     path, says = _damaged_tree(tmp_path, damage)
     rel = "SP1/1.2.3/1.2.3.4.dcm"
@@ -108,7 +109,12 @@ def test_every_stage_reads_dicom_through_it(tmp_path, damage, capsys):
     assert f"failed: {says}" in capsys.readouterr().err
     reads = [lambda: _read_for_store(path), lambda: read_seg(path)]
     if damage == "undefined transfer syntax":  # to-seg checks identities on the header only
-        reads.append(lambda: _verify_identities(["SP1_1.2.3.4.png"], tmp_path / "tree", {}, b""))
+        record = tmp_path / "pngs" / "provenance" / "SP1_1.2.3.4.json"   # as export writes it
+        record.parent.mkdir(parents=True)
+        record.write_text(json.dumps({"image": "SP1_1.2.3.4.png", "source": rel,
+                                      "sop_instance_uid": "1.2.3.4"}))
+        reads.append(lambda: _verify_identities(["SP1_1.2.3.4.png"], tmp_path / "tree",
+                                                tmp_path / "pngs", {}, b""))
     for read in reads:
         with pytest.raises(InvalidDicomError) as err:
             read()

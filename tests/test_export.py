@@ -15,10 +15,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from converters.anonymize import AnonymizeConfig, anonymize_tree
-from converters.export import ExportConfig, export_tree
-from converters.ledger import load_or_create_salt, prepare_private
-from converters.pixels import DisplayConfig, to_display
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.export import ExportConfig, export_tree
+from converters.dicom.ledger import load_or_create_salt, prepare_private
+from converters.dicom.pixels import DisplayConfig, to_display
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 

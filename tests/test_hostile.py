@@ -21,12 +21,12 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import Orthanc, dicom_image
-from converters.anonymize import AnonymizeConfig, anonymize_tree
-from converters.export import ExportConfig, export_tree
-from converters.io import TEMP_MARK
-from converters.ledger import load_or_create_salt, prepare_private
-from converters.pacs import retrieve
-from converters.paths import UnsafePathError, confined, is_uid
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.export import ExportConfig, export_tree
+from converters.core.files import TEMP_MARK
+from converters.dicom.ledger import load_or_create_salt, prepare_private
+from converters.dicom.pacs import retrieve
+from converters.core.paths import UnsafePathError, confined, is_uid
 from pipeline.cli import main
 
 NO_PARAMS = "/nonexistent/params.yaml"  # defaults: only the arguments count
@@ -171,8 +171,8 @@ def test_retrieve_refuses_a_traversal_uid_from_a_real_pacs(tmp_path, capsys):
 
 def test_store_handler_refuses_objects_with_invalid_uids(tmp_path):
     """What a PACS pushes during C-GET / C-MOVE is checked too, not only C-FIND answers."""
-    from converters.io import prepare_output
-    from converters.pacs import Asked, Receiver, RetrieveConfig, deadline_for
+    from converters.core.files import prepare_output
+    from converters.dicom.pacs import Asked, Receiver, RetrieveConfig, deadline_for
 
     class Event:  # the two members of pynetdicom's C-STORE event that the handler reads
         def __init__(self, ds):
@@ -299,7 +299,7 @@ def test_a_fixed_failure_is_retried_and_named(tmp_path, capsys):
     salt = load_or_create_salt(priv)
     out = tmp_path / "out"
     out.mkdir()
-    from converters.anonymize import patient_pseudonym
+    from converters.dicom.anonymize import patient_pseudonym
     blocker = out / patient_pseudonym(salt, "MRN998877")
     blocker.write_text("a file where the patient's folder goes")  # the write of a.dcm fails
     args = ["anonymize", "--input", str(src), "--output", str(out), "--private", str(priv),
@@ -524,7 +524,7 @@ def test_reruns_remove_stale_temp_files(tmp_path, capsys):
 
 def test_zero_clahe_tiles_refused_by_the_library_too(tmp_path):
     """OpenCV kills the process (SIGFPE) on zero tiles: export refuses before any worker."""
-    from converters.errors import InvalidConfigError
+    from converters.core.errors import InvalidConfigError
     save(image(PatientIdentityRemoved="YES", PatientID="SP00"), tmp_path / "anon" / "a.dcm")
     with pytest.raises(InvalidConfigError, match="clahe_tiles must be >= 1"):
         export_tree(tmp_path / "anon", tmp_path / "png",

@@ -2,9 +2,9 @@
 ID, by study), a ledger that refuses to map two identities to one pseudonym or one object and
 never overwrites an entry, and re-identification that checks the identity before writing.
 
-Real pydicom objects through :func:`converters.anonymize.anonymize_tree` and the real CLI;
-re-identification through :func:`train.to_seg.write_segs` (what ``spinepipe to-seg
---reidentify`` runs) and :func:`converters.seg.reidentified_source`.
+Real pydicom objects through :func:`converters.dicom.anonymize.anonymize_tree` and the real CLI;
+re-identification through :func:`train.infer.to_seg.write_segs` (what ``spinepipe to-seg
+--reidentify`` runs) and :func:`converters.dicom.seg.reidentified_source`.
 """
 from __future__ import annotations
 
@@ -22,13 +22,16 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import dicom_image
-from converters.anonymize import AnonymizeConfig, anonymize_tree, patient_pseudonym
-from converters.errors import InvalidLedgerError
-from converters.ledger import (load_ledger, load_or_create_salt, prepare_private,
-                               write_private_json)
-from converters.seg import reidentified_source
+from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree, patient_pseudonym
+from converters.core.errors import (InvalidDicomError, InvalidLedgerError, InvalidTableError,
+                                    MissingInputError)
+from converters.core.paths import UnsafePathError
+from converters.dicom.export import ExportConfig, export_tree
+from converters.dicom.ledger import (load_ledger, load_or_create_salt, prepare_private,
+                                     write_private_json)
+from converters.dicom.seg import reidentified_source
 from pipeline.cli import main
-from train.to_seg import write_segs
+from train.infer.to_seg import write_segs
 
 NO_PARAMS = "/nonexistent/params.yaml"
 
@@ -176,12 +179,12 @@ def _project(tmp_path: Path) -> tuple[Path, Path, Path, list[str]]:
           tmp_path / "in" / "b.dcm")
     report, priv = _run(tmp_path)
     assert report.counts == {"anonymized": 2}
+    exported = export_tree(tmp_path / "out", tmp_path / "png", ExportConfig()).exported
+    assert len(exported) == 2           # with their provenance records (to-seg reads them)
     ev = tmp_path / "eval"
     (ev / "predictions").mkdir(parents=True)
     images = []
-    for out in sorted((tmp_path / "out").rglob("*.dcm")):
-        ds = pydicom.dcmread(out)
-        name = f"{ds.PatientID}_{ds.SOPInstanceUID}.png"
+    for name in sorted(exported.values()):
         mask = np.zeros((32, 32), np.uint8)
         mask[8:20, 8:20] = 1
         cv2.imwrite(str(ev / "predictions" / name), mask)
@@ -194,8 +197,8 @@ def _project(tmp_path: Path) -> tuple[Path, Path, Path, list[str]]:
 
 
 def _reidentify(priv: Path, anon: Path, ev: Path) -> dict:
-    return write_segs(ev, anon, priv / "seg", model="unet", fold=0, private=priv,
-                      reidentify=True)
+    return write_segs(ev, anon, anon.parent / "png", priv / "seg", model="unet", fold=0,
+                      private=priv, reidentify=True)
 
 
 def test_reidentification_attaches_each_patient_to_their_own_study(tmp_path):
@@ -203,6 +206,52 @@ def test_reidentification_attaches_each_patient_to_their_own_study(tmp_path):
     record = _reidentify(priv, anon, ev)
     names = {str(pydicom.dcmread(priv / "seg" / r["seg"]).PatientName) for r in record["images"]}
     assert names == {"ALPHA^ANNA", "BETA^BERT"}
+
+
+@pytest.mark.parametrize("damage, error, message", [
+    ("missing", MissingInputError, "provenance record not found"),
+    ("other_image", InvalidTableError, "provenance record of 'x.png'"),
+    ("outside", UnsafePathError, "outside the output folder"),
+    ("no_source", InvalidTableError, "no 'source' key"),
+    ("gone", MissingInputError, "no anonymized DICOM"),
+    ("swapped", InvalidDicomError, "differs from the image's provenance record"),
+])
+def test_each_image_s_source_is_the_one_its_provenance_record_names(tmp_path, damage, error,
+                                                                    message):
+    """to-seg finds a PNG's DICOM through export's record, never by its name: a record that
+    is missing, of another image, pointing outside the DICOM tree or at another object is one
+    error naming it, and nothing is written."""
+    priv, anon, ev, images = _project(tmp_path)
+    record = tmp_path / "png" / "provenance" / f"{Path(images[0]).stem}.json"
+    data = json.loads(record.read_text())
+    other = json.loads((record.parent / f"{Path(images[1]).stem}.json").read_text())
+    if damage == "missing":
+        record.unlink()
+    elif damage == "other_image":
+        data["image"] = "x.png"
+    elif damage == "outside":
+        data["source"] = "../in/a.dcm"
+    elif damage == "no_source":
+        del data["source"]
+    elif damage == "gone":
+        (anon / data["source"]).unlink()
+    else:                               # the other image's DICOM under this image's record
+        data["source"] = other["source"]
+    if record.exists():
+        record.write_text(json.dumps(data))
+    with pytest.raises(error, match=message):
+        write_segs(ev, anon, tmp_path / "png", tmp_path / "seg", model="unet", fold=0)
+    assert not list((tmp_path / "seg").glob("*.dcm"))
+
+
+def test_reidentification_without_a_ledger_names_the_stage_that_makes_it(tmp_path):
+    priv, anon, ev, _ = _project(tmp_path)
+    (priv / "ledger.json").unlink()
+    with pytest.raises(MissingInputError) as info:
+        _reidentify(priv, anon, ev)
+    assert info.value.produced_by == "anonymize" and info.value.file == str(priv / "ledger.json")
+    assert not (priv / "seg").exists() or not list((priv / "seg").glob("*.dcm"))
+    assert load_ledger(priv) == {"version": 2, "patients": {}, "instances": {}}  # anonymize's
 
 
 @pytest.mark.parametrize("tamper", ["instance_points_to_another_patient",

@@ -1,4 +1,4 @@
-"""Guarantees of incremental re-runs (converters/incremental.py and convert's use of it).
+"""Guarantees of incremental re-runs (converters/core/incremental.py and convert's use of it).
 
 Class of defect guarded: a re-run that keeps a stale output (a mask drawn from the old
 polygons, an output someone replaced by a link), one that redoes or deletes what it must
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from converters.convert import STATE_FILE, ConvertConfig, convert
-from converters.errors import InvalidImageError
-from converters.incremental import VERSION, IncrementalState, file_signature
-from converters.io import TEMP_MARK, output_root
+from converters.annotations.convert import STATE_FILE, ConvertConfig, convert
+from converters.core.errors import InvalidImageError
+from converters.core.incremental import VERSION, IncrementalState, file_signature
+from converters.core.files import TEMP_MARK, output_root
 
 
 # --------------------------------------------------------------------------------------------

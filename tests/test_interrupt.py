@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from converters.io import TEMP_MARK
-from converters.phantom import PhantomConfig, generate
+from converters.core.files import TEMP_MARK
+from converters.phantom.writing import PhantomConfig, generate
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 

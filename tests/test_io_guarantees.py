@@ -1,5 +1,5 @@
-"""Guarantees of the one write and delete path (converters/io.py) that mutation testing found
-unguarded (issue 30).
+"""Guarantees of the one write and delete path (converters/core/files.py) that mutation testing
+found unguarded (issue 30).
 
 Class of defect guarded: a read or a move that follows a link planted by someone else, a move
 or a delete that lands relative to the working directory or creates folders, a count of
@@ -13,12 +13,12 @@ import stat
 
 import pytest
 
-from converters.errors import OutputFolderError, UnsafeLocationError
-from converters.io import (TEMP_MARK, atomic_path, check_apart, is_own_file, move_into_place,
-                           output_root, prepare_output, read_own, remove_output,
-                           remove_stale_temps, temp_name, write_bytes, write_json,
-                           write_text)
-from converters.paths import UnsafePathError
+from converters.core.errors import OutputFolderError, UnsafeLocationError
+from converters.core.files import (TEMP_MARK, atomic_path, check_apart, is_own_file,
+                                   move_into_place, output_root, prepare_output, read_own,
+                                   remove_output, remove_stale_temps, temp_name, write_bytes,
+                                   write_json, write_text)
+from converters.core.paths import UnsafePathError
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ import pytest
 import torch
 
 from conftest import ingest_chain
-from converters.convert import ConvertConfig, convert
-from converters.ledger import SALT_FILE, prepare_private
-from converters.phantom import PhantomConfig, generate
-from train.checkpoint import load_checkpoint
-from train.evaluate import EvaluateConfig, evaluate_run
-from train.runner import Preset, TrainConfig, prepare_run, run
-from train.split import SplitConfig, write_splits
+from converters.annotations.convert import ConvertConfig, convert
+from converters.dicom.ledger import SALT_FILE, prepare_private
+from converters.phantom.writing import PhantomConfig, generate
+from train.fit.checkpoint import load_checkpoint
+from train.evaluation.evaluate import EvaluateConfig, evaluate_run
+from train.fit.runner import Preset, TrainConfig, prepare_run, run
+from converters.annotations.split import SplitConfig, write_splits
 
 SEED = 0
 SCALE = [64, 160]   # width, height of the network's input (the phantom is 96 x 240)

@@ -1,4 +1,4 @@
-"""Guarantees of the private folder and the pseudonym ledger (converters/ledger.py).
+"""Guarantees of the private folder and the pseudonym ledger (converters/dicom/ledger.py).
 
 Class of defect guarded: a salt that is recreated, readable by others or accepted when
 damaged; pseudonyms or date shifts that change between runs, collide across identity kinds or
@@ -17,12 +17,12 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from converters.errors import InvalidDicomError, InvalidLedgerError, UnsafeLocationError
-from converters.ledger import (LEDGER_VERSION, date_shift_days, identity_key, load_ledger,
-                               load_or_create_salt, load_salt, mac, patient_identity,
-                               patient_pseudonym, prepare_private, pseudonym_of,
-                               read_private_json, record_instance, verified_identity,
-                               write_private_json)
+from converters.core.errors import InvalidDicomError, InvalidLedgerError, UnsafeLocationError
+from converters.dicom.ledger import (LEDGER_VERSION, date_shift_days, identity_key, load_ledger,
+                                     load_or_create_salt, load_salt, mac, patient_identity,
+                                     patient_pseudonym, prepare_private, pseudonym_of,
+                                     read_private_json, record_instance, verified_identity,
+                                     write_private_json)
 
 SALT = bytes(range(32))
 

@@ -1,4 +1,4 @@
-"""Clinical measures (converters/measures.py): constructed spines with known angles, heights
+"""Clinical measures (converters/spine/measures.py): constructed spines with known angles, heights
 and slips, the reasons a measure is not made, and the phantom's true geometry."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from converters.measures import (COLUMNS, MEASURES, find_vertebrae, image_measures, meyerding,
-                                 measures_from_endplates)
+from converters.spine.measures import (COLUMNS, MEASURES, find_vertebrae, image_measures,
+                                       meyerding, measures_from_endplates)
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
 
@@ -176,8 +176,8 @@ def test_a_level_given_twice_and_no_spine():
 def test_measures_of_the_phantom_match_its_true_geometry(tmp_path):
     """The annotated polygons (VIA's integer vertices, as an annotator's file holds them)
     give the phantom's true measures: lordosis within 1 degree on every image."""
-    from converters.phantom import PhantomConfig, generate
-    from converters.via import read_via
+    from converters.phantom.writing import PhantomConfig, generate
+    from converters.annotations.via import read_via
     cfg = PhantomConfig(n=40, seed=11, height=640, width=256, slip_share=0.4,
                         burned_in_share=0)
     generate(cfg, tmp_path, workers=1)

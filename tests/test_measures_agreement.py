@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import ingest_chain
-from converters.convert import ConvertConfig, convert
-from train.evaluate import EvaluateConfig, evaluate_run
+from converters.annotations.convert import ConvertConfig, convert
+from train.evaluation.evaluate import EvaluateConfig, evaluate_run
 
 
 @pytest.fixture(scope="module")

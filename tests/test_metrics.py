@@ -1,4 +1,4 @@
-"""Pixel metrics (train/metrics.py) on hand-computed cases, against the straightforward
+"""Pixel metrics (train/evaluation/metrics.py) on hand-computed cases, against the straightforward
 per-class-mask implementation, pooled metrics, and ``spinepipe metrics``."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from converters.errors import ShapeMismatchError, SpinepipeError
-from train.metrics import METRICS, confusion, pixel_metrics, pooled_metrics
+from converters.core.errors import ShapeMismatchError, SpinepipeError
+from train.evaluation.metrics import METRICS, confusion, pixel_metrics, pooled_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")

@@ -1,5 +1,5 @@
-"""Pixel metrics (train/metrics.py): hand-computed pooled metrics, exact counts on the largest
-radiographs, mixed integer masks, and errors that name the image (issue 30's mutation run).
+"""Pixel metrics (train/evaluation/metrics.py): hand-computed pooled metrics, exact counts on the
+largest radiographs, mixed integer masks, and errors that name the image (issue 30's mutation run).
 
 Class of defect guarded: a pooled metric with a wrong formula or wrong classes counted (a
 class seen once, a class only predicted), counts rounded on images above 16.7 megapixels
@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from converters.errors import ShapeMismatchError, SpinepipeError
-from train.metrics import confusion, metrics_from_confusion, pixel_metrics, pooled_metrics
+from converters.core.errors import ShapeMismatchError, SpinepipeError
+from train.evaluation.metrics import (confusion, metrics_from_confusion, pixel_metrics,
+                                      pooled_metrics)
 
 NAMES = {0: "background", 1: "lumbar", 2: "sacrum"}
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from mmengine.runner import load_checkpoint as mm_load_checkpoint
 
-from converters.errors import CheckpointError
-from train.checkpoint import load_checkpoint
-from train.run_config import build_leaf
-from train.runner import last_checkpoint, train
+from converters.core.errors import CheckpointError
+from train.fit.checkpoint import load_checkpoint
+from train.fit.run_config import build_leaf
+from train.fit.runner import last_checkpoint, train
 
 TINY = {
     # (model, annotation files, options keeping the run to a few CPU seconds)

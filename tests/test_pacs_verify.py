@@ -27,9 +27,9 @@ from pynetdicom.sop_class import (ComputedRadiographyImageStorage,
                                   StudyRootQueryRetrieveInformationModelMove)
 
 from conftest import Orthanc, dicom_image, free_port
-from converters.io import TEMP_MARK
-from converters.pacs import (DEADLINE_FACTOR, REFUSED_NOT_ASKED, PacsError, RetrieveConfig,
-                             explain_status, retrieve, store)
+from converters.core.files import TEMP_MARK
+from converters.dicom.pacs import (DEADLINE_FACTOR, REFUSED_NOT_ASKED, PacsError, RetrieveConfig,
+                                   explain_status, retrieve, store)
 from pipeline.cli import main
 
 STUDY, SERIES, SOP, PATIENT, ACCESSION = "1.2.3.21.1", "1.2.3.21.1.1", "1.2.3.21.1.1.1", "P21", "ACC21"

@@ -6,7 +6,7 @@ from typing import Literal
 
 import pytest
 
-from converters.errors import ParamsError
+from converters.core.errors import ParamsError
 from pipeline.params import from_mapping, load_section
 
 
@@ -68,3 +68,34 @@ def test_scientific_notation_is_a_number_as_dvc_reads_it(tmp_path):
     assert load_section(Section, "s", p) == Section(ratio=1e-4, name="1e5", maybe=2)
     p.write_text("s:\n  ratio: 2.5E+3\n")
     assert load_section(Section, "s", p).ratio == 2500.0
+
+
+@pytest.mark.parametrize("command, section, key, message", [
+    ("evaluate", "evaluate", "score_thr", "moved to 'postprocess.score_thr'"),
+    ("evaluate", "evaluate", "containment_max", "moved to 'postprocess.containment_max'"),
+    ("propose", "propose", "nms_iou", "moved to 'postprocess.nms_iou'"),
+    ("propose", "propose", "match_iou", "is no longer read (propose never used it)"),
+])
+def test_an_old_params_file_names_the_new_place_of_a_moved_key(tmp_path, capsys, command,
+                                                               section, key, message):
+    """params.yaml of an earlier spinepipe: one line naming the key's new place, exit 1,
+    never a silent default."""
+    from pipeline.cli import main
+    params = tmp_path / "params.yaml"
+    params.write_text(f"{section}:\n  {key}: 0.3\n")
+    argv = {"evaluate": ["evaluate", "--model", "unet", "--fold", "0"],
+            "propose": ["propose", "--output", str(tmp_path / "p.json")]}[command]
+    assert main([*argv, "--params", str(params), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"key '{section}.{key}' {message}" in err, err
+    assert str(params) in err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_every_moved_key_names_a_key_that_exists():
+    from pipeline.params import MOVED
+    from train.evaluation.recognition import PostprocessConfig
+    post = {f.name for f in dataclasses.fields(PostprocessConfig)}
+    for old, says in MOVED.items():
+        if "moved to 'postprocess." in says:
+            assert says.split("'postprocess.")[1].split("'")[0] in post, old

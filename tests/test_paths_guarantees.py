@@ -1,4 +1,4 @@
-"""Guarantees of converters/paths.py that mutation testing found unguarded (issue 30).
+"""Guarantees of converters/core/paths.py that mutation testing found unguarded (issue 30).
 
 Class of defect guarded: a value from data (a UID, a name, a VIA file name) accepted or refused
 at the wrong length, a trailing ``..`` that climbs out of the output folder, and an error that
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from converters.paths import UnsafePathError, check_name, check_uid, confined, is_safe_name, is_uid
+from converters.core.paths import (UnsafePathError, check_name, check_uid, confined, is_safe_name,
+                                   is_uid)
 
 
 def test_uid_of_exactly_64_characters_is_valid_and_65_is_not():
@@ -64,7 +65,7 @@ def test_refusal_of_a_way_out_names_the_path_and_the_file(tmp_path):
 
 
 def test_a_link_at_the_final_name_is_left_to_the_write_path(tmp_path):
-    # the write replaces a link planted at the output's name (converters.io), so the check
+    # the write replaces a link planted at the output's name (converters.core.files), so the check
     # must not refuse the output because of where that link points
     root = tmp_path / "out"
     root.mkdir()

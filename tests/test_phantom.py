@@ -11,9 +11,9 @@ import pydicom
 import pytest
 from shapely.geometry import Polygon
 
-from converters.coco import rasterize, flat
-from converters.errors import InvalidConfigError
-from converters.phantom import PhantomConfig, generate
+from converters.annotations.coco import rasterize, flat
+from converters.core.errors import InvalidConfigError
+from converters.phantom.writing import PhantomConfig, generate
 
 IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "StudyTime",
                "AccessionNumber", "InstitutionName", "ReferringPhysicianName",

@@ -1,6 +1,6 @@
-"""Proposals back to VIA (converters/propose.py, train/propose.py, spinepipe propose): masks
-to polygons, the review order, the VIA project's keys, and the annotators' corrections read
-back by convert."""
+"""Proposals back to VIA (converters/annotations/proposals.py, train/infer/propose.py, spinepipe
+propose): masks to polygons, the review order, the VIA project's keys, and the annotators'
+corrections read back by convert."""
 from __future__ import annotations
 
 import csv
@@ -15,11 +15,12 @@ import pytest
 
 from shapely.geometry import Polygon
 
-from converters.coco import flat, mask_outline, rasterize
-from converters.propose import (PROPOSAL_ATTRIBUTE, REGION_ID, Proposal, ProposedRegion,
-                                corrections, mask_polygon, polygon_iou, read_proposal, review,
-                                simplify, via_images)
-from converters.via import polygon_region, read_via
+from converters.annotations.coco import flat, mask_outline, rasterize
+from converters.annotations.proposals import (PROPOSAL_ATTRIBUTE, REGION_ID, Proposal,
+                                              ProposedRegion, corrections, mask_polygon,
+                                              polygon_iou, read_proposal, review, simplify,
+                                              via_images)
+from converters.annotations.via import polygon_region, read_via
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
@@ -116,7 +117,7 @@ def test_corrections_of_an_edited_project():
     image = via_images([prop], class_attribute="class", model="m")[0]
     proposed = read_proposal(image.file_attributes[PROPOSAL_ATTRIBUTE], "f.json", "a.png")
     assert [p.id for p in proposed] == [r.attributes[REGION_ID] for r in image.regions]
-    from converters.via import ReadRegion
+    from converters.annotations.via import ReadRegion
     final = [ReadRegion(i, "polygon", list(r.xs), list(r.ys), dict(r.attributes))
              for i, r in enumerate(image.regions)]
     final[0].xs = [0, 12, 12]                       # a point moved
@@ -137,7 +138,7 @@ def test_corrections_of_an_edited_project():
                                    '{"regions": [{"id": "p1", "class": "lumbar", "x": [1, 2], "y": [1]}]}',
                                    '{"regions": [{"id": "p1", "class": "lumbar", "x": ["a"], "y": [1]}]}'])
 def test_a_tampered_proposal_record_is_one_clear_error(value):
-    from converters.errors import InvalidViaError
+    from converters.core.errors import InvalidViaError
     with pytest.raises(InvalidViaError, match="spinepipe_proposal.*f.json|f.json.*spinepipe_proposal"):
         read_proposal(value, "f.json", "a.png")
 
@@ -164,9 +165,9 @@ def trained(tmp_path_factory):
     import yaml
 
     from conftest import ingest_chain
-    from converters.convert import ConvertConfig, convert
-    from converters.phantom import PhantomConfig, generate
-    from train.split import SplitConfig, write_splits
+    from converters.annotations.convert import ConvertConfig, convert
+    from converters.phantom.writing import PhantomConfig, generate
+    from converters.annotations.split import SplitConfig, write_splits
     root = tmp_path_factory.mktemp("propose")
     generate(PhantomConfig(n=14, seed=5, height=240, width=96, burned_in_share=0,
                            overlap_share=0.8), root / "raw", workers=1)
@@ -187,7 +188,8 @@ def trained(tmp_path_factory):
     params = {"train": {"preset": "tiny", "images": str(root / "png"),
                         "masks": str(root / "processed" / "masks"),
                         "splits": str(root / "splits"), "presets": {"tiny": TINY}},
-              "propose": {"enabled": True, "max_points": 12, "score_thr": 0.05}}
+              "propose": {"enabled": True, "max_points": 12},
+              "postprocess": {"score_thr": 0.05}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     for model, fold in (("mask_rcnn", "0"), ("mask_rcnn", "1"), ("unet", "0")):
         proc = subprocess.run([SPINEPIPE, "train", "--model", model, "--fold", fold, "--quiet"],

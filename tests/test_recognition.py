@@ -1,4 +1,5 @@
-"""Recognition and composite recognition rates (train/recognition.py) on constructed cases:
+"""Recognition and composite recognition rates (train/evaluation/recognition.py) on constructed
+cases:
 a lateral spine of rectangles, bottom to top S1, L5..L1, with L3 and L4 overlapping."""
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from train.recognition import (Instances, RecognitionConfig, components, encode,
-                               merged_class_mask, postprocess_instances, recognize)
+from train.evaluation.recognition import (Instances, RecognitionConfig, components, encode,
+                                          merged_class_mask, postprocess_instances, recognize)
 
 H, W = 200, 60
 CFG = RecognitionConfig(score_thr=0.3, nms_iou=0.5, min_area=5, match_iou=0.5,

@@ -1,5 +1,5 @@
-"""Recognition (train/recognition.py) at its thresholds and edges, by hand (issue 30's mutation
-run).
+"""Recognition (train/evaluation/recognition.py) at its thresholds and edges, by hand (issue 30's
+mutation run).
 
 Class of defect guarded: an IoU, score, area or overlap exactly at its threshold judged on the
 wrong side; one- and two-vertebra images mishandled; a high-scoring non-vertebra or an empty
@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from train.recognition import (Instances, RecognitionConfig, _centroid, _centroid_of,
-                               bounding_crop, components, containment_matrix, encode,
-                               encode_crop,
-                               largest_component, merged_class_mask, overlap_matrix,
-                               postprocess_instances, recognize)
+from train.evaluation.recognition import (Instances, RecognitionConfig, _centroid, _centroid_of,
+                                          bounding_crop, components, containment_matrix, encode,
+                                          encode_crop, largest_component, merged_class_mask,
+                                          overlap_matrix, postprocess_instances, recognize)
 
 H, W = 60, 40
 CFG = RecognitionConfig(score_thr=0.3, nms_iou=0.5, min_area=4, match_iou=0.5,

@@ -1,4 +1,4 @@
-"""Pipeline records read in one place (converters/records.py, issue #22 item 5).
+"""Pipeline records read in one place (converters/core/records.py, issue #22 item 5).
 
 The class: a JSON file that one stage writes and another reads (splits.json, the split's COCO
 files, an evaluation's summary.json and instances.json) may be missing, truncated, replaced by
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from converters.errors import InvalidTableError, MissingInputError, SpinepipeError
-from converters.records import read_json
+from converters.core.errors import InvalidTableError, MissingInputError, SpinepipeError
+from converters.core.records import read_json
 
 #: damage -> (writer of the file, what the message must say)
 DAMAGES = {
@@ -93,7 +93,7 @@ def test_the_split_stage_reads_the_coco_file_through_it(tiny_dataset, tmp_path):
 
 
 def test_training_reads_the_splits_through_it(tmp_path):
-    from train.runner import TrainConfig, prepare_run
+    from train.fit.runner import TrainConfig, prepare_run
 
     splits = _damaged(tmp_path / "splits" / "splits.json")
     cfg = TrainConfig(splits=str(tmp_path / "splits"))
@@ -105,7 +105,7 @@ def test_training_reads_the_splits_through_it(tmp_path):
 
 
 def test_evaluation_reads_the_test_set_and_the_predictions_through_it(tiny_dataset, tmp_path):
-    from train.evaluate import TestSet, _predicted_instances
+    from train.evaluation.evaluate import TestSet, _predicted_instances
 
     coco = _damaged(tmp_path / "test.json")
     with pytest.raises(InvalidTableError, match=f"test set: malformed JSON .*, in {coco}"):
@@ -122,8 +122,8 @@ def test_evaluation_reads_the_test_set_and_the_predictions_through_it(tiny_datas
 
 
 def test_the_report_reads_each_summary_through_it(tmp_path):
-    from train.evaluate import PER_IMAGE_FIELDS
-    from train.report_tables import load_evaluations
+    from train.evaluation.evaluate import PER_IMAGE_FIELDS
+    from train.report.tables import load_evaluations
 
     fold = tmp_path / "eval" / "unet" / "fold0"
     fold.mkdir(parents=True)
@@ -139,7 +139,7 @@ def test_the_report_reads_each_summary_through_it(tmp_path):
 
 
 def test_to_seg_reads_the_instances_through_it(tmp_path):
-    from train.to_seg import write_segs
+    from train.infer.to_seg import write_segs
 
     eval_dir = tmp_path / "eval" / "mask_rcnn" / "fold0"
     eval_dir.mkdir(parents=True)
@@ -147,7 +147,8 @@ def test_to_seg_reads_the_instances_through_it(tmp_path):
     instances = eval_dir / "instances.json"
     instances.write_text("\xff")
     with pytest.raises(InvalidTableError, match=f"predicted instances: .*, in {instances}"):
-        write_segs(eval_dir, tmp_path / "dicom", tmp_path / "seg", model="mask_rcnn", fold=0)
+        write_segs(eval_dir, tmp_path / "dicom", tmp_path / "png", tmp_path / "seg",
+                   model="mask_rcnn", fold=0)
 
 
 def _run(main, argv: list[str]) -> tuple[int, str]:

@@ -14,11 +14,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import Orthanc, free_port
-from converters.pacs import PacsError, RetrieveConfig, read_manifest, retrieve
-from converters.errors import InvalidTableError
-from converters.io import TEMP_MARK
-from converters.phantom import PhantomConfig, generate
+from conftest import Orthanc
+from converters.dicom.pacs import PacsError, RetrieveConfig, read_manifest, retrieve
+from converters.core.errors import InvalidTableError
+from converters.core.files import TEMP_MARK
+from converters.phantom.writing import PhantomConfig, generate
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
@@ -91,7 +91,7 @@ def test_server_killed_mid_transfer_then_rerun_completes(tmp_path, monkeypatch):
     """The PACS dies right after the second object has been written (from inside the
     C-STORE handler: no race with the transfer): the run reports the failure, keeps what
     arrived, and a re-run after the PACS is back fetches only the rest."""
-    import converters.pacs as pacs_module
+    import converters.dicom.pacs as pacs_module
     archive = tmp_path / "archive"
     generate(PhantomConfig(n=10, seed=21, height=2560, width=1024, burned_in_share=0,
                            repeat_patient_share=0), archive, workers=1)

@@ -1,4 +1,5 @@
-"""Results back to the clinic (converters/seg.py, train/to_seg.py, spinepipe to-seg / store):
+"""Results back to the clinic (converters/dicom/seg.py, train/infer/to_seg.py, spinepipe to-seg /
+store):
 predictions as DICOM SEG on the radiographs, pseudonymized or re-identified, stored to a real
 Orthanc and fetched back."""
 from __future__ import annotations
@@ -19,8 +20,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from conftest import Orthanc, ingest_chain
-from converters.coco import rasterize
-from converters.seg import read_seg
+from converters.annotations.coco import rasterize
+from converters.dicom.seg import read_seg
 from test_anonymize import _leak_scan
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
@@ -32,7 +33,7 @@ def project(tmp_path_factory):
     """A phantom archive anonymized and exported, and two evaluation folders of "predictions"
     made from the true polygons (overlapping vertebrae included): an instance model's
     (instances.json) and a semantic model's (class-mask PNGs)."""
-    from converters.phantom import PhantomConfig, generate
+    from converters.phantom.writing import PhantomConfig, generate
     root = tmp_path_factory.mktemp("seg")
     generate(PhantomConfig(n=N_IMAGES, seed=3, height=400, width=160, burned_in_share=0,
                            overlap_share=1.0), root / "raw", workers=1)
@@ -92,7 +93,8 @@ def _instance_segs(root: Path) -> list[Path]:
     earlier test has not (checked: exit 0, one object per image)."""
     if len(_segs(root / "seg_inst")) != N_IMAGES:
         proc = _run(root, "to-seg", "--model", "mask_rcnn", "--fold", "0", "--input",
-                    "eval/mask_rcnn/fold0", "--dicom", "anon", "--output", "seg_inst", "--force")
+                    "eval/mask_rcnn/fold0", "--dicom", "anon",
+                    "--images", "png", "--output", "seg_inst", "--force")
         assert proc.returncode == 0, proc.stderr
     files = _segs(root / "seg_inst")
     assert len(files) == N_IMAGES, files
@@ -111,7 +113,8 @@ def _closed_port():
 def test_instance_predictions_read_back_pixel_for_pixel(project):
     root, results = project
     proc = _run(root, "to-seg", "--model", "mask_rcnn", "--fold", "0", "--input",
-                "eval/mask_rcnn/fold0", "--dicom", "anon", "--output", "seg_inst", "--force")
+                "eval/mask_rcnn/fold0", "--dicom", "anon",
+                "--images", "png", "--output", "seg_inst", "--force")
     assert proc.returncode == 0, proc.stderr
     files = _segs(root / "seg_inst")
     assert len(files) == N_IMAGES and "4 pseudonymized DICOM SEG" in proc.stderr
@@ -167,7 +170,7 @@ def test_semantic_predictions_give_one_segment_per_class_on_the_source_grid(proj
                       interpolation=cv2.INTER_NEAREST)
     cv2.imwrite(str(first), half)
     proc = _run(root, "to-seg", "--model", "unet", "--fold", "0", "--input", str(ev),
-                "--dicom", "anon", "--output", str(tmp_path / "seg"), "--force")
+                "--dicom", "anon", "--images", "png", "--output", str(tmp_path / "seg"), "--force")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "seg" / "to_seg.json").read_text())
     assert len(record["images"]) == N_IMAGES
@@ -196,12 +199,13 @@ def test_reidentified_seg_only_under_the_private_folder(project):
     root, _ = project
     for out in ("data/seg_reid", "seg_reid", "private/../seg_reid"):
         proc = _run(root, "to-seg", "--model", "mask_rcnn", "--input", "eval/mask_rcnn/fold0",
-                    "--dicom", "anon", "--output", out, "--reidentify", "--private", "private")
+                    "--dicom", "anon",
+                    "--images", "png", "--output", out, "--reidentify", "--private", "private")
         assert proc.returncode == 1 and "only under the private folder" in proc.stderr, out
         assert proc.stderr.count("\n") == 1
         assert not (root / out).exists()
     proc = _run(root, "to-seg", "--model", "mask_rcnn", "--input", "eval/mask_rcnn/fold0",
-                "--dicom", "anon", "--output", "seg_reid", "--reidentify")
+                "--dicom", "anon", "--images", "png", "--output", "seg_reid", "--reidentify")
     assert proc.returncode == 1 and "--private" in proc.stderr
 
 
@@ -219,7 +223,8 @@ def test_reidentified_seg_stored_to_a_real_pacs_and_fetched_back(project, tmp_pa
                                       StudyRootQueryRetrieveInformationModelGet)
     root, _ = project
     proc = _run(root, "to-seg", "--model", "mask_rcnn", "--input", "eval/mask_rcnn/fold0",
-                "--dicom", "anon", "--output", "private/seg", "--reidentify", "--private",
+                "--dicom", "anon",
+                "--images", "png", "--output", "private/seg", "--reidentify", "--private",
                 "private")
     assert proc.returncode == 0, proc.stderr
     assert "re-identified" in proc.stderr

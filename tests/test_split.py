@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from converters.errors import SpinepipeError
-from train.split import SplitConfig, make_splits, write_splits
+from converters.core.errors import SpinepipeError
+from converters.annotations.split import SplitConfig, make_splits, write_splits
 
 
 def _rows(n_patients: int = 150, seed: int = 0) -> list[dict]:

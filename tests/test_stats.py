@@ -1,5 +1,6 @@
-"""Statistics (train/stats.py) against SciPy, statsmodels and scikit-posthocs called directly,
-and the report (train/report.py) on evaluation folders written by train/evaluate.py's own
+"""Statistics (train/report/stats.py) against SciPy, statsmodels and scikit-posthocs called
+directly, and the report (train/report/build.py) on evaluation folders written by
+train/evaluation/evaluate.py's own
 writer."""
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from scipy import stats as st
 from statsmodels.sandbox.stats.multicomp import MultiComparison
 from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
-from train import stats
-from train.evaluate import write_scores
-from train.metrics import METRICS
-from train.report import ReportConfig, build_report
+from train.report import stats
+from train.evaluation.evaluate import write_scores
+from train.evaluation.metrics import METRICS
+from train.report.build import ReportConfig, build_report
 
 MODELS = ["mask_rcnn", "yolact", "unet", "pspnet", "deeplabv3"]
 
@@ -159,7 +160,7 @@ def test_report_from_evaluation_folders(tmp_path, frame):
 def test_overlap_finding_compares_the_best_of_each_family():
     from statsmodels.stats.contingency_tables import mcnemar
 
-    from train.report_tables import overlap_finding, subgroups
+    from train.report.tables import overlap_finding, subgroups
     rows = []
     for i in range(12):
         for model, comp in (("mask_rcnn", i < 10), ("yolact", i < 4), ("unet", i < 3),

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from conftest import ingest_chain
-from converters.convert import ConvertConfig, convert
-from converters.phantom import PhantomConfig, generate
-from train.split import SplitConfig, write_splits
+from converters.annotations.convert import ConvertConfig, convert
+from converters.phantom.writing import PhantomConfig, generate
+from converters.annotations.split import SplitConfig, write_splits
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
@@ -188,7 +188,7 @@ def test_a_diverging_training_stops_with_one_line(project, model, options, cause
 def test_non_finite_weights_are_told_from_finite_ones():
     import torch
 
-    from train.runner import _finite_weights
+    from train.fit.runner import _finite_weights
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     assert _finite_weights(net)
@@ -209,10 +209,10 @@ def test_missing_data_is_reported_before_training(project, tmp_path):
 @pytest.mark.parametrize("model, split", [("mask_rcnn", "train.json"), ("unet", "train.txt")])
 def test_albumentations_run_inside_the_training_pipeline(project, model, split):
     """Photometric and geometric albumentations on grayscale images; boxes, masks and class
-    masks follow (train/augment.py)."""
+    masks follow (train/fit/augment.py)."""
     import numpy as np
     from mmengine.registry import DATASETS, init_default_scope
-    from train.run_config import build_leaf
+    from train.fit.run_config import build_leaf
     augment = [{"type": "RandomGamma", "gamma_limit": [80, 120], "p": 1.0},
                {"type": "Affine", "rotate": [-5, 5], "p": 1.0}]
     ann = project / "splits" / "fold0" / split
@@ -221,7 +221,7 @@ def test_albumentations_run_inside_the_training_pipeline(project, model, split):
                       crop_size=(240, 96), dvclive=False, augment=augment)
     steps = [t["type"] for t in leaf.train_dataloader.dataset.pipeline]
     assert steps[-2] == ("Albu" if model == "mask_rcnn" else "GrayAlbu")
-    assert leaf.custom_imports["imports"] == ["train.augment"]
+    assert leaf.custom_imports["imports"] == ["train.fit.augment"]
     import mmdet.datasets  # noqa: F401  (registers the datasets)
     import mmseg.datasets  # noqa: F401
     init_default_scope(leaf.default_scope)
@@ -240,8 +240,8 @@ def test_every_model_config_builds_its_model():
     from mmengine.registry import MODELS as REGISTRY
     from pipeline.params import load_section
     from train.models import MODELS
-    from train.run_config import build_leaf
-    from train.runner import TrainConfig
+    from train.fit.run_config import build_leaf
+    from train.fit.runner import TrainConfig
     cfg = load_section(TrainConfig, "train", Path(__file__).parents[1] / "params.yaml")
     demo = cfg.presets["demo"]
     for model, fam in MODELS.items():
@@ -265,7 +265,7 @@ def test_yolact_anchors_follow_its_input_size(size):
     import torch
     from mmengine.registry import DefaultScope
     from mmengine.registry import MODELS as REGISTRY
-    from train.run_config import build_leaf
+    from train.fit.run_config import build_leaf
     import mmdet.models  # noqa: F401  (registers the models)
     width, height = size
     leaf = build_leaf("yolact", images="x", train_ann="a", val_ann="b", work_dir="w",
@@ -314,7 +314,7 @@ def test_two_process_distributed_training_on_cpu(project, model):
     from mmengine.registry import MODELS as REGISTRY
     from mmengine.registry import DefaultScope
     from mmengine.runner import load_checkpoint
-    from train.checkpoint import allow_mmengine_checkpoints
+    from train.fit.checkpoint import allow_mmengine_checkpoints
     import mmdet.models  # noqa: F401 - registers the models
     import mmseg.models  # noqa: F401
     allow_mmengine_checkpoints()
@@ -344,7 +344,7 @@ def test_study_preset_builds_every_model_and_trains_an_iteration_on_cpu(project)
     import mmseg.models  # noqa: F401
     from pipeline.params import load_section
     from train.models import MODELS
-    from train.runner import TrainConfig, prepare_run
+    from train.fit.runner import TrainConfig, prepare_run
     cfg = load_section(TrainConfig, "train", Path(__file__).parents[1] / "params.yaml")
     cfg = TrainConfig(**{**cfg.__dict__, "images": str(project / "png"),
                          "masks": str(project / "processed" / "masks"),

@@ -1,4 +1,5 @@
-"""Real vendor objects through ``spinepipe anonymize`` and ``spinepipe export`` (issue #21, item 8).
+"""Real vendor objects through ``spinepipe anonymize`` and ``spinepipe export`` (issue #21, item
+8).
 
 The radiographs are the full-size computed radiography objects that ``pydicom-data`` (PyPI,
 the test-data package of pydicom; found by name with ``pydicom.data.get_testdata_file``)
@@ -13,7 +14,7 @@ default parameters, on one input folder holding the six files. Checked:
 
 - both exit 0; one anonymized object and one PNG per source;
 - each PNG has its source's Rows x Columns, and its pixels are exactly
-  :func:`converters.pixels.to_display` of the anonymized object (export's own settings);
+  :func:`converters.dicom.pixels.to_display` of the anonymized object (export's own settings);
 - the anonymized object decodes to the very pixels of its source (de-identification does
   not touch the image, also through the cleaned JPEG 2000 codestreams);
 - no original identifying value is in any byte of any output file (``anon/`` and ``png/``;
@@ -35,9 +36,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from converters.export import ExportConfig
-from converters.ledger import load_ledger
-from converters.pixels import to_display
+from converters.dicom.export import ExportConfig
+from converters.dicom.ledger import load_ledger
+from converters.dicom.pixels import to_display
 from pipeline.cli import main
 
 #: pydicom-data file -> (manufacturer, rows, columns, transfer syntax)

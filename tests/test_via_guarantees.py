@@ -1,4 +1,4 @@
-"""VIA's formats read and written by hand (converters/via.py; issue 30's mutation run).
+"""VIA's formats read and written by hand (converters/annotations/via.py; issue 30's mutation run).
 
 Class of defect guarded: a VIA file read differently from what VIA means by it, or a hostile
 one read at all. Per format: VIA 2 projects and annotation exports (sizes as numbers, strings,
@@ -19,20 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from converters import via
-from converters.errors import InvalidViaError, MissingInputError
-from converters.via import (
-    DEFAULT_CLASS_OPTIONS,
-    MAX_POINTS,
-    MAX_REGIONS,
-    ViaImage,
-    ViaRegion,
-    expand_inputs,
-    polygon_region,
-    read_via,
-    via2_project,
-    via_filepath,
-)
+from converters.annotations import via
+from converters.core.errors import InvalidViaError, MissingInputError
+from converters.annotations.via import (DEFAULT_CLASS_OPTIONS, MAX_POINTS, MAX_REGIONS, ViaImage,
+                                        ViaRegion, expand_inputs, polygon_region, read_via,
+                                        via2_project, via_filepath)
 
 
 def _write(tmp_path: Path, data, name: str = "v.json") -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import data_file
 
-from converters.via import read_via
+from converters.annotations.via import read_via
 from pipeline.cli import main
 
 NO_PARAMS = "/nonexistent/params.yaml"

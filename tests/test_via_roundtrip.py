@@ -22,8 +22,9 @@ import cv2
 import numpy as np
 import pytest
 
-from converters.convert import ConvertConfig, convert
-from converters.via import DEFAULT_CLASS_OPTIONS, ViaImage, polygon_region, via2_project
+from converters.annotations.convert import ConvertConfig, convert
+from converters.annotations.via import (DEFAULT_CLASS_OPTIONS, ViaImage, polygon_region,
+                                        via2_project)
 from pipeline.cli import main
 
 NO_PARAMS = "/nonexistent/params.yaml"

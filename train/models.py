@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters.errors import InvalidConfigError
+from converters.core.errors import InvalidConfigError
 
 #: model name -> task family ("instance": MMDetection + COCO; "semantic": MMSegmentation + masks).
 #: A sixth model is one config file in train/configs/ and one entry here.

@@ -1,7 +1,7 @@
 # YOLACT (MMDetection), as in the study. Inherits MMDetection's own YOLACT-R50 config (model,
 # schedule, runtime) and overrides classes, grayscale input and the dataset. YOLACT works on a
 # fixed input size (MMDetection: a 550 square); a preset's size keeps the radiographs' aspect
-# (train/run_config.py sets it and the anchor strides that follow from it).
+# (train/fit/run_config.py sets it and the anchor strides that follow from it).
 _base_ = ['mmdet::yolact/yolact_r50_1xb8-55e_coco.py']
 input_size = 550
 classes = ('lumbar', 'sacrum')

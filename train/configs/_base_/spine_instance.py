@@ -1,5 +1,5 @@
 # spinepipe: the COCO instances written by `spinepipe convert`, as MMDetection reads them.
-# Grayscale PNG input (one channel); the leaf config (train/run_config.py) sets data_root, the
+# Grayscale PNG input (one channel); the leaf config (train/fit/run_config.py) sets data_root, the
 # fold's annotation files, the image scale and the schedule from params.yaml.
 dataset_type = 'CocoDataset'
 data_root = ''

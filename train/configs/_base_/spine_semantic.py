@@ -1,6 +1,7 @@
 # spinepipe: the class masks written by `spinepipe convert` (0 background, 1 lumbar,
 # 2 sacrum, 255 ignore), as MMSegmentation reads them. Grayscale PNG input; the leaf config
-# (train/run_config.py) sets data_root, the fold's split lists, the crop / scale and the schedule.
+# (train/fit/run_config.py) sets data_root, the fold's split lists, the crop / scale and the
+# schedule.
 dataset_type = 'BaseSegDataset'
 data_root = ''
 metainfo = dict(classes=('background', 'lumbar', 'sacrum'),

@@ -1,0 +1,581 @@
+"""VIA annotations -> COCO instances, class masks, overlap maps, a per-image table and QA.
+
+Input: one or more VIA exports (any format :func:`converters.annotations.via.read_via` reads) and
+the folder of the images they describe. Coordinates and rasterization follow
+:mod:`converters.annotations.coco` (COCO convention, pixel centres at +0.5; masks rasterized by
+pycocotools).
+
+Validation and repair, each problem recorded with file, image and region index:
+
+========================  =================================================  ========
+problem                   what happens                                       severity
+========================  =================================================  ========
+repeated_points           consecutive duplicate vertices removed             warning
+too_few_points            fewer than 3 distinct vertices: region dropped     error
+outside_image             vertices clipped to the image                      warning
+self_intersection         shapely ``make_valid``, largest part kept          warning
+                          (no area left, or more than 100 self-crossings:
+                          region dropped)                                    error
+unknown_class             class value not in the mapping (or never set):
+                          region dropped                                     error
+ignored_shape             point / line, or rect / ellipse / circle without
+                          ``shapes_to_polygons``: region dropped            error
+missing_image             annotated in VIA, not on disk: image skipped       error
+unannotated_image         on disk, not in any VIA file                       warning
+proposal_record           the ``spinepipe_proposal`` file attribute was      warning
+                          altered: that image's corrections not measured
+size_mismatch             VIA's recorded file size differs from the file     warning
+duplicate_image           the same image annotated again: later copy ignored error
+missing_sacrum            no sacrum in an image                              warning
+lumbar_count              not exactly five lumbar vertebrae                  warning
+========================  =================================================  ========
+
+``error`` marks a problem that loses an annotation: :func:`validate` (``spinepipe validate``,
+the annotators' check before handing a batch over) fails on it; convert still converts the
+rest and reports it. With ``strict`` every problem stops the conversion: nothing is written
+but the full problem list (``<output>.problems.json`` beside the output folder, or the path
+given), and the error shows the counts per kind and the first locations.
+
+Never an empty success: a batch whose regions all get dropped (every class unknown, say) is an
+error, not a dataset of zero instances. The class attribute is found when it is not called
+``convert.class_attribute`` (:func:`converters.annotations.regions.detect_class_attribute`); which
+one was used is in ``report.json``.
+
+Levels: each vertebra gets ``L1``..``L5`` / ``S1`` bottom-up from the sacrum
+(:mod:`converters.spine.levels`). The steps, in :func:`convert`: read every VIA file
+(:mod:`converters.annotations.via`), validate and repair each region
+(:mod:`converters.annotations.regions`), assign levels, build the COCO rows and the table,
+rasterize what changed (:mod:`converters.annotations.coco`), draw the QA pictures
+(:mod:`converters.annotations.qa`), write.
+
+Outputs under the output folder:
+
+- ``coco.json``: images (COCO's keys plus ``n_implants``, the implant regions the annotator
+  drew, kept or not: the report's subgroups), annotations (polygon, area of the polygon, bbox,
+  iscrowd 0,
+  ``level``, ``via_file``, ``via_region``), categories (lumbar 1, sacrum 2, then kept implant
+  classes);
+- ``masks/<stem>.png``: uint8, 0 background, 1 lumbar, 2 sacrum (implant classes, when kept,
+  3..; classes in ``ignore_classes`` 255); overlapping classes: larger value wins;
+- ``overlaps/<stem>.png``: uint8, 1 where two or more vertebra instances overlap, else 0;
+- ``images.csv``: per image: patient, size, instance counts, implants, overlap area and the
+  overlapping level pairs (used by the split and the composite recognition rate);
+- ``qa/<stem>.png`` (polygons and levels over the image, the endplates and the lordosis
+  angle in yellow, problems in red) and
+  ``qa/contact_NNN.png`` contact sheets;
+- ``measures.csv``: per image, the clinical measures of the annotated polygons
+  (:mod:`converters.spine.measures`: lordosis, segmental angles, disc and body heights in pixels
+  and, with the pixel spacing from export's provenance, millimetres, slips and Meyerding grades;
+  empty where not measurable, the reasons in ``not_measurable``);
+- ``report.json``: every problem, and a count per kind;
+- ``correction.csv``: for images that came back from ``spinepipe propose`` (their file
+  attribute ``spinepipe_proposal`` records what the model proposed), per image and region what the
+  annotator did: ``unchanged``, ``edited`` (with the IoU of the proposed and the final polygon),
+  ``added``, ``deleted`` (:func:`converters.annotations.proposals.corrections`); only the header
+  when no image was proposed.
+
+Incremental and additive (:mod:`converters.core.incremental`, grouped by VIA file): per image, a
+hash of its regions, its file and the configuration; unchanged images are not re-rasterized. An
+image no longer in a VIA file given now loses its own masks, overlap map and overlay; images of VIA
+files not given in this run keep theirs (they are not in ``coco.json``).
+
+Nothing half-written: bad input (an unreadable VIA file, ``strict`` problems, an image that
+does not decode or whose header claims more than :data:`MAX_PIXELS` pixels) stops the
+conversion with one error before any output moves into place; rendered files are written
+under temporary names and renamed only when every image succeeded.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from converters.annotations import qa
+from converters.annotations.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, flat,
+                                         overlap_labels, overlap_map, paint, rasterize_window)
+from converters.core.errors import (InvalidImageError, InvalidViaError, MissingInputError,
+                                    OutputFolderError)
+from converters.core.incremental import IncrementalState
+from converters.core.files import (move_into_place, prepare_output, remove_output,
+                                   remove_stale_temps, temp_name, write_bytes, write_json,
+                                   write_text)
+from converters.core.parallel import map_jobs
+from converters.spine.levels import assign_levels
+from converters.core.paths import confined
+from converters.core.provenance import patient_of
+from converters.dicom.pixels import MAX_PIXELS
+from converters.spine.measures import Spine, image_measures, measures_csv
+from converters.annotations.proposals import (CORRECTION_FIELDS, PROPOSAL_ATTRIBUTE, corrections,
+                                              read_proposal)
+from converters.core.provenance import pixel_spacing, read_record
+from converters.annotations.regions import (Instance, Problem, RegionRules, detect_class_attribute,
+                                            validate_region)
+from converters.core.records import open_input
+from converters.annotations.via import MAX_POINTS, ReadImage, read_via
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# larger images are refused: MAX_PIXELS (converters.dicom.pixels, export's default too); the
+# study's are 3.2 megapixels, the largest radiographs ~19
+STATE_FILE = ".convert_state.json"
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """params.yaml section ``convert``."""
+
+    class_attribute: str = "class"
+    # region attribute value -> class name (values not listed are unknown_class problems)
+    class_map: dict[str, str] = field(default_factory=lambda: {
+        "lumbar": "lumbar", "sacrum": "sacrum", "cage": "cage", "screw": "screw", "rod": "rod"})
+    classes: list[str] = field(default_factory=lambda: ["lumbar", "sacrum"])
+    implant_classes: list[str] = field(default_factory=lambda: ["cage", "screw", "rod"])
+    keep_implants: bool = False      # as extra COCO categories / mask values (off: the study)
+    ignore_classes: list[str] = field(default_factory=list)  # drawn as 255 in masks
+    shapes_to_polygons: bool = False  # rect / ellipse / circle become polygons
+    ellipse_points: int = field(default=32, metadata={"min": 3, "max": MAX_POINTS})
+    expected_lumbar: int = field(default=5, metadata={"min": 0})
+    strict: bool = False
+    qa: bool = True
+    qa_max_height: int = field(default=800, metadata={"min": 16})
+    contact_sheet_size: int = field(default=24, metadata={"min": 1})
+
+    def region_rules(self) -> RegionRules:
+        return RegionRules(self.class_attribute, self.class_map, self.implant_classes,
+                           self.keep_implants, self.shapes_to_polygons, self.ellipse_points)
+
+
+# --------------------------------------------------------------------------------------------
+# per image
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG header without decoding; other formats through OpenCV.
+    :class:`InvalidImageError` for an unreadable image or one over :data:`MAX_PIXELS`."""
+    with open_input(path) as fh:  # a regular file: a FIFO would block
+        head = fh.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        w, h = (int(v) for v in struct.unpack(">II", head[16:24]))
+    else:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise InvalidImageError("image cannot be read", file=path)
+        w, h = int(img.shape[1]), int(img.shape[0])
+    if w < 1 or h < 1 or w * h > MAX_PIXELS:
+        raise InvalidImageError(f"image header claims {w}x{h} pixels (at most "
+                                f"{MAX_PIXELS // 1_000_000} megapixels are accepted)", file=path)
+    return w, h
+
+
+@dataclass
+class ImageJob:
+    path: str
+    stem: str
+    width: int
+    height: int
+    instances: list[Instance]
+    problems: list[str]
+    mask_values: dict[str, int]
+    vertebra_classes: tuple[str, ...]
+    out: str
+    qa: bool
+    qa_max_height: int
+    spine: Spine | None = None           # endplates, drawn on the QA overlay
+    lordosis: float | None = None
+
+
+@lru_cache(maxsize=8)
+def _blank_png(height: int, width: int) -> bytes:
+    return cv2.imencode(".png", np.zeros((height, width), np.uint8), PNG_LABEL_PARAMS)[1].tobytes()
+
+
+def _render(job: ImageJob) -> dict:
+    """Masks, overlap map and QA overlay of one image, written under temporary names;
+    returns its overlap facts and ``(temporary, final)`` pairs, or ``{"error": ...}``."""
+    written: list[tuple[str, str]] = []
+    try:
+        facts = _render_into(job, written)
+    except InvalidImageError as exc:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)
+        return {"error": str(exc)}
+    return {"facts": facts, "written": written}
+
+
+def _write_temp(path: Path, data: bytes, written: list[tuple[str, str]]) -> None:
+    tmp = temp_name(path)
+    write_bytes(tmp, data)
+    written.append((str(tmp), str(path)))
+
+
+def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
+    h, w = job.height, job.width
+    out = Path(job.out)
+    windows = [rasterize_window(flat(i.xs, i.ys), h, w) for i in job.instances]  # once each
+    mask = paint(h, w, [(job.mask_values[i.cls], win)
+                        for i, win in zip(job.instances, windows)])
+    vert = [i for i in job.instances if i.cls in job.vertebra_classes]
+    overlap = overlap_map(h, w, [win for i, win in zip(job.instances, windows)
+                                 if i.cls in job.vertebra_classes])
+    overlap_area = int(np.count_nonzero(overlap)) if overlap is not None else 0
+    pairs = []
+    if overlap_area:  # through a spatial index: linear in regions (converters.annotations.coco)
+        pairs = overlap_labels([i.polygon() for i in vert], [i.level or "?" for i in vert])
+    for folder, arr in (("masks", mask), ("overlaps", overlap)):
+        if folder == "overlaps" and not overlap_area:
+            data = _blank_png(h, w)  # most images have no overlap: encode that once per size
+        else:
+            data = cv2.imencode(".png", arr, PNG_LABEL_PARAMS)[1].tobytes()
+        _write_temp(confined(out, folder, f"{job.stem}.png"), data, written)
+    if job.qa:
+        _write_temp(confined(out, "qa", f"{job.stem}.png"),
+                    qa.overlay(job.path, w, h, job.instances, job.problems, job.qa_max_height,
+                               spine=job.spine, lordosis=job.lordosis),
+                    written)
+    return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
+
+
+# --------------------------------------------------------------------------------------------
+# the whole conversion
+
+
+@dataclass
+class ConvertReport:
+    problems: list[Problem] = field(default_factory=list)
+    images: int = 0
+    annotations: int = 0
+    regions: int = 0
+    rendered: int = 0
+    #: what annotators did to model proposals: status -> regions (see ``correction.csv``)
+    corrections: dict[str, int] = field(default_factory=dict)
+    formats: dict[str, str] = field(default_factory=dict)
+    class_attribute: str = "class"
+    class_attribute_detected: bool = False
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def locations(self, n: int = 5) -> list[str]:
+        """The first ``n`` problems, one line each, and how many more there are."""
+        lines = [f"  {p.line()}" for p in self.problems[:n]]
+        if len(self.problems) > n:
+            lines.append(f"  ... and {len(self.problems) - n} more")
+        return lines
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.problems:
+            out[p.kind] = out.get(p.kind, 0) + 1
+        return dict(sorted(out.items()))
+
+
+@dataclass
+class _Plan:
+    """What the validation step decided: the jobs to render and the tables to write."""
+
+    jobs: list[ImageJob] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)      # the VIA file of each job
+    coco_images: list[dict] = field(default_factory=list)
+    coco_anns: list[dict] = field(default_factory=list)
+    table: list[dict] = field(default_factory=list)
+    mask_values: dict[str, int] = field(default_factory=dict)
+    corrections: list[dict] = field(default_factory=list)   # rows of correction.csv
+    measures: list[dict] = field(default_factory=list)      # rows of measures.csv
+
+
+def _read_inputs(via_files: list[str | Path], report: ConvertReport) -> dict[str, ReadImage]:
+    """Every VIA file read; an image annotated twice keeps its first copy."""
+    merged: dict[str, ReadImage] = {}
+    for vf in via_files:
+        fmt, images = read_via(vf)
+        report.formats[str(vf)] = fmt
+        for img in images:
+            if img.filename in merged:
+                report.problems.append(Problem(
+                    "duplicate_image", f"also annotated in {merged[img.filename].source}; "
+                    "this copy is ignored", str(vf), img.filename))
+                continue
+            merged[img.filename] = img
+    return merged
+
+
+def _mask_values(cfg: ConvertConfig) -> dict[str, int]:
+    mask_values = {c: i + 1 for i, c in enumerate(cfg.classes)}
+    if cfg.keep_implants:
+        for c in cfg.implant_classes:
+            mask_values.setdefault(c, len(mask_values) + 1)
+    for c in cfg.ignore_classes:
+        mask_values[c] = IGNORE
+    return mask_values
+
+
+def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
+          cfg: ConvertConfig, report: ConvertReport) -> _Plan:
+    """Validate every annotated image on disk: instances, levels, COCO rows, the table."""
+    plan = _Plan(mask_values=_mask_values(cfg))
+    rules = dataclasses.replace(cfg.region_rules(), class_attribute=report.class_attribute)
+    for name in sorted(set(on_disk) - set(merged)):
+        report.problems.append(Problem("unannotated_image", "image on disk but in no VIA file",
+                                       "", name))
+    earlier: dict[str, list[str]] = {}  # by image: one pass, not one per image
+    for p in report.problems:
+        earlier.setdefault(p.image, []).append(p.line())
+    for name in sorted(merged):
+        img = merged[name]
+        first = len(report.problems)
+        if name not in on_disk:
+            report.problems.append(Problem("missing_image", "annotated but not on disk; skipped",
+                                           img.source, name))
+            continue
+        path = on_disk[name]
+        if img.size >= 0 and img.size != path.stat().st_size:
+            report.problems.append(Problem(
+                "size_mismatch", f"VIA recorded {img.size} bytes, the file has "
+                f"{path.stat().st_size}", img.source, name))
+        width, height = image_size(path)
+        instances: list[Instance] = []
+        for region in img.regions:
+            inst, probs = validate_region(region, width, height, rules, img.source, name)
+            report.problems += probs
+            if inst is not None:
+                instances.append(inst)
+        assign_levels(instances)
+        n_lumbar = sum(i.cls == "lumbar" for i in instances)
+        n_sacrum = sum(i.cls == "sacrum" for i in instances)
+        if n_sacrum == 0:
+            report.problems.append(Problem("missing_sacrum", "no sacrum (the study expects S1)",
+                                           img.source, name))
+        if n_lumbar != cfg.expected_lumbar:
+            report.problems.append(Problem(
+                "lumbar_count", f"{n_lumbar} lumbar vertebrae (the study expects "
+                f"{cfg.expected_lumbar}: L1-L5)", img.source, name))
+        n_implants = sum(rules.class_of(r.attributes.get(rules.class_attribute, "")) in
+                         cfg.implant_classes for r in img.regions)
+        image_id = len(plan.coco_images) + 1
+        plan.coco_images.append({"id": image_id, "file_name": name, "width": width,
+                                 "height": height, "n_implants": n_implants})
+        for inst in instances:
+            value = plan.mask_values[inst.cls]
+            plan.coco_anns.append({
+                "id": len(plan.coco_anns) + 1, "image_id": image_id,
+                "category_id": value if value != IGNORE else None,
+                "segmentation": [flat(inst.xs, inst.ys)],
+                "area": float(inst.polygon().area),
+                "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
+                "via_file": Path(img.source).name, "via_region": inst.region})
+        report.regions += len(img.regions)
+        _corrections(img, rules.class_attribute, plan, report)
+        problems_here = earlier.get(name, []) + [p.line() for p in report.problems[first:]
+                                                 if p.image == name]
+        plan.table.append({"file_name": name, "image_id": image_id, "patient": patient_of(name),
+                           "width": width, "height": height, "n_lumbar": n_lumbar,
+                           "n_sacrum": n_sacrum, "n_implants": n_implants,
+                           "implants": int(n_implants > 0), "problems": len(problems_here)})
+        measures, spine = image_measures(
+            [(i.level, np.c_[i.xs, i.ys]) for i in instances if i.cls in cfg.classes],
+            pixel_spacing(read_record(path.parent, name)))
+        plan.measures.append({"file_name": name, **measures})
+        plan.jobs.append(ImageJob(str(path), Path(name).stem, width, height, instances,
+                                  problems_here, plan.mask_values, tuple(cfg.classes),
+                                  str(output), cfg.qa, cfg.qa_max_height, spine,
+                                  measures["lordosis_deg"]))
+        plan.groups.append(_group(img.source, output))
+    plan.coco_anns = [a for a in plan.coco_anns if a["category_id"] is not None]
+    report.images, report.annotations = len(plan.coco_images), len(plan.coco_anns)
+    return plan
+
+
+def _corrections(img: ReadImage, class_attribute: str, plan: _Plan,
+                 report: ConvertReport) -> None:
+    """What the annotator changed in a model's proposals (the image came from ``spinepipe
+    propose``); an altered proposal record is a warning, never a lost annotation."""
+    record = img.file_attributes.get(PROPOSAL_ATTRIBUTE, "")
+    if not record:
+        return
+    try:
+        proposed = read_proposal(record, img.source, img.filename)
+    except InvalidViaError as exc:
+        report.problems.append(Problem("proposal_record", f"{exc.message}: corrections not "
+                                       "measured", img.source, img.filename))
+        return
+    rows = corrections(img.filename, proposed, img.regions, class_attribute)
+    plan.corrections += rows
+    for row in rows:
+        report.corrections[row["status"]] = report.corrections.get(row["status"], 0) + 1
+
+
+def _group(via_file: str | Path, output: Path) -> str:
+    """The incremental-state group of a VIA file: its path relative to the output folder (the
+    state is part of the output, which must not depend on where the workspace is)."""
+    return os.path.relpath(Path(via_file).resolve(), output.resolve())
+
+
+@lru_cache(maxsize=1)
+def _render_code() -> str:
+    """A hash of the code that draws masks, overlap maps and overlays: a new version of it
+    re-renders every image (DVC re-runs the stage; this makes the stage redo the work)."""
+    from converters.annotations import coco
+    from converters.spine import measures
+    h = hashlib.sha1()
+    for module in (coco, measures, qa):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()
+
+
+def _render_changed(plan: _Plan, output: Path, cfg: ConvertConfig, state: IncrementalState,
+                    *, workers: int, progress) -> tuple[dict[str, dict], int]:
+    """Rasterize the images whose inputs changed, all into temporary names, then move them
+    into place together; the first failure removes them all and raises."""
+    cfg_key = hashlib.sha1(json.dumps([asdict(cfg), _render_code()], sort_keys=True)
+                           .encode()).hexdigest()
+    folders = ("masks", "overlaps", "qa") if cfg.qa else ("masks", "overlaps")
+    todo, facts = [], {}
+    for job, group in zip(plan.jobs, plan.groups):
+        st = Path(job.path).stat()
+        key = hashlib.sha1(json.dumps([
+            [asdict(i) for i in job.instances], job.problems, st.st_size, st.st_mtime_ns,
+            cfg_key]).encode()).hexdigest()
+        prev = state.up_to_date(group, job.stem, [key], output)
+        if prev:
+            facts[job.stem] = prev["facts"]
+        else:
+            todo.append((job, group, key))
+    results = map_jobs(_render, [j for j, _, _ in todo], workers=workers, progress=progress)
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        for r in results:
+            for tmp, _ in r.get("written", []):
+                Path(tmp).unlink(missing_ok=True)
+        raise InvalidImageError(errors[0] + (f" (and {len(errors) - 1} more image(s))"
+                                             if len(errors) > 1 else ""))
+    for (job, group, key), r in zip(todo, results):
+        for tmp, final in r["written"]:
+            move_into_place(tmp, final)
+        facts[job.stem] = r["facts"]
+        state.record(group, job.stem, [key], [f"{d}/{job.stem}.png" for d in folders],
+                     facts=r["facts"])
+    return facts, len(todo)
+
+
+def _write_tables(plan: _Plan, facts: dict[str, dict], via_files: list[str | Path],
+                  output: Path, report: ConvertReport) -> None:
+    for row in plan.table:
+        f = facts[Path(row["file_name"]).stem]
+        row["overlap_area"] = f["overlap_area"]
+        row["overlap_pairs"] = " ".join(f["overlap_pairs"])
+        row["overlap"] = int(f["overlap_area"] > 0)
+    cats = categories({c: v for c, v in plan.mask_values.items() if v != IGNORE})
+    write_json(output / "coco.json", {
+        "info": {"description": "spinepipe convert", "via_files": [str(v) for v in via_files]},
+        "images": plan.coco_images, "annotations": plan.coco_anns, "categories": cats},
+        indent=None)
+    buf = io.StringIO()
+    fields = ["file_name", "image_id", "patient", "width", "height", "n_lumbar", "n_sacrum",
+              "n_implants", "implants", "overlap", "overlap_area", "overlap_pairs", "problems"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(plan.table)
+    write_text(output / "images.csv", buf.getvalue())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CORRECTION_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(plan.corrections)
+    write_text(output / "correction.csv", buf.getvalue())
+    write_text(output / "measures.csv", measures_csv(plan.measures))
+    write_json(output / "report.json", {
+        "formats": report.formats, "images": report.images, "annotations": len(plan.coco_anns),
+        "class_attribute": report.class_attribute,
+        "class_attribute_detected": report.class_attribute_detected,
+        "counts": report.counts(), "problems": [asdict(p) for p in report.problems]})
+
+
+def _check(via_files: list[str | Path], images_dir: Path, output: Path, cfg: ConvertConfig,
+           report: ConvertReport) -> _Plan:
+    """Read, find the class attribute, validate: everything before anything is written."""
+    merged = _read_inputs(via_files, report)
+    if not images_dir.is_dir():
+        raise MissingInputError("images folder not found", file=images_dir)
+    report.class_attribute, report.class_attribute_detected = detect_class_attribute(
+        list(merged.values()), cfg.region_rules())
+    on_disk = {p.name: p for p in sorted(images_dir.iterdir())
+               if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    plan = _plan(merged, on_disk, output, cfg, report)
+    if report.regions and not plan.coco_anns:
+        counts = ", ".join(f"{n} {k}" for k, n in report.counts().items()) or "no problem"
+        raise InvalidViaError(f"{report.regions} region(s) but not one instance survived "
+                              f"({counts}; class attribute '{report.class_attribute}')",
+                              file=", ".join(map(str, via_files)))
+    return plan
+
+
+def validate(via_files: list[str | Path], images_dir: str | Path,
+             cfg: ConvertConfig) -> ConvertReport:
+    """The validation of :func:`convert` alone: every problem, nothing written."""
+    report = ConvertReport()
+    _check(via_files, Path(images_dir), Path("."), cfg, report)
+    return report
+
+
+def default_problems_file(output: str | Path) -> Path:
+    """Where ``--strict`` writes the full problem list: beside the output folder."""
+    output = Path(output)
+    return output.parent / f"{output.name}.problems.json"
+
+
+def convert(via_files: list[str | Path], images_dir: str | Path, output: str | Path,
+            cfg: ConvertConfig, *, workers: int = 1, progress=None,
+            problems_file: str | Path | None = None) -> ConvertReport:
+    """Convert; raises :class:`InvalidViaError` for unreadable input and, with
+    ``cfg.strict``, for any problem (after writing them all to ``problems_file``, default
+    :func:`default_problems_file`), :class:`InvalidImageError` for an image that does not
+    decode: in every case before any output is in place (module docstring)."""
+    images_dir, output = Path(images_dir), Path(output)
+    if output.exists() and not output.is_dir():
+        raise OutputFolderError("the output folder is a file", file=output)
+    report = ConvertReport()
+    plan = _check(via_files, images_dir, output, cfg, report)
+    if cfg.strict and report.problems:
+        target = Path(problems_file) if problems_file else default_problems_file(output)
+        prepare_output(target.parent)  # beside the output folder, or where --problems-file says
+        write_json(target, {"counts": report.counts(),
+                            "problems": [asdict(p) for p in report.problems]})
+        counts = ", ".join(f"{n} {k}" for k, n in report.counts().items())
+        first = report.problems[0]
+        err = InvalidViaError(f"{len(report.problems)} problem(s) with --strict ({counts}; "
+                              f"all of them in {target}); first: {first.kind}: "
+                              f"{first.message}", file=first.file or images_dir,
+                              image=first.image or None, region=first.region)
+        err.details = report.locations()
+        raise err
+    created = not output.exists()
+    prepare_output(output)
+    remove_stale_temps(output)
+    state = IncrementalState(output / STATE_FILE)
+    try:
+        facts, report.rendered = _render_changed(plan, output, cfg, state, workers=workers,
+                                                 progress=progress)
+    except InvalidImageError:
+        if created:
+            shutil.rmtree(output, ignore_errors=True)  # nothing of this run stays
+        raise
+    for group in sorted(set(plan.groups) | {_group(v, output) for v in via_files}):
+        present = [j.stem for j, g in zip(plan.jobs, plan.groups) if g == group]
+        for stale in state.prune(group, present):  # no longer annotated in this VIA file
+            remove_output(output, stale)
+    _write_tables(plan, facts, via_files, output, report)
+    if cfg.qa:
+        qa.contact_sheets(output / "qa", [j.stem for j in plan.jobs], cfg.contact_sheet_size)
+    state.save()
+    return report

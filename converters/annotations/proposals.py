@@ -1,0 +1,314 @@
+"""Model proposals for annotators: predicted masks -> VIA polygons, the order in which a
+person should review them, and what the annotators changed (no torch here: the inference is
+:mod:`train.infer.propose`).
+
+Coordinates: masks are ``(H, W)`` arrays indexed ``[y, x]``; polygons are in the COCO convention of
+:mod:`converters.annotations.coco` (x right, y down, origin at the top-left corner of the top-left
+pixel, so pixel ``(x, y)`` covers ``[x, x+1) x [y, y+1)``); VIA stores them rounded to integers
+(:mod:`converters.annotations.via`).
+
+A mask becomes one polygon: the outer contour of its largest region, traced along the pixel edges
+(:func:`converters.annotations.coco.mask_outline`), simplified (Douglas-Peucker, the tolerance
+raised until) to at most ``max_points`` vertices (the study drew 15 per vertebra). Where that
+crosses itself (a ragged mask, or two parts touching at a pixel corner), the largest part of the
+outline is simplified by shapely's topology-preserving Douglas-Peucker instead: every polygon
+written is simple, so convert reads it back as the one instance it was.
+
+Each proposed image carries, for the round trip, a file attribute ``spinepipe_proposal``
+(compact JSON: the model and, per region, its id, class, level and vertices) and each region an
+attribute ``proposal`` (its id). When the corrected project comes back, :func:`corrections`
+compares every final region with the proposed one of the same id: moved points (the IoU of the
+two polygons), regions added (no id, or an id seen before in the image) and deleted (an id
+with no final region).
+
+Review score (:func:`review`), highest first, and its reasons:
+
+- ``3`` per missing or extra vertebra against five lumbar vertebrae and one sacrum (so an
+  image with a wrong count always ranks above any image with the right one);
+- ``0.5`` when the image has a fused blob (a semantic model's component over 1.6 times the
+  median lumbar area of the image) or an overlapping pair of instances (degenerated discs,
+  where proposals go wrong most);
+- ``1 - lowest instance score`` (instance models; at most 1);
+- ``1 - mean IoU with the other runs' instances`` (several runs given: disagreement between
+  folds or models; at most 1).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import cv2
+import numpy as np
+from shapely.geometry import Polygon
+from shapely.validation import make_valid
+
+from converters.annotations.coco import flat, mask_outline, rasterize
+from converters.core.errors import InvalidViaError
+from converters.core.records import json_value
+from converters.annotations.via import ReadRegion, ViaImage, ViaRegion, polygon_region
+
+LUMBAR_COUNT = 5
+PROPOSAL_ATTRIBUTE = "spinepipe_proposal"   # file attribute: what was proposed
+REGION_ID = "proposal"                      # region attribute: which proposal a region was
+FUSED_FACTOR = 1.6
+
+
+@dataclass
+class ProposedRegion:
+    """One proposed polygon."""
+
+    cls: str
+    xs: list[int]
+    ys: list[int]
+    score: float = 1.0
+    level: str | None = None
+    fused: bool = False       # a semantic component that looks like two vertebrae
+    mask_iou: float = 1.0     # the polygon against the mask it came from
+
+
+@dataclass
+class Proposal:
+    """The proposals of one image, its review score and the reasons."""
+
+    filename: str
+    size: int
+    width: int
+    height: int
+    regions: list[ProposedRegion] = field(default_factory=list)
+    score: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# masks -> polygons
+
+
+def _within(run, max_points: int) -> list:
+    """``run(tolerance)`` with the smallest tolerance (doubling from 0.25 px, then bisected)
+    that leaves at most ``max_points`` vertices."""
+    lo, hi = 0.0, 0.25
+    while len(run(hi)) > max_points and hi < 1e6:
+        lo, hi = hi, hi * 2
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if len(run(mid)) > max_points:
+            lo = mid
+        else:
+            hi = mid
+    return run(hi)
+
+
+def simplify(points: np.ndarray, max_points: int) -> np.ndarray:
+    """Douglas-Peucker (OpenCV) with the smallest tolerance that leaves at most
+    ``max_points`` vertices."""
+    if len(points) <= max_points:
+        return points
+    pts = points.astype(np.float32).reshape(-1, 1, 2)
+    return _within(lambda eps: cv2.approxPolyDP(pts, eps, closed=True)[:, 0, :],
+                   max_points).astype(np.float64)
+
+
+def _largest_part(geom) -> Polygon | None:
+    parts = [g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and g.area > 0]
+    return max(parts, key=lambda g: g.area) if parts else None
+
+
+def polygon_iou(ax: Sequence[float], ay: Sequence[float], bx: Sequence[float],
+                by: Sequence[float]) -> float:
+    """Area IoU of two polygons (self-intersections repaired; 0 when either has no area)."""
+    a, b = (make_valid(Polygon(list(zip(x, y)))) if len(x) >= 3 else Polygon()
+            for x, y in ((ax, ay), (bx, by)))
+    union = a.union(b).area
+    return float(a.intersection(b).area / union) if union > 0 else 0.0
+
+
+def _simple(xs: Sequence[int], ys: Sequence[int]) -> bool:
+    return len(xs) >= 3 and Polygon(list(zip(xs, ys))).is_valid
+
+
+def _valid_region(contour: np.ndarray, max_points: int) -> ViaRegion:
+    """A simple polygon of at most ``max_points`` vertices for a pixel outline whose
+    Douglas-Peucker simplification crosses itself: the largest part of the repaired outline,
+    simplified by shapely's topology-preserving Douglas-Peucker (a valid ring in, a valid ring
+    out) with the smallest tolerance that leaves ``max_points`` vertices. The outline's vertices
+    are pixel corners, so they are VIA's integers already and rounding cannot make it cross.
+    No vertices (so no proposal) when even that is not a simple polygon of some area."""
+    part = _largest_part(make_valid(Polygon(contour)))
+    if part is None:
+        return polygon_region([])
+    ring = Polygon(part.exterior)
+
+    def run(tol: float) -> list:
+        return list(ring.simplify(tol, preserve_topology=True).exterior.coords)[:-1]
+
+    region = polygon_region(_within(run, max_points))
+    simple = len(region.xs) <= max_points and _simple(region.xs, region.ys)
+    return region if simple else polygon_region([])
+
+
+def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int], float] | None:
+    """VIA integer vertices of a mask's polygon and their IoU with the mask (pixel areas);
+    None when the mask is empty or too thin to outline. Works in the mask's bounding box
+    (a vertebra is a small part of a radiograph)."""
+    contour = mask_outline(mask)
+    if contour is None or len(contour) < 3:
+        return None
+    region = polygon_region(simplify(contour, max_points))
+    if len(region.xs) >= 3 and not _simple(region.xs, region.ys):
+        # Douglas-Peucker (or a pinch between diagonal pixels) crossed the outline; convert
+        # would repair it, but not as drawn
+        region = _valid_region(contour, max_points)
+    if len(region.xs) < 3:
+        return None
+    x0, y0 = int(contour[:, 0].min()), int(contour[:, 1].min())
+    x1, y1 = int(contour[:, 0].max()), int(contour[:, 1].max())
+    x0, y0 = max(min(x0, *region.xs) - 1, 0), max(min(y0, *region.ys) - 1, 0)
+    x1 = min(max(x1, *region.xs) + 1, mask.shape[1])
+    y1 = min(max(y1, *region.ys) + 1, mask.shape[0])
+    crop = mask[y0:y1, x0:x1].astype(bool)
+    h, w = crop.shape
+    drawn = rasterize(flat([x - x0 for x in region.xs], [y - y0 for y in region.ys]), h, w)
+    drawn = drawn.astype(bool)
+    union = int((drawn | crop).sum())
+    return list(region.xs), list(region.ys), (int((drawn & crop).sum()) / union if union else 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# the review order
+
+
+def review(prop: Proposal, *, overlapping: list[str], disagreement: float | None,
+           instance_model: bool) -> None:
+    """Set ``prop.score`` and ``prop.reasons`` (module docstring)."""
+    n_lumbar = sum(r.cls == "lumbar" for r in prop.regions)
+    n_sacrum = sum(r.cls == "sacrum" for r in prop.regions)
+    score, reasons = 0.0, []
+    off = abs(n_lumbar - LUMBAR_COUNT) + abs(n_sacrum - 1)
+    if off:
+        score += 3.0 * off
+        reasons.append(f"{n_lumbar} lumbar + {n_sacrum} sacrum (expected {LUMBAR_COUNT} + 1)")
+    fused = [r.level or r.cls for r in prop.regions if r.fused]
+    if fused or overlapping:
+        score += 0.5
+        if fused:
+            reasons.append("fused blob at " + ", ".join(fused))
+        if overlapping:
+            more = f" and {len(overlapping) - 4} more" if len(overlapping) > 4 else ""
+            reasons.append("overlapping " + ", ".join(overlapping[:4]) + more)
+    if instance_model and prop.regions:
+        low = min(r.score for r in prop.regions)
+        score += 1.0 - low
+        if low < 0.7:
+            reasons.append(f"lowest instance score {low:.2f}")
+    if disagreement is not None:
+        score += disagreement
+        if disagreement > 0.1:
+            reasons.append(f"runs disagree (mean IoU {1 - disagreement:.2f})")
+    prop.score, prop.reasons = round(score, 4), reasons
+
+
+def mark_fused(regions: list[ProposedRegion], areas: Sequence[float]) -> None:
+    """Flag lumbar components larger than :data:`FUSED_FACTOR` x the image's median."""
+    lumbar = [a for r, a in zip(regions, areas) if r.cls == "lumbar"]
+    if len(lumbar) < 2:
+        return
+    median = float(np.median(lumbar))
+    for r, a in zip(regions, areas):
+        r.fused = r.cls == "lumbar" and a > FUSED_FACTOR * median
+
+
+# --------------------------------------------------------------------------------------------
+# VIA project and the round trip
+
+
+def proposal_attributes() -> tuple[dict[str, dict], dict[str, dict]]:
+    """The region and file attribute definitions a proposals project adds to VIA's."""
+    text = {"type": "text", "default_value": ""}
+    return ({"level": {**text, "description": "vertebra level (L1-L5, S1), bottom-up"},
+             "source": {**text, "description": "model: proposed; empty: drawn by a person"},
+             "score": {**text, "description": "the model's confidence"},
+             REGION_ID: {**text, "description": "spinepipe: which proposal (do not edit)"}},
+            {PROPOSAL_ATTRIBUTE: {**text, "description": "spinepipe: what the model "
+                                  "proposed (do not edit)"}})
+
+
+def via_images(proposals: Sequence[Proposal], *, class_attribute: str, model: str
+               ) -> list[ViaImage]:
+    """The proposals as VIA images, in review order (highest score first)."""
+    out = []
+    for prop in sorted(proposals, key=lambda p: (-p.score, p.filename)):
+        regions, record = [], []
+        for k, r in enumerate(prop.regions, 1):
+            rid = f"p{k}"
+            regions.append(ViaRegion(tuple(r.xs), tuple(r.ys), {
+                class_attribute: r.cls, "level": r.level or "", "source": "model",
+                "score": f"{r.score:.3f}", REGION_ID: rid}))
+            record.append({"id": rid, "class": r.cls, "level": r.level or "",
+                           "x": r.xs, "y": r.ys})
+        payload = json.dumps({"model": model, "regions": record}, separators=(",", ":"))
+        out.append(ViaImage(prop.filename, prop.size, tuple(regions),
+                            {PROPOSAL_ATTRIBUTE: payload}))
+    return out
+
+
+@dataclass(frozen=True)
+class Proposed:
+    """One proposed region as recorded in the project (read back)."""
+
+    id: str
+    cls: str
+    level: str
+    xs: tuple[float, ...]
+    ys: tuple[float, ...]
+
+
+def read_proposal(value: str, file: str, image: str) -> list[Proposed]:
+    """The ``spinepipe_proposal`` file attribute of an image (hostile: checked)."""
+    try:
+        data = json_value(value)  # nesting bounded: a deep value is a ValueError
+        regions = data["regions"]
+        out = []
+        for r in regions:
+            xs = tuple(float(v) for v in r["x"])
+            ys = tuple(float(v) for v in r["y"])
+            if len(xs) != len(ys) or not all(map(math.isfinite, xs + ys)):
+                raise ValueError("vertex lists differ or are not finite")
+            out.append(Proposed(str(r["id"]), str(r["class"]), str(r.get("level", "")), xs, ys))
+        return out
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidViaError(f"file attribute {PROPOSAL_ATTRIBUTE} is not spinepipe's "
+                              f"proposal record ({type(exc).__name__})", file=file,
+                              image=image) from None
+
+
+CORRECTION_FIELDS = ("file_name", "region", "proposal", "class", "level", "status", "iou")
+
+
+def corrections(filename: str, proposed: list[Proposed], final: list[ReadRegion],
+                class_attribute: str) -> list[dict]:
+    """Rows of ``correction.csv`` for one image (module docstring): ``status`` is
+    ``unchanged`` (IoU >= 0.999), ``edited``, ``added`` or ``deleted``."""
+    by_id = {p.id: p for p in proposed}
+    seen: set[str] = set()
+    rows = []
+    for r in final:
+        rid = r.attributes.get(REGION_ID, "")
+        p = by_id.get(rid) if rid not in seen else None
+        if p is None:
+            rows.append({"file_name": filename, "region": r.index, "proposal": "",
+                         "class": r.attributes.get(class_attribute, ""),
+                         "level": r.attributes.get("level", ""), "status": "added", "iou": ""})
+            continue
+        seen.add(rid)
+        iou = polygon_iou(p.xs, p.ys, r.xs, r.ys) if r.xs else 0.0
+        rows.append({"file_name": filename, "region": r.index, "proposal": rid,
+                     "class": r.attributes.get(class_attribute, p.cls), "level": p.level,
+                     "status": "unchanged" if iou >= 0.999 else "edited",
+                     "iou": f"{iou:.4f}"})
+    for p in proposed:
+        if p.id not in seen:
+            rows.append({"file_name": filename, "region": "", "proposal": p.id, "class": p.cls,
+                         "level": p.level, "status": "deleted", "iou": ""})
+    return rows

@@ -1,0 +1,630 @@
+"""VIA (VGG Image Annotator) project files.
+
+Writing follows what VIA 2.0.x itself saves with *Project > Save*: a JSON object with
+``_via_settings``, ``_via_img_metadata`` (keyed by ``filename + str(size)``, where ``size`` is
+the file size in bytes, or -1 when VIA does not know it, as for images added by URL),
+``_via_attributes`` (region / file attribute definitions), ``_via_data_format_version`` and
+``_via_image_id_list``.
+
+Coordinates: VIA stores polygon vertices as integer image pixel coordinates,
+``all_points_x`` / ``all_points_y``, x to the right and y down, origin at the top-left corner
+of the image; the polygon is implicitly closed (the first point is not repeated).
+
+Reading treats every file as hostile: a value of the wrong type (a string or null where VIA writes
+numbers, nested coordinates, a region that is not an object, attributes as a list, a size that is
+not a number), a non-finite coordinate, or invalid UTF-8 is an
+:class:`~converters.core.errors.InvalidViaError` naming the file, image and region, never a crash.
+
+Bounded resources (hostile files end in one line, not in a RecursionError, a ``csv.Error`` or a run
+that never ends): JSON nested deeper than :data:`MAX_JSON_DEPTH` levels (VIA's own files are at
+most 8 deep), a CSV field longer than :data:`MAX_CSV_FIELD` characters (Python's default limit,
+131,072, is raised so that a legitimate 10,000-point polygon fits), more than :data:`MAX_REGIONS`
+regions in one image or more than :data:`MAX_POINTS` vertices in one polygon are each an
+:class:`~converters.core.errors.InvalidViaError` naming the file (and the image, region or CSV
+line). :func:`expand_inputs` takes regular files only (a symbolic link to one is followed): a FIFO,
+socket or device named ``*.json`` is refused, never opened.
+
+Classes: a dropdown region attribute (default name ``class``) whose option ids are the class
+values (``lumbar``, ``sacrum``, ``cage``, ``screw``, ``rod``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from converters.core.errors import InvalidViaError, MissingInputError
+from converters.core.records import (MAX_JSON_DEPTH, JsonTooDeep, NotRegularFile, json_value,
+                                     open_input, read_json, special_kind)
+
+VIA2_FORMAT_VERSION = "2.0.10"
+
+#: characters accepted in one CSV field (a 10,000-point polygon of 5-digit floats: ~300,000)
+MAX_CSV_FIELD = 1_048_576
+#: regions accepted in one image (the study draws about 15: vertebrae and implants)
+MAX_REGIONS = 10_000
+#: vertices accepted in one polygon (VIA users draw tens; spinepipe proposals 15)
+MAX_POINTS = 10_000
+
+#: class value -> description, as shown in VIA's dropdown
+DEFAULT_CLASS_OPTIONS: dict[str, str] = {
+    "lumbar": "lumbar vertebra (L1-L5)",
+    "sacrum": "sacrum (S1)",
+    "cage": "interbody cage",
+    "screw": "pedicle screw",
+    "rod": "rod",
+}
+
+
+@dataclass(frozen=True)
+class ViaRegion:
+    """One polygon region: integer vertices and its region attributes."""
+
+    xs: tuple[int, ...]
+    ys: tuple[int, ...]
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ViaImage:
+    filename: str
+    size: int = -1
+    regions: tuple[ViaRegion, ...] = ()
+    file_attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def image_id(self) -> str:
+        return f"{self.filename}{self.size}"
+
+
+def via2_project(images: Iterable[ViaImage], *, name: str = "spinepipe",
+                 class_attribute: str = "class",
+                 class_options: dict[str, str] | None = None,
+                 default_filepath: str = "") -> dict:
+    """Build a VIA 2.0.x project (a dict ready for ``json.dump``)."""
+    options = dict(DEFAULT_CLASS_OPTIONS if class_options is None else class_options)
+    metadata: dict[str, dict] = {}
+    for img in images:
+        metadata[img.image_id] = {
+            "filename": img.filename,
+            "size": img.size,
+            "regions": [
+                {
+                    "shape_attributes": {
+                        "name": "polygon",
+                        "all_points_x": [int(x) for x in r.xs],
+                        "all_points_y": [int(y) for y in r.ys],
+                    },
+                    "region_attributes": dict(r.attributes),
+                }
+                for r in img.regions
+            ],
+            "file_attributes": dict(img.file_attributes),
+        }
+    return {
+        "_via_settings": {
+            "ui": {
+                "annotation_editor_height": 25,
+                "annotation_editor_fontsize": 0.8,
+                "leftsidebar_width": 18,
+                "image_grid": {
+                    "img_height": 80,
+                    "rshape_fill": "none",
+                    "rshape_fill_opacity": 0.3,
+                    "rshape_stroke": "yellow",
+                    "rshape_stroke_width": 2,
+                    "show_region_shape": True,
+                    "show_image_policy": "all",
+                },
+                "image": {
+                    "region_label": class_attribute,
+                    "region_color": class_attribute,
+                    "region_label_font": "10px Sans",
+                    "on_image_annotation_editor_placement": "NEAR_REGION",
+                },
+            },
+            "core": {"buffer_size": 18, "filepath": {}, "default_filepath": default_filepath},
+            "project": {"name": name},
+        },
+        "_via_img_metadata": metadata,
+        "_via_attributes": {
+            "region": {
+                class_attribute: {
+                    "type": "dropdown",
+                    "description": "vertebra or implant class",
+                    "options": options,
+                    "default_options": {},
+                }
+            },
+            "file": {},
+        },
+        "_via_data_format_version": VIA2_FORMAT_VERSION,
+        "_via_image_id_list": list(metadata),
+    }
+
+
+def via_filepath(location: str) -> str:
+    """``core.default_filepath`` for a VIA project: where VIA loads the images from, the
+    prefix it puts before every file name. A folder path (as the annotators' machine sees
+    it: ``/data/png/``, ``C:\\data\\png\\``) or an http(s) URL prefix, with the trailing
+    separator VIA needs added; ``""`` leaves VIA asking for the images."""
+    location = location.strip()
+    if not location or location.endswith(("/", "\\")):
+        return location
+    windows = "\\" in location and "/" not in location and "://" not in location
+    return location + ("\\" if windows else "/")
+
+
+def polygon_region(points: Sequence[Sequence[float]], **attributes: str) -> ViaRegion:
+    """Round float vertices to VIA's integer pixel coordinates, dropping repeated neighbours."""
+    xs: list[int] = []
+    ys: list[int] = []
+    for x, y in points:
+        xi, yi = int(round(float(x))), int(round(float(y)))
+        if xs and xs[-1] == xi and ys[-1] == yi:
+            continue
+        xs.append(xi)
+        ys.append(yi)
+    if len(xs) > 1 and xs[0] == xs[-1] and ys[0] == ys[-1]:
+        xs.pop()
+        ys.pop()
+    return ViaRegion(tuple(xs), tuple(ys), dict(attributes))
+
+
+# --------------------------------------------------------------------------------------------
+# reading every VIA export format
+
+
+@dataclass
+class ReadRegion:
+    """A region as read, before validation: its shape, vertices (float) and attributes."""
+
+    index: int                     # 0-based position in the image's region list
+    shape: str                     # polygon, polyline, rect, ellipse, circle, point, ...
+    xs: list[float]
+    ys: list[float]
+    attributes: dict[str, str]
+    params: dict = field(default_factory=dict)  # rect x/y/width/height, ellipse cx/cy/rx/ry/theta
+
+
+@dataclass
+class ReadImage:
+    filename: str
+    size: int                      # bytes as VIA recorded it (-1: unknown)
+    regions: list[ReadRegion]
+    source: str                    # the VIA file it came from
+    #: VIA 2 file attributes (JSON and CSV exports; values as strings, checkboxes joined)
+    file_attributes: dict[str, str] = field(default_factory=dict)
+
+
+def _json_load(path: Path) -> object:
+    try:
+        return read_json(path, what="VIA file", shape=object, error=InvalidViaError)
+    except MissingInputError:
+        raise InvalidViaError("VIA file not found", file=path) from None
+
+
+def _attr_value(value: object) -> str:
+    """VIA checkbox attributes are dicts of {option: true}; others are strings."""
+    if isinstance(value, dict):
+        chosen = [k for k, v in value.items() if v]
+        return chosen[0] if len(chosen) == 1 else ",".join(chosen)
+    return "" if value is None else str(value)
+
+
+def _numbers(values: object, what: str, file: Path, image: str, region: int,
+             per_point: int = 1) -> list[float]:
+    """A list of finite numbers (VIA's coordinates), or :class:`InvalidViaError`; at most
+    :data:`MAX_POINTS` vertices of ``per_point`` numbers each."""
+    if not isinstance(values, list):
+        raise InvalidViaError(f"{what} is {type(values).__name__}, not a list of numbers",
+                              file=file, image=image, region=region)
+    if len(values) > MAX_POINTS * per_point:
+        raise InvalidViaError(f"{what} holds {len(values):,} values: more than {MAX_POINTS:,} "
+                              "vertices in one polygon", file=file, image=image, region=region)
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InvalidViaError(f"{what} holds {json_repr(v)}, not a number", file=file,
+                                  image=image, region=region)
+        if not math.isfinite(v):
+            raise InvalidViaError(f"{what} holds a non-finite coordinate ({v})", file=file,
+                                  image=image, region=region)
+        out.append(float(v))
+    return out
+
+
+def _check_regions(count: int, file: Path, image: str) -> None:
+    """:class:`InvalidViaError` when an image has more than :data:`MAX_REGIONS` regions."""
+    if count > MAX_REGIONS:
+        raise InvalidViaError(f"{count:,} regions in one image: more than {MAX_REGIONS:,}",
+                              file=file, image=image, region=MAX_REGIONS)
+
+
+def json_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _region_from_shape(index: int, shape: object, attributes: object, file: Path,
+                       image: str) -> ReadRegion:
+    if not isinstance(shape, dict) or "name" not in shape:
+        raise InvalidViaError("region without shape_attributes.name", file=file, image=image,
+                              region=index)
+    if attributes is None:
+        attributes = {}
+    if not isinstance(attributes, dict):
+        raise InvalidViaError(f"region_attributes is {type(attributes).__name__}, not an "
+                              "object", file=file, image=image, region=index)
+    name = str(shape["name"])
+    attrs = {str(k): _attr_value(v) for k, v in attributes.items()}
+    if name in ("polygon", "polyline"):
+        for key in ("all_points_x", "all_points_y"):
+            if key not in shape:
+                raise InvalidViaError(f"{name} without key {key}", file=file, image=image,
+                                      region=index)
+        xs = _numbers(shape["all_points_x"], "all_points_x", file, image, index)
+        ys = _numbers(shape["all_points_y"], "all_points_y", file, image, index)
+        if len(xs) != len(ys):
+            raise InvalidViaError("all_points_x and all_points_y differ in length", file=file,
+                                  image=image, region=index)
+        return ReadRegion(index, name, xs, ys, attrs)
+    params = {}
+    for k, v in shape.items():
+        if k == "name":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InvalidViaError(f"{name}.{k} is {json_repr(v)}, not a finite number",
+                                  file=file, image=image, region=index)
+        params[k] = float(v)
+    return ReadRegion(index, name, [], [], attrs, params)
+
+
+def _file_attributes(value: object, file: Path, image: str) -> dict[str, str]:
+    """An image's ``file_attributes`` (absent or null: none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidViaError(f"file_attributes is {type(value).__name__}, not an object",
+                              file=file, image=image)
+    return {str(k): _attr_value(v) for k, v in value.items()}
+
+
+def _size(value: object, file: Path, image: str) -> int:
+    """VIA's recorded file size in bytes (-1: unknown)."""
+    if value in ("", None):
+        return -1
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(value)
+        return int(value)
+    except ValueError:
+        raise InvalidViaError(f"size {json_repr(value)} is not a number of bytes", file=file,
+                              image=image) from None
+
+
+def _read_via2_metadata(meta: dict, file: Path) -> list[ReadImage]:
+    images = []
+    for key, entry in meta.items():
+        if not isinstance(entry, dict) or "filename" not in entry:
+            raise InvalidViaError("image entry without key 'filename'", file=file, image=str(key))
+        name = entry["filename"]
+        if not isinstance(name, str) or not name:
+            raise InvalidViaError(f"filename {json_repr(name)} is not a file name", file=file,
+                                  image=str(key))
+        regions_raw = entry.get("regions", [])
+        if regions_raw is None:
+            regions_raw = []
+        if isinstance(regions_raw, dict):  # VIA 1.x: {"0": {...}, "1": {...}}
+            try:
+                regions_raw = [regions_raw[k] for k in sorted(regions_raw, key=lambda k: int(k))]
+            except ValueError:
+                raise InvalidViaError("VIA 1 regions keyed by something other than numbers",
+                                      file=file, image=name) from None
+        if not isinstance(regions_raw, list):
+            raise InvalidViaError(f"regions is {type(regions_raw).__name__}, not a list",
+                                  file=file, image=name)
+        _check_regions(len(regions_raw), file, name)
+        regions = []
+        for i, r in enumerate(regions_raw):
+            if not isinstance(r, dict):
+                raise InvalidViaError(f"region is {type(r).__name__}, not an object", file=file,
+                                      image=name, region=i)
+            regions.append(_region_from_shape(i, r.get("shape_attributes"),
+                                              r.get("region_attributes", {}), file, name))
+        size = _size(entry.get("size", entry.get("file_size", -1)), file, name)
+        images.append(ReadImage(name, size, regions, str(file),
+                                _file_attributes(entry.get("file_attributes"), file, name)))
+    return images
+
+
+_VIA3_SHAPES = {1: "point", 2: "rect", 3: "circle", 4: "ellipse", 5: "line", 6: "polyline",
+                7: "polygon", 8: "extreme_rect", 9: "extreme_circle"}
+
+
+def _read_via3(project: dict, file: Path) -> list[ReadImage]:
+    """VIA 3.x: shapes are ``xy`` arrays ``[shape_id, x1, y1, ...]``; attribute values of
+    dropdown / radio attributes are option ids, resolved through ``attribute[aid].options``."""
+    for key in ("file", "view", "metadata", "attribute"):
+        if key not in project:
+            raise InvalidViaError(f"VIA 3 project without key '{key}'", file=file)
+    attributes = project["attribute"]
+    files = project["file"]
+    views = project["view"]
+    vid_to_fname: dict[str, str] = {}
+    for vid, view in views.items():
+        fids = view.get("fid_list", [])
+        if fids:
+            f = files.get(str(fids[0]))
+            if f is None:
+                raise InvalidViaError(f"view {vid} names unknown file id {fids[0]}", file=file)
+            vid_to_fname[str(vid)] = str(f.get("fname", f.get("src", "")))
+    by_file: dict[str, list[ReadRegion]] = {name: [] for name in vid_to_fname.values()}
+    for mid, m in project["metadata"].items():  # the order VIA saved them in
+        fname = vid_to_fname.get(str(m.get("vid")))
+        if fname is None:
+            raise InvalidViaError(f"metadata {mid} names unknown view {m.get('vid')}", file=file)
+        xy = m.get("xy") or []
+        if not xy:
+            continue  # a file-level (temporal / whole-file) annotation: no shape
+        shape = _VIA3_SHAPES.get(int(xy[0]), f"shape{xy[0]}")
+        attrs = {}
+        for aid, value in (m.get("av") or {}).items():
+            a = attributes.get(str(aid), {})
+            name = str(a.get("aname", aid))
+            options = a.get("options") or {}
+            attrs[name] = str(options.get(str(value), value)) if options else str(value)
+        index = len(by_file[fname])
+        _check_regions(index + 1, file, fname)
+        if not isinstance(xy, list):
+            raise InvalidViaError(f"xy is {type(xy).__name__}, not a list", file=file,
+                                  image=fname, region=index)
+        coords = _numbers(xy[1:], "xy", file, fname, index, per_point=2)
+        if shape in ("polygon", "polyline"):
+            by_file[fname].append(ReadRegion(index, shape, coords[0::2], coords[1::2], attrs))
+        elif shape == "rect":
+            x, y, w, h = coords[:4]
+            by_file[fname].append(ReadRegion(index, "rect", [], [], attrs,
+                                             {"x": x, "y": y, "width": w, "height": h}))
+        elif shape == "ellipse":
+            cx, cy, rx, ry = coords[:4]
+            by_file[fname].append(ReadRegion(index, "ellipse", [], [], attrs,
+                                             {"cx": cx, "cy": cy, "rx": rx, "ry": ry}))
+        elif shape == "circle":
+            cx, cy, r = coords[:3]
+            by_file[fname].append(ReadRegion(index, "circle", [], [], attrs,
+                                             {"cx": cx, "cy": cy, "r": r}))
+        else:
+            by_file[fname].append(ReadRegion(index, shape, coords[0::2], coords[1::2], attrs))
+    return [ReadImage(name, -1, regions, str(file)) for name, regions in by_file.items()]
+
+
+def _read_coco(data: dict, file: Path) -> list[ReadImage]:
+    """A COCO instances file (VIA's "Export Annotations (COCO format)", or any COCO file with
+    polygons): one region per annotation, its polygon from ``segmentation`` (the largest part
+    when there are several), its class in the region attribute named by the category's
+    ``supercategory`` (VIA writes the attribute name there; ``category`` when it is empty),
+    valued by the category's ``name`` (VIA writes the option's *description*).
+
+    ``area`` and ``bbox`` of the file are ignored (VIA writes the box area there): they are
+    recomputed from the polygon downstream like for every other format. A file that is COCO
+    but holds no polygon at all (RLE masks, boxes only) is an error saying so."""
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise InvalidViaError(f"COCO file whose '{key}' is not a list", file=file)
+    categories = {}
+    for c in data.get("categories") or []:
+        if not isinstance(c, dict) or "id" not in c:
+            raise InvalidViaError(f"COCO category {json_repr(c)} without an id", file=file)
+        categories[c["id"]] = (str(c.get("supercategory") or "category"), str(c.get("name", "")))
+    images: dict[object, ReadImage] = {}
+    for im in data["images"]:
+        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or "id" not in im:
+            raise InvalidViaError(f"COCO image {json_repr(im)} without id and file_name",
+                                  file=file)
+        images[im["id"]] = ReadImage(im["file_name"], -1, [], str(file))
+    kinds = set()
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or ann.get("image_id") not in images:
+            raise InvalidViaError(f"COCO annotation {k} names no image of the file", file=file)
+        img = images[ann["image_id"]]
+        seg = ann.get("segmentation")
+        index = len(img.regions)
+        _check_regions(index + 1, file, img.filename)
+        if isinstance(seg, dict):
+            kinds.add("RLE masks")
+            continue
+        parts = [p for p in (seg or []) if isinstance(p, list) and p]
+        if not parts:
+            kinds.add("boxes only" if ann.get("bbox") else "no shape")
+            continue
+        if sum(len(p) for p in parts) > 2 * MAX_POINTS:
+            raise InvalidViaError(f"segmentation of more than {MAX_POINTS:,} vertices",
+                                  file=file, image=img.filename, region=index)
+        if any(len(p) % 2 for p in parts):
+            raise InvalidViaError("segmentation with an odd number of coordinates", file=file,
+                                  image=img.filename, region=index)
+        coords = [_numbers(p, "segmentation", file, img.filename, index, 2) for p in parts]
+        best = max(coords, key=lambda c: abs(_shoelace(c[0::2], c[1::2])))
+        attribute, name = categories.get(ann.get("category_id"), ("category", ""))
+        img.regions.append(ReadRegion(index, "polygon", best[0::2], best[1::2],
+                                      {attribute: name}))
+    if data["annotations"] and not any(im.regions for im in images.values()):
+        raise InvalidViaError(f"COCO file without polygons ({', '.join(sorted(kinds))}): "
+                              "spinepipe needs polygon segmentations", file=file)
+    return list(images.values())
+
+
+def _shoelace(xs: Sequence[float], ys: Sequence[float]) -> float:
+    return 0.5 * sum(xs[i - 1] * ys[i] - xs[i] * ys[i - 1] for i in range(len(xs)))
+
+
+def _js_undefined_to_null(text: str) -> str:
+    """VIA builds its CSV cells with ``JSON.stringify`` per value, which turns a value that
+    was never set (a dropdown never picked) into a bare JavaScript ``undefined``:
+    ``{"class":undefined}``. Read it as JSON ``null`` ("not set"); strings are left alone."""
+    if "undefined" not in text:
+        return text
+    out, i, in_string = [], 0, False
+    while i < len(text):
+        ch = text[i]
+        if in_string:
+            out.append(ch)
+            if ch == "\\":
+                out.append(text[i + 1:i + 2])
+                i += 1
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+            out.append(ch)
+        elif text.startswith("undefined", i):
+            out.append("null")
+            i += len("undefined") - 1
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _read_csv(path: Path) -> list[ReadImage]:
+    """A VIA 2 CSV export; fields up to :data:`MAX_CSV_FIELD` characters (module docstring)."""
+    import csv
+
+    limit = csv.field_size_limit(MAX_CSV_FIELD)
+    try:
+        with _csv_open(path) as fh:
+            reader = csv.DictReader(fh)
+            try:
+                return _csv_rows(reader, path)
+            except csv.Error as exc:
+                what = (f"a field longer than {MAX_CSV_FIELD:,} characters"
+                        if "field larger than field limit" in str(exc) else str(exc))
+                # line_num counts the lines parsed before the one that failed
+                raise InvalidViaError(f"malformed CSV at line {reader.line_num + 1}: {what}",
+                                      file=path) from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_rows(reader, path: Path) -> list[ReadImage]:
+    import json
+
+    images: dict[str, ReadImage] = {}
+    need = {"filename", "file_size", "region_shape_attributes", "region_attributes"}
+    missing = need - set(reader.fieldnames or [])
+    if missing:
+        raise InvalidViaError(f"VIA CSV without column '{sorted(missing)[0]}'", file=path)
+    for line, row in enumerate(reader, 2):
+        if not row["filename"]:
+            raise InvalidViaError(f"CSV line {line} without a filename", file=path)
+        img = images.setdefault(row["filename"], ReadImage(
+            row["filename"], _size(row["file_size"], path, row["filename"]), [], str(path)))
+        try:
+            shape = json_value(_js_undefined_to_null(row["region_shape_attributes"] or "{}"))
+            attrs = json_value(_js_undefined_to_null(row["region_attributes"] or "{}"))
+            file_attrs = json_value(_js_undefined_to_null(row.get("file_attributes") or "{}"))
+        except json.JSONDecodeError as exc:
+            raise InvalidViaError(f"malformed JSON in CSV line {line}: {exc.msg}",
+                                  file=path, image=row["filename"]) from None
+        except JsonTooDeep:
+            raise InvalidViaError(f"JSON in CSV line {line} nested deeper than "
+                                  f"{MAX_JSON_DEPTH} levels", file=path,
+                                  image=row["filename"]) from None
+        if file_attrs and not img.file_attributes:
+            img.file_attributes.update(_file_attributes(file_attrs, path, row["filename"]))
+        if not isinstance(shape, dict):
+            raise InvalidViaError(f"region_shape_attributes in CSV line {line} is not an "
+                                  "object", file=path, image=row["filename"])
+        if shape:
+            _check_regions(len(img.regions) + 1, path, row["filename"])
+            img.regions.append(_region_from_shape(len(img.regions), shape, attrs, path,
+                                                  row["filename"]))
+    return list(images.values())
+
+
+def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """The VIA files named by ``paths``: a file as it is, a folder as all its ``.json`` and
+    ``.csv`` files (sorted). :class:`~converters.core.errors.MissingInputError` when none;
+    :class:`InvalidViaError` for one that is not a regular file (a FIFO would block)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in (".json", ".csv"))
+        else:
+            files.append(path)
+    for f in files:
+        kind = special_kind(f)
+        if kind and kind != "missing":  # a missing file: read_via says "not found"
+            raise InvalidViaError(f"not a regular file ({kind})", file=f)
+    if not files:
+        raise MissingInputError("no VIA file found", file=", ".join(map(str, paths)))
+    return files
+
+
+class _csv_open:
+    """Open a CSV as UTF-8 (BOM tolerated); decoding errors surface while reading, so the
+    caller turns them into :class:`InvalidViaError` (see :func:`read_via`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        try:
+            self.fh = open_input(self.path, "r", newline="", encoding="utf-8-sig")
+        except NotRegularFile as exc:
+            raise InvalidViaError(exc.strerror, file=self.path) from None
+        except FileNotFoundError:
+            raise InvalidViaError("VIA file not found", file=self.path) from None
+        except OSError as exc:
+            raise InvalidViaError(f"cannot read the VIA file ({exc.strerror})",
+                                  file=self.path) from None
+        return self.fh
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
+
+
+def read_via(path: str | Path) -> tuple[str, list[ReadImage]]:
+    """Read any VIA export; returns (format name, images).
+
+    Formats: ``via2-project`` (``_via_img_metadata``), ``via2-annotations`` (the metadata
+    object alone, keyed by filename + size), ``via1`` (regions as a dict), ``via3-project``
+    (``project`` / ``file`` / ``view`` / ``metadata`` / ``attribute``), ``via-csv`` (bare
+    ``undefined`` cells read as "not set"), ``coco`` (VIA's COCO export or any COCO
+    instances file with polygons).
+    """
+    path = Path(path)
+    try:
+        return _read_any(path)
+    except UnicodeDecodeError as exc:
+        raise InvalidViaError(f"not UTF-8 text (byte {exc.start})", file=path) from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        # any other structure VIA never writes: one line, never a traceback
+        raise InvalidViaError(f"unexpected structure ({type(exc).__name__}: {exc})"
+                              .splitlines()[0][:200], file=path) from None
+
+
+def _read_any(path: Path) -> tuple[str, list[ReadImage]]:
+    if path.suffix.lower() == ".csv":
+        return "via-csv", _read_csv(path)
+    data = _json_load(path)
+    if not isinstance(data, dict):
+        raise InvalidViaError("top level is not a JSON object", file=path)
+    if "_via_img_metadata" in data:
+        meta = data["_via_img_metadata"]
+        if not isinstance(meta, dict):
+            raise InvalidViaError("'_via_img_metadata' is not an object", file=path)
+        return "via2-project", _read_via2_metadata(meta, path)
+    if {"file", "view", "metadata"} <= set(data) or ("project" in data and "file" in data):
+        return "via3-project", _read_via3(data, path)
+    if "images" in data and "annotations" in data:
+        return "coco", _read_coco(data, path)
+    if data and all(isinstance(v, dict) and "filename" in v for v in data.values()):
+        via1 = any(isinstance(v.get("regions"), dict) for v in data.values())
+        return ("via1" if via1 else "via2-annotations"), _read_via2_metadata(data, path)
+    if not data:
+        return "via2-annotations", []
+    raise InvalidViaError("unknown VIA version (no '_via_img_metadata', no VIA 3 'file'/"
+                          "'view'/'metadata', no images keyed by file name)", file=path)

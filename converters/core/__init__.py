@@ -1,0 +1,21 @@
+"""converters.core: The plumbing every stage shares: errors by fault, the one confined write path,
+safe names from data, parallel maps, incremental re-runs, provenance and pipeline records.
+
+Rooms (import them by name; this face imports nothing, so start-up and DVC's deps stay
+per module):
+
+- ``errors``: One exception hierarchy for bad user input (DESIGN.md, convention 4).
+- ``files``: The one write path and the one delete path of every stage (DESIGN.md, conventions 8
+  and 13).
+- ``incremental``: Incremental, additive re-runs: what each input produced, and whether it is up to
+  date.
+- ``parallel``: Map a function over jobs on all cores, in order, reporting progress.
+- ``paths``: Safe output paths from untrusted parts (DESIGN.md, convention 11).
+- ``provenance``: Provenance records: the JSON that ``export`` writes beside each PNG, ``<png
+  folder>/provenance/<stem>.json`` (source pseudonym UIDs, size, bit depth, pixel spacing in mm
+  (row, column), the transforms applied).
+- ``records``: Pipeline records: the JSON files one stage writes and another reads, read in one
+  place.
+"""
+
+__all__ = ["errors", "files", "incremental", "parallel", "paths", "provenance", "records"]

@@ -1,0 +1,23 @@
+"""converters.dicom: DICOM in and out: one reader, the PACS (retrieve and store), de-identification
+with its private ledger, pixels to display grayscale, the PNG export and DICOM SEG.
+
+Rooms (import them by name; this face imports nothing, so start-up and DVC's deps stay
+per module):
+
+- ``anonymize``: DICOM de-identification: an allowlist built from PS3.15 Annex E (DESIGN.md,
+  convention 13).
+- ``burned_in``: Burned-in text in radiographs: looked for by OCR, never trusted to a flag.
+- ``export``: Anonymized DICOM -> grayscale PNG for annotators and models, with provenance and a
+  VIA stub.
+- ``ledger``: The private folder: secret salt, patient identities and the pseudonym ledger.
+- ``pacs``: Retrieval from a PACS with pynetdicom: C-FIND the studies, C-GET or C-MOVE their
+  instances; and the way back: C-STORE of spinepipe's results (:func:`store`, ``spinepipe store``).
+- ``pixels``: DICOM pixel data to display-ready grayscale, the study's export ("histogram
+  equalization").
+- ``read``: Reading DICOM files: the one reader every stage uses (retrieve's store, anonymize,
+  export, to-seg, SEG reading), so a damaged file is the same one-line error everywhere.
+- ``seg``: DICOM Segmentation objects (highdicom) of predicted vertebrae, on their source
+  radiographs.
+"""
+
+__all__ = ["anonymize", "burned_in", "export", "ledger", "pacs", "pixels", "read", "seg"]

@@ -1,0 +1,384 @@
+"""Synthetic lateral lumbar spine radiographs: the product's embedded default data set.
+
+Real X-rays cannot ship, so :func:`generate` writes what a hospital archive and its annotators
+would hand over:
+
+- ``dicom/<PatientID>/<AccessionNumber>/<SOPInstanceUID>.dcm``: Computed Radiography or
+  Digital X-Ray (For Presentation) objects, 12 bits stored in 16 allocated, unsigned,
+  MONOCHROME2 (bone bright) or, for a share of images, MONOCHROME1 (stored inverted), with the
+  identifying attributes a real archive carries (names, IDs, dates, accession number,
+  institution, physicians, UIDs, a private block repeating the patient ID) and, for a share of
+  images, the patient's name burned into the pixels with BurnedInAnnotation ``YES``.
+- ``annotations/via_project.json``: a VIA 2.0.x project, one polygon of 6-15 points per
+  vertebral body (class ``lumbar`` for L1-L5, ``sacrum`` for the sacrum) and, as in the study,
+  the implants (``cage``, ``screw``, ``rod``). Images are named ``<SOPInstanceUID>.png`` with
+  size -1 (VIA's "unknown"): the demo maps them to the exported, pseudonymized PNG names
+  through the private ledger.
+- ``truth.json``: per image, the vertebral level of each region (``L1``..``L5``, ``S1`` or
+  ``null`` for implants), what was drawn (overlapping levels, implants, thoracic vertebra, a slip
+  and its size), the pixel spacing, the true ``endplates`` (per level ``superior`` and, lumbar,
+  ``inferior``: [posterior corner, anterior corner], vertices of the polygon) and the true clinical
+  ``measures`` computed from them (:mod:`converters.spine.measures`).
+
+Geometry: the COCO convention of :mod:`converters.annotations.coco`: continuous coordinates, x to
+the right, y down, (0, 0) at the top-left corner of the top-left pixel, pixel (row i, column j)
+centred at (j + 0.5, i + 0.5). Shapes are rendered from the very integer polygons the VIA file
+stores (OpenCV puts pixel centres at integers, so vertices are shifted by half a pixel). The image
+is built as a projection: densities of overlapping structures add, so vertebrae that overlap on a
+degenerated disc look brighter where they overlap, as on a radiograph.
+
+The anatomy (shapes, densities, implants, the projection) is drawn by
+:mod:`converters.phantom.anatomy`; this module plans the cases and writes DICOM, VIA and truth.
+
+Determinism: each image depends only on ``(seed, image index)`` and its patient's anatomy only
+on ``(seed, patient index)``, so results do not depend on the number of worker processes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from converters.phantom.anatomy import MAX_VALUE, CaseSpec, Region, burn_in, render
+from converters.core.provenance import record_paths
+from converters.core.errors import InvalidConfigError, InvalidViaError
+from converters.core.files import atomic_path, prepare_output, write_json
+from converters.spine.measures import measures_from_endplates
+from converters.core.parallel import map_jobs
+from converters.annotations.via import ViaImage, polygon_region, read_via, via2_project
+
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_IMAGE_STORAGE_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+PRIVATE_CREATOR = "SPINEPIPE PHANTOM"
+
+_FIRST = ["ANNA", "BERND", "CLARA", "DIETER", "ELKE", "FRANZ", "GERDA", "HANS", "INGE",
+          "JONAS", "KARIN", "LUKAS", "MARTA", "NIKLAS", "OLGA", "PETER", "RUTH", "STEFAN",
+          "TANJA", "UWE", "VERA", "WALTER"]
+_LAST = ["MUELLER", "SCHMIDT", "SCHNEIDER", "FISCHER", "WEBER", "MEYER", "WAGNER", "BECKER",
+         "SCHULZ", "HOFFMANN", "KOCH", "RICHTER", "KLEIN", "WOLF", "NEUMANN", "BRAUN",
+         "ZIMMERMANN", "HARTMANN", "KRAUSE", "LANGE", "KOVACS", "NAGY"]
+_INSTITUTIONS = ["ST. ELISABETH SPINE CENTRE", "KLINIKUM NORD WIRBELSAEULE",
+                 "UNIVERSITY HOSPITAL ORTHOPAEDICS"]
+_PHYSICIANS = ["HUBER^MARKUS^^DR.", "LORENZ^SABINE^^DR.", "KELLER^THOMAS^^PROF. DR."]
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """What to generate. Shares are probabilities per image (per patient for ``repeat``)."""
+
+    enabled: bool = True            # the DVC stage's switch: off when a real archive is used
+    n: int = 24
+    seed: int = 0
+    height: int = 640
+    width: int = 256
+    overlap_share: float = 0.3      # images with >= 1 degenerated disc (vertebrae overlap)
+    implant_share: float = 0.7      # images with radiopaque implants (as in the study)
+    thoracic_share: float = 0.4     # images showing a thoracic vertebra above L1 (unannotated)
+    monochrome1_share: float = 0.2  # images stored as MONOCHROME1
+    burned_in_share: float = 0.1    # images with the patient's name burned into the pixels
+    dx_share: float = 0.5           # Digital X-Ray objects (the rest Computed Radiography)
+    repeat_patient_share: float = 0.3  # patients with 2-3 images (pre- and post-operative)
+    slip_share: float = 0.25        # images with a degenerative slip (grade I-II)
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise InvalidConfigError(f"n must be at least 1, got {self.n}")
+        if not (64 <= self.width <= 8192 and 128 <= self.height <= 8192):
+            raise InvalidConfigError(
+                f"image size {self.width}x{self.height} out of range "
+                "(width 64-8192, height 128-8192)")
+        for name in ("overlap_share", "implant_share", "thoracic_share", "monochrome1_share",
+                     "burned_in_share", "dx_share", "repeat_patient_share", "slip_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InvalidConfigError(f"{name} must be between 0 and 1, got {value}")
+
+
+@dataclass(frozen=True)
+class AnnotatorConfig:
+    """params.yaml section ``annotator``: the demo's annotator (``phantom-annotations``)."""
+
+    #: exported images left unannotated, for ``spinepipe propose`` (:func:`held_out`)
+    holdout: int = field(default=0, metadata={"min": 0})
+
+
+@dataclass
+class CaseResult:
+    sop_instance_uid: str
+    patient_id: str
+    dicom_path: str
+    regions: list[Region] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# planning: patients and their images
+
+
+def plan_cases(cfg: PhantomConfig) -> list[CaseSpec]:
+    """Assign images to patients: most patients have one image, some have two or three."""
+    rng = np.random.default_rng([cfg.seed, 0xCA5E])
+    cases: list[CaseSpec] = []
+    patient = 0
+    while len(cases) < cfg.n:
+        k = 1
+        if rng.random() < cfg.repeat_patient_share:
+            k = int(rng.integers(2, 4))
+        k = min(k, cfg.n - len(cases))
+        for j in range(k):
+            cases.append(CaseSpec(len(cases), patient, j, k))
+        patient += 1
+    return cases
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+
+
+def _patient(cfg: PhantomConfig, patient_index: int) -> dict:
+    rng = np.random.default_rng([cfg.seed, 3, patient_index])
+    first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    birth = _dt.date(1940, 1, 1) + _dt.timedelta(days=int(rng.integers(0, 365 * 50)))
+    return {
+        "name": f"{last}^{first}",
+        "id": f"PID{cfg.seed % 1000:03d}{patient_index:05d}",
+        "birth": birth.strftime("%Y%m%d"),
+        "sex": "F" if first in _FIRST[::2] else "M",
+        "institution": _INSTITUTIONS[patient_index % len(_INSTITUTIONS)],
+        "physician": _PHYSICIANS[int(rng.integers(0, len(_PHYSICIANS)))],
+        "first_study": _dt.date(2012, 1, 1) + _dt.timedelta(days=int(rng.integers(0, 3000))),
+    }
+
+
+def _uid(cfg: PhantomConfig, *parts) -> str:
+    return generate_uid(entropy_srcs=["spinepipe-phantom", str(cfg.seed), *map(str, parts)])
+
+
+def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.random.Generator,
+             monochrome1: bool, burned_in: bool, dx: bool, facing: str = "right") -> Dataset:
+    pat = _patient(cfg, case.patient_index)
+    study_date = pat["first_study"] + _dt.timedelta(days=120 * case.patient_image)
+    study_time = f"{8 + case.index % 10:02d}{(7 * case.index) % 60:02d}{(13 * case.index) % 60:02d}"
+    age = (study_date.year - int(pat["birth"][:4]))
+    sop_class = DX_IMAGE_STORAGE_PRESENTATION if dx else CR_IMAGE_STORAGE
+    study_uid = _uid(cfg, "study", case.patient_index, case.patient_image)
+    series_uid = _uid(cfg, "series", case.patient_index, case.patient_image)
+    sop_uid = _uid(cfg, "sop", case.index)
+    spacing = 0.143 * 2870 / cfg.height  # mm per pixel: the study's largest images were 2870 px
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.ImplementationVersionName = "SPINEPIPE_PH"
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"] if not dx else ["ORIGINAL", "PRIMARY", ""]
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = study_date.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = study_time
+    ds.AccessionNumber = f"ACC{cfg.seed % 100:02d}{case.index:06d}"
+    ds.Modality = "DX" if dx else "CR"
+    if dx:
+        ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = "SPINEPIPE"
+    ds.InstitutionName = pat["institution"]
+    ds.InstitutionAddress = "HAUPTSTRASSE 1, 10115 BERLIN"
+    ds.ReferringPhysicianName = pat["physician"]
+    ds.StationName = f"XR-ROOM-{1 + case.patient_index % 3}"
+    ds.StudyDescription = "LWS SEITLICH"
+    ds.SeriesDescription = "LWS LAT"
+    ds.OperatorsName = "TECH^ANNA"
+    ds.ManufacturerModelName = "PHANTOM-XR"
+    ds.PatientName = pat["name"]
+    ds.PatientID = pat["id"]
+    ds.PatientBirthDate = pat["birth"]
+    ds.PatientSex = pat["sex"]
+    ds.PatientAge = f"{age:03d}Y"
+    other = Dataset()
+    other.PatientID = f"KIS{int(pat['id'][3:]) + 7_000_000}"
+    other.IssuerOfPatientID = "KIS"
+    other.TypeOfPatientID = "TEXT"
+    ds.OtherPatientIDsSequence = [other]
+    ds.BodyPartExamined = "LSPINE"
+    ds.DeviceSerialNumber = f"SN{1000 + case.patient_index % 3}"
+    ds.SoftwareVersions = "spinepipe-phantom 1"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = f"{case.patient_index:04d}{case.patient_image}"
+    ds.SeriesNumber = 1
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = 1
+    # rows run towards the patient's front (facing right) or back, columns towards the feet
+    ds.PatientOrientation = ["A" if facing == "right" else "P", "F"]
+    ds.ViewPosition = "LL"
+    ds.ImageLaterality = "U"
+    ds.BurnedInAnnotation = "YES" if burned_in else "NO"
+    ds.LossyImageCompression = "00"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelSpacing = [f"{spacing:.4f}", f"{spacing:.4f}"]
+    ds.ImagerPixelSpacing = [f"{spacing:.4f}", f"{spacing:.4f}"]
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "US"
+    ds.WindowCenter = "2048"
+    ds.WindowWidth = "4096"
+    ds.PresentationLUTShape = "INVERSE" if monochrome1 else "IDENTITY"
+    if dx:
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = -1 if monochrome1 else 1
+        ds.DetectorType = "SCINTILLATOR"
+        ds.PositionerType = "NONE"
+        ds.ImagerPixelSpacing = [f"{spacing:.4f}", f"{spacing:.4f}"]
+        ds.AcquisitionContextSequence = []
+        ds.AnatomicRegionSequence = [Dataset()]
+        code = ds.AnatomicRegionSequence[0]
+        code.CodeValue = "122496007"     # SNOMED CT: lumbar spine structure
+        code.CodingSchemeDesignator = "SCT"
+        code.CodeMeaning = "Lumbar spine"
+    else:
+        ds.PlateType = "STANDARD"
+    ds.KVP = f"{rng.uniform(78, 95):.0f}"
+    ds.DistanceSourceToDetector = "1150"
+    ds.ExposureTime = int(rng.integers(80, 400))
+    ds.XRayTubeCurrent = int(rng.integers(200, 500))
+    # a private block, as vendors write: it repeats identifying values
+    block = ds.private_block(0x0009, PRIVATE_CREATOR, create=True)
+    block.add_new(0x10, "LO", pat["id"])
+    block.add_new(0x11, "LO", f"{pat['name']} {pat['birth']}")
+    block.add_new(0x12, "DA", study_date.strftime("%Y%m%d"))
+    stored = (MAX_VALUE - pixels) if monochrome1 else pixels
+    ds.PixelData = stored.astype("<u2").tobytes()
+    return ds
+
+
+def _write_case(args: tuple[CaseSpec, PhantomConfig, str]) -> CaseResult:
+    case, cfg, out = args
+    pixels, regions, info = render(case, cfg)
+    rng = np.random.default_rng([cfg.seed, 4, case.index])
+    monochrome1 = bool(rng.random() < cfg.monochrome1_share)
+    burned_in = bool(rng.random() < cfg.burned_in_share)
+    dx = bool(rng.random() < cfg.dx_share)
+    if burned_in:
+        pat = _patient(cfg, case.patient_index)
+        burn_in(pixels, [pat["name"].replace("^", " "), pat["id"], pat["birth"]])
+    ds = _dataset(cfg, case, pixels, rng, monochrome1, burned_in, dx, info["facing"])
+    rel = Path("dicom") / ds.PatientID / ds.AccessionNumber / f"{ds.SOPInstanceUID}.dcm"
+    with atomic_path(Path(out) / rel) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    info.update(monochrome1=monochrome1, burned_in=burned_in, modality=ds.Modality,
+                patient_index=case.patient_index, pixel_spacing_mm=float(ds.PixelSpacing[0]))
+    return CaseResult(ds.SOPInstanceUID, ds.PatientID, str(rel), regions, info)
+
+
+def generate(cfg: PhantomConfig, output: str | Path, *, workers: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> list[CaseResult]:
+    """Write ``cfg.n`` phantom radiographs and their VIA annotations under ``output``.
+
+    Work is spread over ``workers`` processes (default: all cores). Returns one
+    :class:`CaseResult` per image, in index order.
+    """
+    cfg.validate()
+    output = prepare_output(output)
+    cases = plan_cases(cfg)
+    workers = workers or os.cpu_count() or 1
+    jobs = [(c, cfg, str(output)) for c in cases]
+    results = map_jobs(_write_case, jobs, workers=workers, progress=progress)
+    _write_annotations(output, results)
+    return results
+
+
+def _write_annotations(output: Path, results: list[CaseResult]) -> None:
+    images, truth = [], {}
+    for r in results:
+        via_regions = [polygon_region(reg.points, **{"class": reg.cls}) for reg in r.regions]
+        images.append(ViaImage(f"{r.sop_instance_uid}.png", -1, tuple(via_regions)))
+        endplates = {reg.level: reg.endplates() for reg in r.regions if reg.corners}
+        truth[r.sop_instance_uid] = {
+            "dicom": r.dicom_path,
+            "patient_id": r.patient_id,
+            "levels": [reg.level for reg in r.regions],
+            "classes": [reg.cls for reg in r.regions],
+            **r.info,
+            "endplates": endplates,
+            "measures": measures_from_endplates(endplates, (r.info["pixel_spacing_mm"],) * 2),
+        }
+    write_json(output / "annotations" / "via_project.json",
+               via2_project(images, name="spinepipe phantom"), indent=None)
+    write_json(output / "truth.json", truth)
+
+
+
+
+def exported_pngs(png_dir: str | Path, instances: dict[str, dict]) -> dict[str, tuple[str, int]]:
+    """Original SOP Instance UID -> (exported PNG name, PNG size in bytes) (demo only).
+
+    ``instances`` is the private ledger's ``instances`` table (new SOP Instance UID -> the
+    original one); the export provenance records (``provenance/*.json``) name each PNG's new
+    SOP Instance UID. A malformed record or ledger is an error naming the file.
+    """
+    exported: dict[str, tuple[str, int]] = {}
+    if not isinstance(instances, dict):
+        raise InvalidViaError("the ledger's 'instances' is not a mapping")
+    for prov in record_paths(png_dir):
+        try:
+            record = json.loads(prov.read_text(encoding="utf-8"))
+            row = instances.get(record["sop_instance_uid"])
+            if row is not None:
+                exported[row["sop_instance_uid"]] = (record["image"], int(record["png_bytes"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidViaError(f"malformed provenance record or ledger entry "
+                                  f"({type(exc).__name__}: {exc})".splitlines()[0],
+                                  file=prov) from None
+    return exported
+
+
+def held_out(names: list[str], n: int) -> set[str]:
+    """The ``n`` exported PNGs the demo's annotator leaves unannotated: the first by the
+    SHA-1 of their names (stable when other images come or go)."""
+    return set(sorted(names, key=lambda name: hashlib.sha1(name.encode()).hexdigest())[:n])
+
+
+def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]], *,
+                           keep: Callable[[str], bool] | None = None) -> dict:
+    """The phantom's VIA project (a file) re-keyed to the exported PNGs (demo only).
+
+    ``via`` is the phantom's project (files named ``<original SOPInstanceUID>.png``), read as any
+    VIA file is (:func:`converters.annotations.via.read_via`: a malformed one is an error naming
+    it); ``exported`` maps an original SOP Instance UID to ``(PNG name, PNG size in bytes)``, as
+    the private ledger and the export provenance give it. Images that were not exported
+    (quarantined for burned-in text) are left out, as an annotator would never see them. The result
+    names only pseudonymized PNGs: no original identifier survives. ``keep`` (a PNG name -> bool)
+    selects images (:func:`held_out`).
+    """
+    images = []
+    for meta in read_via(via)[1]:
+        original_uid = meta.filename.removesuffix(".png")
+        if original_uid not in exported:
+            continue
+        name, size = exported[original_uid]
+        if keep is not None and not keep(name):
+            continue
+        regions = tuple(polygon_region(list(zip(r.xs, r.ys)), **r.attributes)
+                        for r in meta.regions if r.shape == "polygon")
+        images.append(ViaImage(name, size, regions))
+    images.sort(key=lambda im: im.filename)
+    return via2_project(images, name="spinepipe phantom annotations")

@@ -1,0 +1,14 @@
+"""train.fit: Training: per-run MMEngine configs, augmentation, the runner, checkpoint loading.
+
+Rooms (import them by name; this face imports nothing, so start-up and DVC's deps stay
+per module):
+
+- ``augment``: Albumentations inside the MMDetection / MMSegmentation training pipelines.
+- ``checkpoint``: Loading mmengine checkpoints under torch >= 2.6's ``weights_only=True`` default.
+- ``run_config``: Per-run ("leaf") MMEngine configs: a model config from ``train/configs/`` plus
+  this run's data paths, image scale and schedule.
+- ``runner``: Training through MMEngine's Runner, exactly as MMDetection's / MMSegmentation's tools
+  do.
+"""
+
+__all__ = ["augment", "checkpoint", "run_config", "runner"]

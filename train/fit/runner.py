@@ -1,0 +1,229 @@
+"""Training through MMEngine's Runner, exactly as MMDetection's / MMSegmentation's tools do.
+
+The checkpoint allowlist (:mod:`train.fit.checkpoint`) is installed first, so ``resume`` and
+``load_from`` work under torch >= 2.6.
+
+A training that diverges stops at the first iteration whose loss is not a finite number (NaN or
+infinite), and so does one that fails inside MMDetection / MMSegmentation once its weights are no
+longer finite or its head says its scores are not (YOLACT's "classification scores become infinite
+or NaN!"): :class:`converters.core.errors.TrainingDivergedError`, one line naming the run's
+MMEngine log, not a model trained on NaN that reports a score.
+"""
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+
+from converters.annotations.split import fold_file, splits_file
+from converters.core.errors import (InsufficientDataError, InvalidConfigError, MissingInputError,
+                                    TrainingDivergedError)
+from converters.core.files import (atomic_path, prepare_output, refuse_links_below, write_json,
+                                   write_text)
+from converters.core.records import read_json
+from train.fit.checkpoint import allow_mmengine_checkpoints
+from train.models import BEST_METRIC, MODELS, family, family_of_scope
+from train.fit.run_config import build_leaf, replace_type
+
+
+def train(cfg: Config, *, resume: bool = False) -> Runner:
+    """Train the model of a leaf config; checkpoints and logs go to ``cfg.work_dir``."""
+    allow_mmengine_checkpoints()
+    cfg.resume = resume
+    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    if cfg.get("launcher", "none") == "pytorch" and not _cuda():
+        # MMEngine 0.10's init_dist calls torch.cuda.set_device unconditionally: on CPU the
+        # process group (gloo, from torchrun's environment) is started here, and MMEngine
+        # uses it as it finds it
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
+    try:
+        runner = Runner.from_cfg(cfg)   # builds the model: an override can break it here
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InvalidConfigError(f"the model does not build from this config "
+                                 f"({type(exc).__name__}: {first}); check --cfg-options and "
+                                 "the preset's options", file=Path(cfg.work_dir) / "config.py"
+                                 ) from None
+    runner.register_hook(FiniteLoss(), priority="VERY_HIGH")
+    try:
+        runner.train()
+    except TrainingDivergedError:
+        raise
+    except Exception as exc:
+        # MMDetection's heads assert that their scores are finite ("... become infinite or
+        # NaN!"): weights still finite but so large that the forward pass overflows
+        said = isinstance(exc, AssertionError) and "nan" in str(exc).lower()
+        if not said and _finite_weights(runner.model):
+            raise      # a bug, with its traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:120]
+        raise TrainingDivergedError(
+            f"training diverged at iteration {runner.iter + 1} ({type(exc).__name__}: "
+            f"{first}); lower the learning rate (--cfg-options optim_wrapper.optimizer.lr=...)",
+            file=_log(runner)) from None
+    return runner
+
+
+class FiniteLoss(Hook):
+    """Stop at the first training iteration whose loss is NaN or infinite."""
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        loss = (outputs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDivergedError(
+                f"training diverged at iteration {runner.iter + 1}: loss {float(loss)}; lower "
+                "the learning rate (--cfg-options optim_wrapper.optimizer.lr=...)",
+                file=_log(runner))
+
+
+def _finite_weights(model) -> bool:
+    """Every parameter and float buffer (batch-norm statistics) finite."""
+    import torch
+
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if torch.is_floating_point(t))
+
+
+def _log(runner) -> Path:
+    """The run's log (MMEngine writes it to a timestamped folder of the work dir)."""
+    return Path(runner.log_dir) / f"{runner.timestamp}.log"
+
+
+def last_checkpoint(work_dir: str | Path) -> Path | None:
+    """The checkpoint MMEngine recorded as its last one in ``work_dir`` (or None)."""
+    marker = Path(work_dir) / "last_checkpoint"
+    if not marker.is_file():
+        return None
+    path = Path(marker.read_text().strip())
+    return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------
+# one model x fold, as `spinepipe train` and dvc.yaml run it
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Image scale, crop and per-model MMEngine options of a training preset."""
+
+    img_scale: list[int] = field(default_factory=lambda: [256, 640])   # width, height
+    #: model -> its own (width, height) where it needs one: YOLACT's masks come from prototypes
+    #: at 1/4 of its input (Mask R-CNN's from a 28 x 28 grid per object, whatever the input)
+    model_img_scale: dict[str, list[int]] = field(default_factory=dict)
+    crop_size: list[int] = field(default_factory=lambda: [256, 256])   # height, width
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)   # model -> cfg options
+    augment: list[dict[str, Any]] = field(default_factory=list)        # albumentations
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """params.yaml section ``train``."""
+
+    preset: str = "demo"
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    folds: list[int] = field(default_factory=lambda: [0])
+    seed: int = 0
+    pretrained: dict[str, str] = field(default_factory=dict)  # model -> local checkpoint
+    images: str = "data/interim/png"
+    masks: str = "data/processed/masks"
+    splits: str = "data/splits"
+    presets: dict[str, Preset] = field(default_factory=lambda: {"demo": Preset()})
+
+
+def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *,
+                preset: str | None = None, cfg_options: Mapping[str, Any] | None = None,
+                launcher: str = "none") -> Config:
+    """Check everything a run needs and return its leaf config (nothing trained yet)."""
+    fam = family(model)
+    name = preset or cfg.preset
+    if name not in cfg.presets:
+        raise InvalidConfigError(f"unknown preset '{name}' (known: {', '.join(sorted(cfg.presets))})")
+    p = cfg.presets[name]
+    splits_path = splits_file(cfg.splits)
+    splits = read_json(splits_path, what="splits", made_by="split", keys={"folds": list})
+    if not 0 <= fold < len(splits["folds"]):
+        raise InvalidConfigError(f"fold {fold} out of range (0..{len(splits['folds']) - 1})",
+                         file=splits_path)
+    for part in ("train", "val"):
+        if not splits["folds"][fold][part]:
+            raise InsufficientDataError(f"fold {fold} has an empty {part} split", file=splits_path)
+    suffix = "json" if fam == "instance" else "txt"
+    anns = {part: fold_file(cfg.splits, fold, part, suffix) for part in ("train", "val")}
+    for path in (*anns.values(), Path(cfg.images), *([Path(cfg.masks)] if fam == "semantic" else [])):
+        if not path.exists():
+            raise MissingInputError("missing", produced_by="split", file=path)
+    pretrained = cfg.pretrained.get(model)
+    if pretrained and not Path(pretrained).is_file():
+        raise MissingInputError("pretrained checkpoint not found", file=pretrained)
+    unknown = sorted(set(p.model_img_scale) - set(MODELS))
+    if unknown:
+        raise InvalidConfigError(f"train.presets.{name}.model_img_scale: unknown model "
+                                 f"'{unknown[0]}' (known: {', '.join(sorted(MODELS))})")
+    options = {**p.options.get(model, {}), **(cfg_options or {})}
+    img_scale = p.model_img_scale.get(model, p.img_scale)
+    leaf = build_leaf(model, images=cfg.images, masks=cfg.masks, train_ann=anns["train"],
+                      val_ann=anns["val"], work_dir=work_dir, img_scale=tuple(img_scale),
+                      crop_size=tuple(p.crop_size), seed=cfg.seed, pretrained=pretrained,
+                      augment=p.augment, options=options)
+    leaf.launcher = launcher
+    if launcher != "none" and not _cuda():
+        # torch's SyncBatchNorm runs on accelerators only: CPU processes (gloo) use plain BN
+        for key in list(leaf.keys()):
+            replace_type(leaf[key], "SyncBN", "BN")
+        leaf.env_cfg = {**leaf.get("env_cfg", {}), "dist_cfg": {"backend": "gloo"}}
+        # MMEngine's default wrapper passes device_ids=[LOCAL_RANK], which means a GPU
+        leaf.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None,
+                                      broadcast_buffers=False,
+                                      find_unused_parameters=leaf.get("find_unused_parameters",
+                                                                      False))
+    return leaf
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(leaf: Config, *, resume: bool = False) -> dict:
+    """Train; write the leaf config and ``metrics.json`` (best validation score) to the
+    work dir, keep the best checkpoint as ``best.pth``; return the metrics (with this
+    process's ``rank`` and the ``world_size``).
+
+    Distributed (``launcher`` pytorch / slurm, one process per rank): every rank trains, and
+    rank 0 alone writes files (MMEngine saves checkpoints and logs from rank 0 as well)."""
+    from mmengine.dist import get_dist_info
+
+    work = Path(leaf.work_dir)
+    prepare_output(work)
+    refuse_links_below(work)  # MMEngine opens its files with plain open(): links are followed
+    # MMEngine keeps one visualizer per name for the whole process, and the mm configs name
+    # theirs 'visualizer': a second run in one process (tests, a notebook) would get the first
+    # one's, and write its logs and dvclive files into the first run's folder
+    leaf.visualizer["name"] = f"spinepipe_{work.name}_{secrets.token_hex(4)}"
+    if int(os.environ.get("RANK", "0")) == 0:  # before the process group exists
+        write_text(work / "config.py", leaf.pretty_text)  # what Config.dump writes, confined
+    runner = train(leaf, resume=resume)
+    rank, world_size = get_dist_info()
+    fam = family_of_scope(leaf.default_scope)
+    best_ckpt = runner.message_hub.get_info("best_ckpt")
+    best_score = runner.message_hub.get_info("best_score")
+    metrics = {"metric": BEST_METRIC[fam], "best": float(best_score) if best_score is not None
+               else None, "iterations": int(runner.iter), "epochs": int(runner.epoch),
+               "world_size": world_size}
+    if rank == 0:
+        if best_ckpt and Path(best_ckpt).is_file():
+            with atomic_path(work / "best.pth") as tmp:  # never through a link
+                shutil.copyfile(best_ckpt, tmp)
+        write_json(work / "metrics.json", metrics)
+    return {**metrics, "rank": rank}

@@ -1,0 +1,182 @@
+"""The study's report from the evaluations of every model x fold
+(:mod:`train.evaluation.evaluate`): :func:`build_report` writes everything below; the tables are
+:mod:`train.report.tables`, the figures :mod:`train.report.figures`, the page
+:mod:`train.report.html`.
+
+Input: ``<eval>/<model>/fold<k>/per_image.csv`` and ``summary.json``. All statistics are over
+per-image values pooled across folds (the paper's Tables 1-4; :mod:`train.report.stats`). Outputs
+under the report folder:
+
+- ``report.html``: one self-contained page (figures embedded as PNG data URIs);
+- ``tables/*.md`` and ``tables/*.csv``: Table 1 (mean and SD per model, recognition rates
+  with Wilson 95 % intervals), the subgroups (composite recognition on test images with /
+  without overlapping vertebrae and with / without implants, checked against the study's
+  finding that instance models keep overlapping vertebrae apart; ``notes.md`` says whether it
+  holds and warns when the test set has fewer than ``min_images`` images per model),
+  Table 2 (Kruskal-Wallis per metric), Table 3 / Table 4 (pairwise post-hoc tests of the
+  recognition / composite recognition rate, Holm-corrected) and the same for each pixel
+  metric, Shapiro-Wilk, Tukey HSD where it applies, pooled (dataset-level) metrics;
+- ``figures/``: density plots of the four metrics (the paper's Figure 4), box plots per model,
+  best / worst example overlays per model (Figure 5: ground truth outlined in green, the
+  prediction filled, lumbar red, sacrum blue);
+- the clinical measures table (``tables/measures.*``: the ground truth's lordosis, then each
+  model's agreement with the ground truth's measures, :mod:`train.evaluation.agreement`) and a
+  Bland-Altman plot of the lordosis (``figures/bland_altman_lordosis.png``);
+- ``metrics.json``: per model, the means of the four pixel metrics (key names as
+  ``spinepipe metrics`` prints them) plus ``recognition_rate``,
+  ``composite_recognition_rate`` and ``composite_recognition_rate_overlaps`` (on the images
+  with overlaps), ``lordosis_mae_deg`` and ``measurable_rate``, for ``dvc metrics show /
+  diff``;
+- ``plots/per_image.csv`` (one row per model, fold and image) and ``plots/density_<metric>.csv``
+  (x ``value``, one density column per model) for ``dvc plots``.
+
+Values are fractions in the files; the HTML and Markdown tables print percentages as the paper
+does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from converters.core.files import prepare_output, write_bytes, write_json, write_text
+from train.report import stats
+from train.evaluation.agreement import summarize
+from train.evaluation.metrics import METRICS
+from train.report.figures import (bland_altman_figure, box_figure, densities, density_figure,
+                                  examples)
+from train.report.html import page
+from train.report.tables import (LABELS, RATES, load_evaluations, load_measures, markdown,
+                                 measures_table, overlap_finding, sample_note, subgroups,
+                                 subgroups_display, table1, table1_display)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """params.yaml section ``report``."""
+
+    alpha: float = field(default=0.05, metadata={"min": 0.0, "max": 0.5})
+    examples: int = field(default=1, metadata={"min": 0})
+    #: fewer test images per model than this: the report says its statistics are indicative
+    min_images: int = field(default=30, metadata={"min": 1})
+
+
+def build_report(eval_root: str | Path, output: str | Path, *, images: str | Path,
+                 masks: str | Path, cfg: ReportConfig = ReportConfig(),
+                 models: list[str] | None = None) -> dict:
+    """Write every report output (module docstring); return ``metrics.json``'s content."""
+    eval_root, output = Path(eval_root), Path(output)
+    df, summaries = load_evaluations(eval_root, models)
+    prepare_output(output)
+    clinical = load_measures(eval_root, df)
+    agreement = {model: summarize(pred, true) for model, (pred, true) in clinical.items()}
+    t1, sub = table1(df), subgroups(df)
+    notes = {"sample": sample_note(t1, cfg.min_images),
+             "finding": overlap_finding(df, sub, cfg.alpha)}
+    tables = _tables(df, summaries, t1, sub, cfg.alpha)
+    if clinical:   # right after the recognition subgroups: what a surgeon reads first
+        first = {k: tables.pop(k) for k in ("table1", "subgroups")}
+        tables = {**first, "measures": (
+            measures_table(clinical, agreement), False, "Clinical measures: each model's "
+            "against the ground truth's (Bland-Altman; measurable: every measure the ground "
+            "truth gives, the model gives too)"), **tables}
+    _write_tables(output, tables, t1, sub, notes)
+    figs, ex = _write_figures(output, df, clinical, eval_root, Path(images), Path(masks),
+                              cfg.examples)
+    metrics = _metrics(t1, sub, agreement)
+    write_json(output / "metrics.json", metrics)
+    write_text(output / "report.html", page(tables, figs, ex, df, cfg.alpha, notes))
+    return metrics
+
+
+def _tables(df: pd.DataFrame, summaries: list[dict], t1: pd.DataFrame, sub: pd.DataFrame,
+            alpha: float) -> dict[str, tuple[pd.DataFrame, bool, str]]:
+    """name -> (table, values are fractions to print as %, caption), in the page's order."""
+    values = df.assign(recognition_rate=df["recognized"].astype(float),
+                       composite_recognition_rate=df["composite"].astype(float))
+    all_metrics = [*METRICS, *RATES]
+    post = {m: stats.pairwise(values, m, alpha) for m in all_metrics}
+    tukeys = {m: stats.tukey(values, m, alpha) for m in METRICS}
+    pooled = pd.DataFrame({f"{s['model']} fold {s['fold']}": {
+        k: s["pooled"].get(k) for k in ("pixel_accuracy", "mean_accuracy", "mean_iou",
+                                        "mean_dice", "frequency_weighted_iou")}
+        for s in summaries}).T
+    levels = pd.DataFrame({f"{s['model']} fold {s['fold']}": s["level_recognition"]
+                           for s in summaries}).T
+    return {
+        "table1": (table1_display(t1), False, "Table 1. Pixel metrics (mean and SD over the "
+                   "test images of all folds) and recognition rates, %"),
+        "subgroups": (subgroups_display(sub), False, "Subgroups: composite recognition on "
+                      "the test images with / without overlapping vertebrae and with / without "
+                      "implants, % (images composite-recognized / images)"),
+        "table2_kruskal_wallis": (stats.kruskal(values, all_metrics, alpha), False,
+                                  "Table 2. Kruskal-Wallis test per metric "
+                                  "(epsilon-squared effect size)"),
+        "table3_recognition_rate": (post["recognition_rate"], False, "Table 3. Recognition rate: "
+                                    "pairwise t-tests, Holm-Bonferroni corrected; Dunn's test "
+                                    "(Holm) and Cliff's delta alongside"),
+        "table4_composite_recognition_rate": (post["composite_recognition_rate"], False,
+                                              "Table 4. Composite recognition rate: pairwise "
+                                              "tests as Table 3"),
+        **{f"posthoc_{m}": (post[m], False, f"Pairwise tests: {LABELS[m]}") for m in METRICS},
+        "shapiro_wilk": (stats.shapiro(values, list(METRICS), alpha), False,
+                         "Shapiro-Wilk test of normality per model and metric"),
+        **{f"tukey_{m}": (t, False, f"Tukey HSD: {LABELS[m]}") for m, t in tukeys.items()
+           if t is not None},
+        "pooled_metrics": (pooled, True, "Pooled (dataset-level, summed confusion matrix) "
+                           "metrics per model and fold, % (labelled as such: not the paper's "
+                           "per-image means)"),
+        "level_recognition": (levels, True, "Recognition per vertebra level, % of test images"),
+    }
+
+
+#: tables whose index (models, runs) is written into their CSV
+_INDEXED = ("table1", "subgroups", "pooled_metrics", "level_recognition", "measures")
+
+
+def _write_tables(output: Path, tables: dict, t1: pd.DataFrame, sub: pd.DataFrame,
+                  notes: dict[str, str | None]) -> None:
+    for name, (table, percent, _) in tables.items():
+        write_text(output / "tables" / f"{name}.csv", table.to_csv(index=name in _INDEXED))
+        write_text(output / "tables" / f"{name}.md", markdown(table, percent))
+    write_text(output / "tables" / "table1_values.csv", t1.to_csv())
+    write_text(output / "tables" / "subgroups_values.csv", sub.to_csv(index=False))
+    write_text(output / "tables" / "notes.md",
+               "\n\n".join(v for v in notes.values() if v) + "\n")
+
+
+def _write_figures(output: Path, df: pd.DataFrame, clinical: dict, eval_root: Path,
+                   images: Path, masks: Path, k: int) -> tuple[dict[str, bytes], list]:
+    """The plots' data for DVC, the figures and the example overlays; returns (figures,
+    examples) for the page."""
+    dens = densities(df)
+    for m, d in dens.items():
+        write_text(output / "plots" / f"density_{m}.csv",
+                   d.to_csv(index=False, float_format="%.6g"))
+    write_text(output / "plots" / "per_image.csv", df.to_csv(index=False, float_format="%.6f"))
+    figs = {"density": density_figure(dens), "boxplots": box_figure(df)}
+    ba = bland_altman_figure(clinical)
+    if ba is not None:
+        figs["bland_altman_lordosis"] = ba
+    for name, data in figs.items():
+        write_bytes(output / "figures" / f"{name}.png", data)
+    ex = examples(df, eval_root, images, masks, k)
+    for model, kind, _, data in ex:
+        write_bytes(output / "figures" / "overlays" / f"{model}_{kind}.png", data)
+    return figs, ex
+
+
+def _metrics(t1: pd.DataFrame, sub: pd.DataFrame, agreement: dict[str, dict]) -> dict:
+    """metrics.json: per model, the pixel metrics' means, the recognition rates, the
+    composite rate on the images with overlaps, the lordosis MAE and the measurable rate."""
+    metrics = {model: {**{m: float(r[f"{m}_mean"]) for m in METRICS},
+                       **{k: float(r[k]) for k in RATES}} for model, r in t1.iterrows()}
+    for _, r in sub[sub["subgroup"] == "overlaps"].iterrows():
+        if r["images"]:
+            metrics[r["model"]]["composite_recognition_rate_overlaps"] = \
+                float(r["composite_recognition_rate"])
+    for model, s in agreement.items():
+        metrics[model]["lordosis_mae_deg"] = s["groups"]["lordosis_deg"]["mae"]
+        metrics[model]["measurable_rate"] = s["measurable_rate"]
+    return metrics
