@@ -4,7 +4,7 @@ params.yaml section ``retrieve`` (:class:`converters.dicom.pacs.RetrieveConfig`)
 ``retrieve.enabled: false`` (the demo, where the phantom is the archive) the command only makes
 sure the output folder exists.
 
-What the PACS sends is verified (:mod:`converters.dicom.pacs`): an object whose study, series,
+What the PACS sends is verified (:mod:`converters.dicom.retrieve`): an object whose study, series,
 instance or patient is not what was asked is refused and listed ("refused: ..."); each study and
 each study-level query has a deadline of 10 x ``retrieve.timeout_s``
 (:data:`converters.dicom.pacs.DEADLINE_FACTOR`), after which its association is aborted and it is
@@ -21,7 +21,8 @@ import typer
 
 from converters.core.errors import IncompleteRunError, UsageError
 from converters.core.files import prepare_output, write_json
-from converters.dicom.pacs import RetrieveConfig, read_manifest, retrieve
+from converters.dicom.pacs import RetrieveConfig
+from converters.dicom.retrieve import read_manifest, retrieve
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
 

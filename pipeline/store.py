@@ -16,7 +16,8 @@ from typing import Optional
 import typer
 
 from converters.core.errors import IncompleteRunError, MissingInputError
-from converters.dicom.pacs import RetrieveConfig, store
+from converters.dicom.pacs import RetrieveConfig
+from converters.dicom.store import store
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
 

@@ -92,7 +92,7 @@ def _damaged_tree(tmp_path: Path, damage: str) -> tuple[Path, str]:
 
 @pytest.mark.parametrize("damage", ["cut in the pixel data", "undefined transfer syntax"])
 def test_every_stage_reads_dicom_through_it(tmp_path, damage, capsys):
-    from converters.dicom.pacs import _read_for_store
+    from converters.dicom.store import _read_for_store
     from converters.dicom.seg import read_seg
     from pipeline.cli import main
     from train.infer.to_seg import _verify_identities

@@ -25,7 +25,7 @@ from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
 from converters.dicom.export import ExportConfig, export_tree
 from converters.core.files import TEMP_MARK
 from converters.dicom.ledger import load_or_create_salt, prepare_private
-from converters.dicom.pacs import retrieve
+from converters.dicom.retrieve import retrieve
 from converters.core.paths import UnsafePathError, confined, is_uid
 from pipeline.cli import main
 
@@ -172,7 +172,8 @@ def test_retrieve_refuses_a_traversal_uid_from_a_real_pacs(tmp_path, capsys):
 def test_store_handler_refuses_objects_with_invalid_uids(tmp_path):
     """What a PACS pushes during C-GET / C-MOVE is checked too, not only C-FIND answers."""
     from converters.core.files import prepare_output
-    from converters.dicom.pacs import Asked, Receiver, RetrieveConfig, deadline_for
+    from converters.dicom.retrieve import Asked, Receiver
+    from converters.dicom.pacs import RetrieveConfig, deadline_for
 
     class Event:  # the two members of pynetdicom's C-STORE event that the handler reads
         def __init__(self, ds):

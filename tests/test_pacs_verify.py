@@ -29,7 +29,9 @@ from pynetdicom.sop_class import (ComputedRadiographyImageStorage,
 from conftest import Orthanc, dicom_image, free_port
 from converters.core.files import TEMP_MARK
 from converters.dicom.pacs import (DEADLINE_FACTOR, REFUSED_NOT_ASKED, PacsError, RetrieveConfig,
-                                   explain_status, retrieve, store)
+                                   explain_status)
+from converters.dicom.retrieve import retrieve
+from converters.dicom.store import store
 from pipeline.cli import main
 
 STUDY, SERIES, SOP, PATIENT, ACCESSION = "1.2.3.21.1", "1.2.3.21.1.1", "1.2.3.21.1.1.1", "P21", "ACC21"

@@ -15,7 +15,8 @@ import pydicom
 import pytest
 
 from conftest import Orthanc
-from converters.dicom.pacs import PacsError, RetrieveConfig, read_manifest, retrieve
+from converters.dicom.pacs import PacsError, RetrieveConfig
+from converters.dicom.retrieve import read_manifest, retrieve
 from converters.core.errors import InvalidTableError
 from converters.core.files import TEMP_MARK
 from converters.phantom.writing import PhantomConfig, generate
@@ -91,7 +92,7 @@ def test_server_killed_mid_transfer_then_rerun_completes(tmp_path, monkeypatch):
     """The PACS dies right after the second object has been written (from inside the
     C-STORE handler: no race with the transfer): the run reports the failure, keeps what
     arrived, and a re-run after the PACS is back fetches only the rest."""
-    import converters.dicom.pacs as pacs_module
+    import converters.dicom.retrieve as pacs_module
     archive = tmp_path / "archive"
     generate(PhantomConfig(n=10, seed=21, height=2560, width=1024, burned_in_share=0,
                            repeat_patient_share=0), archive, workers=1)
