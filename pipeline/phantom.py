@@ -13,7 +13,7 @@ import typer
 
 from converters.core.files import prepare_output, write_json
 from converters.phantom.writing import PhantomConfig, generate
-from converters.annotations.via import via2_project
+from converters.annotations.via_project import via2_project
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
 from pipeline.params import stage_params
 

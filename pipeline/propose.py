@@ -16,7 +16,8 @@ import typer
 
 from converters.core.errors import InsufficientDataError, UsageError
 from converters.core.files import prepare_output
-from converters.annotations.via import read_via, via_filepath
+from converters.annotations.via import read_via
+from converters.annotations.via_project import via_filepath
 from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
 from pipeline.params import stage_params
 from train.models import MODELS, run_dir

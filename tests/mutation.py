@@ -64,6 +64,8 @@ class Module:
     why: str = ""                  # the promise it holds
 
 
+VIA_TESTS = ("tests/test_via_guarantees.py", "tests/test_via_real.py", "tests/test_via_roundtrip.py",
+             "tests/test_bounds.py", "tests/test_measures.py")
 DEID_TESTS = ("tests/test_deid_guarantees.py", "tests/test_anonymize.py",
               "tests/test_deid_leak.py", "tests/test_identity.py")
 
@@ -126,10 +128,14 @@ MODULES: dict[str, Module] = {
                    "_Engine._set_later", "_Engine._pixels", "_Engine.file_meta"),
         why="de-identification: the engine that applies the table to every element"),
     "via": Module(
-        "converters/annotations/via.py",
-        ("tests/test_via_guarantees.py", "tests/test_via_real.py", "tests/test_via_roundtrip.py",
-         "tests/test_bounds.py", "tests/test_measures.py"),
+        "converters/annotations/via.py", VIA_TESTS,
         why="VIA projects and exports read as VIA wrote them"),
+    "via-csv": Module(
+        "converters/annotations/via_csv.py", VIA_TESTS,
+        why="VIA's CSV export read as VIA wrote it"),
+    "via-project": Module(
+        "converters/annotations/via_project.py", VIA_TESTS,
+        why="projects written as VIA saves them"),
 }
 
 

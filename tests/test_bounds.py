@@ -44,7 +44,7 @@ from shapely.geometry import Polygon
 from conftest import dicom_image
 from converters.annotations import coco
 from converters.core import records
-from converters.annotations import via
+from converters.annotations import via, via_csv
 from converters.core.errors import InvalidDicomError, InvalidViaError
 from converters.dicom.pixels import MAX_PIXELS, check_pixel_budget
 from pipeline.cli import main
@@ -248,7 +248,7 @@ def test_csv_fields_beyond_131072_characters(tmp_path, capsys):
     # beyond MAX_CSV_FIELD: one line naming the file and the line, and the limit is restored
     before = csv.field_size_limit()
     csv_file.write_text(CSV_HEAD + _csv_row(shape, json.dumps({
-        "class": "lumbar", "note": "x" * (via.MAX_CSV_FIELD + 1)})))
+        "class": "lumbar", "note": "x" * (via_csv.MAX_CSV_FIELD + 1)})))
     code, err = _convert(capsys, tmp_path, csv_file, images)
     one_line_error(code, err, "malformed CSV at line 2: a field longer than 1,048,576 "
                    "characters", "via.csv")

@@ -20,7 +20,8 @@ from converters.annotations.proposals import (PROPOSAL_ATTRIBUTE, REGION_ID, Pro
                                               ProposedRegion, corrections, mask_polygon,
                                               polygon_iou, read_proposal, review, simplify,
                                               via_images)
-from converters.annotations.via import polygon_region, read_via
+from converters.annotations.via_project import polygon_region
+from converters.annotations.via import read_via
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
@@ -117,13 +118,13 @@ def test_corrections_of_an_edited_project():
     image = via_images([prop], class_attribute="class", model="m")[0]
     proposed = read_proposal(image.file_attributes[PROPOSAL_ATTRIBUTE], "f.json", "a.png")
     assert [p.id for p in proposed] == [r.attributes[REGION_ID] for r in image.regions]
-    from converters.annotations.via import ReadRegion
-    final = [ReadRegion(i, "polygon", list(r.xs), list(r.ys), dict(r.attributes))
+    from converters.annotations.via import AnnotatedRegion
+    final = [AnnotatedRegion(i, "polygon", list(r.xs), list(r.ys), dict(r.attributes))
              for i, r in enumerate(image.regions)]
     final[0].xs = [0, 12, 12]                       # a point moved
     del final[2]                                    # a region deleted
-    final.append(ReadRegion(9, "polygon", [0, 5, 5], [40, 40, 50], {"class": "lumbar"}))
-    final.append(ReadRegion(10, "polygon", list(final[1].xs), list(final[1].ys),
+    final.append(AnnotatedRegion(9, "polygon", [0, 5, 5], [40, 40, 50], {"class": "lumbar"}))
+    final.append(AnnotatedRegion(10, "polygon", list(final[1].xs), list(final[1].ys),
                             dict(final[1].attributes)))   # a copy keeps the id: added
     rows = corrections("a.png", proposed, final, "class")
     status = {(r["proposal"], r["status"]) for r in rows}

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from converters.annotations import via
+from converters.annotations import via, via_csv
 from converters.core.errors import InvalidViaError, MissingInputError
-from converters.annotations.via import (DEFAULT_CLASS_OPTIONS, MAX_POINTS, MAX_REGIONS, ViaImage,
-                                        ViaRegion, expand_inputs, polygon_region, read_via,
-                                        via2_project, via_filepath)
+from converters.annotations.via import (DEFAULT_CLASS_OPTIONS, MAX_POINTS, MAX_REGIONS,
+                                        expand_inputs, read_via)
+from converters.annotations.via_project import (ProjectImage, ProjectRegion, polygon_region, via2_project,
+                                                via_filepath)
 
 
 def _write(tmp_path: Path, data, name: str = "v.json") -> Path:
@@ -66,9 +67,9 @@ def _shapes(images):
 
 
 def test_the_written_project_is_what_via_saves():
-    img = ViaImage("a.png", 1234, (ViaRegion((1, 5, 3), (2, 2, 9), {"class": "lumbar"}),),
+    img = ProjectImage("a.png", 1234, (ProjectRegion((1, 5, 3), (2, 2, 9), {"class": "lumbar"}),),
                    {"view": "lateral"})
-    project = via2_project([img, ViaImage("b.png")], name="study",
+    project = via2_project([img, ProjectImage("b.png")], name="study",
                            class_attribute="kind", default_filepath="/png/")
     assert list(project) == ["_via_settings", "_via_img_metadata", "_via_attributes",
                              "_via_data_format_version", "_via_image_id_list"]
@@ -96,9 +97,9 @@ def test_the_written_project_is_what_via_saves():
 
 
 def test_written_projects_read_back_as_written(tmp_path):
-    images = [ViaImage("a.png", 10, (ViaRegion((1, 5, 3), (2, 2, 9), {"class": "sacrum"}),
-                                     ViaRegion((0, 4, 4), (0, 0, 4), {})), {"q": "good"}),
-              ViaImage("b b.png", -1)]
+    images = [ProjectImage("a.png", 10, (ProjectRegion((1, 5, 3), (2, 2, 9), {"class": "sacrum"}),
+                                     ProjectRegion((0, 4, 4), (0, 0, 4), {})), {"q": "good"}),
+              ProjectImage("b b.png", -1)]
     fmt, read = _read(tmp_path, via2_project(images))
     assert fmt == "via2-project"
     assert _shapes(read) == [
@@ -124,10 +125,10 @@ def test_polygon_region_rounds_to_pixels_and_drops_repeats_and_the_closing_point
                        **{"class": "cage"})
     # Python rounds halves to even: 10.5 -> 10, 11.5 -> 12; (0, 1) repeats the first vertex
     assert (r.xs, r.ys, r.attributes) == ((0, 10, 12, 10), (1, 0, 0, 10), {"class": "cage"})
-    assert polygon_region([(3, 4)]) == ViaRegion((3,), (4,), {})
-    assert polygon_region([(3, 4), (3.2, 4.2)]) == ViaRegion((3,), (4,), {})
+    assert polygon_region([(3, 4)]) == ProjectRegion((3,), (4,), {})
+    assert polygon_region([(3, 4), (3.2, 4.2)]) == ProjectRegion((3,), (4,), {})
     assert polygon_region([(1, 1), (2, 2), (1, 1)]).xs == (1, 2)
-    assert polygon_region([]) == ViaRegion((), (), {})
+    assert polygon_region([]) == ProjectRegion((), (), {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,7 +557,7 @@ def test_csv_as_via_quotes_it_with_undefined_and_file_attributes(tmp_path):
 
 
 def test_undefined_becomes_null_outside_strings_only():
-    f = via._js_undefined_to_null
+    f = via_csv._js_undefined_to_null
     assert f('{"a":undefined,"b":"undefined","c":[undefined]}') == \
         '{"a":null,"b":"undefined","c":[null]}'
     assert f('{"a":"x\\"undefined\\\\","b":undefined}') == '{"a":"x\\"undefined\\\\","b":null}'
@@ -637,7 +638,7 @@ def test_the_written_project_equals_the_one_via_2_0_10_saved():
     _, images = read_via(path)
     assert len(images) == 4 and sum(len(i.regions) for i in images) == 11
     ours = via2_project(
-        [ViaImage(i.filename, i.size, tuple(polygon_region(list(zip(r.xs, r.ys)),
+        [ProjectImage(i.filename, i.size, tuple(polygon_region(list(zip(r.xs, r.ys)),
                                                            **r.attributes) for r in i.regions),
                   i.file_attributes) for i in images],
         name=saved["_via_settings"]["project"]["name"],

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 
 from converters.annotations.convert import ConvertConfig, convert
-from converters.annotations.via import (DEFAULT_CLASS_OPTIONS, ViaImage, polygon_region,
-                                        via2_project)
+from converters.annotations.via import DEFAULT_CLASS_OPTIONS
+from converters.annotations.via_project import ProjectImage, polygon_region, via2_project
 from pipeline.cli import main
 
 NO_PARAMS = "/nonexistent/params.yaml"
 
 
-def _drawing(tmp_path: Path) -> tuple[Path, list[ViaImage]]:
+def _drawing(tmp_path: Path) -> tuple[Path, list[ProjectImage]]:
     """Two images, five lumbar bodies and a sacrum each; one region whose class the
     annotator forgot to pick (no 'class' key, as VIA keeps it)."""
     images = tmp_path / "png"
@@ -42,12 +42,12 @@ def _drawing(tmp_path: Path) -> tuple[Path, list[ViaImage]]:
                                   **{"class": "lumbar"}) for y in (10, 40, 70, 100, 130)]
         regions.append(polygon_region([(15, 165), (70, 160), (45, 195)], **{"class": "sacrum"}))
         regions.append(polygon_region([(70, 20), (85, 20), (80, 35)]))  # class never picked
-        out.append(ViaImage(name, (images / name).stat().st_size, tuple(regions)))
+        out.append(ProjectImage(name, (images / name).stat().st_size, tuple(regions)))
     return images, out
 
 
-def _project(drawing: list[ViaImage], attribute: str = "class") -> dict:
-    renamed = [ViaImage(i.filename, i.size, tuple(
+def _project(drawing: list[ProjectImage], attribute: str = "class") -> dict:
+    renamed = [ProjectImage(i.filename, i.size, tuple(
         type(r)(r.xs, r.ys, {attribute: v for v in r.attributes.values()}) for r in i.regions))
         for i in drawing]
     return via2_project(renamed, class_attribute=attribute)
@@ -133,7 +133,7 @@ def test_every_file_via_writes_converts_to_the_same_coco(drawing):
         "export.csv": via_csv(project),
         "export_coco.json": json.dumps(via_coco(project, images)),
         "renamed.json": json.dumps(_project(
-            [ViaImage(m["filename"], m["size"], tuple(
+            [ProjectImage(m["filename"], m["size"], tuple(
                 polygon_region(list(zip(r["shape_attributes"]["all_points_x"],
                                         r["shape_attributes"]["all_points_y"])),
                                **r["region_attributes"]) for r in m["regions"]))

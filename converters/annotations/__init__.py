@@ -12,11 +12,22 @@ per module):
   which a person should review them, and what the annotators changed (no torch here: the inference
   is :mod:`train.infer.propose`).
 - ``qa``: QA pictures for people: overlays of the polygons on their image, and contact sheets.
-- ``regions``: Regions: a VIA region checked and repaired into an :class:`Instance`, or dropped
-  with its :class:`Problem`.
+- ``regions``: Regions: a VIA region checked and repaired into an :class:`Outline`, or dropped with
+  its :class:`Problem`.
 - ``split``: Deterministic, persisted, patient-grouped and stratified splits (DESIGN.md, convention
   6).
-- ``via``: VIA (VGG Image Annotator) project files.
+- ``via``: VIA (VGG Image Annotator) files read as VIA writes them: every format it saves or
+  exports (VIA 1 and 2 projects and annotation JSON, VIA 3 projects, COCO, CSV: :mod:`via_csv
+  <converters.annotations.via_csv>`) becomes the same :class:`AnnotatedImage` /
+  :class:`AnnotatedRegion` (:func:`read_via`); projects written:
+  :mod:`converters.annotations.via_project`.
+- ``via_csv``: VIA's CSV export (*Annotation > Export Annotations (as csv)*) read as VIA writes it:
+  one row per region (an image without regions: one row with empty region cells), each cell a JSON
+  value that VIA built with ``JSON.stringify`` (so a value never set is a bare ``undefined``),
+  quoted as VIA quotes it; a field is at most :data:`MAX_CSV_FIELD` characters.
+- ``via_project``: VIA projects written: what VIA 2.0.x itself saves with *Project > Save*, so that
+  annotators load spinepipe's projects (export's stub, proposals) as their own.
 """
 
-__all__ = ["coco", "convert", "proposals", "qa", "regions", "split", "via"]
+__all__ = ["coco", "convert", "proposals", "qa", "regions", "split", "via", "via_csv",
+           "via_project"]

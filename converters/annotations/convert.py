@@ -119,10 +119,10 @@ from converters.spine.measures import Spine, image_measures, measures_csv
 from converters.annotations.proposals import (CORRECTION_FIELDS, PROPOSAL_ATTRIBUTE, corrections,
                                               read_proposal)
 from converters.core.provenance import pixel_spacing, read_record
-from converters.annotations.regions import (Instance, Problem, RegionRules, detect_class_attribute,
+from converters.annotations.regions import (Outline, Problem, RegionRules, detect_class_attribute,
                                             validate_region)
 from converters.core.records import open_input
-from converters.annotations.via import MAX_POINTS, ReadImage, read_via
+from converters.annotations.via import MAX_POINTS, AnnotatedImage, read_via
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # larger images are refused: MAX_PIXELS (converters.dicom.pixels, export's default too); the
@@ -183,7 +183,7 @@ class ImageJob:
     stem: str
     width: int
     height: int
-    instances: list[Instance]
+    instances: list[Outline]
     problems: list[str]
     mask_values: dict[str, int]
     vertebra_classes: tuple[str, ...]
@@ -294,9 +294,9 @@ class _Plan:
     measures: list[dict] = field(default_factory=list)      # rows of measures.csv
 
 
-def _read_inputs(via_files: list[str | Path], report: ConvertReport) -> dict[str, ReadImage]:
+def _read_inputs(via_files: list[str | Path], report: ConvertReport) -> dict[str, AnnotatedImage]:
     """Every VIA file read; an image annotated twice keeps its first copy."""
-    merged: dict[str, ReadImage] = {}
+    merged: dict[str, AnnotatedImage] = {}
     for vf in via_files:
         fmt, images = read_via(vf)
         report.formats[str(vf)] = fmt
@@ -320,7 +320,7 @@ def _mask_values(cfg: ConvertConfig) -> dict[str, int]:
     return mask_values
 
 
-def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
+def _plan(merged: dict[str, AnnotatedImage], on_disk: dict[str, Path], output: Path,
           cfg: ConvertConfig, report: ConvertReport) -> _Plan:
     """Validate every annotated image on disk: instances, levels, COCO rows, the table."""
     plan = _Plan(mask_values=_mask_values(cfg))
@@ -344,7 +344,7 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
                 "size_mismatch", f"VIA recorded {img.size} bytes, the file has "
                 f"{path.stat().st_size}", img.source, name))
         width, height = image_size(path)
-        instances: list[Instance] = []
+        instances: list[Outline] = []
         for region in img.regions:
             inst, probs = validate_region(region, width, height, rules, img.source, name)
             report.problems += probs
@@ -396,7 +396,7 @@ def _plan(merged: dict[str, ReadImage], on_disk: dict[str, Path], output: Path,
     return plan
 
 
-def _corrections(img: ReadImage, class_attribute: str, plan: _Plan,
+def _corrections(img: AnnotatedImage, class_attribute: str, plan: _Plan,
                  report: ConvertReport) -> None:
     """What the annotator changed in a model's proposals (the image came from ``spinepipe
     propose``); an altered proposal record is a warning, never a lost annotation."""

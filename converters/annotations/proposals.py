@@ -47,7 +47,8 @@ from shapely.validation import make_valid
 from converters.annotations.coco import flat, mask_outline, rasterize
 from converters.core.errors import InvalidViaError
 from converters.core.records import json_value
-from converters.annotations.via import ReadRegion, ViaImage, ViaRegion, polygon_region
+from converters.annotations.via import AnnotatedRegion
+from converters.annotations.via_project import ProjectImage, ProjectRegion, polygon_region
 
 LUMBAR_COUNT = 5
 PROPOSAL_ATTRIBUTE = "spinepipe_proposal"   # file attribute: what was proposed
@@ -128,7 +129,7 @@ def _simple(xs: Sequence[int], ys: Sequence[int]) -> bool:
     return len(xs) >= 3 and Polygon(list(zip(xs, ys))).is_valid
 
 
-def _valid_region(contour: np.ndarray, max_points: int) -> ViaRegion:
+def _valid_region(contour: np.ndarray, max_points: int) -> ProjectRegion:
     """A simple polygon of at most ``max_points`` vertices for a pixel outline whose
     Douglas-Peucker simplification crosses itself: the largest part of the repaired outline,
     simplified by shapely's topology-preserving Douglas-Peucker (a valid ring in, a valid ring
@@ -235,20 +236,20 @@ def proposal_attributes() -> tuple[dict[str, dict], dict[str, dict]]:
 
 
 def via_images(proposals: Sequence[Proposal], *, class_attribute: str, model: str
-               ) -> list[ViaImage]:
+               ) -> list[ProjectImage]:
     """The proposals as VIA images, in review order (highest score first)."""
     out = []
     for prop in sorted(proposals, key=lambda p: (-p.score, p.filename)):
         regions, record = [], []
         for k, r in enumerate(prop.regions, 1):
             rid = f"p{k}"
-            regions.append(ViaRegion(tuple(r.xs), tuple(r.ys), {
+            regions.append(ProjectRegion(tuple(r.xs), tuple(r.ys), {
                 class_attribute: r.cls, "level": r.level or "", "source": "model",
                 "score": f"{r.score:.3f}", REGION_ID: rid}))
             record.append({"id": rid, "class": r.cls, "level": r.level or "",
                            "x": r.xs, "y": r.ys})
         payload = json.dumps({"model": model, "regions": record}, separators=(",", ":"))
-        out.append(ViaImage(prop.filename, prop.size, tuple(regions),
+        out.append(ProjectImage(prop.filename, prop.size, tuple(regions),
                             {PROPOSAL_ATTRIBUTE: payload}))
     return out
 
@@ -286,7 +287,7 @@ def read_proposal(value: str, file: str, image: str) -> list[Proposed]:
 CORRECTION_FIELDS = ("file_name", "region", "proposal", "class", "level", "status", "iou")
 
 
-def corrections(filename: str, proposed: list[Proposed], final: list[ReadRegion],
+def corrections(filename: str, proposed: list[Proposed], final: list[AnnotatedRegion],
                 class_attribute: str) -> list[dict]:
     """Rows of ``correction.csv`` for one image (module docstring): ``status`` is
     ``unchanged`` (IoU >= 0.999), ``edited``, ``added`` or ``deleted``."""

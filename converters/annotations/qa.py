@@ -24,7 +24,7 @@ import numpy as np
 from converters.core.errors import InvalidImageError
 from converters.core.files import remove_output, write_bytes
 from converters.spine.measures import Spine
-from converters.annotations.regions import Instance
+from converters.annotations.regions import Outline
 
 ENDPLATE = (0, 230, 255)   # BGR yellow
 THUMB_HEIGHT = 240
@@ -61,7 +61,7 @@ def _draw_spine(canvas: np.ndarray, spine: Spine, lordosis: float | None, scale:
                     0.4, colour, thick, cv2.LINE_AA)
 
 
-def overlay(path: str, width: int, height: int, instances: Sequence[Instance],
+def overlay(path: str, width: int, height: int, instances: Sequence[Outline],
             problems: Sequence[str], max_height: int, *, spine: Spine | None = None,
             lordosis: float | None = None) -> bytes:
     """PNG bytes: the image (scaled to at most ``max_height`` rows) with every polygon in its

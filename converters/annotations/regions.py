@@ -1,4 +1,4 @@
-"""Regions: a VIA region checked and repaired into an :class:`Instance`, or dropped with its
+"""Regions: a VIA region checked and repaired into an :class:`Outline`, or dropped with its
 :class:`Problem`.
 
 Coordinates are image pixels in the COCO convention of :mod:`converters.annotations.coco` (x right,
@@ -33,7 +33,7 @@ from shapely.geometry import Polygon
 from shapely.validation import make_valid
 
 from converters.core.errors import InvalidViaError
-from converters.annotations.via import DEFAULT_CLASS_OPTIONS, ReadImage, ReadRegion
+from converters.annotations.via import DEFAULT_CLASS_OPTIONS, AnnotatedImage, AnnotatedRegion
 
 #: problem kinds that lose an annotation: ``error`` (``spinepipe validate`` exits 1)
 ERROR_KINDS = frozenset({"unknown_class", "ignored_shape", "too_few_points", "missing_image",
@@ -87,7 +87,7 @@ class Problem:
 
 
 @dataclass
-class Instance:
+class Outline:
     """A validated polygon: its class, vertices (image pixels, COCO convention), the index of
     the VIA region it came from, and its level (:mod:`converters.spine.levels`)."""
 
@@ -102,7 +102,7 @@ class Instance:
 
 
 
-def _shape_to_polygon(r: ReadRegion, n: int) -> tuple[list[float], list[float]] | None:
+def _shape_to_polygon(r: AnnotatedRegion, n: int) -> tuple[list[float], list[float]] | None:
     p = r.params
     if r.shape == "rect":
         x, y, w, h = p.get("x", 0), p.get("y", 0), p.get("width", 0), p.get("height", 0)
@@ -121,8 +121,8 @@ def _shape_to_polygon(r: ReadRegion, n: int) -> tuple[list[float], list[float]] 
     return None
 
 
-def validate_region(r: ReadRegion, width: int, height: int, cfg: RegionRules, file: str,
-                    image: str) -> tuple[Instance | None, list[Problem]]:
+def validate_region(r: AnnotatedRegion, width: int, height: int, cfg: RegionRules, file: str,
+                    image: str) -> tuple[Outline | None, list[Problem]]:
     """Check and repair one region; returns the instance (or None if dropped) and problems."""
     problems: list[Problem] = []
 
@@ -168,7 +168,7 @@ def validate_region(r: ReadRegion, width: int, height: int, cfg: RegionRules, fi
     if Polygon(arr).area <= 0:
         problem("too_few_points", "polygon without area; region dropped")
         return None, problems
-    return Instance(cls, arr[:, 0].tolist(), arr[:, 1].tolist(), r.index), problems
+    return Outline(cls, arr[:, 0].tolist(), arr[:, 1].tolist(), r.index), problems
 
 
 def _repair(poly: Polygon, arr: np.ndarray, problem) -> np.ndarray | None:
@@ -210,7 +210,7 @@ def count_crossings(arr: np.ndarray, limit: int, chunk: int = 32) -> int:
     return count
 
 
-def detect_class_attribute(images: list[ReadImage], rules: RegionRules) -> tuple[str, bool]:
+def detect_class_attribute(images: list[AnnotatedImage], rules: RegionRules) -> tuple[str, bool]:
     """The region attribute that holds the class: ``(name, detected)``.
 
     ``rules.class_attribute`` when any region carries it (or there are no regions); else the

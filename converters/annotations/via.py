@@ -1,14 +1,11 @@
-"""VIA (VGG Image Annotator) project files.
+"""VIA (VGG Image Annotator) files read as VIA writes them: every format it saves or exports
+(VIA 1 and 2 projects and annotation JSON, VIA 3 projects, COCO, CSV: :mod:`via_csv
+<converters.annotations.via_csv>`) becomes the same :class:`AnnotatedImage` / :class:`AnnotatedRegion`
+(:func:`read_via`); projects written: :mod:`converters.annotations.via_project`.
 
-Writing follows what VIA 2.0.x itself saves with *Project > Save*: a JSON object with
-``_via_settings``, ``_via_img_metadata`` (keyed by ``filename + str(size)``, where ``size`` is
-the file size in bytes, or -1 when VIA does not know it, as for images added by URL),
-``_via_attributes`` (region / file attribute definitions), ``_via_data_format_version`` and
-``_via_image_id_list``.
-
-Coordinates: VIA stores polygon vertices as integer image pixel coordinates,
-``all_points_x`` / ``all_points_y``, x to the right and y down, origin at the top-left corner
-of the image; the polygon is implicitly closed (the first point is not repeated).
+Coordinates as VIA stores them: polygon vertices in image pixels, ``all_points_x`` /
+``all_points_y``, x to the right and y down, origin at the top-left corner of the image; the
+polygon is implicitly closed.
 
 Reading treats every file as hostile: a value of the wrong type (a string or null where VIA writes
 numbers, nested coordinates, a region that is not an object, attributes as a list, a size that is
@@ -17,7 +14,7 @@ not a number), a non-finite coordinate, or invalid UTF-8 is an
 
 Bounded resources (hostile files end in one line, not in a RecursionError, a ``csv.Error`` or a run
 that never ends): JSON nested deeper than :data:`MAX_JSON_DEPTH` levels (VIA's own files are at
-most 8 deep), a CSV field longer than :data:`MAX_CSV_FIELD` characters (Python's default limit,
+most 8 deep), a CSV field longer than :data:`~converters.annotations.via_csv.MAX_CSV_FIELD` characters (Python's default limit,
 131,072, is raised so that a legitimate 10,000-point polygon fits), more than :data:`MAX_REGIONS`
 regions in one image or more than :data:`MAX_POINTS` vertices in one polygon are each an
 :class:`~converters.core.errors.InvalidViaError` naming the file (and the image, region or CSV
@@ -35,13 +32,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from converters.core.errors import InvalidViaError, MissingInputError
-from converters.core.records import (MAX_JSON_DEPTH, JsonTooDeep, NotRegularFile, json_value,
-                                     open_input, read_json, special_kind)
+from converters.core.records import read_json, special_kind
 
-VIA2_FORMAT_VERSION = "2.0.10"
 
-#: characters accepted in one CSV field (a 10,000-point polygon of 5-digit floats: ~300,000)
-MAX_CSV_FIELD = 1_048_576
 #: regions accepted in one image (the study draws about 15: vertebrae and implants)
 MAX_REGIONS = 10_000
 #: vertices accepted in one polygon (VIA users draw tens; spinepipe proposals 15)
@@ -57,127 +50,12 @@ DEFAULT_CLASS_OPTIONS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class ViaRegion:
-    """One polygon region: integer vertices and its region attributes."""
-
-    xs: tuple[int, ...]
-    ys: tuple[int, ...]
-    attributes: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ViaImage:
-    filename: str
-    size: int = -1
-    regions: tuple[ViaRegion, ...] = ()
-    file_attributes: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def image_id(self) -> str:
-        return f"{self.filename}{self.size}"
-
-
-def via2_project(images: Iterable[ViaImage], *, name: str = "spinepipe",
-                 class_attribute: str = "class",
-                 class_options: dict[str, str] | None = None,
-                 default_filepath: str = "") -> dict:
-    """Build a VIA 2.0.x project (a dict ready for ``json.dump``)."""
-    options = dict(DEFAULT_CLASS_OPTIONS if class_options is None else class_options)
-    metadata: dict[str, dict] = {}
-    for img in images:
-        metadata[img.image_id] = {
-            "filename": img.filename,
-            "size": img.size,
-            "regions": [
-                {
-                    "shape_attributes": {
-                        "name": "polygon",
-                        "all_points_x": [int(x) for x in r.xs],
-                        "all_points_y": [int(y) for y in r.ys],
-                    },
-                    "region_attributes": dict(r.attributes),
-                }
-                for r in img.regions
-            ],
-            "file_attributes": dict(img.file_attributes),
-        }
-    return {
-        "_via_settings": {
-            "ui": {
-                "annotation_editor_height": 25,
-                "annotation_editor_fontsize": 0.8,
-                "leftsidebar_width": 18,
-                "image_grid": {
-                    "img_height": 80,
-                    "rshape_fill": "none",
-                    "rshape_fill_opacity": 0.3,
-                    "rshape_stroke": "yellow",
-                    "rshape_stroke_width": 2,
-                    "show_region_shape": True,
-                    "show_image_policy": "all",
-                },
-                "image": {
-                    "region_label": class_attribute,
-                    "region_color": class_attribute,
-                    "region_label_font": "10px Sans",
-                    "on_image_annotation_editor_placement": "NEAR_REGION",
-                },
-            },
-            "core": {"buffer_size": 18, "filepath": {}, "default_filepath": default_filepath},
-            "project": {"name": name},
-        },
-        "_via_img_metadata": metadata,
-        "_via_attributes": {
-            "region": {
-                class_attribute: {
-                    "type": "dropdown",
-                    "description": "vertebra or implant class",
-                    "options": options,
-                    "default_options": {},
-                }
-            },
-            "file": {},
-        },
-        "_via_data_format_version": VIA2_FORMAT_VERSION,
-        "_via_image_id_list": list(metadata),
-    }
-
-
-def via_filepath(location: str) -> str:
-    """``core.default_filepath`` for a VIA project: where VIA loads the images from, the
-    prefix it puts before every file name. A folder path (as the annotators' machine sees
-    it: ``/data/png/``, ``C:\\data\\png\\``) or an http(s) URL prefix, with the trailing
-    separator VIA needs added; ``""`` leaves VIA asking for the images."""
-    location = location.strip()
-    if not location or location.endswith(("/", "\\")):
-        return location
-    windows = "\\" in location and "/" not in location and "://" not in location
-    return location + ("\\" if windows else "/")
-
-
-def polygon_region(points: Sequence[Sequence[float]], **attributes: str) -> ViaRegion:
-    """Round float vertices to VIA's integer pixel coordinates, dropping repeated neighbours."""
-    xs: list[int] = []
-    ys: list[int] = []
-    for x, y in points:
-        xi, yi = int(round(float(x))), int(round(float(y)))
-        if xs and xs[-1] == xi and ys[-1] == yi:
-            continue
-        xs.append(xi)
-        ys.append(yi)
-    if len(xs) > 1 and xs[0] == xs[-1] and ys[0] == ys[-1]:
-        xs.pop()
-        ys.pop()
-    return ViaRegion(tuple(xs), tuple(ys), dict(attributes))
-
-
 # --------------------------------------------------------------------------------------------
 # reading every VIA export format
 
 
 @dataclass
-class ReadRegion:
+class AnnotatedRegion:
     """A region as read, before validation: its shape, vertices (float) and attributes."""
 
     index: int                     # 0-based position in the image's region list
@@ -189,10 +67,10 @@ class ReadRegion:
 
 
 @dataclass
-class ReadImage:
+class AnnotatedImage:
     filename: str
     size: int                      # bytes as VIA recorded it (-1: unknown)
-    regions: list[ReadRegion]
+    regions: list[AnnotatedRegion]
     source: str                    # the VIA file it came from
     #: VIA 2 file attributes (JSON and CSV exports; values as strings, checkboxes joined)
     file_attributes: dict[str, str] = field(default_factory=dict)
@@ -248,7 +126,7 @@ def json_repr(value: object) -> str:
 
 
 def _region_from_shape(index: int, shape: object, attributes: object, file: Path,
-                       image: str) -> ReadRegion:
+                       image: str) -> AnnotatedRegion:
     if not isinstance(shape, dict) or "name" not in shape:
         raise InvalidViaError("region without shape_attributes.name", file=file, image=image,
                               region=index)
@@ -269,7 +147,7 @@ def _region_from_shape(index: int, shape: object, attributes: object, file: Path
         if len(xs) != len(ys):
             raise InvalidViaError("all_points_x and all_points_y differ in length", file=file,
                                   image=image, region=index)
-        return ReadRegion(index, name, xs, ys, attrs)
+        return AnnotatedRegion(index, name, xs, ys, attrs)
     params = {}
     for k, v in shape.items():
         if k == "name":
@@ -278,7 +156,7 @@ def _region_from_shape(index: int, shape: object, attributes: object, file: Path
             raise InvalidViaError(f"{name}.{k} is {json_repr(v)}, not a finite number",
                                   file=file, image=image, region=index)
         params[k] = float(v)
-    return ReadRegion(index, name, [], [], attrs, params)
+    return AnnotatedRegion(index, name, [], [], attrs, params)
 
 
 def _file_attributes(value: object, file: Path, image: str) -> dict[str, str]:
@@ -304,7 +182,7 @@ def _size(value: object, file: Path, image: str) -> int:
                               image=image) from None
 
 
-def _read_via2_metadata(meta: dict, file: Path) -> list[ReadImage]:
+def _read_via2_metadata(meta: dict, file: Path) -> list[AnnotatedImage]:
     images = []
     for key, entry in meta.items():
         if not isinstance(entry, dict) or "filename" not in entry:
@@ -334,7 +212,7 @@ def _read_via2_metadata(meta: dict, file: Path) -> list[ReadImage]:
             regions.append(_region_from_shape(i, r.get("shape_attributes"),
                                               r.get("region_attributes", {}), file, name))
         size = _size(entry.get("size", entry.get("file_size", -1)), file, name)
-        images.append(ReadImage(name, size, regions, str(file),
+        images.append(AnnotatedImage(name, size, regions, str(file),
                                 _file_attributes(entry.get("file_attributes"), file, name)))
     return images
 
@@ -343,7 +221,7 @@ _VIA3_SHAPES = {1: "point", 2: "rect", 3: "circle", 4: "ellipse", 5: "line", 6: 
                 7: "polygon", 8: "extreme_rect", 9: "extreme_circle"}
 
 
-def _read_via3(project: dict, file: Path) -> list[ReadImage]:
+def _read_via3(project: dict, file: Path) -> list[AnnotatedImage]:
     """VIA 3.x: shapes are ``xy`` arrays ``[shape_id, x1, y1, ...]``; attribute values of
     dropdown / radio attributes are option ids, resolved through ``attribute[aid].options``."""
     for key in ("file", "view", "metadata", "attribute"):
@@ -360,7 +238,7 @@ def _read_via3(project: dict, file: Path) -> list[ReadImage]:
             if f is None:
                 raise InvalidViaError(f"view {vid} names unknown file id {fids[0]}", file=file)
             vid_to_fname[str(vid)] = str(f.get("fname", f.get("src", "")))
-    by_file: dict[str, list[ReadRegion]] = {name: [] for name in vid_to_fname.values()}
+    by_file: dict[str, list[AnnotatedRegion]] = {name: [] for name in vid_to_fname.values()}
     for mid, m in project["metadata"].items():  # the order VIA saved them in
         fname = vid_to_fname.get(str(m.get("vid")))
         if fname is None:
@@ -382,25 +260,25 @@ def _read_via3(project: dict, file: Path) -> list[ReadImage]:
                                   image=fname, region=index)
         coords = _numbers(xy[1:], "xy", file, fname, index, per_point=2)
         if shape in ("polygon", "polyline"):
-            by_file[fname].append(ReadRegion(index, shape, coords[0::2], coords[1::2], attrs))
+            by_file[fname].append(AnnotatedRegion(index, shape, coords[0::2], coords[1::2], attrs))
         elif shape == "rect":
             x, y, w, h = coords[:4]
-            by_file[fname].append(ReadRegion(index, "rect", [], [], attrs,
+            by_file[fname].append(AnnotatedRegion(index, "rect", [], [], attrs,
                                              {"x": x, "y": y, "width": w, "height": h}))
         elif shape == "ellipse":
             cx, cy, rx, ry = coords[:4]
-            by_file[fname].append(ReadRegion(index, "ellipse", [], [], attrs,
+            by_file[fname].append(AnnotatedRegion(index, "ellipse", [], [], attrs,
                                              {"cx": cx, "cy": cy, "rx": rx, "ry": ry}))
         elif shape == "circle":
             cx, cy, r = coords[:3]
-            by_file[fname].append(ReadRegion(index, "circle", [], [], attrs,
+            by_file[fname].append(AnnotatedRegion(index, "circle", [], [], attrs,
                                              {"cx": cx, "cy": cy, "r": r}))
         else:
-            by_file[fname].append(ReadRegion(index, shape, coords[0::2], coords[1::2], attrs))
-    return [ReadImage(name, -1, regions, str(file)) for name, regions in by_file.items()]
+            by_file[fname].append(AnnotatedRegion(index, shape, coords[0::2], coords[1::2], attrs))
+    return [AnnotatedImage(name, -1, regions, str(file)) for name, regions in by_file.items()]
 
 
-def _read_coco(data: dict, file: Path) -> list[ReadImage]:
+def _read_coco(data: dict, file: Path) -> list[AnnotatedImage]:
     """A COCO instances file (VIA's "Export Annotations (COCO format)", or any COCO file with
     polygons): one region per annotation, its polygon from ``segmentation`` (the largest part
     when there are several), its class in the region attribute named by the category's
@@ -418,12 +296,12 @@ def _read_coco(data: dict, file: Path) -> list[ReadImage]:
         if not isinstance(c, dict) or "id" not in c:
             raise InvalidViaError(f"COCO category {json_repr(c)} without an id", file=file)
         categories[c["id"]] = (str(c.get("supercategory") or "category"), str(c.get("name", "")))
-    images: dict[object, ReadImage] = {}
+    images: dict[object, AnnotatedImage] = {}
     for im in data["images"]:
         if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or "id" not in im:
             raise InvalidViaError(f"COCO image {json_repr(im)} without id and file_name",
                                   file=file)
-        images[im["id"]] = ReadImage(im["file_name"], -1, [], str(file))
+        images[im["id"]] = AnnotatedImage(im["file_name"], -1, [], str(file))
     kinds = set()
     for k, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or ann.get("image_id") not in images:
@@ -448,7 +326,7 @@ def _read_coco(data: dict, file: Path) -> list[ReadImage]:
         coords = [_numbers(p, "segmentation", file, img.filename, index, 2) for p in parts]
         best = max(coords, key=lambda c: abs(_shoelace(c[0::2], c[1::2])))
         attribute, name = categories.get(ann.get("category_id"), ("category", ""))
-        img.regions.append(ReadRegion(index, "polygon", best[0::2], best[1::2],
+        img.regions.append(AnnotatedRegion(index, "polygon", best[0::2], best[1::2],
                                       {attribute: name}))
     if data["annotations"] and not any(im.regions for im in images.values()):
         raise InvalidViaError(f"COCO file without polygons ({', '.join(sorted(kinds))}): "
@@ -458,90 +336,6 @@ def _read_coco(data: dict, file: Path) -> list[ReadImage]:
 
 def _shoelace(xs: Sequence[float], ys: Sequence[float]) -> float:
     return 0.5 * sum(xs[i - 1] * ys[i] - xs[i] * ys[i - 1] for i in range(len(xs)))
-
-
-def _js_undefined_to_null(text: str) -> str:
-    """VIA builds its CSV cells with ``JSON.stringify`` per value, which turns a value that
-    was never set (a dropdown never picked) into a bare JavaScript ``undefined``:
-    ``{"class":undefined}``. Read it as JSON ``null`` ("not set"); strings are left alone."""
-    if "undefined" not in text:
-        return text
-    out, i, in_string = [], 0, False
-    while i < len(text):
-        ch = text[i]
-        if in_string:
-            out.append(ch)
-            if ch == "\\":
-                out.append(text[i + 1:i + 2])
-                i += 1
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-            out.append(ch)
-        elif text.startswith("undefined", i):
-            out.append("null")
-            i += len("undefined") - 1
-        else:
-            out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-def _read_csv(path: Path) -> list[ReadImage]:
-    """A VIA 2 CSV export; fields up to :data:`MAX_CSV_FIELD` characters (module docstring)."""
-    import csv
-
-    limit = csv.field_size_limit(MAX_CSV_FIELD)
-    try:
-        with _csv_open(path) as fh:
-            reader = csv.DictReader(fh)
-            try:
-                return _csv_rows(reader, path)
-            except csv.Error as exc:
-                what = (f"a field longer than {MAX_CSV_FIELD:,} characters"
-                        if "field larger than field limit" in str(exc) else str(exc))
-                # line_num counts the lines parsed before the one that failed
-                raise InvalidViaError(f"malformed CSV at line {reader.line_num + 1}: {what}",
-                                      file=path) from None
-    finally:
-        csv.field_size_limit(limit)
-
-
-def _csv_rows(reader, path: Path) -> list[ReadImage]:
-    import json
-
-    images: dict[str, ReadImage] = {}
-    need = {"filename", "file_size", "region_shape_attributes", "region_attributes"}
-    missing = need - set(reader.fieldnames or [])
-    if missing:
-        raise InvalidViaError(f"VIA CSV without column '{sorted(missing)[0]}'", file=path)
-    for line, row in enumerate(reader, 2):
-        if not row["filename"]:
-            raise InvalidViaError(f"CSV line {line} without a filename", file=path)
-        img = images.setdefault(row["filename"], ReadImage(
-            row["filename"], _size(row["file_size"], path, row["filename"]), [], str(path)))
-        try:
-            shape = json_value(_js_undefined_to_null(row["region_shape_attributes"] or "{}"))
-            attrs = json_value(_js_undefined_to_null(row["region_attributes"] or "{}"))
-            file_attrs = json_value(_js_undefined_to_null(row.get("file_attributes") or "{}"))
-        except json.JSONDecodeError as exc:
-            raise InvalidViaError(f"malformed JSON in CSV line {line}: {exc.msg}",
-                                  file=path, image=row["filename"]) from None
-        except JsonTooDeep:
-            raise InvalidViaError(f"JSON in CSV line {line} nested deeper than "
-                                  f"{MAX_JSON_DEPTH} levels", file=path,
-                                  image=row["filename"]) from None
-        if file_attrs and not img.file_attributes:
-            img.file_attributes.update(_file_attributes(file_attrs, path, row["filename"]))
-        if not isinstance(shape, dict):
-            raise InvalidViaError(f"region_shape_attributes in CSV line {line} is not an "
-                                  "object", file=path, image=row["filename"])
-        if shape:
-            _check_regions(len(img.regions) + 1, path, row["filename"])
-            img.regions.append(_region_from_shape(len(img.regions), shape, attrs, path,
-                                                  row["filename"]))
-    return list(images.values())
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
@@ -563,30 +357,7 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-class _csv_open:
-    """Open a CSV as UTF-8 (BOM tolerated); decoding errors surface while reading, so the
-    caller turns them into :class:`InvalidViaError` (see :func:`read_via`)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        try:
-            self.fh = open_input(self.path, "r", newline="", encoding="utf-8-sig")
-        except NotRegularFile as exc:
-            raise InvalidViaError(exc.strerror, file=self.path) from None
-        except FileNotFoundError:
-            raise InvalidViaError("VIA file not found", file=self.path) from None
-        except OSError as exc:
-            raise InvalidViaError(f"cannot read the VIA file ({exc.strerror})",
-                                  file=self.path) from None
-        return self.fh
-
-    def __exit__(self, *exc) -> None:
-        self.fh.close()
-
-
-def read_via(path: str | Path) -> tuple[str, list[ReadImage]]:
+def read_via(path: str | Path) -> tuple[str, list[AnnotatedImage]]:
     """Read any VIA export; returns (format name, images).
 
     Formats: ``via2-project`` (``_via_img_metadata``), ``via2-annotations`` (the metadata
@@ -606,8 +377,9 @@ def read_via(path: str | Path) -> tuple[str, list[ReadImage]]:
                               .splitlines()[0][:200], file=path) from None
 
 
-def _read_any(path: Path) -> tuple[str, list[ReadImage]]:
+def _read_any(path: Path) -> tuple[str, list[AnnotatedImage]]:
     if path.suffix.lower() == ".csv":
+        from converters.annotations.via_csv import _read_csv  # it reads through this module
         return "via-csv", _read_csv(path)
     data = _json_load(path)
     if not isinstance(data, dict):

@@ -11,9 +11,7 @@ per module):
   date.
 - ``parallel``: Map a function over jobs on all cores, in order, reporting progress.
 - ``paths``: Safe output paths from untrusted parts (DESIGN.md, convention 11).
-- ``provenance``: Provenance records: the JSON that ``export`` writes beside each PNG, ``<png
-  folder>/provenance/<stem>.json`` (source pseudonym UIDs, size, bit depth, pixel spacing in mm
-  (row, column), the transforms applied).
+- ``provenance``: The exported PNGs' names and provenance records: the one owner of that layout.
 - ``records``: Pipeline records: the JSON files one stage writes and another reads, read in one
   place.
 """

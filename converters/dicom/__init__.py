@@ -10,14 +10,24 @@ per module):
 - ``export``: Anonymized DICOM -> grayscale PNG for annotators and models, with provenance and a
   VIA stub.
 - ``ledger``: The private folder: secret salt, patient identities and the pseudonym ledger.
-- ``pacs``: Retrieval from a PACS with pynetdicom: C-FIND the studies, C-GET or C-MOVE their
-  instances; and the way back: C-STORE of spinepipe's results (:func:`store`, ``spinepipe store``).
+- ``pacs``: The association with a PACS (pynetdicom), shared by retrieval
+  (:mod:`converters.dicom.retrieve`, ``spinepipe retrieve``) and the way back
+  (:mod:`converters.dicom.store`, ``spinepipe store``): the connection settings
+  (:class:`RetrieveConfig`, params.yaml section ``retrieve``: host, port, AE titles, TLS), one
+  association per study or query (:class:`Pacs`), deadlines and the PACS's statuses in words.
 - ``pixels``: DICOM pixel data to display-ready grayscale, the study's export ("histogram
   equalization").
 - ``read``: Reading DICOM files: the one reader every stage uses (retrieve's store, anonymize,
   export, to-seg, SEG reading), so a damaged file is the same one-line error everywhere.
+- ``retrieve``: Retrieval from a PACS (``spinepipe retrieve``): C-FIND the studies, C-GET or C-MOVE
+  their instances, each object verified before a byte of it is written; the association itself:
+  :mod:`converters.dicom.pacs`.
 - ``seg``: DICOM Segmentation objects (highdicom) of predicted vertebrae, on their source
   radiographs.
+- ``store``: The way back to the PACS: C-STORE of spinepipe's results (``spinepipe store``),
+  resumable: a state file records per PACS what was stored with which content, so a re-run sends
+  only what is new or changed.
 """
 
-__all__ = ["anonymize", "burned_in", "export", "ledger", "pacs", "pixels", "read", "seg"]
+__all__ = ["anonymize", "burned_in", "export", "ledger", "pacs", "pixels", "read", "retrieve",
+           "seg", "store"]

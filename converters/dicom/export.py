@@ -55,7 +55,7 @@ from converters.dicom.pixels import (MAX_PIXELS, DisplayConfig, check_display, c
 from converters.core.provenance import png_name, record_path
 from converters.dicom.read import read_dicom
 from converters.core.records import special_kind
-from converters.annotations.via import ViaImage, via2_project, via_filepath
+from converters.annotations.via_project import ProjectImage, via2_project, via_filepath
 
 STATE_FILE = ".export_state.json"
 
@@ -210,7 +210,7 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportCo
         remove_output(output_dir, stale)  # a regular file below the output, nothing else
     images = [o for o in state.outputs() if o.endswith(".png") and "/" not in o]
     write_json(output_dir / "via_project.json", via2_project(
-        [ViaImage(name, (output_dir / name).stat().st_size) for name in images],
+        [ProjectImage(name, (output_dir / name).stat().st_size) for name in images],
         name="spinepipe export", default_filepath=via_filepath(options.via_image_path)),
         indent=None)
     write_json(output_dir / "report.json", {

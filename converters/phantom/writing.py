@@ -53,7 +53,8 @@ from converters.core.errors import InvalidConfigError, InvalidViaError
 from converters.core.files import atomic_path, prepare_output, write_json
 from converters.spine.measures import measures_from_endplates
 from converters.core.parallel import map_jobs
-from converters.annotations.via import ViaImage, polygon_region, read_via, via2_project
+from converters.annotations.via_project import ProjectImage, polygon_region, via2_project
+from converters.annotations.via import read_via
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_IMAGE_STORAGE_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -310,7 +311,7 @@ def _write_annotations(output: Path, results: list[CaseResult]) -> None:
     images, truth = [], {}
     for r in results:
         via_regions = [polygon_region(reg.points, **{"class": reg.cls}) for reg in r.regions]
-        images.append(ViaImage(f"{r.sop_instance_uid}.png", -1, tuple(via_regions)))
+        images.append(ProjectImage(f"{r.sop_instance_uid}.png", -1, tuple(via_regions)))
         endplates = {reg.level: reg.endplates() for reg in r.regions if reg.corners}
         truth[r.sop_instance_uid] = {
             "dicom": r.dicom_path,
@@ -379,6 +380,6 @@ def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]]
             continue
         regions = tuple(polygon_region(list(zip(r.xs, r.ys)), **r.attributes)
                         for r in meta.regions if r.shape == "polygon")
-        images.append(ViaImage(name, size, regions))
+        images.append(ProjectImage(name, size, regions))
     images.sort(key=lambda im: im.filename)
     return via2_project(images, name="spinepipe phantom annotations")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from converters.annotations.regions import Instance
+    from converters.annotations.regions import Outline
 
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 LEVELS = (*LUMBAR, "S1")
@@ -44,7 +44,7 @@ def levels_bottom_up(classes: Sequence[str], centroids: Sequence[Sequence[float]
     return levels
 
 
-def assign_levels(instances: Sequence[Instance]) -> None:
+def assign_levels(instances: Sequence[Outline]) -> None:
     """Set ``level`` of each instance: L5..L1 bottom-up from the sacrum, by nearest centroid;
     S1 for the sacrum."""
     polygons = [i.polygon() for i in instances]

@@ -35,7 +35,8 @@ from converters.core.errors import InvalidConfigError, MissingInputError
 from converters.core.files import prepare_output, write_json, write_text
 from converters.annotations.proposals import (Proposal, ProposedRegion, mark_fused, mask_polygon,
                                               polygon_iou, proposal_attributes, review, via_images)
-from converters.annotations.via import ReadImage, expand_inputs, read_via, via2_project
+from converters.annotations.via import AnnotatedImage, expand_inputs, read_via
+from converters.annotations.via_project import via2_project
 from train.evaluation.recognition import (VERTEBRA_CLASSES, Instances, PostprocessConfig,
                                           components, iou_matrix, overlap_matrix,
                                           postprocess_instances)
@@ -132,7 +133,7 @@ def propose_images(runs: Sequence[Path], paths: Sequence[Path], cfg: ProposeConf
     return out
 
 
-def truth_iou(proposals: Sequence[Proposal], truth: list[ReadImage], class_attribute: str
+def truth_iou(proposals: Sequence[Proposal], truth: list[AnnotatedImage], class_attribute: str
               ) -> dict[str, float]:
     """Per image present in both: the mean IoU of each true polygon with its matched proposed
     polygon of the same class (maximum-IoU assignment; unmatched true regions count 0)."""
