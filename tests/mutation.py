@@ -83,9 +83,9 @@ MODULES: dict[str, Module] = {
         ("tests/test_incremental_guarantees.py",),
         why="an up-to-date item is not redone; a stale, failed or damaged one is"),
     "convert-incremental": Module(
-        "converters/annotations/convert.py",
+        "converters/annotations/masks.py",
         ("tests/test_incremental_guarantees.py",),
-        functions=("_render_changed", "_group", "_render_code", "_write_temp"),
+        functions=("_render_changed", "_render_code", "_write_temp"),
         why="convert re-renders exactly the changed images and removes what was dropped"),
     "ledger": Module(
         "converters/dicom/ledger.py",

@@ -23,8 +23,8 @@ from converters.annotations import via, via_csv
 from converters.core.errors import InvalidViaError, MissingInputError
 from converters.annotations.via import (DEFAULT_CLASS_OPTIONS, MAX_POINTS, MAX_REGIONS,
                                         expand_inputs, read_via)
-from converters.annotations.via_project import (ProjectImage, ProjectRegion, polygon_region, via2_project,
-                                                via_filepath)
+from converters.annotations.via_project import (ProjectImage, ProjectRegion, polygon_region,
+                                                via2_project, via_filepath)
 
 
 def _write(tmp_path: Path, data, name: str = "v.json") -> Path:

@@ -8,6 +8,10 @@ per module):
 - ``coco``: COCO instances and class masks from polygons.
 - ``convert``: VIA annotations -> COCO instances, class masks, overlap maps, a per-image table and
   QA.
+- ``masks``: The pictures convert draws per image: the class mask, the overlap map and the QA
+  overlay, rendered only for images whose inputs changed, each written under a temporary name and
+  moved into place with the others; an image is redone when its polygons, problems, file or this
+  drawing code changed (:func:`_render_code`).
 - ``proposals``: Model proposals for annotators: predicted masks -> VIA polygons, the order in
   which a person should review them, and what the annotators changed (no torch here: the inference
   is :mod:`train.infer.propose`).
@@ -29,5 +33,5 @@ per module):
   annotators load spinepipe's projects (export's stub, proposals) as their own.
 """
 
-__all__ = ["coco", "convert", "proposals", "qa", "regions", "split", "via", "via_csv",
+__all__ = ["coco", "convert", "masks", "proposals", "qa", "regions", "split", "via", "via_csv",
            "via_project"]

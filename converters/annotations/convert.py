@@ -88,40 +88,30 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
-import json
 import os
 import shutil
-import struct
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from converters.annotations import qa
-from converters.annotations.coco import (IGNORE, PNG_LABEL_PARAMS, bbox, categories, flat,
-                                         overlap_labels, overlap_map, paint, rasterize_window)
+from converters.annotations.coco import IGNORE, bbox, categories, flat
+from converters.annotations.masks import ImageJob, _render_changed, image_size
 from converters.core.errors import (InvalidImageError, InvalidViaError, MissingInputError,
                                     OutputFolderError)
 from converters.core.incremental import IncrementalState
-from converters.core.files import (move_into_place, prepare_output, remove_output,
-                                   remove_stale_temps, temp_name, write_bytes, write_json,
+from converters.core.files import (prepare_output, remove_output, remove_stale_temps, write_json,
                                    write_text)
-from converters.core.parallel import map_jobs
 from converters.spine.levels import assign_levels
-from converters.core.paths import confined
 from converters.core.provenance import patient_of
-from converters.dicom.pixels import MAX_PIXELS
-from converters.spine.measures import Spine, image_measures, measures_csv
+from converters.spine.measures import image_measures, measures_csv
 from converters.annotations.proposals import (CORRECTION_FIELDS, PROPOSAL_ATTRIBUTE, corrections,
                                               read_proposal)
 from converters.core.provenance import pixel_spacing, read_record
 from converters.annotations.regions import (Outline, Problem, RegionRules, detect_class_attribute,
                                             validate_region)
-from converters.core.records import open_input
 from converters.annotations.via import MAX_POINTS, AnnotatedImage, read_via
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -157,92 +147,6 @@ class ConvertConfig:
 
 # --------------------------------------------------------------------------------------------
 # per image
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from a PNG header without decoding; other formats through OpenCV.
-    :class:`InvalidImageError` for an unreadable image or one over :data:`MAX_PIXELS`."""
-    with open_input(path) as fh:  # a regular file: a FIFO would block
-        head = fh.read(24)
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        w, h = (int(v) for v in struct.unpack(">II", head[16:24]))
-    else:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise InvalidImageError("image cannot be read", file=path)
-        w, h = int(img.shape[1]), int(img.shape[0])
-    if w < 1 or h < 1 or w * h > MAX_PIXELS:
-        raise InvalidImageError(f"image header claims {w}x{h} pixels (at most "
-                                f"{MAX_PIXELS // 1_000_000} megapixels are accepted)", file=path)
-    return w, h
-
-
-@dataclass
-class ImageJob:
-    path: str
-    stem: str
-    width: int
-    height: int
-    instances: list[Outline]
-    problems: list[str]
-    mask_values: dict[str, int]
-    vertebra_classes: tuple[str, ...]
-    out: str
-    qa: bool
-    qa_max_height: int
-    spine: Spine | None = None           # endplates, drawn on the QA overlay
-    lordosis: float | None = None
-
-
-@lru_cache(maxsize=8)
-def _blank_png(height: int, width: int) -> bytes:
-    return cv2.imencode(".png", np.zeros((height, width), np.uint8), PNG_LABEL_PARAMS)[1].tobytes()
-
-
-def _render(job: ImageJob) -> dict:
-    """Masks, overlap map and QA overlay of one image, written under temporary names;
-    returns its overlap facts and ``(temporary, final)`` pairs, or ``{"error": ...}``."""
-    written: list[tuple[str, str]] = []
-    try:
-        facts = _render_into(job, written)
-    except InvalidImageError as exc:
-        for tmp, _ in written:
-            Path(tmp).unlink(missing_ok=True)
-        return {"error": str(exc)}
-    return {"facts": facts, "written": written}
-
-
-def _write_temp(path: Path, data: bytes, written: list[tuple[str, str]]) -> None:
-    tmp = temp_name(path)
-    write_bytes(tmp, data)
-    written.append((str(tmp), str(path)))
-
-
-def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
-    h, w = job.height, job.width
-    out = Path(job.out)
-    windows = [rasterize_window(flat(i.xs, i.ys), h, w) for i in job.instances]  # once each
-    mask = paint(h, w, [(job.mask_values[i.cls], win)
-                        for i, win in zip(job.instances, windows)])
-    vert = [i for i in job.instances if i.cls in job.vertebra_classes]
-    overlap = overlap_map(h, w, [win for i, win in zip(job.instances, windows)
-                                 if i.cls in job.vertebra_classes])
-    overlap_area = int(np.count_nonzero(overlap)) if overlap is not None else 0
-    pairs = []
-    if overlap_area:  # through a spatial index: linear in regions (converters.annotations.coco)
-        pairs = overlap_labels([i.polygon() for i in vert], [i.level or "?" for i in vert])
-    for folder, arr in (("masks", mask), ("overlaps", overlap)):
-        if folder == "overlaps" and not overlap_area:
-            data = _blank_png(h, w)  # most images have no overlap: encode that once per size
-        else:
-            data = cv2.imencode(".png", arr, PNG_LABEL_PARAMS)[1].tobytes()
-        _write_temp(confined(out, folder, f"{job.stem}.png"), data, written)
-    if job.qa:
-        _write_temp(confined(out, "qa", f"{job.stem}.png"),
-                    qa.overlay(job.path, w, h, job.instances, job.problems, job.qa_max_height,
-                               spine=job.spine, lordosis=job.lordosis),
-                    written)
-    return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,54 +323,6 @@ def _group(via_file: str | Path, output: Path) -> str:
     """The incremental-state group of a VIA file: its path relative to the output folder (the
     state is part of the output, which must not depend on where the workspace is)."""
     return os.path.relpath(Path(via_file).resolve(), output.resolve())
-
-
-@lru_cache(maxsize=1)
-def _render_code() -> str:
-    """A hash of the code that draws masks, overlap maps and overlays: a new version of it
-    re-renders every image (DVC re-runs the stage; this makes the stage redo the work)."""
-    from converters.annotations import coco
-    from converters.spine import measures
-    h = hashlib.sha1()
-    for module in (coco, measures, qa):
-        h.update(Path(module.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
-    return h.hexdigest()
-
-
-def _render_changed(plan: _Plan, output: Path, cfg: ConvertConfig, state: IncrementalState,
-                    *, workers: int, progress) -> tuple[dict[str, dict], int]:
-    """Rasterize the images whose inputs changed, all into temporary names, then move them
-    into place together; the first failure removes them all and raises."""
-    cfg_key = hashlib.sha1(json.dumps([asdict(cfg), _render_code()], sort_keys=True)
-                           .encode()).hexdigest()
-    folders = ("masks", "overlaps", "qa") if cfg.qa else ("masks", "overlaps")
-    todo, facts = [], {}
-    for job, group in zip(plan.jobs, plan.groups):
-        st = Path(job.path).stat()
-        key = hashlib.sha1(json.dumps([
-            [asdict(i) for i in job.instances], job.problems, st.st_size, st.st_mtime_ns,
-            cfg_key]).encode()).hexdigest()
-        prev = state.up_to_date(group, job.stem, [key], output)
-        if prev:
-            facts[job.stem] = prev["facts"]
-        else:
-            todo.append((job, group, key))
-    results = map_jobs(_render, [j for j, _, _ in todo], workers=workers, progress=progress)
-    errors = [r["error"] for r in results if "error" in r]
-    if errors:
-        for r in results:
-            for tmp, _ in r.get("written", []):
-                Path(tmp).unlink(missing_ok=True)
-        raise InvalidImageError(errors[0] + (f" (and {len(errors) - 1} more image(s))"
-                                             if len(errors) > 1 else ""))
-    for (job, group, key), r in zip(todo, results):
-        for tmp, final in r["written"]:
-            move_into_place(tmp, final)
-        facts[job.stem] = r["facts"]
-        state.record(group, job.stem, [key], [f"{d}/{job.stem}.png" for d in folders],
-                     facts=r["facts"])
-    return facts, len(todo)
 
 
 def _write_tables(plan: _Plan, facts: dict[str, dict], via_files: list[str | Path],
