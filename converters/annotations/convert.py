@@ -248,36 +248,17 @@ def _plan(merged: dict[str, AnnotatedImage], on_disk: dict[str, Path], output: P
                 "size_mismatch", f"VIA recorded {img.size} bytes, the file has "
                 f"{path.stat().st_size}", img.source, name))
         width, height = image_size(path)
-        instances: list[Outline] = []
-        for region in img.regions:
-            inst, probs = validate_region(region, width, height, rules, img.source, name)
-            report.problems += probs
-            if inst is not None:
-                instances.append(inst)
-        assign_levels(instances)
+        instances = _outlines(img, width, height, rules, cfg, report)
         n_lumbar = sum(i.cls == "lumbar" for i in instances)
         n_sacrum = sum(i.cls == "sacrum" for i in instances)
-        if n_sacrum == 0:
-            report.problems.append(Problem("missing_sacrum", "no sacrum (the study expects S1)",
-                                           img.source, name))
-        if n_lumbar != cfg.expected_lumbar:
-            report.problems.append(Problem(
-                "lumbar_count", f"{n_lumbar} lumbar vertebrae (the study expects "
-                f"{cfg.expected_lumbar}: L1-L5)", img.source, name))
         n_implants = sum(rules.class_of(r.attributes.get(rules.class_attribute, "")) in
                          cfg.implant_classes for r in img.regions)
         image_id = len(plan.coco_images) + 1
         plan.coco_images.append({"id": image_id, "file_name": name, "width": width,
                                  "height": height, "n_implants": n_implants})
         for inst in instances:
-            value = plan.mask_values[inst.cls]
-            plan.coco_anns.append({
-                "id": len(plan.coco_anns) + 1, "image_id": image_id,
-                "category_id": value if value != IGNORE else None,
-                "segmentation": [flat(inst.xs, inst.ys)],
-                "area": float(inst.polygon().area),
-                "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
-                "via_file": Path(img.source).name, "via_region": inst.region})
+            plan.coco_anns.append(_annotation(inst, len(plan.coco_anns) + 1, image_id,
+                                              plan.mask_values[inst.cls], img.source))
         report.regions += len(img.regions)
         _corrections(img, rules.class_attribute, plan, report)
         problems_here = earlier.get(name, []) + [p.line() for p in report.problems[first:]
@@ -298,6 +279,37 @@ def _plan(merged: dict[str, AnnotatedImage], on_disk: dict[str, Path], output: P
     plan.coco_anns = [a for a in plan.coco_anns if a["category_id"] is not None]
     report.images, report.annotations = len(plan.coco_images), len(plan.coco_anns)
     return plan
+
+
+def _outlines(img: AnnotatedImage, width: int, height: int, rules: RegionRules,
+              cfg: ConvertConfig, report: ConvertReport) -> list[Outline]:
+    """The image's regions checked and repaired, with levels; the problems found (and a
+    missing sacrum or a lumbar count other than the study's) go to the report."""
+    instances: list[Outline] = []
+    for region in img.regions:
+        inst, probs = validate_region(region, width, height, rules, img.source, img.filename)
+        report.problems += probs
+        if inst is not None:
+            instances.append(inst)
+    assign_levels(instances)
+    n_lumbar = sum(i.cls == "lumbar" for i in instances)
+    if not any(i.cls == "sacrum" for i in instances):
+        report.problems.append(Problem("missing_sacrum", "no sacrum (the study expects S1)",
+                                       img.source, img.filename))
+    if n_lumbar != cfg.expected_lumbar:
+        report.problems.append(Problem(
+            "lumbar_count", f"{n_lumbar} lumbar vertebrae (the study expects "
+            f"{cfg.expected_lumbar}: L1-L5)", img.source, img.filename))
+    return instances
+
+
+def _annotation(inst: Outline, ann_id: int, image_id: int, value: int, source: str) -> dict:
+    """One COCO annotation (category None for an ignored class: dropped afterwards)."""
+    return {"id": ann_id, "image_id": image_id,
+            "category_id": value if value != IGNORE else None,
+            "segmentation": [flat(inst.xs, inst.ys)], "area": float(inst.polygon().area),
+            "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
+            "via_file": Path(source).name, "via_region": inst.region}
 
 
 def _corrections(img: AnnotatedImage, class_attribute: str, plan: _Plan,

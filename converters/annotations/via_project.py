@@ -68,30 +68,7 @@ def via2_project(images: Iterable[ProjectImage], *, name: str = "spinepipe",
             "file_attributes": dict(img.file_attributes),
         }
     return {
-        "_via_settings": {
-            "ui": {
-                "annotation_editor_height": 25,
-                "annotation_editor_fontsize": 0.8,
-                "leftsidebar_width": 18,
-                "image_grid": {
-                    "img_height": 80,
-                    "rshape_fill": "none",
-                    "rshape_fill_opacity": 0.3,
-                    "rshape_stroke": "yellow",
-                    "rshape_stroke_width": 2,
-                    "show_region_shape": True,
-                    "show_image_policy": "all",
-                },
-                "image": {
-                    "region_label": class_attribute,
-                    "region_color": class_attribute,
-                    "region_label_font": "10px Sans",
-                    "on_image_annotation_editor_placement": "NEAR_REGION",
-                },
-            },
-            "core": {"buffer_size": 18, "filepath": {}, "default_filepath": default_filepath},
-            "project": {"name": name},
-        },
+        "_via_settings": _settings(name, class_attribute, default_filepath),
         "_via_img_metadata": metadata,
         "_via_attributes": {
             "region": {
@@ -106,6 +83,34 @@ def via2_project(images: Iterable[ProjectImage], *, name: str = "spinepipe",
         },
         "_via_data_format_version": VIA2_FORMAT_VERSION,
         "_via_image_id_list": list(metadata),
+    }
+
+
+def _settings(name: str, class_attribute: str, default_filepath: str) -> dict:
+    """VIA 2.0.10's own ``_via_settings``, with the class as region label and colour."""
+    return {
+        "ui": {
+            "annotation_editor_height": 25,
+            "annotation_editor_fontsize": 0.8,
+            "leftsidebar_width": 18,
+            "image_grid": {
+                "img_height": 80,
+                "rshape_fill": "none",
+                "rshape_fill_opacity": 0.3,
+                "rshape_stroke": "yellow",
+                "rshape_stroke_width": 2,
+                "show_region_shape": True,
+                "show_image_policy": "all",
+            },
+            "image": {
+                "region_label": class_attribute,
+                "region_color": class_attribute,
+                "region_label_font": "10px Sans",
+                "on_image_annotation_editor_placement": "NEAR_REGION",
+            },
+        },
+        "core": {"buffer_size": 18, "filepath": {}, "default_filepath": default_filepath},
+        "project": {"name": name},
     }
 
 

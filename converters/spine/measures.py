@@ -193,6 +193,24 @@ def _axis_extent(points: np.ndarray, axis: np.ndarray) -> float:
 def find_vertebrae(outlines: Iterable[tuple[str | None, np.ndarray]]) -> Spine:
     """The endplates of every usable level of one image (module docstring)."""
     spine = Spine()
+    outline = _usable_outlines(outlines, spine)
+    if len(outline) < 2:
+        return spine
+    cent = {lv: _centroid(p) for lv, p in outline.items()}
+    order = [lv for lv in LEVELS if lv in cent]          # cranial to caudal
+    lumbar = [lv for lv in order if lv != "S1"]
+    heights = {lv: _axis_extent(outline[lv], _axis_at(lv, order, cent)) for lv in lumbar}
+    _mark_uncertain(spine, lumbar, heights, cent)
+    raw = _endplate_lines(spine, outline, order, cent, heights)
+    if raw:
+        _orient(spine, raw, order, cent)
+    return spine
+
+
+def _usable_outlines(outlines: Iterable[tuple[str | None, np.ndarray]],
+                     spine: Spine) -> dict[str, np.ndarray]:
+    """Level -> its one outline; a level missing, given twice or with fewer than 3 points is
+    recorded as unusable."""
     by_level: dict[str, list[np.ndarray]] = {}
     for level, pts in outlines:
         if level in LEVELS:
@@ -204,27 +222,26 @@ def find_vertebrae(outlines: Iterable[tuple[str | None, np.ndarray]]) -> Spine:
             spine.unusable[lv] = f"given {len(by_level[lv])} times"
         elif len(by_level[lv][0]) < 3:
             spine.unusable[lv] = "fewer than 3 points"
-    outline = {lv: by_level[lv][0] for lv in LEVELS if lv not in spine.unusable}
-    if len(outline) < 2:
-        return spine
-    cent = {lv: _centroid(p) for lv, p in outline.items()}
-    order = [lv for lv in LEVELS if lv in cent]          # cranial to caudal
+    return {lv: by_level[lv][0] for lv in LEVELS if lv not in spine.unusable}
 
-    def axis_at(lv: str) -> np.ndarray:
-        """Caudal unit vector at a lumbar level, from its lumbar neighbours' centroids (the
-        sacrum's centroid lies posterior of the axis); a lone lumbar body: towards S1."""
-        lum = [x for x in order if x != "S1"]
-        i = lum.index(lv)
-        above = cent[lum[i - 1]] if i > 0 else cent[lv]
-        below = cent[lum[i + 1]] if i + 1 < len(lum) else cent[lv]
-        if len(lum) == 1:
-            below = cent["S1"]
-        return _unit(below - above)
 
-    lumbar = [lv for lv in order if lv != "S1"]
-    # levels where the count may be off (a fused blob, a gap): the levels above are uncertain
+def _axis_at(lv: str, order: list[str], cent: dict[str, np.ndarray]) -> np.ndarray:
+    """Caudal unit vector at a lumbar level, from its lumbar neighbours' centroids (the
+    sacrum's centroid lies posterior of the axis); a lone lumbar body: towards S1."""
+    lum = [x for x in order if x != "S1"]
+    i = lum.index(lv)
+    above = cent[lum[i - 1]] if i > 0 else cent[lv]
+    below = cent[lum[i + 1]] if i + 1 < len(lum) else cent[lv]
+    if len(lum) == 1:
+        below = cent["S1"]
+    return _unit(below - above)
+
+
+def _mark_uncertain(spine: Spine, lumbar: list[str], heights: dict[str, float],
+                    cent: dict[str, np.ndarray]) -> None:
+    """A fused blob or a gap makes the count uncertain: it and every level above it are
+    unusable."""
     miscounted: list[str] = []
-    heights = {lv: _axis_extent(outline[lv], axis_at(lv)) for lv in lumbar}
     if len(heights) >= 3:
         med = float(np.median(list(heights.values())))
         for lv in lumbar:
@@ -243,7 +260,13 @@ def find_vertebrae(outlines: Iterable[tuple[str | None, np.ndarray]]) -> Spine:
     for lv in LEVELS[:max(worst, 0)]:
         spine.unusable.setdefault(lv, f"above an uncertain level ({LEVELS[worst]})")
 
-    raw: dict[str, list[tuple[np.ndarray, np.ndarray] | None]] = {}
+
+def _endplate_lines(spine: Spine, outline: dict[str, np.ndarray], order: list[str],
+                    cent: dict[str, np.ndarray], heights: dict[str, float]
+                    ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Level -> its endplate lines (cranial, caudal; S1: its upper endplate only), unoriented;
+    a level without them is recorded as unusable."""
+    raw: dict[str, list] = {}
     for lv in order:
         if lv in spine.unusable:
             continue
@@ -253,16 +276,20 @@ def find_vertebrae(outlines: Iterable[tuple[str | None, np.ndarray]]) -> Spine:
             tol = max(1.0, CONTACT_TOL * float(np.median(list(heights.values()) or [0])))
             raw[lv] = [endplate_line(pts, None, tol, target_point=target)]
         else:
-            ax = axis_at(lv)
+            ax = _axis_at(lv, order, cent)
             tol = max(1.0, CONTACT_TOL * heights[lv])
             raw[lv] = [endplate_line(pts, -ax, tol), endplate_line(pts, ax, tol)]
         if any(e is None for e in raw[lv]):
             spine.unusable[lv] = "no endplate found"
             del raw[lv]
-    if not raw:
-        return spine
+    return raw
 
-    # the frame: up = against the chord from the top to the bottom of the spine
+
+def _orient(spine: Spine, raw: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+            order: list[str], cent: dict[str, np.ndarray]) -> None:
+    """The frame (up: against the chord from the top to the bottom of the spine; anterior:
+    the side the lordosis bulges to, and the sacrum's body lies behind its endplate's
+    middle), then each endplate as (posterior, anterior) corner."""
     top, bottom = order[0], order[-1]
     chord = _unit(cent[bottom] - cent[top])
     if "S1" in raw:
@@ -281,7 +308,7 @@ def find_vertebrae(outlines: Iterable[tuple[str | None, np.ndarray]]) -> Spine:
     if abs(cue) < 1e-3:
         for lv in raw:
             spine.unusable.setdefault(lv, "anterior side not determined")
-        return spine
+        return
     spine.anterior = perp if cue > 0 else -perp
     spine.up = -chord
     for lv, ends in raw.items():
@@ -291,7 +318,6 @@ def find_vertebrae(outlines: Iterable[tuple[str | None, np.ndarray]]) -> Spine:
             plates.append(Endplate((float(post[0]), float(post[1])),
                                    (float(ant[0]), float(ant[1]))))
         spine.vertebrae[lv] = Vertebra(lv, plates[0], plates[1] if len(plates) > 1 else None)
-    return spine
 
 
 # --------------------------------------------------------------------------------------------

@@ -222,17 +222,9 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
     for done, im in enumerate(test.images, 1):
         name = im["file_name"]
         gt_mask = read_mask(test.masks / name, what="ground-truth mask")
-        pred_path = pred_dir / "predictions" / name
-        predicted = pred_path.is_file()
-        if predicted:
-            pred_mask = read_mask(pred_path, what="prediction")
-            if pred_mask.shape != gt_mask.shape:
-                raise ShapeMismatchError(
-                    f"prediction {pred_mask.shape} and ground truth {gt_mask.shape} differ "
-                    "in shape", file=pred_path, image=name)
-        else:
+        pred_mask, predicted = _prediction_mask(pred_dir, name, gt_mask)
+        if not predicted:
             missing.append(name)
-            pred_mask = np.zeros_like(gt_mask)
         cm = confusion(pred_mask, gt_mask, image=name)
         cms.append(cm)
         if not predicted:
@@ -251,14 +243,7 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
             if lv in level_hits:
                 level_hits[lv][0] += int(r["matched"])
                 level_hits[lv][1] += 1
-        rows.append({"file_name": name, "predicted": int(predicted),
-                     **metrics_from_confusion(cm),
-                     **{k: rec[k] for k in ("recognized", "composite", "n_gt", "n_pred",
-                                            "n_matched")},
-                     **{k: ";".join(rec[k]) for k in ("missed", "shifted", "lost_overlaps",
-                                                      "false_overlaps")},
-                     "gt_overlaps": rec["gt_overlaps"], "overlaps_apart": rec["overlaps_apart"],
-                     "implants": im.get("n_implants", "")})
+        rows.append(_row(im, predicted, cm, rec))
         if progress:
             progress(done, len(test.images))
     names = {v: k for k, v in test.class_values.items()}
@@ -278,6 +263,30 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
     summary["measurable_rate"] = clinical["measurable_rate"]
     summary["measures"] = clinical
     return rows, summary, pred_measures, true_measures
+
+
+def _prediction_mask(pred_dir: Path, name: str, gt_mask: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The predicted label map of one test image, and whether there is one (a missing
+    prediction scores as all background)."""
+    pred_path = pred_dir / "predictions" / name
+    if not pred_path.is_file():
+        return np.zeros_like(gt_mask), False
+    pred_mask = read_mask(pred_path, what="prediction")
+    if pred_mask.shape != gt_mask.shape:
+        raise ShapeMismatchError(f"prediction {pred_mask.shape} and ground truth "
+                                 f"{gt_mask.shape} differ in shape", file=pred_path, image=name)
+    return pred_mask, True
+
+
+def _row(im: dict, predicted: bool, cm: np.ndarray, rec: dict) -> dict:
+    """One row of ``per_image.csv`` (:data:`PER_IMAGE_FIELDS`)."""
+    return {"file_name": im["file_name"], "predicted": int(predicted),
+            **metrics_from_confusion(cm),
+            **{k: rec[k] for k in ("recognized", "composite", "n_gt", "n_pred", "n_matched")},
+            **{k: ";".join(rec[k]) for k in ("missed", "shifted", "lost_overlaps",
+                                             "false_overlaps")},
+            "gt_overlaps": rec["gt_overlaps"], "overlaps_apart": rec["overlaps_apart"],
+            "implants": im.get("n_implants", "")}
 
 
 def write_scores(out: str | Path, rows: list[dict], summary: dict,

@@ -83,21 +83,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     """
     fam = family(model)
     cfg = Config.fromfile(str(config_path(model)))
-    images = str(Path(images).resolve()) + "/"
-    for name, ann in (("train_dataloader", train_ann), ("val_dataloader", val_ann),
-                      ("test_dataloader", val_ann)):
-        ds = cfg[name]["dataset"]
-        ds["data_root"] = ""
-        ds["ann_file"] = str(Path(ann).resolve())
-        if fam == "instance":
-            ds["data_prefix"] = dict(img=images)
-        else:
-            if masks is None:
-                raise MissingInputError(f"{model} needs the class masks folder", produced_by="convert")
-            ds["data_prefix"] = dict(img_path=images, seg_map_path=str(Path(masks).resolve()))
-    if fam == "instance":
-        cfg.val_evaluator["ann_file"] = str(Path(val_ann).resolve())
-        cfg.test_evaluator["ann_file"] = str(Path(val_ann).resolve())
+    _set_data(cfg, model, fam, images, train_ann, val_ann, masks)
     if img_scale is not None:
         if model == "yolact":
             _yolact_input_size(cfg, int(img_scale[0]), int(img_scale[1]))
@@ -128,6 +114,28 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     if options:
         cfg.merge_from_dict(dict(options))
     return cfg
+
+
+def _set_data(cfg: Config, model: str, fam: str, images: str | Path, train_ann: str | Path,
+              val_ann: str | Path, masks: str | Path | None) -> None:
+    """Point the train / val / test dataloaders (and an instance model's evaluators) at this
+    run's images, annotations and masks, by absolute paths."""
+    images = str(Path(images).resolve()) + "/"
+    for name, ann in (("train_dataloader", train_ann), ("val_dataloader", val_ann),
+                      ("test_dataloader", val_ann)):
+        ds = cfg[name]["dataset"]
+        ds["data_root"] = ""
+        ds["ann_file"] = str(Path(ann).resolve())
+        if fam == "instance":
+            ds["data_prefix"] = dict(img=images)
+        else:
+            if masks is None:
+                raise MissingInputError(f"{model} needs the class masks folder",
+                                        produced_by="convert")
+            ds["data_prefix"] = dict(img_path=images, seg_map_path=str(Path(masks).resolve()))
+    if fam == "instance":
+        cfg.val_evaluator["ann_file"] = str(Path(val_ann).resolve())
+        cfg.test_evaluator["ann_file"] = str(Path(val_ann).resolve())
 
 
 def replace_type(node: Any, old: str, new: str) -> None:
