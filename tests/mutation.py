@@ -103,6 +103,10 @@ MODULES: dict[str, Module] = {
         "converters/spine/measures.py",
         ("tests/test_measures_guarantees.py", "tests/test_measures.py"),
         why="the clinical measures of a set of vertebra polygons"),
+    "endplates": Module(
+        "converters/spine/endplates.py",
+        ("tests/test_measures_guarantees.py", "tests/test_measures.py"),
+        why="the clinical measures of a set of vertebra polygons"),
     "agreement": Module(
         "train/evaluation/agreement.py",
         ("tests/test_agreement_guarantees.py",),

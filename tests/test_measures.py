@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from converters.spine.measures import (COLUMNS, MEASURES, find_vertebrae, image_measures,
-                                       meyerding, measures_from_endplates)
+from converters.spine.measures import (COLUMNS, MEASURES, image_measures, meyerding,
+                                       measures_from_endplates)
+
+from converters.spine.endplates import find_vertebrae
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
 

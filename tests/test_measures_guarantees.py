@@ -20,9 +20,10 @@ import math
 import numpy as np
 import pytest
 
-from converters.spine.measures import (COLUMNS, MEASURES, Endplate, Spine, find_vertebrae,
-                                       image_measures, measures_csv, measures_from_endplates,
-                                       meyerding, reasons, uses)
+from converters.spine.measures import (COLUMNS, MEASURES, image_measures, measures_csv,
+                                       measures_from_endplates, meyerding, reasons, uses)
+
+from converters.spine.endplates import Endplate, Spine, find_vertebrae
 
 
 def test_measures_csv_writes_every_column_rounded_and_blanks_for_none():
@@ -142,14 +143,14 @@ def test_a_fused_blob_and_a_gap_make_the_levels_above_uncertain():
 
 
 def test_unit_vectors_and_the_zero_vector():
-    from converters.spine.measures import _unit
+    from converters.spine.endplates import _unit
     assert np.allclose(_unit(np.array([0.3, 0.4])), [0.6, 0.8])      # norm under 1 too
     with np.errstate(all="raise"):                                  # no 0/0 NaN
         assert np.array_equal(_unit(np.zeros(2)), [0.0, 0.0])
 
 
 def test_centroid_is_the_area_centroid_or_the_mean_of_a_flat_outline():
-    from converters.spine.measures import _centroid
+    from converters.spine.endplates import _centroid
     # a quadrilateral of area 0.3: its area centroid is not the mean of its vertices
     quad = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.5], [0.0, 0.1]])
     assert np.allclose(_centroid(quad), [11 / 18, 0.1722222], atol=1e-6)
@@ -159,7 +160,7 @@ def test_centroid_is_the_area_centroid_or_the_mean_of_a_flat_outline():
 
 
 def test_hull_normals_point_outward_even_for_a_pixel_sized_outline():
-    from converters.spine.measures import _hull_edges
+    from converters.spine.endplates import _hull_edges
     square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     edges = _hull_edges(square)
     assert len(edges) == 4
@@ -177,7 +178,7 @@ def _rounded_body(x0, y0, w, h, rim=1.5):
 @pytest.mark.parametrize("tol, corners", [(1.0, (4.0, 36.0)), (1.5, (4.0, 36.0)),
                                           (2.0, (0.0, 40.0))])
 def test_endplate_contact_is_strictly_within_the_tolerance(tol, corners):
-    from converters.spine.measures import endplate_line
+    from converters.spine.endplates import endplate_line
     body = _rounded_body(0.0, 0.0, 40.0, 20.0)
     a, b = endplate_line(body, np.array([0.0, -1.0]), tol)
     xs = sorted([a[0], b[0]])
@@ -185,7 +186,7 @@ def test_endplate_contact_is_strictly_within_the_tolerance(tol, corners):
 
 
 def test_endplate_is_the_edge_the_outline_follows_longest():
-    from converters.spine.measures import endplate_line
+    from converters.spine.endplates import endplate_line
     # rims 1 px below the top edge, 10 px out: within tol 2 they make the top edge 40 px
     # long, longer than either slanted rim edge (about 30 px of contact)
     body = np.array([[0.0, 1.0], [10.0, 0.0], [30.0, 0.0], [40.0, 1.0], [40.0, 20.0],
@@ -195,7 +196,7 @@ def test_endplate_is_the_edge_the_outline_follows_longest():
 
 
 def test_a_sub_pixel_outline_still_has_endplates():
-    from converters.spine.measures import endplate_line
+    from converters.spine.endplates import endplate_line
     tiny = np.array([[0.0, 0.0], [0.8, 0.0], [0.8, 0.5], [0.0, 0.5]])
     a, b = endplate_line(tiny, np.array([0.0, -1.0]), 1.0)
     assert sorted([a[0], b[0]]) == pytest.approx([0.0, 0.8])

@@ -31,7 +31,7 @@ from converters.core.files import move_into_place, temp_name, write_bytes
 from converters.core.parallel import map_jobs
 from converters.core.paths import confined
 from converters.dicom.pixels import MAX_PIXELS
-from converters.spine.measures import Spine
+from converters.spine.endplates import Spine
 from converters.annotations.regions import Outline
 from converters.core.records import open_input
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from converters.core.errors import InvalidImageError
 from converters.core.files import remove_output, write_bytes
-from converters.spine.measures import Spine
+from converters.spine.endplates import Spine
 from converters.annotations.regions import Outline
 
 ENDPLATE = (0, 230, 255)   # BGR yellow

@@ -5,7 +5,7 @@ of agreement (bias -/+ 1.96 SD of the differences), and the measurable rate.
 
 Outlines: ground truth from the test set's polygons; predictions from each kept instance's mask
 (instance models) or connected component (semantic models, so a fused pair stays one blob, which
-:func:`converters.spine.measures.find_vertebrae` then refuses to measure), traced along the pixel
+:func:`converters.spine.endplates.find_vertebrae` then refuses to measure), traced along the pixel
 edges (:func:`converters.annotations.coco.mask_outline`). Levels as evaluate assigns them.
 
 Rates: a measure's ``measurable_rate`` is the share of the test images measurable on the
