@@ -25,7 +25,8 @@ from pydicom.tag import Tag
 from converters.dicom import anonymize as an
 from converters.dicom.anonymize import AnonymizeConfig, anonymize_dataset
 from converters.dicom.burned_in import find_burned_in_text
-from converters.core.errors import InvalidConfigError, UnsupportedDicomError
+from converters.core.errors import (InvalidConfigError, InvalidDicomError,
+                                    UnsupportedDicomError)
 
 SALT = b"\x05" * 32
 NO_OCR = AnonymizeConfig(ocr=False)
@@ -405,14 +406,6 @@ def test_spinepipe_sets_its_own_fields_and_the_file_meta():
     assert out.audit["counts"]["K"]["TransferSyntaxUID"] == 1
 
 
-def test_an_unknown_transfer_syntax_is_refused():
-    ds = _image()
-    ds.file_meta.TransferSyntaxUID = OWN_UID
-    engine = an._Engine(SALT, NO_OCR, "PSEUDO", "key")
-    with pytest.raises(UnsupportedDicomError):
-        engine.file_meta(ds, "x.dcm")
-
-
 def test_the_audit_counts_every_element_and_lists_every_change():
     item = Dataset()
     item.ReferencedSOPInstanceUID = OWN_UID
@@ -636,3 +629,172 @@ def test_a_private_element_whose_creator_is_blank_is_never_kept():
     for entry, ok in (("0013, ,05", False), ("0013,,05", False), ("0009,GEMS_IDEN_01,10", True),
                       ("0011, ACME ,02", True), ("0009,ACME,1", False), ("009,ACME,10", False)):
         assert bool(re.fullmatch(an.ALLOWLIST_PATTERN, entry)) is ok, entry
+
+
+# ---- every error names the file, and only the file it is given
+
+def _jpeg_frame(after_app0: bytes = b"") -> bytes:
+    """A baseline JPEG of a 64 x 64 ramp with ``after_app0`` after its JFIF header: marker
+    segments, or bytes that are no marker (decoders skip those)."""
+    ok, buf = cv2.imencode(".jpg", (np.add.outer(np.arange(64), np.arange(64)) * 2 % 256
+                                    ).astype(np.uint8))
+    assert ok
+    data = buf.tobytes()
+    assert data[2:4] == b"\xff\xe0"                          # the JFIF header comes first
+    app0_end = 4 + int.from_bytes(data[4:6], "big")
+    return data[:app0_end] + after_app0 + data[app0_end:]
+
+
+def _jpeg_object(frame: bytes) -> Dataset:
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+    ds = _image()
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _without(ds: Dataset, *keywords: str) -> Dataset:
+    for keyword in keywords:
+        delattr(ds, keyword)
+    return ds
+
+
+def _float_pixels(ds: Dataset) -> Dataset:
+    del ds.PixelData
+    ds.FloatPixelData = np.zeros(16, np.float32).tobytes()
+    ds.file_meta.TransferSyntaxUID = OWN_UID               # no transfer syntax of the standard
+    return ds
+
+
+def _tabs_for_study(ds: Dataset) -> Dataset:
+    ds[0x0020000D] = _raw(0x0020000D, "LO", b"\t\t")      # a study UID of blanks, as text
+    return _without(ds, "PatientID")
+
+
+def _truncated(ds: Dataset) -> Dataset:
+    ds.PixelData = ds.PixelData[:-2]
+    return ds
+
+
+def _twelve_bits(ds: Dataset) -> Dataset:
+    ds.BitsAllocated = 12                                  # no reader for OCR to use
+    ds.PixelData = b"\0" * 24
+    return ds
+
+
+_BLANK = AnonymizeConfig(ocr=False, burned_in="blank", blank_regions=[[0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("make, options, error, tag", [
+    (lambda: _without(_image(), "SOPClassUID"), NO_OCR, InvalidDicomError, "(0008,0016)"),
+    (lambda: _truncated(_image()), NO_OCR, InvalidDicomError, "(7FE0,0010)"),
+    (lambda: _twelve_bits(_image()), AnonymizeConfig(), InvalidDicomError, "(7FE0,0010)"),
+    (lambda: _without(_image(), "SOPInstanceUID"), NO_OCR, InvalidDicomError, "(0008,0018)"),
+    (lambda: _tabs_for_study(_image()), NO_OCR, InvalidDicomError, "(0010,0020)"),
+    (lambda: _image(BurnedInAnnotation="YES", NumberOfFrames=2, PixelData=bytes(64)), _BLANK,
+     InvalidDicomError, None),
+    (lambda: _float_pixels(_image()), NO_OCR, UnsupportedDicomError, "(0002,0010)"),
+    (lambda: _jpeg_object(_jpeg_frame(b"\0\0")), NO_OCR, InvalidDicomError,
+     "(7FE0,0010)"),
+], ids=["no-sop-class", "truncated-pixels", "unreadable-pixels-for-ocr", "no-sop-instance",
+        "no-patient-nor-study", "multi-frame-to-blank", "unknown-transfer-syntax",
+        "unreadable-jpeg-markers"])
+def test_every_error_names_the_file_it_is_given_and_no_other(make, options, error, tag):
+    with pytest.raises(error) as err:
+        anonymize_dataset(make(), SALT, options, file="scans/a.dcm")
+    assert err.value.file == "scans/a.dcm" and err.value.tag == tag
+    with pytest.raises(error) as err:                      # an object with no file name
+        anonymize_dataset(make(), SALT, options)
+    assert not err.value.file and "scans" not in str(err.value)
+
+
+@pytest.mark.parametrize("syntax", [OWN_UID, ""])
+def test_an_unknown_transfer_syntax_is_refused_naming_file_tag_and_value(syntax):
+    ds = _image()
+    ds.file_meta.TransferSyntaxUID = syntax
+    engine = an._Engine(SALT, NO_OCR, "PSEUDO", "key")
+    with pytest.raises(UnsupportedDicomError) as err:
+        engine.file_meta(ds, "x.dcm")
+    assert (err.value.file, err.value.tag) == ("x.dcm", "(0002,0010)")
+    assert f"transfer syntax {syntax!r} " in err.value.message     # the value found, quoted
+
+
+# ---- the audit records every change, with its path
+
+
+def test_markers_removed_from_compressed_pixels_are_one_audited_change():
+    text = b"ROE^RICHARD"
+    com = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
+    app5 = b"\xff\xe5" + (len(text) + 2).to_bytes(2, "big") + text
+    ds = _jpeg_object(_jpeg_frame(com + app5))
+    out = _run(ds)
+    assert text not in ds.PixelData
+    assert [c for c in out.audit["changes"] if c["tag"] == "(7FE0,0010)"] == [
+        {"tag": "(7FE0,0010)", "keyword": "PixelData", "action": "R", "path": "PixelData",
+         "removed": ["APP5", "COM"]}]
+    assert out.audit["counts"]["R"] == {"PixelData": 1}
+
+
+def test_kept_values_are_audited_as_kept_checked_or_remapped_with_their_paths():
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = OWN_UID                     # a class UID of no standard
+    ref.ReferencedSOPInstanceUID = OWN_UID
+    ds = _image(SOPClassUID="1.2.840.10008.5.1.4.1.1.1", ViewPosition="ROE",
+                ImageType=["ORIGINAL", "ROE"], PatientOrientation=["A", "MRN1"],
+                SourceImageSequence=Sequence([ref]))
+    ds[0x00181404] = _raw(0x00181404, "US", b"ROE^RICHARD!")  # Exposures on Plate: 6 values
+    out = _run(ds)
+    assert list(ds.ImageType) == ["ORIGINAL", ""] and list(ds.PatientOrientation) == ["A", ""]
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1"
+    assert out.audit["counts"]["K"]["SOPClassUID"] == 1
+    assert not [c for c in out.audit["changes"] if c["keyword"] == "SOPClassUID"]
+    changes = out.audit["changes"]
+    for tag, keyword, action, path in (
+            ("(0018,5101)", "ViewPosition", "V", "ViewPosition"),
+            ("(0008,0008)", "ImageType", "V", "ImageType"),
+            ("(0020,0020)", "PatientOrientation", "V", "PatientOrientation"),
+            ("(0018,1404)", "ExposuresOnPlate", "X", "ExposuresOnPlate"),
+            ("(0008,1150)", "ReferencedSOPClassUID", "U",
+             "SourceImageSequence[0].ReferencedSOPClassUID")):
+        assert {"tag": tag, "keyword": keyword, "action": action, "path": path} in changes
+
+
+def test_removed_private_and_nested_pixel_elements_are_listed_with_their_paths():
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = OWN_UID
+    item.PixelData = b"ROE^RICHARD!"
+    item.private_block(0x0011, "ACME", create=True).add_new(0x02, "LO", "ROE")
+    ds = _image(SourceImageSequence=Sequence([item]))
+    ds.private_block(0x0013, "ACME", create=True).add_new(0x01, "LO", "ROE")
+    changes = _run(ds).audit["changes"]
+    for tag, keyword, path in (
+            ("(7FE0,0010)", "PixelData", "SourceImageSequence[0].PixelData"),
+            ("(0011,1002)", "(0011,1002)", "SourceImageSequence[0].(0011,1002)"),
+            ("(0013,1001)", "(0013,1001)", "(0013,1001)")):
+        assert {"tag": tag, "keyword": keyword, "action": "X", "path": path} in changes
+
+
+def test_elements_written_with_a_vr_not_their_own():
+    # D and N rows replace the value whatever was written; a D row of a UI attribute
+    # holding no UID, like any other kept or remapped element, is removed
+    ds = _image()
+    ds[0x0040A075] = _raw(0x0040A075, "LO", b"ROE^RICHARD ")   # Verifying Observer Name (PN)
+    ds[0x006A0003] = _raw(0x006A0003, "LO", b"ROE^RICHARD ")   # Annotation Group UID (UI)
+    ds[0x00120062] = _raw(0x00120062, "LO", b"NO")             # Patient Identity Removed (CS)
+    ds[0x00020010] = _raw(0x00020010, "UI", b"1.2.840.10008.1.2.1\0")  # file meta, misplaced
+    out = _run(ds)
+    assert ds.VerifyingObserverName == "ANONYMIZED" and ds["VerifyingObserverName"].VR == "PN"
+    assert 0x006A0003 not in ds and 0x00020010 not in ds
+    assert ds.PatientIdentityRemoved == "YES"
+    counts = out.audit["counts"]
+    assert counts["D"]["VerifyingObserverName"] == 1 and counts["N"]["PatientIdentityRemoved"] == 1
+    assert counts["X"]["AnnotationGroupUID"] == 1 and counts["X"]["TransferSyntaxUID"] == 1
+    assert counts["K"]["TransferSyntaxUID"] == 1            # the file meta's own: kept
+    for tag, keyword in (("(006A,0003)", "AnnotationGroupUID"),
+                         ("(0002,0010)", "TransferSyntaxUID")):
+        assert {"tag": tag, "keyword": keyword, "action": "X", "path": keyword} in \
+            out.audit["changes"]

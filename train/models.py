@@ -1,8 +1,9 @@
 """The model registry and where each run lives: light (no torch, no mmlab), so the command
 line, evaluation and the report use it without importing a training stack.
 
-A sixth model is one config file in ``train/configs/``, one entry in :data:`MODELS` and its
-name in :data:`DISPLAY_NAMES` (plus its preset options in ``params.yaml``).
+A sixth model: its config file in ``train/configs/``, one entry in :data:`MODELS` and one in
+:data:`DISPLAY_NAMES`, its name in ``params.yaml`` ``train.models`` (with its preset options) and a
+``plots`` entry in ``dvc.yaml`` (README, "Layout and code map").
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from converters.core.errors import InvalidConfigError
 
 #: model name -> task family ("instance": MMDetection + COCO; "semantic": MMSegmentation + masks).
-#: A sixth model is one config file in train/configs/ and one entry here.
+#: A sixth model: see the module docstring.
 MODELS: dict[str, str] = {
     "mask_rcnn": "instance",
     "yolact": "instance",

@@ -48,10 +48,6 @@ def flat(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
     return out
 
 
-def polygon_area(xs: Sequence[float], ys: Sequence[float]) -> float:
-    return float(Polygon(list(zip(xs, ys))).area)
-
-
 def bbox(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
     x0, y0 = float(min(xs)), float(min(ys))
     return [x0, y0, float(max(xs)) - x0, float(max(ys)) - y0]

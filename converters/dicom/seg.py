@@ -46,7 +46,6 @@ from converters.dicom.read import read_dicom
 from converters.core.errors import InvalidDicomError
 from converters.dicom.ledger import verified_identity
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 SERIES_NUMBER = 9100            # where the SEG series sorts in a viewer's list
 
 
