@@ -1,14 +1,20 @@
-"""De-identification guarantees, stated by hand (issue 30, mutation module ``deid``): the action
-table is refused when malformed, a kept value survives only when its check allows it, a UID is
-remapped consistently and never to itself, dates move by the patient's one shift, private tags
-go unless allowlisted, nested sequences are walked, code meanings come from the dictionary,
-the file meta is rebuilt, and the audit counts every element. Guards against regressions of
-the table's reader and of the engine that applies it (converters/dicom/anonymize.py)."""
+"""De-identification guarantees, stated by hand (issue 30, mutation modules ``deid-table`` and
+``deid-engine``): the action table is refused when malformed, and each special row applies to
+its own class of tags; a kept value survives only when its check allows it; a UID is remapped
+consistently, never to itself, the same in every version, a well-known one never; dates move
+by the patient's one shift; private tags go unless allowlisted; nested sequences are walked,
+whatever VR they were written with; code meanings come from the dictionary; the file meta is
+rebuilt; the audit counts every element and lists every change with its path (text markers
+removed from compressed pixels included); a burned-in flag quarantines as its mode says; every
+error names the file it is given and no other; the outcome names no UID the object does not
+carry. Guards against regressions of the table's reader and of the engine that applies it
+(converters/dicom/anonymize.py)."""
 from __future__ import annotations
 
 import copy
 import datetime as dt
 import re
+import struct
 from io import BytesIO
 
 import cv2
@@ -22,11 +28,10 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
+from converters.core.errors import InvalidConfigError, InvalidDicomError, UnsupportedDicomError
 from converters.dicom import anonymize as an
 from converters.dicom.anonymize import AnonymizeConfig, anonymize_dataset
 from converters.dicom.burned_in import find_burned_in_text
-from converters.core.errors import (InvalidConfigError, InvalidDicomError,
-                                    UnsupportedDicomError)
 
 SALT = b"\x05" * 32
 NO_OCR = AnonymizeConfig(ocr=False)
@@ -798,3 +803,153 @@ def test_elements_written_with_a_vr_not_their_own():
                          ("(0002,0010)", "TransferSyntaxUID")):
         assert {"tag": tag, "keyword": keyword, "action": "X", "path": keyword} in \
             out.audit["changes"]
+
+
+# ---- burned-in annotation: the mode decides, the reason says why
+
+
+def test_a_burned_in_flag_quarantines_in_quarantine_mode_even_with_regions():
+    ds = _image(BurnedInAnnotation="YES")
+    pixels = ds.PixelData
+    out = anonymize_dataset(ds, SALT, AnonymizeConfig(ocr=False, blank_regions=[[0, 0, 2, 2]]))
+    assert (out.status, out.reason) == ("quarantined", "BurnedInAnnotation YES")
+    assert ds.PixelData == pixels and ds.PatientID == "P-42"
+    out = anonymize_dataset(ds, SALT, AnonymizeConfig(ocr=False, burned_in="blank"))
+    assert (out.status, out.reason) == (
+        "quarantined", "BurnedInAnnotation YES and no blank_regions configured")
+
+
+def test_text_found_in_a_colour_image_quarantines_it_in_blank_mode():
+    ds, img = _with_text()
+    grey = (img // 16).astype(np.uint8)                    # the same label, 8 bits
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = np.ascontiguousarray(np.stack([grey] * 3, axis=-1)).tobytes()
+    boxes = [b.region for b in find_burned_in_text(grey)]
+    assert len(boxes) >= 1
+    out = anonymize_dataset(ds, SALT, AnonymizeConfig(burned_in="blank"))
+    assert out.status == "quarantined"
+    assert out.reason == (f"burned-in text found by OCR at {boxes} (x, y, width, height) "
+                          "(a multi-frame or colour image is not blanked)")
+    assert ds.PatientID == "P-42"
+
+
+# ---- identifiers: stable across versions, never made up
+
+
+def test_a_remapped_uid_is_the_same_in_every_version():
+    # HMAC-SHA256(salt, "uid\0" + uid), first 128 bits, big-endian: pinned, so that a
+    # project's objects anonymized by an earlier spinepipe keep referring to the same UIDs
+    assert an.remap_uid(SALT, OWN_UID) == "2.25.275728543934914377434034035932275388782"
+
+
+def test_the_outcome_names_no_uid_the_object_does_not_carry():
+    ds = _without(_image(), "SeriesInstanceUID")
+    ds[0x0020000D] = _raw(0x0020000D, "LO", b"1.2.3.4 ")  # Study Instance UID as text: removed
+    out = _run(ds)
+    assert "StudyInstanceUID" not in ds and "SeriesInstanceUID" not in ds
+    assert out.new_study_uid == "" and out.ledger["new_study_instance_uid"] == ""
+    assert out.ledger["new_series_instance_uid"] == ""
+    assert out.ledger["study_instance_uid"] == "1.2.3.4"
+
+
+def test_a_well_known_uid_is_kept_whatever_attribute_holds_it():
+    talairach = "1.2.840.10008.1.4.1.1"       # a Frame of Reference UID of PS3.6 Annex A
+    ds = _image(FrameOfReferenceUID=talairach, FailedSOPInstanceUIDList=[talairach, OWN_UID])
+    _run(ds)
+    assert ds.FrameOfReferenceUID == talairach
+    assert list(ds.FailedSOPInstanceUIDList) == [talairach, an.remap_uid(SALT, OWN_UID)]
+
+
+def test_allowlisted_private_elements_are_named_in_hexadecimal():
+    ds = _image()
+    block = ds.private_block(0x0011, "ACME", create=True)
+    block.add_new(0x1A, "DS", "1.5")
+    block.add_new(0x10, "DS", "2.5")
+    _run(ds, AnonymizeConfig(ocr=False, private_allowlist=["0011,ACME,1A"]))
+    assert ds[0x0011101A].value == "1.5" and 0x00111010 not in ds
+
+
+# ---- the file meta
+
+
+def test_an_object_without_file_meta_gets_none():
+    ds = _image()
+    del ds.file_meta
+    out = _run(ds)
+    assert getattr(ds, "file_meta", None) is None
+    assert not [c for c in out.audit["changes"] if c["path"].startswith("file_meta.")]
+
+
+def test_the_file_meta_information_version_is_kept_as_written():
+    ds = _image()
+    ds.file_meta.FileMetaInformationVersion = b"\x00\x02"
+    out = _run(ds)
+    assert ds.file_meta.FileMetaInformationVersion == b"\x00\x02"
+    assert out.audit["counts"]["K"]["FileMetaInformationVersion"] == 1
+
+
+# ---- the table's special rows, and elements read in odd encodings
+
+
+def test_each_special_row_applies_to_its_own_class_of_tags():
+    engine = an._Engine(SALT, NO_OCR, "PSEUDO", "key")
+    engine.rules = {0x00280010: ("K", ""), "curves": ("Z", "c"), "overlays": ("D", "o"),
+                    "group_length": ("N", "g"), "default": ("X", "d")}
+    for tag, expected in ((0x00280010, ("K", "")), (0x50000010, ("Z", "c")),
+                          (0x501E0000, ("Z", "c")), (0x60003000, ("D", "o")),
+                          (0x601E0000, ("D", "o")), (0x00080000, ("N", "g")),
+                          (0x00280000, ("N", "g")), (0x00089999, ("X", "d")),
+                          (0x00080001, ("X", "d"))):
+        assert engine.rule(Tag(tag)) == expected, hex(tag)
+
+
+def test_text_values_lose_their_nul_padding():
+    assert an._text_values(DataElement(0x00080008, "CS", ["AX\0", " XA"])) == ["AX", "XA"]
+    assert an._text_values(_raw(0x00081155, "UI", b"\0\0")) == []
+    assert an._text_values(_raw(0x00080008, "CS", b"ORIGINAL\0\\XA ")) == ["ORIGINAL", "XA"]
+
+
+def _implicit(tag: int, value: bytes) -> bytes:
+    """One element as implicit VR little endian writes it."""
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _un_sequence(tag: int, *elements: bytes) -> RawDataElement:
+    """A sequence of one item written with VR UN (its value implicit VR, as PS3.5 says)."""
+    body = b"".join(elements)
+    return _raw(tag, "UN", struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body)
+
+
+def test_a_removed_sequence_written_as_un_counts_what_it_held():
+    uid = OWN_UID.encode() + b"\0"
+    item = Dataset()
+    item[0x00081140] = _un_sequence(0x00081140, _implicit(0x00081155, uid))
+    item.ReferencedSOPInstanceUID = OWN_UID
+    ds = _image(ReferencedStudySequence=Sequence([item]))            # Z: emptied
+    ds[0x00101002] = _un_sequence(0x00101002, _implicit(0x00100020, b"P-42"))  # X: removed
+    out = _run(ds)
+    assert len(ds.ReferencedStudySequence) == 0 and 0x00101002 not in ds
+    assert out.audit["counts"]["X"] == {"ReferencedImageSequence": 1,
+                                        "ReferencedSOPInstanceUID": 2, "PatientID": 1,
+                                        "OtherPatientIDsSequence": 1}
+
+
+def test_an_undecodable_sequence_in_a_removed_item_leaves_the_rest_counted():
+    item = Dataset()
+    item[0x00081140] = RawDataElement(Tag(0x00081140), None, 4, b"\x01\x02\x03\x04", 0, True,
+                                      True)                 # no item tag: pydicom cannot read it
+    item.ReferencedSOPInstanceUID = OWN_UID
+    out = _run(_image(ReferencedStudySequence=Sequence([item])))
+    assert out.audit["counts"]["X"] == {"ReferencedImageSequence": 1,
+                                        "ReferencedSOPInstanceUID": 1}
+
+
+def test_a_transfer_syntax_the_standard_does_not_define_names_the_file():
+    """Before any element is judged, an undefined transfer syntax (the file's own claim) is
+    one error naming the file it was given."""
+    ds = _image()
+    ds.file_meta.TransferSyntaxUID = "1.2.3"
+    with pytest.raises(InvalidDicomError) as err:
+        anonymize_dataset(ds, SALT, NO_OCR, file="scans/a.dcm")
+    assert err.value.file == "scans/a.dcm" and "1.2.3" in err.value.message

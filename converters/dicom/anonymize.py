@@ -865,7 +865,7 @@ def _cleaner(ts: str, file: str) -> Callable[[bytes], tuple[bytes, list[str]]] |
 def clean_pixel_markers(ds: Dataset, decoded: np.ndarray | None, file: str = "") -> list[str]:
     """Remove comment and application segments from every frame of encapsulated pixel data
     (module docstring); the result must decode to ``decoded``. Returns what was removed."""
-    ts = transfer_syntax(ds)
+    ts = transfer_syntax(ds, file)
     if ts is None or not ts.is_encapsulated or "PixelData" not in ds:
         return []
     clean = _cleaner(ts, file)
@@ -1126,7 +1126,7 @@ def check_pixel_data(ds: Dataset, file: str = "",
     returned). The pixel count is checked against ``max_pixels`` before any decoding."""
     if "PixelData" not in ds:
         return None  # float pixel data: rare, parametric maps; nothing to check here
-    ts = transfer_syntax(ds)
+    ts = transfer_syntax(ds, file)
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         bits = int(ds.BitsAllocated)
