@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+from shapely.geometry import Polygon
 
 from converters.annotations import coco
 from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
@@ -98,7 +99,7 @@ def tiny_dataset(small_phantom, tmp_path_factory) -> Path:
             poly = coco.flat(xs, ys)
             cid = coco.DEFAULT_CLASSES[cls]
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cid,
-                         "segmentation": [poly], "area": coco.polygon_area(xs, ys),
+                         "segmentation": [poly], "area": Polygon(zip(xs, ys)).area,
                          "bbox": coco.bbox(xs, ys), "iscrowd": 0})
             inst.append((cid, poly))
         cv2.imwrite(str(root / "masks" / f"{uid}.png"), coco.class_mask(h, w, inst))
