@@ -14,12 +14,12 @@ from typing import List, Optional
 
 import typer
 
-from converters.core.errors import InsufficientDataError, UsageError
+from converters.core.errors import InsufficientDataError, ParamsError, UsageError
 from converters.core.files import prepare_output
 from converters.annotations.via import read_via
 from converters.annotations.via_project import via_filepath
 from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
-from pipeline.params import stage_params
+from pipeline.params import read_params_file, stage_params
 from train.models import MODELS, run_dir
 from train.evaluation.recognition import PostprocessConfig
 from train.infer.propose import (ProposeConfig, image_paths, propose_images, truth_iou,
@@ -48,6 +48,7 @@ def command(
                         class_options=None, default_filepath="", truth=None, runs=[])
         say(f"propose: disabled (propose.enabled is false); empty project written -> {output}")
         return
+    _check_image_path(cfg, params, via_image_path)
     models = list(model or [cfg.model])
     folds = list(fold or [cfg.fold])
     for m in models:
@@ -80,3 +81,15 @@ def command(
              f"{summary['truth_images']} images" if scores else "")
     say(f"propose: {summary['images']} images, {summary['regions']} polygons from {names[0]}"
         f" ({summary['needs_review']} to review first){extra} -> {output}")
+
+
+def _check_image_path(cfg: ProposeConfig, params: Path, given: str | None) -> None:
+    """A params file that tells export where VIA finds the PNGs but not propose (propose read
+    export's key before it had its own): one line, never proposals VIA cannot open."""
+    if given is not None or cfg.via_image_path or not Path(params).exists():
+        return
+    export = read_params_file(params).get("export") or {}
+    if isinstance(export, dict) and export.get("via_image_path"):
+        raise ParamsError("key 'export.via_image_path' is set but 'propose.via_image_path' is "
+                          "not: set it too (propose has its own since export's params no "
+                          "longer re-run it)", file=params)

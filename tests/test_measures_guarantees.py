@@ -1,5 +1,6 @@
-"""Clinical measures' tables and grades (converters/spine/measures.py), by hand (issue 30's
-mutation run).
+"""Clinical measures' tables and grades (converters/spine/measures.py) and the endplates they
+are read from (converters/spine/endplates.py), by hand (issue 30's mutation modules measures and
+endplates).
 
 Class of defect guarded: ``measures.csv`` with shifted, renamed or unrounded columns, a
 missing measure written as something other than an empty cell, a Meyerding grade off at its

@@ -99,3 +99,23 @@ def test_every_moved_key_names_a_key_that_exists():
     for old, says in MOVED.items():
         if "moved to 'postprocess." in says:
             assert says.split("'postprocess.")[1].split("'")[0] in post, old
+
+
+def test_propose_refuses_a_params_file_that_sets_only_export_s_image_path(tmp_path, capsys):
+    """propose reads its own via_image_path: a params file written when it read export's
+    gets one line, not proposals whose images VIA cannot find."""
+    from pipeline.cli import main
+    params = tmp_path / "params.yaml"
+    out = tmp_path / "p.json"
+    argv = ["propose", "--output", str(out), "--images", str(tmp_path / "none"),
+            "--params", str(params), "--quiet"]
+    params.write_text("export:\n  via_image_path: /data/png\npropose:\n  enabled: true\n")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'propose.via_image_path' is not" in err, err
+    assert not out.exists()
+    params.write_text("export:\n  via_image_path: /data/png\n"
+                      "propose:\n  enabled: true\n  via_image_path: /data/png\n")
+    assert main(argv) == 1                        # on to the next check: no trained run here
+    err = capsys.readouterr().err
+    assert "via_image_path" not in err and err.count("\n") == 1, err

@@ -369,3 +369,22 @@ def test_study_preset_builds_every_model_and_trains_an_iteration_on_cpu(project)
     leaf = Config.fromfile(str(project / "study" / "run" / "config.py"))
     resize = [t for t in leaf.train_dataloader.dataset.pipeline if t["type"] == "Resize"]
     assert [tuple(t["scale"]) for t in resize] == [(640, 1600)]  # the study's scale
+
+
+def test_a_run_trained_before_a_module_moved_still_loads(tmp_path):
+    """A run's leaf config names the augmentation module it was trained with: a run from
+    before the library's sub-packages (``train.augment``) loads under today's name."""
+    from train.infer.inference import load_run
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.py").write_text(
+        'default_scope = "mmseg"\n'
+        'custom_imports = dict(imports=["train.augment"], allow_failed_imports=False)\n'
+        'test_dataloader = dict(dataset=dict(pipeline=[dict(type="LoadImageFromFile"), '
+        'dict(type="LoadAnnotations"), dict(type="PackSegInputs")]))\n'
+        'visualizer = dict(type="SegLocalVisualizer", vis_backends=[])\n')
+    (run / "best.pth").write_bytes(b"")          # load_run only needs it to exist
+    cfg, ckpt, family = load_run(run)
+    assert family == "semantic" and ckpt == run / "best.pth"
+    assert cfg.custom_imports["imports"] == ["train.fit.augment"]
+    assert [t["type"] for t in cfg.test_pipeline] == ["LoadImageFromFile", "PackSegInputs"]

@@ -1,4 +1,5 @@
-"""VIA's formats read and written by hand (converters/annotations/via.py; issue 30's mutation run).
+"""VIA's formats read and written by hand (converters/annotations/via.py, via_csv.py,
+via_project.py; issue 30's mutation modules via, via-csv and via-project).
 
 Class of defect guarded: a VIA file read differently from what VIA means by it, or a hostile
 one read at all. Per format: VIA 2 projects and annotation exports (sizes as numbers, strings,

@@ -1,5 +1,5 @@
-"""converters.annotations: Annotations: VIA files read and written, regions repaired into
-instances, COCO and masks, QA pictures, the conversion, the patient-grouped split and proposals
+"""converters.annotations: Annotations: VIA files read and written, regions checked and repaired
+into outlines, COCO and masks, QA pictures, the conversion, the patient-grouped split and proposals
 back into VIA.
 
 Rooms (import them by name; this face imports nothing, so start-up and DVC's deps stay
@@ -11,7 +11,7 @@ per module):
 - ``masks``: The pictures convert draws per image: the class mask, the overlap map and the QA
   overlay, rendered only for images whose inputs changed, each written under a temporary name and
   moved into place with the others; an image is redone when its polygons, problems, file or this
-  drawing code changed (:func:`_render_code`).
+  drawing code changed.
 - ``proposals``: Model proposals for annotators: predicted masks -> VIA polygons, the order in
   which a person should review them, and what the annotators changed (no torch here: the inference
   is :mod:`train.infer.propose`).

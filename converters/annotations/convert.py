@@ -45,8 +45,8 @@ Levels: each vertebra gets ``L1``..``L5`` / ``S1`` bottom-up from the sacrum
 (:mod:`converters.spine.levels`). The steps, in :func:`convert`: read every VIA file
 (:mod:`converters.annotations.via`), validate and repair each region
 (:mod:`converters.annotations.regions`), assign levels, build the COCO rows and the table,
-rasterize what changed (:mod:`converters.annotations.coco`), draw the QA pictures
-(:mod:`converters.annotations.qa`), write.
+rasterize what changed and draw the QA pictures (:mod:`converters.annotations.masks`, with
+:mod:`converters.annotations.coco` and :mod:`converters.annotations.qa`), write.
 
 Outputs under the output folder:
 
@@ -80,7 +80,8 @@ image no longer in a VIA file given now loses its own masks, overlap map and ove
 files not given in this run keep theirs (they are not in ``coco.json``).
 
 Nothing half-written: bad input (an unreadable VIA file, ``strict`` problems, an image that
-does not decode or whose header claims more than :data:`MAX_PIXELS` pixels) stops the
+does not decode or whose header claims more than
+:data:`~converters.dicom.pixels.MAX_PIXELS` pixels) stops the
 conversion with one error before any output moves into place; rendered files are written
 under temporary names and renamed only when every image succeeded.
 """

@@ -1,7 +1,7 @@
 """The pictures convert draws per image: the class mask, the overlap map and the QA overlay,
 rendered only for images whose inputs changed, each written under a temporary name and moved
 into place with the others; an image is redone when its polygons, problems, file or this drawing
-code changed (:func:`_render_code`). :mod:`converters.annotations.convert` plans the conversion
+code changed. :mod:`converters.annotations.convert` plans the conversion
 and writes the tables.
 
 Masks: 8-bit PNG label maps, one value per class (the order of ``convert.classes``, from 1;

@@ -7,8 +7,9 @@ per module):
 - ``endplates``: Endplates from vertebra outlines (:func:`find_vertebrae`): the geometry the
   clinical measures (:mod:`converters.spine.measures`) are read from.
 - ``levels``: Vertebral levels: L1-L5 and S1, assigned bottom-up from the sacrum.
-- ``measures``: Clinical measures from vertebra outlines: endplates, lumbar lordosis, segmental
-  angles, disc and body heights, slip (anterolisthesis) and its Meyerding grade.
+- ``measures``: Clinical measures from vertebra outlines (through their endplates): lumbar
+  lordosis, segmental angles, disc and body heights, slip (anterolisthesis) and its Meyerding
+  grade.
 """
 
 __all__ = ["endplates", "levels", "measures"]

@@ -1,5 +1,5 @@
-"""Clinical measures from vertebra outlines: endplates, lumbar lordosis, segmental angles,
-disc and body heights, slip (anterolisthesis) and its Meyerding grade.
+"""Clinical measures from vertebra outlines (through their endplates): lumbar lordosis, segmental
+angles, disc and body heights, slip (anterolisthesis) and its Meyerding grade.
 
 Input: one image's outlines with their levels (``L1``..``L5``, ``S1``;
 :mod:`converters.spine.levels`), each a ``(k, 2)`` array of vertices in the COCO convention of
@@ -27,8 +27,9 @@ Measures (:func:`measure`), angles in degrees, positive lordotic:
   IV (100), V (spondyloptosis).
 
 Never guessed: a measure needs every level it uses; a level is missing, given twice, a fused
-blob (taller than :data:`FUSED_FACTOR` x the median body), or above a gap where a vertebra seems
-missing (a centroid step over :data:`GAP_FACTOR` x the median step: the levels above are
+blob (taller than :data:`~converters.spine.endplates.FUSED_FACTOR` x the median body), or above a
+gap where a vertebra seems missing (a centroid step over
+:data:`~converters.spine.endplates.GAP_FACTOR` x the median step: the levels above are
 uncertain), and every measure that uses it is left empty, with the reason recorded per level.
 """
 from __future__ import annotations

@@ -45,7 +45,8 @@ def load_run(run_dir: str | Path) -> tuple[Config, Path, str]:
     for path in (cfg_path, ckpt):
         if not path.is_file():
             raise MissingInputError("trained run incomplete: file missing", produced_by="train", file=path)
-    cfg = Config.fromfile(str(cfg_path))
+    cfg = Config.fromfile(str(cfg_path), import_custom_modules=False)
+    _import_custom_modules(cfg)
     family = family_of_scope(cfg.get("default_scope"))
     pipeline = [copy.deepcopy(t) for t in cfg.test_dataloader.dataset.pipeline
                 if t.get("type") != "LoadAnnotations"]
@@ -53,6 +54,21 @@ def load_run(run_dir: str | Path) -> tuple[Config, Path, str]:
     cfg.test_pipeline = pipeline
     cfg.visualizer.vis_backends = [dict(type="LocalVisBackend")]
     return cfg, ckpt, family
+
+
+#: modules a run's leaf config imports that have moved since it was trained (runs are kept for
+#: years: a study's trainings take hours each)
+MOVED_MODULES = {"train.augment": "train.fit.augment"}
+
+
+def _import_custom_modules(cfg: Config) -> None:
+    """The config's ``custom_imports`` (the augmentation transforms), by their current names."""
+    from mmengine.utils import import_modules_from_strings
+    custom = cfg.get("custom_imports")
+    if custom:
+        names = [MOVED_MODULES.get(m, m) for m in custom.get("imports", [])]
+        cfg.custom_imports = dict(custom, imports=names)
+        import_modules_from_strings(names, custom.get("allow_failed_imports", False))
 
 
 def predict(run_dir: str | Path, image_paths: Sequence[str | Path], *, device: str = "auto",

@@ -11,7 +11,7 @@ disagreement. Polygons, attributes, review score and the round trip:
 Outputs (``output`` is the VIA project; beside it):
 
 - ``<output>``: a VIA 2.0.x project of the proposed images, highest review score first
-  (``_via_image_id_list``), ``default_filepath`` as ``export.via_image_path``;
+  (``_via_image_id_list``), ``default_filepath`` as ``propose.via_image_path``;
 - ``worklist.csv``: rank, image, review score, number of regions, reasons;
 - ``proposals_summary.json``: counts, the polygons' mean IoU with the masks they came from
   and, with ``truth``, the mean IoU of the proposed polygons with the true ones (per image:
