@@ -106,7 +106,7 @@ MODULES: dict[str, Module] = {
     "endplates": Module(
         "converters/spine/endplates.py",
         ("tests/test_measures_guarantees.py", "tests/test_measures.py"),
-        why="the clinical measures of a set of vertebra polygons"),
+        why="the endplates, the anterior side and the levels found in vertebra polygons"),
     "agreement": Module(
         "train/evaluation/agreement.py",
         ("tests/test_agreement_guarantees.py",),

@@ -99,6 +99,8 @@ def test_a_malformed_table_is_refused_naming_the_line(tmp_path, rows, special, h
                                                       line):
     with pytest.raises(InvalidConfigError, match=message) as err:
         _table(tmp_path, rows, special, header)
+    if message == "malformed tag":
+        assert "'(0010,004G)'" in str(err.value)
     if line is not None:   # the row's line, or the file itself for what the whole table lacks
         assert err.value.file == str(tmp_path / "table.tsv") + (f" line {line}" if line else "")
 
@@ -176,6 +178,21 @@ def test_vr_and_length_checks():
     assert not an._length_fits(_raw(0x00280010, "US", b"\x04\x00\x04\x00"), 0x00280010)
     assert an._length_fits(DataElement(0x00280010, "US", 4), 0x00280010)
     assert an._length_fits(_raw(0x00280030, "DS", b"1\\1" * 20), 0x00280030)  # text: unbounded
+    # LUT Descriptor: "US or SS", VM 3: three 2-byte values and no more
+    assert an._length_fits(_raw(0x00283002, "US", b"\x00\x01" * 3), 0x00283002)
+    assert not an._length_fits(_raw(0x00283002, "US", b"\x00\x01" * 4), 0x00283002)
+    assert an._length_fits(_raw(0x00283002, "SS", b"\x00\x01" * 3), 0x00283002)
+    assert an._dictionary_vr(0x00091001) == "UN" and an._max_length(0x00091001) is None
+
+
+def test_value_checks():
+    charset = an._value_check("charset")
+    assert charset("") and charset("ISO_IR 100") and not charset("ISO_IR 999")
+    assert an._value_check("") is None and an._value_check("registry") is None
+    assert an._value_check("list:M|F")("F") and not an._value_check("list:M|F")("X")
+    with pytest.raises(InvalidConfigError, match="unknown value check 'numeric'") as err:
+        an._value_check("numeric")
+    assert err.value.file == str(an.TABLE_FILE)
 
 
 # ---- the engine

@@ -247,6 +247,17 @@ def test_the_anterior_side_adds_the_bulge_and_the_sacrum_cues(bulge, tail, side)
         assert (v.superior.anterior[0] - v.superior.posterior[0]) * side == pytest.approx(40)
 
 
+def test_each_endplate_runs_posterior_to_anterior_at_any_scale():
+    # the same spine at 1/50 scale: bodies 0.8 px deep, whose endplates are shorter than a
+    # pixel (a coarse mask) still run from the back to the front
+    spine = find_vertebrae([(lv, points * 0.02) for lv, points in _spine(0.0, -30.0)])
+    assert spine.unusable == {} and spine.anterior[0] > 0.99
+    for v in spine.vertebrae.values():
+        for plate in (v.superior, v.inferior):
+            if plate is not None:
+                assert 0 < np.subtract(plate.anterior, plate.posterior) @ spine.anterior < 1
+
+
 def test_a_lordotic_spine_without_a_sacrum_is_measured_between_its_bodies():
     spine = find_vertebrae(_spine(bulge=16.0, sacrum=False))
     assert spine.unusable == {"S1": "missing"} and _anterior_x(spine) == 1

@@ -588,6 +588,22 @@ def test_a_malformed_csv_is_named_with_its_line(tmp_path, text, message, image):
     assert (err.message, err.image) == (message, image)
 
 
+def test_a_csv_the_system_cannot_read_is_refused_naming_it(tmp_path, monkeypatch):
+    """An I/O error on opening (a permission, a failing disk: tests run as root, so it is
+    raised here) is one line naming the file, with the system's reason."""
+    path = tmp_path / "v.csv"
+    path.write_text(HEADER, encoding="utf-8")
+
+    def refuse(*_args, **_kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(via_csv, "open_input", refuse)
+    with pytest.raises(InvalidViaError) as info:
+        read_via(path)
+    assert (info.value.message, info.value.file) == (
+        "cannot read the VIA file (Permission denied)", str(path))
+
+
 def test_a_csv_that_is_not_utf8_or_not_a_file(tmp_path):
     err = _error(tmp_path, HEADER.encode() + b'a\xff.png,1,{},0,0,{},{}\n', "v.csv")
     assert err.message.startswith("not UTF-8 text (byte ")
