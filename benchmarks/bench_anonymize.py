@@ -46,7 +46,8 @@ import numpy as np
 import pydicom
 
 from converters.phantom.anatomy import MAX_VALUE, CaseSpec, burn_in, render
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.burned_in import find_burned_in_text
 from converters.dicom.ledger import load_or_create_salt, prepare_private
 from converters.phantom.writing import PhantomConfig, generate

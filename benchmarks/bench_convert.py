@@ -28,7 +28,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+
+from converters.dicom.anonymize import anonymize_tree
 from converters.annotations.coco import PNG_LABEL_PARAMS
 from converters.annotations.convert import ConvertConfig, convert
 from converters.dicom.export import ExportConfig, export_tree

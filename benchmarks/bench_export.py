@@ -22,7 +22,9 @@ from pathlib import Path
 import cv2
 import pydicom
 
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+
+from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.export import ExportConfig, export_file, export_tree
 from converters.dicom.ledger import load_or_create_salt, prepare_private
 from converters.phantom.writing import PhantomConfig, generate

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+
+from converters.dicom.anonymize import anonymize_tree
 from converters.annotations.coco import rasterize
 from converters.dicom.export import ExportConfig, export_file
 from converters.dicom.ledger import load_ledger, load_or_create_salt, prepare_private

@@ -5,7 +5,7 @@ radiograph needs (``converters/dicom/deid_actions.tsv``); what no row keeps is r
 (:mod:`converters.dicom.anonymize`). Patients are keyed by issuer + Patient ID, without an ID by
 study, and the ledger refuses to merge two of them (:mod:`converters.dicom.ledger`).
 
-params.yaml section ``anonymize`` (:class:`converters.dicom.anonymize.AnonymizeConfig`).
+params.yaml section ``anonymize`` (:class:`converters.dicom.deid_table.AnonymizeConfig`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import typer
 
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree, check_input_folders
+from converters.dicom.deid_table import AnonymizeConfig
+
+from converters.dicom.anonymize import anonymize_tree, check_input_folders
 from converters.core.errors import IncompleteRunError
 from converters.dicom.ledger import load_or_create_salt, prepare_private
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say

@@ -19,7 +19,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from shapely.geometry import Polygon
 
 from converters.annotations import coco
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.export import ExportConfig, export_tree
 from converters.dicom.ledger import load_ledger, load_or_create_salt, prepare_private
 from converters.phantom.writing import (PhantomConfig, annotations_for_export, exported_pngs,

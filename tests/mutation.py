@@ -89,8 +89,9 @@ MODULES: dict[str, Module] = {
         why="convert re-renders exactly the changed images and removes what was dropped"),
     "ledger": Module(
         "converters/dicom/ledger.py",
-        ("tests/test_ledger_guarantees.py", "tests/test_identity.py"),
-        why="pseudonyms and date shifts: keyed, stable, private"),
+        ("tests/test_ledger_guarantees.py", "tests/test_identity.py",
+         "tests/test_deid_guarantees.py"),
+        why="pseudonyms, remapped UIDs and date shifts: keyed, stable, private"),
     "metrics": Module(
         "train/evaluation/metrics.py",
         ("tests/test_metrics_guarantees.py", "tests/test_metrics.py"),
@@ -112,24 +113,10 @@ MODULES: dict[str, Module] = {
         ("tests/test_agreement_guarantees.py",),
         why="MAE, bias, limits of agreement, measurable rate of predicted measures"),
     "deid-table": Module(
-        "converters/dicom/anonymize.py", DEID_TESTS,
-        functions=("_parse_rule", "_needs_check", "_action_table_uncached", "table_actions",
-                   "_effective_uncached", "_value_check_uncached", "_dictionary_vr_uncached",
-                   "_vr_fits", "_max_length_uncached", "_length_fits",
-                   "_standard_codes_uncached"),
+        "converters/dicom/deid_table.py", DEID_TESTS,
         why="de-identification: the PS3.15 action table, its options and value checks"),
     "deid-engine": Module(
-        "converters/dicom/anonymize.py", DEID_TESTS,
-        # the engine that applies the table (not OCR, pixel markers, the tree: other promises)
-        functions=("remap_uid", "_shift_da", "_shift_dt", "_name", "_text_values",
-                   "_empty_value", "anonymize_dataset",
-                   "_Engine.__init__", "_Engine.log", "_Engine.audit", "_Engine._count_removed",
-                   "_Engine.rule", "_Engine.uid", "_Engine._private_kept",
-                   "_Engine._kept_private", "_Engine.dataset", "_Engine._keep",
-                   "_Engine._pseudonym", "_Engine._uid", "_Engine._shift", "_Engine._empty",
-                   "_Engine._dummy", "_Engine._remove", "_Engine._remove_rule",
-                   "_Engine._sequence", "_Engine._code_meaning", "_Engine._code_element",
-                   "_Engine._set_later", "_Engine._pixels", "_Engine.file_meta"),
+        "converters/dicom/deid_engine.py", DEID_TESTS,
         why="de-identification: the engine that applies the table to every element"),
     "via": Module(
         "converters/annotations/via.py", VIA_TESTS,

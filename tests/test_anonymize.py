@@ -20,7 +20,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import dicom_image
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_dataset, anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+from converters.dicom.deid_engine import anonymize_dataset
+from converters.dicom.anonymize import anonymize_tree
 from converters.core.errors import UnsafeLocationError
 from converters.core.files import TEMP_MARK
 from converters.dicom.ledger import load_or_create_salt, prepare_private

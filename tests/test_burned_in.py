@@ -205,7 +205,8 @@ def test_anonymize_quarantines_a_cr_whose_name_is_burned_in_without_the_flag(tmp
 
 
 def test_anonymize_blank_mode_blanks_what_ocr_found(tmp_path):
-    from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+    from converters.dicom.deid_table import AnonymizeConfig
+    from converters.dicom.anonymize import anonymize_tree
     from converters.dicom.ledger import load_or_create_salt, prepare_private
 
     src, box = _cr_with_name(tmp_path, None)
@@ -222,7 +223,8 @@ def test_anonymize_blank_mode_blanks_what_ocr_found(tmp_path):
 
 
 def test_anonymize_with_the_flag_yes_skips_ocr_and_quarantines(tmp_path):
-    from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+    from converters.dicom.deid_table import AnonymizeConfig
+    from converters.dicom.anonymize import anonymize_tree
     from converters.dicom.ledger import load_or_create_salt, prepare_private
 
     src, _ = _cr_with_name(tmp_path, "YES")
@@ -274,13 +276,13 @@ def _cases():
 
 @pytest.mark.parametrize("name", sorted(_cases()))
 def test_ocr_reads_exactly_the_pixels_pydicom_decodes(name):
-    from converters.dicom.anonymize import _native_view, _stored_pixels
+    from converters.dicom.deid_pixels import _native_view, stored_pixels
 
     ds, view_applies = _cases()[name]
     expected = ds.pixel_array.copy()
     ds = pydicom.dcmread(_roundtrip(ds))  # as anonymize reads it: no cached array
     assert (_native_view(ds) is not None) == view_applies
-    got = _stored_pixels(ds, "x.dcm")
+    got = stored_pixels(ds, "x.dcm")
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
     if view_applies:
         assert not got.flags.writeable  # OCR only reads: a write would be a bug, and fails

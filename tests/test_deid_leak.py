@@ -25,7 +25,8 @@ from pydicom.tag import Tag
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
 from conftest import dicom_image
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.ledger import load_or_create_salt, prepare_private
 from pipeline.cli import main
 

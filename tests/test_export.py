@@ -15,7 +15,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+
+from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.export import ExportConfig, export_tree
 from converters.dicom.ledger import load_or_create_salt, prepare_private
 from converters.dicom.pixels import DisplayConfig, to_display

@@ -21,7 +21,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import Orthanc, dicom_image
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.export import ExportConfig, export_tree
 from converters.core.files import TEMP_MARK
 from converters.dicom.ledger import load_or_create_salt, prepare_private

@@ -22,7 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import dicom_image
-from converters.dicom.anonymize import AnonymizeConfig, anonymize_tree, patient_pseudonym
+from converters.dicom.deid_table import AnonymizeConfig
+from converters.dicom.anonymize import anonymize_tree, patient_pseudonym
 from converters.core.errors import (InvalidDicomError, InvalidLedgerError, InvalidTableError,
                                     MissingInputError)
 from converters.core.paths import UnsafePathError

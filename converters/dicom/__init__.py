@@ -4,9 +4,17 @@ with its private ledger, pixels to display grayscale, the PNG export and DICOM S
 Rooms (import them by name; this face imports nothing, so start-up and DVC's deps stay
 per module):
 
-- ``anonymize``: DICOM de-identification: an allowlist built from PS3.15 Annex E (DESIGN.md,
+- ``anonymize``: DICOM de-identification of a whole archive (``spinepipe anonymize``; DESIGN.md,
   convention 13).
 - ``burned_in``: Burned-in text in radiographs: looked for by OCR, never trusted to a flag.
+- ``deid_engine``: The de-identification engine: the action table
+  (:mod:`converters.dicom.deid_table`) applied to every element of one object, in place, with its
+  audit.
+- ``deid_pixels``: Pixel data in de-identification: text markers in encapsulated frames, the checks
+  before anything is decoded, the pixels OCR reads and the regions it blanks.
+- ``deid_table``: The de-identification profile: the PS3.15 Annex E action table, its options and
+  value checks (DESIGN.md, convention 13; the engine that applies it:
+  :mod:`converters.dicom.deid_engine`).
 - ``export``: Anonymized DICOM -> grayscale PNG for annotators and models, with provenance and a
   VIA stub.
 - ``ledger``: The private folder: secret salt, patient identities and the pseudonym ledger.
@@ -29,5 +37,5 @@ per module):
   only what is new or changed.
 """
 
-__all__ = ["anonymize", "burned_in", "export", "ledger", "pacs", "pixels", "read", "retrieve",
-           "seg", "store"]
+__all__ = ["anonymize", "burned_in", "deid_engine", "deid_pixels", "deid_table", "export",
+           "ledger", "pacs", "pixels", "read", "retrieve", "seg", "store"]

@@ -39,6 +39,11 @@ Identities never merge (DESIGN.md, convention 13: one identity key for patients)
   same key, that the key is the one its recorded Patient ID and issuer make, and (with the
   salt) that the key's pseudonym is that pseudonym.
 
+Keyed replacements (:mod:`converters.dicom.deid_engine` applies them): UIDs become
+``2.25.<decimal of the first 128 bits of HMAC-SHA256(salt, uid)>`` (:func:`remap_uid`: valid UID
+syntax, the same in every run of a project, so references between objects stay consistent);
+dates move by the patient's :func:`date_shift_days` (:func:`shift_da`, :func:`shift_dt`).
+
 Older ledgers (no ``version``; pseudonyms from the Patient ID alone) are upgraded on load: a
 patient with an ID gets the key ``id:<ID>`` (which its pseudonym already is); one without an ID
 pooled every such patient under one pseudonym and is marked ``pooled``: re-identification of
@@ -48,9 +53,11 @@ under the old pseudonym): anonymize into a new output with a new private folder.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,3 +361,49 @@ def verified_identity(ledger: dict, sop: str, pseudonym: str,
                                  "match its key (an edited or merged ledger): "
                                  "re-identification refused")
     return patient, inst
+
+
+def original_row(ds, file: str) -> dict:
+    """The original identifiers of an object the ledger keeps (private) beside its pseudonyms:
+    what re-identification (``spinepipe to-seg --reidentify``) points back to."""
+
+    def text(keyword: str) -> str:
+        return str(ds.get(keyword, "") or "")
+
+    row = {k: text(kw) for k, kw in (
+        ("patient_name", "PatientName"), ("accession_number", "AccessionNumber"),
+        ("study_instance_uid", "StudyInstanceUID"), ("sop_instance_uid", "SOPInstanceUID"),
+        # what a re-identified result (spinepipe to-seg --reidentify) needs to point back
+        ("series_instance_uid", "SeriesInstanceUID"), ("patient_birth_date", "PatientBirthDate"),
+        ("patient_sex", "PatientSex"), ("study_date", "StudyDate"), ("study_time", "StudyTime"),
+        ("study_id", "StudyID"), ("referring_physician_name", "ReferringPhysicianName"))}
+    if not row["sop_instance_uid"]:
+        raise InvalidDicomError("no SOPInstanceUID", file=file, tag="(0008,0018)")
+    if not row["study_instance_uid"]:
+        raise InvalidDicomError("no StudyInstanceUID", file=file, tag="(0020,000D)")
+    return row
+
+
+def remap_uid(salt: bytes, uid: str) -> str:
+    """A valid, deterministic replacement UID under the 2.25 (UUID-derived) root."""
+    return "2.25." + str(int.from_bytes(mac(salt, "uid", uid)[:16], "big"))
+
+
+def shift_da(value: str, days: int) -> str:
+    """A DA value (``YYYYMMDD``) moved by ``days`` (:func:`date_shift_days`); "" if unparseable."""
+    try:
+        d = _dt.datetime.strptime(value.strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        return ""  # unparseable date: emptied rather than kept
+    return (d + _dt.timedelta(days=days)).strftime("%Y%m%d")
+
+
+def shift_dt(value: str, days: int) -> str:
+    """A DT value with its date part moved by ``days``; a time and offset after it kept only
+    when they are digits and ``.+-``; "" without a date."""
+    value = value.strip()
+    if len(value) < 8:
+        return ""
+    shifted = shift_da(value[:8], days)
+    rest = value[8:]
+    return shifted + rest if shifted and re.fullmatch(r"[0-9.+-]*", rest) else shifted
