@@ -252,6 +252,49 @@ def test_truncated_and_implausible_pixel_data_fail(tmp_path):
     assert len(list((tmp_path / "out").rglob("*.dcm"))) == 1
 
 
+def test_a_value_pydicom_cannot_parse_fails_the_file_and_names_it(tmp_path):
+    # a VR of two bytes no standard defines, written into an explicit-VR file: pydicom raises
+    # NotImplementedError from its own code while anonymize reads the element
+    src = tmp_path / "in"
+    good = save(image(StudyDate="20240101"), src / "good.dcm").read_bytes()
+    at = good.index(b"\x08\x00\x20\x00DA")                    # (0008,0020) Study Date, DA
+    (src / "bad_vr.dcm").write_bytes(good[:at + 4] + b"\x44\x03" + good[at + 6:])
+    priv = prepare_private(tmp_path / "private")
+    rows = anonymize_tree(src, tmp_path / "out", priv, load_or_create_salt(priv),
+                          AnonymizeConfig(ocr=False)).private_rows
+    assert rows["bad_vr.dcm"]["status"] == "failed"
+    assert rows["bad_vr.dcm"]["reason"].startswith("bad_vr.dcm: NotImplementedError: ")
+    assert rows["good.dcm"]["status"] == "anonymized"
+
+
+def test_a_bug_in_spinepipe_is_not_reported_as_a_bad_file(tmp_path, monkeypatch):
+    """The per-file jobs catch what a parser raises on hostile bytes; the same exception
+    raised by spinepipe's own code is a bug: it escapes with its traceback (convention 4)
+    instead of becoming a "failed" row that blames the file."""
+    from converters.core.errors import raised_by_a_parser
+    from converters.dicom import deid_engine, export
+
+    src = tmp_path / "in"
+    save(image(), src / "a.dcm")
+    priv = prepare_private(tmp_path / "private")
+    salt = load_or_create_salt(priv)
+    # the engine's own line `identity.key` raises AttributeError on this (buggy) identity
+    monkeypatch.setattr(deid_engine, "patient_identity", lambda ds, file="": None)
+    with pytest.raises(AttributeError) as bug:
+        anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeConfig(ocr=False))
+    assert not raised_by_a_parser(bug.value)
+    monkeypatch.undo()
+    anonymize_tree(src, tmp_path / "out", priv, salt, AnonymizeConfig(ocr=False))
+    # export: its own record writer handed a bad name raises TypeError in spinepipe's code
+    monkeypatch.setattr(export, "record_path", lambda out_dir, name: None)
+    with pytest.raises(TypeError) as bug:
+        export_tree(tmp_path / "out", tmp_path / "png", ExportConfig())
+    assert not raised_by_a_parser(bug.value)
+    with pytest.raises(json.JSONDecodeError) as stdlib:     # not a parser of DICOM bytes
+        json.loads("{")
+    assert not raised_by_a_parser(stdlib.value)
+
+
 # --------------------------------------------------------------------------------------------
 # 4. nothing lost in incremental runs
 

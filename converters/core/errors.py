@@ -11,7 +11,12 @@ command line adds the words for the user ("run spinepipe split first").
 """
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
+
+#: the libraries that parse hostile bytes for spinepipe (DICOM, its pixel codecs): what they
+#: raise on a malformed file is the file's fault
+PARSERS = frozenset({"pydicom", "pylibjpeg", "openjpeg", "libjpeg", "rle", "PIL", "numpy"})
 
 
 class SpinepipeError(Exception):
@@ -114,3 +119,18 @@ class TrainingDivergedError(SpinepipeError):
 
 class ShapeMismatchError(SpinepipeError):
     """Two images that must align (prediction and ground truth) differ in shape."""
+
+
+def raised_by_a_parser(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside one of the :data:`PARSERS` (the innermost frame of its
+    traceback decides): a malformed input, which a per-file job reports as that file's failure.
+    Raised anywhere else (spinepipe's own code, the standard library it called with a wrong
+    argument) the same ``KeyError`` or ``TypeError`` is a bug and keeps its traceback
+    (convention 4). A wrong argument spinepipe passed to a parser still reads as the file's
+    fault: the check is by place, not by intent."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    parts = Path(frames[-1].filename).parts
+    return "site-packages" in parts and \
+        parts[parts.index("site-packages") + 1:][:1] in [(name,) for name in PARSERS]

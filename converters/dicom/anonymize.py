@@ -35,7 +35,8 @@ from pydicom.errors import BytesLengthException
 from pydicom.errors import InvalidDicomError as _PydicomInvalid
 
 from converters.dicom.read import read_dicom, transfer_syntax
-from converters.core.errors import InvalidLedgerError, MissingInputError, SpinepipeError
+from converters.core.errors import (InvalidLedgerError, MissingInputError, SpinepipeError,
+                                    raised_by_a_parser)
 from converters.core.incremental import IncrementalState, file_signature
 from converters.core.files import (TEMP_MARK, atomic_path, prepare_output, remove_output,
                                    remove_stale_temps, write_json)
@@ -137,7 +138,11 @@ def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeConfig]) -> tuple
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, OSError,
             OverflowError, EOFError, NotImplementedError, struct.error, BytesLengthException,
             _PydicomInvalid) as exc:
-        # malformed values pydicom chokes on: report, go on
+        # a parser's error on hostile bytes, or the file system's: the file's failure, retried
+        # on the next run; anything else raised these types in spinepipe's code: a bug
+        if not (raised_by_a_parser(exc) or isinstance(exc, OSError)):
+            raise
+        # malformed values pydicom (or a decoder) chokes on: report, go on
         return rel, Outcome("failed", f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0]), ""
 
 

@@ -44,7 +44,7 @@ from typing import Literal
 import cv2
 import pydicom
 
-from converters.core.errors import InvalidDicomError, SpinepipeError
+from converters.core.errors import InvalidDicomError, SpinepipeError, raised_by_a_parser
 from converters.core.incremental import IncrementalState, file_signature
 from converters.core.files import (atomic_path, prepare_output, remove_output, remove_stale_temps,
                                    write_json)
@@ -153,6 +153,10 @@ def _job(args) -> tuple[str, dict | None, str]:
         return rel, None, str(exc)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, OSError,
             OverflowError, NotImplementedError, struct.error, EOFError) as exc:
+        # a parser's error on hostile bytes, or the file system's: the file's failure, retried
+        # on the next run; anything else raised these types in spinepipe's code: a bug
+        if not (raised_by_a_parser(exc) or isinstance(exc, OSError)):
+            raise
         return rel, None, f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
