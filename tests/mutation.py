@@ -85,7 +85,7 @@ MODULES: dict[str, Module] = {
     "convert-incremental": Module(
         "converters/annotations/masks.py",
         ("tests/test_incremental_guarantees.py",),
-        functions=("_render_changed", "_render_code", "_write_temp"),
+        functions=("render_changed", "_render_code", "_write_temp"),
         why="convert re-renders exactly the changed images and removes what was dropped"),
     "ledger": Module(
         "converters/dicom/ledger.py",

@@ -144,10 +144,10 @@ def test_a_fused_blob_and_a_gap_make_the_levels_above_uncertain():
 
 
 def test_unit_vectors_and_the_zero_vector():
-    from converters.spine.endplates import _unit
-    assert np.allclose(_unit(np.array([0.3, 0.4])), [0.6, 0.8])      # norm under 1 too
+    from converters.spine.endplates import unit_vector
+    assert np.allclose(unit_vector(np.array([0.3, 0.4])), [0.6, 0.8])      # norm under 1 too
     with np.errstate(all="raise"):                                  # no 0/0 NaN
-        assert np.array_equal(_unit(np.zeros(2)), [0.0, 0.0])
+        assert np.array_equal(unit_vector(np.zeros(2)), [0.0, 0.0])
 
 
 def test_centroid_is_the_area_centroid_or_the_mean_of_a_flat_outline():

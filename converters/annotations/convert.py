@@ -99,7 +99,7 @@ import numpy as np
 
 from converters.annotations import qa
 from converters.annotations.coco import IGNORE, bbox, categories, flat
-from converters.annotations.masks import ImageJob, _render_changed, image_size
+from converters.annotations.masks import ImageJob, render_changed, image_size
 from converters.core.errors import (InvalidImageError, InvalidViaError, MissingInputError,
                                     OutputFolderError)
 from converters.core.incremental import IncrementalState
@@ -186,7 +186,7 @@ class ConvertReport:
 
 
 @dataclass
-class _Plan:
+class ConvertPlan:
     """What the validation step decided: the jobs to render and the tables to write."""
 
     jobs: list[ImageJob] = field(default_factory=list)
@@ -226,9 +226,9 @@ def _mask_values(cfg: ConvertConfig) -> dict[str, int]:
 
 
 def _plan(merged: dict[str, AnnotatedImage], on_disk: dict[str, Path], output: Path,
-          cfg: ConvertConfig, report: ConvertReport) -> _Plan:
+          cfg: ConvertConfig, report: ConvertReport) -> ConvertPlan:
     """Validate every annotated image on disk: instances, levels, COCO rows, the table."""
-    plan = _Plan(mask_values=_mask_values(cfg))
+    plan = ConvertPlan(mask_values=_mask_values(cfg))
     rules = dataclasses.replace(cfg.region_rules(), class_attribute=report.class_attribute)
     for name in sorted(set(on_disk) - set(merged)):
         report.problems.append(Problem("unannotated_image", "image on disk but in no VIA file",
@@ -313,7 +313,7 @@ def _annotation(inst: Outline, ann_id: int, image_id: int, value: int, source: s
             "via_file": Path(source).name, "via_region": inst.region}
 
 
-def _corrections(img: AnnotatedImage, class_attribute: str, plan: _Plan,
+def _corrections(img: AnnotatedImage, class_attribute: str, plan: ConvertPlan,
                  report: ConvertReport) -> None:
     """What the annotator changed in a model's proposals (the image came from ``spinepipe
     propose``); an altered proposal record is a warning, never a lost annotation."""
@@ -338,7 +338,7 @@ def _group(via_file: str | Path, output: Path) -> str:
     return os.path.relpath(Path(via_file).resolve(), output.resolve())
 
 
-def _write_tables(plan: _Plan, facts: dict[str, dict], via_files: list[str | Path],
+def _write_tables(plan: ConvertPlan, facts: dict[str, dict], via_files: list[str | Path],
                   output: Path, report: ConvertReport) -> None:
     for row in plan.table:
         f = facts[Path(row["file_name"]).stem]
@@ -371,7 +371,7 @@ def _write_tables(plan: _Plan, facts: dict[str, dict], via_files: list[str | Pat
 
 
 def _check(via_files: list[str | Path], images_dir: Path, output: Path, cfg: ConvertConfig,
-           report: ConvertReport) -> _Plan:
+           report: ConvertReport) -> ConvertPlan:
     """Read, find the class attribute, validate: everything before anything is written."""
     merged = _read_inputs(via_files, report)
     if not images_dir.is_dir():
@@ -433,7 +433,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
     remove_stale_temps(output)
     state = IncrementalState(output / STATE_FILE)
     try:
-        facts, report.rendered = _render_changed(plan, output, cfg, state, workers=workers,
+        facts, report.rendered = render_changed(plan, output, cfg, state, workers=workers,
                                                  progress=progress)
     except InvalidImageError:
         if created:

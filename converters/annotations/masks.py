@@ -36,7 +36,7 @@ from converters.annotations.regions import Outline
 from converters.core.records import open_input
 
 if TYPE_CHECKING:  # annotations only: convert imports this module
-    from converters.annotations.convert import ConvertConfig, _Plan
+    from converters.annotations.convert import ConvertConfig, ConvertPlan
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -138,7 +138,7 @@ def _render_code() -> str:
     return h.hexdigest()
 
 
-def _render_changed(plan: _Plan, output: Path, cfg: ConvertConfig, state: IncrementalState,
+def render_changed(plan: ConvertPlan, output: Path, cfg: ConvertConfig, state: IncrementalState,
                     *, workers: int, progress) -> tuple[dict[str, dict], int]:
     """Rasterize the images whose inputs changed, all into temporary names, then move them
     into place together; the first failure removes them all and raises."""

@@ -113,7 +113,7 @@ def _numbers(values: object, what: str, file: Path, image: str, region: int,
     return out
 
 
-def _check_regions(count: int, file: Path, image: str) -> None:
+def check_region_count(count: int, file: Path, image: str) -> None:
     """:class:`InvalidViaError` when an image has more than :data:`MAX_REGIONS` regions."""
     if count > MAX_REGIONS:
         raise InvalidViaError(f"{count:,} regions in one image: more than {MAX_REGIONS:,}",
@@ -125,7 +125,7 @@ def json_repr(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _region_from_shape(index: int, shape: object, attributes: object, file: Path,
+def region_from_shape(index: int, shape: object, attributes: object, file: Path,
                        image: str) -> AnnotatedRegion:
     if not isinstance(shape, dict) or "name" not in shape:
         raise InvalidViaError("region without shape_attributes.name", file=file, image=image,
@@ -159,7 +159,7 @@ def _region_from_shape(index: int, shape: object, attributes: object, file: Path
     return AnnotatedRegion(index, name, [], [], attrs, params)
 
 
-def _file_attributes(value: object, file: Path, image: str) -> dict[str, str]:
+def image_file_attributes(value: object, file: Path, image: str) -> dict[str, str]:
     """An image's ``file_attributes`` (absent or null: none)."""
     if value is None:
         return {}
@@ -169,7 +169,7 @@ def _file_attributes(value: object, file: Path, image: str) -> dict[str, str]:
     return {str(k): _attr_value(v) for k, v in value.items()}
 
 
-def _size(value: object, file: Path, image: str) -> int:
+def recorded_size(value: object, file: Path, image: str) -> int:
     """VIA's recorded file size in bytes (-1: unknown)."""
     if value in ("", None):
         return -1
@@ -203,17 +203,17 @@ def _read_via2_metadata(meta: dict, file: Path) -> list[AnnotatedImage]:
         if not isinstance(regions_raw, list):
             raise InvalidViaError(f"regions is {type(regions_raw).__name__}, not a list",
                                   file=file, image=name)
-        _check_regions(len(regions_raw), file, name)
+        check_region_count(len(regions_raw), file, name)
         regions = []
         for i, r in enumerate(regions_raw):
             if not isinstance(r, dict):
                 raise InvalidViaError(f"region is {type(r).__name__}, not an object", file=file,
                                       image=name, region=i)
-            regions.append(_region_from_shape(i, r.get("shape_attributes"),
+            regions.append(region_from_shape(i, r.get("shape_attributes"),
                                               r.get("region_attributes", {}), file, name))
-        size = _size(entry.get("size", entry.get("file_size", -1)), file, name)
+        size = recorded_size(entry.get("size", entry.get("file_size", -1)), file, name)
         images.append(AnnotatedImage(name, size, regions, str(file),
-                                _file_attributes(entry.get("file_attributes"), file, name)))
+                                image_file_attributes(entry.get("file_attributes"), file, name)))
     return images
 
 
@@ -254,7 +254,7 @@ def _read_via3(project: dict, file: Path) -> list[AnnotatedImage]:
             options = a.get("options") or {}
             attrs[name] = str(options.get(str(value), value)) if options else str(value)
         index = len(by_file[fname])
-        _check_regions(index + 1, file, fname)
+        check_region_count(index + 1, file, fname)
         if not isinstance(xy, list):
             raise InvalidViaError(f"xy is {type(xy).__name__}, not a list", file=file,
                                   image=fname, region=index)
@@ -309,7 +309,7 @@ def _read_coco(data: dict, file: Path) -> list[AnnotatedImage]:
         img = images[ann["image_id"]]
         seg = ann.get("segmentation")
         index = len(img.regions)
-        _check_regions(index + 1, file, img.filename)
+        check_region_count(index + 1, file, img.filename)
         if isinstance(seg, dict):
             kinds.add("RLE masks")
             continue
@@ -379,8 +379,8 @@ def read_via(path: str | Path) -> tuple[str, list[AnnotatedImage]]:
 
 def _read_any(path: Path) -> tuple[str, list[AnnotatedImage]]:
     if path.suffix.lower() == ".csv":
-        from converters.annotations.via_csv import _read_csv  # it reads through this module
-        return "via-csv", _read_csv(path)
+        from converters.annotations.via_csv import read_via_csv  # it reads through this module
+        return "via-csv", read_via_csv(path)
     data = _json_load(path)
     if not isinstance(data, dict):
         raise InvalidViaError("top level is not a JSON object", file=path)

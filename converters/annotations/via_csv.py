@@ -11,8 +11,8 @@ from pathlib import Path
 from converters.core.errors import InvalidViaError
 from converters.core.records import (MAX_JSON_DEPTH, JsonTooDeep, NotRegularFile, json_value,
                                      open_input)
-from converters.annotations.via import (AnnotatedImage, _check_regions, _file_attributes,
-                                        _region_from_shape, _size)
+from converters.annotations.via import (AnnotatedImage, check_region_count, image_file_attributes,
+                                        region_from_shape, recorded_size)
 
 
 #: characters accepted in one CSV field (a 10,000-point polygon of 5-digit floats: ~300,000)
@@ -47,7 +47,7 @@ def _js_undefined_to_null(text: str) -> str:
     return "".join(out)
 
 
-def _read_csv(path: Path) -> list[AnnotatedImage]:
+def read_via_csv(path: Path) -> list[AnnotatedImage]:
     """A VIA 2 CSV export; fields up to :data:`MAX_CSV_FIELD` characters (module docstring)."""
     import csv
 
@@ -79,7 +79,7 @@ def _csv_rows(reader, path: Path) -> list[AnnotatedImage]:
         if not row["filename"]:
             raise InvalidViaError(f"CSV line {line} without a filename", file=path)
         img = images.setdefault(row["filename"], AnnotatedImage(
-            row["filename"], _size(row["file_size"], path, row["filename"]), [], str(path)))
+            row["filename"], recorded_size(row["file_size"], path, row["filename"]), [], str(path)))
         try:
             shape = json_value(_js_undefined_to_null(row["region_shape_attributes"] or "{}"))
             attrs = json_value(_js_undefined_to_null(row["region_attributes"] or "{}"))
@@ -92,13 +92,13 @@ def _csv_rows(reader, path: Path) -> list[AnnotatedImage]:
                                   f"{MAX_JSON_DEPTH} levels", file=path,
                                   image=row["filename"]) from None
         if file_attrs and not img.file_attributes:
-            img.file_attributes.update(_file_attributes(file_attrs, path, row["filename"]))
+            img.file_attributes.update(image_file_attributes(file_attrs, path, row["filename"]))
         if not isinstance(shape, dict):
             raise InvalidViaError(f"region_shape_attributes in CSV line {line} is not an "
                                   "object", file=path, image=row["filename"])
         if shape:
-            _check_regions(len(img.regions) + 1, path, row["filename"])
-            img.regions.append(_region_from_shape(len(img.regions), shape, attrs, path,
+            check_region_count(len(img.regions) + 1, path, row["filename"])
+            img.regions.append(region_from_shape(len(img.regions), shape, attrs, path,
                                                   row["filename"]))
     return list(images.values())
 

@@ -71,7 +71,7 @@ class DeadlineError(PacsError):
     """A study or a query did not finish within its deadline (the association was aborted)."""
 
 
-def _printable(value: object, limit: int = 64) -> str:
+def printable(value: object, limit: int = 64) -> str:
     """A value sent by the PACS, safe to show on one line (control characters dropped)."""
     text = "".join(c if c.isprintable() else " " for c in str(value)).strip()
     return text[:limit] + ("..." if len(text) > limit else "")
@@ -89,7 +89,7 @@ def explain_status(service: str, status: Dataset) -> str:
         text += f", {int(failed)} sub-operation(s) failed"
     comment = status.get("ErrorComment")
     if comment:
-        text += f", the PACS says {_printable(comment)!r}"
+        text += f", the PACS says {printable(comment)!r}"
     return text
 
 
@@ -187,7 +187,7 @@ class Pacs:
                 ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
             self.ssl_context = ctx
 
-    def _ae(self, deadline: Deadline | None = None) -> AE:
+    def new_ae(self, deadline: Deadline | None = None) -> AE:
         """An AE whose timeouts are ``timeout_s``, and never longer than what is left of
         ``deadline``."""
         ae = AE(ae_title=self.cfg.calling_aet)
@@ -198,7 +198,7 @@ class Pacs:
         ae.connection_timeout = t
         return ae
 
-    def _associate(self, ae: AE, deadline: Deadline | None = None, **kwargs):
+    def associate(self, ae: AE, deadline: Deadline | None = None, **kwargs):
         where = f"{self.cfg.host}:{self.cfg.port} (AE {self.cfg.called_aet})"
         if deadline is not None:
             deadline.check(f"association with {where}")
@@ -220,9 +220,9 @@ class Pacs:
         raise PacsError(f"no answer from {where} within {self.cfg.timeout_s:g} s")
 
     def echo(self) -> None:
-        ae = self._ae()
+        ae = self.new_ae()
         ae.add_requested_context(Verification)
-        assoc = self._associate(ae)
+        assoc = self.associate(ae)
         try:
             status = assoc.send_c_echo()
             if not status or status.Status != 0:
@@ -236,10 +236,10 @@ class Pacs:
         """The C-FIND answers to ``query`` at ``level``; :class:`DeadlineError` when they
         are not all in before ``deadline``."""
         deadline = deadline or deadline_for(self.cfg)
-        ae = self._ae(deadline)
+        ae = self.new_ae(deadline)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         query.QueryRetrieveLevel = level
-        assoc = self._associate(ae, deadline)
+        assoc = self.associate(ae, deadline)
         out = []
         try:
             with _watchdog(assoc, deadline, f"C-FIND ({level} level)"):
@@ -272,7 +272,7 @@ class Pacs:
 
     def _move_destination(self, handlers, deadline: Deadline):
         """Our storage SCP for C-MOVE, listening on ``move_port``."""
-        scp = self._ae(deadline)
+        scp = self.new_ae(deadline)
         for cx in STORAGE_CLASSES:
             scp.add_supported_context(cx, ALL_TRANSFER_SYNTAXES[:])
         host = "127.0.0.1" if self.cfg.host in ("127.0.0.1", "localhost") else ""
@@ -292,19 +292,19 @@ class Pacs:
         handlers = [(evt.EVT_C_STORE, on_store)]
         service, server = self.cfg.method.upper(), None
         if self.cfg.method == "c-get":
-            ae = self._ae(deadline)
+            ae = self.new_ae(deadline)
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
             for cx in STORAGE_CLASSES:
                 ae.add_requested_context(cx, ALL_TRANSFER_SYNTAXES[:])
             roles = [build_role(cx, scp_role=True) for cx in STORAGE_CLASSES]
-            assoc = self._associate(ae, deadline, ext_neg=roles, evt_handlers=handlers)
+            assoc = self.associate(ae, deadline, ext_neg=roles, evt_handlers=handlers)
             responses = lambda: assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
         else:
             server = self._move_destination(handlers, deadline)
-            ae = self._ae(deadline)
+            ae = self.new_ae(deadline)
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
             try:
-                assoc = self._associate(ae, deadline)
+                assoc = self.associate(ae, deadline)
             except PacsError:
                 server.shutdown()
                 raise

@@ -47,7 +47,7 @@ from converters.core.files import (is_own_file, prepare_output, remove_stale_tem
 from converters.core.paths import UnsafePathError, confined, is_uid
 from converters.dicom.pacs import (Deadline, DeadlineError, OUT_OF_RESOURCES, Pacs, PacsError,
                                    REFUSED_INVALID_UID, REFUSED_NOT_ASKED, RetrieveConfig,
-                                   _printable, deadline_for)
+                                   printable, deadline_for)
 
 
 @dataclass
@@ -155,7 +155,7 @@ def _series_or_report(pacs: Pacs, cfg: RetrieveConfig, uid: str, unanswered: lis
     try:
         return bool(_series(pacs, cfg, uid, deadline_for(cfg)))
     except DeadlineError as exc:
-        unanswered.append(f"series of study {_printable(uid)}: {exc}")
+        unanswered.append(f"series of study {printable(uid)}: {exc}")
         return False
 
 

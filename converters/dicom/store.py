@@ -109,11 +109,11 @@ def _send(cfg: RetrieveConfig, todo: list, state: dict, where: str, sent: dict[s
           state_path: Path, report: StoreReport, progress) -> None:
     """C-STORE ``todo`` over one association, recording each success in the state file."""
     pacs = Pacs(cfg)
-    ae = pacs._ae()
+    ae = pacs.new_ae()
     contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds, _, _ in todo}
     for sop_class, ts in sorted(contexts)[:128]:
         ae.add_requested_context(sop_class, [ts])
-    assoc = pacs._associate(ae)
+    assoc = pacs.associate(ae)
     try:
         for n, (path, ds, digest, note) in enumerate(todo, 1):
             sop = str(ds.SOPInstanceUID)

@@ -82,7 +82,7 @@ class Spine:
     unusable: dict[str, str] = field(default_factory=dict)
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
+def unit_vector(v: np.ndarray) -> np.ndarray:
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
 
@@ -104,7 +104,7 @@ def _hull_edges(points: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.nda
         d = q - p
         if not d.any():
             continue
-        n = _unit(np.array([d[1], -d[0]]))
+        n = unit_vector(np.array([d[1], -d[0]]))
         if np.dot(n, (p + q) / 2 - center) < 0:
             n = -n
         edges.append((p, q, n))
@@ -119,10 +119,10 @@ def endplate_line(points: np.ndarray, toward: np.ndarray | None, tol: float, *,
     cos_win = math.cos(math.radians(NORMAL_WINDOW_DEG))
     best, best_extent = None, 0.0
     for p, q, n in _hull_edges(points):
-        want = _unit(target_point - (p + q) / 2) if target_point is not None else toward
+        want = unit_vector(target_point - (p + q) / 2) if target_point is not None else toward
         if float(np.dot(n, want)) < cos_win:
             continue
-        d = _unit(q - p)
+        d = unit_vector(q - p)
         dist = (points - p) @ n                       # <= 0 inside, 0 on the line
         contact = points[dist > -tol]
         along = (contact - p) @ d
@@ -182,7 +182,7 @@ def _axis_at(lv: str, order: list[str], cent: dict[str, np.ndarray]) -> np.ndarr
     below = cent[lum[i + 1]] if i + 1 < len(lum) else cent[lv]
     if len(lum) == 1:
         below = cent["S1"]
-    return _unit(below - above)
+    return unit_vector(below - above)
 
 
 def _mark_uncertain(spine: Spine, lumbar: list[str], heights: dict[str, float],
@@ -239,9 +239,9 @@ def _orient(spine: Spine, raw: dict[str, list[tuple[np.ndarray, np.ndarray]]],
     the side the lordosis bulges to, and the sacrum's body lies behind its endplate's
     middle), then each endplate as (posterior, anterior) corner."""
     top, bottom = order[0], order[-1]
-    chord = _unit(cent[bottom] - cent[top])
+    chord = unit_vector(cent[bottom] - cent[top])
     if "S1" in raw:
-        chord = _unit(np.mean(raw["S1"][0], axis=0) - cent[top]) if top != "S1" else chord
+        chord = unit_vector(np.mean(raw["S1"][0], axis=0) - cent[top]) if top != "S1" else chord
     perp = np.array([-chord[1], chord[0]])
     cue = 0.0
     middle = [lv for lv in order if lv not in (top, bottom)]
@@ -250,7 +250,7 @@ def _orient(spine: Spine, raw: dict[str, list[tuple[np.ndarray, np.ndarray]]],
         cue += float(np.mean([(cent[lv] - cent[top]) @ perp for lv in middle]) / depth)
     if "S1" in raw:
         a, b = raw["S1"][0]
-        e = _unit(b - a)
+        e = unit_vector(b - a)
         off = (cent["S1"] - (a + b) / 2) @ e / float(np.linalg.norm(b - a))
         cue += float(-off * np.sign(e @ perp))
     if abs(cue) < 1e-3:

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from converters.spine.endplates import Endplate, Spine, Vertebra, _unit, find_vertebrae
+from converters.spine.endplates import Endplate, Spine, Vertebra, unit_vector, find_vertebrae
 from converters.spine.levels import LEVELS, LUMBAR
 
 SLIP_MIN_PCT = 5.0
@@ -117,7 +117,7 @@ def _core(spine: Spine) -> dict[str, float | int | None]:
             continue
         out[f"seg_{key}_deg"] = _angle(v[a].superior, spine) - _angle(v[b].superior, spine)
         upper, lower = v[a].inferior, v[b].superior
-        mean_dir = _unit(_unit(upper.vector) + _unit(lower.vector))
+        mean_dir = unit_vector(unit_vector(upper.vector) + unit_vector(lower.vector))
         normal = np.array([-mean_dir[1], mean_dir[0]])
         if normal @ spine.up < 0:
             normal = -normal
@@ -155,7 +155,7 @@ def _scaled(spine: Spine, spacing: tuple[float, float]) -> Spine:
                                      None if vt.inferior is None else
                                      Endplate(pt(vt.inferior.posterior), pt(vt.inferior.anterior)))
     if spine.anterior is not None:
-        out.up = _unit(spine.up * s)
+        out.up = unit_vector(spine.up * s)
         perp = np.array([-out.up[1], out.up[0]])
         out.anterior = perp if perp @ (spine.anterior * s) > 0 else -perp
     return out
@@ -205,9 +205,9 @@ def measures_from_endplates(endplates: dict[str, dict[str, Sequence[Sequence[flo
         spine.vertebrae[lv] = Vertebra(lv, sup, inf)
     top = spine.vertebrae[min(spine.vertebrae, key=LEVELS.index)]
     bottom = spine.vertebrae[max(spine.vertebrae, key=LEVELS.index)]
-    chord = _unit(bottom.superior.midpoint - top.superior.midpoint)
+    chord = unit_vector(bottom.superior.midpoint - top.superior.midpoint)
     spine.up = -chord
-    ant = _unit(np.mean([vt.superior.vector for vt in spine.vertebrae.values()], axis=0))
+    ant = unit_vector(np.mean([vt.superior.vector for vt in spine.vertebrae.values()], axis=0))
     perp = np.array([-chord[1], chord[0]])
     spine.anterior = perp if ant @ perp > 0 else -perp
     return measure(spine, spacing_mm)
