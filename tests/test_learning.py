@@ -23,7 +23,7 @@ from conftest import ingest_chain
 from converters.annotations.convert import ConvertConfig, convert
 from converters.dicom.ledger import SALT_FILE, prepare_private
 from converters.phantom.writing import PhantomConfig, generate
-from train.fit.checkpoint import load_checkpoint
+from train.fit.checkpoint import allow_mmengine_checkpoints
 from train.evaluation.evaluate import EvaluateConfig, evaluate_run
 from train.fit.runner import Preset, TrainConfig, prepare_run, run
 from converters.annotations.split import SplitConfig, write_splits
@@ -102,7 +102,9 @@ def _untrained(leaf, trained: Path, work: Path) -> Path:
     with DefaultScope.overwrite_default_scope(leaf.default_scope):
         net = MODELS.build(leaf.model)
     net.init_weights()
-    meta = load_checkpoint(trained / "best.pth")["meta"]   # classes, as inference reads them
+    allow_mmengine_checkpoints()
+    meta = torch.load(trained / "best.pth", map_location="cpu",
+                      weights_only=True)["meta"]            # classes, as inference reads them
     torch.save({"state_dict": net.state_dict(), "meta": meta}, work / "best.pth")
     return work
 

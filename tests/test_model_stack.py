@@ -11,7 +11,7 @@ import torch
 from mmengine.runner import load_checkpoint as mm_load_checkpoint
 
 from converters.core.errors import CheckpointError
-from train.fit.checkpoint import load_checkpoint
+from train.fit.checkpoint import allow_mmengine_checkpoints, check_checkpoint
 from train.fit.run_config import build_leaf
 from train.fit.runner import last_checkpoint, train
 
@@ -78,7 +78,9 @@ def test_plain_torch_load_refuses_mmengine_checkpoint_but_allowlist_loads(tiny_d
     proc = subprocess.run([sys.executable, "-c", code, str(ckpt)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    state = load_checkpoint(ckpt)
+    assert check_checkpoint(ckpt) == ckpt          # what mmengine writes passes the check
+    allow_mmengine_checkpoints()
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert "state_dict" in state and state["meta"]["iter"] == 1
 
 
@@ -89,14 +91,33 @@ class _Payload:
 def test_allowlist_still_refuses_other_globals(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "payload": _Payload()}, path)
-    with pytest.raises(CheckpointError, match=r"_Payload.*evil\.pth"):
-        load_checkpoint(path)
-    assert isinstance(load_checkpoint(path, trusted=True)["payload"], _Payload)
+    with pytest.raises(CheckpointError, match=r"'test_model_stack\._Payload'.*evil\.pth"):
+        check_checkpoint(path)
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path):
+def test_inference_refuses_a_checkpoint_with_other_globals_in_one_line(tmp_path):
+    """A run whose best.pth pickles an object beyond mmengine's: refused by name before
+    MMDetection / MMSegmentation unpickle anything (the CLI prints it as one line)."""
+    from train.infer.inference import predict
+
+    run = tmp_path / "run"
+    run.mkdir()
+    data = tmp_path / "data"
+    build_leaf("unet", images=data / "images", masks=data / "masks",
+               train_ann=data / "train.txt", val_ann=data / "val.txt", work_dir=run,
+               img_scale=(128, 320), crop_size=(128, 128), dvclive=False
+               ).dump(str(run / "config.py"))
+    torch.save({"state_dict": {}, "payload": _Payload()}, run / "best.pth")
+    with pytest.raises(CheckpointError, match=r"_Payload.*best\.pth"):
+        next(predict(run, [tmp_path / "any.png"]))
+
+
+def test_missing_or_damaged_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "nope.pth")
+        check_checkpoint(tmp_path / "nope.pth")
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 not a whole zip")
+    with pytest.raises(CheckpointError, match=r"unreadable checkpoint .*cut\.pth"):
+        check_checkpoint(tmp_path / "cut.pth")
 
 
 class _AttributeGadget:
@@ -110,5 +131,6 @@ class _AttributeGadget:
 def test_getattr_is_allowed_only_for_history_buffer_statistics(tmp_path):
     path = tmp_path / "gadget.pth"
     torch.save({"x": _AttributeGadget()}, path)
-    with pytest.raises(CheckpointError, match=r"refused.*gadget\.pth"):
-        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"refused.*getattr\(HistoryBuffer, '__init__'\)"
+                                              r".*gadget\.pth"):
+        check_checkpoint(path)

@@ -6,16 +6,15 @@ only load failed ... numpy._core.multiarray._reconstruct"), which breaks resumin
 ``load_from``. Rather than switching the check off, :func:`allow_mmengine_checkpoints` adds exactly
 the few types mmengine writes to torch's safe-globals allowlist (and a ``getattr`` that resolves
 only HistoryBuffer's statistics methods, which mmengine pickles); every other global in a
-checkpoint is still refused. A checkpoint from elsewhere that needs more can be loaded with
-``trusted=True``, an explicit opt-in for a file the user vouches for.
+checkpoint is still refused, and :func:`check_checkpoint` names the file and the global before
+MMDetection / MMSegmentation load it (inference).
 """
 from __future__ import annotations
 
-import os
 import pickle
-from contextlib import contextmanager
+import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,45 +61,31 @@ def allow_mmengine_checkpoints() -> None:
     torch.serialization.add_safe_globals(safe_globals())
 
 
-@contextmanager
-def _trust_all() -> Iterator[None]:
-    old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
-
-
-def load_checkpoint(path: str | Path, *, trusted: bool = False) -> dict:
-    """Load a checkpoint file on the CPU.
-
-    With ``trusted=False`` (the default) only tensors, builtins and :func:`safe_globals` are
-    accepted; anything else raises :class:`CheckpointError` naming the file and the first
-    refused global. ``trusted=True`` unpickles everything: only for files the user vouches for.
-    """
+def check_checkpoint(path: str | Path) -> Path:
+    """Load ``path`` as MMDetection / MMSegmentation will (weights only, mmengine's types
+    allowed: :func:`allow_mmengine_checkpoints`) and refuse it, in one line naming the file,
+    when that fails: :class:`CheckpointError` with the first global not on the allowlist (or
+    a ``getattr`` other than HistoryBuffer's), rather than the unpickler's traceback from
+    inside the model libraries. Also missing or unreadable. The file is read twice by
+    inference (here, then by the library): a fraction of a second for these models."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("checkpoint not found", file=path)
-    if trusted:
-        with _trust_all():
-            return torch.load(path, map_location="cpu", weights_only=False)
     allow_mmengine_checkpoints()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError (wrapped) for refused globals
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:
-            raise CheckpointError(f"unreadable checkpoint ({type(exc).__name__})",
-                                  file=path) from None
-        allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
-                   for g in safe_globals()}
-        refused = [g for g in unsafe if g not in allowed]
-        what = refused[0] if refused else type(exc).__name__
-        raise CheckpointError(
-            f"refused to unpickle '{what}' (not on the allowlist of safe types); "
-            "load it as trusted only if you vouch for the file", file=path) from None
+        torch.load(path, map_location="cpu", weights_only=True)
+        return path
+    except Exception as exc:  # torch wraps every refusal in UnpicklingError; damage varies
+        reason = str(exc)
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:  # torch's reader on a damaged or foreign file
+        raise CheckpointError(f"unreadable checkpoint ({type(exc).__name__})",
+                              file=path) from None
+    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+               for g in safe_globals()}
+    refused = [g for g in unsafe if g not in allowed]
+    gadget = re.search(r"getattr\([^)]*\)", reason)
+    what = f"'{refused[0]}'" if refused else gadget.group(0) if gadget else "an object"
+    raise CheckpointError(f"refused to unpickle {what} (not on the allowlist of safe types)",
+                          file=path)

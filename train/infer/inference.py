@@ -17,7 +17,7 @@ import numpy as np
 from mmengine.config import Config
 
 from converters.core.errors import MissingInputError
-from train.fit.checkpoint import allow_mmengine_checkpoints
+from train.fit.checkpoint import allow_mmengine_checkpoints, check_checkpoint
 from train.models import family_of_scope
 
 
@@ -75,6 +75,7 @@ def predict(run_dir: str | Path, image_paths: Sequence[str | Path], *, device: s
             batch_size: int = 4) -> Iterator[tuple[Path, RawPrediction]]:
     """Yield ``(image path, prediction)`` for each image, in order."""
     cfg, ckpt, family = load_run(run_dir)
+    check_checkpoint(ckpt)
     allow_mmengine_checkpoints()
     dev = _device(device)
     paths = [Path(p) for p in image_paths]
