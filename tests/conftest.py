@@ -139,6 +139,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child before Orthanc starts: the kernel kills it when the test process dies,
+    even by SIGKILL (a timeout, mutmut's forked test runs), so no server outlives its test."""
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Orthanc:
     """A real Orthanc on loopback, with its own config and storage in a temp folder.
 
@@ -192,7 +200,8 @@ class Orthanc:
         assert Path(binary).exists(), "Orthanc missing: .ci/run installs the orthanc package"
         for _ in range(5):
             self.proc = subprocess.Popen([binary, str(self.root / "orthanc.json")],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
             deadline = time.time() + 60  # a guard against a hang, not a measure
             while time.time() < deadline and self.proc.poll() is None:
                 if self._answers():
