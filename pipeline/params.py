@@ -128,6 +128,12 @@ MOVED: dict[str, str] = {
        for section in ("evaluate", "propose") for key in _POST},
     "propose.match_iou": "is no longer read (propose never used it): remove it",
 }
+#: fields of a dataclass that moved, whatever section it sits in (a preset's name varies)
+MOVED_FIELDS: dict[str, str] = {
+    "Preset.options": "moved to its models' blocks: 'models.<model>.options' (nested YAML or "
+                      "dotted keys; each train stage depends on its own model's block)",
+    "Preset.model_img_scale": "moved to its models' blocks: 'models.<model>.img_scale'",
+}
 
 
 def from_mapping(cls: type[T], data: Any, *, section: str, file: str | Path = DEFAULT_PARAMS) -> T:
@@ -143,6 +149,9 @@ def from_mapping(cls: type[T], data: Any, *, section: str, file: str | Path = DE
     for key in unknown:
         if f"{section}.{key}" in MOVED:
             raise ParamsError(f"key '{section}.{key}' {MOVED[f'{section}.{key}']}", file=file)
+        if f"{cls.__name__}.{key}" in MOVED_FIELDS:
+            raise ParamsError(f"key '{section}.{key}' {MOVED_FIELDS[f'{cls.__name__}.{key}']}",
+                              file=file)
     if unknown:
         known = ", ".join(sorted(fields))
         raise ParamsError(f"unknown key '{section}.{unknown[0]}' (known keys: {known})", file=file)

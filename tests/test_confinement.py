@@ -63,11 +63,11 @@ train:
       img_scale: [96, 240]
       crop_size: [96, 96]
       augment: []
-      options:
-        unet: {{model.backbone.base_channels: 8, model.decode_head.in_channels: 8,
+      models:
+        unet: {{options: {{model.backbone.base_channels: 8, model.decode_head.in_channels: 8,
                model.decode_head.channels: 8, model.auxiliary_head.in_channels: 16,
                model.auxiliary_head.channels: 8, train_cfg.max_iters: 2,
-               train_cfg.val_interval: 2, default_hooks.checkpoint.interval: 2}}
+               train_cfg.val_interval: 2, default_hooks.checkpoint.interval: 2}}}}
 evaluate: {{device: cpu}}
 propose: {{enabled: true, model: unet, fold: 0, device: cpu}}
 """
@@ -93,7 +93,8 @@ STAGES = {
               ["models/unet/fold0"]),
     "evaluate": (["evaluate", "--model", "unet", "--fold", "0", "--run-dir", RUN, "--test",
                   "{w}/splits/test/coco.json", "--masks", "{w}/processed/masks", "--images",
-                  "{w}/png", "--output", "{w}/eval/unet/fold0"], ["eval/unet/fold0"]),
+                  "{w}/png", "--output", "{w}/eval/unet/fold0"],
+                 ["eval/unet"]),   # the evaluation folder and its metrics file beside it
     "propose": (["propose", "--models-root", "{w}/models", "--images", "{w}/png", "--output",
                  "{w}/proposals/proposals.json"], ["proposals"]),
     "to-seg": (["to-seg", "--model", "pspnet", "--fold", "0", "--input", "{w}/truth",

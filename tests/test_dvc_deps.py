@@ -11,7 +11,9 @@ import ast
 import dataclasses
 import importlib
 import re
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -172,14 +174,66 @@ def _config_reads(module: str) -> list[tuple[type, str]]:
     return found
 
 
+def _covers(key: str, tp: Any, declared: list[str]) -> bool:
+    """``key`` (of type ``tp``) is declared, or is a mapping of dataclasses narrowed to the
+    entry the stage uses (``train.presets.${train.preset}``, ``models.unet``: an entry chosen
+    by a template or a matrix item) with every field of that entry declared in turn."""
+    if any(key == d or key.startswith(d + ".") for d in declared):
+        return True
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is not dict or len(args) != 2 or not dataclasses.is_dataclass(args[1]):
+        return False
+    entries = {re.match(r"\$\{[^}]*\}|[^.]+", d[len(key) + 1:]).group(0)  # a template whole
+               for d in declared if d.startswith(key + ".")}
+    hints = typing.get_type_hints(args[1])
+    return bool(entries) and all(_covers(f"{key}.{e}.{f.name}", hints[f.name], declared)
+                                 for e in entries for f in dataclasses.fields(args[1]))
+
+
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_stage_params_cover_the_keys_it_reads(name):
     stage = _stages()[name]
     declared = [str(p) for p in [*stage.get("params", []), *stage.get("axes", [])]]
     missing = []
     for cls, section in _config_reads(_command_module(stage["cmd"])):
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             key = f"{section}.{f.name}"
-            if not any(key == d or key.startswith(d + ".") for d in declared):
+            if not _covers(key, hints[f.name], declared):
                 missing.append(key)
     assert missing == []
+
+
+def test_a_train_stage_depends_on_its_own_models_block_only():
+    """DVC resolves each train stage's params (its templates and matrix item): a change of one
+    model's block leaves the other models' stages' values as they were."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    def values(repo_root: Path) -> dict[str, dict]:
+        repo = Repo(str(repo_root))
+        try:
+            return {st.name: d.read_params() for st in repo.index.stages
+                    if st.name.startswith("train@")
+                    for d in st.deps if isinstance(d, ParamsDependency)}
+        finally:
+            repo.close()
+
+    import shutil
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in ("dvc.yaml", "params.yaml"):
+            shutil.copy(ROOT / name, root / name)
+        Repo.init(str(root), no_scm=True).close()
+        before = values(root)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        preset = params["train"]["preset"]
+        unet = params["train"]["presets"][preset]["models"]["unet"]
+        unet["options"]["train_cfg"]["max_iters"] += 1
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        after = values(root)
+    assert set(before) == {f"train@{m}-{f}" for m in params["train"]["models"]
+                           for f in params["train"]["folds"]}
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {f"train@unet-{f}" for f in params["train"]["folds"]}

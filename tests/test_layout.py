@@ -83,6 +83,18 @@ def test_every_params_path_is_made_by_a_stage():
         assert _made_by_a_stage(path, outs), f"{key}: {path}"
 
 
+def test_each_evaluation_is_dvc_metrics_beside_its_folder():
+    """``dvc metrics show`` gives one row per model and fold: each evaluate stage declares
+    the metrics file evaluate writes beside its folder (train.models owns both names)."""
+    from train.models import eval_dir, eval_metrics_file
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]
+    out = eval_dir("${item.model}", "${item.fold}")
+    assert [next(iter(m)) for m in stage["metrics"]] == [eval_metrics_file(out).as_posix()]
+    assert [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]] == [out.as_posix()]
+    assert "metrics" not in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
+
+
 def test_the_split_layout_has_one_spelling():
     """What training and evaluation read is what split writes, by the same functions; the
     CLI's and params.yaml's defaults point at it."""

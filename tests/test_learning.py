@@ -25,7 +25,7 @@ from converters.dicom.ledger import SALT_FILE, prepare_private
 from converters.phantom.writing import PhantomConfig, generate
 from train.fit.checkpoint import allow_mmengine_checkpoints
 from train.evaluation.evaluate import EvaluateConfig, evaluate_run
-from train.fit.runner import Preset, TrainConfig, prepare_run, run
+from train.fit.runner import ModelSettings, Preset, TrainConfig, prepare_run, run
 from converters.annotations.split import SplitConfig, write_splits
 
 SEED = 0
@@ -115,7 +115,8 @@ def _learn(project: Path, model: str) -> tuple[dict, dict, dict]:
                       masks=str(project / "processed" / "masks"),
                       splits=str(project / "splits"), preset="tiny",
                       presets={"tiny": Preset(img_scale=SCALE, crop_size=SCALE[::-1],
-                                              options={model: OPTIONS[model]})})
+                                              models={model: ModelSettings(
+                                                  options=OPTIONS[model])})})
     work = project / "models" / model
     leaf = prepare_run(model, 0, cfg, work)
     leaf.visualizer.vis_backends = [dict(type="LocalVisBackend")]   # no dvclive here

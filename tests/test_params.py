@@ -92,6 +92,41 @@ def test_an_old_params_file_names_the_new_place_of_a_moved_key(tmp_path, capsys,
     assert not (tmp_path / "p.json").exists()
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("options", "{unet: {train_cfg.max_iters: 4}}", "moved to its models' blocks: "
+                                                    "'models.<model>.options'"),
+    ("model_img_scale", "{yolact: [192, 480]}", "moved to its models' blocks: "
+                                                "'models.<model>.img_scale'"),
+])
+def test_a_preset_of_an_earlier_spinepipe_names_the_models_blocks(tmp_path, capsys, key, value,
+                                                                  message):
+    from pipeline.cli import main
+    params = tmp_path / "params.yaml"
+    params.write_text(f"train:\n  presets:\n    mine:\n      {key}: {value}\n")
+    assert main(["train", "--model", "unet", "--fold", "0", "--params", str(params),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"key 'train.presets.mine.{key}' {message}" in err, err
+
+
+def test_options_nested_or_dotted_are_the_same_options():
+    """A preset's options as params.yaml nests them (and DVC's -S sets them) or as dotted
+    --cfg-options keys: one nested dict, later layers over earlier ones key by key."""
+    from train.fit.run_config import nested_options
+    nested = {"model": {"decode_head": {"channels": 16, "in_channels": 16}},
+              "param_scheduler": {1: {"end": 20}}}
+    dotted = {"model.decode_head.channels": 16, "model.decode_head.in_channels": 16,
+              "param_scheduler.1.end": 20}
+    assert nested_options(nested) == nested_options(dotted) == {
+        "model": {"decode_head": {"channels": 16, "in_channels": 16}},
+        "param_scheduler": {"1": {"end": 20}}}          # a list item's index: a string key
+    assert nested_options(nested, {"model.decode_head.channels": 32}) == {
+        "model": {"decode_head": {"channels": 32, "in_channels": 16}},
+        "param_scheduler": {"1": {"end": 20}}}
+    swap = {"optim_wrapper": {"optimizer": {"_delete_": True, "type": "AdamW"}}}
+    assert nested_options({"optim_wrapper.optimizer.lr": 0.1}, swap) == swap   # replaced
+
+
 def test_every_moved_key_names_a_key_that_exists():
     from pipeline.params import MOVED
     from train.evaluation.recognition import PostprocessConfig

@@ -148,13 +148,14 @@ def test_a_tampered_proposal_record_is_one_clear_error(value):
 # the command, on a tiny trained run
 
 
-TINY = {"img_scale": [96, 240], "crop_size": [240, 96], "options": {
-    "mask_rcnn": {"model.backbone.depth": 18, "model.neck.in_channels": [64, 128, 256, 512],
-                  "train_cfg.max_epochs": 2, "train_cfg.val_interval": 1},
-    "unet": {"model.backbone.base_channels": 8, "model.decode_head.in_channels": 8,
-             "model.decode_head.channels": 8, "model.auxiliary_head.in_channels": 16,
-             "model.auxiliary_head.channels": 8, "train_cfg.max_iters": 4,
-             "train_cfg.val_interval": 2, "default_hooks.checkpoint.interval": 2}}}
+TINY = {"img_scale": [96, 240], "crop_size": [240, 96], "models": {
+    "mask_rcnn": {"options": {"model.backbone.depth": 18,
+                              "model.neck.in_channels": [64, 128, 256, 512],
+                              "train_cfg.max_epochs": 2, "train_cfg.val_interval": 1}},
+    "unet": {"options": {"model.backbone.base_channels": 8, "model.decode_head.in_channels": 8,
+                         "model.decode_head.channels": 8, "model.auxiliary_head.in_channels": 16,
+                         "model.auxiliary_head.channels": 8, "train_cfg.max_iters": 4,
+                         "train_cfg.val_interval": 2, "default_hooks.checkpoint.interval": 2}}}}
 HELD_OUT = 3
 
 

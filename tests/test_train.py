@@ -14,19 +14,22 @@ from conftest import ingest_chain
 from converters.annotations.convert import ConvertConfig, convert
 from converters.phantom.writing import PhantomConfig, generate
 from converters.annotations.split import SplitConfig, write_splits
+from train.models import HEADLINE
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
 TINY = {  # a few CPU seconds per model; the demo preset in params.yaml is larger
     "img_scale": [96, 240],
     "crop_size": [96, 96],
-    "options": {
-        "mask_rcnn": {"model.backbone.depth": 18, "model.neck.in_channels": [64, 128, 256, 512],
-                      "train_cfg.max_epochs": 1, "train_cfg.val_interval": 1},
-        "unet": {"model.backbone.base_channels": 8, "model.decode_head.in_channels": 8,
-                 "model.decode_head.channels": 8, "model.auxiliary_head.in_channels": 16,
-                 "model.auxiliary_head.channels": 8, "train_cfg.max_iters": 4,
-                 "train_cfg.val_interval": 2, "default_hooks.checkpoint.interval": 2},
+    "models": {   # nested options, as params.yaml writes them
+        "mask_rcnn": {"options": {"model": {"backbone": {"depth": 18},
+                                            "neck": {"in_channels": [64, 128, 256, 512]}},
+                                  "train_cfg": {"max_epochs": 1, "val_interval": 1}}},
+        "unet": {"options": {"model": {"backbone": {"base_channels": 8},
+                                       "decode_head": {"in_channels": 8, "channels": 8},
+                                       "auxiliary_head": {"in_channels": 16, "channels": 8}},
+                             "train_cfg": {"max_iters": 4, "val_interval": 2},
+                             "default_hooks": {"checkpoint": {"interval": 2}}}},
     },
 }
 
@@ -91,6 +94,9 @@ def test_evaluate_and_report_the_trained_models(project):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["images"] == len(names) and summary["missing_predictions"] == []
         assert 0 <= summary["mean_iou"] <= 1 and 0 <= summary["recognition_rate"] <= 1
+        # beside the folder, the headline numbers: the evaluate stage's DVC metrics
+        headline = json.loads((out.parent / "fold1.json").read_text())
+        assert headline == {"model": model, "fold": 1, **{k: summary[k] for k in HEADLINE}}
         results = json.loads((out / "instances.json").read_text())
         assert all(r["file_name"] in names for r in results)
     # external predictions with one image missing: scored as a miss, reported, not dropped
@@ -247,9 +253,9 @@ def test_every_model_config_builds_its_model():
     for model, fam in MODELS.items():
         leaf = build_leaf(model, images="x", masks="y", train_ann="a", val_ann="b",
                           work_dir="w",
-                          img_scale=tuple(demo.model_img_scale.get(model, demo.img_scale)),
+                          img_scale=tuple(demo.models[model].img_scale or demo.img_scale),
                           crop_size=tuple(demo.crop_size), dvclive=False,
-                          options=demo.options.get(model, {}))
+                          options=demo.models[model].options)
         import mmdet.models  # noqa: F401  (registers the models)
         import mmseg.models  # noqa: F401
         with DefaultScope.overwrite_default_scope(leaf.default_scope):

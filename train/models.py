@@ -2,8 +2,8 @@
 line, evaluation and the report use it without importing a training stack.
 
 A sixth model: its config file in ``train/configs/``, one entry in :data:`MODELS` and one in
-:data:`DISPLAY_NAMES`, its name in ``params.yaml`` ``train.models`` (with its preset options) and a
-``plots`` entry in ``dvc.yaml`` (README, "Layout and code map").
+:data:`DISPLAY_NAMES`, its name in ``params.yaml`` ``train.models`` (with its block in each
+preset) and a ``plots`` entry in ``dvc.yaml`` (README, "Layout and code map").
 """
 from __future__ import annotations
 
@@ -54,3 +54,18 @@ def run_dir(model: str, fold: int, root: str | Path = "models") -> Path:
 def eval_dir(model: str, fold: int, root: str | Path = "reports/eval") -> Path:
     """``reports/eval/<model>/fold<k>``: an evaluation (predictions, per-image scores)."""
     return Path(root) / model / f"fold{fold}"
+
+
+def eval_metrics_file(evaluation: str | Path) -> Path:
+    """``reports/eval/<model>/fold<k>.json`` beside an evaluation folder: its headline numbers
+    (:data:`HEADLINE`), flat, as DVC metrics: ``dvc metrics show`` and ``dvc exp show`` give one
+    row per model and fold, from the experiment that made them."""
+    evaluation = Path(evaluation)
+    return evaluation.with_name(evaluation.name + ".json")
+
+
+#: the numbers of an evaluation's summary that its metrics file carries (evaluate's summary.json
+#: keeps everything: per-level recognition, pooled metrics, measures' agreement)
+HEADLINE = ("images", "pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou",
+            "recognition_rate", "composite_recognition_rate", "lordosis_mae_deg",
+            "measurable_rate")

@@ -21,6 +21,8 @@ masks (``masks/<stem>.png``). Layout of an evaluation folder (``reports/eval/<mo
 (:mod:`converters.spine.measures`,
   the columns of convert's ``measures.csv``) of the prediction and of the ground truth, per
   test image, in millimetres too where export's provenance gives the pixel spacing;
+- beside the folder, ``<folder>.json`` (``reports/eval/<model>/fold<k>.json``): the headline
+  numbers, flat (:data:`train.models.HEADLINE`), DVC's metrics of the evaluate stage;
 - ``summary.json``: model, fold, family, means of the four metrics, ``recognition_rate``,
   ``composite_recognition_rate``, per-level recognition, pooled metrics, missing predictions,
   ``lordosis_mae_deg``, ``measurable_rate`` and ``measures`` (agreement with the ground truth's
@@ -52,9 +54,10 @@ from converters.core.errors import (InsufficientDataError, MissingInputError, Sh
 from converters.core.files import TEMP_MARK, prepare_output, write_bytes, write_json, write_text
 from converters.spine.levels import LEVELS
 from train.evaluation.metrics import METRICS, confusion, metrics_from_confusion, pooled_metrics
-from train.models import family, run_dir
+from train.models import HEADLINE, eval_metrics_file, family, run_dir
 from converters.annotations.coco import mask_outline
 from converters.spine.measures import image_measures, measures_csv
+from converters.core.paths import UnsafePathError
 from converters.core.provenance import pixel_spacing, read_record
 from converters.core.records import open_input, read_json
 from train.evaluation.agreement import summarize as summarize_measures
@@ -324,6 +327,9 @@ def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path
     if predictions is not None and not Path(predictions).is_dir():
         raise MissingInputError("predictions folder not found", file=predictions)
     prepare_output(out.parent)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UnsafePathError(f"refused to replace {out}: a symbolic link or a file, not an "
+                              "evaluation folder spinepipe wrote")
     tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}{TEMP_MARK}"
     tmp.mkdir()  # the user's umask (mkdtemp's would be 700)
     try:
@@ -336,6 +342,8 @@ def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    write_json(eval_metrics_file(out), {"model": model, "fold": fold,
+                                        **{k: summary.get(k) for k in HEADLINE}})
     return summary
 
 

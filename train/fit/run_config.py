@@ -79,7 +79,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     ``img_scale`` is (width, height) (YOLACT: its fixed input size), ``crop_size`` (height, width);
     ``pretrained`` a local checkpoint to start from (``load_from``); ``augment`` albumentations
     transforms for the training pipeline (:mod:`train.fit.augment`); ``options`` MMEngine
-    ``--cfg-options`` (dotted keys), applied last.
+    options, nested or dotted (:func:`nested_options`), applied last.
     """
     fam = family(model)
     cfg = Config.fromfile(str(config_path(model)))
@@ -112,8 +112,40 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
                              init_kwargs=dict(save_dvc_exp=False, dvcyaml=False)))
         cfg.visualizer["vis_backends"] = backends
     if options:
-        cfg.merge_from_dict(dict(options))
+        cfg.merge_from_dict(nested_options(options), allow_list_keys=True)
     return cfg
+
+
+def nested_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """MMEngine options as one nested dict: each layer's dotted keys (``--cfg-options``
+    ``model.decode_head.channels``) and nested mappings (params.yaml) expanded alike, keys made
+    strings (a list item is addressed by its index: ``param_scheduler: {1: {end: 20}}``), later
+    layers over earlier ones key by key. A mapping with ``_delete_: true`` replaces what is
+    there (MMEngine's rule), here as in the config."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            node, parts = out, str(key).split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            _merge(node, parts[-1], _stringify(value))
+    return out
+
+
+def _stringify(value: Any) -> Any:
+    return {str(k): _stringify(v) for k, v in value.items()} if isinstance(value, Mapping) \
+        else value
+
+
+def _merge(node: dict[str, Any], key: str, value: Any) -> None:
+    old = node.get(key)
+    if isinstance(old, dict) and isinstance(value, dict) and not value.get("_delete_"):
+        for k, v in value.items():
+            _merge(old, k, v)
+    else:
+        node[key] = value
 
 
 def _set_data(cfg: Config, model: str, fam: str, images: str | Path, train_ann: str | Path,

@@ -31,7 +31,7 @@ from converters.core.files import (atomic_path, prepare_output, refuse_links_bel
 from converters.core.records import read_json
 from train.fit.checkpoint import allow_mmengine_checkpoints
 from train.models import BEST_METRIC, MODELS, family, family_of_scope
-from train.fit.run_config import build_leaf, replace_type
+from train.fit.run_config import build_leaf, nested_options, replace_type
 
 
 def train(cfg: Config, *, resume: bool = False) -> Runner:
@@ -113,16 +113,28 @@ def last_checkpoint(work_dir: str | Path) -> Path | None:
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    """One model's own block of a preset (``train.presets.<preset>.models.<model>``): each
+    train stage depends on its own model's block only, so DVC re-trains only the model whose
+    block changed."""
+
+    #: its own (width, height) where it needs one: YOLACT's masks come from prototypes at 1/4
+    #: of its input (Mask R-CNN's from a 28 x 28 grid per object, whatever the input)
+    img_scale: list[int] | None = None
+    #: MMEngine options of its config, nested as in the config (``model: {decode_head:
+    #: {channels: 32}}``; list items by index, ``param_scheduler: {1: {end: 20}}``) or as dotted
+    #: ``--cfg-options`` keys; ``_delete_: true`` replaces a whole dict
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Preset:
-    """Image scale, crop and per-model MMEngine options of a training preset."""
+    """Image scale, crop, augmentation and each model's block of a training preset."""
 
     img_scale: list[int] = field(default_factory=lambda: [256, 640])   # width, height
-    #: model -> its own (width, height) where it needs one: YOLACT's masks come from prototypes
-    #: at 1/4 of its input (Mask R-CNN's from a 28 x 28 grid per object, whatever the input)
-    model_img_scale: dict[str, list[int]] = field(default_factory=dict)
     crop_size: list[int] = field(default_factory=lambda: [256, 256])   # height, width
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)   # model -> cfg options
     augment: list[dict[str, Any]] = field(default_factory=list)        # albumentations
+    models: dict[str, ModelSettings] = field(default_factory=dict)     # model -> its block
 
 
 @dataclass(frozen=True)
@@ -165,12 +177,13 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
     pretrained = cfg.pretrained.get(model)
     if pretrained and not Path(pretrained).is_file():
         raise MissingInputError("pretrained checkpoint not found", file=pretrained)
-    unknown = sorted(set(p.model_img_scale) - set(MODELS))
+    unknown = sorted(set(p.models) - set(MODELS))
     if unknown:
-        raise InvalidConfigError(f"train.presets.{name}.model_img_scale: unknown model "
+        raise InvalidConfigError(f"train.presets.{name}.models: unknown model "
                                  f"'{unknown[0]}' (known: {', '.join(sorted(MODELS))})")
-    options = {**p.options.get(model, {}), **(cfg_options or {})}
-    img_scale = p.model_img_scale.get(model, p.img_scale)
+    own = p.models.get(model, ModelSettings())
+    options = nested_options(own.options, cfg_options or {})
+    img_scale = own.img_scale or p.img_scale
     leaf = build_leaf(model, images=cfg.images, masks=cfg.masks, train_ann=anns["train"],
                       val_ann=anns["val"], work_dir=work_dir, img_scale=tuple(img_scale),
                       crop_size=tuple(p.crop_size), seed=cfg.seed, pretrained=pretrained,
