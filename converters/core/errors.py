@@ -132,5 +132,6 @@ def raised_by_a_parser(exc: BaseException) -> bool:
     if not frames:
         return False
     parts = Path(frames[-1].filename).parts
-    return "site-packages" in parts and \
-        parts[parts.index("site-packages") + 1:][:1] in [(name,) for name in PARSERS]
+    # the package is the folder right below the installation's site-packages (dist-packages)
+    return any(parts[i - 1] in ("site-packages", "dist-packages") and parts[i] in PARSERS
+               for i in range(1, len(parts)))
