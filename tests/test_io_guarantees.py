@@ -15,7 +15,7 @@ import pytest
 
 from converters.core.errors import OutputFolderError, UnsafeLocationError
 from converters.core.files import (TEMP_MARK, atomic_path, check_apart, is_own_file,
-                                   move_into_place, output_root, prepare_output, read_own,
+                                   link_into_place, move_into_place, output_root, prepare_output, read_own,
                                    remove_output, remove_stale_temps, temp_name, write_bytes,
                                    write_json, write_text)
 from converters.core.paths import UnsafePathError
@@ -71,6 +71,41 @@ def test_move_into_place_refuses_other_folders_and_bad_paths(out):
         move_into_place(out / "a" / "t.png", out / "b" / "t.png")
     with pytest.raises(UnsafePathError, match="'.*out/a/../../x.png'"):
         move_into_place(out / "a" / ".." / ".." / "t.png", out / "a" / ".." / ".." / "x.png")
+
+
+def test_link_into_place_names_the_same_file_twice_and_replaces_a_planted_link(out, tmp_path):
+    victim = tmp_path / "victim.pth"
+    victim.write_bytes(b"theirs")
+    write_bytes(out / "run" / "best_epoch_3.pth", b"weights")
+    (out / "run" / "best.pth").symlink_to(victim)        # planted at the name: replaced
+    link_into_place(out / "run" / "best_epoch_3.pth", out / "run" / "best.pth")
+    assert os.path.samefile(out / "run" / "best.pth", out / "run" / "best_epoch_3.pth")
+    assert not (out / "run" / "best.pth").is_symlink() and victim.read_bytes() == b"theirs"
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["best.pth", "best_epoch_3.pth"]
+
+
+def test_link_into_place_refuses_a_link_as_source_and_other_folders(out, tmp_path):
+    (tmp_path / "outside.pth").write_bytes(b"x")
+    write_bytes(out / "run" / "metrics.json", b"{}")
+    (out / "run" / "best_epoch_1.pth").symlink_to(tmp_path / "outside.pth")
+    with pytest.raises(UnsafePathError, match="best_epoch_1.pth.*not a regular file"):
+        link_into_place(out / "run" / "best_epoch_1.pth", out / "run" / "best.pth")
+    with pytest.raises(RuntimeError, match="different folders"):
+        link_into_place(out / "run" / "metrics.json", out / "other" / "best.pth")
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["best_epoch_1.pth",
+                                                                "metrics.json"]
+
+
+def test_link_into_place_copies_where_hard_links_are_not_allowed(out, monkeypatch):
+    write_bytes(out / "run" / "best_epoch_2.pth", b"weights")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "link", refuse)
+    link_into_place(out / "run" / "best_epoch_2.pth", out / "run" / "best.pth")
+    assert (out / "run" / "best.pth").read_bytes() == b"weights"
+    assert not os.path.samefile(out / "run" / "best.pth", out / "run" / "best_epoch_2.pth")
+    assert sorted(p.name for p in (out / "run").iterdir()) == ["best.pth", "best_epoch_2.pth"]
 
 
 def test_a_temporary_name_is_unpredictable_and_recognised(out):

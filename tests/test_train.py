@@ -3,6 +3,7 @@ checkpoint, metrics.json, dvclive curves; and the errors raised before any train
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,8 @@ def test_train_one_instance_and_one_semantic_model(project, model, metric):
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["metric"] == metric and metrics["best"] is not None
     assert (work / "best.pth").is_file()
+    best = [p for p in work.glob("best_*.pth")]  # MMEngine's best: named twice, stored once
+    assert len(best) == 1 and os.path.samefile(best[0], work / "best.pth")
     leaf = (work / "config.py").read_text()
     assert "fold1" in leaf and str(project / "png") in leaf  # the leaf config is the artifact
     assert list((work / "dvclive").rglob("*.tsv")), "no dvclive curves"

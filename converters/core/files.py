@@ -297,16 +297,55 @@ def temp_name(path: str | Path) -> Path:
                           f"{path.suffix}")
 
 
+@contextmanager
+def _shared_folder(src: Path, path: Path) -> Iterator[int]:
+    """The folder of ``src`` and ``path`` (one folder of an output root), opened without
+    following links."""
+    root, parts = _root_of(path)
+    _check_parts(parts, str(path))
+    if src.parent != path.parent:
+        raise RuntimeError(f"bug: {src} and {path} are in different folders")
+    with _folder(root, parts[:-1], create=False) as dfd:
+        yield dfd
+
+
 def move_into_place(tmp: str | Path, path: str | Path) -> None:
     """Rename ``tmp`` (written with :func:`write_bytes`) to ``path``, both in one folder of
     an output root, without following links."""
     tmp, path = Path(tmp), Path(path)
-    root, parts = _root_of(path)
-    _check_parts(parts, str(path))
-    if tmp.parent != path.parent:
-        raise RuntimeError(f"bug: {tmp} and {path} are in different folders")
-    with _folder(root, parts[:-1], create=False) as dfd:
-        os.rename(tmp.name, parts[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
+    with _shared_folder(tmp, path) as dfd:
+        os.rename(tmp.name, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
+def link_into_place(src: str | Path, path: str | Path) -> None:
+    """Give the regular file ``src`` a second name ``path`` in the same folder of an output
+    root (a hard link: no copy, no space; a checkpoint named twice), replacing what was at
+    ``path`` atomically; a link or anything but a regular file at ``src`` is refused. Where
+    the file system has no hard links, the bytes are copied instead."""
+    src, path = Path(src), Path(path)
+    with _shared_folder(src, path) as dfd:
+        if not stat.S_ISREG(os.stat(src.name, dir_fd=dfd, follow_symlinks=False).st_mode):
+            raise UnsafePathError(f"refused to name {src} again: not a regular file")
+        tmp = f".{path.name[:100]}.{secrets.token_hex(6)}{TEMP_MARK}{path.suffix}"
+        try:
+            os.link(src.name, tmp, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            with open(os.open(src.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=dfd), "rb") as fh:
+                data = fh.read()
+            os.close(os.open(tmp, _NEW_FILE_FLAGS, 0o666, dir_fd=dfd))
+            fd = os.open(tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            with open(fd, "wb") as out:
+                out.write(data)
+        try:
+            os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        finally:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
 
 
 def is_own_file(path: str | Path) -> bool:
