@@ -22,13 +22,15 @@ from converters.annotations import coco
 from converters.dicom.deid_table import AnonymizeConfig
 from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.export import ExportConfig, export_tree
-from converters.dicom.ledger import load_ledger, load_or_create_salt, prepare_private
+from converters.dicom.ledger import SALT_FILE, load_ledger, load_or_create_salt, prepare_private
 from converters.phantom.writing import (PhantomConfig, annotations_for_export, exported_pngs,
                                         generate)
 from converters.dicom.pacs import RetrieveConfig
 from converters.dicom.pixels import to_display
 
 DATA = Path(__file__).parent / "data"
+#: the salt of every test chain (ingest_chain): the same pseudonyms on every machine
+TEST_SALT = bytes(range(32))
 
 
 def dicom_image(size: int = 8, **extra) -> Dataset:
@@ -122,6 +124,13 @@ def ingest_chain(phantom: Path, root: Path) -> dict[str, tuple[str, int]]:
     original SOP Instance UID -> (PNG name, PNG size), as the demo's annotator step does.
     """
     priv = prepare_private(root / "private")
+    # one salt on every machine: the pseudonyms order the images, and so decide which of them
+    # a test holds out or which split a tiny model trains on (a fresh clone's random salt
+    # made such a test pass on one clone and fail on the next)
+    salt_file = priv / SALT_FILE
+    if not salt_file.exists():
+        salt_file.write_text(TEST_SALT.hex() + "\n")
+        salt_file.chmod(0o600)
     anonymize_tree(phantom / "dicom", root / "anon", priv, load_or_create_salt(priv),
                    AnonymizeConfig())
     export_tree(root / "anon", root / "png", ExportConfig())

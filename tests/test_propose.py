@@ -321,10 +321,10 @@ def test_the_round_trip_through_convert_and_what_annotators_changed(trained):
     assert len(rows) == len(proposed) and {r["status"] for r in rows} == {"unchanged"}
     assert "proposals: " + f"{len(proposed)} unchanged" in proc.stderr
 
-    # the annotator: in the first image with 3+ regions, move a point of region 0, delete
+    # the annotator: in the first image with 2+ regions, move a point of region 0, delete
     # region 1, draw a new one (no proposal id: VIA gives it the attribute defaults)
     _, im = next((k, v) for k, v in project["_via_img_metadata"].items()
-                   if len(v["regions"]) >= 3)
+                   if len(v["regions"]) >= 2)
     moved = im["regions"][0]["shape_attributes"]
     before = Polygon(zip(moved["all_points_x"], moved["all_points_y"]))
     moved["all_points_x"][0] += 6

@@ -37,6 +37,10 @@ def train(cfg: Config, *, resume: bool = False) -> Runner:
     """Train the model of a leaf config; checkpoints and logs go to ``cfg.work_dir``."""
     allow_mmengine_checkpoints()
     cfg.resume = resume
+    # MMEngine keeps one visualizer per name for the whole process, and the mm configs name
+    # theirs 'visualizer': a second run in one process (tests, a notebook) would get the first
+    # one's, and write its logs and dvclive files into the first run's folder
+    cfg.visualizer["name"] = f"spinepipe_{Path(cfg.work_dir).name}_{secrets.token_hex(4)}"
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
     if cfg.get("launcher", "none") == "pytorch" and not _cuda():
         # MMEngine 0.10's init_dist calls torch.cuda.set_device unconditionally: on CPU the
@@ -219,10 +223,6 @@ def run(leaf: Config, *, resume: bool = False) -> dict:
     work = Path(leaf.work_dir)
     prepare_output(work)
     refuse_links_below(work)  # MMEngine opens its files with plain open(): links are followed
-    # MMEngine keeps one visualizer per name for the whole process, and the mm configs name
-    # theirs 'visualizer': a second run in one process (tests, a notebook) would get the first
-    # one's, and write its logs and dvclive files into the first run's folder
-    leaf.visualizer["name"] = f"spinepipe_{work.name}_{secrets.token_hex(4)}"
     if int(os.environ.get("RANK", "0")) == 0:  # before the process group exists
         write_text(work / "config.py", leaf.pretty_text)  # what Config.dump writes, confined
     runner = train(leaf, resume=resume)
