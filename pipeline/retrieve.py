@@ -9,7 +9,14 @@ instance or patient is not what was asked is refused and listed ("refused: ...")
 each study-level query has a deadline of 10 x ``retrieve.timeout_s``
 (:data:`converters.dicom.pacs.DEADLINE_FACTOR`), after which its association is aborted and it is
 listed incomplete / unanswered; a PACS failure status is shown in words. Any of these makes the
-command exit 1 after the rest was fetched; a re-run resumes.
+command exit 1 after the rest was fetched; a re-run resumes. A manifest row the PACS does not
+know is listed, and with ``retrieve.missing: warn`` (the default) the batch goes on and the
+command exits 0; ``fail`` makes it exit 1 (after the rest was fetched).
+
+In dvc.yaml the stage is ``always_changed``: the PACS and the manifest (identifying, kept in
+``private/``, so its hash is never written to dvc.lock) are outside what DVC can hash, so every
+``dvc repro`` asks again; what was received before is not fetched again, and the stages after
+it run only when something new arrived.
 """
 from __future__ import annotations
 
@@ -34,6 +41,8 @@ def command(
     host: Optional[str] = typer.Option(None, "--host", help="PACS host [params: retrieve.host]."),
     port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="PACS DICOM port, 1-65535 [params: retrieve.port]."),
     called_aet: Optional[str] = typer.Option(None, "--called-aet", help="PACS AE title [params: retrieve.called_aet]."),
+    calling_aet: Optional[str] = typer.Option(None, "--calling-aet", help="Our AE title, as the PACS knows it [params: retrieve.calling_aet]."),
+    missing: Optional[str] = typer.Option(None, "--missing", help="A manifest row the PACS does not know: warn (listed, exit 0) or fail (exit 1) [params: retrieve.missing]."),
     method: Optional[str] = typer.Option(None, "--method", help="c-get or c-move [params: retrieve.method]."),
     force: bool = typer.Option(False, "--force", help="Run even if retrieve.enabled is false."),
     params: Path = ParamsOption,
@@ -43,9 +52,15 @@ def command(
     description) and fetch what is still missing; retries with backoff, reports failures."""
     cfg = stage_params(RetrieveConfig, "retrieve", params)
     overrides = {k: v for k, v in dict(host=host, port=port, called_aet=called_aet,
-                                       method=method).items() if v is not None}
+                                       calling_aet=calling_aet, method=method,
+                                       missing=missing).items() if v is not None}
     if method is not None and method not in ("c-get", "c-move"):
         raise UsageError(f"--method must be c-get or c-move, got {method!r}")
+    if missing is not None and missing not in ("fail", "warn"):
+        raise UsageError(f"--missing must be fail or warn, got {missing!r}")
+    for flag, title in (("--called-aet", called_aet), ("--calling-aet", calling_aet)):
+        if title is not None and not 0 < len(title.strip()) <= 16:
+            raise UsageError(f"{flag} must be an AE title of 1-16 characters, got {title!r}")
     cfg = dataclasses.replace(cfg, **overrides)
     state = state or output.with_name(output.name + ".state.json")
     if not cfg.enabled and not force:
@@ -65,11 +80,17 @@ def command(
     lines = report.problem_lines()
     if lines:
         console.print("\n".join(lines))
-    if report.failed or report.not_found or report.invalid or report.unanswered \
-            or report.mismatched:
-        extra = "".join(f", {n} {what}" for n, what in (
-            (len(report.unanswered), "query(ies) unanswered within the deadline"),
-            (len(report.mismatched), "object(s) refused (not what was asked)")) if n)
-        raise IncompleteRunError(f"{len(report.failed)} stud(ies) incomplete, {len(report.not_found)} "
-                         f"query(ies) without a match, {len(report.invalid)} invalid study "
-                         f"UID(s){extra}; re-run to resume", file=state)
+    if report.not_found and cfg.missing == "warn":
+        say(f"retrieve: warning: {len(report.not_found)} manifest row(s) not found on the PACS "
+            "(listed above; retrieve.missing: warn); the rest of the batch is fetched")
+    unfinished = [(len(report.failed), "stud(ies) incomplete"),
+                  (len(report.unanswered), "query(ies) unanswered within the deadline"),
+                  (len(report.mismatched), "object(s) refused (not what was asked)"),
+                  (len(report.invalid), "invalid study UID(s)")]
+    if any(n for n, _ in unfinished):  # a re-run can finish these
+        raise IncompleteRunError(", ".join(f"{n} {what}" for n, what in unfinished if n)
+                                 + "; re-run to resume", file=state)
+    if report.not_found and cfg.missing == "fail":  # a re-run cannot find them
+        raise IncompleteRunError(f"{len(report.not_found)} manifest row(s) not found on the "
+                                 "PACS (listed above; retrieve.missing: fail): correct the "
+                                 "manifest, or set retrieve.missing: warn", file=state)

@@ -75,17 +75,45 @@ def test_retrieve_by_date_range_and_modality(pacs, small_phantom, tmp_path):
     assert none.studies == {} and none.not_found == ["query"]
 
 
-def test_unknown_accession_is_reported_not_skipped(pacs, tmp_path):
+def _cli_retrieve(pacs, tmp_path, manifest_rows, *args):
     manifest = tmp_path / "m.csv"
-    manifest.write_text("AccessionNumber\nNOPE123\n")
+    manifest.write_text("AccessionNumber\n" + "".join(f"{r}\n" for r in manifest_rows))
     params = tmp_path / "params.yaml"
     params.write_text(f"retrieve:\n  enabled: true\n  port: {pacs.dicom_port}\n  timeout_s: 5\n")
-    proc = subprocess.run([SPINEPIPE, "retrieve", "-o", str(tmp_path / "out"), "--manifest",
-                           str(manifest), "--params", str(params), "--quiet"],
+    return subprocess.run([SPINEPIPE, "retrieve", "-o", str(tmp_path / "out"), "--manifest",
+                           str(manifest), "--params", str(params), "--quiet", *args],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+
+
+def test_an_unknown_accession_warns_and_the_batch_goes_on(pacs, small_phantom, tmp_path):
+    """retrieve.missing: warn (the default): listed, the known studies fetched, exit 0; fail:
+    the same fetch, then exit 1 with a line that does not promise a re-run would help."""
+    originals = _originals(small_phantom)
+    known = sorted({pydicom.dcmread(p).AccessionNumber for p in originals.values()})
+    proc = _cli_retrieve(pacs, tmp_path, ["NOPE123", *known])
+    assert proc.returncode == 0, proc.stderr
     assert "not found on the PACS: AccessionNumber=NOPE123" in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("Error: 0 stud(ies) incomplete, 1 query")
+    assert "warning: 1 manifest row(s) not found on the PACS" in proc.stderr
+    _check_complete(tmp_path / "out", originals)
+    shutil.rmtree(tmp_path / "out")
+    proc = _cli_retrieve(pacs, tmp_path, ["NOPE123", *known], "--missing", "fail")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: 1 manifest row(s) not found on the PACS") and "re-run" not in last
+    _check_complete(tmp_path / "out", originals)     # the rest was fetched before the error
+
+
+def test_an_unregistered_calling_ae_title_is_named_as_the_pacs_refusal(pacs, tmp_path):
+    """Orthanc accepts the association of an AE title it does not know, then aborts at the
+    first C-FIND: the error says the PACS refused, names our AE title and the setting."""
+    proc = _cli_retrieve(pacs, tmp_path, ["X"], "--calling-aet", "STRANGER")
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: C-FIND refused: 127.0.0.1:") and "aborted it" in line
+    assert "our AE title STRANGER" in line and "retrieve.calling_aet" in line
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = _cli_retrieve(pacs, tmp_path, ["X"], "--calling-aet", "A" * 17)
+    assert proc.returncode == 1 and "--calling-aet must be an AE title of 1-16" in proc.stderr
 
 
 def test_server_killed_mid_transfer_then_rerun_completes(tmp_path, monkeypatch):
@@ -174,7 +202,9 @@ def test_connection_problems_are_clear_errors(tmp_path):
 def test_rejected_association_names_the_pacs(tmp_path):
     server = Orthanc(tmp_path / "orthanc", check_called_aet=True).start()
     try:
-        with pytest.raises(PacsError, match="rejected by 127.0.0.1"):
+        with pytest.raises(PacsError, match="rejected by 127.0.0.1:.*: Called AE title not "
+                           r"recognised \(rejected permanent, by the Service User\); the "
+                           "PACS's own AE title is not WRONGAET: set retrieve.called_aet"):
             retrieve(server.config(called_aet="WRONGAET"), tmp_path / "o", tmp_path / "s.json",
                      [("AccessionNumber", "X")])
     finally:

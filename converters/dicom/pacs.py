@@ -17,6 +17,13 @@ unanswered; the run goes on with the next one.
 A failure status from the PACS (C-FIND, C-GET, C-MOVE, C-STORE) is explained in words from
 pynetdicom's status tables (PS3.4 / PS3.7), with the PACS's Error Comment when it sends one:
 ``C-GET failed: status 0xC000 (Failure: Unable to Process)``.
+
+Which side refused, and why: what the PACS itself sends on an association (an A-ASSOCIATE-RJ
+with its reason, an A-ABORT) is noted as it arrives (:func:`_note_peer`), so an association
+the PACS rejects names its reason ("Calling AE title not recognised"), and a query or transfer
+the PACS ends with an abort is told apart from our own timeout: a PACS that accepts the
+association and then aborts at the first C-FIND / C-GET / C-MOVE (Orthanc, dcm4chee) is one
+that does not allow that service to our AE title (``retrieve.calling_aet``).
 """
 from __future__ import annotations
 
@@ -24,12 +31,14 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
+from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.sop_class import (ComputedRadiographyImageStorage,
                                   DigitalXRayImageStorageForPresentation,
                                   DigitalXRayImageStorageForProcessing,
@@ -61,6 +70,19 @@ _STATUS_TABLES = {"C-FIND": QR_FIND_SERVICE_CLASS_STATUS, "C-GET": QR_GET_SERVIC
                   "C-MOVE": QR_MOVE_SERVICE_CLASS_STATUS,
                   "C-STORE": STORAGE_SERVICE_CLASS_STATUS,
                   "C-ECHO": VERIFICATION_SERVICE_CLASS_STATUS}
+
+
+#: what the PACS itself sent on an association: "abort", or a rejection's reason in words
+_FROM_PEER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _note_peer(event) -> None:
+    """EVT_ACSE_RECV: keep a rejection's reason, and whether the PACS aborted."""
+    p = event.primitive
+    if isinstance(p, A_ASSOCIATE) and p.result in (1, 2):
+        _FROM_PEER[event.assoc] = f"{p.reason_str} ({p.result_str.lower()}, by the {p.source_str})"
+    elif isinstance(p, (A_ABORT, A_P_ABORT)):
+        _FROM_PEER.setdefault(event.assoc, "abort")
 
 
 class PacsError(SpinepipeError):
@@ -160,6 +182,7 @@ class RetrieveConfig:
     method: Literal["c-get", "c-move"] = "c-get"
     move_port: int = field(default=11113, metadata={"min": 1, "max": 65535})            # our storage SCP for C-MOVE (the PACS must know it)
     manifest: str = ""                  # CSV with AccessionNumber or PatientID column
+    missing: Literal["fail", "warn"] = "warn"  # a manifest row the PACS does not know
     study_date_from: str = ""           # YYYYMMDD
     study_date_to: str = ""
     modalities: list[str] = field(default_factory=lambda: ["CR", "DX"])
@@ -203,13 +226,19 @@ class Pacs:
         if deadline is not None:
             deadline.check(f"association with {where}")
         tls = (self.ssl_context, None) if self.ssl_context else None
+        handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_ACSE_RECV, _note_peer)]
         assoc = ae.associate(self.cfg.host, self.cfg.port, ae_title=self.cfg.called_aet,
-                             tls_args=tls, **kwargs)
+                             tls_args=tls, evt_handlers=handlers, **kwargs)
         if assoc.is_established:
             return assoc
         if assoc.is_rejected:
-            raise PacsError(f"association rejected by {where} (is our AE title "
-                            f"{self.cfg.calling_aet} known there, and the called AE right?)")
+            reason = _FROM_PEER.get(assoc, "no reason given")
+            hint = {"Calling": f"register our AE title {self.cfg.calling_aet} there, or set "
+                               "retrieve.calling_aet / --calling-aet",
+                    "Called ": f"the PACS's own AE title is not {self.cfg.called_aet}: set "
+                               "retrieve.called_aet / --called-aet"}.get(reason[:7],
+                    f"is our AE title {self.cfg.calling_aet} known there, and the called AE right?")
+            raise PacsError(f"association rejected by {where}: {reason}; {hint}")
         try:  # pynetdicom reports a refused connection as an abort: tell them apart
             socket.create_connection((self.cfg.host, self.cfg.port), timeout=self.cfg.timeout_s).close()
         except OSError as exc:
@@ -246,7 +275,7 @@ class Pacs:
                 for status, identifier in assoc.send_c_find(
                         query, StudyRootQueryRetrieveInformationModelFind):
                     if not status:
-                        raise PacsError(f"C-FIND timed out on {self.cfg.host}:{self.cfg.port}")
+                        raise self._no_answer(assoc, "C-FIND")
                     if status.Status in (0xFF00, 0xFF01) and identifier is not None:
                         out.append(identifier)
                     elif status.Status not in (0x0000, 0xFF00, 0xFF01):
@@ -312,7 +341,7 @@ class Pacs:
                                                   StudyRootQueryRetrieveInformationModelMove)
         try:
             with _watchdog(assoc, deadline, f"{service} of study {study_uid}"):
-                final = self._final_status(responses())
+                final = self._final_status(assoc, responses())
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -322,15 +351,32 @@ class Pacs:
             raise PacsError(f"{service} failed: {explain_status(service, final)}")
         return f"{service}: {explain_status(service, final)}" if final.Status == 0xB000 else ""
 
-    def _final_status(self, responses) -> Dataset:
+    def _no_answer(self, assoc, service: str) -> PacsError:
+        """Why ``service`` got no status: the PACS aborted (it accepted the association
+        but refuses the service to our AE title), or nothing came within ``timeout_s``."""
+        where = f"{self.cfg.host}:{self.cfg.port} (AE {self.cfg.called_aet})"
+        # the empty status comes before the association's own thread has handled the abort
+        # (and fired EVT_ACSE_RECV): that thread ends once the association is gone
+        assoc.join(timeout=min(2.0, self.cfg.timeout_s))
+        if _FROM_PEER.get(assoc) == "abort":
+            return PacsError(
+                f"{service} refused: {where} accepted the association, then aborted it in "
+                f"answer to our {service}; a PACS does this when it does not allow {service} "
+                f"to our AE title {self.cfg.calling_aet} (Orthanc: DicomModalities, "
+                f"DicomAlwaysAllowFind / Get / Move): register {self.cfg.calling_aet} there, "
+                "or set retrieve.calling_aet / --calling-aet")
+        return PacsError(f"{service}: no answer from {where} within {self.cfg.timeout_s:g} s "
+                         "(retrieve.timeout_s)")
+
+    def _final_status(self, assoc, responses) -> Dataset:
         final = None
+        service = self.cfg.method.upper()
         for status, _ in responses:
             if not status:
-                raise PacsError(f"transfer interrupted: no answer from {self.cfg.host}:"
-                                f"{self.cfg.port} within {self.cfg.timeout_s:g} s")
+                raise self._no_answer(assoc, service)
             final = status
         if final is None:
-            raise PacsError("transfer interrupted: the association ended early")
+            raise PacsError(f"{service} interrupted: the association ended early")
         return final
 
 
