@@ -43,6 +43,8 @@ def command(
                                 progress=update)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())) or "no files"
     say(f"anonymize: {counts} -> {output}")
+    for folder, n in sorted(report.removed.items()):  # said even with --quiet
+        say(f"anonymize: removed {n} output(s) whose input is gone from {folder}")
     lines = report.detail_lines(failures_only=quiet)
     if lines:
         console.print("\n".join(lines))

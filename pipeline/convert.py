@@ -45,6 +45,9 @@ def command(
                  f"(correction.csv)" if fixed else "")
     say(f"convert: {report.images} images, {report.annotations} instances "
         f"({report.rendered} re-rasterized){corrected} -> {output}")
+    if report.removed:  # said even with --quiet
+        say(f"convert: removed the masks of {report.removed} image(s) no longer annotated in "
+            "the VIA files given")
     if report.class_attribute_detected:  # said even with --quiet: it changes what was read
         console.print(f"  class attribute: '{report.class_attribute}' (no region carries "
                       f"'{cfg.class_attribute}'; found by its values)")

@@ -36,6 +36,8 @@ def command(
         report = export_tree(input, output, options, workers=workers, progress=update)
     say(f"export: {len(report.exported)} PNG ({report.reused} unchanged), "
         f"{len(report.failed)} failed -> {output}")
+    if report.removed:  # said even with --quiet
+        say(f"export: removed {report.removed} PNG(s) whose source is gone from {input}")
     if report.failed:
         console.print("\n".join(report.failure_lines()))
     if report.failed and options.fail_on_error:

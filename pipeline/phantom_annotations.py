@@ -21,8 +21,8 @@ import typer
 from converters.core.errors import UsageError
 from converters.core.files import write_json
 from converters.dicom.ledger import load_ledger
-from converters.phantom.writing import (AnnotatorConfig, annotations_for_export, exported_pngs,
-                                        held_out)
+from converters.phantom.writing import (AnnotatorConfig, PhantomConfig, annotations_for_export,
+                                        exported_pngs, held_out)
 from pipeline.console import ParamsOption, QuietOption, say
 from pipeline.params import stage_params
 
@@ -46,8 +46,20 @@ def command(
         raise UsageError("VIA project not found", file=via)
     if n_held and holdout_output is None:
         raise UsageError(f"{n_held} held-out image(s) need --holdout-output")
+    if not stage_params(PhantomConfig, "phantom", params).enabled:
+        # a real archive is the source: no demo annotations, nothing held out (the stage's
+        # outputs exist, empty, so that DVC's graph stays whole)
+        empty = annotations_for_export(via, {})
+        if holdout_output is not None:
+            write_json(holdout_output, empty, indent=None)
+        write_json(output, empty, indent=None)
+        say(f"phantom-annotations: skipped (phantom.enabled is false): {output} lists no image")
+        return
     exported = exported_pngs(png, load_ledger(private, must_exist=True)["instances"])
-    held = held_out([name for name, _ in exported.values()], n_held)
+    # held out among the images the phantom annotated, never among another source's
+    annotated = [im["filename"] for im in
+                 annotations_for_export(via, exported)["_via_img_metadata"].values()]
+    held = held_out(annotated, n_held)
     project = annotations_for_export(via, exported, keep=lambda name: name not in held)
     if holdout_output is not None:
         write_json(holdout_output, annotations_for_export(via, exported, keep=held.__contains__),

@@ -10,6 +10,7 @@ import json
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from converters.core.files import TEMP_MARK
 from converters.dicom.ledger import load_or_create_salt, prepare_private
 
 SALT = b"\x01" * 32
+SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
 
 def _pydicom_files() -> list[Path]:
@@ -568,6 +570,36 @@ def test_a_second_input_folder_keeps_the_outputs_of_the_first(tmp_path, small_ph
     assert all(k.startswith("dicom/") for k in report.private_rows)
 
 
+
+def test_a_source_switched_off_loses_its_outputs_and_the_other_keeps_its_own(tmp_path,
+                                                                             small_phantom):
+    """The phantom turned off leaves its folder empty: its outputs go, said by folder and
+    count; the PACS folder's outputs stay (an emptied folder was not pruned before: the
+    demo's images stayed beside the real batch)."""
+    phantom, pacs = tmp_path / "dicom", tmp_path / "pacs"
+    files = sorted(small_phantom.joinpath("dicom").rglob("*.dcm"))
+    phantom.mkdir()
+    pacs.mkdir()
+    for p in files[:4]:
+        shutil.copy(p, phantom / p.name)
+    for p in files[4:]:
+        shutil.copy(p, pacs / p.name)
+    params = tmp_path / "params.yaml"
+    params.write_text("anonymize:\n  ocr: false\n")
+    args = [SPINEPIPE, "anonymize", "--input", str(phantom), "--input", str(pacs), "--output",
+            str(tmp_path / "out"), "--private", str(tmp_path / "private"), "--params",
+            str(params), "--quiet", "--workers", "1"]
+    assert subprocess.run(args, capture_output=True, text=True, timeout=120).returncode == 0
+    audit = sorted((tmp_path / "out" / "audit").glob("*.json"))
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == len(files) == len(audit)
+    for p in phantom.iterdir():
+        p.unlink()
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"anonymize: removed 4 output(s) whose input is gone from {phantom}" in proc.stderr
+    kept = {p.stem for p in (tmp_path / "out").rglob("*.dcm")}
+    assert len(kept) == len(files) - 4
+    assert {p.stem for p in (tmp_path / "out" / "audit").glob("*.json")} == kept
 def test_same_object_twice_is_reported_not_raced(tmp_path):
     """Two inputs with one SOP Instance UID: the first (in path order) wins, every run."""
     src = tmp_path / "in"

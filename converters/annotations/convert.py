@@ -166,6 +166,7 @@ class ConvertReport:
     formats: dict[str, str] = field(default_factory=dict)
     class_attribute: str = "class"
     class_attribute_detected: bool = False
+    removed: int = 0      # images whose masks went: no longer annotated in a VIA file given
 
     @property
     def errors(self) -> list[Problem]:
@@ -442,7 +443,8 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
     for group in sorted(set(plan.groups) | {_group(v, output) for v in via_files}):
         present = [j.stem for j, g in zip(plan.jobs, plan.groups) if g == group]
         for stale in state.prune(group, present):  # no longer annotated in this VIA file
-            remove_output(output, stale)
+            if remove_output(output, stale) and stale.startswith("masks/"):
+                report.removed += 1
     _write_tables(plan, facts, via_files, output, report)
     if cfg.qa:
         qa.contact_sheets(output / "qa", [j.stem for j in plan.jobs], cfg.contact_sheet_size)

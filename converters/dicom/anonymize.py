@@ -81,6 +81,7 @@ class TreeReport:
     counts: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, dict] = field(default_factory=dict)   # output relpath -> public facts
     private_rows: dict[str, dict] = field(default_factory=dict)  # input key -> details
+    removed: dict[str, int] = field(default_factory=dict)  # input folder -> outputs removed
 
     @property
     def failed(self) -> int:
@@ -260,9 +261,11 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
         todo.append((str(p), key, str(output_dir), salt, options))
     ledger = load_ledger(private)
     results = map_jobs(_anonymize_file, todo, workers=workers, progress=progress)
-    for folder in {f for f, _, _ in sources.values()}:  # files gone: their own outputs go
+    for d in inputs:  # files gone (an emptied folder too): their own outputs go
+        folder = str(d.resolve())
         for out_rel in state.prune(folder, [rel for f, rel, _ in sources.values() if f == folder]):
-            remove_output(output_dir, out_rel)
+            if remove_output(output_dir, out_rel):
+                report.removed[str(d)] = report.removed.get(str(d), 0) + 1
             remove_output(output_dir, f"audit/{Path(out_rel).stem}.json")
     owner = {o: f"{Path(g).name}:{k}" for g, entries in state.data["groups"].items()
              for k, e in entries.items() for o in e["outputs"]}

@@ -165,6 +165,7 @@ class ExportReport:
     exported: dict[str, str] = field(default_factory=dict)  # source rel -> png name
     failed: dict[str, str] = field(default_factory=dict)    # source rel -> reason
     reused: int = 0
+    removed: int = 0      # PNGs whose anonymized source is gone from the input folder
 
     def failure_lines(self) -> list[str]:
         return [f"  failed: {reason}" for _, reason in sorted(self.failed.items())]
@@ -211,7 +212,9 @@ def export_tree(input_dir: str | Path, output_dir: str | Path, options: ExportCo
                      [record["image"], f"provenance/{record['image'][:-4]}.json"])
     # sources gone from this input folder: their own PNG and provenance go
     for stale in state.prune(group, [str(p.relative_to(input_dir)) for p in sources]):
-        remove_output(output_dir, stale)  # a regular file below the output, nothing else
+        # a regular file below the output, nothing else
+        if remove_output(output_dir, stale) and stale.endswith(".png"):
+            report.removed += 1
     images = [o for o in state.outputs() if o.endswith(".png") and "/" not in o]
     write_json(output_dir / "via_project.json", via2_project(
         [ProjectImage(name, (output_dir / name).stat().st_size) for name in images],
