@@ -15,11 +15,14 @@ from typing import Optional
 
 import typer
 
+from converters.core import waiting
+from converters.core.files import prepare_output, write_json
 from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
 from pipeline.params import stage_params
 from train.evaluation.evaluate import EvaluateConfig, evaluate_run
 from train.evaluation.recognition import PostprocessConfig
-from train.models import eval_dir
+from train.models import HEADLINE, eval_dir, eval_metrics_file
+from train.models import run_dir as default_run_dir
 
 
 def command(
@@ -39,6 +42,14 @@ def command(
     cfg = stage_params(EvaluateConfig, "evaluate", params)
     post = stage_params(PostprocessConfig, "postprocess", params)
     out = output or eval_dir(model, fold)
+    why = waiting.reason_in_file((run_dir or default_run_dir(model, fold)) / "metrics.json")
+    if why and predictions is None:  # the run trained nothing: nothing to score yet
+        record = {"model": model, "fold": fold, waiting.KEY: why}
+        prepare_output(out.parent)  # the walk below it refuses a link planted at out
+        write_json(out / "summary.json", record)
+        write_json(eval_metrics_file(out), {**record, **dict.fromkeys(HEADLINE)})
+        say(f"evaluate: {model} fold {fold}: waiting for annotations ({why}) -> {out}")
+        return
     summary = evaluate_run(model, fold, cfg, post=post, test=test, masks=masks, images=images,
                            out=out,
                            run=run_dir, predictions=predictions,

@@ -18,6 +18,7 @@ from converters.core.errors import InsufficientDataError, ParamsError, UsageErro
 from converters.core.files import prepare_output
 from converters.annotations.via import read_via
 from converters.annotations.via_project import via_filepath
+from converters.core import waiting
 from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
 from pipeline.params import read_params_file, stage_params
 from train.models import MODELS, run_dir
@@ -56,6 +57,12 @@ def command(
             raise UsageError(f"unknown model '{m}' (known: {', '.join(sorted(MODELS))})")
     runs = [run_dir(m, f, models_root) for m in models for f in folds]
     names = [f"{m} fold {f}" for m in models for f in folds]
+    why = next(filter(None, (waiting.reason_in_file(r / "metrics.json") for r in runs)), None)
+    if why:  # a run trained nothing yet: no model to propose with
+        write_proposals([], output, model=names[0], class_attribute=cfg.class_attribute,
+                        class_options=None, default_filepath="", truth=None, runs=names)
+        say(f"propose: waiting for annotations ({why}); empty project written -> {output}")
+        return
     paths = image_paths(images)
     if not paths:
         raise InsufficientDataError("no PNG found", file=images)

@@ -14,7 +14,8 @@ import typer
 
 from pipeline.console import ParamsOption, QuietOption, console, say
 from pipeline.params import read_params_file, stage_params
-from train.report.build import ReportConfig, build_report
+from train.report.build import (ReportConfig, build_report, waiting_reason,
+                                write_waiting_report)
 
 
 def command(
@@ -32,6 +33,11 @@ def command(
     if not models and params.exists():
         # the models the pipeline trains, in params order (stale evaluations are left out)
         models = read_params_file(params).get("train", {}).get("models") or None
+    why = waiting_reason(input, models or None)
+    if why:
+        write_waiting_report(output, why)
+        say(f"report: waiting for annotations ({why}) -> {output}/report.html")
+        return
     metrics = build_report(input, output, images=images, masks=masks, cfg=cfg,
                            models=models or None)
     say(f"report: {len(metrics)} models -> {output}/report.html, {output}/metrics.json")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from converters.core import waiting
 from converters.core.records import read_json
 from pipeline.console import ParamsOption, QuietOption, console, say
 from pipeline.params import stage_params
@@ -24,6 +25,10 @@ def command(
     and stratified by implants and vertebral overlap; deterministic for a seed."""
     cfg = stage_params(SplitConfig, "split", params)
     summary = write_splits(input, output, cfg)
+    why = waiting.reason_in_file(output / "splits.json")
+    if why:
+        say(f"split: waiting for annotations ({why}): empty splits -> {output}/splits.json")
+        return
     say(f"split: test {summary['test']['images']} images ({summary['test']['patients']} "
         f"patients), {cfg.k} folds -> {output}/splits.json")
     strata = read_json(output / "splits.json", what="splits", keys={"strata": str})["strata"]

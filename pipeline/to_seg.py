@@ -17,6 +17,7 @@ import typer
 
 from converters.core.errors import UsageError
 from converters.core.files import write_json
+from converters.core import waiting
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
 from pipeline.params import stage_params
 from train.models import MODELS, eval_dir, run_dir
@@ -48,6 +49,11 @@ def command(
     fold = cfg.fold if fold is None else fold
     if model not in MODELS:
         raise UsageError(f"unknown model '{model}' (known: {', '.join(sorted(MODELS))})")
+    why = waiting.reason_in_file((input or eval_dir(model, fold)) / "summary.json")
+    if why:  # the evaluation scored nothing yet: no prediction to send
+        write_json(output / "to_seg.json", {"enabled": True, "images": [], waiting.KEY: why})
+        say(f"to-seg: waiting for annotations ({why}); nothing written -> {output}")
+        return
     with progress_bar("to-seg", quiet=quiet) as update:
         record = write_segs(input or eval_dir(model, fold), dicom, images, output, model=model,
                             fold=fold, run=run or run_dir(model, fold), private=private,

@@ -14,10 +14,12 @@ from typing import Optional
 import typer
 import yaml
 
+from converters.annotations.split import splits_file
+from converters.core import waiting
 from converters.core.errors import UsageError
-from converters.core.files import prepare_output
+from converters.core.files import prepare_output, write_json
 from pipeline.console import ParamsOption, QuietOption, library_output_to, say
-from pipeline.params import load_yaml, stage_params
+from pipeline.params import load_yaml, read_params_file, stage_params
 from train.models import run_dir
 
 
@@ -53,6 +55,14 @@ def command(
     if launcher not in ("none", "pytorch", "slurm"):
         raise UsageError(f"--launcher must be none, pytorch or slurm, got {launcher!r}")
     work = prepare_output(work_dir or run_dir(model, fold))  # not locked: torchrun's ranks share it
+    splits = read_params_file(params).get("train", {}).get("splits") if params.exists() else None
+    why = waiting.reason_in_file(splits_file(splits or "data/splits"))
+    if why:  # before torch and mmlab are imported: nothing to train on yet
+        write_json(work / "metrics.json", {"metric": None, "best": None, "iterations": 0,
+                                           waiting.KEY: why})
+        say(f"train: {model} fold {fold}: waiting for annotations ({why}); nothing trained "
+            f"-> {work}")
+        return
     with library_output_to(work / "train.log" if quiet else None):
         from train.fit.runner import TrainConfig, prepare_run, run  # torch + mmlab: only here
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -235,3 +237,39 @@ class Orthanc:
         base = dict(enabled=True, port=self.dicom_port, move_port=self.move_port,
                     timeout_s=5.0, retries=1, backoff_s=0.01)
         return RetrieveConfig(**{**base, **kw})
+
+
+def run_ok(*args: str, cwd: Path, timeout: int = 600, stderr: bool = False) -> str:
+    """Run a command of this venv (dvc, spinepipe) or git in ``cwd``; its stdout (and its
+    stderr after it, with ``stderr``), after asserting it succeeded."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@localhost"}
+    proc = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + (proc.stderr if stderr else "")
+
+
+def copy_project(to: Path) -> Path:
+    """This project's tracked files copied to ``to`` (no dvc.lock: nothing has run there)."""
+    root = Path(__file__).resolve().parents[1]
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        if (root / f).is_file():
+            (to / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / f, to / f)
+    (to / "dvc.lock").unlink(missing_ok=True)
+    return to
+
+
+@pytest.fixture()
+def pacs(tmp_path, small_phantom):
+    """A real Orthanc holding the small phantom (six images), for one test."""
+    server = Orthanc(tmp_path / "orthanc").start()
+    server.store(small_phantom / "dicom")
+    yield server
+    server.kill()
+

@@ -9,15 +9,16 @@ phantom and tiny schedules) after `dvc repro split`:
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import copy_project
+from conftest import run_ok as _run
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,28 +34,11 @@ TINY = {"img_scale": [96, 240], "crop_size": [240, 96], "augment": [], "models":
                          "default_hooks": {"checkpoint": {"interval": 2}}}}}}
 
 
-def _run(*args: str, cwd: Path, timeout: int = 600) -> str:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@localhost"}
-    proc = subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def split_project(tmp_path_factory) -> Path:
     """The project copied, tiny, with `dvc repro split` done and committed."""
     tmp_path = tmp_path_factory.mktemp("queue")
-    project = tmp_path / "project"
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (project / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, project / f)
-    (project / "dvc.lock").unlink(missing_ok=True)
+    project = copy_project(tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["phantom"].update(n=14, height=240, width=96, burned_in_share=0.0)
     params["annotator"].update(holdout=0)    # every one of the few images annotated

@@ -24,14 +24,6 @@ from converters.phantom.writing import PhantomConfig, generate
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
 
 
-@pytest.fixture()
-def pacs(tmp_path, small_phantom):
-    server = Orthanc(tmp_path / "orthanc").start()
-    server.store(small_phantom / "dicom")
-    yield server
-    server.kill()
-
-
 def _originals(phantom: Path) -> dict[str, Path]:
     return {pydicom.dcmread(p).SOPInstanceUID: p for p in (phantom / "dicom").rglob("*.dcm")}
 

@@ -431,6 +431,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
         raise err
     created = not output.exists()
     prepare_output(output)
+    prepare_output(output / "masks")  # train and evaluate depend on it before any annotation
     remove_stale_temps(output)
     state = IncrementalState(output / STATE_FILE)
     try:

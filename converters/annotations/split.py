@@ -29,6 +29,7 @@ import numpy as np
 from converters.core.errors import (InsufficientDataError, InvalidConfigError, InvalidTableError,
                                     MissingInputError)
 from converters.core.files import prepare_output, write_json, write_text
+from converters.core import waiting
 from converters.core.records import read_json
 
 
@@ -172,12 +173,15 @@ def write_splits(processed: str | Path, output: str | Path, cfg: SplitConfig) ->
         raise InvalidTableError(f"not UTF-8 text (byte {exc.start})", file=table) from None
     except csv.Error as exc:
         raise InvalidTableError(f"malformed CSV: {exc}", file=table) from None
-    if not rows:
-        raise InsufficientDataError("no images to split", file=table)
     need = {"file_name", "patient", "implants", "overlap"}
-    if need - set(rows[0]):
+    if rows and need - set(rows[0]):
         raise InvalidTableError(f"column '{sorted(need - set(rows[0]))[0]}' missing", file=table)
-    splits = make_splits(rows, cfg, str(table))
+    if rows:
+        splits = make_splits(rows, cfg, str(table))
+    else:  # nothing annotated yet: empty splits that say so (converters.core.waiting)
+        splits = {"seed": cfg.seed, "k": cfg.k, "strata": "", "test": [],
+                  "folds": [{"train": [], "val": []} for _ in range(cfg.k)],
+                  waiting.KEY: f"no annotated image in {table}"}
     coco = read_json(coco_path, what="COCO annotations", made_by="convert",
                      keys={"images": list, "annotations": list})
     by_name = {r["file_name"]: r for r in rows}

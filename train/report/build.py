@@ -40,13 +40,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from converters.core import waiting
 from converters.core.files import prepare_output, write_bytes, write_json, write_text
 from train.report import stats
 from train.evaluation.agreement import summarize
 from train.evaluation.metrics import METRICS
 from train.report.figures import (bland_altman_figure, box_figure, densities, density_figure,
                                   examples)
-from train.report.html import page
+from train.report.html import page, waiting_page
 from train.report.tables import (LABELS, RATES, load_evaluations, load_measures, markdown,
                                  measures_table, overlap_finding, sample_note, subgroups,
                                  subgroups_display, table1, table1_display)
@@ -60,6 +61,28 @@ class ReportConfig:
     examples: int = field(default=1, metadata={"min": 0})
     #: fewer test images per model than this: the report says its statistics are indicative
     min_images: int = field(default=30, metadata={"min": 1})
+
+
+def waiting_reason(eval_root: str | Path, models: list[str] | None = None) -> str | None:
+    """The reason the evaluations wait (:mod:`converters.core.waiting`) when no evaluation
+    under ``eval_root`` scored anything and at least one says it waits; else ``None``."""
+    eval_root = Path(eval_root)
+    if any(eval_root.glob("*/fold*/per_image.csv")):
+        return None
+    reasons = [waiting.reason_in_file(p) for p in sorted(eval_root.glob("*/fold*/summary.json"))
+               if not models or p.parent.parent.name in models]
+    return next(filter(None, reasons), None)
+
+
+def write_waiting_report(output: str | Path, why: str) -> None:
+    """The report before the first annotation: a page that says so, ``metrics.json`` carrying
+    the reason, and the report's folders, empty (DVC's outputs all exist)."""
+    output = Path(output)
+    prepare_output(output)
+    for folder in ("tables", "figures", "plots"):
+        prepare_output(output / folder)
+    write_json(output / "metrics.json", {waiting.KEY: why})
+    write_text(output / "report.html", waiting_page(why))
 
 
 def build_report(eval_root: str | Path, output: str | Path, *, images: str | Path,

@@ -16,6 +16,26 @@ def _uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
+    "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+    "th{background:#f3f3f3}figure{display:inline-block;margin:6px;vertical-align:top}"
+    "figcaption{font-size:12px;max-width:300px}"
+    ".note{background:#fff8e0;border-left:4px solid #e0a800;padding:6px 10px}")
+_HEAD = ("<!doctype html><html><head><meta charset='utf-8'><title>spinepipe report</title>"
+         f"<style>{_STYLE}</style></head><body>"
+         "<h1>Lumbar spine segmentation: model comparison</h1>")
+
+
+def waiting_page(why: str) -> str:
+    """report.html before the first annotation (:mod:`converters.core.waiting`)."""
+    return (f"{_HEAD}<p class='note'><b>Waiting for annotations.</b> {html.escape(why)}. "
+            "Put the annotators' VIA exports in <code>data/annotations/</code> and run "
+            "<code>dvc repro</code>: the models train, and this page compares them.</p>"
+            "</body></html>")
+
+
 def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
          notes: dict[str, str | None]) -> str:
     """report.html: one self-contained page (figures as PNG data URIs)."""
@@ -30,14 +50,7 @@ def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
 
     runs = df.groupby("model", sort=False)["fold"].unique()
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>spinepipe report</title><style>"
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-        "th{background:#f3f3f3}figure{display:inline-block;margin:6px;vertical-align:top}"
-        "figcaption{font-size:12px;max-width:300px}"
-        ".note{background:#fff8e0;border-left:4px solid #e0a800;padding:6px 10px}</style></head><body>",
-        "<h1>Lumbar spine segmentation: model comparison</h1>",
+        _HEAD,
         "<p>Models and folds: " + ", ".join(
             f"{html.escape(display_name(m))} ({', '.join(str(int(f)) for f in sorted(fs))})"
             for m, fs in runs.items()) +
