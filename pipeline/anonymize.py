@@ -43,7 +43,10 @@ def command(
                                 progress=update)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts.items())) or "no files"
     say(f"anonymize: {counts} -> {output}")
-    for folder, n in sorted(report.removed.items()):  # said even with --quiet
+    for folder in report.switched_off:  # said even with --quiet
+        say(f"anonymize: left out {folder}: its source is switched off ({folder}.state.json; "
+            "its files stay, and are read again once it is on)")
+    for folder, n in sorted(report.removed.items()):
         say(f"anonymize: removed {n} output(s) whose input is gone from {folder}")
     lines = report.detail_lines(failures_only=quiet)
     if lines:

@@ -600,6 +600,16 @@ def test_a_source_switched_off_loses_its_outputs_and_the_other_keeps_its_own(tmp
     kept = {p.stem for p in (tmp_path / "out").rglob("*.dcm")}
     assert len(kept) == len(files) - 4
     assert {p.stem for p in (tmp_path / "out" / "audit").glob("*.json")} == kept
+    # the PACS switched off (its state beside its folder): its files stay, its outputs go
+    (tmp_path / "pacs.state.json").write_text('{"enabled": false}')
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"anonymize: left out {pacs}: its source is switched off" in proc.stderr
+    assert f"removed {len(files) - 4} output(s) whose input is gone from {pacs}" in proc.stderr
+    assert not list((tmp_path / "out").rglob("*.dcm")) and len(list(pacs.iterdir())) == 2
+    (tmp_path / "pacs.state.json").write_text('{"enabled": true}')  # on again: back
+    assert subprocess.run(args, capture_output=True, text=True, timeout=120).returncode == 0
+    assert {p.stem for p in (tmp_path / "out").rglob("*.dcm")} == kept
 def test_same_object_twice_is_reported_not_raced(tmp_path):
     """Two inputs with one SOP Instance UID: the first (in path order) wins, every run."""
     src = tmp_path / "in"

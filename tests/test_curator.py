@@ -70,3 +70,16 @@ def test_a_new_batch_is_fetched_and_the_pipeline_waits_for_annotations(pacs, sma
     assert len(pngs) == accessions[first] + accessions[second]
     status = json.loads(run_ok("dvc", "status", "--json", cwd=project))
     assert set(status) <= {"retrieve"}                         # asked again next time only
+
+    # back to the phantom: the PACS batch stays in data/raw/pacs, left out of what follows
+    params["retrieve"]["enabled"] = False
+    params["phantom"].update(enabled=True, n=4, height=240, width=96, burned_in_share=0.0)
+    params["annotator"]["holdout"] = 0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = run_ok("dvc", "repro", "export", cwd=project, stderr=True)
+    fetched = len(list((project / "data" / "raw" / "pacs").rglob("*.dcm")))
+    assert fetched == accessions[first] + accessions[second]   # the real batch kept
+    assert "anonymize: left out data/raw/pacs: its source is switched off" in log
+    assert f"removed {fetched} output(s) whose input is gone from data/raw/pacs" in log
+    pngs = sorted((project / "data" / "interim" / "png").glob("*.png"))
+    assert len(pngs) == 4                                      # the phantom's only

@@ -160,3 +160,25 @@ def json_value(text: str) -> object:
         children = node.values() if isinstance(node, dict) else node
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
     return value
+
+
+def source_state_file(folder: str | Path) -> Path:
+    """``<folder>.state.json``: the state a source stage keeps beside the folder it fills
+    (``spinepipe retrieve``: ``data/raw/pacs`` and ``data/raw/pacs.state.json``)."""
+    folder = Path(folder)
+    return folder.with_name(folder.name + ".state.json")
+
+
+def source_switched_off(folder: str | Path) -> bool:
+    """True when the source filling ``folder`` says it is switched off (its state file holds
+    ``"enabled": false``: ``retrieve.enabled`` off). Its files stay where they are; the stages
+    that read the folder leave it out, so a switched-off source never mixes with the active
+    one. A missing or unreadable state means on (the folder is read as it is)."""
+    path = source_state_file(folder)
+    if not path.is_file():
+        return False
+    try:
+        state = read_json(path, what="source state")
+    except SpinepipeError:
+        return False
+    return state.get("enabled") is False

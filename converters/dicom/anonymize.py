@@ -48,6 +48,7 @@ from converters.dicom.ledger import (  # noqa: F401
     read_private_json, record_instance, write_private_json)
 from converters.core.parallel import map_jobs
 from converters.core.paths import check_name, check_uid, confined
+from converters.core.records import source_switched_off
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ class TreeReport:
     outputs: dict[str, dict] = field(default_factory=dict)   # output relpath -> public facts
     private_rows: dict[str, dict] = field(default_factory=dict)  # input key -> details
     removed: dict[str, int] = field(default_factory=dict)  # input folder -> outputs removed
+    switched_off: list[str] = field(default_factory=list)  # input folders left out
 
     @property
     def failed(self) -> int:
@@ -187,6 +189,8 @@ def _sources(inputs: list[Path]) -> dict[str, tuple[str, str, Path]]:
     sources: dict[str, tuple[str, str, Path]] = {}
     for d in inputs:
         folder = str(d.resolve())
+        if source_switched_off(d):  # its files stay; its outputs go (pruned by the caller)
+            continue
         for p in sorted(d.rglob("*")):
             if p.is_file():
                 rel = str(p.relative_to(d))
@@ -233,7 +237,9 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
     size, mtime and options (and the table's version) are unchanged, and whose output still exists,
     is not processed again; failures are never cached; a file that disappeared from an input folder
     walked now has its own earlier output (and audit record) removed, unless another input still
-    produces it. Input folders not given in this run (other batches) are left alone, and so are
+    produces it. An input folder whose source says it is switched off
+    (:func:`converters.core.records.source_switched_off`: ``retrieve.enabled`` off) is not read,
+    and its outputs go as if its files had gone; its files stay. Input folders not given in this run (other batches) are left alone, and so are
     their outputs. Inputs are only read. An object whose identity the ledger refuses
     (:func:`converters.dicom.ledger.record_instance`) fails, and nothing of it is kept.
     """
@@ -267,6 +273,8 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
             if remove_output(output_dir, out_rel):
                 report.removed[str(d)] = report.removed.get(str(d), 0) + 1
             remove_output(output_dir, f"audit/{Path(out_rel).stem}.json")
+        if source_switched_off(d):
+            report.switched_off.append(str(d))
     owner = {o: f"{Path(g).name}:{k}" for g, entries in state.data["groups"].items()
              for k, e in entries.items() for o in e["outputs"]}
     for key, outcome, out_rel in sorted(results, key=lambda r: r[0]):

@@ -348,6 +348,8 @@ def retrieve(cfg: RetrieveConfig, output: str | Path, state_path: str | Path,
         state = {}  # a damaged state file: every study is checked again
     if not isinstance(state, dict):
         state = {}
+    if state.pop("enabled", True) is False:  # switched on again (records.source_switched_off)
+        write_json(state_path, state)
     pacs = Pacs(cfg)
     report = RetrieveReport()
     studies, report.not_found = find_studies(pacs, cfg, manifest, report.unanswered)
