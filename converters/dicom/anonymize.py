@@ -273,7 +273,7 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
             if remove_output(output_dir, out_rel):
                 report.removed[str(d)] = report.removed.get(str(d), 0) + 1
             remove_output(output_dir, f"audit/{Path(out_rel).stem}.json")
-        if source_switched_off(d):
+        if source_switched_off(d) and any(d.iterdir()):  # an empty one: nothing to say
             report.switched_off.append(str(d))
     owner = {o: f"{Path(g).name}:{k}" for g, entries in state.data["groups"].items()
              for k, e in entries.items() for o in e["outputs"]}
