@@ -46,8 +46,8 @@ def command(
     say(f"convert: {report.images} images, {report.annotations} instances "
         f"({report.rendered} re-rasterized){corrected} -> {output}")
     if not report.images:  # the stages after it wait (converters.core.waiting)
-        folders = ", ".join(f"{p}/" for p in input if p.is_dir()) or "data/annotations/"
-        say(f"convert: waiting for annotations in {folders} (no annotated image yet: the "
+        given = ", ".join(f"{p}/" if p.is_dir() else str(p) for p in input)
+        say(f"convert: waiting for annotations in {given} (no annotated image yet: the "
             "annotators' VIA exports go there); the stages after it wait too")
     if report.removed:  # said even with --quiet
         say(f"convert: removed the masks of {report.removed} image(s) no longer annotated in "

@@ -21,17 +21,15 @@ it run only when something new arrived.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from converters.core.errors import IncompleteRunError, UsageError
-from converters.core.files import is_own_file, prepare_output, write_json
 from converters.core.records import source_state_file
 from converters.dicom.pacs import RetrieveConfig
-from converters.dicom.retrieve import read_manifest, retrieve
+from converters.dicom.retrieve import read_manifest, retrieve, switch_off
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
 
@@ -66,16 +64,10 @@ def command(
     cfg = dataclasses.replace(cfg, **overrides)
     state = state or source_state_file(output)
     if not cfg.enabled and not force:
-        prepare_output(output)
-        prepare_output(state.parent)  # the state lies beside the output folder
-        try:  # what was received stays recorded, for when it is switched on again
-            kept = json.loads(state.read_text()) if is_own_file(state) else {}
-        except (ValueError, OSError):
-            kept = {}
-        write_json(state, {**(kept if isinstance(kept, dict) else {}), "enabled": False})
+        kept = switch_off(output, state)
         say("retrieve: disabled (retrieve.enabled is false); nothing fetched"
             + ("; the batch received before stays in place, left out of anonymize"
-               if any(output.iterdir()) else ""))
+               if kept else ""))
         return
     rows = read_manifest(manifest or cfg.manifest) if (manifest or cfg.manifest) else None
     if rows is None and not (cfg.study_date_from or cfg.study_date_to or cfg.modalities):

@@ -40,7 +40,7 @@ import json
 import os
 import secrets
 import stat
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -335,17 +335,14 @@ def link_into_place(src: str | Path, path: str | Path) -> None:
             with open(os.open(src.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                               dir_fd=dfd), "rb") as fh:
                 data = fh.read()
-            os.close(os.open(tmp, _NEW_FILE_FLAGS, 0o666, dir_fd=dfd))
-            fd = os.open(tmp, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            with open(fd, "wb") as out:
-                out.write(data)
-        try:
-            os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        finally:
+        else:
             try:
-                os.unlink(tmp, dir_fd=dfd)
-            except FileNotFoundError:
-                pass
+                os.rename(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            finally:
+                with suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=dfd)
+            return
+    write_bytes(path, data)  # no hard links here: a copy, written as every output is
 
 
 def is_own_file(path: str | Path) -> bool:

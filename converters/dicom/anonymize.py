@@ -184,12 +184,13 @@ def check_input_folders(folders: list[str | Path]) -> None:
             raise MissingInputError("input folder not found", file=folder)
 
 
-def _sources(inputs: list[Path]) -> dict[str, tuple[str, str, Path]]:
-    """Input key -> (folder, path relative to it, path) of every file under ``inputs``."""
+def _sources(inputs: list[Path], off: list[Path]) -> dict[str, tuple[str, str, Path]]:
+    """Input key -> (folder, path relative to it, path) of every file under ``inputs``, but
+    those in ``off`` (switched-off sources: their files stay, their outputs are pruned)."""
     sources: dict[str, tuple[str, str, Path]] = {}
     for d in inputs:
         folder = str(d.resolve())
-        if source_switched_off(d):  # its files stay; its outputs go (pruned by the caller)
+        if d in off:
             continue
         for p in sorted(d.rglob("*")):
             if p.is_file():
@@ -238,9 +239,9 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
     is not processed again; failures are never cached; a file that disappeared from an input folder
     walked now has its own earlier output (and audit record) removed, unless another input still
     produces it. An input folder whose source says it is switched off
-    (:func:`converters.core.records.source_switched_off`: ``retrieve.enabled`` off) is not read,
-    and its outputs go as if its files had gone; its files stay. Input folders not given in this run (other batches) are left alone, and so are
-    their outputs. Inputs are only read. An object whose identity the ledger refuses
+    (:func:`converters.core.records.source_switched_off`: ``retrieve.enabled`` off) is not
+    read, and its outputs go as if its files had gone; its files stay. Input folders not given
+    in this run (other batches) are left alone, and so are their outputs. Inputs are only read. An object whose identity the ledger refuses
     (:func:`converters.dicom.ledger.record_instance`) fails, and nothing of it is kept.
     """
     inputs = [Path(d) for d in input_dir] if isinstance(input_dir, list) else [Path(input_dir)]
@@ -256,7 +257,8 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
                              loader=lambda p: read_private_json(p, None),
                              writer=write_private_json)
     opt_key = _options_key(options)
-    sources = _sources(inputs)
+    off = [d for d in inputs if source_switched_off(d)]
+    sources = _sources(inputs, off)
     todo, report = [], TreeReport()
     for key, (folder, rel, p) in sources.items():
         prev = state.up_to_date(folder, rel, file_signature(p, opt_key), output_dir)
@@ -273,7 +275,7 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
             if remove_output(output_dir, out_rel):
                 report.removed[str(d)] = report.removed.get(str(d), 0) + 1
             remove_output(output_dir, f"audit/{Path(out_rel).stem}.json")
-        if source_switched_off(d) and any(d.iterdir()):  # an empty one: nothing to say
+        if d in off and any(d.iterdir()):  # an empty one: nothing to say
             report.switched_off.append(str(d))
     owner = {o: f"{Path(g).name}:{k}" for g, entries in state.data["groups"].items()
              for k, e in entries.items() for o in e["outputs"]}

@@ -333,6 +333,26 @@ def _fetch_study(pacs: Pacs, cfg: RetrieveConfig, uid: str, answer: Dataset, ent
     return entry
 
 
+def _load_state(state_path: Path) -> dict:
+    """The resume state; empty when missing or damaged (every study is checked again)."""
+    try:
+        state = json.loads(state_path.read_text()) if is_own_file(state_path) else {}
+    except (ValueError, OSError):
+        state = {}
+    return state if isinstance(state, dict) else {}
+
+
+def switch_off(output: str | Path, state_path: str | Path) -> bool:
+    """``retrieve.enabled`` off: mark the resume state ``"enabled": false`` (what was received
+    stays recorded, and in ``output``, for when it is switched on again; the stages reading
+    ``output`` leave it out meanwhile: :func:`converters.core.records.source_switched_off`).
+    Returns whether ``output`` holds a batch received before."""
+    output, state_path = prepare_output(output), Path(state_path)
+    prepare_output(state_path.parent)  # the state lies beside the output folder
+    write_json(state_path, {**_load_state(state_path), "enabled": False})
+    return any(output.iterdir())
+
+
 def retrieve(cfg: RetrieveConfig, output: str | Path, state_path: str | Path,
              manifest: list[tuple[str, str]] | None = None,
              progress: Callable[[int, int], None] | None = None,
@@ -342,12 +362,7 @@ def retrieve(cfg: RetrieveConfig, output: str | Path, state_path: str | Path,
     output, state_path = prepare_output(output), Path(state_path)
     prepare_output(state_path.parent)  # the resume state lies beside the output folder
     remove_stale_temps(output)  # a transfer killed mid-file left its temp file
-    try:
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    except (ValueError, OSError):
-        state = {}  # a damaged state file: every study is checked again
-    if not isinstance(state, dict):
-        state = {}
+    state = _load_state(state_path)
     if state.pop("enabled", True) is False:  # switched on again (records.source_switched_off)
         write_json(state_path, state)
     pacs = Pacs(cfg)
