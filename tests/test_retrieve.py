@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from conftest import Orthanc
-from converters.dicom.pacs import PacsError, RetrieveConfig
+from converters.dicom.pacs import Pacs, PacsError, RetrieveConfig
 from converters.dicom.retrieve import read_manifest, retrieve
 from converters.core.errors import InvalidTableError
 from converters.core.files import TEMP_MARK
@@ -199,6 +199,14 @@ def test_rejected_association_names_the_pacs(tmp_path):
                            "PACS's own AE title is not WRONGAET: set retrieve.called_aet"):
             retrieve(server.config(called_aet="WRONGAET"), tmp_path / "o", tmp_path / "s.json",
                      [("AccessionNumber", "X")])
+        # Orthanc closes the connection right after its A-ASSOCIATE-RJ, and pynetdicom then
+        # sometimes calls the association aborted (1 in 20): the reason must come every time
+        said = set()
+        for _ in range(100):
+            with pytest.raises(PacsError) as err:
+                Pacs(server.config(called_aet="WRONGAET")).echo()
+            said.add(str(err.value).split(": ", 1)[1])
+        assert len(said) == 1 and next(iter(said)).startswith("Called AE title not recognised")
     finally:
         server.kill()
 

@@ -19,7 +19,7 @@ pynetdicom's status tables (PS3.4 / PS3.7), with the PACS's Error Comment when i
 ``C-GET failed: status 0xC000 (Failure: Unable to Process)``.
 
 Which side refused, and why: what the PACS itself sends on an association (an A-ASSOCIATE-RJ
-with its reason, an A-ABORT) is noted as it arrives (:func:`_note_peer`), so an association
+with its reason, an A-ABORT) is noted as each PDU arrives (:func:`_note_peer`), so an association
 the PACS rejects names its reason ("Calling AE title not recognised"), and a query or transfer
 the PACS ends with an abort is told apart from our own timeout: a PACS that accepts the
 association and then aborts at the first C-FIND / C-GET / C-MOVE (Orthanc, dcm4chee) is one
@@ -38,7 +38,7 @@ from typing import Callable, Iterator, Literal
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
-from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ
 from pynetdicom.sop_class import (ComputedRadiographyImageStorage,
                                   DigitalXRayImageStorageForPresentation,
                                   DigitalXRayImageStorageForProcessing,
@@ -77,11 +77,21 @@ _FROM_PEER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _note_peer(event) -> None:
-    """EVT_ACSE_RECV: keep a rejection's reason, and whether the PACS aborted."""
-    p = event.primitive
-    if isinstance(p, A_ASSOCIATE) and p.result in (1, 2):
-        _FROM_PEER[event.assoc] = f"{p.reason_str} ({p.result_str.lower()}, by the {p.source_str})"
-    elif isinstance(p, (A_ABORT, A_P_ABORT)):
+    """EVT_PDU_RECV: keep a rejection's reason, and whether the PACS aborted. Noted from the
+    PDU as it is decoded: pynetdicom's state machine sometimes handles the connection closing
+    right after an A-ASSOCIATE-RJ first, and then calls the association aborted (1 in 20
+    against Orthanc); the PDU had come all the same."""
+    pdu = event.pdu
+    if isinstance(pdu, A_ASSOCIATE_RJ):
+        try:  # pynetdicom's words raise ValueError on a value outside the standard's
+            reason = pdu.reason_str
+        except (ValueError, KeyError):
+            reason = "no reason given"
+        result = {1: "permanent", 2: "transient"}.get(pdu.result, "of unknown kind")
+        source = {1: "Service User", 2: "Service Provider (ACSE)",
+                  3: "Service Provider (Presentation)"}.get(pdu.source, "PACS")
+        _FROM_PEER[event.assoc] = f"{reason} (rejected {result}, by the {source})"
+    elif isinstance(pdu, A_ABORT_RQ):
         _FROM_PEER.setdefault(event.assoc, "abort")
 
 
@@ -226,13 +236,14 @@ class Pacs:
         if deadline is not None:
             deadline.check(f"association with {where}")
         tls = (self.ssl_context, None) if self.ssl_context else None
-        handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_ACSE_RECV, _note_peer)]
+        handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_PDU_RECV, _note_peer)]
         assoc = ae.associate(self.cfg.host, self.cfg.port, ae_title=self.cfg.called_aet,
                              tls_args=tls, evt_handlers=handlers, **kwargs)
         if assoc.is_established:
             return assoc
-        if assoc.is_rejected:
-            reason = _FROM_PEER.get(assoc, "no reason given")
+        reason = _FROM_PEER.get(assoc)
+        if assoc.is_rejected or (reason and reason != "abort"):
+            reason = reason or "no reason given"
             hint = {"Calling": f"register our AE title {self.cfg.calling_aet} there, or set "
                                "retrieve.calling_aet / --calling-aet",
                     "Called ": f"the PACS's own AE title is not {self.cfg.called_aet}: set "
@@ -355,8 +366,8 @@ class Pacs:
         """Why ``service`` got no status: the PACS aborted (it accepted the association
         but refuses the service to our AE title), or nothing came within ``timeout_s``."""
         where = f"{self.cfg.host}:{self.cfg.port} (AE {self.cfg.called_aet})"
-        # the empty status comes before the association's own thread has handled the abort
-        # (and fired EVT_ACSE_RECV): that thread ends once the association is gone
+        # the empty status can come before the association's own thread has read the abort
+        # (and fired EVT_PDU_RECV): that thread ends once the association is gone
         assoc.join(timeout=min(2.0, self.cfg.timeout_s))
         if _FROM_PEER.get(assoc) == "abort":
             return PacsError(
