@@ -21,12 +21,12 @@ from pipeline.console import ParamsOption, QuietOption, library_output_to, progr
 from pipeline.params import stage_params
 from train.evaluation.evaluate import EvaluateConfig, evaluate_run
 from train.evaluation.recognition import PostprocessConfig
-from train.models import HEADLINE, eval_dir, eval_metrics_file
+from train.models import HEADLINE, eval_dir, eval_metrics_file, help_list
 from train.models import run_dir as default_run_dir
 
 
 def command(
-    model: str = typer.Option(..., "--model", "-m", help="mask_rcnn, yolact, unet, pspnet or deeplabv3."),
+    model: str = typer.Option(..., "--model", "-m", help=f"A model of train/configs/: {help_list()}."),
     fold: int = typer.Option(..., "--fold", "-k", help="Fold whose trained model is evaluated."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Trained run (default models/<model>/fold<k>: config.py + best.pth)."),
     test: Path = typer.Option(Path("data/splits/test/coco.json"), "--test", help="Test set COCO file from the split stage."),

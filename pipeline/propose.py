@@ -14,14 +14,14 @@ from typing import List, Optional
 
 import typer
 
-from converters.core.errors import InsufficientDataError, ParamsError, UsageError
+from converters.core.errors import InsufficientDataError, ParamsError
 from converters.core.files import prepare_output
 from converters.annotations.via import read_via
 from converters.annotations.via_project import via_filepath
 from converters.core import waiting
 from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
 from pipeline.params import read_params_file, stage_params
-from train.models import MODELS, run_dir
+from train.models import known, run_dir
 from train.evaluation.recognition import PostprocessConfig
 from train.infer.propose import (ProposeConfig, image_paths, propose_images, truth_iou,
                                  unannotated, write_proposals)
@@ -52,9 +52,7 @@ def command(
     _check_image_path(cfg, params, via_image_path)
     models = list(model or [cfg.model])
     folds = list(fold or [cfg.fold])
-    for m in models:
-        if m not in MODELS:
-            raise UsageError(f"unknown model '{m}' (known: {', '.join(sorted(MODELS))})")
+    known(models)
     runs = [run_dir(m, f, models_root) for m in models for f in folds]
     names = [f"{m} fold {f}" for m in models for f in folds]
     why = next(filter(None, (waiting.reason_in_file(r / "metrics.json") for r in runs)), None)

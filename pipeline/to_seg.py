@@ -15,12 +15,11 @@ from typing import Optional
 
 import typer
 
-from converters.core.errors import UsageError
 from converters.core.files import write_json
 from converters.core import waiting
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
 from pipeline.params import stage_params
-from train.models import MODELS, eval_dir, run_dir
+from train.models import eval_dir, known, run_dir
 from train.infer.to_seg import ToSegConfig, write_segs
 
 
@@ -47,8 +46,7 @@ def command(
         return
     model = model or cfg.model
     fold = cfg.fold if fold is None else fold
-    if model not in MODELS:
-        raise UsageError(f"unknown model '{model}' (known: {', '.join(sorted(MODELS))})")
+    known([model])
     why = waiting.reason_in_file((input or eval_dir(model, fold)) / "summary.json")
     if why:  # the evaluation scored nothing yet: no prediction to send
         write_json(output / "to_seg.json", {"enabled": True, "images": [], waiting.KEY: why})

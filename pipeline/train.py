@@ -20,7 +20,7 @@ from converters.core.errors import UsageError
 from converters.core.files import prepare_output, write_json
 from pipeline.console import ParamsOption, QuietOption, library_output_to, say
 from pipeline.params import load_yaml, read_params_file, stage_params
-from train.models import run_dir
+from train.models import help_list, run_dir
 
 
 def _options(pairs: list[str]) -> dict:
@@ -40,7 +40,7 @@ def _options(pairs: list[str]) -> dict:
 
 
 def command(
-    model: str = typer.Option(..., "--model", "-m", help="mask_rcnn, yolact, unet, pspnet or deeplabv3."),
+    model: str = typer.Option(..., "--model", "-m", help=f"A model of train/configs/: {help_list()}."),
     fold: int = typer.Option(..., "--fold", "-k", help="Fold index (0..k-1) of data/splits/splits.json."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Preset in params.yaml train.presets [params: train.preset]."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Output folder (default models/<model>/fold<k>)."),

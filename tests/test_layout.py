@@ -89,9 +89,16 @@ def test_each_evaluation_is_dvc_metrics_beside_its_folder():
     from train.models import eval_dir, eval_metrics_file
 
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]
-    out = eval_dir("${item.model}", "${item.fold}")
-    assert [next(iter(m)) for m in stage["metrics"]] == [eval_metrics_file(out).as_posix()]
-    assert [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]] == [out.as_posix()]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    for model in params["models"]:
+        for fold in params["folds"]:
+            def item(text: str) -> str:
+                return text.replace("${item.model}", model).replace("${item.fold}", str(fold))
+            out = eval_dir(model, fold)
+            assert [item(next(iter(m))) for m in stage["metrics"]] == \
+                [eval_metrics_file(out).as_posix()]
+            assert [item(next(iter(o)) if isinstance(o, dict) else o) for o in stage["outs"]] \
+                == [out.as_posix()]
     assert "metrics" not in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
 
 

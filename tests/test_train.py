@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ingest_chain
+from conftest import copy_project, ingest_chain
 from converters.annotations.convert import ConvertConfig, convert
 from converters.phantom.writing import PhantomConfig, generate
 from converters.annotations.split import SplitConfig, write_splits
@@ -138,8 +138,101 @@ def test_evaluate_and_report_the_trained_models(project):
     assert "U-Net" in (project / "reports" / "report.html").read_text()
 
 
+#: a sixth model of each family, as a user adds it: one file in train/configs/ inheriting the
+#: package's own config (COCO / ADE20K data, RGB, 80 / 150 classes, remote ImageNet weights),
+#: with the few-iteration options a test affords
+SIXTH = {
+    "segformer_b0": ("semantic", "SegFormer-B0",
+                     "mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py",
+                     ["train_cfg.max_iters=4", "train_cfg.val_interval=2",
+                      "default_hooks.checkpoint.interval=2"]),
+    # R-18 for the test's time; scores from 0: an untrained SOLOv2 scores below 0.1, and a
+    # validation without any instance keeps no best checkpoint to evaluate
+    "solov2": ("instance", "SOLOv2", "mmdet::solov2/solov2_r50_fpn_1x_coco.py",
+               ["train_cfg.max_epochs=1", "model.backbone.depth=18",
+                "model.neck.in_channels=[64,128,256,512]", "model.test_cfg.score_thr=0.0",
+                "model.test_cfg.filter_thr=0.0"]),
+}
+
+
+@pytest.fixture(scope="module")
+def code_with_more_models(tmp_path_factory):
+    """This project's code with the two models of :data:`SIXTH` added, one file each, and two
+    broken configs beside them (which must not stop the others)."""
+    code = copy_project(tmp_path_factory.mktemp("code"))
+    configs = code / "train" / "configs"
+    for key, (fam, name, base, _) in SIXTH.items():
+        (configs / f"{key}.py").write_text(
+            f"spinepipe = dict(family='{fam}', name='{name}')\n_base_ = ['{base}']\n")
+    (configs / "two_bases.py").write_text(   # a full config and the data block: both set data
+        "spinepipe = dict(family='instance', name='Two bases')\n"
+        "_base_ = ['mmdet::solov2/solov2_r50_fpn_1x_coco.py', './_base_/spine_instance.py']\n")
+    (configs / "undeclared.py").write_text("_base_ = ['mmdet::solov2/solov2_r50_fpn_1x_coco.py']\n")
+    return code
+
+
+def _in(code: Path, project: Path, *args: str) -> subprocess.CompletedProcess:
+    """A spinepipe command of the code in ``code`` (its train/configs), run in ``project``."""
+    return subprocess.run([SPINEPIPE, *args], capture_output=True, text=True, timeout=600,
+                          cwd=project, env={**os.environ, "PYTHONPATH": str(code)})
+
+
+@pytest.mark.parametrize("model", SIXTH)
+def test_a_sixth_model_is_one_config_file(project, code_with_more_models, model):
+    """One file in train/configs/ and the model is known to every command, trains on the
+    spinepipe data (grayscale, two or three classes, no download), is evaluated and named in
+    the report."""
+    code, (fam, name, _, options) = code_with_more_models, SIXTH[model]
+    helptext = _in(code, project, "train", "--help").stdout
+    assert model in helptext.replace("\n", " ").replace("│", " ").replace(" ", "")
+    proc = _in(code, project, "train", "--model", model, "--fold", "1", "--quiet",
+               *(a for o in options for a in ("--cfg-options", o)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    work = project / "models" / model / "fold1"
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert metrics["metric"] == {"instance": "coco/segm_mAP", "semantic": "mIoU"}[fam]
+    assert metrics["best"] is not None and (work / "best.pth").is_file()
+    from mmengine.config import Config
+    leaf = Config.fromfile(str(work / "config.py"))
+    said = "\n".join(leaf.spinepipe_adapted)   # what spinepipe changed, in the artifact
+    assert "train_dataloader: spinepipe's" in said and "in_channels 1" in said
+    assert "num_classes " + {"instance": "80 -> 2", "semantic": "150 -> 3"}[fam] in said
+    assert "Pretrained " in said and " off" in said            # no download was tried
+    assert leaf.model.backbone.init_cfg is None
+    assert leaf.train_dataloader.dataset.metainfo["classes"][-1] == "sacrum"
+    load = leaf.train_dataloader.dataset.pipeline[0]
+    assert load["type"] == "LoadImageFromFile" and load["color_type"] == "grayscale"
+    proc = _in(code, project, "evaluate", "--model", model, "--fold", "1", "--test",
+               "splits/test/coco.json", "--masks", "processed/masks", "--images", "png",
+               "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((project / "reports" / "eval" / model / "fold1.json").read_text())
+    assert summary["model"] == model and 0 <= summary["mean_iou"] <= 1
+    proc = _in(code, project, "report", "--model", model, "--output", f"report_{model}",
+               "--images", "png", "--masks", "processed/masks", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert name in (project / f"report_{model}" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("model, message", [
+    ("two_bases", "two of its _base_ files set data_root, dataset_type, optim_wrapper, "
+                  "param_scheduler and 10 more; inherit one MMDetection / MMSegmentation config"),
+    ("undeclared", "no model declaration; declare it with spinepipe = dict(family="),
+])
+def test_a_broken_model_config_is_one_line_naming_it(project, code_with_more_models, model,
+                                                      message):
+    proc = _in(code_with_more_models, project, "train", "--model", model, "--fold", "1",
+               "--quiet")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and f"train/configs/{model}.py" in lines[0], \
+        proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--model", "vgg", "--fold", "0"], "unknown model 'vgg' (known: deeplabv3, mask_rcnn, pspnet, unet, yolact)"),
+    (["--model", "vgg", "--fold", "0"], "unknown model 'vgg' (known: deeplabv3, mask_rcnn, pspnet, "
+     "unet, yolact; a model is a config file in train/configs/)"),
+    (["--model", "../unet", "--fold", "0"], "unknown model '../unet'"),
     (["--model", "unet", "--fold", "7"], "fold 7 out of range (0..1)"),
     (["--model", "unet", "--fold", "0", "--preset", "huge"], "unknown preset 'huge'"),
     (["--model", "unet", "--fold", "0", "--launcher", "mpi"], "--launcher must be none, pytorch or slurm"),
@@ -151,6 +244,14 @@ def test_evaluate_and_report_the_trained_models(project):
      "the model does not build from this config (TypeError: cfg should be a dict"),
     (["--model", "unet", "--fold", "0", "--cfg-options", "model.decode_head.num_classes=-1"],
      "the model does not build from this config (RuntimeError"),
+    # a loop option the loop does not take: said before MMEngine builds the loop mid-run
+    (["--model", "unet", "--fold", "0", "--cfg-options", "train_cfg.max_epochs=2"],
+     "train_cfg: its train loop IterBasedTrainLoop takes max_iters, val_begin, val_interval, "
+     "dynamic_intervals, not max_epochs; change the preset's options for unet"),
+    (["--model", "mask_rcnn", "--fold", "0", "--cfg-options", "train_cfg.max_iters=2"],
+     "train_cfg: its train loop EpochBasedTrainLoop takes max_epochs"),
+    (["--model", "unet", "--fold", "0", "--cfg-options", "train_cfg.by_epoch=true"],
+     "train_cfg sets both type (IterBasedTrainLoop) and by_epoch; keep one"),
 ])
 def test_bad_requests_fail_before_training(project, args, message):
     proc = _train(project, *args)
@@ -248,12 +349,13 @@ def test_every_model_config_builds_its_model():
     from mmengine.registry import DefaultScope
     from mmengine.registry import MODELS as REGISTRY
     from pipeline.params import load_section
-    from train.models import MODELS
+    from train.models import names
     from train.fit.run_config import build_leaf
     from train.fit.runner import TrainConfig
     cfg = load_section(TrainConfig, "train", Path(__file__).parents[1] / "params.yaml")
     demo = cfg.presets["demo"]
-    for model, fam in MODELS.items():
+    assert names() == sorted(cfg.models)   # every registered model is one the pipeline trains
+    for model in names():
         leaf = build_leaf(model, images="x", masks="y", train_ann="a", val_ann="b",
                           work_dir="w",
                           img_scale=tuple(demo.models[model].img_scale or demo.img_scale),
@@ -352,13 +454,13 @@ def test_study_preset_builds_every_model_and_trains_an_iteration_on_cpu(project)
     import mmdet.models  # noqa: F401 - registers the models
     import mmseg.models  # noqa: F401
     from pipeline.params import load_section
-    from train.models import MODELS
+    from train.models import names
     from train.fit.runner import TrainConfig, prepare_run
     cfg = load_section(TrainConfig, "train", Path(__file__).parents[1] / "params.yaml")
     cfg = TrainConfig(**{**cfg.__dict__, "images": str(project / "png"),
                          "masks": str(project / "processed" / "masks"),
                          "splits": str(project / "splits")})
-    for model in MODELS:
+    for model in names():
         leaf = prepare_run(model, 1, cfg, project / "study" / model, preset="study")
         with DefaultScope.overwrite_default_scope(leaf.default_scope):
             net = REGISTRY.build(leaf.model)
@@ -397,3 +499,31 @@ def test_a_run_trained_before_a_module_moved_still_loads(tmp_path):
     assert family == "semantic" and ckpt == run / "best.pth"
     assert cfg.custom_imports["imports"] == ["train.fit.augment"]
     assert [t["type"] for t in cfg.test_pipeline] == ["LoadImageFromFile", "PackSegInputs"]
+
+
+def test_remote_weights_are_switched_off_and_local_ones_kept(tmp_path):
+    """Nothing downloads: a ``Pretrained`` source off this machine (or a file not on it) is
+    switched off, in a dict or in a list of initialisers; a local checkpoint is kept; the
+    model's other initialisers stay."""
+    from mmengine.config import Config
+    from train.fit.run_config import adapt
+    local = tmp_path / "resnet18.pth"
+    local.write_bytes(b"weights")
+    cfg = Config(dict(model=dict(
+        pretrained="open-mmlab://resnet50_v1c",
+        data_preprocessor=dict(mean=[1.0, 2.0, 3.0], std=[1.0, 1.0, 1.0], bgr_to_rgb=True),
+        backbone=dict(type="ResNet", init_cfg=dict(type="Pretrained", checkpoint=str(local))),
+        neck=dict(init_cfg=[dict(type="Pretrained", checkpoint="https://x/y.pth"),
+                            dict(type="Kaiming", layer="Conv2d")]),
+        decode_head=dict(num_classes=150, init_cfg=dict(type="Pretrained",
+                                                        checkpoint=str(tmp_path / "gone.pth"))),
+        auxiliary_head=dict(num_classes=1))))
+    said = adapt(cfg, "semantic")
+    assert cfg.model.pretrained is None and "pretrained open-mmlab://resnet50_v1c off" in said
+    assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint=str(local))
+    assert cfg.model.neck.init_cfg == [dict(type="Kaiming", layer="Conv2d")]
+    assert cfg.model.decode_head.init_cfg is None
+    assert cfg.model.decode_head.num_classes == 3 and cfg.model.auxiliary_head.num_classes == 1
+    assert cfg.model.data_preprocessor.mean == [128.0] and not cfg.model.data_preprocessor.bgr_to_rgb
+    assert cfg.model.backbone.in_channels == 1
+    assert cfg.train_dataloader.dataset.metainfo["classes"] == ("background", "lumbar", "sacrum")

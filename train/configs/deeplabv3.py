@@ -1,5 +1,6 @@
 # DeepLabv3 (MMSegmentation), as in the study. Inherits MMSegmentation's DeepLabv3-R50-D8
 # config; from scratch (no weights can be downloaded): pretrained=None.
+spinepipe = dict(family='semantic', name='DeepLabv3')   # the registry's entry (train/models.py)
 _base_ = [
     'mmseg::_base_/models/deeplabv3_r50-d8.py',
     'mmseg::_base_/default_runtime.py',

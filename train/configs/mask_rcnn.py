@@ -1,5 +1,6 @@
 # Mask R-CNN (MMDetection), as in the study: instance segmentation of lumbar vertebrae and
 # sacrum. Inherits MMDetection's own model config; overrides only what this data needs.
+spinepipe = dict(family='instance', name='Mask R-CNN')   # the registry's entry (train/models.py)
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/default_runtime.py',

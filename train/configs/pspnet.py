@@ -1,5 +1,6 @@
 # PSPNet (MMSegmentation), as in the study. Inherits MMSegmentation's PSPNet-R50-D8 config;
 # from scratch (no weights can be downloaded): pretrained=None.
+spinepipe = dict(family='semantic', name='PSPNet')   # the registry's entry (train/models.py)
 _base_ = [
     'mmseg::_base_/models/pspnet_r50-d8.py',
     'mmseg::_base_/default_runtime.py',

@@ -1,5 +1,6 @@
 # U-Net (MMSegmentation), as in the study: semantic segmentation into background, lumbar,
 # sacrum. Inherits MMSegmentation's own UNet-S5-D16 + FCN head config.
+spinepipe = dict(family='semantic', name='U-Net')   # the registry's entry (train/models.py)
 _base_ = [
     'mmseg::_base_/models/fcn_unet_s5-d16.py',
     'mmseg::_base_/default_runtime.py',

@@ -2,6 +2,7 @@
 # schedule, runtime) and overrides classes, grayscale input and the dataset. YOLACT works on a
 # fixed input size (MMDetection: a 550 square); a preset's size keeps the radiographs' aspect
 # (train/fit/run_config.py sets it and the anchor strides that follow from it).
+spinepipe = dict(family='instance', name='YOLACT')   # the registry's entry (train/models.py)
 _base_ = ['mmdet::yolact/yolact_r50_1xb8-55e_coco.py']
 input_size = 550
 classes = ('lumbar', 'sacrum')

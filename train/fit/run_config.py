@@ -14,15 +14,171 @@ from typing import Any, Mapping
 
 from mmengine.config import Config
 
-from converters.core.errors import MissingInputError
+from converters.core.errors import InvalidConfigError, MissingInputError
 from train.fit.augment import CUSTOM_IMPORTS, augment_step
-from train.models import BEST_METRIC, family
+from train.models import BEST_METRIC, get
 
-CONFIG_DIR = Path(__file__).parents[1] / "configs"
+#: the data block of each family (classes, grayscale pipelines, dataloaders, evaluators)
+DATA_BLOCK = {"instance": Path(__file__).parents[1] / "configs" / "_base_" / "spine_instance.py",
+              "semantic": Path(__file__).parents[1] / "configs" / "_base_" / "spine_semantic.py"}
+#: the data keys a model's config takes from its family's block when its datasets are not
+#: spinepipe's (MMDetection's COCO, MMSegmentation's ADE20K or Cityscapes)
+DATA_KEYS = ("train_dataloader", "val_dataloader", "test_dataloader")
+#: where a checkpoint name points off this machine (MMEngine / mmcv's schemes)
+REMOTE = ("http://", "https://", "torchvision://", "open-mmlab://", "openmmlab://", "mmcls://",
+          "mmpretrain://", "modelzoo://", "s3://", "pavi://")
+
 
 def config_path(model: str) -> Path:
-    family(model)
-    return CONFIG_DIR / f"{model}.py"
+    return get(model).config
+
+
+def load_model_config(model: str) -> Config:
+    """A model's config as MMEngine reads it; an error in it (a syntax error, a missing base,
+    a key set by two of its bases) is one line naming the file and what to change."""
+    path = config_path(model)
+    where = f"train/configs/{path.name}"
+    try:
+        return Config.fromfile(str(path))
+    except KeyError as exc:
+        text = str(exc.args[0] if exc.args else exc)
+        if "Duplicate key" in text:
+            keys = sorted(text.split(":", 1)[-1].strip().strip("{}").replace("'", "").split(", "))
+            keys = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+            raise InvalidConfigError(
+                f"two of its _base_ files set {keys}; inherit one MMDetection / MMSegmentation "
+                "config and set those keys in the file itself (spinepipe supplies the data "
+                "block: train/configs/_template.py)", file=where) from None
+        raise InvalidConfigError(f"does not load ({type(exc).__name__}: {text[:160]})",
+                                 file=where) from None
+    except (SyntaxError, FileNotFoundError, ImportError, TypeError, ValueError,
+            AttributeError, NameError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise InvalidConfigError(f"does not load ({type(exc).__name__}: {first})",
+                                 file=where) from None
+
+
+def adapt(cfg: Config, fam: str) -> list[str]:
+    """Make a model's config read spinepipe's data, whatever dataset its bases were written
+    for; returns what it changed, for the run's log.
+
+    - data: a dataloader whose dataset does not carry spinepipe's classes (MMDetection's COCO,
+      MMSegmentation's ADE20K) gets the family's dataset block (``_base_/spine_<family>.py``:
+      grayscale pipelines, classes, annotation files), and its evaluator that block's (the
+      metric list stays the config's own); batch size and samplers stay the config's own (an
+      iteration-based schedule samples endlessly, an epoch-based one does not). A config that writes its own spinepipe dataset
+      (YOLACT's fixed-size pipeline) keeps it.
+    - classes: every ``num_classes`` of the model other than 1 (a region proposal head's
+      objectness) becomes the family's count (2 instance classes; 3 semantic, background
+      included).
+    - grayscale: a colour model's input (3 channels, or none said) becomes one channel
+      (``backbone.in_channels``), mean 128, std 64, no channel swap.
+    - weights: a ``Pretrained`` source off this machine (``torchvision://``, ``https://``) is
+      switched off: nothing can be downloaded, and a model trains from scratch unless
+      ``train.pretrained`` names a local checkpoint (``load_from``).
+    """
+    block = Config.fromfile(str(DATA_BLOCK[fam]))
+    classes = tuple(block.metainfo["classes"])
+    changed = []
+    for key in DATA_KEYS:
+        ds = (cfg.get(key) or {}).get("dataset") or {}
+        if tuple((ds.get("metainfo") or {}).get("classes", ())) != classes:
+            loader = cfg.get(key) or {}
+            own = ("batch_size", "sampler", "batch_sampler") if key == "train_dataloader" \
+                else ("batch_size",)
+            cfg[key] = {**block[key], **{k: loader[k] for k in own if k in loader}}
+            changed.append(f"{key}: spinepipe's {fam} dataset")
+    for key in ("val_evaluator", "test_evaluator"):
+        ev = cfg.get(key)
+        if not isinstance(ev, dict) or ev.get("type") != block[key]["type"] \
+                or key.replace("evaluator", "dataloader") in changed:
+            own = ev.get("metric") if isinstance(ev, dict) and \
+                ev.get("type") == block[key]["type"] else None
+            cfg[key] = {**block[key], **({"metric": own} if own else {})}
+    model = cfg.model
+    n = len(classes)
+    for node in _dicts(model):
+        if "num_classes" in node and node["num_classes"] not in (1, n):
+            changed.append(f"{node.get('type', 'a head')}: num_classes {node['num_classes']} -> {n}")
+            node["num_classes"] = n
+    pre = model.setdefault("data_preprocessor", {})
+    if len(pre.get("mean") or [0, 0, 0]) == 3:
+        pre.update(mean=[128.0], std=[64.0])
+        changed.append("grayscale input: mean 128, std 64")
+    for swap in ("bgr_to_rgb", "rgb_to_bgr"):
+        if pre.get(swap):
+            pre[swap] = False
+    backbone = model.get("backbone")
+    if isinstance(backbone, dict) and backbone.get("in_channels", 3) == 3:
+        backbone["in_channels"] = 1
+        changed.append("backbone: in_channels 1")
+    if isinstance(model.get("pretrained"), str) and _remote(model.pretrained):
+        changed.append(f"pretrained {model.pretrained} off")
+        model.pretrained = None
+    for node in _dicts(model):
+        init = node.get("init_cfg")
+        inits = init if isinstance(init, list) else [init]
+        off = [i for i in inits if isinstance(i, dict) and i.get("type") == "Pretrained"
+               and _remote(str(i.get("checkpoint", "")))]
+        if off:
+            changed += [f"Pretrained {i.get('checkpoint')} off" for i in off]
+            kept = [i for i in inits if i not in off]
+            node["init_cfg"] = kept if isinstance(init, list) and kept else None
+    return changed
+
+
+#: a leaf config's loops, as MMEngine's Runner builds them
+LOOP_KEYS = {"train_cfg": "train", "val_cfg": "validation", "test_cfg": "test"}
+
+
+def check_loops(cfg: Config, model: str) -> None:
+    """Each loop's options are ones its loop class takes (``max_iters`` is not an option of an
+    epoch-based loop, nor ``max_epochs`` of an iteration-based one), checked before anything
+    trains: MMEngine builds the loops only when training starts, and then raises a traceback."""
+    import inspect
+
+    from mmengine.registry import LOOPS, DefaultScope
+
+    where = f"train/configs/{config_path(model).name}"
+    for key, what in LOOP_KEYS.items():
+        loop = cfg.get(key)
+        if not isinstance(loop, dict):
+            continue
+        if "type" in loop and "by_epoch" in loop:
+            raise InvalidConfigError(f"{key} sets both type ({loop['type']}) and by_epoch; "
+                                     "keep one (MMEngine takes either)", file=where)
+        if "type" not in loop:
+            continue
+        with DefaultScope.overwrite_default_scope(cfg.get("default_scope")):
+            cls = LOOPS.get(loop["type"]) if isinstance(loop["type"], str) else loop["type"]
+        if cls is None:
+            raise InvalidConfigError(f"{key}: unknown loop type {loop['type']!r}", file=where)
+        params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            continue
+        takes = [n for n in params if n not in ("self", "runner", "dataloader", "evaluator")]
+        wrong = sorted(k for k in loop if not k.startswith("_") and k != "type"
+                       and k not in takes)
+        if wrong:
+            raise InvalidConfigError(
+                f"{key}: its {what} loop {cls.__name__} takes {', '.join(takes)}, not "
+                f"{', '.join(wrong)}; change the preset's options for {model} "
+                f"(train.presets.<preset>.models.{model}.options) or --cfg-options", file=where)
+
+
+def _remote(source: str) -> bool:
+    return source.startswith(REMOTE) or not Path(source).is_file()
+
+
+def _dicts(node: Any):
+    """Every dict in a config tree, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _dicts(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _dicts(value)
 
 
 def _pipelines(cfg: Config):
@@ -81,11 +237,14 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     transforms for the training pipeline (:mod:`train.fit.augment`); ``options`` MMEngine
     options, nested or dotted (:func:`nested_options`), applied last.
     """
-    fam = family(model)
-    cfg = Config.fromfile(str(config_path(model)))
+    fam = get(model).family
+    cfg = load_model_config(model)
+    adapted = adapt(cfg, fam)
+    if adapted:   # said in the run's config.py, the artifact
+        cfg.spinepipe_adapted = adapted
     _set_data(cfg, model, fam, images, train_ann, val_ann, masks)
     if img_scale is not None:
-        if model == "yolact":
+        if cfg.model.get("type") == "YOLACT":
             _yolact_input_size(cfg, int(img_scale[0]), int(img_scale[1]))
         else:
             set_transform(cfg, "Resize", scale=tuple(img_scale))
@@ -113,6 +272,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
         cfg.visualizer["vis_backends"] = backends
     if options:
         cfg.merge_from_dict(nested_options(options), allow_list_keys=True)
+    check_loops(cfg, model)
     return cfg
 
 

@@ -29,7 +29,7 @@ from converters.core.files import (link_into_place, prepare_output, refuse_links
                                    write_json, write_text)
 from converters.core.records import read_json
 from train.fit.checkpoint import allow_mmengine_checkpoints
-from train.models import BEST_METRIC, MODELS, family, family_of_scope
+from train.models import BEST_METRIC, family, family_of_scope, known, names
 from train.fit.run_config import build_leaf, nested_options, replace_type
 
 
@@ -145,7 +145,7 @@ class TrainConfig:
     """params.yaml section ``train``."""
 
     preset: str = "demo"
-    models: list[str] = field(default_factory=lambda: list(MODELS))
+    models: list[str] = field(default_factory=names)     # those dvc repro trains
     folds: list[int] = field(default_factory=lambda: [0])
     seed: int = 0
     pretrained: dict[str, str] = field(default_factory=dict)  # model -> local checkpoint
@@ -180,10 +180,10 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
     pretrained = cfg.pretrained.get(model)
     if pretrained and not Path(pretrained).is_file():
         raise MissingInputError("pretrained checkpoint not found", file=pretrained)
-    unknown = sorted(set(p.models) - set(MODELS))
-    if unknown:
-        raise InvalidConfigError(f"train.presets.{name}.models: unknown model "
-                                 f"'{unknown[0]}' (known: {', '.join(sorted(MODELS))})")
+    try:
+        known(sorted(p.models))
+    except InvalidConfigError as exc:
+        raise InvalidConfigError(f"train.presets.{name}.models: {exc.message}") from None
     own = p.models.get(model, ModelSettings())
     options = nested_options(own.options, cfg_options or {})
     img_scale = own.img_scale or p.img_scale
