@@ -21,7 +21,7 @@ from pipeline.console import ParamsOption, QuietOption, library_output_to, progr
 from pipeline.params import stage_params
 from train.evaluation.evaluate import EvaluateConfig, evaluate_run
 from train.evaluation.recognition import PostprocessConfig
-from train.models import HEADLINE, eval_dir, eval_metrics_file, help_list
+from train.models import HEADLINE, eval_dir, eval_metrics_file, get, help_list
 from train.models import run_dir as default_run_dir
 
 
@@ -41,6 +41,7 @@ def command(
     metrics, recognition and composite recognition, per-level results, pooled metrics."""
     cfg = stage_params(EvaluateConfig, "evaluate", params)
     post = stage_params(PostprocessConfig, "postprocess", params)
+    get(model)   # a typo is an error, not an empty reports/eval/<typo>/
     out = output or eval_dir(model, fold)
     why = waiting.reason_in_file((run_dir or default_run_dir(model, fold)) / "metrics.json")
     if why and predictions is None:  # the run trained nothing: nothing to score yet

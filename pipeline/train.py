@@ -20,7 +20,7 @@ from converters.core.errors import UsageError
 from converters.core.files import prepare_output, write_json
 from pipeline.console import ParamsOption, QuietOption, library_output_to, say
 from pipeline.params import load_yaml, read_params_file, stage_params
-from train.models import help_list, run_dir
+from train.models import get, help_list, run_dir
 
 
 def _options(pairs: list[str]) -> dict:
@@ -54,6 +54,7 @@ def command(
     every epoch; the best checkpoint and its score are kept."""
     if launcher not in ("none", "pytorch", "slurm"):
         raise UsageError(f"--launcher must be none, pytorch or slurm, got {launcher!r}")
+    get(model)   # a typo is an error, not an empty models/<typo>/ (nor a waiting one)
     work = prepare_output(work_dir or run_dir(model, fold))  # not locked: torchrun's ranks share it
     splits = read_params_file(params).get("train", {}).get("splits") if params.exists() else None
     why = waiting.reason_in_file(splits_file(splits or "data/splits"))

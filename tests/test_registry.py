@@ -84,3 +84,29 @@ def test_a_file_name_that_cannot_name_a_model_is_refused(tmp_path):
     assert models.names(folder) == []
     with pytest.raises(InvalidConfigError, match="lower-case letters, digits and _"):
         models.registry(folder)
+
+
+def test_two_models_of_one_display_name_are_refused_for_a_report(tmp_path):
+    """The report's columns are display names: a copy of a config that kept its name would
+    hide one model behind the other."""
+    folder = _folder(tmp_path, mask_rcnn=GOOD.replace("SegFormer-B0", "Mask R-CNN"),
+                     mask_rcnn_r18=GOOD.replace("SegFormer-B0", "Mask R-CNN"), unet=GOOD)
+    assert models.display_names(["mask_rcnn", "unet"], folder) == {
+        "mask_rcnn": "Mask R-CNN", "unet": "SegFormer-B0"}
+    with pytest.raises(InvalidConfigError, match="mask_rcnn and mask_rcnn_r18 are both named "
+                                                 "'Mask R-CNN'") as err:
+        models.display_names(["mask_rcnn", "unet", "mask_rcnn_r18"], folder)
+    assert err.value.file == str(tmp_path / "mask_rcnn_r18.py")
+
+
+def test_a_misnamed_config_file_is_named_in_the_error(tmp_path):
+    folder = _folder(tmp_path, **{"segformer-b0": GOOD})
+    with pytest.raises(InvalidConfigError, match="rename .*segformer-b0.py: a model's name is "
+                                                 "lower-case"):
+        models.get("segformer-b0", folder)
+
+
+def test_a_declaration_that_is_no_dict_of_text_is_refused(tmp_path):
+    folder = _folder(tmp_path, odd="spinepipe = {'family': 'instance', 'name': 'X', []: 1}\n")
+    with pytest.raises(InvalidConfigError, match="is not plain text"):
+        models.get("odd", folder)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import copy_project, ingest_chain
+from converters.core.errors import InvalidConfigError
 from converters.annotations.convert import ConvertConfig, convert
 from converters.phantom.writing import PhantomConfig, generate
 from converters.annotations.split import SplitConfig, write_splits
@@ -168,6 +169,15 @@ def code_with_more_models(tmp_path_factory):
         "spinepipe = dict(family='instance', name='Two bases')\n"
         "_base_ = ['mmdet::solov2/solov2_r50_fpn_1x_coco.py', './_base_/spine_instance.py']\n")
     (configs / "undeclared.py").write_text("_base_ = ['mmdet::solov2/solov2_r50_fpn_1x_coco.py']\n")
+    declared = "spinepipe = dict(family='{}', name='{}')\n"
+    (configs / "body_error.py").write_text(declared.format("instance", "Body") +
+                                           "_base_ = ['mmdet::solov2/solov2_r50_fpn_1x_coco.py']\n"
+                                           "lr = [0.1][3]\n")
+    (configs / "no_model.py").write_text(declared.format("semantic", "None") + "x = 1\n")
+    (configs / "wrong_family.py").write_text(declared.format("semantic", "Wrong") +
+                                             "_base_ = ['mmdet::solov2/solov2_r50_fpn_1x_coco.py']\n")
+    (configs / "second_rcnn.py").write_text(declared.format("instance", "Second") +
+                                            "_base_ = ['./mask_rcnn.py']\n")
     return code
 
 
@@ -185,8 +195,11 @@ def test_a_sixth_model_is_one_config_file(project, code_with_more_models, model)
     code, (fam, name, _, options) = code_with_more_models, SIXTH[model]
     helptext = _in(code, project, "train", "--help").stdout
     assert model in helptext.replace("\n", " ").replace("│", " ").replace(" ", "")
-    proc = _in(code, project, "train", "--model", model, "--fold", "1", "--quiet",
-               *(a for o in options for a in ("--cfg-options", o)))
+    params = yaml.safe_load((project / "params.yaml").read_text())   # a broken sibling's
+    params["train"]["presets"]["tiny"]["models"]["undeclared"] = {}    # block stops only it
+    (project / f"{model}.yaml").write_text(yaml.safe_dump(params))
+    proc = _in(code, project, "train", "--model", model, "--fold", "1", "--quiet", "--params",
+               f"{model}.yaml", *(a for o in options for a in ("--cfg-options", o)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     work = project / "models" / model / "fold1"
     metrics = json.loads((work / "metrics.json").read_text())
@@ -218,6 +231,10 @@ def test_a_sixth_model_is_one_config_file(project, code_with_more_models, model)
     ("two_bases", "two of its _base_ files set data_root, dataset_type, optim_wrapper, "
                   "param_scheduler and 10 more; inherit one MMDetection / MMSegmentation config"),
     ("undeclared", "no model declaration; declare it with spinepipe = dict(family="),
+    ("body_error", "does not load (IndexError: list index out of range)"),
+    ("no_model", "no model = dict(...): inherit an MMDetection / MMSegmentation config"),
+    ("wrong_family", "declared family='semantic', but its base is an MMDetection config"),
+    ("second_rcnn", "_base_ names ./mask_rcnn.py: inherit a package config"),
 ])
 def test_a_broken_model_config_is_one_line_naming_it(project, code_with_more_models, model,
                                                       message):
@@ -256,6 +273,7 @@ def test_a_broken_model_config_is_one_line_naming_it(project, code_with_more_mod
 def test_bad_requests_fail_before_training(project, args, message):
     proc = _train(project, *args)
     assert proc.returncode == 1
+    assert not (project / "models" / "vgg").exists()   # a typo leaves no folder behind
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
 
@@ -512,7 +530,8 @@ def test_remote_weights_are_switched_off_and_local_ones_kept(tmp_path):
     cfg = Config(dict(model=dict(
         pretrained="open-mmlab://resnet50_v1c",
         data_preprocessor=dict(mean=[1.0, 2.0, 3.0], std=[1.0, 1.0, 1.0], bgr_to_rgb=True),
-        backbone=dict(type="ResNet", init_cfg=dict(type="Pretrained", checkpoint=str(local))),
+        backbone=dict(type="ResNet", frozen_stages=1, norm_eval=True,
+                      init_cfg=dict(type="Pretrained", checkpoint=str(local))),
         neck=dict(init_cfg=[dict(type="Pretrained", checkpoint="https://x/y.pth"),
                             dict(type="Kaiming", layer="Conv2d")]),
         decode_head=dict(num_classes=150, init_cfg=dict(type="Pretrained",
@@ -521,9 +540,56 @@ def test_remote_weights_are_switched_off_and_local_ones_kept(tmp_path):
     said = adapt(cfg, "semantic")
     assert cfg.model.pretrained is None and "pretrained open-mmlab://resnet50_v1c off" in said
     assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint=str(local))
+    # model.pretrained off: the backbone it would have filled learns every stage
+    assert cfg.model.backbone.frozen_stages == -1 and cfg.model.backbone.norm_eval is False
     assert cfg.model.neck.init_cfg == [dict(type="Kaiming", layer="Conv2d")]
     assert cfg.model.decode_head.init_cfg is None
     assert cfg.model.decode_head.num_classes == 3 and cfg.model.auxiliary_head.num_classes == 1
     assert cfg.model.data_preprocessor.mean == [128.0] and not cfg.model.data_preprocessor.bgr_to_rgb
     assert cfg.model.backbone.in_channels == 1
     assert cfg.train_dataloader.dataset.metainfo["classes"] == ("background", "lumbar", "sacrum")
+
+
+def test_adapt_fits_heads_inputs_and_loops_of_other_datasets():
+    """The rest of adapt's rules on package-like configs: panoptic-style class counts, class
+    weights of another dataset, a binary head, a backbone without in_channels (three equal
+    channels instead), a data preprocessor written at the top level."""
+    from mmengine.config import Config
+    from train.fit.run_config import adapt
+    cfg = Config(dict(default_scope="mmdet", data_preprocessor=dict(
+        type="DetDataPreprocessor", mean=[1.0, 2.0, 3.0], std=[1.0, 1.0, 1.0], bgr_to_rgb=True),
+        model=dict(type="RTMDet", backbone=dict(type="CSPNeXt"),
+                   panoptic_head=dict(num_things_classes=80, num_stuff_classes=53,
+                                      loss_cls=dict(class_weight=[1.0] * 133 + [0.1])),
+                   edge_head=dict(num_classes=2), rpn_head=dict(num_classes=1),
+                   bbox_head=dict(num_classes=80,
+                                  loss_cls=dict(class_weight=[1.0, 2.0, 1.0])))))
+    said = adapt(cfg, "instance")
+    m = cfg.model
+    assert m.panoptic_head.num_things_classes == 2 and m.panoptic_head.num_stuff_classes == 0
+    assert m.panoptic_head.loss_cls.class_weight is None     # 134 weights: another dataset's
+    assert m.bbox_head.num_classes == 2 and m.bbox_head.loss_cls.class_weight == [1.0, 2.0, 1.0]
+    assert m.edge_head.num_classes == 2 and m.rpn_head.num_classes == 1   # binary heads kept
+    assert "in_channels" not in m.backbone                  # CSPNeXt takes none:
+    assert m.data_preprocessor.mean == [128.0] * 3 and m.data_preprocessor.bgr_to_rgb is False
+    loads = [t for key in ("train_dataloader", "val_dataloader")
+             for t in cfg[key].dataset.pipeline if t["type"] == "LoadImageFromFile"]
+    assert loads and all(t["color_type"] == "color" for t in loads)
+    assert any("takes no in_channels" in line for line in said)
+
+
+@pytest.mark.parametrize("loop, options, message", [
+    (dict(by_epoch=False, max_iters=10), {"train_cfg.max_epochs": 1},
+     "its train loop IterBasedTrainLoop takes max_iters"),
+    (dict(type="IterBasedTrainLoop", max_iters=10), {"train_cfg.val_interval": 0},
+     "train_cfg.val_interval is 0: a whole number of iterations, at least 1"),
+    (dict(type="EpochBasedTrainLoop", max_epochs=10), {"train_cfg.max_epochs": 2.5},
+     "train_cfg.max_epochs is 2.5: a whole number of epochs"),
+])
+def test_loop_options_are_checked_in_either_spelling(loop, options, message):
+    from mmengine.config import Config
+    from train.fit.run_config import check_loops
+    cfg = Config(dict(default_scope="mmseg", train_cfg=loop))
+    cfg.merge_from_dict(options)
+    with pytest.raises(InvalidConfigError, match=message):
+        check_loops(cfg, "unet")

@@ -69,7 +69,7 @@ def _declaration(path: Path) -> Model:
             decl = {kw.arg: ast.literal_eval(kw.value) for kw in value.keywords}
         else:
             decl = ast.literal_eval(value)
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
         decl = None
     if not isinstance(decl, dict) or set(decl) != {"family", "name"} \
             or decl["family"] not in FAMILIES or not isinstance(decl["name"], str) \
@@ -102,6 +102,21 @@ def registry(folder: Path = CONFIG_DIR) -> dict[str, Model]:
     return {path.stem: _load(path) for path in _files(folder)}
 
 
+def display_names(models, folder: Path = CONFIG_DIR) -> dict[str, str]:
+    """Model -> display name for a report's columns; two models of one name would share a
+    column (one hiding the other), so that is an error naming both files."""
+    out: dict[str, str] = {}
+    for model in models:
+        name = display_name(model, folder)
+        twin = next((m for m, n in out.items() if n == name), None)
+        if twin is not None:
+            raise InvalidConfigError(f"{twin} and {model} are both named '{name}'; give one "
+                                     "another name= in its declaration",
+                                     file=_shown(folder / f"{model}.py"))
+        out[model] = name
+    return out
+
+
 def names(folder: Path = CONFIG_DIR) -> list[str]:
     """The registered models' keys, from their file names (each file is read when its model is
     used: one broken file stops its own model only)."""
@@ -117,11 +132,13 @@ def help_list() -> str:
 def get(model: str, folder: Path = CONFIG_DIR) -> Model:
     """The registered model ``model``, read from its own file only (another model's broken
     file does not stop this one); an unknown one is a one-line error listing the known."""
-    path = folder / f"{model}.py"
-    if not NAME.fullmatch(model) or not path.is_file():
-        raise InvalidConfigError(f"unknown model '{model}' (known: "
-                                 f"{', '.join(names(folder))}; a model is a "
-                                 "config file in train/configs/)")
+    path = folder / f"{model}.py" if isinstance(model, str) and "/" not in model else None
+    if path is None or not NAME.fullmatch(model) or not path.is_file():
+        misnamed = path is not None and path.is_file() and not model.startswith("_")
+        raise InvalidConfigError(
+            f"unknown model '{model}' (known: {', '.join(names(folder))}; a model is a config "
+            "file in train/configs/" + (f"; rename {_shown(path)}: a model's name is lower-case "
+                                        "letters, digits and _" if misnamed else "") + ")")
     return _load(path)
 
 
@@ -143,11 +160,11 @@ def family(model: str) -> str:
     return get(model).family
 
 
-def display_name(model: str) -> str:
+def display_name(model: str, folder: Path = CONFIG_DIR) -> str:
     """The model's name as people write it (``Mask R-CNN``); one no longer registered (an old
     evaluation) as given."""
     try:
-        return get(model).name
+        return get(model, folder).name
     except InvalidConfigError:
         return model
 

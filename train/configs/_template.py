@@ -15,17 +15,24 @@ _base_ = ['mmdet::solov2/solov2_r50_fpn_1x_coco.py']
 # listed as spinepipe_adapted in the run's config.py):
 # - the data: dataloaders whose dataset is not spinepipe's (COCO, ADE20K, Cityscapes) get the
 #   family's data block, ./_base_/spine_instance.py or ./_base_/spine_semantic.py: grayscale
-#   pipelines, the classes (lumbar, sacrum), this run's fold. Batch size and sampler stay this
-#   config's. To write your own data block instead, copy that file's pipelines and
-#   dataloaders here, keeping metainfo (the classes) in every dataset (yolact.py does).
-# - the classes: every num_classes of the model other than 1 becomes 2 (instance) or 3
-#   (semantic: background, lumbar, sacrum).
-# - grayscale: a 3-channel input becomes one channel (backbone in_channels=1, mean 128, std 64).
-# - weights: Pretrained sources off this machine (torchvision://, https://) are switched off:
-#   nothing downloads, the model trains from scratch, or from train.pretrained.<name> in
-#   params.yaml (a local checkpoint).
+#   pipelines, the classes (lumbar, sacrum), this run's fold; instance batches are padded to
+#   multiples of 32. Batch size and sampler stay this config's. To write your own data block
+#   instead, copy that file's pipelines and dataloaders here, keeping metainfo (the classes)
+#   in every dataset (yolact.py does).
+# - the classes: each head's num_classes (and num_things_classes) other than 1 and 2 (binary
+#   heads) becomes 2 (instance) or 3 (semantic: background, lumbar, sacrum); a class_weight
+#   list of another dataset's length is dropped.
+# - grayscale: a 3-channel input becomes one channel (backbone in_channels=1, mean 128, std 64);
+#   a backbone without in_channels reads the image as three equal channels.
+# - weights: Pretrained sources off this machine (torchvision://, https://) are switched off,
+#   and what they froze learns (frozen_stages=-1, norm_eval=False): nothing downloads, the
+#   model trains from scratch, or from train.pretrained.<name> in params.yaml (a local
+#   checkpoint).
 # - the image scale and crop of the preset (params.yaml train.presets), the augmentation, the
 #   best-checkpoint metric of its family (instance: coco/segm_mAP, semantic: mIoU).
+# The name must differ from every other model's (the report's columns are names). Inherit a
+# package config or a file of ./_base_/, not another model's file: this file and ./_base_/ are
+# what its DVC train stage depends on.
 #
 # The schedule is the inherited one (SOLOv2 1x: 12 epochs, MMDetection's learning rate for 16
 # images per batch). For the CPU demo give the model a block in params.yaml

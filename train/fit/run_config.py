@@ -9,6 +9,7 @@ own tools.
 """
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,7 +17,7 @@ from mmengine.config import Config
 
 from converters.core.errors import InvalidConfigError, MissingInputError
 from train.fit.augment import CUSTOM_IMPORTS, augment_step
-from train.models import BEST_METRIC, get
+from train.models import BEST_METRIC, family_of_scope, get
 
 #: the data block of each family (classes, grayscale pipelines, dataloaders, evaluators)
 DATA_BLOCK = {"instance": Path(__file__).parents[1] / "configs" / "_base_" / "spine_instance.py",
@@ -35,11 +36,13 @@ def config_path(model: str) -> Path:
 
 def load_model_config(model: str) -> Config:
     """A model's config as MMEngine reads it; an error in it (a syntax error, a missing base,
-    a key set by two of its bases) is one line naming the file and what to change."""
-    path = config_path(model)
-    where = f"train/configs/{path.name}"
+    a key set by two of its bases, a line that fails, no model, a family its base does not
+    have) is one line naming the file and what to change."""
+    entry = get(model)
+    path, where = entry.config, f"train/configs/{entry.config.name}"
+    _check_bases(path, where)
     try:
-        return Config.fromfile(str(path))
+        cfg = Config.fromfile(str(path))
     except KeyError as exc:
         text = str(exc.args[0] if exc.args else exc)
         if "Duplicate key" in text:
@@ -51,31 +54,64 @@ def load_model_config(model: str) -> Config:
                 "block: train/configs/_template.py)", file=where) from None
         raise InvalidConfigError(f"does not load ({type(exc).__name__}: {text[:160]})",
                                  file=where) from None
-    except (SyntaxError, FileNotFoundError, ImportError, TypeError, ValueError,
-            AttributeError, NameError) as exc:
+    except Exception as exc:   # the file is the user's code: whatever its lines raise
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise InvalidConfigError(f"does not load ({type(exc).__name__}: {first})",
                                  file=where) from None
+    if not isinstance(cfg.get("model"), dict):
+        raise InvalidConfigError("no model = dict(...): inherit an MMDetection / "
+                                 "MMSegmentation config (train/configs/_template.py)", file=where)
+    scope = cfg.get("default_scope")
+    if scope in ("mmdet", "mmseg") and family_of_scope(scope) != entry.family:
+        raise InvalidConfigError(
+            f"declared family='{entry.family}', but its base is an "
+            f"{'MMDetection' if scope == 'mmdet' else 'MMSegmentation'} config "
+            f"(family='{family_of_scope(scope)}')", file=where)
+    return cfg
+
+
+def _check_bases(path: Path, where: str) -> None:
+    """A model's ``_base_`` names package configs (``mmdet::``, ``mmseg::``) or files of
+    ``./_base_/``, never another model's file: its train stage depends on its own file and
+    ``_base_/`` only, so a change to the other model's file would not re-train it."""
+    try:
+        tree = ast.parse(path.read_bytes())
+        found = [n.value for n in tree.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "_base_" for t in n.targets)]
+        bases = ast.literal_eval(found[0]) if found else []
+    except (SyntaxError, ValueError, TypeError):
+        return        # MMEngine says what is wrong when it loads the file
+    for base in [bases] if isinstance(bases, str) else bases if isinstance(bases, list) else []:
+        if isinstance(base, str) and "::" not in base \
+                and not base.replace("\\", "/").startswith(("./_base_/", "_base_/")):
+            raise InvalidConfigError(
+                f"_base_ names {base}: inherit a package config (mmdet::..., mmseg::...) or a "
+                "file of train/configs/_base_/, not another model's file (its changes would not "
+                "re-train this model); copy what you need into this file", file=where)
 
 
 def adapt(cfg: Config, fam: str) -> list[str]:
     """Make a model's config read spinepipe's data, whatever dataset its bases were written
-    for; returns what it changed, for the run's log.
+    for; returns what it changed (``spinepipe_adapted`` in the run's config.py).
 
     - data: a dataloader whose dataset does not carry spinepipe's classes (MMDetection's COCO,
       MMSegmentation's ADE20K) gets the family's dataset block (``_base_/spine_<family>.py``:
       grayscale pipelines, classes, annotation files), and its evaluator that block's (the
       metric list stays the config's own); batch size and samplers stay the config's own (an
-      iteration-based schedule samples endlessly, an epoch-based one does not). A config that writes its own spinepipe dataset
-      (YOLACT's fixed-size pipeline) keeps it.
-    - classes: every ``num_classes`` of the model other than 1 (a region proposal head's
-      objectness) becomes the family's count (2 instance classes; 3 semantic, background
-      included).
+      iteration-based schedule samples endlessly, an epoch-based one does not). A config that
+      writes its own spinepipe dataset (YOLACT's fixed-size pipeline) keeps it.
+    - classes: every ``num_classes`` (and ``num_things_classes``) of the model other than 1
+      and 2 (binary heads: region proposals' objectness, edges) becomes the family's count (2
+      instance classes; 3 semantic, background included); ``num_stuff_classes`` becomes 0; a
+      ``class_weight`` list of another length is dropped (uniform weights).
     - grayscale: a colour model's input (3 channels, or none said) becomes one channel
-      (``backbone.in_channels``), mean 128, std 64, no channel swap.
+      (``backbone.in_channels``), mean 128, std 64, no channel swap; a backbone that takes no
+      ``in_channels`` reads the image as three equal channels instead. An instance model
+      given the block pads its batches to multiples of 32 (the block's pipelines do not pad).
     - weights: a ``Pretrained`` source off this machine (``torchvision://``, ``https://``) is
       switched off: nothing can be downloaded, and a model trains from scratch unless
-      ``train.pretrained`` names a local checkpoint (``load_from``).
+      ``train.pretrained`` names a local checkpoint (``load_from``); the layers it froze
+      (``frozen_stages``, ``norm_eval``) learn.
     """
     block = Config.fromfile(str(DATA_BLOCK[fam]))
     classes = tuple(block.metainfo["classes"])
@@ -96,25 +132,105 @@ def adapt(cfg: Config, fam: str) -> list[str]:
                 ev.get("type") == block[key]["type"] else None
             cfg[key] = {**block[key], **({"metric": own} if own else {})}
     model = cfg.model
-    n = len(classes)
+    changed += _classes(model, len(classes))
+    changed += _grayscale(cfg, model)
+    pre = model.get("data_preprocessor")
+    if fam == "instance" and any(k.startswith(DATA_KEYS) for k in changed) \
+            and isinstance(pre, dict) and ((pre.get("pad_size_divisor") or 1) < 32
+                                           or not pre.get("pad_mask")):
+        # the block's pipelines keep the aspect and do not pad (package configs pad in theirs,
+        # e.g. RTMDet's 640 square): FPN-style necks need sides divisible by the largest
+        # stride, and the masks padded with the image
+        pre["pad_size_divisor"] = max(32, pre.get("pad_size_divisor") or 1)
+        pre["pad_mask"] = True
+        changed.append("data_preprocessor: pads images and masks to multiples of 32")
+    changed += _no_remote_weights(model)
+    return changed
+
+
+def _classes(model, n: int) -> list[str]:
+    changed = []
     for node in _dicts(model):
-        if "num_classes" in node and node["num_classes"] not in (1, n):
-            changed.append(f"{node.get('type', 'a head')}: num_classes {node['num_classes']} -> {n}")
-            node["num_classes"] = n
-    pre = model.setdefault("data_preprocessor", {})
+        head = node.get("type", "a head")
+        for key in ("num_classes", "num_things_classes"):
+            old = node.get(key)
+            if isinstance(old, int) and old not in (1, 2, n):
+                node[key] = n
+                changed.append(f"{head}: {key} {old} -> {n}")
+                for sub in _dicts(node):
+                    weight = sub.get("class_weight")
+                    if isinstance(weight, (list, tuple)) and len(weight) not in (n, n + 1):
+                        sub["class_weight"] = None
+                        changed.append(f"{head}: class_weight of {len(weight)} classes dropped")
+        if node.get("num_stuff_classes"):
+            changed.append(f"{head}: num_stuff_classes {node['num_stuff_classes']} -> 0")
+            node["num_stuff_classes"] = 0
+    return changed
+
+
+def _grayscale(cfg: Config, model) -> list[str]:
+    changed = []
+    if not isinstance(model.get("data_preprocessor"), dict) \
+            and isinstance(cfg.get("data_preprocessor"), dict):
+        model["data_preprocessor"] = dict(cfg.data_preprocessor)   # the model's, as it builds
+    pre = model.get("data_preprocessor")
+    if not isinstance(pre, dict):
+        return changed
+    backbone = model.get("backbone")
     if len(pre.get("mean") or [0, 0, 0]) == 3:
-        pre.update(mean=[128.0], std=[64.0])
-        changed.append("grayscale input: mean 128, std 64")
+        one = isinstance(backbone, dict) and (backbone.get("in_channels") == 1 or (
+            backbone.get("in_channels", 3) == 3
+            and _takes(backbone, "in_channels", cfg.get("default_scope"))))
+        channels = 1 if one else 3
+        pre["mean"], pre["std"] = [128.0] * channels, [64.0] * channels
+        changed.append(f"grayscale input: mean 128, std 64 ({channels} channel"
+                       f"{'s' if channels > 1 else ''})")
+        if one and backbone.get("in_channels") != 1:
+            backbone["in_channels"] = 1
+            changed.append("backbone: in_channels 1")
+        else:
+            for pipeline in _pipelines(cfg):
+                for step in pipeline:
+                    if step.get("type") == "LoadImageFromFile":
+                        step["color_type"] = "color"
+            changed.append(f"backbone {backbone.get('type') if isinstance(backbone, dict) else ''}"
+                           " takes no in_channels: images read as three equal channels")
     for swap in ("bgr_to_rgb", "rgb_to_bgr"):
         if pre.get(swap):
             pre[swap] = False
-    backbone = model.get("backbone")
-    if isinstance(backbone, dict) and backbone.get("in_channels", 3) == 3:
-        backbone["in_channels"] = 1
-        changed.append("backbone: in_channels 1")
+    return changed
+
+
+def _takes(node: dict, argument: str, scope: str | None) -> bool:
+    """Whether the registered class of ``node`` takes ``argument`` (its own or a parent's
+    ``__init__`` by keywords); True when the class cannot be looked up."""
+    import importlib
+    import inspect
+
+    try:   # the package's own registry (mmdet.registry.MODELS): it imports its models
+        registry = importlib.import_module(f"{scope or 'mmengine'}.registry").MODELS
+        kind = node.get("type")
+        cls = registry.get(kind) if isinstance(kind, str) else kind
+    except Exception:   # noqa: BLE001 - an unknown type: MMEngine says so when it builds
+        cls = None
+    if cls is None:
+        return True
+    for klass in cls.__mro__:       # up through the classes that pass **kwargs on
+        params = inspect.signature(klass.__init__).parameters
+        if argument in params:
+            return True
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
+
+
+def _no_remote_weights(model) -> list[str]:
+    changed = []
     if isinstance(model.get("pretrained"), str) and _remote(model.pretrained):
         changed.append(f"pretrained {model.pretrained} off")
-        model.pretrained = None
+        model["pretrained"] = None
+        if isinstance(model.get("backbone"), dict):
+            changed += _unfreeze(model.backbone)
     for node in _dicts(model):
         init = node.get("init_cfg")
         inits = init if isinstance(init, list) else [init]
@@ -124,6 +240,20 @@ def adapt(cfg: Config, fam: str) -> list[str]:
             changed += [f"Pretrained {i.get('checkpoint')} off" for i in off]
             kept = [i for i in inits if i not in off]
             node["init_cfg"] = kept if isinstance(init, list) and kept else None
+            changed += _unfreeze(node)
+    return changed
+
+
+def _unfreeze(node: dict) -> list[str]:
+    """Layers frozen for pretrained weights learn when there are none: random stages and
+    batch-norm statistics left as initialised would stay so."""
+    changed = []
+    if isinstance(node.get("frozen_stages"), int) and node["frozen_stages"] >= 0:
+        node["frozen_stages"] = -1
+        changed.append(f"{node.get('type', 'backbone')}: frozen_stages -1 (no weights to keep)")
+    if node.get("norm_eval"):
+        node["norm_eval"] = False
+        changed.append(f"{node.get('type', 'backbone')}: norm_eval False (its statistics learn)")
     return changed
 
 
@@ -147,17 +277,28 @@ def check_loops(cfg: Config, model: str) -> None:
         if "type" in loop and "by_epoch" in loop:
             raise InvalidConfigError(f"{key} sets both type ({loop['type']}) and by_epoch; "
                                      "keep one (MMEngine takes either)", file=where)
-        if "type" not in loop:
-            continue
+        kind = loop.get("type")
+        if kind is None:         # MMEngine's other spelling: by_epoch picks the loop
+            if key != "train_cfg":
+                continue
+            kind = "EpochBasedTrainLoop" if loop.get("by_epoch", True) else "IterBasedTrainLoop"
         with DefaultScope.overwrite_default_scope(cfg.get("default_scope")):
-            cls = LOOPS.get(loop["type"]) if isinstance(loop["type"], str) else loop["type"]
+            cls = LOOPS.get(kind) if isinstance(kind, str) else kind
         if cls is None:
-            raise InvalidConfigError(f"{key}: unknown loop type {loop['type']!r}", file=where)
+            raise InvalidConfigError(f"{key}: unknown loop type {kind!r}", file=where)
+        for name in ("max_epochs", "max_iters", "val_interval", "val_begin"):
+            value = loop.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < (1 if name != "val_begin" else 0)):
+                raise InvalidConfigError(f"{key}.{name} is {value!r}: a whole number of "
+                                         f"{'epochs' if 'epoch' in cls.__name__.lower() else 'iterations'}"
+                                         f", at least {1 if name != 'val_begin' else 0}",
+                                         file=where)
         params = inspect.signature(cls.__init__).parameters
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
             continue
         takes = [n for n in params if n not in ("self", "runner", "dataloader", "evaluator")]
-        wrong = sorted(k for k in loop if not k.startswith("_") and k != "type"
+        wrong = sorted(k for k in loop if not k.startswith("_") and k not in ("type", "by_epoch")
                        and k not in takes)
         if wrong:
             raise InvalidConfigError(
@@ -167,6 +308,7 @@ def check_loops(cfg: Config, model: str) -> None:
 
 
 def _remote(source: str) -> bool:
+    """A checkpoint that is not a file on this machine (a URL, a model zoo name)."""
     return source.startswith(REMOTE) or not Path(source).is_file()
 
 

@@ -29,7 +29,7 @@ from converters.core.files import (link_into_place, prepare_output, refuse_links
                                    write_json, write_text)
 from converters.core.records import read_json
 from train.fit.checkpoint import allow_mmengine_checkpoints
-from train.models import BEST_METRIC, family, family_of_scope, known, names
+from train.models import BEST_METRIC, family, family_of_scope, names
 from train.fit.run_config import build_leaf, nested_options, replace_type
 
 
@@ -180,10 +180,11 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
     pretrained = cfg.pretrained.get(model)
     if pretrained and not Path(pretrained).is_file():
         raise MissingInputError("pretrained checkpoint not found", file=pretrained)
-    try:
-        known(sorted(p.models))
-    except InvalidConfigError as exc:
-        raise InvalidConfigError(f"train.presets.{name}.models: {exc.message}") from None
+    unknown = sorted(set(p.models) - set(names()))   # file names: a sibling's broken file
+    if unknown:                                      # is that model's error, not this one's
+        raise InvalidConfigError(f"train.presets.{name}.models: unknown model '{unknown[0]}' "
+                                 f"(known: {', '.join(names())}; a model is a config file in "
+                                 "train/configs/)")
     own = p.models.get(model, ModelSettings())
     options = nested_options(own.options, cfg_options or {})
     img_scale = own.img_scale or p.img_scale

@@ -48,6 +48,7 @@ from train.evaluation.metrics import METRICS
 from train.report.figures import (bland_altman_figure, box_figure, densities, density_figure,
                                   examples)
 from train.report.html import page, waiting_page
+from train.models import display_names
 from train.report.tables import (LABELS, RATES, load_evaluations, load_measures, markdown,
                                  measures_table, overlap_finding, sample_note, subgroups,
                                  subgroups_display, table1, table1_display)
@@ -91,6 +92,7 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
     """Write every report output (module docstring); return ``metrics.json``'s content."""
     eval_root, output = Path(eval_root), Path(output)
     df, summaries = load_evaluations(eval_root, models)
+    display_names(df["model"].unique())   # one column per model: two of one name would merge
     prepare_output(output)
     clinical = load_measures(eval_root, df)
     agreement = {model: summarize(pred, true) for model, (pred, true) in clinical.items()}
