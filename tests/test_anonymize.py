@@ -751,3 +751,38 @@ def test_a_transfer_syntax_the_standard_does_not_define_is_named(tmp_path, ts):
     assert report.counts == {"failed": 1}
     reason = next(iter(report.private_rows.values()))["reason"]
     assert "transfer syntax" in reason and "(0002,0010)" in reason, reason
+
+
+def test_compiled_code_meanings_are_pydicoms_and_a_stale_table_is_ignored(tmp_path, monkeypatch):
+    """``make`` compiles pydicom's concept dictionary for anonymize's code meanings: the same
+    value -> meaning for every scheme; a table of another pydicom version, a damaged one or
+    none at all are ignored and the dictionary itself is read."""
+    import marshal
+
+    import pydicom
+    from pydicom.sr._concepts_dict import concepts
+
+    from converters.dicom import deid_table as dt
+
+    path = dt.write_code_table(tmp_path / "codes.marshal")
+    monkeypatch.setattr(dt, "code_table_file", lambda: path)
+    dt._compiled_codes.cache_clear()
+    compiled = dt._compiled_codes()
+    assert compiled is not None and set(compiled) == set(concepts)
+    for scheme, entries in concepts.items():
+        expected = {}
+        for by_value in entries.values():
+            for value, (meaning, _) in by_value.items():
+                expected.setdefault(value, meaning)
+        assert compiled[scheme] == expected, scheme
+    assert compiled["SCT"]["122496007"] == "Lumbar spine"   # as the phantom writes it
+    stale = {"pydicom": "0.0", "codes": {"SCT": {"122496007": "forged"}}}
+    for damaged in (marshal.dumps(stale), b"\x00not marshal", marshal.dumps([1, 2])):
+        path.write_bytes(damaged)
+        dt._compiled_codes.cache_clear()
+        dt.standard_codes.cache_clear()
+        assert dt._compiled_codes() is None
+        assert dt.standard_codes("SCT")["122496007"] == "Lumbar spine"
+    assert pydicom.__version__ != "0.0"
+    dt._compiled_codes.cache_clear()
+    dt.standard_codes.cache_clear()
