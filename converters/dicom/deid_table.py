@@ -300,22 +300,17 @@ def write_code_table(path: Path | None = None) -> Path:
     a code 60 ms, reading the compiled table 5 ms. Keyed by pydicom's version: after an upgrade
     the table is ignored until ``make`` writes it again."""
     import marshal
-    import os
-    import tempfile
 
     import pydicom
     from pydicom.sr._concepts_dict import concepts
 
+    from converters.core.files import prepare_output, write_bytes
+
     path = Path(path or code_table_file())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = marshal.dumps({"pydicom": pydicom.__version__,
-                          "codes": {scheme: _meanings(entries)
-                                    for scheme, entries in concepts.items()}})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sr_codes.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    prepare_output(path.parent)          # the one write path: confined, no links, umask
+    write_bytes(path, marshal.dumps({"pydicom": pydicom.__version__,
+                                     "codes": {scheme: _meanings(entries)
+                                               for scheme, entries in concepts.items()}}))
     return path
 
 
