@@ -474,6 +474,11 @@ def _set_data(cfg: Config, model: str, fam: str, images: str | Path, train_ann: 
 
 def replace_type(node: Any, old: str, new: str) -> None:
     """Every ``type=old`` in a config (nested dicts and lists) becomes ``type=new``."""
-    for each in _dicts(node):
-        if each.get("type") == old:
-            each["type"] = new
+    if isinstance(node, dict):
+        if node.get("type") == old:
+            node["type"] = new
+        for value in node.values():
+            replace_type(value, old, new)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            replace_type(value, old, new)
