@@ -74,12 +74,14 @@ class Vertebra:
 @dataclass
 class Spine:
     """The endplates found in one image, the anterior and cranial unit vectors of its frame,
-    and why levels are not usable (level -> reason)."""
+    and why levels are not usable (level -> reason); ``fits``: where the endplates were refined
+    on the image (:mod:`converters.spine.refine`), level -> side -> its fit."""
 
     vertebrae: dict[str, Vertebra] = field(default_factory=dict)
     anterior: np.ndarray | None = None
     up: np.ndarray | None = None
     unusable: dict[str, str] = field(default_factory=dict)
+    fits: dict[str, dict] = field(default_factory=dict)
 
 
 def unit_vector(v: np.ndarray) -> np.ndarray:

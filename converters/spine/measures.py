@@ -9,7 +9,9 @@ pixels, and in millimetres when the pixel spacing is known (DICOM Imager / Pixel
 by export's provenance).
 
 Endplates: :func:`converters.spine.endplates.find_vertebrae` (how they are found, and when a
-level is unusable).
+level is unusable); optionally refined on the full-resolution image
+(:mod:`converters.spine.refine`: a level whose endplate is not seen there is withheld, with the
+reason).
 
 Measures (:func:`measure`), angles in degrees, positive lordotic:
 
@@ -43,6 +45,7 @@ import numpy as np
 
 from converters.spine.endplates import Endplate, Spine, Vertebra, unit_vector, find_vertebrae
 from converters.spine.levels import LEVELS, LUMBAR
+from converters.spine.refine import MeasuresConfig, confidence, refine_spine
 
 SLIP_MIN_PCT = 5.0
 
@@ -70,8 +73,9 @@ def _columns() -> tuple[list[str], list[str]]:
 
 
 MEASURES, LENGTHS = _columns()
-#: the columns of ``measures.csv``
-COLUMNS = ("file_name", *MEASURES, "pixel_spacing_mm", "not_measurable")
+#: the columns of ``measures.csv``: ``refined`` 1 where the endplates were refined on the image
+#: (:mod:`converters.spine.refine`), ``confidence`` then the lowest of its endplates'
+COLUMNS = ("file_name", *MEASURES, "refined", "confidence", "pixel_spacing_mm", "not_measurable")
 
 
 def uses(column: str) -> tuple[str, ...]:
@@ -184,10 +188,18 @@ def reasons(spine: Spine) -> str:
 
 
 def image_measures(outlines: Sequence[tuple[str | None, np.ndarray]],
-                   spacing_mm: tuple[float, float] | None = None) -> tuple[dict, Spine]:
-    """One image's measures row (:data:`COLUMNS` but ``file_name``) and the endplates."""
+                   spacing_mm: tuple[float, float] | None = None, *,
+                   refine: MeasuresConfig | None = None, image: np.ndarray | None = None,
+                   image_name: str = "the image") -> tuple[dict, Spine]:
+    """One image's measures row (:data:`COLUMNS` but ``file_name``) and the endplates; with
+    ``refine``, the endplates refined on ``image`` first (None: the image is missing, and
+    nothing is measured, :func:`converters.spine.refine.refine_spine`)."""
     spine = find_vertebrae(outlines)
+    if refine is not None:
+        spine = refine_spine(spine, image, refine, spacing_mm, image_name=image_name)
     row = measure(spine, spacing_mm)
+    row["refined"] = int(refine is not None)
+    row["confidence"] = confidence(spine)
     row["pixel_spacing_mm"] = None if spacing_mm is None else float(spacing_mm[0])
     row["not_measurable"] = reasons(spine)
     return row, spine
