@@ -1,7 +1,9 @@
 """``spinepipe convert``: VIA exports -> COCO instances, class masks, overlap maps, QA.
 
 params.yaml section ``convert`` (:class:`converters.annotations.convert.ConvertConfig`);
-``--strict`` overrides ``convert.strict``.
+``--strict`` overrides ``convert.strict``; section ``measures``
+(:class:`converters.spine.refine.MeasuresConfig`): ``measures.refine`` refines the endplates of
+the readers' polygons on the images before ``measures.csv`` is measured (off by default).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Optional
 import typer
 
 from converters.annotations.convert import ConvertConfig, convert
+from converters.spine.refine import MeasuresConfig
 from converters.annotations.via import expand_inputs
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
@@ -32,12 +35,13 @@ def command(
     """Validate and repair the annotators' polygons and write COCO instances (with levels
     L1-L5 / S1), two-class masks, overlap maps, a per-image table and QA overlays."""
     cfg = stage_params(ConvertConfig, "convert", params)
+    measures = stage_params(MeasuresConfig, "measures", params)
     via_files = expand_inputs([*input, *(more or [])])
     if strict:
         cfg = dataclasses.replace(cfg, strict=True)
     with progress_bar("convert", quiet=quiet) as update:
         report = convert(via_files, images, output, cfg, workers=workers, progress=update,
-                         problems_file=problems_file)
+                         problems_file=problems_file, measures=measures)
     counts = report.counts()
     fixed = report.corrections
     corrected = (f"; proposals: {fixed.get('unchanged', 0)} unchanged, {fixed.get('edited', 0)}"

@@ -4,7 +4,9 @@ params.yaml section ``evaluate`` (:class:`train.evaluation.evaluate.EvaluateConf
 which a vertebra counts as recognized, the device; section ``postprocess``
 (:class:`train.evaluation.recognition.PostprocessConfig`, shared with ``propose``): score
 threshold and same-class NMS of instance predictions, minimum instance area, the overlap
-criterion of the composite recognition rate.
+criterion of the composite recognition rate; section ``measures``
+(:class:`converters.spine.refine.MeasuresConfig`): the refinement of the clinical measures'
+endplates on the test images.
 Writes ``reports/eval/<model>/fold<k>/`` (layout: :mod:`train.evaluation.evaluate`); the folder is
 built under a temporary name and renamed when complete.
 """
@@ -19,6 +21,7 @@ from converters.core import waiting
 from converters.core.files import prepare_output, write_json
 from pipeline.console import ParamsOption, QuietOption, library_output_to, progress_bar, say
 from pipeline.params import stage_params
+from converters.spine.refine import MeasuresConfig
 from train.evaluation.evaluate import EvaluateConfig, evaluate_run
 from train.evaluation.recognition import PostprocessConfig
 from train.models import HEADLINE, eval_dir, eval_metrics_file, get, help_list
@@ -41,6 +44,7 @@ def command(
     metrics, recognition and composite recognition, per-level results, pooled metrics."""
     cfg = stage_params(EvaluateConfig, "evaluate", params)
     post = stage_params(PostprocessConfig, "postprocess", params)
+    measures = stage_params(MeasuresConfig, "measures", params)
     get(model)   # a typo is an error, not an empty reports/eval/<typo>/
     out = output or eval_dir(model, fold)
     why = waiting.reason_in_file((run_dir or default_run_dir(model, fold)) / "metrics.json")
@@ -51,8 +55,8 @@ def command(
         write_json(eval_metrics_file(out), {**record, **dict.fromkeys(HEADLINE)})
         say(f"evaluate: {model} fold {fold}: waiting for annotations ({why}) -> {out}")
         return
-    summary = evaluate_run(model, fold, cfg, post=post, test=test, masks=masks, images=images,
-                           out=out,
+    summary = evaluate_run(model, fold, cfg, post=post, measures=measures, test=test,
+                           masks=masks, images=images, out=out,
                            run=run_dir, predictions=predictions,
                            bar=lambda text: progress_bar(text, quiet=quiet),
                            capture=library_output_to if quiet else None)  # into evaluate.log

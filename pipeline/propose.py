@@ -4,8 +4,10 @@ params.yaml section ``propose`` (:class:`train.infer.propose.ProposeConfig`): wh
 proposes (``enabled``), the run that proposes (``model``, ``fold``; on the command line, further
 ``--model`` / ``--fold`` runs measure disagreement), the polygons' vertex budget, the project's
 default file path (``via_image_path``: where the annotators' VIA finds the PNGs), the device;
-section ``postprocess`` (shared with ``evaluate``): which instances are kept. Outputs: the VIA project, ``worklist.csv`` and ``proposals_summary.json`` beside
-it (:mod:`train.infer.propose`).
+section ``postprocess`` (shared with ``evaluate``): which instances are kept; section ``measures``
+(:class:`converters.spine.refine.MeasuresConfig`): ``refine_predictions`` puts endplate corners
+refined on the image into the polygons. Outputs: the VIA project, ``worklist.csv`` and
+``proposals_summary.json`` beside it (:mod:`train.infer.propose`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pipeline.console import ParamsOption, QuietOption, library_output_to, progr
 from pipeline.params import read_params_file, stage_params
 from train.models import known, run_dir
 from train.evaluation.recognition import PostprocessConfig
+from converters.spine.refine import MeasuresConfig
 from train.infer.propose import (ProposeConfig, image_paths, propose_images, truth_iou,
                                  unannotated, write_proposals)
 
@@ -44,6 +47,7 @@ def command(
     images come in review order (the most doubtful first), with a worklist of why."""
     cfg = stage_params(ProposeConfig, "propose", params)
     post = stage_params(PostprocessConfig, "postprocess", params)
+    measures = stage_params(MeasuresConfig, "measures", params)
     if not cfg.enabled and not force:
         write_proposals([], output, model="", class_attribute=cfg.class_attribute,
                         class_options=None, default_filepath="", truth=None, runs=[])
@@ -75,7 +79,7 @@ def command(
     log = output.parent / f"{output.stem}.log" if quiet else None
     prepare_output(output.parent)
     with library_output_to(log), progress_bar("propose", quiet=quiet) as update:
-        proposals = propose_images(runs, paths, cfg, post, progress=update)
+        proposals = propose_images(runs, paths, cfg, post, progress=update, measures=measures)
     scores = truth_iou(proposals, read_via(truth)[1], cfg.class_attribute) if truth else None
     summary = write_proposals(
         proposals, output, model=names[0], class_attribute=cfg.class_attribute,

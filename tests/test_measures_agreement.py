@@ -115,3 +115,64 @@ def test_an_evaluation_of_external_predictions_keeps_a_copy_of_what_it_scored(ev
     for name in kept:
         assert (root / "eval" / "predictions" / name).read_bytes() == \
             (root / "pred" / "predictions" / name).read_bytes()
+
+
+def test_refined_endplates_are_recorded_and_reported(evaluated, tmp_path):
+    """The predictions' endplates are refined on the test images (measures.refine_predictions,
+    the default), the ground truth's polygons are not (measures.refine, off): measures.csv
+    says so per image; endplates.json keeps, per image and level, the prior and the refined
+    line, or why it was withheld; the headline numbers are the agreement groups'; the report
+    built from the evaluation shows the measures' errors and, per model, the endplates of the
+    images it measured worst, and puts the new numbers in metrics.json."""
+    from train.models import HEADLINE
+    from train.report.build import build_report
+
+    root, names, missing = evaluated["root"], evaluated["names"], evaluated["missing"]
+    summary = evaluated["summary"]
+    pred = _measures(root / "eval" / "measures.csv")
+    truth = _measures(root / "eval" / "measures_truth.csv")
+    assert {r["refined"] for r in pred.values()} == {"1"}
+    assert {r["refined"] for r in truth.values()} == {"0"}
+    assert all(r["confidence"] == "" for r in truth.values())
+    plates = json.loads((root / "eval" / "endplates.json").read_text())
+    assert sorted(plates) == names
+    refined = 0
+    for name, record in plates.items():
+        assert set(record) == {"prediction", "truth"}
+        for sides in record["truth"].values():           # not refined: the polygons' lines
+            assert all(set(e) == {"endplate"} for e in sides.values())
+        for level, sides in record["prediction"].items():
+            for entry in sides.values():
+                assert 0.0 <= entry["confidence"] <= 1.0 and len(entry["prior"]) == 2
+                assert ("endplate" in entry) != ("withheld" in entry), (name, level, entry)
+                refined += "endplate" in entry
+                if "withheld" in entry:
+                    assert level in pred[name]["not_measurable"]
+        if name != missing and pred[name]["confidence"]:
+            lowest = min(e["confidence"] for s in record["prediction"].values()
+                         for e in s.values())
+            assert float(pred[name]["confidence"]) == pytest.approx(lowest, abs=1e-4)
+    assert refined >= 6 * (len(names) - 1) // 2
+    groups = summary["measures"]["groups"]
+    assert summary["measures_refined"] is True
+    assert summary["segmental_mae_deg"] == groups["segmental_deg"]["mae"]
+    assert summary["disc_height_mae_mm"] == groups["disc_height_mm"]["mae"]
+    assert summary["lordosis_measurable_rate"] == groups["lordosis_deg"]["measurable_rate"]
+    headline = json.loads((root / "eval.json").read_text())
+    assert {k: headline[k] for k in HEADLINE} == {k: summary[k] for k in HEADLINE}
+    # the report, from the evaluation laid out as the pipeline lays it out
+    layout = tmp_path / "eval" / "unet" / "fold0"
+    layout.parent.mkdir(parents=True)
+    shutil.copytree(root / "eval", layout)
+    metrics = build_report(tmp_path / "eval", tmp_path / "reports", images=root / "png",
+                           masks=root / "processed" / "masks", models=["unet"])
+    for key in ("lordosis_mae_deg", "lordosis_measurable_rate", "segmental_mae_deg",
+                "disc_height_mae_mm", "measurable_rate"):
+        assert metrics["unet"][key] == pytest.approx(summary[key], abs=1e-3), key  # csv: 4 dp
+    table = (tmp_path / "reports" / "tables" / "measures.md").read_text()
+    assert "Segmental angle MAE (deg)" in table and "Disc height MAE (mm)" in table
+    strip = cv2.imread(str(tmp_path / "reports" / "figures" / "endplates" / "unet_worst.png"))
+    assert strip is not None and strip.shape[0] == 420 and strip.shape[1] > 3 * 60
+    html = (tmp_path / "reports" / "report.html").read_text()
+    assert "whose lordosis each model measured worst" in html
+    assert f"{missing[:24]}: truth" in html        # the missing prediction: measured worst

@@ -204,4 +204,5 @@ def eval_metrics_file(evaluation: str | Path) -> Path:
 #: keeps everything: per-level recognition, pooled metrics, measures' agreement)
 HEADLINE = ("images", "pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou",
             "recognition_rate", "composite_recognition_rate", "lordosis_mae_deg",
+            "lordosis_measurable_rate", "segmental_mae_deg", "disc_height_mae_mm",
             "measurable_rate")

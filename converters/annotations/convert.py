@@ -66,7 +66,9 @@ Outputs under the output folder:
 - ``measures.csv``: per image, the clinical measures of the annotated polygons
   (:mod:`converters.spine.measures`: lordosis, segmental angles, disc and body heights in pixels
   and, with the pixel spacing from export's provenance, millimetres, slips and Meyerding grades;
-  empty where not measurable, the reasons in ``not_measurable``);
+  empty where not measurable, the reasons in ``not_measurable``); with ``measures.refine`` the
+  endplates are refined on the image first (:mod:`converters.spine.refine`; ``refined`` 1 and
+  the ``confidence``);
 - ``report.json``: every problem, and a count per kind;
 - ``correction.csv``: for images that came back from ``spinepipe propose`` (their file
   attribute ``spinepipe_proposal`` records what the model proposed), per image and region what the
@@ -95,6 +97,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from converters.annotations import qa
@@ -108,6 +111,7 @@ from converters.core.files import (prepare_output, remove_output, remove_stale_t
 from converters.spine.levels import assign_levels
 from converters.core.provenance import patient_of
 from converters.spine.measures import image_measures, measures_csv
+from converters.spine.refine import MeasuresConfig
 from converters.annotations.proposals import (CORRECTION_FIELDS, PROPOSAL_ATTRIBUTE, corrections,
                                               read_proposal)
 from converters.core.provenance import pixel_spacing, read_record
@@ -227,8 +231,11 @@ def _mask_values(cfg: ConvertConfig) -> dict[str, int]:
 
 
 def _plan(merged: dict[str, AnnotatedImage], on_disk: dict[str, Path], output: Path,
-          cfg: ConvertConfig, report: ConvertReport) -> ConvertPlan:
-    """Validate every annotated image on disk: instances, levels, COCO rows, the table."""
+          cfg: ConvertConfig, report: ConvertReport,
+          measures: MeasuresConfig | None = None) -> ConvertPlan:
+    """Validate every annotated image on disk: instances, levels, COCO rows, the table;
+    with ``measures.refine``, the measures' endplates refined on the image."""
+    refine = measures if measures is not None and measures.refine else None
     plan = ConvertPlan(mask_values=_mask_values(cfg))
     rules = dataclasses.replace(cfg.region_rules(), class_attribute=report.class_attribute)
     for name in sorted(set(on_disk) - set(merged)):
@@ -269,14 +276,16 @@ def _plan(merged: dict[str, AnnotatedImage], on_disk: dict[str, Path], output: P
                            "width": width, "height": height, "n_lumbar": n_lumbar,
                            "n_sacrum": n_sacrum, "n_implants": n_implants,
                            "implants": int(n_implants > 0), "problems": len(problems_here)})
-        measures, spine = image_measures(
+        row, spine = image_measures(
             [(i.level, np.c_[i.xs, i.ys]) for i in instances if i.cls in cfg.classes],
-            pixel_spacing(read_record(path.parent, name)))
-        plan.measures.append({"file_name": name, **measures})
+            pixel_spacing(read_record(path.parent, name)), refine=refine, image_name=name,
+            image=(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+                   if refine else None))
+        plan.measures.append({"file_name": name, **row})
         plan.jobs.append(ImageJob(str(path), Path(name).stem, width, height, instances,
                                   problems_here, plan.mask_values, tuple(cfg.classes),
                                   str(output), cfg.qa, cfg.qa_max_height, spine,
-                                  measures["lordosis_deg"]))
+                                  row["lordosis_deg"]))
         plan.groups.append(_group(img.source, output))
     plan.coco_anns = [a for a in plan.coco_anns if a["category_id"] is not None]
     report.images, report.annotations = len(plan.coco_images), len(plan.coco_anns)
@@ -372,7 +381,7 @@ def _write_tables(plan: ConvertPlan, facts: dict[str, dict], via_files: list[str
 
 
 def _check(via_files: list[str | Path], images_dir: Path, output: Path, cfg: ConvertConfig,
-           report: ConvertReport) -> ConvertPlan:
+           report: ConvertReport, measures: MeasuresConfig | None = None) -> ConvertPlan:
     """Read, find the class attribute, validate: everything before anything is written."""
     merged = _read_inputs(via_files, report)
     if not images_dir.is_dir():
@@ -381,7 +390,7 @@ def _check(via_files: list[str | Path], images_dir: Path, output: Path, cfg: Con
         list(merged.values()), cfg.region_rules())
     on_disk = {p.name: p for p in sorted(images_dir.iterdir())
                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-    plan = _plan(merged, on_disk, output, cfg, report)
+    plan = _plan(merged, on_disk, output, cfg, report, measures)
     if report.regions and not plan.coco_anns:
         counts = ", ".join(f"{n} {k}" for k, n in report.counts().items()) or "no problem"
         raise InvalidViaError(f"{report.regions} region(s) but not one instance survived "
@@ -406,7 +415,8 @@ def default_problems_file(output: str | Path) -> Path:
 
 def convert(via_files: list[str | Path], images_dir: str | Path, output: str | Path,
             cfg: ConvertConfig, *, workers: int = 1, progress=None,
-            problems_file: str | Path | None = None) -> ConvertReport:
+            problems_file: str | Path | None = None,
+            measures: MeasuresConfig | None = None) -> ConvertReport:
     """Convert; raises :class:`InvalidViaError` for unreadable input and, with
     ``cfg.strict``, for any problem (after writing them all to ``problems_file``, default
     :func:`default_problems_file`), :class:`InvalidImageError` for an image that does not
@@ -415,7 +425,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
     if output.exists() and not output.is_dir():
         raise OutputFolderError("the output folder is a file", file=output)
     report = ConvertReport()
-    plan = _check(via_files, images_dir, output, cfg, report)
+    plan = _check(via_files, images_dir, output, cfg, report, measures)
     if cfg.strict and report.problems:
         target = Path(problems_file) if problems_file else default_problems_file(output)
         prepare_output(target.parent)  # beside the output folder, or where --problems-file says

@@ -14,6 +14,10 @@ crosses itself (a ragged mask, or two parts touching at a pixel corner), the lar
 outline is simplified by shapely's topology-preserving Douglas-Peucker instead: every polygon
 written is simple, so convert reads it back as the one instance it was.
 
+Endplates (:func:`snap_endplates`, ``measures.refine_predictions``): the polygons' endplates are
+refined on the full-resolution image (:mod:`converters.spine.refine`) and their corners become
+the polygons' vertices, so an annotator starts from the corners the measures would use.
+
 Each proposed image carries, for the round trip, a file attribute ``spinepipe_proposal``
 (compact JSON: the model and, per region, its id, class, level and vertices) and each region an
 attribute ``proposal`` (its id). When the corrected project comes back, :func:`corrections`
@@ -37,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
@@ -49,6 +53,9 @@ from converters.core.errors import InvalidViaError
 from converters.core.records import json_value
 from converters.annotations.via import AnnotatedRegion
 from converters.annotations.via_project import ProjectImage, ProjectRegion, polygon_region
+
+if TYPE_CHECKING:
+    from converters.spine.refine import MeasuresConfig
 
 LUMBAR_COUNT = 5
 PROPOSAL_ATTRIBUTE = "spinepipe_proposal"   # file attribute: what was proposed
@@ -80,6 +87,7 @@ class Proposal:
     regions: list[ProposedRegion] = field(default_factory=list)
     score: float = 0.0
     reasons: list[str] = field(default_factory=list)
+    endplate_corners: int = 0     # polygon vertices moved onto refined endplate corners
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +182,39 @@ def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int
     drawn = drawn.astype(bool)
     union = int((drawn | crop).sum())
     return list(region.xs), list(region.ys), (int((drawn & crop).sum()) / union if union else 0.0)
+
+
+def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
+                   cfg: "MeasuresConfig", spacing_mm: tuple[float, float] | None = None) -> int:
+    """The endplates of the proposed vertebrae refined on the full-resolution image
+    (:mod:`converters.spine.refine`), their corners written into the polygons: each refined
+    corner replaces the polygon's vertex nearest it (rounded, as VIA keeps them), unless that
+    would make the polygon cross itself. Withheld endplates leave their polygon as drawn.
+    Returns the number of corners moved."""
+    from converters.spine.endplates import find_vertebrae
+    from converters.spine.refine import refine_spine
+
+    if image is None:
+        return 0
+    by_level = {r.level: r for r in regions if r.level and not r.fused}
+    spine = refine_spine(find_vertebrae([(lv, np.c_[r.xs, r.ys].astype(np.float64))
+                                         for lv, r in by_level.items()]), image, cfg, spacing_mm)
+    moved = 0
+    for lv, vt in spine.vertebrae.items():
+        region = by_level[lv]
+        xs, ys = list(region.xs), list(region.ys)
+        for plate in (vt.superior, vt.inferior):
+            if plate is None:
+                continue
+            for corner in (plate.posterior, plate.anterior):
+                k = int(np.argmin(np.hypot(np.subtract(xs, corner[0]), np.subtract(ys, corner[1]))))
+                x, y = int(round(corner[0])), int(round(corner[1]))
+                trial_x, trial_y = xs[:k] + [x] + xs[k + 1:], ys[:k] + [y] + ys[k + 1:]
+                if (x, y) != (xs[k], ys[k]) and _simple(trial_x, trial_y):
+                    xs, ys = trial_x, trial_y
+                    moved += 1
+        region.xs, region.ys = xs, ys
+    return moved
 
 
 # --------------------------------------------------------------------------------------------

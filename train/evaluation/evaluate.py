@@ -18,15 +18,25 @@ masks (``masks/<stem>.png``). Layout of an evaluation folder (``reports/eval/<mo
   image's implant regions from the test set; empty when the test set does not say): the
   report's subgroups;
 - ``measures.csv`` / ``measures_truth.csv``: the clinical measures
-(:mod:`converters.spine.measures`,
-  the columns of convert's ``measures.csv``) of the prediction and of the ground truth, per
-  test image, in millimetres too where export's provenance gives the pixel spacing;
+  (:mod:`converters.spine.measures`, the columns of convert's ``measures.csv``) of the
+  prediction and of the ground truth, per test image, in millimetres too where export's
+  provenance gives the pixel spacing; the prediction's endplates refined on the test image
+  (:mod:`converters.spine.refine`, params.yaml section ``measures``), the ground truth's only
+  with ``measures.refine``;
+- ``endplates.json``: per test image, ``prediction`` and ``truth``, per level and side the
+  endplate measured (``[posterior, anterior]`` corners, x y pixels) and, where refined, its
+  ``prior`` (from the outline), ``confidence``, ``shift_px``, ``tilt_deg``, ``rising``
+  (false: the edge found falls into the body, metal on the endplate) and why it was
+  ``withheld``;
 - beside the folder, ``<folder>.json`` (``reports/eval/<model>/fold<k>.json``): the headline
   numbers, flat (:data:`train.models.HEADLINE`), DVC's metrics of the evaluate stage;
 - ``summary.json``: model, fold, family, means of the four metrics, ``recognition_rate``,
   ``composite_recognition_rate``, per-level recognition, pooled metrics, missing predictions,
-  ``lordosis_mae_deg``, ``measurable_rate`` and ``measures`` (agreement with the ground truth's
-  measures, Bland-Altman: :mod:`train.evaluation.agreement`).
+  ``lordosis_mae_deg`` (and ``lordosis_measurable_rate``: of the images whose ground truth
+  gives it), ``segmental_mae_deg``, ``disc_height_mae_mm``, ``measurable_rate`` (images where
+  the prediction gives every measure the ground truth gives), ``measures_refined`` and
+  ``measures`` (agreement with the ground truth's measures, Bland-Altman:
+  :mod:`train.evaluation.agreement`).
 
 Scoring reads only the predictions folder, so predictions made elsewhere (the same layout:
 class-mask PNGs named like the test images, ``instances.json`` optional) are scored the same
@@ -57,6 +67,7 @@ from train.evaluation.metrics import METRICS, confusion, metrics_from_confusion,
 from train.models import HEADLINE, eval_metrics_file, family, run_dir
 from converters.annotations.coco import mask_outline
 from converters.spine.measures import image_measures, measures_csv
+from converters.spine.refine import MeasuresConfig
 from converters.core.paths import UnsafePathError
 from converters.core.provenance import pixel_spacing, read_record
 from converters.core.records import open_input, read_json
@@ -211,16 +222,19 @@ def predicted_outlines(inst: Instances) -> list[tuple[str | None, np.ndarray]]:
 def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model: str = "",
           fold: int | None = None, family: str = "",
           spacing: dict[str, tuple[float, float]] | None = None,
+          measures: MeasuresConfig | None = None, images: str | Path | None = None,
           progress: Callable[[int, int], None] | None = None
-          ) -> tuple[list[dict], dict, list[dict], list[dict]]:
-    """Per-image rows, the summary, and the clinical measures of the predictions and of the
-    ground truth (one row per test image each) of the predictions in ``pred_dir`` (module
-    docstring); ``spacing`` gives the pixel spacing of the images that have one."""
+          ) -> tuple[list[dict], dict, list[dict], list[dict], dict]:
+    """Per-image rows, the summary, the clinical measures of the predictions and of the
+    ground truth (one row per test image each) of the predictions in ``pred_dir``, and the
+    refined endplates (module docstring); ``spacing`` gives the pixel spacing of the images
+    that have one; with ``measures`` and ``images``, endplates are refined on the images
+    (predictions: ``refine_predictions``; the ground truth's polygons: ``refine``)."""
     pred_dir = Path(pred_dir)
     spacing = spacing or {}
     instances = _predicted_instances(pred_dir, test)
     rows, cms, missing = [], [], []
-    pred_measures, true_measures = [], []
+    pred_measures, true_measures, endplates = [], [], {}
     level_hits = {lv: [0, 0] for lv in LEVELS}          # matched, present
     for done, im in enumerate(test.images, 1):
         name = im["file_name"]
@@ -238,10 +252,17 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
             pred = components(pred_mask, test.class_values, cfg.min_area)
         rec = recognize(test.instances[im["id"]], pred, cfg)
         mm = spacing.get(name)
-        pred_measures.append({"file_name": name,
-                              **image_measures(predicted_outlines(pred), mm)[0]})
-        true_measures.append({"file_name": name,
-                              **image_measures(test.outlines.get(im["id"], []), mm)[0]})
+        image = _measured_image(images, name) if measures and images is not None else None
+        p_row, p_spine = image_measures(
+            predicted_outlines(pred), mm, image=image, image_name=name,
+            refine=measures if measures and measures.refine_predictions else None)
+        pred_measures.append({"file_name": name, **p_row})
+        t_row, t_spine = image_measures(
+            test.outlines.get(im["id"], []), mm, image=image, image_name=name,
+            refine=measures if measures and measures.refine else None)
+        true_measures.append({"file_name": name, **t_row})
+        endplates[name] = {"prediction": endplates_record(p_spine),
+                           "truth": endplates_record(t_spine)}
         for lv, r in rec["levels"].items():
             if lv in level_hits:
                 level_hits[lv][0] += int(r["matched"])
@@ -262,10 +283,51 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
         "params": asdict(cfg),
     }
     clinical = summarize_measures(pred_measures, true_measures)
-    summary["lordosis_mae_deg"] = clinical["groups"]["lordosis_deg"]["mae"]
+    groups = clinical["groups"]
+    summary["lordosis_mae_deg"] = groups["lordosis_deg"]["mae"]
+    summary["lordosis_measurable_rate"] = groups["lordosis_deg"]["measurable_rate"]
+    summary["segmental_mae_deg"] = groups["segmental_deg"]["mae"]
+    summary["disc_height_mae_mm"] = groups["disc_height_mm"]["mae"]
     summary["measurable_rate"] = clinical["measurable_rate"]
+    summary["measures_refined"] = bool(measures and measures.refine_predictions)
     summary["measures"] = clinical
-    return rows, summary, pred_measures, true_measures
+    return rows, summary, pred_measures, true_measures, endplates
+
+
+def _measured_image(images: str | Path, name: str) -> np.ndarray | None:
+    """The test image the endplates are refined on (None when it is missing or unreadable:
+    the measures are then withheld, with the reason)."""
+    path = Path(images) / name
+    if not path.is_file():
+        return None
+    image = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return None
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+def endplates_record(spine) -> dict:
+    """``endplates.json``'s entry of one outline set: per level and side the endplate measured
+    (its refined line where refined) and, where refined, the prior, the confidence and why it
+    was withheld."""
+    out: dict = {}
+    for lv, vt in spine.vertebrae.items():
+        for side in ("superior", "inferior"):
+            plate = getattr(vt, side)
+            if plate is not None:
+                out.setdefault(lv, {})[side] = {"endplate": [list(plate.posterior),
+                                                              list(plate.anterior)]}
+    for lv, sides in spine.fits.items():
+        for side, fit in sides.items():
+            entry = out.setdefault(lv, {}).setdefault(side, {})
+            entry.update(prior=[list(fit.prior.posterior), list(fit.prior.anterior)],
+                         confidence=round(fit.confidence, 4), shift_px=round(fit.shift_px, 3),
+                         tilt_deg=round(fit.tilt_deg, 3), rising=fit.rising)
+            if fit.refined is None:
+                entry["withheld"] = fit.reason
+            else:    # (its level may still be withheld, for its other endplate)
+                entry["endplate"] = [list(fit.refined.posterior), list(fit.refined.anterior)]
+    return out
 
 
 def _prediction_mask(pred_dir: Path, name: str, gt_mask: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -293,7 +355,8 @@ def _row(im: dict, predicted: bool, cm: np.ndarray, rec: dict) -> dict:
 
 
 def write_scores(out: str | Path, rows: list[dict], summary: dict,
-                 measures: tuple[list[dict], list[dict]] | None = None) -> None:
+                 measures: tuple[list[dict], list[dict]] | None = None,
+                 endplates: dict | None = None) -> None:
     prepare_output(out)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=PER_IMAGE_FIELDS, lineterminator="\n")
@@ -305,10 +368,13 @@ def write_scores(out: str | Path, rows: list[dict], summary: dict,
     if measures is not None:
         write_text(Path(out) / "measures.csv", measures_csv(measures[0]))
         write_text(Path(out) / "measures_truth.csv", measures_csv(measures[1]))
+    if endplates is not None:
+        write_json(Path(out) / "endplates.json", endplates, indent=None)
 
 
 def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path,
                  post: PostprocessConfig = PostprocessConfig(),
+                 measures: MeasuresConfig = MeasuresConfig(),
                  masks: str | Path, images: str | Path, out: str | Path,
                  run: str | Path | None = None, predictions: str | Path | None = None,
                  bar: Callable[[str], ContextManager[Callable[[int, int], None]]] | None = None,
@@ -334,8 +400,8 @@ def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path
     tmp.mkdir()  # the user's umask (mkdtemp's would be 700)
     try:
         with (capture or (lambda _: nullcontext()))(tmp / "evaluate.log"):
-            summary = _evaluate_into(tmp, model, fold, fam, cfg, post, gt, images, run,
-                                     predictions, bar)
+            summary = _evaluate_into(tmp, model, fold, fam, cfg, post, measures, gt, images,
+                                     run, predictions, bar)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -348,7 +414,8 @@ def evaluate_run(model: str, fold: int, cfg: EvaluateConfig, *, test: str | Path
 
 
 def _evaluate_into(tmp: Path, model: str, fold: int, fam: str, cfg: EvaluateConfig,
-                   post: PostprocessConfig, gt: TestSet, images: str | Path, run: str | Path | None,
+                   post: PostprocessConfig, measures: MeasuresConfig, gt: TestSet,
+                   images: str | Path, run: str | Path | None,
                    predictions: str | Path | None, bar) -> dict:
     """Predict (unless ``predictions`` are given) and score into the folder ``tmp``."""
     src = Path(predictions) if predictions is not None else tmp
@@ -359,11 +426,11 @@ def _evaluate_into(tmp: Path, model: str, fold: int, fam: str, cfg: EvaluateConf
     spacing = {im["file_name"]: pixel_spacing(read_record(images, im["file_name"]))
                for im in gt.images}
     with bar(f"evaluate {model} fold {fold}: score") as update:
-        rows, summary, pred_m, true_m = score(
+        rows, summary, pred_m, true_m, plates = score(
             src, gt, RecognitionConfig(**asdict(post), match_iou=cfg.match_iou), model=model,
-            fold=fold, family=fam,
-            spacing={k: v for k, v in spacing.items() if v}, progress=update)
-    write_scores(tmp, rows, summary, (pred_m, true_m))
+            fold=fold, family=fam, spacing={k: v for k, v in spacing.items() if v},
+            measures=measures, images=images, progress=update)
+    write_scores(tmp, rows, summary, (pred_m, true_m), plates)
     if predictions is not None:
         _keep_copy(Path(predictions), gt, tmp)
     return summary

@@ -14,7 +14,8 @@ Outputs (``output`` is the VIA project; beside it):
   (``_via_image_id_list``), ``default_filepath`` as ``propose.via_image_path``;
 - ``worklist.csv``: rank, image, review score, number of regions, reasons;
 - ``proposals_summary.json``: counts, the polygons' mean IoU with the masks they came from
-  and, with ``truth``, the mean IoU of the proposed polygons with the true ones (per image:
+  (before their endplate corners were refined), ``endplate_corners_refined`` (vertices moved
+  onto endplate corners refined on the image, ``measures.refine_predictions``) and, with ``truth``, the mean IoU of the proposed polygons with the true ones (per image:
   each true vertebra, lumbar or sacrum, matched to a proposed region of its class,
   maximum-IoU assignment; an unmatched true vertebra counts 0; implants are not proposed).
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
@@ -34,7 +36,10 @@ from converters.annotations.coco import DEFAULT_CLASSES
 from converters.core.errors import InvalidConfigError, MissingInputError
 from converters.core.files import prepare_output, write_json, write_text
 from converters.annotations.proposals import (Proposal, ProposedRegion, mark_fused, mask_polygon,
-                                              polygon_iou, proposal_attributes, review, via_images)
+                                              polygon_iou, proposal_attributes, review,
+                                              snap_endplates, via_images)
+from converters.core.provenance import pixel_spacing, read_record
+from converters.spine.refine import MeasuresConfig
 from converters.annotations.via import AnnotatedImage, expand_inputs, read_via
 from converters.annotations.via_project import via2_project
 from train.evaluation.recognition import (VERTEBRA_CLASSES, Instances, PostprocessConfig,
@@ -88,9 +93,11 @@ def _disagreement(main: Instances, others: list[Instances]) -> float | None:
 
 def propose_images(runs: Sequence[Path], paths: Sequence[Path], cfg: ProposeConfig,
                    post: PostprocessConfig = PostprocessConfig(),
-                   progress: Callable[[int, int], None] | None = None) -> list[Proposal]:
+                   progress: Callable[[int, int], None] | None = None,
+                   measures: MeasuresConfig | None = None) -> list[Proposal]:
     """Proposals for ``paths`` from ``runs[0]``, reviewed against ``runs[1:]``; instances kept
-    as ``post`` says (evaluate's post-processing)."""
+    as ``post`` says (evaluate's post-processing); with ``measures.refine_predictions``, the
+    polygons' endplate corners refined on the image (:func:`snap_endplates`)."""
     from train.infer.inference import predict
 
     found: list[dict[str, tuple[Instances, bool, tuple[int, int]]]] = []
@@ -122,6 +129,10 @@ def propose_images(runs: Sequence[Path], paths: Sequence[Path], cfg: ProposeConf
             areas.append(float(mask_utils.area(inst.rles[k])))
         if not is_instance:
             mark_fused(prop.regions, areas)
+        if measures is not None and measures.refine_predictions:
+            prop.endplate_corners = snap_endplates(
+                prop.regions, cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH),
+                measures, pixel_spacing(read_record(path.parent, path.name)))
         ov = overlap_matrix(inst, post.overlap_min_fraction)
         name = [inst.levels[k] or f"{inst.classes[k]} #{k + 1}" for k in range(len(inst))]
         pairs = [f"{name[i]}/{name[j]}"
@@ -184,7 +195,8 @@ def write_proposals(proposals: Sequence[Proposal], output: str | Path, *, model:
     fits = [r.mask_iou for p in proposals for r in p.regions]
     summary = {"model": model, "runs": list(runs), "images": len(proposals),
                "regions": len(fits), "polygon_vs_mask_iou": float(np.mean(fits)) if fits else None,
-               "needs_review": sum(p.score >= 1.0 for p in proposals)}
+               "needs_review": sum(p.score >= 1.0 for p in proposals),
+               "endplate_corners_refined": sum(p.endplate_corners for p in proposals)}
     if truth is not None:
         summary["truth_images"] = len(truth)
         summary["truth_mean_iou"] = float(np.mean(list(truth.values()))) if truth else None

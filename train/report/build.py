@@ -20,13 +20,17 @@ under the report folder:
   best / worst example overlays per model (Figure 5: ground truth outlined in green, the
   prediction filled, lumbar red, sacrum blue);
 - the clinical measures table (``tables/measures.*``: the ground truth's lordosis, then each
-  model's agreement with the ground truth's measures, :mod:`train.evaluation.agreement`) and a
-  Bland-Altman plot of the lordosis (``figures/bland_altman_lordosis.png``);
+  model's agreement with the ground truth's measures, :mod:`train.evaluation.agreement`), a
+  Bland-Altman plot of the lordosis (``figures/bland_altman_lordosis.png``) and per model the
+  endplates of the three images whose lordosis it measured worst
+  (``figures/endplates/<model>_worst.png``: the ground truth's, the model's outline's and the
+  refined ones);
 - ``metrics.json``: per model, the means of the four pixel metrics (key names as
   ``spinepipe metrics`` prints them) plus ``recognition_rate``,
   ``composite_recognition_rate`` and ``composite_recognition_rate_overlaps`` (on the images
-  with overlaps), ``lordosis_mae_deg`` and ``measurable_rate``, for ``dvc metrics show /
-  diff``;
+  with overlaps), ``lordosis_mae_deg``, ``lordosis_measurable_rate``, ``segmental_mae_deg``,
+  ``disc_height_mae_mm`` and ``measurable_rate`` (the share of test images where the model
+  gives every measure the ground truth gives), for ``dvc metrics show / diff``;
 - ``plots/per_image.csv`` (one row per model, fold and image) and ``plots/density_<metric>.csv``
   (x ``value``, one density column per model) for ``dvc plots``.
 
@@ -46,7 +50,7 @@ from train.report import stats
 from train.evaluation.agreement import summarize
 from train.evaluation.metrics import METRICS
 from train.report.figures import (bland_altman_figure, box_figure, densities, density_figure,
-                                  examples)
+                                  endplate_examples, examples)
 from train.report.html import page, waiting_page
 from train.models import display_names
 from train.report.tables import (LABELS, RATES, load_evaluations, load_measures, markdown,
@@ -189,12 +193,15 @@ def _write_figures(output: Path, df: pd.DataFrame, clinical: dict, eval_root: Pa
     ex = examples(df, eval_root, images, masks, k)
     for model, kind, _, data in ex:
         write_bytes(output / "figures" / "overlays" / f"{model}_{kind}.png", data)
+    figs["endplates"] = endplate_examples(df, eval_root, images)
+    for model, _, data in figs["endplates"]:
+        write_bytes(output / "figures" / "endplates" / f"{model}_worst.png", data)
     return figs, ex
 
 
 def _metrics(t1: pd.DataFrame, sub: pd.DataFrame, agreement: dict[str, dict]) -> dict:
     """metrics.json: per model, the pixel metrics' means, the recognition rates, the
-    composite rate on the images with overlaps, the lordosis MAE and the measurable rate."""
+    composite rate on the images with overlaps, the measures' errors and measurable rates."""
     metrics = {model: {**{m: float(r[f"{m}_mean"]) for m in METRICS},
                        **{k: float(r[k]) for k in RATES}} for model, r in t1.iterrows()}
     for _, r in sub[sub["subgroup"] == "overlaps"].iterrows():
@@ -202,6 +209,10 @@ def _metrics(t1: pd.DataFrame, sub: pd.DataFrame, agreement: dict[str, dict]) ->
             metrics[r["model"]]["composite_recognition_rate_overlaps"] = \
                 float(r["composite_recognition_rate"])
     for model, s in agreement.items():
-        metrics[model]["lordosis_mae_deg"] = s["groups"]["lordosis_deg"]["mae"]
+        g = s["groups"]
+        metrics[model]["lordosis_mae_deg"] = g["lordosis_deg"]["mae"]
+        metrics[model]["lordosis_measurable_rate"] = g["lordosis_deg"]["measurable_rate"]
+        metrics[model]["segmental_mae_deg"] = g["segmental_deg"]["mae"]
+        metrics[model]["disc_height_mae_mm"] = g["disc_height_mm"]["mae"]
         metrics[model]["measurable_rate"] = s["measurable_rate"]
     return metrics

@@ -1,7 +1,10 @@
 """The report's figures (:mod:`train.report.build`), each returned as PNG bytes: the density of the
 four pixel metrics per model (the paper's Figure 4), box plots, a Bland-Altman panel of the
-lordosis per model, and the best / worst example overlays (Figure 5: the prediction filled,
-lumbar red, sacrum blue; the ground truth outlined in green).
+lordosis per model, the best / worst example overlays (Figure 5: the prediction filled,
+lumbar red, sacrum blue; the ground truth outlined in green), and per model the endplates of the
+three images whose lordosis it measures worst (:func:`endplate_examples`: the ground truth's
+green, the model's outline's (the prior) red, refined on the image cyan; from the evaluation's
+``endplates.json``).
 
 Images are read as written: the PNGs export made, the masks convert made (class values 1
 lumbar, 2 sacrum) and each evaluation's ``predictions/<image>`` label maps; an overlay is
@@ -11,6 +14,7 @@ drawn.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import cv2
@@ -163,4 +167,89 @@ def examples(df: pd.DataFrame, eval_root: Path, images: Path, masks: Path, k: in
                        + (f", missed {r['missed']}" if r["missed"] else "")
                        + (f", lost overlaps {r['lost_overlaps']}" if r["lost_overlaps"] else ""))
             out.append((model, kind, caption, png.tobytes()))
+    return out
+
+
+#: endplate colours (BGR): the ground truth's, the prior from the model's outline, refined
+ENDPLATE_COLORS = {"truth": (0, 200, 0), "prior": (40, 40, 230), "refined": (255, 220, 0)}
+
+
+def _lordosis_error(pred: dict, truth: dict) -> float:
+    """How badly a model measured an image's lordosis: inf where the ground truth gives it
+    and the model does not (withheld), else the absolute error; -1 where the truth has none."""
+    if truth.get("lordosis_deg") in ("", None):
+        return -1.0
+    if pred.get("lordosis_deg") in ("", None):
+        return float("inf")
+    return abs(float(pred["lordosis_deg"]) - float(truth["lordosis_deg"]))
+
+
+def _endplate_panel(image: np.ndarray, record: dict, height: int = 420) -> np.ndarray:
+    """The image cropped to its endplates, each drawn: the truth's, the prior, refined."""
+    img = cv2.cvtColor(cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8),
+                       cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+    lines = []
+    for who, key in (("truth", "endplate"), ("prediction", "prior"),
+                     ("prediction", "endplate")):
+        for sides in record.get(who, {}).values():
+            for entry in sides.values():
+                if key in entry and not (who == "prediction" and key == "endplate"
+                                         and "prior" not in entry):
+                    kind = "truth" if who == "truth" else ("prior" if key == "prior"
+                                                           else "refined")
+                    lines.append((kind, np.asarray(entry[key], dtype=np.float64)))
+    if not lines:
+        return cv2.resize(img, (int(img.shape[1] * height / img.shape[0]), height))
+    pts = np.concatenate([p for _, p in lines])
+    pad = 0.15 * float(np.ptp(pts[:, 1]) + 1)
+    x0, y0 = np.maximum(np.floor(pts.min(axis=0) - pad), 0).astype(int)
+    x1, y1 = np.minimum(np.ceil(pts.max(axis=0) + pad),
+                        [img.shape[1], img.shape[0]]).astype(int)
+    f = height / max(y1 - y0, 1)
+    out = cv2.resize(img[y0:y1, x0:x1], (max(int((x1 - x0) * f), 1), height),
+                     interpolation=cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA)
+    for kind, p in lines:
+        a, b = ((p - [x0, y0]) * f).round().astype(int)
+        cv2.line(out, tuple(map(int, a)), tuple(map(int, b)), ENDPLATE_COLORS[kind],
+                 1 if kind == "truth" else 2, cv2.LINE_AA)
+    return out
+
+
+def endplate_examples(df: pd.DataFrame, eval_root: Path, images: Path, k: int = 3
+                      ) -> list[tuple[str, str, bytes]]:
+    """(model, caption, PNG) per model: the ``k`` test images whose lordosis it measured
+    worst (withheld first, then by absolute error), side by side, their endplates drawn
+    (module docstring). Evaluations without ``endplates.json`` are left out."""
+    out = []
+    for (model, fold), _ in df.groupby(["model", "fold"], sort=False):
+        folder = eval_dir(model, int(fold), eval_root)
+        try:
+            plates = json.loads((folder / "endplates.json").read_text())
+            pred = pd.read_csv(folder / "measures.csv", keep_default_na=False, dtype=str)
+            truth = pd.read_csv(folder / "measures_truth.csv", keep_default_na=False, dtype=str)
+        except (OSError, ValueError):
+            continue
+        rows = sorted(((_lordosis_error(p, t), p, t) for p, t in
+                       zip(pred.to_dict("records"), truth.to_dict("records"))),
+                      key=lambda r: -r[0])
+        panels, notes = [], []
+        for err, p, t in rows[:k]:
+            if err < 0:
+                break
+            image = cv2.imread(str(images / p["file_name"]), cv2.IMREAD_UNCHANGED)
+            if image is None or p["file_name"] not in plates:
+                continue
+            panels.append(_endplate_panel(image, plates[p["file_name"]]))
+            said = (f"{float(p['lordosis_deg']):.1f} deg" if p["lordosis_deg"] else
+                    f"withheld ({p['not_measurable'][:90]})")
+            notes.append(f"{p['file_name'][:24]}: truth {float(t['lordosis_deg']):.1f} deg, "
+                         f"model {said}")
+        if not panels:
+            continue
+        gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
+        strip = np.hstack([x for panel in panels for x in (panel, gap)][:-1])
+        ok, png = cv2.imencode(".png", strip)
+        caption = (f"{display_name(model)}, fold {fold}: the {len(panels)} images whose lordosis "
+                   "it measured worst; " + "; ".join(notes))
+        out.append((model, caption, png.tobytes()))
     return out

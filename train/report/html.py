@@ -66,6 +66,13 @@ def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
             parts.append(f"<p class='note'>{html.escape(notes['finding'])}</p>")
         if name == "measures" and "bland_altman_lordosis" in figs:
             parts.append(f"<img src='{_uri(figs['bland_altman_lordosis'])}' width='1000'>")
+        if name == "measures" and figs.get("endplates"):
+            parts.append("<h3>Endplates of the images whose lordosis each model measured worst "
+                         "(ground truth green, from the model's outline red, refined on the "
+                         "image cyan)</h3>")
+            for _, caption, data in figs["endplates"]:
+                parts.append(f"<figure><img src='{_uri(data)}' height='420'><figcaption>"
+                             f"{html.escape(caption)}</figcaption></figure>")
         if name == "table2_kruskal_wallis":
             parts.append(f"<h2>Figure 4. Density of the per-image metrics</h2>"
                          f"<img src='{_uri(figs['density'])}' width='900'>"

@@ -103,8 +103,8 @@ def measures_table(measures: dict[str, tuple[list[dict], list[dict]]],
     """The ground truth's lordosis and measurable rate, then each model's agreement with it
     (``agreement``: :func:`train.evaluation.agreement.summarize` per model; Bland-Altman: MAE,
     bias, 95 % limits of agreement) for the lordosis, the segmental angles, disc heights and slips,
-    and
-    its measurable rate."""
+    its measurable rate, and the share of images whose endplates were refined on the image
+    (:mod:`converters.spine.refine`)."""
 
     def lordoses(rows: list[dict]) -> np.ndarray:
         return np.array([float(r["lordosis_deg"]) for r in rows if r["lordosis_deg"] != ""])
@@ -123,6 +123,8 @@ def measures_table(measures: dict[str, tuple[list[dict], list[dict]]],
                                            f"({fmt(lt.std(ddof=1) if lt.size > 1 else None)})",
         "Measurable rate (%)": fmt(100 * float(np.mean([r["not_measurable"] == ""
                                                         for r in truth]))),
+        "Endplates refined on the image (%)": fmt(
+            100 * float(np.mean([r.get("refined") == "1" for r in truth]))),
     }
     for model, (pred, true) in measures.items():
         s = agreement[model]
@@ -134,6 +136,8 @@ def measures_table(measures: dict[str, tuple[list[dict], list[dict]]],
                                                f"({fmt(lp.std(ddof=1) if lp.size > 1 else None)})",
             "Measurable rate (%)": fmt(None if s["measurable_rate"] is None
                                        else 100 * s["measurable_rate"]),
+            "Endplates refined on the image (%)": fmt(
+                100 * float(np.mean([r.get("refined") == "1" for r in pred])) if pred else None),
             "Lordosis MAE (deg)": fmt(lo["mae"]),
             "Lordosis bias (deg)": fmt(lo["bias"]),
             "Lordosis 95 % LoA (deg)": (f"{fmt(lo['loa_low'])} to {fmt(lo['loa_high'])}"
