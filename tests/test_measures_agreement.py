@@ -176,3 +176,27 @@ def test_refined_endplates_are_recorded_and_reported(evaluated, tmp_path):
     html = (tmp_path / "reports" / "report.html").read_text()
     assert "whose lordosis each model measured worst" in html
     assert f"{missing[:24]}: truth" in html        # the missing prediction: measured worst
+
+
+def test_convert_refines_readers_polygons_only_when_asked(evaluated, tmp_path):
+    """measures.refine (off by default): convert's measures.csv of the readers' polygons is
+    measured on the polygons (refined 0, no confidence); with it on, on the endplates refined
+    on each PNG (refined 1, a confidence), and the lordosis stays within 2 degrees of the
+    polygons' own (the phantom's annotator draws what is there)."""
+    from converters.spine.refine import MeasuresConfig
+
+    root = evaluated["root"]
+    plain = _measures(root / "processed" / "measures.csv")
+    assert {r["refined"] for r in plain.values()} == {"0"}
+    assert {r["confidence"] for r in plain.values()} == {""}
+    convert([root / "via.json"], root / "png", tmp_path / "refined", ConvertConfig(qa=False),
+            measures=MeasuresConfig(refine=True))
+    refined = _measures(tmp_path / "refined" / "measures.csv")
+    assert sorted(refined) == sorted(plain)
+    assert {r["refined"] for r in refined.values()} == {"1"}
+    both = [(float(refined[n]["lordosis_deg"]), float(plain[n]["lordosis_deg"]))
+            for n in plain if refined[n]["lordosis_deg"] and plain[n]["lordosis_deg"]]
+    assert len(both) >= len(plain) // 2
+    assert all(0.0 <= float(refined[n]["confidence"]) <= 1.0 for n in refined
+               if refined[n]["lordosis_deg"])
+    assert np.mean([abs(a - b) for a, b in both]) < 2.0

@@ -164,6 +164,28 @@ def test_phantom_endplates_are_refined_back_from_a_wrong_prior(spines, shift, ti
     assert np.mean(angles) <= 1.0
 
 
+def test_any_bit_depth_or_scale_gives_the_same_endplates():
+    """The drawn spine as 16-bit, 8-bit and float in [0, 1]: the same endplates within 0.5 px
+    at both corners. (Its 8-bit version is scaled, not equalized as export's PNGs are: the
+    drawing's background is one grey level of pure noise, which equalization spreads over
+    three quarters of the range; export's equalized PNGs of the phantom are refined in
+    test_measures_agreement.py.)"""
+    image, plates, up = _drawn_spine(1)
+    u16 = np.clip(image, 0, 4095).astype(np.uint16)
+    u8 = cv2.convertScaleAbs(u16, alpha=255 / 4095)
+    unit = u16.astype(np.float64) / 4095
+    for level, sides in plates.items():
+        for side, true in sides.items():
+            inward = -up if side == "superior" else up
+            prior = _moved(true, 3.0, 4.0, inward)
+            ref = refine_endplate(u16, prior, inward, CFG, band=9.0).refined
+            for other in (u8, unit):
+                got = refine_endplate(other, prior, inward, CFG, band=9.0).refined
+                assert got is not None, (level, side, other.dtype)
+                for corner in (ref.posterior, ref.anterior):
+                    assert _distance(got, corner) <= 0.5, (level, side, other.dtype)
+
+
 def test_the_neighbours_endplate_across_the_disc_is_not_taken():
     """A superior endplate's prior laid on the inferior endplate of the body above (one disc
     away, inside the band): the edge that rises into the body is the lower body's own, so the

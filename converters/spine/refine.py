@@ -20,7 +20,7 @@ into the body: caudal for a superior endplate, cranial for an inferior one, in t
    bright; the neighbour's endplate across the disc falls the other way), located to sub-pixel
    precision by a parabola through the maximum and its neighbours, kept when they stand above
    the band's noise (``min_snr`` x the robust spread of the derivative, at least 0.2 % of the
-   image's range);
+   image's range and of 1);
 3. line: RANSAC over pairs of candidates on different profiles (tilt within ``max_tilt_deg``
    of the prior): the line that most profiles support (a candidate within ``inlier_px``) wins,
    ties to the stronger edges, refitted by least squares on each supporting profile's strongest
@@ -33,8 +33,8 @@ into the body: caudal for a superior endplate, cranial for an inferior one, in t
 
 Corners: the refined line's, where the prior's corners project onto it (where along the
 endplate they lie comes from the outline). On the demo, corners where the refined walls meet
-the refined endplates, and the chord of a parabola through a concave endplate's edge, were
-tried and measured no better (disc heights) or worse.
+the refined endplates, corners where the edge along the refined line fades, and the chord of a
+parabola through a concave endplate's edge were tried: disc heights no better, or worse.
 
 Confidence: the share of the profiles whose edge point lies on the fitted line (an endplate seen
 along its length: near 1; an edge found on a third of it: 0.33). Below ``min_confidence`` the
@@ -101,10 +101,11 @@ def _band(cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None) -> float:
 
 
 def _noise_floor(image: np.ndarray) -> float:
-    """0.2 % of the image's range (robust: 0.5th to 99.5th percentile of a strided sample)."""
+    """0.2 % of the image's range (robust: 0.5th to 99.5th percentile of a strided sample),
+    and of 1 (so a flat image's rounding errors are never an edge)."""
     sample = image[::7, ::7]
     lo, hi = np.percentile(sample, (0.5, 99.5)) if sample.size else (0.0, 1.0)
-    return 0.002 * max(float(hi - lo), 1e-6)
+    return 0.002 * max(float(hi - lo), 1.0)
 
 
 def refine_endplate(image: np.ndarray, prior: Endplate, inward: np.ndarray,
@@ -155,7 +156,8 @@ def _refine_once(image: np.ndarray, prior: Endplate, inward: np.ndarray,
     grad = _derivative(image, P, d, n, t, s, cfg.sigma_px)
     if grad is None:
         return Fit(prior, None, 0.0, reason="the search band leaves the image")
-    spread = 1.4826 * float(np.median(np.abs(grad - np.median(grad))))
+    sample = grad[::2, ::3]
+    spread = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
     noise = max(spread, floor)
     line = None
     for sign in (1.0, -1.0):        # rising into the body; else falling (metal on the endplate)
@@ -204,7 +206,8 @@ def _derivative(image: np.ndarray, P: np.ndarray, d: np.ndarray, n: np.ndarray, 
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     crop = image[y0:y1, x0:x1].astype(np.float32)
     if sigma > 0:
-        crop = cv2.GaussianBlur(crop, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        k = 2 * math.ceil(2 * sigma) + 1         # +-2 sigma: the kernel's 95 %
+        crop = cv2.GaussianBlur(crop, (k, k), sigma, borderType=cv2.BORDER_REFLECT)
     mx = (xy[..., 0] - x0).astype(np.float32)
     my = (xy[..., 1] - y0).astype(np.float32)
     prof = cv2.remap(crop, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -229,7 +232,7 @@ def _candidates(grad: np.ndarray, s: np.ndarray, step: float, threshold: float,
 
 
 def _ransac(t: np.ndarray, cand_s: np.ndarray, cand_g: np.ndarray, tol: float,
-            max_slope: float, max_pairs: int = 400
+            max_slope: float, max_pairs: int = 200
             ) -> tuple[float, float, np.ndarray, np.ndarray] | None:
     """The line s = a + b t (|b| <= max_slope) that the most profiles support (a candidate
     within ``tol``), from pairs of candidates on different profiles (every pair, or a fixed
