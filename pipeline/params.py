@@ -1,7 +1,8 @@
 """Typed params: one params.yaml section becomes one frozen dataclass (DESIGN.md, convention 3).
 
 Unknown keys are an error naming the key; values are checked against the field's type
-(int, float, bool, str, lists and nested dataclasses); missing keys take the dataclass default.
+(int, float, bool, str, lists and nested dataclasses; floats finite: ``.nan`` and ``.inf`` are
+errors); missing keys take the dataclass default.
 A typo in params.yaml is never a silent default.
 
 Ranges and formats are declared on the dataclass field, next to its default, as field
@@ -15,6 +16,7 @@ PyYAML's YAML 1.1 rules want ``1.0e-4`` and would give the string ``"1e-4"``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -111,6 +113,8 @@ def _coerce(value: Any, tp: Any, key: str, file: Path) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"key '{key}' must be a number, got {value!r}", file=file)
+        if not math.isfinite(value):      # .nan / .inf: no bound or size means that
+            raise ParamsError(f"key '{key}' must be a finite number, got {value!r}", file=file)
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -21,6 +21,9 @@ import pytest
 
 from conftest import ingest_chain
 from converters.annotations.convert import ConvertConfig, convert
+from converters.core.errors import InvalidTableError, MissingInputError
+from converters.spine.endplates import Endplate
+from converters.spine.refine import _against
 from train.evaluation.evaluate import EvaluateConfig, evaluate_run
 
 
@@ -117,6 +120,16 @@ def test_an_evaluation_of_external_predictions_keeps_a_copy_of_what_it_scored(ev
             (root / "pred" / "predictions" / name).read_bytes()
 
 
+def _frame_up(levels: dict) -> np.ndarray:
+    """The cranial direction of one image's recorded endplates: from the lowest level's
+    superior endplate to the highest's (the spines here are upright enough)."""
+    order = sorted(levels, key=lambda lv: ("L1", "L2", "L3", "L4", "L5", "S1").index(lv))
+    top = np.mean(levels[order[0]]["superior"]["prior"], axis=0)
+    bottom = np.mean(levels[order[-1]]["superior"]["prior"], axis=0)
+    v = top - bottom
+    return v / np.linalg.norm(v)
+
+
 def test_refined_endplates_are_recorded_and_reported(evaluated, tmp_path):
     """The predictions' endplates are refined on the test images (measures.refine_predictions,
     the default), the ground truth's polygons are not (measures.refine, off): measures.csv
@@ -142,15 +155,21 @@ def test_refined_endplates_are_recorded_and_reported(evaluated, tmp_path):
         for sides in record["truth"].values():           # not refined: the polygons' lines
             assert all(set(e) == {"endplate"} for e in sides.values())
         for level, sides in record["prediction"].items():
-            for entry in sides.values():
+            for side, entry in sides.items():
                 assert 0.0 <= entry["confidence"] <= 1.0 and len(entry["prior"]) == 2
+                if "endplate" in entry:     # the recorded shift and tilt are the line's
+                    prior, line = (Endplate(*map(tuple, entry[k])) for k in ("prior", "endplate"))
+                    up = _frame_up(record["prediction"])
+                    shift, tilt = _against(prior, line, -up if side == "superior" else up)
+                    assert entry["shift_px"] == pytest.approx(shift, abs=0.01)
+                    assert entry["tilt_deg"] == pytest.approx(tilt, abs=0.01)
                 assert ("endplate" in entry) != ("withheld" in entry), (name, level, entry)
                 refined += "endplate" in entry
                 if "withheld" in entry:
                     assert level in pred[name]["not_measurable"]
         if name != missing and pred[name]["confidence"]:
             lowest = min(e["confidence"] for s in record["prediction"].values()
-                         for e in s.values())
+                         for e in s.values() if "withheld" not in e)
             assert float(pred[name]["confidence"]) == pytest.approx(lowest, abs=1e-4)
     assert refined >= 6 * (len(names) - 1) // 2
     groups = summary["measures"]["groups"]
@@ -171,7 +190,8 @@ def test_refined_endplates_are_recorded_and_reported(evaluated, tmp_path):
         assert metrics["unet"][key] == pytest.approx(summary[key], abs=1e-3), key  # csv: 4 dp
     table = (tmp_path / "reports" / "tables" / "measures.md").read_text()
     assert "Segmental angle MAE (deg)" in table and "Disc height MAE (mm)" in table
-    strip = cv2.imread(str(tmp_path / "reports" / "figures" / "endplates" / "unet_worst.png"))
+    strip = cv2.imread(str(tmp_path / "reports" / "figures" / "endplates" /
+                           "unet_fold0_worst.png"))
     assert strip is not None and strip.shape[0] == 420 and strip.shape[1] > 3 * 60
     html = (tmp_path / "reports" / "report.html").read_text()
     assert "whose lordosis each model measured worst" in html
@@ -200,3 +220,59 @@ def test_convert_refines_readers_polygons_only_when_asked(evaluated, tmp_path):
     assert all(0.0 <= float(refined[n]["confidence"]) <= 1.0 for n in refined
                if refined[n]["lordosis_deg"])
     assert np.mean([abs(a - b) for a, b in both]) < 2.0
+
+
+def test_the_report_draws_what_it_can_of_a_damaged_endplates_file(evaluated, tmp_path):
+    """endplates.json is evaluate's, but a report reads what is on disk: a list, entries of
+    the wrong shape, NaN corners, lines off the image: the figure leaves out what it cannot
+    draw and the report is written; of two folds, the one whose file is not a mapping has no
+    figure. A measures file with a non-number is one clear error naming file, image and
+    column."""
+    from train.report.build import build_report
+
+    root, names = evaluated["root"], evaluated["names"]
+    good = json.loads((root / "eval" / "endplates.json").read_text())
+    broken = dict(good)
+    broken[names[0]] = []
+    broken[names[1]] = {"truth": {"L1": {"superior": {"endplate": [[1, 2], [3]]}}},
+                        "prediction": {"L1": {"superior": {"prior": None,
+                                                           "endplate": [[np.nan, 1], [2, 3]]}},
+                                       "L2": {"inferior": {"prior": [[-900, -900], [-800, -900]],
+                                                           "endplate": [[-900, -901],
+                                                                        [-800, -901]]}}}}
+    for fold, content in ((0, broken), (1, ["not", "a", "mapping"])):
+        folder = tmp_path / "eval" / "unet" / f"fold{fold}"
+        shutil.copytree(root / "eval", folder)
+        (folder / "endplates.json").write_text(json.dumps(content))
+    build_report(tmp_path / "eval", tmp_path / "reports", images=root / "png",
+                 masks=root / "processed" / "masks", models=["unet"])
+    figures = sorted(p.name for p in (tmp_path / "reports" / "figures" / "endplates").iterdir())
+    assert figures == ["unet_fold0_worst.png"]           # fold 1's file is not a mapping
+    html = (tmp_path / "reports" / "report.html").read_text()
+    missing = evaluated["missing"]
+    truth = _measures(root / "eval" / "measures_truth.csv")[missing]
+    assert f"{missing[:24]}: truth {float(truth['lordosis_deg']):.1f} deg" in html
+
+    truth_csv = tmp_path / "eval" / "unet" / "fold0" / "measures_truth.csv"
+    rows = list(csv.DictReader(truth_csv.open()))
+    rows[0]["lordosis_deg"] = "n/a"
+    with truth_csv.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(InvalidTableError) as err:
+        build_report(tmp_path / "eval", tmp_path / "again", images=root / "png",
+                     masks=root / "processed" / "masks", models=["unet"])
+    assert "column lordosis_deg is not a number: 'n/a'" in str(err.value)
+    assert str(truth_csv) in str(err.value) and rows[0]["file_name"] in str(err.value)
+
+
+def test_refining_on_a_missing_images_folder_is_an_error(evaluated, tmp_path):
+    """With --predictions the images are read only to refine the endplates: a wrong folder
+    would withhold every measure and blame the model; it is one clear error instead."""
+    root = evaluated["root"]
+    with pytest.raises(MissingInputError, match="images folder not found"):
+        evaluate_run("unet", 0, EvaluateConfig(device="cpu"), test=root / "processed" / "coco.json",
+                     masks=root / "processed" / "masks", images=tmp_path / "nope",
+                     out=tmp_path / "eval", predictions=root / "pred")
+    assert not (tmp_path / "eval").exists()

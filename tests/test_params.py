@@ -154,3 +154,14 @@ def test_propose_refuses_a_params_file_that_sets_only_export_s_image_path(tmp_pa
     assert main(argv) == 1                        # on to the next check: no trained run here
     err = capsys.readouterr().err
     assert "via_image_path" not in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN"])
+def test_a_float_that_is_not_finite_is_an_error(tmp_path, value):
+    """YAML reads .nan and .inf as floats; no bound, size or threshold means either (a band
+    of .inf pixels is an allocation error later, a .nan threshold lets everything through):
+    one line naming the key."""
+    p = tmp_path / "params.yaml"
+    p.write_text(f"s:\n  ratio: {value}\n")
+    with pytest.raises(ParamsError, match=r"key 's.ratio' must be a finite number"):
+        load_section(Section, "s", p)

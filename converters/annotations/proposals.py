@@ -189,14 +189,17 @@ def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
     """The endplates of the proposed vertebrae refined on the full-resolution image
     (:mod:`converters.spine.refine`), their corners written into the polygons: each refined
     corner replaces the polygon's vertex nearest it (rounded, as VIA keeps them), unless that
-    would make the polygon cross itself. Withheld endplates leave their polygon as drawn.
+    would make the polygon cross itself. Withheld endplates, fused regions and levels given
+    twice leave their polygons as drawn.
     Returns the number of corners moved."""
     from converters.spine.endplates import find_vertebrae
     from converters.spine.refine import refine_spine
 
     if image is None:
         return 0
-    by_level = {r.level: r for r in regions if r.level and not r.fused}
+    levels = [r.level for r in regions if r.level]
+    by_level = {r.level: r for r in regions         # a level given twice: neither is refined
+                if r.level and not r.fused and levels.count(r.level) == 1}
     spine = refine_spine(find_vertebrae([(lv, np.c_[r.xs, r.ys].astype(np.float64))
                                          for lv, r in by_level.items()]), image, cfg, spacing_mm)
     moved = 0

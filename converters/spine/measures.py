@@ -74,7 +74,7 @@ def _columns() -> tuple[list[str], list[str]]:
 
 MEASURES, LENGTHS = _columns()
 #: the columns of ``measures.csv``: ``refined`` 1 where the endplates were refined on the image
-#: (:mod:`converters.spine.refine`), ``confidence`` then the lowest of its endplates'
+#: (:mod:`converters.spine.refine`), ``confidence`` then the lowest of its refined endplates'
 COLUMNS = ("file_name", *MEASURES, "refined", "confidence", "pixel_spacing_mm", "not_measurable")
 
 
@@ -198,7 +198,7 @@ def image_measures(outlines: Sequence[tuple[str | None, np.ndarray]],
     if refine is not None:
         spine = refine_spine(spine, image, refine, spacing_mm, image_name=image_name)
     row = measure(spine, spacing_mm)
-    row["refined"] = int(refine is not None)
+    row["refined"] = int(refine is not None and image is not None)
     row["confidence"] = confidence(spine)
     row["pixel_spacing_mm"] = None if spacing_mm is None else float(spacing_mm[0])
     row["not_measurable"] = reasons(spine)

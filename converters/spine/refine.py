@@ -11,10 +11,10 @@ the centre of pixel (i, j) is at (j + 0.5, i + 0.5)).
 Method, per endplate (prior: posterior corner P, anterior corner A, length L; inward normal n,
 into the body: caudal for a superior endplate, cranial for an inferior one, in the spine's frame):
 
-1. profiles: at ``t`` every pixel from 15 % to 85 % of the way from P to A (the corners are left
-   out: they round off), the image is sampled (bilinear, after a Gaussian of
-   :attr:`MeasuresConfig.sigma_px`) along ``s`` in [-band, +band] across the prior, every
-   0.25 px;
+1. profiles: at ``t`` from 15 % to 85 % of the way from P to A (the corners are left out:
+   they round off), every pixel but at most 64 (and at least 8) of them, the image is sampled
+   (bilinear, after a Gaussian of :attr:`MeasuresConfig.sigma_px`) along ``s`` in
+   [-band, +band] across the prior (the band at most the prior's length), every 0.25 px;
 2. edge candidates: on each profile the three strongest rises of brightness going into the
    body (local maxima of the derivative along ``n``: the disc, dark, meets the cortical rim,
    bright; the neighbour's endplate across the disc falls the other way), located to sub-pixel
@@ -26,8 +26,11 @@ into the body: caudal for a superior endplate, cranial for an inferior one, in t
    ties to the stronger edges, refitted by least squares on each supporting profile's strongest
    candidate near it; the refined corners are P and A moved onto that line along ``n``. Where
    rises do not reach ``min_confidence``, falls are tried (metal on the endplate, a cage
-   brighter than bone: the endplate is where the metal ends), and the better-supported line
-   is kept;
+   brighter than bone: the endplate is where the metal ends), but only on the body's side of
+   the prior (from ``inlier_px`` outside it: the neighbour's endplate across the disc falls
+   too), and the better-supported line is kept (``rising`` says which). Where a cage overlaps
+   the body in projection, the edge where its metal ends can lie inside the body: such fits
+   say ``rising`` false;
 4. a second pass from the first pass's line, so that a prior tilted out of the band at its
    ends sees the whole edge.
 
@@ -95,9 +98,26 @@ class Fit:
 
 
 def _band(cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None) -> float:
-    if spacing_mm:
+    """The band in pixels: ``band_mm`` at the pixel spacing, ``band_px`` without a usable
+    one (each endplate's band is at most its length, :func:`refine_endplate`)."""
+    if spacing_mm and all(math.isfinite(v) and v > 0 for v in spacing_mm):
         return cfg.band_mm / float(min(spacing_mm))
     return cfg.band_px
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """A 2-D image of numbers: colour (BGR or BGRA, as OpenCV reads it) to grey, booleans to
+    0 / 1."""
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        image = cv2.cvtColor(image[..., :3].astype(np.float32), cv2.COLOR_BGR2GRAY)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"an image of shape {image.shape} is not a radiograph")
+    return image
 
 
 def _noise_floor(image: np.ndarray) -> float:
@@ -109,22 +129,42 @@ def _noise_floor(image: np.ndarray) -> float:
 
 
 def refine_endplate(image: np.ndarray, prior: Endplate, inward: np.ndarray,
-                    cfg: MeasuresConfig, band: float, floor: float | None = None,
-                    deeper: float = 1.0) -> Fit:
-    """Refine one endplate (module docstring); ``inward`` points into the body (only its side
-    of the prior's line counts), ``band`` in pixels, ``deeper`` times that into the body.
-    A second pass starts from the first's line, so a prior tilted out of the band at its ends
-    sees the whole edge."""
+                    cfg: MeasuresConfig, band: float, floor: float | None = None) -> Fit:
+    """Refine one endplate (module docstring) on a 2-D ``image``; ``inward`` points into the
+    body (only its side of the prior's line counts), ``band`` in pixels. A second pass starts
+    from the first's line, so a prior tilted out of the band at its ends sees the whole edge
+    (each pass searches ``band`` and ``max_tilt_deg`` around its start: the result lies
+    within twice that of the prior; on the demo, limiting it to once measured worse)."""
     floor = _noise_floor(image) if floor is None else floor
-    fit = _refine_once(image, prior, inward, cfg, band, floor, deeper)
+    fit = _refine_once(image, prior, inward, cfg, band, floor)
     reach = abs(fit.shift_px) + abs(math.tan(math.radians(fit.tilt_deg))) * _length(prior) / 2
     if fit.refined is not None and (reach >= band / 2 or fit.confidence < 0.9):
-        second = _refine_once(image, fit.refined, inward, cfg, band, floor, deeper)
+        second = _refine_once(image, fit.refined, inward, cfg, band, floor)
         if second.refined is not None and second.confidence >= fit.confidence:
-            fit = replace(second, prior=prior, tilt_deg=fit.tilt_deg + second.tilt_deg,
-                          shift_px=float((second.refined.midpoint - prior.midpoint)
-                                         @ _inward_normal(fit.refined, inward)))
+            shift, tilt = _against(prior, second.refined, inward)
+            fit = replace(second, prior=prior, shift_px=shift, tilt_deg=tilt)
     return fit
+
+
+def _against(prior: Endplate, line: Endplate, inward: np.ndarray) -> tuple[float, float]:
+    """A line against the prior: its shift at the prior's middle along the prior's inward
+    normal (px, + into the body) and its tilt (degrees, + where its anterior end lies deeper
+    into the body than its posterior end, relative to the prior)."""
+    d = prior.vector / _length(prior)
+    n = _inward_normal(prior, inward)
+    v = line.vector
+    tilt = math.degrees(math.atan2(float(v @ n), float(v @ d)))
+    P, Q = np.asarray(line.posterior), np.asarray(line.anterior)
+
+    def offset(point) -> float:      # the line's offset along n at the prior's point
+        w = Q - P
+        den = float(w @ d)
+        if abs(den) < 1e-12:
+            return math.inf
+        u = float((np.asarray(point) - P) @ d) / den
+        return float((P + u * w - np.asarray(point)) @ n)
+
+    return offset(prior.midpoint), tilt
 
 
 def _length(plate: Endplate) -> float:
@@ -138,7 +178,7 @@ def _inward_normal(plate: Endplate, inward: np.ndarray) -> np.ndarray:
 
 
 def _refine_once(image: np.ndarray, prior: Endplate, inward: np.ndarray,
-                 cfg: MeasuresConfig, band: float, floor: float, deeper: float = 1.0) -> Fit:
+                 cfg: MeasuresConfig, band: float, floor: float) -> Fit:
     """One pass of :func:`refine_endplate`."""
     P = np.asarray(prior.posterior, dtype=np.float64)
     A = np.asarray(prior.anterior, dtype=np.float64)
@@ -152,7 +192,8 @@ def _refine_once(image: np.ndarray, prior: Endplate, inward: np.ndarray,
         n = -n
     step = 0.25
     t = np.linspace(0.15 * length, 0.85 * length, int(np.clip(round(0.7 * length), 8, 64)))
-    s = np.arange(-band, deeper * band + step / 2, step)
+    band = min(band, length)         # (a band wider than the endplate means nothing)
+    s = np.arange(-band, band + step / 2, step)
     grad = _derivative(image, P, d, n, t, s, cfg.sigma_px)
     if grad is None:
         return Fit(prior, None, 0.0, reason="the search band leaves the image")
@@ -162,6 +203,9 @@ def _refine_once(image: np.ndarray, prior: Endplate, inward: np.ndarray,
     line = None
     for sign in (1.0, -1.0):        # rising into the body; else falling (metal on the endplate)
         cand_s, cand_g = _candidates(sign * grad, s, step, cfg.min_snr * noise)
+        if sign < 0:      # metal's edge: not outside the outline (module docstring)
+            outside = ~(cand_s >= -cfg.inlier_px)
+            cand_s, cand_g = np.where(outside, np.nan, cand_s), np.where(outside, 0.0, cand_g)
         found = _ransac(t, cand_s, cand_g, cfg.inlier_px,
                         math.tan(math.radians(cfg.max_tilt_deg)))
         if found is not None and (line is None or len(found[2]) > len(line[2])):
@@ -173,11 +217,12 @@ def _refine_once(image: np.ndarray, prior: Endplate, inward: np.ndarray,
     a, b, tt, ss = line
     conf = len(tt) / len(t)
     resid = float(np.sqrt(np.mean((ss - (a + b * tt)) ** 2)))
+    # tilt: + where the anterior end (t = length) lies deeper into the body (s larger)
     shift, tilt = a + b * length / 2, math.degrees(math.atan(b))
     if conf < cfg.min_confidence:
         return Fit(prior, None, conf, shift, tilt, resid,
-                   reason=f"edge seen along {conf:.0%} of the endplate (confidence "
-                          f"{conf:.2f} < {cfg.min_confidence:g})")
+                   reason=f"edge seen along {100 * conf:.0f} % of the endplate (confidence "
+                          f"{conf:.2f} < {cfg.min_confidence:g})", rising=rising)
     p_new = P + a * n
     a_new = P + length * d + (a + b * length) * n
     return Fit(prior, Endplate((float(p_new[0]), float(p_new[1])),
@@ -292,8 +337,9 @@ def refine_spine(spine: Spine, image: np.ndarray | None, cfg: MeasuresConfig,
         return out
     if image is None:
         for lv in spine.vertebrae:
-            out.unusable[lv] = f"{image_name} not found: endplates not refined"
+            out.unusable[lv] = f"{image_name} not found or unreadable: endplates not refined"
         return out
+    image = _gray(image)
     band = _band(cfg, spacing_mm)
     floor = _noise_floor(image)
     for lv, vt in spine.vertebrae.items():
@@ -319,8 +365,10 @@ def refine_spine(spine: Spine, image: np.ndarray | None, cfg: MeasuresConfig,
 
 
 def confidence(spine: Spine) -> float | None:
-    """The image's confidence: the lowest of its refined endplates' (None: nothing refined)."""
-    values = [f.confidence for sides in spine.fits.values() for f in sides.values()]
+    """The image's confidence: the lowest of its refined endplates' (those withheld say why
+    in ``not_measurable``; None: nothing refined)."""
+    values = [f.confidence for sides in spine.fits.values() for f in sides.values()
+              if f.refined is not None]
     return min(values) if values else None
 
 

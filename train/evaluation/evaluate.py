@@ -232,6 +232,12 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
     (predictions: ``refine_predictions``; the ground truth's polygons: ``refine``)."""
     pred_dir = Path(pred_dir)
     spacing = spacing or {}
+    refining = measures is not None and (measures.refine_predictions or measures.refine)
+    if refining and images is not None and not Path(images).is_dir():
+        # every measure would be withheld, and the model blamed for it
+        raise MissingInputError("images folder not found (the measures' endplates are "
+                                "refined on the test images)", produced_by="export",
+                                file=images)
     instances = _predicted_instances(pred_dir, test)
     rows, cms, missing = [], [], []
     pred_measures, true_measures, endplates = [], [], {}
@@ -252,7 +258,7 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
             pred = components(pred_mask, test.class_values, cfg.min_area)
         rec = recognize(test.instances[im["id"]], pred, cfg)
         mm = spacing.get(name)
-        image = _measured_image(images, name) if measures and images is not None else None
+        image = _measured_image(images, name) if refining and images is not None else None
         p_row, p_spine = image_measures(
             predicted_outlines(pred), mm, image=image, image_name=name,
             refine=measures if measures and measures.refine_predictions else None)

@@ -23,8 +23,8 @@ under the report folder:
   model's agreement with the ground truth's measures, :mod:`train.evaluation.agreement`), a
   Bland-Altman plot of the lordosis (``figures/bland_altman_lordosis.png``) and per model the
   endplates of the three images whose lordosis it measured worst
-  (``figures/endplates/<model>_worst.png``: the ground truth's, the model's outline's and the
-  refined ones);
+  (``figures/endplates/<model>_fold<k>_worst.png``: the ground truth's, the model's outline's
+  and the refined ones);
 - ``metrics.json``: per model, the means of the four pixel metrics (key names as
   ``spinepipe metrics`` prints them) plus ``recognition_rate``,
   ``composite_recognition_rate`` and ``composite_recognition_rate_overlaps`` (on the images
@@ -194,8 +194,8 @@ def _write_figures(output: Path, df: pd.DataFrame, clinical: dict, eval_root: Pa
     for model, kind, _, data in ex:
         write_bytes(output / "figures" / "overlays" / f"{model}_{kind}.png", data)
     figs["endplates"] = endplate_examples(df, eval_root, images)
-    for model, _, data in figs["endplates"]:
-        write_bytes(output / "figures" / "endplates" / f"{model}_worst.png", data)
+    for model, fold, _, data in figs["endplates"]:
+        write_bytes(output / "figures" / "endplates" / f"{model}_fold{fold}_worst.png", data)
     return figs, ex
 
 

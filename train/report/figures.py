@@ -174,52 +174,94 @@ def examples(df: pd.DataFrame, eval_root: Path, images: Path, masks: Path, k: in
 ENDPLATE_COLORS = {"truth": (0, 200, 0), "prior": (40, 40, 230), "refined": (255, 220, 0)}
 
 
+def _number(value) -> float | None:
+    """A measures.csv cell as a number (None: empty or not a finite number)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
 def _lordosis_error(pred: dict, truth: dict) -> float:
     """How badly a model measured an image's lordosis: inf where the ground truth gives it
     and the model does not (withheld), else the absolute error; -1 where the truth has none."""
-    if truth.get("lordosis_deg") in ("", None):
+    t, p = _number(truth.get("lordosis_deg")), _number(pred.get("lordosis_deg"))
+    if t is None:
         return -1.0
-    if pred.get("lordosis_deg") in ("", None):
-        return float("inf")
-    return abs(float(pred["lordosis_deg"]) - float(truth["lordosis_deg"]))
+    return float("inf") if p is None else abs(p - t)
 
 
-def _endplate_panel(image: np.ndarray, record: dict, height: int = 420) -> np.ndarray:
-    """The image cropped to its endplates, each drawn: the truth's, the prior, refined."""
-    img = cv2.cvtColor(cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8),
-                       cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+def _segment(value) -> np.ndarray | None:
+    """``[[x, y], [x, y]]`` of finite numbers as a (2, 2) array (None: anything else)."""
+    try:
+        seg = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return seg if seg.shape == (2, 2) and np.isfinite(seg).all() else None
+
+
+def _endplate_lines(record) -> list[tuple[str, np.ndarray]]:
+    """(kind, segment) of one image's endplates.json entry: the truth's, the prior and the
+    refined line of the prediction's; whatever is malformed is left out."""
     lines = []
-    for who, key in (("truth", "endplate"), ("prediction", "prior"),
-                     ("prediction", "endplate")):
-        for sides in record.get(who, {}).values():
-            for entry in sides.values():
-                if key in entry and not (who == "prediction" and key == "endplate"
-                                         and "prior" not in entry):
-                    kind = "truth" if who == "truth" else ("prior" if key == "prior"
-                                                           else "refined")
-                    lines.append((kind, np.asarray(entry[key], dtype=np.float64)))
-    if not lines:
-        return cv2.resize(img, (int(img.shape[1] * height / img.shape[0]), height))
-    pts = np.concatenate([p for _, p in lines])
-    pad = 0.15 * float(np.ptp(pts[:, 1]) + 1)
-    x0, y0 = np.maximum(np.floor(pts.min(axis=0) - pad), 0).astype(int)
-    x1, y1 = np.minimum(np.ceil(pts.max(axis=0) + pad),
-                        [img.shape[1], img.shape[0]]).astype(int)
-    f = height / max(y1 - y0, 1)
-    out = cv2.resize(img[y0:y1, x0:x1], (max(int((x1 - x0) * f), 1), height),
+    if not isinstance(record, dict):
+        return lines
+    for who in ("truth", "prediction"):
+        levels = record.get(who)
+        for sides in (levels.values() if isinstance(levels, dict) else ()):
+            for entry in (sides.values() if isinstance(sides, dict) else ()):
+                if not isinstance(entry, dict):
+                    continue
+                if who == "truth":
+                    pairs = (("endplate", "truth"),)
+                elif "prior" in entry:
+                    pairs = (("prior", "prior"), ("endplate", "refined"))
+                else:                      # measured on the model's outline, not refined
+                    pairs = (("endplate", "prior"),)
+                for key, kind in pairs:
+                    seg = _segment(entry.get(key))
+                    if seg is not None:
+                        lines.append((kind, seg))
+    return lines
+
+
+def _endplate_panel(image: np.ndarray, record, height: int = 420) -> np.ndarray:
+    """The image cropped to its endplates (at least a third of it each way), each drawn:
+    the truth's, the prior, refined."""
+    if image.ndim == 2:
+        img = cv2.cvtColor(cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8),
+                           cv2.COLOR_GRAY2BGR)
+    else:
+        img = cv2.normalize(image[..., :3], None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    h, w = img.shape[:2]
+    lines = _endplate_lines(record)
+    x0, y0, x1, y1 = 0, 0, w, h
+    if lines:
+        pts = np.concatenate([p for _, p in lines])
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        centre, half = (lo + hi) / 2, np.maximum((hi - lo) / 2 * 1.15, [w / 6, h / 6])
+        x0, y0 = np.clip(np.floor(centre - half), 0, [w, h]).astype(int)
+        x1, y1 = np.clip(np.ceil(centre + half), 0, [w, h]).astype(int)
+        if x1 - x0 < 2 or y1 - y0 < 2:         # all of it off the image
+            x0, y0, x1, y1 = 0, 0, w, h
+    f = height / (y1 - y0)
+    out = cv2.resize(img[y0:y1, x0:x1], (max(min(int((x1 - x0) * f), 3 * height), 1), height),
                      interpolation=cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA)
+    fx = out.shape[1] / (x1 - x0)
     for kind, p in lines:
-        a, b = ((p - [x0, y0]) * f).round().astype(int)
+        a, b = ((p - [x0, y0]) * [fx, f]).round().astype(int)
         cv2.line(out, tuple(map(int, a)), tuple(map(int, b)), ENDPLATE_COLORS[kind],
                  1 if kind == "truth" else 2, cv2.LINE_AA)
     return out
 
 
 def endplate_examples(df: pd.DataFrame, eval_root: Path, images: Path, k: int = 3
-                      ) -> list[tuple[str, str, bytes]]:
-    """(model, caption, PNG) per model: the ``k`` test images whose lordosis it measured
-    worst (withheld first, then by absolute error), side by side, their endplates drawn
-    (module docstring). Evaluations without ``endplates.json`` are left out."""
+                      ) -> list[tuple[str, int, str, bytes]]:
+    """(model, fold, caption, PNG) per evaluation: the ``k`` test images whose lordosis the
+    model measured worst (withheld first, then by absolute error), side by side, their
+    endplates drawn (module docstring). Evaluations without a readable ``endplates.json``
+    are left out."""
     out = []
     for (model, fold), _ in df.groupby(["model", "fold"], sort=False):
         folder = eval_dir(model, int(fold), eval_root)
@@ -229,20 +271,24 @@ def endplate_examples(df: pd.DataFrame, eval_root: Path, images: Path, k: int = 
             truth = pd.read_csv(folder / "measures_truth.csv", keep_default_na=False, dtype=str)
         except (OSError, ValueError):
             continue
-        rows = sorted(((_lordosis_error(p, t), p, t) for p, t in
-                       zip(pred.to_dict("records"), truth.to_dict("records"))),
+        if not isinstance(plates, dict) or "file_name" not in pred or "file_name" not in truth:
+            continue
+        by_name = {r["file_name"]: r for r in truth.to_dict("records")}
+        rows = sorted(((_lordosis_error(p, by_name[p["file_name"]]), p, by_name[p["file_name"]])
+                       for p in pred.to_dict("records") if p["file_name"] in by_name),
                       key=lambda r: -r[0])
         panels, notes = [], []
-        for err, p, t in rows[:k]:
-            if err < 0:
+        for err, p, t in rows:
+            if err < 0 or len(panels) == k:
                 break
             image = cv2.imread(str(images / p["file_name"]), cv2.IMREAD_UNCHANGED)
             if image is None or p["file_name"] not in plates:
                 continue
             panels.append(_endplate_panel(image, plates[p["file_name"]]))
-            said = (f"{float(p['lordosis_deg']):.1f} deg" if p["lordosis_deg"] else
-                    f"withheld ({p['not_measurable'][:90]})")
-            notes.append(f"{p['file_name'][:24]}: truth {float(t['lordosis_deg']):.1f} deg, "
+            lordosis = _number(p.get("lordosis_deg"))
+            said = (f"{lordosis:.1f} deg" if lordosis is not None else
+                    f"withheld ({str(p.get('not_measurable', ''))[:90]})")
+            notes.append(f"{p['file_name'][:24]}: truth {_number(t['lordosis_deg']):.1f} deg, "
                          f"model {said}")
         if not panels:
             continue
@@ -251,5 +297,5 @@ def endplate_examples(df: pd.DataFrame, eval_root: Path, images: Path, k: int = 
         ok, png = cv2.imencode(".png", strip)
         caption = (f"{display_name(model)}, fold {fold}: the {len(panels)} images whose lordosis "
                    "it measured worst; " + "; ".join(notes))
-        out.append((model, caption, png.tobytes()))
+        out.append((model, int(fold), caption, png.tobytes()))
     return out

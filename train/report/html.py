@@ -70,7 +70,7 @@ def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
             parts.append("<h3>Endplates of the images whose lordosis each model measured worst "
                          "(ground truth green, from the model's outline red, refined on the "
                          "image cyan)</h3>")
-            for _, caption, data in figs["endplates"]:
+            for _, _, caption, data in figs["endplates"]:
                 parts.append(f"<figure><img src='{_uri(data)}' height='420'><figcaption>"
                              f"{html.escape(caption)}</figcaption></figure>")
         if name == "table2_kruskal_wallis":
