@@ -34,7 +34,7 @@ def command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Trained run (default models/<model>/fold<k>: config.py + best.pth)."),
     test: Path = typer.Option(Path("data/splits/test/coco.json"), "--test", help="Test set COCO file from the split stage."),
     masks: Path = typer.Option(Path("data/processed/masks"), "--masks", help="Ground-truth class masks from the convert stage."),
-    images: Path = typer.Option(Path("data/interim/png"), "--images", help="The exported PNGs."),
+    images: Path = typer.Option(Path("data/interim/png"), "--images", help="The exported PNGs (the models read them; the measures' endplates are refined on them)."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score these predictions (predictions/<stem>.png, optional instances.json) instead of running the model."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default reports/eval/<model>/fold<k>)."),
     params: Path = ParamsOption,

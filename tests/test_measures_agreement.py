@@ -157,7 +157,8 @@ def test_refined_endplates_are_recorded_and_reported(evaluated, tmp_path):
         for level, sides in record["prediction"].items():
             for side, entry in sides.items():
                 assert 0.0 <= entry["confidence"] <= 1.0 and len(entry["prior"]) == 2
-                if "endplate" in entry:     # the recorded shift and tilt are the line's
+                if "endplate" in entry and len(record["prediction"]) > 1:   # recorded
+                    # shift and tilt are the line's (the frame needs two levels)
                     prior, line = (Endplate(*map(tuple, entry[k])) for k in ("prior", "endplate"))
                     up = _frame_up(record["prediction"])
                     shift, tilt = _against(prior, line, -up if side == "superior" else up)

@@ -110,7 +110,16 @@ def test_evaluate_and_report_the_trained_models(project):
         (ext / "predictions" / p.name).write_bytes(p.read_bytes())
     proc = subprocess.run([SPINEPIPE, "evaluate", "--model", "unet", "--fold", "1",
                            "--test", "splits/test/coco.json", "--masks", "processed/masks",
-                           "--predictions", "ext", "--output", "ext_eval"],
+                           "--predictions", "ext", "--output", "ext_eval", "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=project)
+    # the measures' endplates are refined on the test images: without them, one clear error
+    # (not every measure withheld and the model blamed), nothing written
+    assert proc.returncode == 1 and "images folder not found" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (project / "ext_eval").exists()
+    proc = subprocess.run([SPINEPIPE, "evaluate", "--model", "unet", "--fold", "1",
+                           "--test", "splits/test/coco.json", "--masks", "processed/masks",
+                           "--images", "png", "--predictions", "ext", "--output", "ext_eval"],
                           capture_output=True, text=True, timeout=300, cwd=project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((project / "ext_eval" / "summary.json").read_text())
@@ -123,7 +132,8 @@ def test_evaluate_and_report_the_trained_models(project):
     cv2.imwrite(str(bad), np.zeros((7, 7), np.uint8))
     proc = subprocess.run([SPINEPIPE, "evaluate", "--model", "unet", "--fold", "1",
                            "--test", "splits/test/coco.json", "--masks", "processed/masks",
-                           "--predictions", "ext", "--output", "bad_eval", "--quiet"],
+                           "--images", "png", "--predictions", "ext", "--output", "bad_eval",
+                           "--quiet"],
                           capture_output=True, text=True, timeout=300, cwd=project)
     assert proc.returncode == 1 and names[-1] in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
