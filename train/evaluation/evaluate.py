@@ -306,10 +306,8 @@ def _measured_image(images: str | Path, name: str) -> np.ndarray | None:
     path = Path(images) / name
     if not path.is_file():
         return None
-    image = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        return None
-    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)  # (any
+    # channels: the refinement reads colour as grey)
 
 
 def endplates_record(spine) -> dict:
