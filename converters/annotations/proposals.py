@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -53,9 +53,8 @@ from converters.core.errors import InvalidViaError
 from converters.core.records import json_value
 from converters.annotations.via import AnnotatedRegion
 from converters.annotations.via_project import ProjectImage, ProjectRegion, polygon_region
-
-if TYPE_CHECKING:
-    from converters.spine.refine import MeasuresConfig
+from converters.spine.endplates import find_vertebrae
+from converters.spine.refine import MeasuresConfig, refine_spine
 
 LUMBAR_COUNT = 5
 PROPOSAL_ATTRIBUTE = "spinepipe_proposal"   # file attribute: what was proposed
@@ -185,16 +184,13 @@ def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int
 
 
 def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
-                   cfg: "MeasuresConfig", spacing_mm: tuple[float, float] | None = None) -> int:
+                   cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None = None) -> int:
     """The endplates of the proposed vertebrae refined on the full-resolution image
     (:mod:`converters.spine.refine`), their corners written into the polygons: each refined
     corner replaces the polygon's vertex nearest it (rounded, as VIA keeps them), unless that
     would make the polygon cross itself. Withheld endplates, fused regions and levels given
     twice leave their polygons as drawn.
     Returns the number of corners moved."""
-    from converters.spine.endplates import find_vertebrae
-    from converters.spine.refine import refine_spine
-
     if image is None:
         return 0
     levels = [r.level for r in regions if r.level]

@@ -18,6 +18,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from converters.core.errors import InvalidTableError, MissingInputError
 from converters.core.records import read_json
+from converters.spine.measures import MEASURES
 from train.report import stats
 from train.evaluation.metrics import METRICS
 from train.models import display_name, eval_dir, family
@@ -101,7 +102,6 @@ def load_measures(root: str | Path, df: pd.DataFrame) -> dict[str, tuple[list[di
 def _measure_rows(path: Path) -> list[dict]:
     """A measures.csv's rows as strings, every measure a number or empty (else a one-line
     error naming the file, image and column)."""
-    from converters.spine.measures import MEASURES
     rows = pd.read_csv(path, keep_default_na=False, dtype=str).to_dict("records")
     for row in rows:
         for col in MEASURES:
