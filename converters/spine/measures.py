@@ -39,10 +39,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from converters.core.errors import InvalidTableError, MissingInputError
+from converters.core.records import open_input
 from converters.spine.endplates import Endplate, Spine, Vertebra, unit_vector, find_vertebrae
 from converters.spine.levels import LEVELS, LUMBAR
 from converters.spine.refine import MeasuresConfig, confidence, refine_spine
@@ -235,3 +238,34 @@ def measures_csv(rows: Sequence[dict]) -> str:
         writer.writerow({k: ("" if v is None else f"{v:.4f}" if isinstance(v, float) else v)
                          for k, v in row.items()})
     return buf.getvalue()
+
+
+def read_measures(path: str | Path) -> list[dict[str, str]]:
+    """A ``measures.csv``'s rows as strings (a missing column: empty), every measure a finite
+    number or empty; else a one-line :class:`InvalidTableError` naming the file, image and
+    column (:class:`MissingInputError` when the file is not there)."""
+    path = Path(path)
+    try:
+        with open_input(path, "r", encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if "file_name" not in (reader.fieldnames or []):
+                raise InvalidTableError("no file_name column: not a measures.csv", file=path)
+            rows = [{k: (row.get(k) or "") for k in COLUMNS} for row in reader]
+    except FileNotFoundError:
+        raise MissingInputError("measures not found", produced_by="evaluate",
+                                file=path) from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidTableError(f"unreadable: {exc}".splitlines()[0], file=path) from None
+    for row in rows:
+        for col in (*MEASURES, "pixel_spacing_mm"):
+            value = row[col]
+            if value == "":
+                continue
+            try:
+                ok = math.isfinite(float(value))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InvalidTableError(f"column {col} is not a number: {value[:40]!r}",
+                                        file=path, image=row["file_name"][:200])
+    return rows

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from converters.core.errors import SpinepipeError
+from converters.spine.measures import read_measures
 from train.evaluation.metrics import METRICS
 from train.models import display_name, eval_dir
 from train.report.tables import LABELS, pct
@@ -267,15 +269,15 @@ def endplate_examples(df: pd.DataFrame, eval_root: Path, images: Path, k: int = 
         folder = eval_dir(model, int(fold), eval_root)
         try:
             plates = json.loads((folder / "endplates.json").read_text())
-            pred = pd.read_csv(folder / "measures.csv", keep_default_na=False, dtype=str)
-            truth = pd.read_csv(folder / "measures_truth.csv", keep_default_na=False, dtype=str)
-        except (OSError, ValueError):
+            pred = read_measures(folder / "measures.csv")
+            truth = read_measures(folder / "measures_truth.csv")
+        except (OSError, ValueError, SpinepipeError):
             continue
-        if not isinstance(plates, dict) or "file_name" not in pred or "file_name" not in truth:
+        if not isinstance(plates, dict):
             continue
-        by_name = {r["file_name"]: r for r in truth.to_dict("records")}
+        by_name = {r["file_name"]: r for r in truth}
         rows = sorted(((_lordosis_error(p, by_name[p["file_name"]]), p, by_name[p["file_name"]])
-                       for p in pred.to_dict("records") if p["file_name"] in by_name),
+                       for p in pred if p["file_name"] in by_name),
                       key=lambda r: -r[0])
         panels, notes = [], []
         for err, p, t in rows:

@@ -18,7 +18,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from converters.core.errors import InvalidTableError, MissingInputError
 from converters.core.records import read_json
-from converters.spine.measures import MEASURES
+from converters.spine.measures import read_measures
 from train.report import stats
 from train.evaluation.metrics import METRICS
 from train.models import display_name, eval_dir, family
@@ -88,8 +88,8 @@ def load_measures(root: str | Path, df: pd.DataFrame) -> dict[str, tuple[list[di
         pred, truth = folder / "measures.csv", folder / "measures_truth.csv"
         if not (pred.is_file() and truth.is_file()):
             continue
-        p = _measure_rows(pred)
-        t = _measure_rows(truth)
+        p = read_measures(pred)
+        t = read_measures(truth)
         if [r["file_name"] for r in p] != [r["file_name"] for r in t]:
             raise InvalidTableError("measures.csv and measures_truth.csv list different "
                                     "images", file=pred)
@@ -97,25 +97,6 @@ def load_measures(root: str | Path, df: pd.DataFrame) -> dict[str, tuple[list[di
         rows[0].extend(p)
         rows[1].extend(t)
     return out
-
-
-def _measure_rows(path: Path) -> list[dict]:
-    """A measures.csv's rows as strings, every measure a number or empty (else a one-line
-    error naming the file, image and column)."""
-    rows = pd.read_csv(path, keep_default_na=False, dtype=str).to_dict("records")
-    for row in rows:
-        for col in MEASURES:
-            value = row.get(col, "")
-            if value == "":
-                continue
-            try:
-                ok = np.isfinite(float(value))
-            except ValueError:
-                ok = False
-            if not ok:
-                raise InvalidTableError(f"column {col} is not a number: {value!r}", file=path,
-                                        image=row.get("file_name"))
-    return rows
 
 
 def measures_table(measures: dict[str, tuple[list[dict], list[dict]]],
