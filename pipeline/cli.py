@@ -47,7 +47,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "propose": ("pipeline.propose", "Outline new images with a trained model, as a VIA project in review order."),
     "report": ("pipeline.report", "Tables, statistics and figures of every evaluation."),
     "to-seg": ("pipeline.to_seg", "Predictions as DICOM SEG on the radiographs (pseudonymized or re-identified)."),
-    "store": ("pipeline.store", "Send DICOM objects (SEG results) to the PACS by C-STORE."),
+    "to-sr": ("pipeline.to_sr", "Clinical measures as DICOM SR measurement reports (TID 1500) on the radiographs."),
+    "store": ("pipeline.store", "Send DICOM objects (SEG and SR results) to the PACS by C-STORE."),
     "validate": ("pipeline.validate", "Check VIA annotations as convert would; write nothing."),
     "metrics": ("pipeline.metrics", "The four pixel metrics of one prediction / truth pair."),
 }
@@ -73,6 +74,7 @@ ROOTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "propose": (("output:file",), ()),
     "report": (("output",), ()),
     "to-seg": (("output",), ("dicom",)),
+    "to-sr": (("output",), ("dicom", "seg")),
     "store": (("input",), ()),  # its resume state lives in the folder it sends
 }
 

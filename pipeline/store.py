@@ -1,11 +1,11 @@
-"""``spinepipe store``: send DICOM objects (spinepipe's SEG results) to the PACS by C-STORE.
+"""``spinepipe store``: send DICOM objects (spinepipe's SEG and SR results) to the PACS by C-STORE.
 
 The connection is ``retrieve``'s (params.yaml section ``retrieve``: host, port, AE titles,
 TLS); the flags override it. Resumable: ``<input>/.store_state.json`` records what each PACS
 accepted, with the sha256 of each file's bytes, so a re-run sends only the rest and every file
 whose content changed since it was stored (a SEG rewritten under the same SOP Instance UID is
-sent again, never answered "already there"). Every instance is reported; any failure makes the
-command exit 1 after the others were sent.
+sent again, never answered "already there"). Any SOP class the folder holds (SEG, SR). Every
+instance is reported; any failure makes the command exit 1 after the others were sent.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ STATE_FILE = ".store_state.json"
 
 
 def command(
-    input: Path = typer.Option(..., "--input", "-i", help="Folder of DICOM files to send (*.dcm), e.g. the output of to-seg."),
+    input: Path = typer.Option(..., "--input", "-i", help="Folder of DICOM files to send (*.dcm), e.g. the output of to-seg or to-sr."),
     host: Optional[str] = typer.Option(None, "--host", help="PACS host [params: retrieve.host]."),
     port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="PACS DICOM port, 1-65535 [params: retrieve.port]."),
     called_aet: Optional[str] = typer.Option(None, "--called-aet", help="PACS AE title [params: retrieve.called_aet]."),

@@ -2,7 +2,7 @@
 converters/core/files.py).
 
 For *every* stage that writes (phantom, retrieve, anonymize, export, phantom-annotations,
-convert, split, train, evaluate, propose, to-seg, report, store), the stage is run once on a
+convert, split, train, evaluate, propose, to-seg, to-sr, report, store), the stage is run once on a
 fresh workspace and what it wrote is listed; then, on another fresh workspace, a symbolic link
 pointing outside is planted at *every* one of those paths (every file, then every folder below
 the output root) and the stage is run again. Whatever the stage answers (done, or one
@@ -16,7 +16,7 @@ The chain is the demo's, as small as it runs: 14 phantom images of 128 x 320, a 
 (retrieve reads it, store writes to it), one U-Net trained for 2 iterations on one fold
 (train's time is mostly its imports), evaluated; to-seg and the report also read a second
 evaluation, of the true masks given as predictions (``evaluate --predictions``), so that
-to-seg writes SEG objects whatever the tiny model predicts. MMEngine names a run's log folder
+to-seg writes SEG objects whatever the tiny model predicts (and to-sr its measures' reports). MMEngine names a run's log folder
 by the clock (``YYYYmmdd_HHMMSS``): links are planted at the names of the next two minutes too,
 so the run being attacked meets them.
 
@@ -101,6 +101,10 @@ STAGES = {
                 "--run-dir", RUN, "--dicom", "{w}/anon", "--images", "{w}/png", "--output",
                 "{w}/seg", "--force"],
                ["seg"]),
+    "to-sr": (["to-sr", "--model", "pspnet", "--fold", "0", "--input", "{w}/eval/pspnet/fold0",
+               "--run-dir", RUN, "--dicom", "{w}/anon", "--images", "{w}/png", "--seg", "{w}/seg",
+               "--output", "{w}/sr", "--force"],
+              ["sr"]),
     "report": (["report", "--input", "{w}/eval", "--output", "{w}/reports", "--images", "{w}/png",
                 "--masks", "{w}/processed/masks", "--model", "unet", "--model", "pspnet"],
                ["reports"]),
@@ -108,7 +112,7 @@ STAGES = {
 }
 ORDER = list(STAGES)
 #: stages that write no sub-folder (nothing for the folder test to replace by a link)
-FLAT = ["phantom-annotations", "propose", "to-seg", "store"]
+FLAT = ["phantom-annotations", "propose", "to-seg", "to-sr", "store"]
 #: files a stage reads back that the chain's run did not create (the salt exists before)
 READ_BACK = {"anonymize": [Path("private/salt")]}
 #: MMEngine's run folders are named by the clock

@@ -3,8 +3,8 @@
 The class: a damaged DICOM file (not DICOM at all, cut short in its header or pixel data, a
 transfer syntax the standard does not define, a FIFO in its place) reaches several stages.
 Each damage must give the same one-line error, naming the file, in every stage that reads
-DICOM: anonymize, export, store (retrieve's way back), to-seg and SEG reading; a raw dataset
-without preamble (as some archives store them) is read, not refused.
+DICOM: anonymize, export, store (retrieve's way back), to-seg, SEG reading and to-sr's SEG
+headers; a raw dataset without preamble (as some archives store them) is read, not refused.
 """
 from __future__ import annotations
 
@@ -94,8 +94,9 @@ def _damaged_tree(tmp_path: Path, damage: str) -> tuple[Path, str]:
 def test_every_stage_reads_dicom_through_it(tmp_path, damage, capsys):
     from converters.dicom.store import _read_for_store
     from converters.dicom.seg import read_seg
+    from converters.dicom.sr import seg_reference
     from pipeline.cli import main
-    from train.infer.to_seg import _verify_identities
+    from train.infer.to_seg import verify_identities
 
     path, says = _damaged_tree(tmp_path, damage)
     rel = "SP1/1.2.3/1.2.3.4.dcm"
@@ -113,8 +114,9 @@ def test_every_stage_reads_dicom_through_it(tmp_path, damage, capsys):
         record.parent.mkdir(parents=True)
         record.write_text(json.dumps({"image": "SP1_1.2.3.4.png", "source": rel,
                                       "sop_instance_uid": "1.2.3.4"}))
-        reads.append(lambda: _verify_identities(["SP1_1.2.3.4.png"], tmp_path / "tree",
+        reads.append(lambda: verify_identities(["SP1_1.2.3.4.png"], tmp_path / "tree",
                                                 tmp_path / "pngs", {}, b""))
+        reads.append(lambda: seg_reference(path, "1.2.3.4"))   # to-sr reads SEG headers
     for read in reads:
         with pytest.raises(InvalidDicomError) as err:
             read()

@@ -3,8 +3,9 @@ ID, by study), a ledger that refuses to map two identities to one pseudonym or o
 never overwrites an entry, and re-identification that checks the identity before writing.
 
 Real pydicom objects through :func:`converters.dicom.anonymize.anonymize_tree` and the real CLI;
-re-identification through :func:`train.infer.to_seg.write_segs` (what ``spinepipe to-seg
---reidentify`` runs) and :func:`converters.dicom.seg.reidentified_source`.
+re-identification through each writer that can re-identify, :func:`train.infer.to_seg.write_segs`
+and :func:`train.infer.to_sr.write_srs` (what ``spinepipe to-seg / to-sr --reidentify`` run), and
+:func:`converters.dicom.seg.reidentified_source`.
 """
 from __future__ import annotations
 
@@ -32,7 +33,12 @@ from converters.dicom.ledger import (load_ledger, load_or_create_salt, prepare_p
                                      write_private_json)
 from converters.dicom.seg import reidentified_source
 from pipeline.cli import main
+from converters.spine.measures import COLUMNS, measures_csv
 from train.infer.to_seg import write_segs
+from train.infer.to_sr import write_srs
+
+#: every writer of objects that can point to the original patient: (writer, record key)
+WRITERS = {"seg": (write_segs, "seg"), "sr": (write_srs, "sr")}
 
 NO_PARAMS = "/nonexistent/params.yaml"
 
@@ -194,19 +200,37 @@ def _project(tmp_path: Path) -> tuple[Path, Path, Path, list[str]]:
         writer = csv.DictWriter(fh, fieldnames=["file_name", "predicted"])
         writer.writeheader()
         writer.writerows({"file_name": n, "predicted": 1} for n in images)
+    # their measures (one number each; the rest withheld), as evaluate writes them
+    rows = [{**{c: None for c in COLUMNS}, "file_name": n, "lordosis_deg": 40.0 + k,
+             "not_measurable": "L3: missing"} for k, n in enumerate(images)]
+    (ev / "measures.csv").write_text(measures_csv(rows))
     return priv, tmp_path / "out", ev, images
 
 
-def _reidentify(priv: Path, anon: Path, ev: Path) -> dict:
-    return write_segs(ev, anon, anon.parent / "png", priv / "seg", model="unet", fold=0,
-                      private=priv, reidentify=True)
+def _reidentify(priv: Path, anon: Path, ev: Path, kind: str = "seg") -> dict:
+    writer, _ = WRITERS[kind]
+    return writer(ev, anon, anon.parent / "png", priv / kind, model="unet", fold=0,
+                  private=priv, reidentify=True)
 
 
-def test_reidentification_attaches_each_patient_to_their_own_study(tmp_path):
+@pytest.mark.parametrize("kind", WRITERS)
+def test_reidentification_attaches_each_patient_to_their_own_study(tmp_path, kind):
     priv, anon, ev, _ = _project(tmp_path)
-    record = _reidentify(priv, anon, ev)
-    names = {str(pydicom.dcmread(priv / "seg" / r["seg"]).PatientName) for r in record["images"]}
-    assert names == {"ALPHA^ANNA", "BETA^BERT"}
+    record = _reidentify(priv, anon, ev, kind)
+    objects = [pydicom.dcmread(priv / kind / r[kind]) for r in record["images"]]
+    names = {str(ds.PatientName) for ds in objects}
+    assert names == {"ALPHA^ANNA", "BETA^BERT"} and len(objects) == 2
+    originals = {str(ds.SOPInstanceUID): ds for ds in
+                 (pydicom.dcmread(p) for p in (tmp_path / "in").glob("*.dcm"))}
+    for ds in objects:    # each object in the study of the image it refers to
+        refs = [i.ReferencedSOPInstanceUID for s in ds.get("ReferencedSeriesSequence", [])
+                for i in s.ReferencedInstanceSequence] + \
+               [i.ReferencedSOPInstanceUID
+                for e in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+                for s in e.ReferencedSeriesSequence for i in s.ReferencedSOPSequence]
+        (source,) = [originals[u] for u in refs if u in originals]
+        assert (ds.PatientName, ds.StudyInstanceUID) == (source.PatientName,
+                                                         source.StudyInstanceUID)
 
 
 @pytest.mark.parametrize("damage, error, message", [
@@ -217,9 +241,10 @@ def test_reidentification_attaches_each_patient_to_their_own_study(tmp_path):
     ("gone", MissingInputError, "no anonymized DICOM"),
     ("swapped", InvalidDicomError, "differs from the image's provenance record"),
 ])
+@pytest.mark.parametrize("kind", WRITERS)
 def test_each_image_s_source_is_the_one_its_provenance_record_names(tmp_path, damage, error,
-                                                                    message):
-    """to-seg finds a PNG's DICOM through export's record, never by its name: a record that
+                                                                    message, kind):
+    """to-seg and to-sr find a PNG's DICOM through export's record, never by its name: a record that
     is missing, of another image, pointing outside the DICOM tree or at another object is one
     error naming it, and nothing is written."""
     priv, anon, ev, images = _project(tmp_path)
@@ -241,23 +266,25 @@ def test_each_image_s_source_is_the_one_its_provenance_record_names(tmp_path, da
     if record.exists():
         record.write_text(json.dumps(data))
     with pytest.raises(error, match=message):
-        write_segs(ev, anon, tmp_path / "png", tmp_path / "seg", model="unet", fold=0)
-    assert not list((tmp_path / "seg").glob("*.dcm"))
+        WRITERS[kind][0](ev, anon, tmp_path / "png", tmp_path / kind, model="unet", fold=0)
+    assert not list((tmp_path / kind).glob("*.dcm"))
 
 
-def test_reidentification_without_a_ledger_names_the_stage_that_makes_it(tmp_path):
+@pytest.mark.parametrize("kind", WRITERS)
+def test_reidentification_without_a_ledger_names_the_stage_that_makes_it(tmp_path, kind):
     priv, anon, ev, _ = _project(tmp_path)
     (priv / "ledger.json").unlink()
     with pytest.raises(MissingInputError) as info:
-        _reidentify(priv, anon, ev)
+        _reidentify(priv, anon, ev, kind)
     assert info.value.produced_by == "anonymize" and info.value.file == str(priv / "ledger.json")
-    assert not (priv / "seg").exists() or not list((priv / "seg").glob("*.dcm"))
+    assert not (priv / kind).exists() or not list((priv / kind).glob("*.dcm"))
     assert load_ledger(priv) == {"version": 2, "patients": {}, "instances": {}}  # anonymize's
 
 
 @pytest.mark.parametrize("tamper", ["instance_points_to_another_patient",
                                     "patient_id_edited", "pseudonym_entry_swapped"])
-def test_reidentification_refuses_a_mismatched_identity(tmp_path, tamper):
+@pytest.mark.parametrize("kind", WRITERS)
+def test_reidentification_refuses_a_mismatched_identity(tmp_path, tamper, kind):
     """The ledger no longer agrees with the anonymized object: nothing is written, one
     InvalidLedgerError; never the other patient's name on a SEG."""
     priv, anon, ev, _ = _project(tmp_path)
@@ -274,8 +301,8 @@ def test_reidentification_refuses_a_mismatched_identity(tmp_path, tamper):
             ledger["patients"][beta], ledger["patients"][alpha]
     write_private_json(priv / "ledger.json", ledger)
     with pytest.raises(InvalidLedgerError, match="refused"):
-        _reidentify(priv, anon, ev)
-    assert not (priv / "seg").exists() or not list((priv / "seg").glob("*.dcm"))
+        _reidentify(priv, anon, ev, kind)
+    assert not (priv / kind).exists() or not list((priv / kind).glob("*.dcm"))
     source = next(pydicom.dcmread(p) for p in anon.rglob("*.dcm")
                   if pydicom.dcmread(p).PatientID == alpha)
     with pytest.raises(InvalidLedgerError, match="refused"):

@@ -1,5 +1,5 @@
 """converters.dicom: DICOM in and out: one reader, the PACS (retrieve and store), de-identification
-with its private ledger, pixels to display grayscale, the PNG export and DICOM SEG.
+with its private ledger, pixels to display grayscale, the PNG export, DICOM SEG and SR.
 
 Rooms (import them by name; this face imports nothing, so start-up and DVC's deps stay
 per module):
@@ -32,10 +32,12 @@ per module):
   :mod:`converters.dicom.pacs`.
 - ``seg``: DICOM Segmentation objects (highdicom) of predicted vertebrae, on their source
   radiographs.
+- ``sr``: DICOM Measurement Reports (Comprehensive SR, template TID 1500, highdicom) of one
+  radiograph's clinical measures, beside its SEG.
 - ``store``: The way back to the PACS: C-STORE of spinepipe's results (``spinepipe store``),
   resumable: a state file records per PACS what was stored with which content, so a re-run sends
   only what is new or changed.
 """
 
 __all__ = ["anonymize", "burned_in", "deid_engine", "deid_pixels", "deid_table", "export",
-           "ledger", "pacs", "pixels", "read", "retrieve", "seg", "store"]
+           "ledger", "pacs", "pixels", "read", "retrieve", "seg", "sr", "store"]

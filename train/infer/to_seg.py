@@ -113,7 +113,7 @@ def find_source(dicom_root: Path, png_dir: Path, image: str) -> tuple[Path, dict
     return source, record
 
 
-def _private_ledger(private: str | Path | None, output: Path) -> tuple[dict, bytes]:
+def private_ledger(private: str | Path | None, output: Path) -> tuple[dict, bytes]:
     """The ledger and salt for re-identification; the output must lie inside ``private``."""
     if private is None:
         raise UnsafeLocationError("--reidentify needs --private (the ledger's folder)")
@@ -125,8 +125,8 @@ def _private_ledger(private: str | Path | None, output: Path) -> tuple[dict, byt
     return load_ledger(priv, must_exist=True), load_salt(priv)
 
 
-def _verify_identities(images: list[str], dicom_root: Path, png_dir: Path, ledger: dict,
-                       salt: bytes) -> None:
+def verify_identities(images: list[str], dicom_root: Path, png_dir: Path, ledger: dict,
+                      salt: bytes) -> None:
     """Every source's identity checked against the ledger before anything is written."""
     for image in images:
         src_path, _ = find_source(dicom_root, png_dir, image)
@@ -147,7 +147,7 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, png_dir: str | Path
     written as ``to_seg.json``."""
     eval_dir, dicom_root, output = Path(eval_dir), Path(dicom_root), Path(output)
     png_dir = Path(png_dir)
-    ledger, salt = _private_ledger(private, output) if reidentify else (None, None)
+    ledger, salt = private_ledger(private, output) if reidentify else (None, None)
     summary_path = eval_dir / "per_image.csv"
     if not summary_path.is_file():
         raise MissingInputError("evaluation not found", produced_by="evaluate", file=summary_path)
@@ -164,7 +164,7 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, png_dir: str | Path
     record = {"model": model, "fold": fold, "reidentified": reidentify,
               "checkpoint_sha256": algorithm.checkpoint_sha256, "images": []}
     if ledger is not None:
-        _verify_identities(images, dicom_root, png_dir, ledger, salt)
+        verify_identities(images, dicom_root, png_dir, ledger, salt)
     prepare_output(output)
     for done, image in enumerate(images, 1):
         src_path, provenance = find_source(dicom_root, png_dir, image)

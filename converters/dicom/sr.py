@@ -1,0 +1,330 @@
+"""DICOM Measurement Reports (Comprehensive SR, template TID 1500, highdicom) of one radiograph's
+clinical measures (:mod:`converters.spine.measures`), beside its SEG (:mod:`converters.dicom.seg`).
+
+Input: one row of an evaluation's ``measures.csv`` (numbers as written there: angles in degrees,
+lengths in mm, or in pixels when the pixel spacing is unknown, slips in %), the image's entry of
+``endplates.json`` (per level and side the endplate's ``[posterior, anterior]`` corners, x y in
+pixels, origin at the top-left corner of the top-left pixel: COCO's convention, which is also
+DICOM's for 2-D spatial coordinates, PS3.3 C.18.6.1.2, so the points are written as they are,
+(column, row)), the source radiograph (the anonymized object, or its re-identified copy:
+:func:`converters.dicom.seg.reidentified_source`) and, where a SEG of the same prediction exists,
+its segment numbers by label.
+
+Content tree (TID 1500 "Imaging Measurement Report"):
+
+- observation context: the algorithm as the observer *device* (its UID derived from the
+  checkpoint's SHA-256; name ``spinepipe <model>``, model name ``<model> fold <k>``, serial number
+  the checkpoint's hash); procedure reported: SCT 363679005 "Imaging procedure";
+- one measurement group (TID 1501) per measure of :data:`GROUPS`: lordosis L1-S1, the five
+  segmental angles, the five discs, the five lumbar bodies, the five slips. Each group has a
+  tracking identifier (``lordosis L1-S1``, ``disc L4-L5`` ...; a UID derived from the source, the
+  run and the measure), the algorithm identification (name, version, fold and checkpoint hash as
+  parameters) and the finding sites (the levels' SNOMED CT structures). Each number is a TID 300
+  measurement with its code and UCUM unit (:data:`CODES`), the side as the finding site's
+  topographical modifier (anterior / central / posterior), INFERRED FROM the endplate lines it was
+  measured between (SCOORD POLYLINE of two points each, on the source image) and, where a SEG
+  exists, from the levels' segments (IMAGE: the SEG with Referenced Segment Numbers). A slip
+  carries its Meyerding grade as a qualitative evaluation;
+- a measure the library withheld is never a number: its group holds a TEXT item "Measurement
+  withheld" with the reason (the levels' reasons from ``not_measurable``), and the number is
+  absent. An image with no measure at all still gets its report, every group saying why.
+
+Codes: SNOMED CT, DCM and UCUM where they exist (from pydicom's code dictionary, which is
+DICOM PS3.16's); the rest from the private coding scheme :data:`PRIVATE_SCHEME`, declared in the
+object's Coding Scheme Identification Sequence. README "Results back to the PACS" lists them all
+(:func:`codes_table`).
+
+UIDs are derived (:func:`sr_uid`: the source SOP Instance UID, model, fold, checkpoint and mode),
+so a re-run writes the same objects and the PACS does not collect duplicates.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from converters.core.errors import InvalidDicomError
+from converters.dicom.read import read_dicom
+from converters.dicom.seg import Algorithm
+from converters.spine.levels import LEVELS, LUMBAR
+
+SERIES_NUMBER = 9101            # the SR series sorts after the SEG's (9100)
+PRIVATE_SCHEME = "99SPINEPIPE"  # local coding scheme designators begin with "99" (PS3.3 8.2)
+PRIVATE_SCHEME_NAME = "spinepipe lumbar spine measures"
+
+#: every code the reports use: key -> (scheme, value, meaning); the standard ones checked against
+#: pydicom's dictionary in the tests (PS3.16), the private ones declared in each object
+CODES: dict[str, tuple[str, str, str]] = {
+    "cobb_angle": ("SCT", "285285000", "Cobb angle"),
+    "height": ("DCM", "121207", "Height"),
+    "slip": (PRIVATE_SCHEME, "SLIP", "Vertebral slip, % of the lower endplate (Taillard)"),
+    "meyerding": (PRIVATE_SCHEME, "MEYERDING", "Meyerding grade"),
+    "withheld": (PRIVATE_SCHEME, "WITHHELD", "Measurement withheld"),
+    **{f"grade_{g}": (PRIVATE_SCHEME, f"MEYERDING-{g}", f"Meyerding grade {name}")
+       for g, name in enumerate(("0 (slip under 5 %)", "I", "II", "III", "IV", "V"))},
+    "procedure": ("SCT", "363679005", "Imaging procedure"),
+    "L1": ("SCT", "66794005", "Bone structure of L1"),
+    "L2": ("SCT", "14293000", "Bone structure of L2"),
+    "L3": ("SCT", "36470004", "Bone structure of L3"),
+    "L4": ("SCT", "11994002", "Bone structure of L4"),
+    "L5": ("SCT", "49668003", "Bone structure of L5"),
+    "S1": ("SCT", "54735007", "Sacrum"),
+    "disc_L1": ("SCT", "80064006", "Intervertebral disc structure of first lumbar vertebra"),
+    "disc_L2": ("SCT", "67459009", "Intervertebral disc structure of second lumbar vertebra"),
+    "disc_L3": ("SCT", "62551000", "Intervertebral disc structure of third lumbar vertebra"),
+    "disc_L4": ("SCT", "84020006", "Intervertebral disc structure of fourth lumbar vertebra"),
+    "disc_L5": ("SCT", "75782005", "Intervertebral disc structure of fifth lumbar vertebra"),
+    "anterior": ("SCT", "255549009", "Anterior"),
+    "middle": ("SCT", "26216008", "Central"),
+    "posterior": ("SCT", "255551008", "Posterior"),
+    "deg": ("UCUM", "deg", "Degree"),
+    "mm": ("UCUM", "mm", "mm"),
+    "%": ("UCUM", "%", "Percent"),
+    "px": ("UCUM", "{pixels}", "pixels"),
+}
+
+
+@dataclass(frozen=True)
+class Group:
+    """One measurement group: its tracking identifier, the ``measures.csv`` columns it reports
+    (``{unit}`` for lengths: ``mm``, or ``px`` where the spacing is unknown), the measurement's
+    code key, the finding sites, the endplates it was measured between, and the slip's grade
+    column."""
+
+    name: str
+    columns: tuple[str, ...]
+    code: str
+    unit: str
+    sites: tuple[str, ...]
+    lines: tuple[tuple[str, str], ...]       # (level, "superior" / "inferior")
+    grade: str | None = None
+
+
+def _groups() -> tuple[Group, ...]:
+    pairs = list(zip(LEVELS[:-1], LEVELS[1:]))
+    out = [Group("lordosis L1-S1", ("lordosis_deg",), "cobb_angle", "deg", ("L1", "S1"),
+                 (("L1", "superior"), ("S1", "superior")))]
+    out += [Group(f"segmental {a}-{b}", (f"seg_{a}_{b}_deg",), "cobb_angle", "deg", (a, b),
+                  ((a, "superior"), (b, "superior"))) for a, b in pairs]
+    out += [Group(f"disc {a}-{b}", tuple(f"disc_{a}_{b}_{s}_{{unit}}"
+                                         for s in ("anterior", "middle", "posterior")),
+                  "height", "{unit}", (f"disc_{a}",), ((a, "inferior"), (b, "superior")))
+            for a, b in pairs]
+    out += [Group(f"body {lv}", tuple(f"body_{lv}_{s}_{{unit}}" for s in ("anterior", "posterior")),
+                  "height", "{unit}", (lv,), ((lv, "superior"), (lv, "inferior")))
+            for lv in LUMBAR]
+    out += [Group(f"slip {a}-{b}", (f"slip_{a}_{b}_pct",), "slip", "%", (a, b),
+                  ((a, "inferior"), (b, "superior")), grade=f"meyerding_{a}_{b}")
+            for a, b in pairs]
+    return tuple(out)
+
+
+#: the report's measurement groups, in order (module docstring)
+GROUPS = _groups()
+SIDES = ("anterior", "middle", "posterior")
+
+
+def reported_columns(row: Mapping[str, str]) -> list[str]:
+    """The ``measures.csv`` columns a report of ``row`` carries, in order: lengths in mm where
+    the row has a pixel spacing, else in pixels; Meyerding grades are the slips' evaluations."""
+    return [c.format(unit=_length_unit(row)) for g in GROUPS for c in g.columns]
+
+
+def _length_unit(row: Mapping[str, str]) -> str:
+    return "mm" if _number(row, "pixel_spacing_mm") is not None else "px"
+
+
+def codes_table() -> list[tuple[str, str, str, str]]:
+    """(what, scheme, code value, meaning) of every code in :data:`CODES`: README's table."""
+    return [(key, *CODES[key]) for key in CODES]
+
+
+def _code(key: str):
+    from highdicom.sr import CodedConcept
+    scheme, value, meaning = CODES[key]
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def sr_uid(source_sop_uid: str, algorithm: Algorithm, kind: str, reidentified: bool) -> str:
+    """A derived UID (``kind``: ``series``, ``instance``, ``device`` or a group's name)."""
+    return generate_uid(entropy_srcs=["spinepipe-sr", kind, source_sop_uid, algorithm.model,
+                                      str(algorithm.fold), algorithm.checkpoint_sha256,
+                                      "reidentified" if reidentified else "pseudonymized"])
+
+
+@dataclass(frozen=True)
+class SegReference:
+    """A SEG of the same prediction on the same source: what the measurements point to."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    segments: Mapping[str, int]              # segment label (a level) -> segment number
+    dataset: Dataset                         # its header: the report's evidence
+
+
+def seg_reference(path: str | Path, source_sop_uid: str) -> SegReference:
+    """The segment numbers by label of a SEG file, read without its pixels; it must reference
+    ``source_sop_uid`` (:class:`InvalidDicomError` otherwise)."""
+    ds = read_dicom(path, header_only=True)
+    try:
+        refs = [str(i.ReferencedSOPInstanceUID) for s in ds.ReferencedSeriesSequence
+                for i in s.ReferencedInstanceSequence]
+        segments = {str(s.SegmentLabel): int(s.SegmentNumber) for s in ds.SegmentSequence}
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidDicomError("not a Segmentation of one image (no Referenced Series or "
+                                "Segment Sequence)", file=str(path), tag="(0062,0002)") from None
+    if source_sop_uid not in refs:
+        raise InvalidDicomError(f"the SEG does not reference the radiograph {source_sop_uid}",
+                                file=str(path), tag="(0008,1115)")
+    return SegReference(str(ds.SOPClassUID), str(ds.SOPInstanceUID), segments, ds)
+
+
+def _number(row: Mapping[str, str], column: str) -> float | None:
+    """A measures.csv cell as a finite number (None: empty: withheld)."""
+    cell = (row.get(column) or "").strip()
+    if not cell:
+        return None
+    value = float(cell)          # the caller validated the table (ValueError: a bug)
+    return value if math.isfinite(value) else None
+
+
+def _reason(row: Mapping[str, str], levels: Sequence[str]) -> str:
+    """Why a measure over ``levels`` was withheld: those levels' reasons from
+    ``not_measurable`` (``L4: missing; ...``), or the whole cell."""
+    cell = (row.get("not_measurable") or "").strip()
+    parts = [p.strip() for p in cell.split(";") if p.strip()]
+    mine = [p for p in parts if p.split(":", 1)[0].strip() in levels]
+    return "; ".join(mine or parts) or "not measurable"
+
+
+def _line(endplates: Mapping, level: str, side: str) -> list[tuple[float, float]] | None:
+    """An endplate's two corners (posterior, anterior) from an endplates.json entry."""
+    try:
+        pts = endplates[level][side]["endplate"]
+        out = [(float(pts[0][0]), float(pts[0][1])), (float(pts[1][0]), float(pts[1][1]))]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return out if all(math.isfinite(v) for p in out for v in p) else None
+
+
+def build_report(source: Dataset, row: Mapping[str, str], endplates: Mapping,
+                 algorithm: Algorithm, *, seg: SegReference | None = None,
+                 reidentified: bool = False) -> Dataset:
+    """The Measurement Report of one radiograph (module docstring). ``row``: its measures.csv
+    row as strings; ``endplates``: its endplates.json ``prediction`` entry."""
+    import highdicom as hd
+    import numpy as np
+    from highdicom.sr import (AlgorithmIdentification, CoordinatesForMeasurement,
+                              DeviceObserverIdentifyingAttributes, FindingSite, ImageContentItem,
+                              Measurement, MeasurementReport, MeasurementsAndQualitativeEvaluations,
+                              ObservationContext, ObserverContext, QualitativeEvaluation,
+                              RelationshipTypeValues, SourceImageForRegion, TextContentItem,
+                              TrackingIdentifier)
+    from pydicom.sr.codedict import codes
+
+    sop_uid = str(source.get("SOPInstanceUID", ""))
+    try:
+        rows, cols = int(source.Rows), int(source.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidDicomError("source image without Rows / Columns", tag="(0028,0010)") from None
+    unit = _length_unit(row)
+    alg = AlgorithmIdentification(
+        name=f"spinepipe {algorithm.model}", version=algorithm.version,
+        parameters=[f"fold={algorithm.fold}", f"config={algorithm.config}",
+                    f"checkpoint_sha256={algorithm.checkpoint_sha256}"])
+    device = ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=sr_uid("", algorithm, "device", False), name=f"spinepipe {algorithm.model}",
+            manufacturer_name="spinepipe", model_name=f"{algorithm.model} fold {algorithm.fold}",
+            serial_number=algorithm.checkpoint_sha256[:64]))
+    region_source = SourceImageForRegion(referenced_sop_class_uid=str(source.SOPClassUID),
+                                         referenced_sop_instance_uid=sop_uid)
+
+    def coordinates(group: Group) -> list:
+        out = []
+        for level, side in group.lines:
+            pts = _line(endplates, level, side)
+            if pts is None:
+                continue
+            # on the source's grid: corners beyond it are clamped to its edge (SCOORD in image)
+            data = np.clip(np.array(pts, dtype=np.float32), 0, [cols, rows])
+            out.append(CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                                 graphic_data=data, source_image=region_source))
+        return out
+
+    def segment_item(group: Group):
+        if seg is None:
+            return None
+        levels = [lv for lv, _ in group.lines]
+        numbers = sorted({seg.segments[lv] for lv in levels if lv in seg.segments})
+        if not numbers:
+            return None
+        return ImageContentItem(name=codes.DCM.SourceOfMeasurement,
+                                referenced_sop_class_uid=seg.sop_class_uid,
+                                referenced_sop_instance_uid=seg.sop_instance_uid,
+                                referenced_segment_numbers=numbers,
+                                relationship_type=RelationshipTypeValues.INFERRED_FROM)
+
+    groups = []
+    for group in GROUPS:
+        measurements, withheld = [], []
+        levels = tuple(dict.fromkeys(lv for lv, _ in group.lines))
+        gunit = unit if group.unit == "{unit}" else group.unit
+        for column in group.columns:
+            column = column.format(unit=gunit)
+            value = _number(row, column)
+            if value is None:
+                withheld.append(f"{column}: {_reason(row, levels)}")
+                continue
+            side = next((s for s in SIDES if f"_{s}_" in column), None)
+            sites = None
+            if side is not None:
+                sites = [FindingSite(anatomic_location=_code(group.sites[0]),
+                                     topographical_modifier=_code(side))]
+            m = Measurement(name=_code(group.code), value=value, unit=_code(gunit),
+                            finding_sites=sites, referenced_coordinates=coordinates(group) or None)
+            item = segment_item(group)
+            if item is not None:
+                m[0].ContentSequence.append(item)
+            measurements.append(m)
+        evaluations = None
+        if group.grade is not None and measurements:
+            grade = _number(row, group.grade)
+            if grade is not None and 0 <= grade <= 5 and grade == int(grade):
+                evaluations = [QualitativeEvaluation(_code("meyerding"),
+                                                     _code(f"grade_{int(grade)}"))]
+        g = MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(
+                identifier=group.name, uid=sr_uid(sop_uid, algorithm, group.name, reidentified)),
+            algorithm_id=alg, finding_sites=[FindingSite(_code(s)) for s in group.sites],
+            measurements=measurements or None, qualitative_evaluations=evaluations)
+        for text in withheld:
+            g[0].ContentSequence.append(TextContentItem(
+                name=_code("withheld"), value=text[:1024],
+                relationship_type=RelationshipTypeValues.CONTAINS))
+        groups.append(g)
+    report = MeasurementReport(observation_context=ObservationContext(observer_device_context=device),
+                               procedure_reported=_code("procedure"), imaging_measurements=groups)
+    evidence = [source] + ([seg.dataset] if seg is not None else [])
+    with warnings.catch_warnings():
+        # a pseudonym is a one-component Patient's Name: valid DICOM, highdicom warns
+        warnings.filterwarnings("ignore", message="The string .* is unlikely to represent")
+        sr = hd.sr.ComprehensiveSR(
+            evidence=evidence, content=report,
+            series_instance_uid=sr_uid(sop_uid, algorithm, "series", reidentified),
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=sr_uid(sop_uid, algorithm, "instance", reidentified),
+            instance_number=1, manufacturer="spinepipe", is_complete=True,
+            series_description=f"spinepipe {algorithm.model} measures"[:64])
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = PRIVATE_SCHEME_NAME
+    scheme.CodingSchemeResponsibleOrganization = "spinepipe"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
