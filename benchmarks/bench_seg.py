@@ -27,6 +27,7 @@ from converters.dicom.deid_table import AnonymizeConfig
 
 from converters.dicom.anonymize import anonymize_tree
 from converters.annotations.coco import rasterize
+from converters.core.files import prepare_output
 from converters.dicom.export import ExportConfig, export_file
 from converters.dicom.ledger import load_ledger, load_or_create_salt, prepare_private
 from converters.phantom.writing import PhantomConfig, generate
@@ -71,6 +72,8 @@ def main() -> None:
             jobs.append((f, ds, segs, row, endplates_record(spine)))
         alg = Algorithm("mask_rcnn", 0, "bench", "0" * 64, "bench")
         build_segmentation(jobs[0][1], jobs[0][2], alg)          # warm-up (imports)
+        for folder in ("warm", "png"):                           # export's output roots
+            prepare_output(tmp / folder)
         export_file(jobs[0][0], tmp / "warm", ExportConfig())
 
         (tmp / "seg").mkdir()

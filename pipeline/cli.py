@@ -73,8 +73,8 @@ ROOTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "evaluate": (("output",), ()),
     "propose": (("output:file",), ()),
     "report": (("output",), ()),
-    "to-seg": (("output",), ("dicom",)),
-    "to-sr": (("output",), ("dicom", "seg")),
+    "to-seg": (("output",), ("dicom", "images", "input")),
+    "to-sr": (("output",), ("dicom", "images", "input", "seg")),
     "store": (("input",), ()),  # its resume state lives in the folder it sends
 }
 

@@ -20,7 +20,7 @@ from converters.core import waiting
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
 from pipeline.params import stage_params
 from train.models import eval_dir, known, run_dir
-from train.infer.to_seg import ToSegConfig, write_segs
+from train.infer.to_seg import ToSegConfig, check_private_output, write_segs
 
 
 def command(
@@ -39,6 +39,8 @@ def command(
 ) -> None:
     """Write one DICOM Segmentation per evaluated image: one segment per predicted vertebra
     (labelled L1-L5 / S1) or per class, on the source radiograph's own pixel grid."""
+    if reidentify:      # nothing, not even a record, outside the private folder
+        check_private_output(private, output)
     cfg = stage_params(ToSegConfig, "to_seg", params)
     if not cfg.enabled and not force and not reidentify:
         write_json(output / "to_seg.json", {"enabled": False, "images": []})

@@ -20,7 +20,7 @@ from converters.core import waiting
 from converters.core.files import write_json
 from pipeline.console import ParamsOption, QuietOption, progress_bar, say
 from pipeline.params import stage_params
-from train.infer.to_seg import ToSegConfig
+from train.infer.to_seg import ToSegConfig, check_private_output
 from train.infer.to_sr import ToSrConfig, write_srs
 from train.models import eval_dir, known, run_dir
 
@@ -43,6 +43,8 @@ def command(
     """Write one DICOM Measurement Report per evaluated image: lordosis, segmental angles, disc
     and body heights, slips with their Meyerding grade, each on the endplate lines it was
     measured between (withheld measures: the reason, never a number)."""
+    if reidentify:      # nothing, not even a record, outside the private folder
+        check_private_output(private, output)
     cfg = stage_params(ToSrConfig, "to_sr", params)
     if not cfg.enabled and not force and not reidentify:
         write_json(output / "to_sr.json", {"enabled": False, "images": []})

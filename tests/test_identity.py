@@ -240,6 +240,9 @@ def test_reidentification_attaches_each_patient_to_their_own_study(tmp_path, kin
     ("no_source", InvalidTableError, "no 'source' key"),
     ("gone", MissingInputError, "no anonymized DICOM"),
     ("swapped", InvalidDicomError, "differs from the image's provenance record"),
+    # the other image's source and UIDs under this image's name: the name gives it away
+    ("swapped_whole", InvalidTableError, "provenance record of another radiograph"),
+    ("other_patient", InvalidDicomError, "Patient ID differs"),
 ])
 @pytest.mark.parametrize("kind", WRITERS)
 def test_each_image_s_source_is_the_one_its_provenance_record_names(tmp_path, damage, error,
@@ -261,8 +264,15 @@ def test_each_image_s_source_is_the_one_its_provenance_record_names(tmp_path, da
         del data["source"]
     elif damage == "gone":
         (anon / data["source"]).unlink()
-    else:                               # the other image's DICOM under this image's record
+    elif damage == "swapped":           # the other image's DICOM under this image's record
         data["source"] = other["source"]
+    elif damage == "swapped_whole":
+        data.update({k: other[k] for k in ("source", "sop_instance_uid", "patient")})
+    else:      # a record whose patient matches its name, over a DICOM of another patient
+        src = anon / data["source"]
+        ds = pydicom.dcmread(src)
+        ds.PatientID = other["patient"]
+        ds.save_as(src)
     if record.exists():
         record.write_text(json.dumps(data))
     with pytest.raises(error, match=message):

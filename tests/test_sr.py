@@ -214,7 +214,8 @@ def test_every_number_read_back_by_highdicom_with_its_code_unit_and_endplates(pr
         for pair in ("L1_L2", "L2_L3", "L3_L4", "L4_L5", "L5_S1"):
             grade = measures[image][f"meyerding_{pair}"]
             evals = groups[f"slip {pair.replace('_', '-')}"].get_qualitative_evaluations()
-            if grade == "":
+            slip = measures[image][f"slip_{pair}_pct"]
+            if grade == "" or float(slip) < 0:      # no grade of a retrolisthesis
                 assert evals == []
             else:
                 assert [e.value.value for e in evals] == [f"MEYERDING-{int(grade)}"]
@@ -303,44 +304,191 @@ def test_a_gone_source_is_one_line_naming_it_and_nothing_is_written(project, tmp
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.dcm"))
 
 
-@pytest.mark.parametrize("damage", ["number", "seg_name", "seg_other_image"])
-def test_hostile_inputs_are_one_line_errors(project, tmp_path, damage):
+def _edit_cell(csv_path: Path, line: int, column: str, value: str) -> None:
+    text = csv_path.read_text().splitlines()
+    header = text[0].split(",")
+    cells = text[line].split(",")
+    cells[header.index(column)] = value
+    text[line] = ",".join(cells)
+    csv_path.write_text("\n".join(text) + "\n")
+
+
+def _measured_line(ev: Path) -> tuple[int, str]:
+    """(line number in measures.csv, image) of the first image with a lordosis and a forward
+    slip at L4-L5."""
+    lines = (ev / "measures.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    for n, line in enumerate(lines[1:], 1):
+        cells = dict(zip(header, line.split(",")))
+        if cells["lordosis_deg"] and cells["slip_L4_L5_pct"] and \
+                float(cells["slip_L4_L5_pct"]) >= 0:
+            return n, cells["file_name"]
+    raise AssertionError("no measured image")
+
+
+#: damage -> what the one-line error says
+DAMAGES = {
+    "number": "lordosis_deg is not a number",
+    "cut_row": "fewer cells than the header",
+    "missing_column": "no lordosis_deg column",
+    "duplicate": "image listed twice",
+    "unsafe_name": "image name",
+    "implausible": "no measure of a spine",
+    "grade": "is not the Meyerding grade",
+    "endplate_off_grid": "off the",
+    "endplate_not_points": "not two",
+    "endplate_huge_int": "unreadable JSON",
+    "endplate_missing": "endplate L1 superior: missing",
+    "seg_name": "escape.dcm",
+    "seg_other_image": "does not reference the radiograph",
+    "seg_other_run": "of another run",
+    "seg_missing": "to-seg record not found",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_hostile_inputs_are_one_line_errors_and_nothing_is_written(project, tmp_path, damage):
+    """Every input of to-sr, damaged: one line naming what is wrong, exit 1, no traceback and
+    an output folder without a single report (everything is checked before the first write)."""
     root = project
     ev = tmp_path / "eval"
     shutil.copytree(root / "eval" / "mask_rcnn" / "fold0", ev)
     seg = tmp_path / "seg"
     shutil.copytree(root / "seg", seg)
     record = json.loads((seg / "to_seg.json").read_text())
+    table = ev / "measures.csv"
+    line, image = _measured_line(ev)
+    plates = json.loads((ev / "endplates.json").read_text())
     if damage == "number":
-        text = (ev / "measures.csv").read_text().splitlines()
-        header = text[0].split(",")
-        cells = text[2].split(",")
-        cells[header.index("lordosis_deg")] = "inf"
-        text[2] = ",".join(cells)
-        (ev / "measures.csv").write_text("\n".join(text) + "\n")
-        says = "lordosis_deg is not a number"
+        _edit_cell(table, line, "lordosis_deg", "inf")
+    elif damage == "cut_row":     # a file cut inside a cell: the rest of the row is gone
+        text = table.read_text().splitlines()
+        cut = text[line].split(",")
+        text[line] = ",".join(cut[:2])
+        table.write_text("\n".join(text[:line + 1]))
+    elif damage == "missing_column":
+        rows = list(csv.DictReader(table.open()))
+        with table.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, [c for c in rows[0] if c != "lordosis_deg"],
+                               extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    elif damage == "duplicate":
+        text = table.read_text().splitlines()
+        table.write_text("\n".join(text + [text[line]]) + "\n")
+    elif damage == "unsafe_name":
+        _edit_cell(table, line, "file_name", "../../etc/passwd.png")
+    elif damage == "implausible":
+        _edit_cell(table, line, "lordosis_deg", "1e300")
+    elif damage == "grade":       # a forward slip graded as a spondyloptosis
+        _edit_cell(table, line, "meyerding_L4_L5", "5")
+    elif damage.startswith("endplate"):
+        plate = plates[image]["prediction"]["L1"]["superior"]
+        if damage == "endplate_off_grid":
+            plate["endplate"][0] = [1e300, -1e300]
+        elif damage == "endplate_not_points":
+            plate["endplate"] = [[1.0, "x"]]
+        elif damage == "endplate_missing":
+            del plates[image]["prediction"]["L1"]
+        (ev / "endplates.json").write_text(json.dumps(plates))
+        if damage == "endplate_huge_int":
+            text = (ev / "endplates.json").read_text()
+            (ev / "endplates.json").write_text(text.replace("[[", "[[" + "9" * 5000 + ", ", 1))
     elif damage == "seg_name":
         record["images"][1]["seg"] = "../../../escape.dcm"
-        says = "escape.dcm"
-    else:   # a SEG of another radiograph named for this one
+    elif damage == "seg_other_image":   # a SEG of another radiograph named for this one
         record["images"][1]["seg"], record["images"][2]["seg"] = \
             record["images"][2]["seg"], record["images"][1]["seg"]
-        says = "does not reference the radiograph"
-    (seg / "to_seg.json").write_text(json.dumps(record))
+    elif damage == "seg_other_run":
+        record["fold"] = 3
+    elif damage == "seg_missing":
+        shutil.rmtree(seg)
+    if seg.exists():
+        (seg / "to_seg.json").write_text(json.dumps(record))
     proc = _run(root, "to-sr", "--input", str(ev), "--dicom", "anon", "--images", "png",
                 "--seg", str(seg), "--output", str(tmp_path / "out"), "--force")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
-    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert DAMAGES[damage] in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "escape.dcm").exists()
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_reidentified_reports_only_under_the_private_folder(project):
+def test_an_evaluation_without_endplates_gives_reports_without_coordinates(project, tmp_path):
+    """An evaluation made before spinepipe recorded endplates: the numbers, still pointing to
+    the SEG's segments, without SCOORD; a measures.csv saved with a byte-order mark reads."""
+    import highdicom as hd
     root = project
-    for out in ("data/sr_reid", "sr_reid", "private/../sr_reid"):
-        proc = _to_sr(root, out, "--reidentify", "--private", "private")
-        assert proc.returncode == 1 and "only under the private folder" in proc.stderr, out
-        assert proc.stderr.count("\n") == 1
-        assert not (root / out).exists()
+    ev = tmp_path / "eval"
+    shutil.copytree(root / "eval" / "mask_rcnn" / "fold0", ev)
+    (ev / "endplates.json").unlink()
+    (ev / "measures.csv").write_text("\ufeff" + (ev / "measures.csv").read_text(),
+                                     encoding="utf-8")
+    proc = _run(root, "to-sr", "--input", str(ev), "--dicom", "anon", "--images", "png",
+                "--seg", "seg", "--output", str(tmp_path / "out"), "--force")
+    assert proc.returncode == 0, proc.stderr
+    numbers = 0
+    for f in (tmp_path / "out").glob("*.dcm"):
+        report = hd.sr.MeasurementReport.from_sequence([hd.sr.srread(f)])
+        for g in report.get_image_measurement_groups():
+            for m in g.get_measurements():
+                items = m[0].get("ContentSequence", [])
+                assert [i.ValueType for i in items if i.ValueType == "SCOORD"] == []
+                assert [i.ValueType for i in items if i.ValueType == "IMAGE"] == ["IMAGE"]
+                numbers += 1
+    assert numbers > 50
+
+
+def test_the_folder_holds_what_its_record_lists_and_changed_numbers_are_new_objects(
+        project, tmp_path):
+    """A re-run after the evaluation changed: the report whose numbers changed is a new object
+    (a new SOP Instance UID), the one of an image no longer evaluated is gone, the others are
+    the same files; the folder holds exactly what to_sr.json lists (store sends the folder)."""
+    root = project
+    ev = tmp_path / "eval"
+    shutil.copytree(root / "eval" / "mask_rcnn" / "fold0", ev)
+    out = tmp_path / "out"
+
+    def run() -> dict[str, str]:
+        proc = _run(root, "to-sr", "--input", str(ev), "--dicom", "anon", "--images", "png",
+                    "--seg", "seg", "--output", str(out), "--force")
+        assert proc.returncode == 0, proc.stderr
+        listed = {r["image"]: r["sr"] for r in json.loads((out / "to_sr.json").read_text())
+                  ["images"]}
+        assert sorted(p.name for p in out.glob("*.dcm")) == sorted(listed.values())
+        return listed
+
+    first = run()
+    line, image = _measured_line(ev)
+    lines = (ev / "measures.csv").read_text().splitlines()
+    dropped = lines[-1].split(",")[0] if lines[-1].split(",")[0] != image else lines[-2].split(",")[0]
+    _edit_cell(ev / "measures.csv", line, "lordosis_deg", "12.3456")
+    kept = [x for x in (ev / "measures.csv").read_text().splitlines()
+            if not x.startswith(dropped + ",")]
+    (ev / "measures.csv").write_text("\n".join(kept) + "\n")
+    second = run()
+    assert dropped not in second and len(second) == len(first) - 1
+    assert second[image] != first[image]
+    assert all(second[k] == first[k] for k in second if k != image)
+    assert pydicom.dcmread(out / second[image]).SOPInstanceUID == Path(second[image]).stem
+
+
+def test_reidentified_reports_only_under_the_private_folder(project, tmp_path):
+    """Refused before anything is read or written, also when the evaluation waits for
+    annotations (to-sr would otherwise write its record saying so) and for to-seg alike."""
+    root = project
+    waiting = tmp_path / "waiting"
+    waiting.mkdir()
+    (waiting / "summary.json").write_text(json.dumps({"waiting_for_annotations": "none yet"}))
+    for command in ("to-sr", "to-seg"):
+        for out in ("data/sr_reid", "sr_reid", "private/../sr_reid"):
+            for ev in ("eval/mask_rcnn/fold0", str(waiting)):
+                proc = _run(root, command, "--model", "mask_rcnn", "--input", ev, "--dicom",
+                            "anon", "--images", "png", "--output", out, "--reidentify",
+                            "--private", "private")
+                assert proc.returncode == 1, (command, out, ev, proc.stderr)
+                assert "only under the private folder" in proc.stderr
+                assert proc.stderr.count("\n") == 1
+                assert not (root / out).exists()
 
 
 def test_reidentified_seg_and_sr_stored_to_a_real_pacs_and_found_under_the_study(

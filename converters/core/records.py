@@ -50,6 +50,8 @@ def read_json(path: str | Path, *, what: str, made_by: str | None = None,
     except JsonTooDeep:
         raise error(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels",
                     file=path) from None
+    except ValueError as exc:   # e.g. an integer beyond Python's 4300-digit conversion limit
+        raise error(f"{what}: unreadable JSON ({str(exc)[:80]})", file=path) from None
     if not isinstance(value, shape):
         raise error(f"{what}: the top level is {_json_kind(value)}, not {_JSON_TYPES[shape]}",
                     file=path)

@@ -17,8 +17,9 @@ projection radiographs' Pixel Measures without a Slice Thickness (none exists) a
 reader then refuses them, hence pydicom there.
 
 UIDs are derived (``pydicom.uid.generate_uid`` over the source SOP Instance UID, the model,
-fold and checkpoint and the mode), so a re-run writes the same objects and the PACS does not
-collect duplicates.
+fold and checkpoint and the mode, the instance's also over a digest of its segments), so a re-run
+writes the same objects and the PACS does not collect duplicates, while other masks (changed
+post-processing) are a new object, never an old UID with other pixels.
 
 Two modes. *Pseudonymized*: the source is the anonymized object; the SEG references its
 pseudonymous UIDs and carries its pseudonymous patient module: safe to share. *Re-identified*
@@ -33,6 +34,7 @@ patient.
 from __future__ import annotations
 
 import copy
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,11 +81,14 @@ class Algorithm:
     version: str
 
 
-def seg_uid(source_sop_uid: str, algorithm: Algorithm, kind: str, reidentified: bool) -> str:
-    """A derived UID (``kind``: ``series`` or ``instance``): the same inputs, the same UID."""
+def seg_uid(source_sop_uid: str, algorithm: Algorithm, kind: str, reidentified: bool,
+            content: str = "") -> str:
+    """A derived UID (``kind``: ``series`` or ``instance``; ``content``: a digest of the
+    segments, for the instance): the same inputs, the same UID; other masks, another UID."""
     return generate_uid(entropy_srcs=["spinepipe-seg", kind, source_sop_uid, algorithm.model,
                                       str(algorithm.fold), algorithm.checkpoint_sha256,
-                                      "reidentified" if reidentified else "pseudonymized"])
+                                      "reidentified" if reidentified else "pseudonymized",
+                                      content])
 
 
 def reidentified_source(ds: Dataset, ledger: dict, salt: bytes | None = None) -> Dataset:
@@ -161,6 +166,8 @@ def build_segmentation(source: Dataset, segments: list[Segment], algorithm: Algo
             tracking_uid=generate_uid(entropy_srcs=["spinepipe-track", str(source.SOPInstanceUID),
                                                     algorithm.model, s.label, str(k)])))
     pixels = np.stack([m for _, m in kept], axis=-1)[None]      # (1 frame, rows, cols, n)
+    digest = hashlib.sha256("|".join(s.label for s, _ in kept).encode())
+    digest.update(np.packbits(pixels).tobytes())
     with warnings.catch_warnings():
         # a pseudonym is a one-component Patient's Name: valid DICOM, highdicom warns
         warnings.filterwarnings("ignore", message="The string .* is unlikely to represent")
@@ -172,7 +179,7 @@ def build_segmentation(source: Dataset, segments: list[Segment], algorithm: Algo
                                         reidentified),
             series_number=SERIES_NUMBER,
             sop_instance_uid=seg_uid(str(source.SOPInstanceUID), algorithm, "instance",
-                                     reidentified),
+                                     reidentified, digest.hexdigest()),
             instance_number=1, manufacturer="spinepipe",
             manufacturer_model_name=f"spinepipe {algorithm.model}",
             software_versions=algorithm.version, device_serial_number="none",

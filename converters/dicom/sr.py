@@ -13,18 +13,20 @@ its segment numbers by label.
 Content tree (TID 1500 "Imaging Measurement Report"):
 
 - observation context: the algorithm as the observer *device* (its UID derived from the
-  checkpoint's SHA-256; name ``spinepipe <model>``, model name ``<model> fold <k>``, serial number
-  the checkpoint's hash); procedure reported: SCT 363679005 "Imaging procedure";
+  checkpoint's SHA-256; name ``spinepipe <model>``, model name ``<model> fold <k>, spinepipe
+  <version>``, serial number the checkpoint's hash); procedure reported: SCT 363679005 "Imaging
+  procedure";
 - one measurement group (TID 1501) per measure of :data:`GROUPS`: lordosis L1-S1, the five
   segmental angles, the five discs, the five lumbar bodies, the five slips. Each group has a
   tracking identifier (``lordosis L1-S1``, ``disc L4-L5`` ...; a UID derived from the source, the
-  run and the measure), the algorithm identification (name, version, fold and checkpoint hash as
-  parameters) and the finding sites (the levels' SNOMED CT structures). Each number is a TID 300
+  run and the measure) and the finding sites (the levels' SNOMED CT structures); the algorithm is
+  the document's observer device, named once. Each number is a TID 300
   measurement with its code and UCUM unit (:data:`CODES`), the side as the finding site's
   topographical modifier (anterior / central / posterior), INFERRED FROM the endplate lines it was
   measured between (SCOORD POLYLINE of two points each, on the source image) and, where a SEG
-  exists, from the levels' segments (IMAGE: the SEG with Referenced Segment Numbers). A slip
-  carries its Meyerding grade as a qualitative evaluation;
+  exists, from the levels' segments (IMAGE: the SEG with Referenced Segment Numbers). A forward
+  slip carries its Meyerding grade as a qualitative evaluation (a retrolisthesis, a negative
+  slip, has none: the grade is defined for forward slips);
 - a measure the library withheld is never a number: its group holds a TEXT item "Measurement
   withheld" with the reason (the levels' reasons from ``not_measurable``), and the number is
   absent. An image with no measure at all still gets its report, every group saying why.
@@ -34,11 +36,20 @@ DICOM PS3.16's); the rest from the private coding scheme :data:`PRIVATE_SCHEME`,
 object's Coding Scheme Identification Sequence. README "Results back to the PACS" lists them all
 (:func:`codes_table`).
 
-UIDs are derived (:func:`sr_uid`: the source SOP Instance UID, model, fold, checkpoint and mode),
-so a re-run writes the same objects and the PACS does not collect duplicates.
+Checked, never trusted: a number beyond :data:`PLAUSIBLE`, a Meyerding grade that is not its
+slip's, a line of a reported measure missing, not two finite points or more than
+:data:`EDGE_PX` off the image: :class:`InvalidTableError` (corners up to that far beyond an edge
+are put on it).
+
+UIDs are derived (:func:`sr_uid`: the source SOP Instance UID, model, fold, checkpoint and mode;
+the instance UID also from what the report says, :func:`content_digest`), so a re-run of the same
+evaluation writes the same objects and the PACS does not collect duplicates, while changed
+numbers are a new object, never an old UID with other content.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -48,10 +59,16 @@ from typing import Mapping, Sequence
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from converters.core.errors import InvalidDicomError
+from converters.core.errors import InvalidDicomError, InvalidTableError
 from converters.dicom.read import read_dicom
 from converters.dicom.seg import Algorithm
 from converters.spine.levels import LEVELS, LUMBAR
+from converters.spine.measures import meyerding
+
+#: a number beyond this is no measure of a spine (an angle, mm, pixels or %): refused
+PLAUSIBLE = 1e6
+#: endplate corners up to this far (pixels) beyond the image's edge are put on it; further: refused
+EDGE_PX = 2.0
 
 SERIES_NUMBER = 9101            # the SR series sorts after the SEG's (9100)
 PRIVATE_SCHEME = "99SPINEPIPE"  # local coding scheme designators begin with "99" (PS3.3 8.2)
@@ -150,11 +167,14 @@ def _code(key: str):
     return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
-def sr_uid(source_sop_uid: str, algorithm: Algorithm, kind: str, reidentified: bool) -> str:
-    """A derived UID (``kind``: ``series``, ``instance``, ``device`` or a group's name)."""
+def sr_uid(source_sop_uid: str, algorithm: Algorithm, kind: str, reidentified: bool,
+           content: str = "") -> str:
+    """A derived UID (``kind``: ``series``, ``instance``, ``device`` or a group's name;
+    ``content``: the report's :func:`content_digest`, for its instance UID)."""
     return generate_uid(entropy_srcs=["spinepipe-sr", kind, source_sop_uid, algorithm.model,
                                       str(algorithm.fold), algorithm.checkpoint_sha256,
-                                      "reidentified" if reidentified else "pseudonymized"])
+                                      "reidentified" if reidentified else "pseudonymized",
+                                      content])
 
 
 @dataclass(frozen=True)
@@ -185,12 +205,16 @@ def seg_reference(path: str | Path, source_sop_uid: str) -> SegReference:
 
 
 def _number(row: Mapping[str, str], column: str) -> float | None:
-    """A measures.csv cell as a finite number (None: empty: withheld)."""
+    """A measures.csv cell as a number (None: empty: withheld); the table was read by
+    :func:`converters.spine.measures.read_measures` (finite numbers); beyond
+    :data:`PLAUSIBLE`: :class:`InvalidTableError`."""
     cell = (row.get(column) or "").strip()
     if not cell:
         return None
-    value = float(cell)          # the caller validated the table (ValueError: a bug)
-    return value if math.isfinite(value) else None
+    value = float(cell)
+    if not abs(value) < PLAUSIBLE:
+        raise InvalidTableError(f"column {column}: {cell[:40]} is no measure of a spine")
+    return value
 
 
 def _reason(row: Mapping[str, str], levels: Sequence[str]) -> str:
@@ -202,24 +226,65 @@ def _reason(row: Mapping[str, str], levels: Sequence[str]) -> str:
     return "; ".join(mine or parts) or "not measurable"
 
 
-def _line(endplates: Mapping, level: str, side: str) -> list[tuple[float, float]] | None:
-    """An endplate's two corners (posterior, anterior) from an endplates.json entry."""
+def _line(endplates: Mapping, level: str, side: str, cols: int, rows: int
+          ) -> list[tuple[float, float]]:
+    """An endplate's two corners (posterior, anterior) from an endplates.json entry, on the
+    source's grid (corners up to :data:`EDGE_PX` beyond an edge put on it);
+    :class:`InvalidTableError` naming the level and side when it is missing, not two finite
+    points, or off the image."""
+    where = f"endplate {level} {side}"
     try:
         pts = endplates[level][side]["endplate"]
         out = [(float(pts[0][0]), float(pts[0][1])), (float(pts[1][0]), float(pts[1][1]))]
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
-    return out if all(math.isfinite(v) for p in out for v in p) else None
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
+        raise InvalidTableError(f"{where}: missing or not two [x, y] points") from None
+    if len(pts) != 2 or not all(math.isfinite(v) for p in out for v in p):
+        raise InvalidTableError(f"{where}: not two finite [x, y] points")
+    for x, y in out:
+        if not (-EDGE_PX <= x <= cols + EDGE_PX and -EDGE_PX <= y <= rows + EDGE_PX):
+            raise InvalidTableError(f"{where}: point ({x:.6g}, {y:.6g}) off the "
+                                    f"{cols}x{rows} image")
+    return [(min(max(x, 0.0), cols), min(max(y, 0.0), rows)) for x, y in out]
 
 
-def build_report(source: Dataset, row: Mapping[str, str], endplates: Mapping,
+def _grade(row: Mapping[str, str], group: Group, slip: float) -> int | None:
+    """The Meyerding grade of a slip row (None for a retrolisthesis: the grade is defined for
+    forward slips); :class:`InvalidTableError` when the cell is not the grade of the slip."""
+    cell = (row.get(group.grade) or "").strip()
+    expected = meyerding(slip)
+    try:
+        grade = float(cell)
+    except ValueError:
+        grade = math.nan
+    if grade != expected:
+        raise InvalidTableError(f"column {group.grade}: {cell[:20]!r} is not the Meyerding "
+                                f"grade of a {slip:.4g} % slip ({expected})")
+    return expected if slip >= 0 else None
+
+
+def content_digest(row: Mapping[str, str], endplates: Mapping | None, seg_uid: str) -> str:
+    """What a report says (its numbers, its lines, the SEG it points to), for its SOP Instance
+    UID: changed content is a new object, never the old UID with other numbers."""
+    said = {c: row.get(c, "") for g in GROUPS for c in g.columns + ((g.grade,) if g.grade else ())}
+    said.update({k: row.get(k, "") for k in ("lordosis_deg", "not_measurable",
+                                                "pixel_spacing_mm")})
+    text = json.dumps([said, endplates, seg_uid], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_report(source: Dataset, row: Mapping[str, str], endplates: Mapping | None,
                  algorithm: Algorithm, *, seg: SegReference | None = None,
                  reidentified: bool = False) -> Dataset:
     """The Measurement Report of one radiograph (module docstring). ``row``: its measures.csv
-    row as strings; ``endplates``: its endplates.json ``prediction`` entry."""
+    row as strings (read by :func:`converters.spine.measures.read_measures`); ``endplates``:
+    its endplates.json ``prediction`` entry: every line a reported measure was measured between
+    must be there (None: the evaluation recorded no endplates; the report then has no
+    coordinates). :class:`InvalidTableError` (without file and image: the caller's) when a
+    number is implausible, a line is missing or off the image, or a Meyerding grade is not its
+    slip's."""
     import highdicom as hd
     import numpy as np
-    from highdicom.sr import (AlgorithmIdentification, CoordinatesForMeasurement,
+    from highdicom.sr import (CoordinatesForMeasurement,
                               DeviceObserverIdentifyingAttributes, FindingSite, ImageContentItem,
                               Measurement, MeasurementReport, MeasurementsAndQualitativeEvaluations,
                               ObservationContext, ObserverContext, QualitativeEvaluation,
@@ -233,30 +298,27 @@ def build_report(source: Dataset, row: Mapping[str, str], endplates: Mapping,
     except (AttributeError, TypeError, ValueError):
         raise InvalidDicomError("source image without Rows / Columns", tag="(0028,0010)") from None
     unit = _length_unit(row)
-    alg = AlgorithmIdentification(
-        name=f"spinepipe {algorithm.model}", version=algorithm.version,
-        parameters=[f"fold={algorithm.fold}", f"config={algorithm.config}",
-                    f"checkpoint_sha256={algorithm.checkpoint_sha256}"])
+    # the algorithm, once: the observer device (name, version in the model name, the
+    # checkpoint's hash as serial number); the groups inherit it (TID 1501's own algorithm
+    # rows are optional, and 21 copies of them made the report twice as slow to build)
     device = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
             uid=sr_uid("", algorithm, "device", False), name=f"spinepipe {algorithm.model}",
-            manufacturer_name="spinepipe", model_name=f"{algorithm.model} fold {algorithm.fold}",
+            manufacturer_name="spinepipe",
+            model_name=f"{algorithm.model} fold {algorithm.fold}, spinepipe "
+                       f"{algorithm.version}"[:64],
             serial_number=algorithm.checkpoint_sha256[:64]))
     region_source = SourceImageForRegion(referenced_sop_class_uid=str(source.SOPClassUID),
                                          referenced_sop_instance_uid=sop_uid)
 
     def coordinates(group: Group) -> list:
-        out = []
-        for level, side in group.lines:
-            pts = _line(endplates, level, side)
-            if pts is None:
-                continue
-            # on the source's grid: corners beyond it are clamped to its edge (SCOORD in image)
-            data = np.clip(np.array(pts, dtype=np.float32), 0, [cols, rows])
-            out.append(CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                                                 graphic_data=data, source_image=region_source))
-        return out
+        if endplates is None:
+            return []
+        return [CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.array(_line(endplates, level, side, cols, rows), dtype=np.float32),
+            source_image=region_source) for level, side in group.lines]
 
     def segment_item(group: Group):
         if seg is None:
@@ -291,18 +353,21 @@ def build_report(source: Dataset, row: Mapping[str, str], endplates: Mapping,
                             finding_sites=sites, referenced_coordinates=coordinates(group) or None)
             item = segment_item(group)
             if item is not None:
+                if "ContentSequence" not in m[0]:       # a number without lines or sites
+                    m[0].ContentSequence = []
                 m[0].ContentSequence.append(item)
             measurements.append(m)
         evaluations = None
         if group.grade is not None and measurements:
-            grade = _number(row, group.grade)
-            if grade is not None and 0 <= grade <= 5 and grade == int(grade):
-                evaluations = [QualitativeEvaluation(_code("meyerding"),
-                                                     _code(f"grade_{int(grade)}"))]
+            grade = _grade(row, group, measurements[0].value)
+            if grade is not None:
+                evaluations = [QualitativeEvaluation(_code("meyerding"), _code(f"grade_{grade}"))]
+        elif group.grade is not None and (row.get(group.grade) or "").strip():
+            raise InvalidTableError(f"column {group.grade}: a grade without its slip")
         g = MeasurementsAndQualitativeEvaluations(
             tracking_identifier=TrackingIdentifier(
                 identifier=group.name, uid=sr_uid(sop_uid, algorithm, group.name, reidentified)),
-            algorithm_id=alg, finding_sites=[FindingSite(_code(s)) for s in group.sites],
+            finding_sites=[FindingSite(_code(s)) for s in group.sites],
             measurements=measurements or None, qualitative_evaluations=evaluations)
         for text in withheld:
             g[0].ContentSequence.append(TextContentItem(
@@ -319,7 +384,9 @@ def build_report(source: Dataset, row: Mapping[str, str], endplates: Mapping,
             evidence=evidence, content=report,
             series_instance_uid=sr_uid(sop_uid, algorithm, "series", reidentified),
             series_number=SERIES_NUMBER,
-            sop_instance_uid=sr_uid(sop_uid, algorithm, "instance", reidentified),
+            sop_instance_uid=sr_uid(sop_uid, algorithm, "instance", reidentified,
+                                    content_digest(row, endplates,
+                                                   seg.sop_instance_uid if seg else "")),
             instance_number=1, manufacturer="spinepipe", is_complete=True,
             series_description=f"spinepipe {algorithm.model} measures"[:64])
     scheme = Dataset()

@@ -241,21 +241,36 @@ def measures_csv(rows: Sequence[dict]) -> str:
 
 
 def read_measures(path: str | Path) -> list[dict[str, str]]:
-    """A ``measures.csv``'s rows as strings (a missing column: empty), every measure a finite
-    number or empty; else a one-line :class:`InvalidTableError` naming the file, image and
-    column (:class:`MissingInputError` when the file is not there)."""
+    """A ``measures.csv``'s rows as strings, every measure a finite number or empty, each image
+    once; else a one-line :class:`InvalidTableError` naming the file, image and column (a
+    column of :data:`MEASURES` missing, a row with more or fewer cells than the header, an
+    image listed twice), :class:`MissingInputError` when the file is not there. Columns after
+    ``MEASURES`` that older files lack (``refined``, ``confidence``) read as empty."""
     path = Path(path)
     try:
-        with open_input(path, "r", encoding="utf-8", newline="") as fh:
+        with open_input(path, "r", encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh)
-            if "file_name" not in (reader.fieldnames or []):
-                raise InvalidTableError("no file_name column: not a measures.csv", file=path)
-            rows = [{k: (row.get(k) or "") for k in COLUMNS} for row in reader]
+            header = reader.fieldnames or []
+            missing = [c for c in ("file_name", *MEASURES) if c not in header]
+            if missing:
+                raise InvalidTableError(f"no {missing[0]} column: not a measures.csv of this "
+                                        "spinepipe", file=path)
+            raw = list(reader)
     except FileNotFoundError:
         raise MissingInputError("measures not found", produced_by="evaluate",
                                 file=path) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InvalidTableError(f"unreadable: {exc}".splitlines()[0], file=path) from None
+    rows, seen = [], set()
+    for n, row in enumerate(raw, 2):
+        name = (row.get("file_name") or "")[:200]
+        if None in row or None in row.values():   # DictReader's marks of a cut or long row
+            raise InvalidTableError(f"line {n} has {'more' if None in row else 'fewer'} cells "
+                                    "than the header", file=path, image=name)
+        if name in seen:
+            raise InvalidTableError("image listed twice", file=path, image=name)
+        seen.add(name)
+        rows.append({k: row.get(k, "") for k in COLUMNS})
     for row in rows:
         for col in (*MEASURES, "pixel_spacing_mm"):
             value = row[col]
@@ -265,7 +280,8 @@ def read_measures(path: str | Path) -> list[dict[str, str]]:
                 ok = math.isfinite(float(value))
             except ValueError:
                 ok = False
-            if not ok:
-                raise InvalidTableError(f"column {col} is not a number: {value[:40]!r}",
+            if not ok or (col == "pixel_spacing_mm" and float(value) <= 0):
+                kind = "positive number" if col == "pixel_spacing_mm" else "number"
+                raise InvalidTableError(f"column {col} is not a {kind}: {value[:40]!r}",
                                         file=path, image=row["file_name"][:200])
     return rows

@@ -10,8 +10,10 @@ confined to the DICOM tree (:mod:`converters.core.paths`), and the DICOM found m
 record's SOP Instance UID.
 
 Output: ``<output>/<SEG SOP Instance UID>.dcm`` per image (written to a temporary name, then
-renamed), and ``to_seg.json`` (per image: source, SEG file, segments). With ``reidentify`` the
-objects point to the original study (:func:`converters.dicom.seg.reidentified_source`) and
+renamed), and ``to_seg.json`` (per image: source, SEG file, segments); objects an earlier run
+listed there and this one no longer writes (another checkpoint's, other masks) are removed
+(:func:`retire_objects`), so the folder holds what its record lists and ``store`` sends no
+superseded object. With ``reidentify`` the objects point to the original study (:func:`converters.dicom.seg.reidentified_source`) and
 ``output`` must lie inside the private folder: anywhere else is refused before anything is read.
 Every source's identity is verified against the ledger (with the private folder's salt) before any
 SEG is written (:func:`converters.dicom.ledger.verified_identity`): a mismatch is a one-line error
@@ -34,10 +36,10 @@ from converters.annotations.coco import DEFAULT_CLASSES
 from converters.dicom.read import read_dicom
 from converters.core.errors import (InvalidDicomError, InvalidLedgerError, InvalidTableError,
                                     MissingInputError, SpinepipeError, UnsafeLocationError)
-from converters.core.files import atomic_path, prepare_output, write_json
+from converters.core.files import atomic_path, prepare_output, remove_output, write_json
 from converters.dicom.ledger import load_ledger, load_salt, verified_identity
-from converters.core.paths import confined
-from converters.core.provenance import record_path
+from converters.core.paths import confined, is_safe_name
+from converters.core.provenance import png_name, record_path
 from converters.core.records import read_json
 from converters.dicom.seg import Algorithm, Segment, build_segmentation, reidentified_source
 from train.models import family
@@ -106,6 +108,12 @@ def find_source(dicom_root: Path, png_dir: Path, image: str) -> tuple[Path, dict
     if record["image"] != image:
         raise InvalidTableError(f"provenance record of {record['image'][:80]!r}, not of {image}",
                                 file=path)
+    patient = record.get("patient")
+    if isinstance(patient, str) and png_name(patient, record["sop_instance_uid"]) != image:
+        # export names every PNG after its patient and object: a record naming another
+        # pseudonym or UID is another image's, whatever its "image" key says
+        raise InvalidTableError(f"provenance record of another radiograph (patient and SOP "
+                                f"Instance UID do not make the name {image})", file=path)
     source = confined(dicom_root, *record["source"].split("/"), file=path)
     if not source.is_file():
         raise MissingInputError(f"no anonymized DICOM for {image} under {dicom_root}",
@@ -113,16 +121,52 @@ def find_source(dicom_root: Path, png_dir: Path, image: str) -> tuple[Path, dict
     return source, record
 
 
-def private_ledger(private: str | Path | None, output: Path) -> tuple[dict, bytes]:
-    """The ledger and salt for re-identification; the output must lie inside ``private``."""
+def check_private_output(private: str | Path | None, output: str | Path) -> Path:
+    """The private folder, resolved; re-identified objects (and their records) are written
+    only inside it: :class:`UnsafeLocationError` otherwise, before anything is read."""
     if private is None:
         raise UnsafeLocationError("--reidentify needs --private (the ledger's folder)")
     priv = Path(private).resolve()
-    out = output.resolve()
+    out = Path(output).resolve()
     if out != priv and priv not in out.parents:
         raise UnsafeLocationError(f"re-identified objects are written only under the "
                                   f"private folder {private}, not {output}")
+    return priv
+
+
+def private_ledger(private: str | Path | None, output: Path) -> tuple[dict, bytes]:
+    """The ledger and salt for re-identification; the output must lie inside ``private``."""
+    priv = check_private_output(private, output)
     return load_ledger(priv, must_exist=True), load_salt(priv)
+
+
+def check_source(source, provenance: dict, path: Path) -> None:
+    """The DICOM found is the object the provenance record names (its SOP Instance UID, and
+    its patient pseudonym where the record has one): :class:`InvalidDicomError` otherwise."""
+    if str(source.get("SOPInstanceUID", "")) != provenance["sop_instance_uid"]:
+        raise InvalidDicomError("the SOP Instance UID differs from the image's provenance "
+                                "record", file=path, tag="(0008,0018)")
+    patient = provenance.get("patient")
+    if isinstance(patient, str) and str(source.get("PatientID", "")) != patient:
+        raise InvalidDicomError("the Patient ID differs from the image's provenance record",
+                                file=path, tag="(0010,0020)")
+
+
+def retire_objects(output: Path, record_file: str, key: str, keep: set[str]) -> int:
+    """Delete the objects an earlier run listed in this folder's record (``record_file``,
+    ``images[*][key]``) that this run no longer writes (an older checkpoint's or content's, an
+    image no longer evaluated), so that the folder holds what its record lists and ``store``
+    never sends a superseded object. Only regular ``*.dcm`` files the earlier record names are
+    touched, confined to the folder; an unreadable earlier record retires nothing."""
+    path = output / record_file
+    try:
+        old = read_json(path, what="earlier record", shape=dict, keys={"images": list})
+    except SpinepipeError:
+        return 0
+    names = {row.get(key) for row in old["images"] if isinstance(row, dict)}
+    return sum(remove_output(output, name) for name in names
+               if isinstance(name, str) and name.endswith(".dcm") and is_safe_name(name)
+               and name not in keep)
 
 
 def verify_identities(images: list[str], dicom_root: Path, png_dir: Path, ledger: dict,
@@ -169,9 +213,7 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, png_dir: str | Path
     for done, image in enumerate(images, 1):
         src_path, provenance = find_source(dicom_root, png_dir, image)
         source = read_dicom(src_path)
-        if str(source.get("SOPInstanceUID", "")) != provenance["sop_instance_uid"]:
-            raise InvalidDicomError("the SOP Instance UID differs from the image's provenance "
-                                    "record", file=src_path, tag="(0008,0018)")
+        check_source(source, provenance, src_path)
         segments = segments_of(eval_dir, image, model, instances)
         if not any(np.asarray(s.mask).any() for s in segments):
             record["images"].append({"image": image, "seg": None, "segments": []})
@@ -186,5 +228,6 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, png_dir: str | Path
                                  "segments": [str(s.SegmentLabel) for s in seg.SegmentSequence]})
         if progress:
             progress(done, len(images))
+    retire_objects(output, "to_seg.json", "seg", {r["seg"] for r in record["images"] if r["seg"]})
     write_json(output / "to_seg.json", record)
     return record

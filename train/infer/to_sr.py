@@ -5,33 +5,42 @@ the radiographs they were measured on (``spinepipe to-sr``); the objects themsel
 Input: an evaluation folder (``reports/eval/<model>/fold<k>``: ``measures.csv``, one row per test
 image, and ``endplates.json``, its endplates), the exported PNG folder and the anonymized DICOM
 tree (each image's source is the one its provenance record names:
-:func:`train.infer.to_seg.find_source`, as for the SEG) and, optionally, to-seg's folder: where it
-holds a SEG of the same image (its ``to_seg.json`` names it, and the SEG references the same
-source), every measurement also points to the segments of the levels it was measured on.
+:func:`train.infer.to_seg.find_source`, as for the SEG) and, optionally (``seg_dir``), to-seg's
+folder: its ``to_seg.json`` must be of the same run (model, fold, checkpoint, mode) and where it
+lists a SEG of the image (which must reference the very source object the report is on), every
+measurement also points to the segments of the levels it was measured on.
 
-Output: ``<output>/<SR SOP Instance UID>.dcm`` per test image, every image, including one whose
-measures were all withheld (its report says why), written to a temporary name then renamed, and
-``to_sr.json`` (per image: source, SR file, how many measures were reported and withheld, the SEG
-referenced). Re-identification exactly as to-seg's: ``output`` inside the private folder, every
-source's identity verified against the ledger before anything is written; a pseudonymized report
-never references a re-identified SEG nor the reverse (the SEG must reference the very source
-object the report does).
+Everything is read, checked and built before the first report is written (a bad input is one
+error naming the file and image, and the output folder is left as it was). Output:
+``<output>/<SR SOP Instance UID>.dcm`` per test image, every image, including one whose measures
+were all withheld (its report says why), each written to a temporary name then renamed, and
+``to_sr.json`` (per image: the SR file, how many measures were reported and withheld, the SEG
+referenced). Reports an earlier run listed there and this one no longer writes (another
+checkpoint's, changed numbers) are removed (:func:`train.infer.to_seg.retire_objects`), so the
+folder holds what its record lists. Re-identification exactly as to-seg's: ``output`` inside the
+private folder, every source's identity verified against the ledger before anything is written.
 """
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from converters.core.errors import InvalidDicomError, InvalidTableError
-from converters.core.files import atomic_path, prepare_output, write_json
-from converters.core.paths import confined
+from converters.core.errors import InvalidTableError
+from converters.core.files import prepare_output, write_bytes, write_json
+from converters.core.paths import check_name, confined
 from converters.core.records import read_json
 from converters.dicom.read import read_dicom
 from converters.dicom.seg import reidentified_source
-from converters.dicom.sr import SegReference, build_report, reported_columns, seg_reference
+from converters.dicom.sr import build_report, reported_columns, seg_reference
 from converters.spine.measures import read_measures
-from train.infer.to_seg import algorithm_of, find_source, private_ledger, verify_identities
+from train.infer.to_seg import (algorithm_of, check_source, find_source, private_ledger,
+                                retire_objects, verify_identities)
+
+#: the record beside the reports
+RECORD = "to_sr.json"
 
 
 @dataclass(frozen=True)
@@ -42,12 +51,22 @@ class ToSrConfig:
     enabled: bool = False
 
 
-def _seg_index(seg_dir: Path | None) -> dict[str, str]:
-    """Image name -> SEG file name from to-seg's ``to_seg.json`` (empty without one)."""
-    if seg_dir is None or not (seg_dir / "to_seg.json").is_file():
+def _seg_index(seg_dir: Path | None, run: dict) -> dict[str, str]:
+    """Image name -> SEG file name from to-seg's ``to_seg.json`` in ``seg_dir`` (None: no
+    SEG to point to). The record must be of the same run and mode (``run``: model, fold,
+    checkpoint, reidentified), else a one-line error: a report never points to the segments of
+    another model, fold, checkpoint or mode."""
+    if seg_dir is None:
         return {}
-    record = read_json(seg_dir / "to_seg.json", what="to-seg record", made_by="to-seg",
-                       keys={"images": list})
+    path = seg_dir / "to_seg.json"
+    record = read_json(path, what="to-seg record", made_by="to-seg", keys={"images": list})
+    if not record["images"]:
+        return {}                       # to-seg disabled or waiting: nothing to point to
+    for key, value in run.items():
+        if record.get(key) != value:
+            raise InvalidTableError(f"the SEG objects are of another run ({key} "
+                                    f"{str(record.get(key))[:70]!r}, this report's "
+                                    f"{str(value)[:70]!r})", file=path)
     out = {}
     for row in record["images"]:
         if isinstance(row, dict) and isinstance(row.get("image"), str) \
@@ -56,14 +75,21 @@ def _seg_index(seg_dir: Path | None) -> dict[str, str]:
     return out
 
 
-def _endplates(eval_dir: Path) -> dict:
-    """``endplates.json``: per image, its ``prediction`` entry (empty when the evaluation
-    wrote none, e.g. made before spinepipe measured: the reports then carry no coordinates)."""
+def _endplates(eval_dir: Path) -> dict | None:
+    """``endplates.json``: per image, its ``prediction`` entry (None when the evaluation
+    wrote none, made before spinepipe measured: the reports then carry no coordinates)."""
     path = eval_dir / "endplates.json"
-    if not path.is_file():
-        return {}
+    if not os.path.lexists(path):
+        return None
     data = read_json(path, what="endplates", made_by="evaluate", shape=dict)
-    return {k: v.get("prediction") or {} for k, v in data.items() if isinstance(v, dict)}
+    out = {}
+    for image, entry in data.items():
+        pred = entry.get("prediction") if isinstance(entry, dict) else None
+        if not isinstance(pred, dict) or not all(isinstance(v, dict) for v in pred.values()):
+            raise InvalidTableError("endplates: an entry without a prediction object",
+                                    file=path, image=str(image)[:200])
+        out[image] = pred
+    return out
 
 
 def write_srs(eval_dir: str | Path, dicom_root: str | Path, png_dir: str | Path,
@@ -72,49 +98,62 @@ def write_srs(eval_dir: str | Path, dicom_root: str | Path, png_dir: str | Path,
               reidentify: bool = False,
               progress: Callable[[int, int], None] | None = None) -> dict:
     """Write one Measurement Report per test image of ``measures.csv``; return the record
-    written as ``to_sr.json``."""
+    written as ``to_sr.json``. Every input is read and every report built before the first
+    is written: a bad input is one error and an untouched output folder."""
     eval_dir, dicom_root, output = Path(eval_dir), Path(dicom_root), Path(output)
     png_dir = Path(png_dir)
     seg_dir = Path(seg_dir) if seg_dir is not None else None
     ledger, salt = private_ledger(private, output) if reidentify else (None, None)
-    rows = read_measures(eval_dir / "measures.csv")
+    table = eval_dir / "measures.csv"
+    rows = read_measures(table)
+    for row in rows:
+        check_name(row["file_name"], "image name", file=table)
     endplates = _endplates(eval_dir)
-    segs = _seg_index(seg_dir)
     algorithm = algorithm_of(model, fold, Path(run) if run is not None else None)
     record = {"model": model, "fold": fold, "reidentified": reidentify,
               "checkpoint_sha256": algorithm.checkpoint_sha256, "images": []}
+    segs = _seg_index(seg_dir, {k: record[k] for k in ("model", "fold", "checkpoint_sha256",
+                                                        "reidentified")})
     if ledger is not None:
         verify_identities([r["file_name"] for r in rows], dicom_root, png_dir, ledger, salt)
-    # every source found before anything is written: a gone one is an error, not half a folder
-    sources = [find_source(dicom_root, png_dir, r["file_name"]) for r in rows]
-    prepare_output(output)
-    for done, (row, (src_path, provenance)) in enumerate(zip(rows, sources), 1):
+    built = []
+    for done, row in enumerate(rows, 1):
         image = row["file_name"]
+        src_path, provenance = find_source(dicom_root, png_dir, image)
         source = read_dicom(src_path, header_only=True)
-        if str(source.get("SOPInstanceUID", "")) != provenance["sop_instance_uid"]:
-            raise InvalidDicomError("the SOP Instance UID differs from the image's provenance "
-                                    "record", file=src_path, tag="(0008,0018)")
+        check_source(source, provenance, src_path)
         if ledger is not None:
             source = reidentified_source(source, ledger, salt)
-        seg: SegReference | None = None
+        seg = None
         if image in segs:
             seg = seg_reference(confined(seg_dir, segs[image], file=seg_dir / "to_seg.json"),
                                 str(source.SOPInstanceUID))
-        entry = endplates.get(image, {})
-        if not isinstance(entry, dict):
-            raise InvalidTableError("endplates entry is not an object", image=image,
-                                    file=eval_dir / "endplates.json")
-        sr = build_report(source, row, entry, algorithm, seg=seg, reidentified=reidentify)
-        target = confined(output, f"{sr.SOPInstanceUID}.dcm")
-        with atomic_path(target) as tmp:
-            sr.save_as(tmp, enforce_file_format=True)
+        # an image the endplates do not list: every line it was measured on is missing
+        entry = None if endplates is None else endplates.get(image, {})
+        try:
+            sr = build_report(source, row, entry, algorithm, seg=seg, reidentified=reidentify)
+        except InvalidTableError as exc:
+            exc.file = exc.file or str(table if "column" in exc.message
+                                       else eval_dir / "endplates.json")
+            exc.image = exc.image or image
+            raise
         columns = reported_columns(row)
         reported = sum(1 for c in columns if row[c] != "")
-        record["images"].append({"image": image, "sr": target.name, "measures": reported,
-                                 "withheld": len(columns) - reported,
-                                 "seg": seg.sop_instance_uid if seg else None})
+        buf = io.BytesIO()           # kept as bytes (tens of kB) until all are built
+        sr.save_as(buf, enforce_file_format=True)
+        built.append((str(sr.SOPInstanceUID), buf.getvalue(),
+                      {"image": image, "measures": reported, "withheld": len(columns) - reported,
+                       "seg": seg.sop_instance_uid if seg else None}))
         if progress:
-            progress(done, len(rows))
-    write_json(output / "to_sr.json", record)
+            progress(done, 2 * len(rows))
+    prepare_output(output)
+    for done, (uid, data, entry) in enumerate(built, len(rows) + 1):
+        target = confined(output, f"{uid}.dcm")
+        write_bytes(target, data)
+        record["images"].append({"image": entry["image"], "sr": target.name,
+                                 **{k: entry[k] for k in ("measures", "withheld", "seg")}})
+        if progress:
+            progress(done, 2 * len(rows))
+    retire_objects(output, RECORD, "sr", {r["sr"] for r in record["images"]})
+    write_json(output / RECORD, record)
     return record
-
