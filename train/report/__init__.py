@@ -17,10 +17,13 @@ per module):
   as is).
 - ``stats``: The study's statistics between models, on per-image values (one value per test image
   and fold; recognition rates as 0 / 1 per image), with SciPy, statsmodels and scikit-posthocs.
+- ``study``: The study writes itself up (issue 26): ``reports/study/methods.md``,
+  ``dataset_card.md`` and ``model_cards/<model>.md``, every number read from the pipeline's own
+  records.
 - ``tables``: The report's tables (:mod:`train.report.build`): the evaluations read back, Table 1
   (mean and SD per model, recognition rates with Wilson 95 % intervals), the subgroups and the
   study's overlap finding checked, the clinical measures' agreement, and the renderers of a table
   as Markdown cells.
 """
 
-__all__ = ["build", "figures", "html", "stats", "tables"]
+__all__ = ["build", "figures", "html", "stats", "study", "tables"]

@@ -32,7 +32,9 @@ under the report folder:
   ``disc_height_mae_mm`` and ``measurable_rate`` (the share of test images where the model
   gives every measure the ground truth gives), for ``dvc metrics show / diff``;
 - ``plots/per_image.csv`` (one row per model, fold and image) and ``plots/density_<metric>.csv``
-  (x ``value``, one density column per model) for ``dvc plots``.
+  (x ``value``, one density column per model) for ``dvc plots``;
+- ``study/``: the write-up drafts from the pipeline's records (:mod:`train.report.study`):
+  ``methods.md`` (also rendered into the page), ``dataset_card.md``, ``model_cards/<model>.md``.
 
 Values are fractions in the files; the HTML and Markdown tables print percentages as the paper
 does.
@@ -52,6 +54,7 @@ from train.evaluation.metrics import METRICS
 from train.report.figures import (bland_altman_figure, box_figure, densities, density_figure,
                                   endplate_examples, examples)
 from train.report.html import page, waiting_page
+from train.report.study import Sources, render_html, write_study
 from train.models import display_names
 from train.report.tables import (LABELS, RATES, load_evaluations, load_measures, markdown,
                                  measures_table, overlap_finding, sample_note, subgroups,
@@ -92,7 +95,7 @@ def write_waiting_report(output: str | Path, why: str) -> None:
 
 def build_report(eval_root: str | Path, output: str | Path, *, images: str | Path,
                  masks: str | Path, cfg: ReportConfig = ReportConfig(),
-                 models: list[str] | None = None) -> dict:
+                 models: list[str] | None = None, sources: Sources | None = None) -> dict:
     """Write every report output (module docstring); return ``metrics.json``'s content."""
     eval_root, output = Path(eval_root), Path(output)
     df, summaries = load_evaluations(eval_root, models)
@@ -115,7 +118,17 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
                               cfg.examples)
     metrics = _metrics(t1, sub, agreement)
     write_json(output / "metrics.json", metrics)
-    write_text(output / "report.html", page(tables, figs, ex, df, cfg.alpha, notes))
+    models_ = list(dict.fromkeys(df["model"]))
+    methods = write_study(output / "study", sources or Sources(png=Path(images)),
+                          models=models_, folds={m: sorted({int(k) for k in
+                                                            df[df["model"] == m]["fold"]})
+                                                 for m in models_},
+                          table1_md=markdown(tables["table1"][0], False), t1=t1, sub=sub,
+                          agreement=agreement, per_image=df, notes=notes, alpha=cfg.alpha)
+    write_text(output / "report.html", page(tables, figs, ex, df, cfg.alpha, notes,
+                                            study_html=render_html(methods),
+                                            study_files=[f"study/model_cards/{m}.md"
+                                                         for m in models_]))
     return metrics
 
 

@@ -37,8 +37,11 @@ def waiting_page(why: str) -> str:
 
 
 def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
-         notes: dict[str, str | None]) -> str:
-    """report.html: one self-contained page (figures as PNG data URIs)."""
+         notes: dict[str, str | None], study_html: str = "",
+         study_files: list[str] | None = None) -> str:
+    """report.html: one self-contained page (figures as PNG data URIs); ``study_html``: the
+    methods draft rendered (escaped by its renderer), ``study_files``: the model cards and
+    the other drafts beside the page, linked."""
     def table_html(table: pd.DataFrame, percent: bool) -> str:
         show_index = not isinstance(table.index, pd.RangeIndex)
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in
@@ -83,5 +86,11 @@ def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
     for _, _, caption, data in ex:
         parts.append(f"<figure><img src='{_uri(data)}' height='420'><figcaption>"
                      f"{html.escape(caption)}</figcaption></figure>")
+    if study_html:
+        links = ["study/methods.md", "study/dataset_card.md", *(study_files or [])]
+        parts.append("<h2>Study write-up (drafts from the pipeline's records)</h2><p>" +
+                     " &middot; ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>"
+                                       for f in links) + "</p>")
+        parts.append(f"<div class='study'>{study_html}</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -1,0 +1,192 @@
+"""The study writes itself up (train/report/study.py, issue 26): methods.md, the dataset card and
+the model cards say what the records say, change when a record changes, say "not recorded" when
+one is missing, never execute a config and never pass a record's HTML into the page.
+
+The records are the ones the pipeline writes, made here small: a phantom anonymized and exported
+(tests/conftest.py ingest_chain: real anonymize and export reports, provenance records), and
+convert's, split's and a trained run's records written in the shapes those stages write."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ingest_chain
+from train.report.study import (NOT_RECORDED, TO_COMPLETE, Run, Sources, dataset_card_md,
+                                gather, methods_md, model_card_md, read_config, read_run,
+                                render_html)
+
+CONFIG = """\
+img_scale = (
+    256,
+    640,
+)
+model = dict(
+    backbone=dict(depth=18, type='ResNet'),
+    type='MaskRCNN')
+optim_wrapper = dict(
+    optimizer=dict(lr=0.02, momentum=0.9, type='SGD', weight_decay=0.0001), type='OptimWrapper')
+spinepipe = dict(family='instance', name='Mask R-CNN')
+train_cfg = dict(max_epochs=20, type='EpochBasedTrainLoop', val_interval=4)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(keep_ratio=True, scale=(256, 640), type='Resize'),
+    dict(prob=0.5, type='RandomFlip'),
+]
+"""
+
+LOG = """\
+12/03 21:40:22 - mmengine - INFO -
+System environment:
+    CUDA available: False
+12/03 21:44:34 - mmengine - INFO - Epoch(train) [20][10/14]
+"""
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Sources:
+    from converters.phantom.writing import PhantomConfig, generate
+    root = tmp_path_factory.mktemp("study")
+    generate(PhantomConfig(n=4, seed=2, height=320, width=128, burned_in_share=0),
+             root / "raw", workers=1)
+    ingest_chain(root / "raw", root)
+    processed = root / "processed"
+    processed.mkdir()
+    (processed / "report.json").write_text(json.dumps({
+        "formats": {"data/annotations/a.json": "via2-project"}, "images": 4, "annotations": 24,
+        "counts": {"unannotated_image": 1, "self_intersection_repaired": 2}, "problems": []}))
+    (processed / "images.csv").write_text(
+        "file_name,patient,implants,overlap\na.png,P1,1,0\nb.png,P1,0,1\nc.png,P2,2,1\n")
+    (processed / "coco.json").write_text(json.dumps({
+        "categories": [{"id": 1, "name": "lumbar"}, {"id": 2, "name": "sacrum"}],
+        "annotations": [{"segmentation": [[0, 0, 1, 0, 1, 1, 0, 1]]},
+                        {"segmentation": [[0, 0, 2, 0, 2, 2, 0, 2, 1, 3, 0, 3]]}]}))
+    splits = root / "splits"
+    splits.mkdir()
+    (splits / "splits.json").write_text(json.dumps({"seed": 7, "k": 3, "strata": "overlap",
+                                                    "test": [], "folds": []}))
+    (splits / "summary.json").write_text(json.dumps({
+        "test": {"images": 2, "patients": 1},
+        "fold0": {"train": {"images": 5}, "val": {"images": 3}},
+        "fold1": {"train": {"images": 6}, "val": {"images": 2}}}))
+    run = root / "models" / "mask_rcnn" / "fold0"
+    run.mkdir(parents=True)
+    (run / "config.py").write_text(CONFIG)
+    (run / "metrics.json").write_text(json.dumps({"metric": "coco/segm_mAP", "best": 0.8141}))
+    (run / "train.log").write_text(LOG)
+    (run / "best.pth").write_bytes(b"weights")
+    return Sources(anon=root / "anon", png=root / "png", processed=processed, splits=splits,
+                   models=root / "models", phantom_truth=root / "raw" / "truth.json")
+
+
+def _methods(src: Sources) -> str:
+    runs = [read_run(src.models, "mask_rcnn", 0)]
+    return methods_md(gather(src), runs, "| table 1 |", ["a note"], 0.05)
+
+
+def test_every_number_is_the_records(records):
+    text = _methods(records)
+    anon = json.loads((records.anon / "report.json").read_text())
+    counts = anon["counts"]
+    provenance = [json.loads(p.read_text()) for p in (records.png / "provenance").glob("*.json")]
+    assert f"comprised {len(provenance)} lateral lumbar spine radiographs of " \
+           f"{len({p['patient'] for p in provenance})} patients" in text
+    assert ", ".join(f"{v} {k}" for k, v in counts.items()) in text
+    assert f"`{anon['action_table']}`" in text
+    rows = {p["rows"] for p in provenance}
+    assert f"{min(rows)} x" in text
+    assert "Of the 3 annotated images, 2 (67 %) show implants and 2 (67 %) overlapping" in text
+    assert "24 instances on 4 images, 5.0 points per polygon on average (range 4-6)" in text
+    assert "unannotated image: 1; self intersection repaired: 2" in text
+    assert "A fixed test set of 2 images (1 patients)" in text and "3 folds" in text
+    assert "stratified by overlap (seed 7)" in text
+    assert "Each fold trained on 5-6 images and validated on 2-3." in text
+    assert "| Mask R-CNN (fold 0) | MaskRCNN | ResNet-18 | 256 x 640 | 20 epochs | SGD (lr " \
+           "0.02, momentum 0.9, weight_decay 0.0001) | Resize, RandomFlip | best validation " \
+           "coco/segm_mAP (0.8141) | 4.2 min | CPU |" in text
+    assert "synthetic phantom" in text            # the phantom's truth is there
+    assert f"Eligibility criteria, clinical setting and collection period: {TO_COMPLETE}" in text
+
+
+def test_a_changed_record_changes_the_text(records, tmp_path):
+    """The number of quarantined images and a model's schedule, changed in their records."""
+    src = Sources(**{k: Path(shutil.copytree(v, tmp_path / k)) if Path(v).is_dir()
+                     else v for k, v in vars(records).items()})
+    before = _methods(src)
+    report = json.loads((src.anon / "report.json").read_text())
+    report["counts"]["quarantined"] = 41
+    (src.anon / "report.json").write_text(json.dumps(report))
+    config = src.models / "mask_rcnn" / "fold0" / "config.py"
+    config.write_text(CONFIG.replace("max_epochs=20", "max_epochs=73"))
+    after = _methods(src)
+    assert "41 quarantined" in after and "41 quarantined" not in before
+    assert "73 epochs" in after and "20 epochs" in before and "20 epochs" not in after
+
+
+def test_a_missing_record_is_said_not_to_be_there(records, tmp_path):
+    src = Sources(anon=tmp_path / "none", png=tmp_path / "none", processed=tmp_path / "none",
+                  splits=tmp_path / "none", models=tmp_path / "none",
+                  phantom_truth=tmp_path / "none.json")
+    text = methods_md(gather(src), [read_run(src.models, "unet", 0)], "", [], 0.05)
+    for section in ("Images", "De-identification", "Export", "Annotation", "Data partition"):
+        assert f"{section}: {NOT_RECORDED}" in text, section
+    assert "| U-Net (fold 0) |" in text or "| unet (fold 0) |" in text
+    assert "synthetic" not in text
+    card = dataset_card_md(gather(src))
+    assert NOT_RECORDED in card and "Synthetic" not in card
+
+
+def test_a_config_is_read_as_data_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    config = tmp_path / "config.py"
+    config.write_text(f"import os\nos.system('touch {marker}')\n"
+                      f"train_cfg = dict(max_iters=__import__('os').system('touch {marker}'))\n"
+                      "img_scale = (1, 2)\nmodel = dict(type='X', backbone=[1, 2])\n")
+    values = read_config(config)
+    assert not marker.exists()
+    assert values == {"img_scale": [1, 2], "model": {"type": "X", "backbone": [1, 2]}}
+    assert read_config(tmp_path / "missing.py") == {}
+    (tmp_path / "bad.py").write_text("x = (")
+    assert read_config(tmp_path / "bad.py") == {}
+
+
+def test_a_record_s_html_never_reaches_the_page():
+    html = render_html("Manufacturer: <script>alert(1)</script> and <b>bold</b>\n")
+    assert "<script>" not in html and "&lt;script&gt;" in html and "<b>" not in html
+    assert "<table>" in render_html("| a | b |\n| --- | --- |\n| 1 | 2 |\n")
+
+
+def test_a_model_card_carries_its_run_and_its_test_results(records):
+    facts = gather(records)
+    run = read_run(records.models, "mask_rcnn", 0)
+    assert run.checkpoint_sha256 == hashlib.sha256(b"weights").hexdigest()
+    t1 = pd.DataFrame({"images": [18], "mean_iou_mean": [0.9164], "mean_iou_sd": [0.0266],
+                       "recognition_rate": [0.8889], "recognition_rate_ci_low": [0.672],
+                       "recognition_rate_ci_high": [0.969],
+                       "composite_recognition_rate": [0.7778],
+                       "composite_recognition_rate_ci_low": [0.548],
+                       "composite_recognition_rate_ci_high": [0.91]}, index=["mask_rcnn"])
+    sub = pd.DataFrame([{"model": "mask_rcnn", "subgroup": "overlaps", "images": 11,
+                         "composite": 7}])
+    per_image = pd.DataFrame({"model": ["mask_rcnn"] * 3, "missed": ["L4", "L4;L5", ""],
+                              "shifted": ["", "L1", ""]})
+    agreement = {"groups": {"lordosis_deg": {"mae": 0.42, "bias": 0.04,
+                                             "measurable_rate": 0.6667}}}
+    card = model_card_md(run, facts, t1, sub, agreement, per_image, "small test set")
+    assert "# Model card: Mask R-CNN" in card
+    assert f"SHA-256 `{run.checkpoint_sha256}`" in card
+    assert "mean IoU 91.6 % (SD 2.7) over 18 test images" in card
+    assert "recognition rate 89 % (95 % CI 67-97 %)" in card
+    assert "overlaps: 7 of 11 test images" in card
+    assert "MAE 0.42 deg, bias 0.04 deg, measurable on 67 % of the images" in card
+    assert "Levels missed on the test images: L4 (2), L5 (1); images with a level shifted: 1" \
+        in card
+    assert "Fold 0: 5 training and 3 validation images." in card
+    assert "Not for clinical decision-making" in card and "small test set" in card
+    unknown = model_card_md(Run("unet", 0), facts, t1.iloc[0:0], sub.iloc[0:0], None,
+                            per_image.iloc[0:0], None)
+    assert f"Metrics: {NOT_RECORDED}" in unknown
