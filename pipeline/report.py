@@ -31,6 +31,7 @@ def command(
     processed: Path = typer.Option(Path("data/processed"), "--processed", help="convert's folder (report.json, images.csv, coco.json: the annotation)."),
     splits: Path = typer.Option(Path("data/splits"), "--splits", help="split's folder (splits.json, summary.json: the partition)."),
     models_root: Path = typer.Option(Path("models"), "--models-root", help="The trained runs (<model>/fold<k>/config.py, metrics.json, train.log: the models' facts)."),
+    phantom_truth: Path = typer.Option(Path("data/raw/truth.json"), "--phantom-truth", help="The phantom's truth: when it lists cases, the texts say the data is synthetic."),
     params: Path = ParamsOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -49,7 +50,8 @@ def command(
     metrics = build_report(input, output, images=images, masks=masks, cfg=cfg,
                            models=models or None,
                            sources=Sources(anon=anon, png=images, processed=processed,
-                                           splits=splits, models=models_root))
+                                           splits=splits, models=models_root,
+                                           phantom_truth=phantom_truth))
     say(f"report: {len(metrics)} models -> {output}/report.html, {output}/metrics.json")
     if not quiet:
         for model, m in metrics.items():

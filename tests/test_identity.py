@@ -249,11 +249,12 @@ def test_each_image_s_source_is_the_one_its_provenance_record_names(tmp_path, da
                                                                     message, kind):
     """to-seg and to-sr find a PNG's DICOM through export's record, never by its name: a record that
     is missing, of another image, pointing outside the DICOM tree or at another object is one
-    error naming it, and nothing is written."""
+    error naming it, and nothing is written: the damaged record is the last image's, so a
+    writer that wrote as it went would already have written the first image's object."""
     priv, anon, ev, images = _project(tmp_path)
-    record = tmp_path / "png" / "provenance" / f"{Path(images[0]).stem}.json"
+    record = tmp_path / "png" / "provenance" / f"{Path(images[-1]).stem}.json"
     data = json.loads(record.read_text())
-    other = json.loads((record.parent / f"{Path(images[1]).stem}.json").read_text())
+    other = json.loads((record.parent / f"{Path(images[0]).stem}.json").read_text())
     if damage == "missing":
         record.unlink()
     elif damage == "other_image":
@@ -342,3 +343,14 @@ def test_an_old_ledger_is_upgraded_and_its_pooled_entry_never_reidentified(tmp_p
     pooled_object = dicom_image(8, SOPInstanceUID="2.25.10", PatientID=pooled)
     with pytest.raises(InvalidLedgerError, match="pooled"):
         reidentified_source(pooled_object, ledger, salt)
+
+
+def test_a_report_of_an_object_without_type_2_patient_attributes(tmp_path):
+    """An archive's object need not carry an empty Patient's Birth Date or Study ID: the SR
+    writes them empty (Type 2) instead of failing in highdicom."""
+    priv, anon, ev, images = _project(tmp_path)
+    assert all("PatientBirthDate" not in pydicom.dcmread(p) for p in anon.rglob("*.dcm"))
+    record = write_srs(ev, anon, tmp_path / "png", tmp_path / "sr", model="unet", fold=0)
+    for row in record["images"]:
+        sr = pydicom.dcmread(tmp_path / "sr" / row["sr"])
+        assert sr.PatientBirthDate == "" and sr.PatientID.startswith("SP")

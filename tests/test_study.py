@@ -93,7 +93,7 @@ def test_every_number_is_the_records(records):
     anon = json.loads((records.anon / "report.json").read_text())
     counts = anon["counts"]
     provenance = [json.loads(p.read_text()) for p in (records.png / "provenance").glob("*.json")]
-    assert f"comprised {len(provenance)} lateral lumbar spine radiographs of " \
+    assert f"comprised {len(provenance)} radiographs of " \
            f"{len({p['patient'] for p in provenance})} patients" in text
     assert ", ".join(f"{v} {k}" for k, v in counts.items()) in text
     assert f"`{anon['action_table']}`" in text
@@ -105,11 +105,15 @@ def test_every_number_is_the_records(records):
     assert "A fixed test set of 2 images (1 patients)" in text and "3 folds" in text
     assert "stratified by overlap (seed 7)" in text
     assert "Each fold trained on 5-6 images and validated on 2-3." in text
-    assert "| Mask R-CNN (fold 0) | MaskRCNN | ResNet-18 | 256 x 640 | 20 epochs | SGD (lr " \
-           "0.02, momentum 0.9, weight_decay 0.0001) | Resize, RandomFlip | best validation " \
-           "coco/segm_mAP (0.8141) | 4.2 min | CPU |" in text
+    assert "Folds trained and evaluated in this run: 0 of 3 (not a full cross-validation" in text
+    assert "| Mask R-CNN (fold 0) | MaskRCNN | ResNet-18 | 256 x 640 | 20 epochs | SGD " \
+           "\\(lr 0.02, momentum 0.9, weight\\_decay 0.0001\\) | Resize, RandomFlip | best " \
+           "validation coco/segm\\_mAP \\(0.8141\\) | 4.2 min | CPU |" in text
+    assert "Trained from scratch (no checkpoint loaded, no pre-trained backbone): Mask R-CNN " \
+           "fold 0." in text
     assert "synthetic phantom" in text            # the phantom's truth is there
     assert f"Eligibility criteria, clinical setting and collection period: {TO_COMPLETE}" in text
+    assert f"Ethics approval and informed consent (or its waiver): {TO_COMPLETE}" in text
 
 
 def test_a_changed_record_changes_the_text(records, tmp_path):
@@ -176,10 +180,10 @@ def test_a_model_card_carries_its_run_and_its_test_results(records):
                               "shifted": ["", "L1", ""]})
     agreement = {"groups": {"lordosis_deg": {"mae": 0.42, "bias": 0.04,
                                              "measurable_rate": 0.6667}}}
-    card = model_card_md(run, facts, t1, sub, agreement, per_image, "small test set")
+    card = model_card_md([run], facts, t1, sub, agreement, per_image, "small test set")
     assert "# Model card: Mask R-CNN" in card
-    assert f"SHA-256 `{run.checkpoint_sha256}`" in card
-    assert "mean IoU 91.6 % (SD 2.7) over 18 test images" in card
+    assert f"SHA-256 `{run.checkpoint_sha256}`" in card and "from scratch" in card
+    assert "mean IoU 91.6 % (SD 2.7) over 18 test images (folds 0 pooled)" in card
     assert "recognition rate 89 % (95 % CI 67-97 %)" in card
     assert "overlaps: 7 of 11 test images" in card
     assert "MAE 0.42 deg, bias 0.04 deg, measurable on 67 % of the images" in card
@@ -190,3 +194,124 @@ def test_a_model_card_carries_its_run_and_its_test_results(records):
     unknown = model_card_md(Run("unet", 0), facts, t1.iloc[0:0], sub.iloc[0:0], None,
                             per_image.iloc[0:0], None)
     assert f"Metrics: {NOT_RECORDED}" in unknown
+
+
+def _copy(records: Sources, tmp_path: Path) -> Sources:
+    return Sources(**{k: (Path(shutil.copytree(v, tmp_path / k, symlinks=True))
+                          if Path(v).is_dir() else v) for k, v in vars(records).items()})
+
+
+def _first_provenance(src: Sources) -> Path:
+    return sorted((src.png / "provenance").glob("*.json"))[0]
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+#: a record damaged as a hostile or broken file would be -> what the texts must then not claim
+DAMAGES = {
+    "spacing_empty": lambda s: _edit_json(_first_provenance(s),
+                                          lambda d: d.update(pixel_spacing_mm=[])),
+    "spacing_words": lambda s: _edit_json(_first_provenance(s),
+                                          lambda d: d.update(pixel_spacing_mm=["a", "b"])),
+    "patient_list": lambda s: _edit_json(_first_provenance(s), lambda d: d.update(patient=["a"])),
+    "counts_list": lambda s: _edit_json(s.anon / "report.json", lambda d: d.update(counts=[1])),
+    "options_list": lambda s: _edit_json(s.anon / "report.json", lambda d: d.update(options=[1])),
+    "export_options_text": lambda s: _edit_json(s.png / "report.json",
+                                                lambda d: d.update(options="x")),
+    "convert_counts_list": lambda s: _edit_json(s.processed / "report.json",
+                                                lambda d: d.update(counts=[1])),
+    "coco_segmentation_number": lambda s: _edit_json(
+        s.processed / "coco.json", lambda d: d["annotations"][0].update(segmentation=5)),
+    "fold_without_images": lambda s: _edit_json(
+        s.splits / "summary.json", lambda d: d.update(fold0={"train": []})),
+    "log_not_a_date": lambda s: (s.models / "mask_rcnn" / "fold0" / "train.log").write_text(
+        "13/45 25:61:61 - mmengine - INFO -\n13/46 25:61:61 - mmengine - INFO -\n"),
+    "config_deep": lambda s: (s.models / "mask_rcnn" / "fold0" / "config.py").write_text(
+        "x = " + "+".join(["1"] * 200000) + "\n"),
+    "config_fifo": lambda s: ((s.models / "mask_rcnn" / "fold0" / "config.py").unlink(),
+                              __import__("os").mkfifo(s.models / "mask_rcnn" / "fold0" /
+                                                      "config.py")),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_record_says_not_recorded_and_never_fails(records, tmp_path, damage):
+    src = _copy(records, tmp_path)
+    DAMAGES[damage](src)
+    text = _methods(src)                  # no exception, no hang (a FIFO is not waited on)
+    card = dataset_card_md(gather(src))
+    assert "None" not in text and "None" not in card
+    assert NOT_RECORDED in text + card or damage in ("spacing_empty", "spacing_words",
+                                                     "coco_segmentation_number")
+    run = read_run(src.models, "mask_rcnn", 0)
+    assert model_card_md([run], gather(src), pd.DataFrame(), pd.DataFrame(), None,
+                         pd.DataFrame(), None).startswith("# Model card")
+
+
+def test_synthetic_only_when_the_phantom_wrote_cases(records, tmp_path):
+    """phantom.enabled false still writes an empty truth.json: real data then, never called
+    synthetic."""
+    empty = tmp_path / "truth.json"
+    empty.write_text("{}")
+    src = Sources(**{**vars(records), "phantom_truth": empty})
+    assert not gather(src).synthetic and "synthetic" not in _methods(src)
+    assert gather(records).synthetic
+
+
+def test_a_link_out_of_the_de_identified_tree_is_not_read(records, tmp_path):
+    """The manufacturer comes from the de-identified headers only: an output entry that is a
+    link to an identifiable original (the private folder lies beside the tree) is skipped."""
+    import pydicom
+    src = _copy(records, tmp_path)
+    original = next((tmp_path.parent / "study0" / "raw" / "dicom").rglob("*.dcm"), None) or \
+        next(Path(records.phantom_truth).parent.joinpath("dicom").rglob("*.dcm"))
+    ds = pydicom.dcmread(original)
+    ds.Manufacturer = "St Elsewhere Hospital"
+    leak = tmp_path / "outside.dcm"
+    ds.save_as(leak)
+    (src.anon / "leak.dcm").symlink_to(leak)
+    _edit_json(src.anon / "report.json", lambda d: d["outputs"].append("leak.dcm"))
+    assert "Elsewhere" not in _methods(src)
+
+
+def test_a_record_value_cannot_add_links_images_or_cells(records, tmp_path):
+    src = _copy(records, tmp_path)
+    _edit_json(src.processed / "coco.json", lambda d: d["categories"][0].update(
+        name="![](https://tracker.example/p.png) [x](https://evil.example/) a|b"))
+    html = render_html(_methods(src))
+    assert "<img" not in html and "<a " not in html and "tracker.example" in html
+
+
+def test_a_pretrained_start_and_every_fold_are_said(records, tmp_path):
+    src = _copy(records, tmp_path)
+    run1 = src.models / "mask_rcnn" / "fold1"
+    shutil.copytree(src.models / "mask_rcnn" / "fold0", run1)
+    (run1 / "config.py").write_text(CONFIG.replace("max_epochs=20", "max_epochs=30")
+                                    + "load_from = '/ckpt/mask_rcnn_coco.pth'\n")
+    runs = [read_run(src.models, "mask_rcnn", k) for k in (0, 1)]
+    assert runs[1].initialized_from == "load_from mask_rcnn_coco.pth"
+    text = methods_md(gather(src), runs, "", [], 0.05, match_iou=0.5)
+    assert "Mask R-CNN fold 1 started from load\\_from mask\\_rcnn\\_coco.pth." in text
+    assert "Trained from scratch (no checkpoint loaded, no pre-trained backbone): Mask R-CNN " \
+           "fold 0." in text
+    assert "mask IoU of at least 0.5" in text
+    card = model_card_md(runs, gather(src), pd.DataFrame(), pd.DataFrame(), None,
+                         pd.DataFrame(), None)
+    assert "- fold 0:" in card and "- fold 1:" in card and "30 epochs" in card
+
+
+def test_training_time_is_the_last_run_s(tmp_path):
+    """train.log is appended to by every run: the last block's time, not both runs'."""
+    run = tmp_path / "m" / "fold0"
+    run.mkdir(parents=True)
+    (run / "20270227_230000").mkdir()
+    (run / "train.log").write_text(
+        "01/10 10:00:00 - mmengine - INFO -\nSystem environment:\n"
+        "01/10 10:05:00 - mmengine - INFO - done\n"
+        "02/28 23:00:00 - mmengine - INFO -\nSystem environment:\n    CUDA available: False\n"
+        "03/01 01:00:00 - mmengine - INFO - done\n")
+    assert read_run(tmp_path, "m", 0).training_minutes == pytest.approx(120)

@@ -48,6 +48,7 @@ numbers are a new object, never an old UID with other content.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -65,6 +66,9 @@ from converters.dicom.seg import Algorithm
 from converters.spine.levels import LEVELS, LUMBAR
 from converters.spine.measures import meyerding
 
+#: the patient and study attributes of Type 2 the report copies from its source
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+          "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
 #: a number beyond this is no measure of a spine (an angle, mm, pixels or %): refused
 PLAUSIBLE = 1e6
 #: endplate corners up to this far (pixels) beyond the image's edge are put on it; further: refused
@@ -376,7 +380,15 @@ def build_report(source: Dataset, row: Mapping[str, str], endplates: Mapping | N
         groups.append(g)
     report = MeasurementReport(observation_context=ObservationContext(observer_device_context=device),
                                procedure_reported=_code("procedure"), imaging_measurements=groups)
-    evidence = [source] + ([seg.dataset] if seg is not None else [])
+    # the patient and study modules come from the source; Type 2 attributes it lacks (an
+    # archive's object need not carry an empty Patient's Birth Date) are written empty
+    if not str(source.get("StudyInstanceUID", "")):
+        raise InvalidDicomError("source image without Study Instance UID", tag="(0020,000D)")
+    first = copy.copy(source)
+    for keyword in _TYPE2:
+        if keyword not in first:
+            setattr(first, keyword, "")
+    evidence = [first] + ([seg.dataset] if seg is not None else [])
     with warnings.catch_warnings():
         # a pseudonym is a one-component Patient's Name: valid DICOM, highdicom warns
         warnings.filterwarnings("ignore", message="The string .* is unlikely to represent")

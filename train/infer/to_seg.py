@@ -209,6 +209,14 @@ def write_segs(eval_dir: str | Path, dicom_root: str | Path, png_dir: str | Path
               "checkpoint_sha256": algorithm.checkpoint_sha256, "images": []}
     if ledger is not None:
         verify_identities(images, dicom_root, png_dir, ledger, salt)
+    # every source found and checked, every prediction there, before the first SEG is written
+    # (the SEGs themselves are megabytes each: built one at a time, not all held first)
+    for image in images:
+        src_path, provenance = find_source(dicom_root, png_dir, image)
+        check_source(read_dicom(src_path, header_only=True), provenance, src_path)
+        if instances is None and not (eval_dir / "predictions" / image).is_file():
+            raise MissingInputError("prediction PNG missing", produced_by="evaluate",
+                                    file=eval_dir / "predictions" / image)
     prepare_output(output)
     for done, image in enumerate(images, 1):
         src_path, provenance = find_source(dicom_root, png_dir, image)

@@ -124,9 +124,13 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
                                                             df[df["model"] == m]["fold"]})
                                                  for m in models_},
                           table1_md=markdown(tables["table1"][0], False), t1=t1, sub=sub,
-                          agreement=agreement, per_image=df, notes=notes, alpha=cfg.alpha)
+                          agreement=agreement, per_image=df, notes=notes, alpha=cfg.alpha,
+                          match_iou=next((s.get("params", {}).get("match_iou")
+                                          for s in summaries if isinstance(s.get("params"),
+                                                                           dict)), None))
+    # the page has its own heading: the draft's title line is left out there
     write_text(output / "report.html", page(tables, figs, ex, df, cfg.alpha, notes,
-                                            study_html=render_html(methods),
+                                            study_html=render_html(methods.split("\n", 1)[1]),
                                             study_files=[f"study/model_cards/{m}.md"
                                                          for m in models_]))
     return metrics
