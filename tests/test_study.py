@@ -284,6 +284,11 @@ def test_a_record_value_cannot_add_links_images_or_cells(records, tmp_path):
         name="![](https://tracker.example/p.png) [x](https://evil.example/) a|b"))
     html = render_html(_methods(src))
     assert "<img" not in html and "<a " not in html and "tracker.example" in html
+    config = src.models / "mask_rcnn" / "fold0" / "config.py"
+    config.write_text(CONFIG.replace("type='ResNet'", "type='![](https://t.example/x.png)'"))
+    card = model_card_md([read_run(src.models, "mask_rcnn", 0)], gather(src), pd.DataFrame(),
+                         pd.DataFrame(), None, pd.DataFrame(), None)
+    assert "t.example" in card and "![](" not in card      # the .md is rendered where it is read
 
 
 def test_a_pretrained_start_and_every_fold_are_said(records, tmp_path):

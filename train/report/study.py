@@ -597,14 +597,16 @@ def model_card_md(runs: list[Run] | Run, f: Facts, t1: pd.DataFrame, sub: pd.Dat
     name = _md(runs[0].name or runs[0].model)
     out = [f"# Model card: {name}", "", "## Model details", ""]
     for run in runs:
-        out.append(f"- fold {run.fold}: architecture {_or(run.architecture)}, backbone "
-                   f"{_or(run.backbone)}, input {_or(run.input_scale)}, trained "
-                   f"{_or(run.schedule)} with {_or(run.optimizer)}"
-                   + (f" from {run.initialized_from}" if run.initialized_from else
+        def said(value) -> str:
+            return _or(None if value is None else _md(value))
+        out.append(f"- fold {run.fold}: architecture {said(run.architecture)}, backbone "
+                   f"{said(run.backbone)}, input {said(run.input_scale)}, trained "
+                   f"{said(run.schedule)} with {said(run.optimizer)}"
+                   + (f" from {_md(run.initialized_from)}" if run.initialized_from else
                       " from scratch")
-                   + f", augmentation: {_or(run.augmentation)}; checkpoint: "
-                   f"{_or(run.picked_by)}, SHA-256 `{_or(run.checkpoint_sha256)}`; training "
-                   f"{_or(run.training_minutes, '{:.1f} min')} on {_or(run.hardware)}.")
+                   + f", augmentation: {said(run.augmentation)}; checkpoint: "
+                   f"{said(run.picked_by)}, SHA-256 `{_or(run.checkpoint_sha256)}`; training "
+                   f"{_or(run.training_minutes, '{:.1f} min')} on {said(run.hardware)}.")
     out += ["", "## Intended use", "",
             "Research on segmenting lumbar vertebrae and the sacrum in lateral radiographs. "
             "**Not for clinical decision-making**: no regulatory clearance, no prospective "
