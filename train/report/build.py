@@ -87,7 +87,7 @@ def write_waiting_report(output: str | Path, why: str) -> None:
     the reason, and the report's folders, empty (DVC's outputs all exist)."""
     output = Path(output)
     prepare_output(output)
-    for folder in ("tables", "figures", "plots"):
+    for folder in ("tables", "figures", "plots", "study"):
         prepare_output(output / folder)
     write_json(output / "metrics.json", {waiting.KEY: why})
     write_text(output / "report.html", waiting_page(why))
