@@ -88,6 +88,7 @@ bench: $(STAMP) bytecode
 	$(PY) benchmarks/bench_anonymize.py
 	$(PY) benchmarks/bench_anonymize.py --n 200 --height 2870 --width 1100
 	$(PY) benchmarks/bench_convert.py
+	$(PY) benchmarks/bench_agreement.py
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_commands.py
 	$(PY) benchmarks/bench_measures.py

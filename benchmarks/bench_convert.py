@@ -28,15 +28,11 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from converters.dicom.deid_table import AnonymizeConfig
 
-from converters.dicom.anonymize import anonymize_tree
 from converters.annotations.coco import PNG_LABEL_PARAMS
 from converters.annotations.convert import ConvertConfig, convert
-from converters.dicom.export import ExportConfig, export_tree
-from converters.dicom.ledger import load_ledger, load_or_create_salt, prepare_private
-from converters.phantom.writing import (PhantomConfig, annotations_for_export, exported_pngs,
-                                        generate)
+from converters.phantom.writing import annotations_for_export
+from exported_phantom import exported_phantom
 
 
 def reference(via_path: Path, images: Path, out: Path) -> None:
@@ -102,13 +98,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        generate(PhantomConfig(n=args.unique, seed=4, height=args.height, width=args.width,
-                               burned_in_share=0), tmp / "raw", workers=cores)
-        priv = prepare_private(tmp / "private")
-        anonymize_tree(tmp / "raw" / "dicom", tmp / "anon", priv, load_or_create_salt(priv),
-                       AnonymizeConfig(), workers=cores)
-        export_tree(tmp / "anon", tmp / "png", ExportConfig(), workers=cores)
-        exported = exported_pngs(tmp / "png", load_ledger(priv)["instances"])
+        exported = exported_phantom(tmp, args.unique, args.height, args.width, cores)
         via = annotations_for_export(tmp / "raw" / "annotations" / "via_project.json", exported)
         # replicate to n images (hard links; VIA entries renamed accordingly)
         images = tmp / "images"

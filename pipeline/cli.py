@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "phantom-annotations": ("pipeline.phantom_annotations",
                             "Demo only: the phantom's polygons as an annotator's VIA export."),
     "convert": ("pipeline.convert", "VIA polygons -> COCO, class masks, overlaps, QA."),
+    "agreement": ("pipeline.agreement", "Inter-reader agreement, consensus and an adjudication worklist."),
     "split": ("pipeline.split", "Fixed test set + k patient-grouped, stratified folds."),
     "train": ("pipeline.train", "Train one model on one fold (MMDetection / MMSegmentation)."),
     "evaluate": ("pipeline.evaluate", "Predict and score the test set with a trained model."),
@@ -63,10 +64,12 @@ ROOTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "retrieve": (("output", "state:file"), ()),
     "anonymize": (("output", "private"), ("input",)),
     "export": (("output",), ("input",)),
-    "phantom-annotations": (("output:file", "holdout_output:file"), ()),
+    "phantom-annotations": (("output", "holdout_output:file", "readers_truth:file",
+                             "double_read_output:file"), ()),
     # convert --strict's problem list goes beside the output (or to --problems-file), a
     # folder that may hold the inputs: confined (converters/annotations/convert.py), not locked
     "convert": (("output",), ("input", "more", "images")),
+    "agreement": (("output",), ("input", "images", "truth")),
     "split": (("output",), ("input",)),
     # train: no lock: under torchrun every rank runs this command on one work dir (rank 0
     # writes); its writes are still confined (train/fit/runner.py opens the work dir as a root)

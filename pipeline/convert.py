@@ -16,13 +16,14 @@ import typer
 
 from converters.annotations.convert import ConvertConfig, convert
 from converters.spine.refine import MeasuresConfig
-from converters.annotations.via import expand_inputs
+from converters.annotations.readers import reader_files
 from pipeline.console import ParamsOption, QuietOption, console, progress_bar, say
 from pipeline.params import stage_params
 
 
 def command(
-    input: list[Path] = typer.Option(..., "--input", "-i", help="VIA export(s): 1.x, 2.x project or annotations JSON, 3.x project, CSV, or COCO (VIA's COCO export included); several may follow (--input a.json b.json), a folder means all its .json and .csv files."),
+    input: list[Path] = typer.Option(..., "--input", "-i", help="VIA export(s): 1.x, 2.x project or annotations JSON, 3.x project, CSV, or COCO (VIA's COCO export included); several may follow (--input a.json b.json). A folder means its .json and .csv files (reader 'default') and those of each sub-folder (the reader named by the folder: data/annotations/<reader>/)."),
+    annotator: Optional[str] = typer.Option(None, "--annotator", help="The reader of the files given by name (default: 'default'); folders name their readers."),
     more: list[Path] = typer.Argument(None, hidden=True),
     images: Path = typer.Option(..., "--images", help="Folder of the annotated images (the exported PNGs)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for coco.json, masks/, overlaps/, images.csv, qa/, report.json, correction.csv."),
@@ -33,10 +34,11 @@ def command(
     quiet: bool = QuietOption,
 ) -> None:
     """Validate and repair the annotators' polygons and write COCO instances (with levels
-    L1-L5 / S1), two-class masks, overlap maps, a per-image table and QA overlays."""
+    L1-L5 / S1), two-class masks, overlap maps, a per-image table and QA overlays. An image
+    several readers read gets the consensus (or convert.reference's reader) as ground truth."""
     cfg = stage_params(ConvertConfig, "convert", params)
     measures = stage_params(MeasuresConfig, "measures", params)
-    via_files = expand_inputs([*input, *(more or [])])
+    via_files = reader_files([*input, *(more or [])], annotator)
     if strict:
         cfg = dataclasses.replace(cfg, strict=True)
     with progress_bar("convert", quiet=quiet) as update:

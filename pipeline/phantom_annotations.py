@@ -7,6 +7,11 @@ to the exported PNG names through the private ledger (original -> new SOP Instan
 the export provenance (new SOP Instance UID -> PNG), and writes a VIA project that names only
 pseudonymized PNGs. The ledger is read here and never copied.
 
+The readers (``annotator.readers``, :mod:`converters.phantom.readers`) redraw the phantom's
+polygons each in their own way; ``annotator.double_read_share`` of the images are read by every
+reader (what ``spinepipe agreement`` compares), the rest by one. Their projects go to
+``<output>/<reader>/phantom_via.json``, the layout real readers use (:mod:`converters.annotations.readers`).
+
 ``annotator.holdout`` images (:func:`converters.phantom.writing.held_out`) are left unannotated, as
 a new batch would be: ``spinepipe propose`` outlines them, and their true polygons go to
 ``--holdout-output`` (never into ``data/annotations/``) to measure the proposals.
@@ -20,39 +25,51 @@ import typer
 
 from converters.core.errors import UsageError
 from converters.core.files import write_json
+from converters.core.paths import confined
+from converters.core.provenance import pixel_spacing, read_record
+from converters.phantom.readers import (PROFILES, AnnotatorConfig, misses_top, profiles_record,
+                                        readers_of, redraw)
 from converters.dicom.ledger import load_ledger
-from converters.phantom.writing import (AnnotatorConfig, PhantomConfig, annotations_for_export,
+from converters.phantom.writing import (PhantomConfig, annotations_for_export,
                                         exported_pngs, held_out)
 from pipeline.console import ParamsOption, QuietOption, say
 from pipeline.params import stage_params
+
+FILE_NAME = "phantom_via.json"
+PROFILE = {p.name: p for p in PROFILES}
 
 
 def command(
     via: Path = typer.Option(..., "--via", help="The phantom's VIA project (annotations/via_project.json)."),
     png: Path = typer.Option(..., "--png", help="The export folder (PNGs and provenance/)."),
     private: Path = typer.Option(..., "--private", help="The private folder holding the ledger."),
-    output: Path = typer.Option(..., "--output", "-o", help="VIA project to write, naming the exported PNGs."),
+    output: Path = typer.Option(..., "--output", "-o", help="The annotations folder: each reader's VIA project goes to <output>/<reader>/phantom_via.json (reader1..reader3; readers beyond annotator.readers get an empty project)."),
     holdout: Optional[int] = typer.Option(None, "--holdout", min=0, help="Images to leave unannotated [params: annotator.holdout]."),
     holdout_output: Optional[Path] = typer.Option(None, "--holdout-output", help="VIA project of the held-out images' true polygons (needed with --holdout > 0)."),
+    readers_truth: Optional[Path] = typer.Option(None, "--readers-truth", help="JSON recording the readers' drawn behaviour and who read which image (for checking agreement)."),
+    double_read_output: Optional[Path] = typer.Option(None, "--double-read-output", help="VIA project of the true polygons of the images two or more readers read (agreement --truth: readers and consensus against the truth)."),
     params: Path = ParamsOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Demo only: hand the phantom's polygons to the pipeline as an annotator's VIA export of
+    """Demo only: hand the phantom's polygons to the pipeline as its readers' VIA exports of
     the exported PNGs (mapped through the private ledger; no original identifier written),
-    leaving some images unannotated for model proposals."""
-    n_held = holdout if holdout is not None else stage_params(AnnotatorConfig, "annotator",
-                                                               params).holdout
+    each reader drawing in their own way, leaving some images unannotated for model
+    proposals."""
+    cfg = stage_params(AnnotatorConfig, "annotator", params)
+    n_held = holdout if holdout is not None else cfg.holdout
     if not via.is_file():
         raise UsageError("VIA project not found", file=via)
     if n_held and holdout_output is None:
         raise UsageError(f"{n_held} held-out image(s) need --holdout-output")
+    targets = {p.name: confined(output, p.name, FILE_NAME) for p in PROFILES}
     if not stage_params(PhantomConfig, "phantom", params).enabled:
         # a real archive is the source: no demo annotations, nothing held out (the stage's
         # outputs exist, empty, so that DVC's graph stays whole)
         empty = annotations_for_export(via, {})
-        if holdout_output is not None:
-            write_json(holdout_output, empty, indent=None)
-        write_json(output, empty, indent=None)
+        for path in [*targets.values(), *filter(None, [holdout_output, double_read_output])]:
+            write_json(path, empty, indent=None)
+        if readers_truth is not None:
+            write_json(readers_truth, {**profiles_record(0, 0.0), "images": {}})
         say(f"phantom-annotations: skipped (phantom.enabled is false): {output} lists no image")
         return
     exported = exported_pngs(png, load_ledger(private, must_exist=True)["instances"])
@@ -60,11 +77,35 @@ def command(
     annotated = [im["filename"] for im in
                  annotations_for_export(via, exported)["_via_img_metadata"].values()]
     held = held_out(annotated, n_held)
-    project = annotations_for_export(via, exported, keep=lambda name: name not in held)
+    who = {name: readers_of(name, cfg.readers, cfg.double_read_share)
+           for name in annotated if name not in held}
+    projects = {}
+    for profile in PROFILES:
+        projects[profile.name] = annotations_for_export(
+            via, exported, keep=lambda name: profile.name in who.get(name, ()),
+            redraw=lambda name, regions: redraw(name, regions, profile, _spacing(png, name)))
     if holdout_output is not None:
         write_json(holdout_output, annotations_for_export(via, exported, keep=held.__contains__),
                    indent=None)
-    write_json(output, project, indent=None)
+    for name, project in projects.items():
+        write_json(targets[name], project, indent=None)
+    if double_read_output is not None:
+        write_json(double_read_output, annotations_for_export(
+            via, exported, keep=lambda name: len(who.get(name, ())) > 1), indent=None)
+    if readers_truth is not None:
+        write_json(readers_truth, {
+            **profiles_record(cfg.readers, cfg.double_read_share),
+            "images": {name: who[name] for name in sorted(who)},
+            "missed_top": {name: [r for r in who[name] if misses_top(name, PROFILE[r])]
+                           for name in sorted(who)
+                           if any(misses_top(name, PROFILE[r]) for r in who[name])}})
     kept = f", {len(held)} held out (truth: {holdout_output})" if held else ""
-    say(f"phantom-annotations: {len(project['_via_img_metadata'])} annotated PNGs{kept} -> "
-        f"{output}")
+    double = sum(len(r) > 1 for r in who.values())
+    say(f"phantom-annotations: {len(who)} annotated PNGs by {cfg.readers} reader(s), {double} "
+        f"read by all{kept} -> {output}/<reader>/{FILE_NAME}")
+
+
+def _spacing(png: Path, name: str) -> float:
+    """The PNG's pixel spacing in mm (export's provenance); 1 when unknown."""
+    spacing = pixel_spacing(read_record(png, name))
+    return float(spacing[0]) if spacing else 1.0

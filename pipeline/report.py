@@ -31,6 +31,7 @@ def command(
     processed: Path = typer.Option(Path("data/processed"), "--processed", help="convert's folder (report.json, images.csv, coco.json: the annotation)."),
     splits: Path = typer.Option(Path("data/splits"), "--splits", help="split's folder (splits.json, summary.json: the partition)."),
     models_root: Path = typer.Option(Path("models"), "--models-root", help="The trained runs (<model>/fold<k>/config.py, metrics.json, train.log: the models' facts)."),
+    agreement: Path = typer.Option(Path("reports/agreement"), "--agreement", help="spinepipe agreement's folder: the readers beside the models (humans vs models, the readers' tables and Bland-Altman); absent: left out."),
     phantom_truth: Path = typer.Option(Path("data/raw/truth.json"), "--phantom-truth", help="The phantom's truth: when it lists cases, the texts say the data is synthetic."),
     params: Path = ParamsOption,
     quiet: bool = QuietOption,
@@ -51,7 +52,8 @@ def command(
                            models=models or None,
                            sources=Sources(anon=anon, png=images, processed=processed,
                                            splits=splits, models=models_root,
-                                           phantom_truth=phantom_truth))
+                                           phantom_truth=phantom_truth),
+                           agreement_dir=agreement)
     say(f"report: {len(metrics)} models -> {output}/report.html, {output}/metrics.json")
     if not quiet:
         for model, m in metrics.items():

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
 
 from converters.annotations.convert import ConvertConfig, validate
 from converters.core.errors import IncompleteRunError
-from converters.annotations.via import expand_inputs
+from converters.annotations.readers import reader_files
 from pipeline.console import ParamsOption, QuietOption, console, say
 from pipeline.params import stage_params
 
@@ -23,7 +24,8 @@ SHOWN = 40  # rows of the problems table; the counts cover every problem
 
 
 def command(
-    input: list[Path] = typer.Option(..., "--input", "-i", help="VIA export(s) to check (any format convert reads); a folder means all its .json and .csv files."),
+    input: list[Path] = typer.Option(..., "--input", "-i", help="VIA export(s) to check (any format convert reads); a folder means its .json and .csv files and those of its reader sub-folders (data/annotations/<reader>/)."),
+    annotator: Optional[str] = typer.Option(None, "--annotator", help="The reader of the files given by name (default: 'default')."),
     more: list[Path] = typer.Argument(None, hidden=True),
     images: Path = typer.Option(..., "--images", help="Folder of the annotated images (the exported PNGs)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on warnings too."),
@@ -36,7 +38,7 @@ def command(
     cfg = stage_params(ConvertConfig, "convert", params)
     if strict:
         cfg = dataclasses.replace(cfg, strict=True)
-    report = validate(expand_inputs([*input, *(more or [])]), images, cfg)
+    report = validate(reader_files([*input, *(more or [])], annotator), images, cfg)
     failing = report.problems if cfg.strict else report.errors
     if report.problems and not quiet:
         table = Table("severity", "problem", "file", "image", "region", "message",

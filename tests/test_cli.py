@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SPINEPIPE = str(Path(sys.executable).parent / "spinepipe")
-COMMANDS = ["phantom", "retrieve", "anonymize", "export", "phantom-annotations", "convert", "split",
+COMMANDS = ["phantom", "retrieve", "anonymize", "export", "phantom-annotations", "convert", "agreement", "split",
             "train", "evaluate", "report", "validate"]
 
 
@@ -92,13 +92,13 @@ steps = [
     ["phantom", "--output", "raw", "--n", "16", "--height", "256", "--width", "128"],
     ["anonymize", "--input", "raw/dicom", "--output", "anon", "--private", "private"],
     ["export", "--input", "anon", "--output", "png"],
-    ["convert", "--input", "ann.json", "--images", "png", "--output", "processed"],
+    ["convert", "--input", "ann", "--images", "png", "--output", "processed"],
     ["split", "--input", "processed", "--output", "splits"],
 ]
 for step in steps:
     if step[0] == "convert":
         code = main(["phantom-annotations", "--via", "raw/annotations/via_project.json",
-                     "--png", "png", "--private", "private", "--output", "ann.json", "--quiet"])
+                     "--png", "png", "--private", "private", "--output", "ann", "--quiet"])
         assert code == 0, "phantom-annotations"
     extra = args["params"] if step[0] != "split" else ["--params", "split.yaml", "--quiet"]
     assert main(step + extra) == 0, step[0]

@@ -1,7 +1,7 @@
 """The one write path, tested as a class (issue #21 item 8, issue #30 item 5;
 converters/core/files.py).
 
-For *every* stage that writes (phantom, retrieve, anonymize, export, phantom-annotations,
+For *every* stage that writes (phantom, retrieve, anonymize, export, phantom-annotations, agreement,
 convert, split, train, evaluate, propose, to-seg, to-sr, report, store), the stage is run once on a
 fresh workspace and what it wrote is listed; then, on another fresh workspace, a symbolic link
 pointing outside is planted at *every* one of those paths (every file, then every folder below
@@ -50,7 +50,7 @@ from test_fuzz_property import snapshot as tree_state
 
 PARAMS_TEXT = """\
 phantom: {{n: 14, seed: 5, height: 320, width: 128, burned_in_share: 0.0}}
-annotator: {{holdout: 0}}
+annotator: {{holdout: 0, readers: 3, double_read_share: 0.5}}
 split: {{k: 2, test_size: 3, seed: 0}}
 retrieve: {{enabled: true, port: {port}, timeout_s: 30, retries: 0, backoff_s: 0.01}}
 train:
@@ -85,9 +85,11 @@ STAGES = {
                ["png"]),
     "phantom-annotations": (["phantom-annotations", "--via", "{w}/raw/annotations/via_project.json",
                              "--png", "{w}/png", "--private", "{w}/private",
-                             "--output", "{w}/ann/via.json"], ["ann"]),
+                             "--output", "{w}/ann"], ["ann"]),
     "convert": (["convert", "--input", "{w}/ann", "--images", "{w}/png", "--output",
                  "{w}/processed", "--workers", "1"], ["processed"]),
+    "agreement": (["agreement", "--input", "{w}/ann", "--images", "{w}/png", "--output",
+                   "{w}/agreement"], ["agreement"]),
     "split": (["split", "--input", "{w}/processed", "--output", "{w}/splits"], ["splits"]),
     "train": (["train", "--model", "unet", "--fold", "0", "--work-dir", RUN],
               ["models/unet/fold0"]),
@@ -112,7 +114,7 @@ STAGES = {
 }
 ORDER = list(STAGES)
 #: stages that write no sub-folder (nothing for the folder test to replace by a link)
-FLAT = ["phantom-annotations", "propose", "to-seg", "to-sr", "store"]
+FLAT = ["agreement", "propose", "to-seg", "to-sr", "store"]
 #: files a stage reads back that the chain's run did not create (the salt exists before)
 READ_BACK = {"anonymize": [Path("private/salt")]}
 #: MMEngine's run folders are named by the clock

@@ -211,11 +211,11 @@ def test_demo_chain_keeps_identifiers_out_of_data(small_phantom, tmp_path):
     proc = subprocess.run([SPINEPIPE, "phantom-annotations", "--via",
                            str(small_phantom / "annotations" / "via_project.json"), "--png",
                            str(data / "png"), "--private", str(priv), "--output",
-                           str(data / "annotations" / "via.json"), "--holdout", "2",
+                           str(data / "annotations"), "--holdout", "2",
                            "--holdout-output", str(data / "holdout_via.json"), *none],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    via = json.loads((data / "annotations" / "via.json").read_text())
+    via = json.loads((data / "annotations" / "reader1" / "phantom_via.json").read_text())
     held = json.loads((data / "holdout_via.json").read_text())["_via_img_metadata"]
     pngs = {p.name: p.stat().st_size for p in (data / "png").glob("*.png")}
     for meta in [*via["_via_img_metadata"].values(), *held.values()]:
@@ -227,7 +227,7 @@ def test_demo_chain_keeps_identifiers_out_of_data(small_phantom, tmp_path):
     proc = subprocess.run([SPINEPIPE, "phantom-annotations", "--via",
                            str(small_phantom / "annotations" / "via_project.json"), "--png",
                            str(data / "png"), "--private", str(priv), "--output",
-                           str(tmp_path / "x.json"), "--holdout", "2", *none],
+                           str(tmp_path / "x"), "--holdout", "2", *none],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "need --holdout-output" in proc.stderr
     # no original identifier anywhere under data/

@@ -533,11 +533,11 @@ def test_phantom_annotations_on_malformed_inputs(tmp_path, capsys, broken):
         (tmp_path / "png" / "provenance" / "a.json").write_text('{"image": "a.png"}')
     code, err = cli(capsys, "phantom-annotations", "--via", str(via), "--png",
                     str(tmp_path / "png"), "--private", str(priv), "--output",
-                    str(tmp_path / "ann.json"), "--holdout-output",
+                    str(tmp_path / "ann"), "--holdout-output",
                     str(tmp_path / "held.json"), "--quiet")
     one_line_error(code, err, {"via": "via.json", "ledger": "ledger.json",
                                "provenance": "a.json"}[broken])
-    assert not (tmp_path / "ann.json").exists() and not (tmp_path / "held.json").exists()
+    assert not (tmp_path / "ann").exists() and not (tmp_path / "held.json").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -320,3 +320,17 @@ def test_training_time_is_the_last_run_s(tmp_path):
         "02/28 23:00:00 - mmengine - INFO -\nSystem environment:\n    CUDA available: False\n"
         "03/01 01:00:00 - mmengine - INFO - done\n")
     assert read_run(tmp_path, "m", 0).training_minutes == pytest.approx(120)
+
+
+def test_the_readers_and_the_ground_truth_are_counted_from_images_csv(records, tmp_path):
+    src = Sources(**{k: Path(shutil.copytree(v, tmp_path / k)) if Path(v).is_dir()
+                     else v for k, v in vars(records).items()})
+    assert "reader(s) annotated" not in _methods(src)   # a table without the readers' columns
+    (src.processed / "images.csv").write_text(
+        "file_name,implants,overlap,readers,ground_truth\n"
+        "a.png,0,0,ann ben cy,consensus\nb.png,1,0,ann,ann\nc.png,0,1,ann ben,adjudicated\n"
+        "d.png,0,0,ben cy,consensus\n")
+    text = _methods(src)
+    assert "3 reader(s) annotated; 3 image(s) were read by two or more" in text
+    assert "consensus on 2 image(s)" in text and "adjudication on 1" in text
+    assert "one reader's polygons on 1" in text

@@ -25,7 +25,11 @@ unannotated_image         on disk, not in any VIA file                       war
 proposal_record           the ``spinepipe_proposal`` file attribute was      warning
                           altered: that image's corrections not measured
 size_mismatch             VIA's recorded file size differs from the file     warning
-duplicate_image           the same image annotated again: later copy ignored error
+duplicate_image           the same image annotated again by the same reader:
+                          later copy ignored                                 error
+not_settled               an adjudicated image whose ``settled`` file        warning
+                          attribute is not ``yes``: the readers' polygons
+                          stay its ground truth
 missing_sacrum            no sacrum in an image                              warning
 lumbar_count              not exactly five lumbar vertebrae                  warning
 ========================  =================================================  ========
@@ -41,6 +45,14 @@ error, not a dataset of zero instances. The class attribute is found when it is 
 ``convert.class_attribute`` (:func:`converters.annotations.regions.detect_class_attribute`); which
 one was used is in ``report.json``.
 
+Readers (:mod:`converters.annotations.readers`): every VIA file belongs to a reader (its
+sub-folder of the input; ``default`` for files given directly). Each reader's regions are
+validated and levelled on their own; an image's ground truth is its only reader's polygons, a
+settled adjudication, ``convert.reference``'s reader, or else the readers' consensus
+(:mod:`converters.annotations.consensus`, built over the cores). COCO annotations carry their
+``annotator`` (``consensus``: no VIA file, region -1); ``images.csv`` the ``readers`` and the
+``ground_truth``; QA overlays every reader's outline under the ground truth.
+
 Levels: each vertebra gets ``L1``..``L5`` / ``S1`` bottom-up from the sacrum
 (:mod:`converters.spine.levels`). The steps, in :func:`convert`: read every VIA file
 (:mod:`converters.annotations.via`), validate and repair each region
@@ -53,7 +65,7 @@ Outputs under the output folder:
 - ``coco.json``: images (COCO's keys plus ``n_implants``, the implant regions the annotator
   drew, kept or not: the report's subgroups), annotations (polygon, area of the polygon, bbox,
   iscrowd 0,
-  ``level``, ``via_file``, ``via_region``), categories (lumbar 1, sacrum 2, then kept implant
+  ``level``, ``via_file``, ``via_region``, ``annotator``), categories (lumbar 1, sacrum 2, then kept implant
   classes);
 - ``masks/<stem>.png``: uint8, 0 background, 1 lumbar, 2 sacrum (implant classes, when kept,
   3..; classes in ``ignore_classes`` 255); overlapping classes: larger value wins;
@@ -96,6 +108,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -106,6 +119,7 @@ from converters.annotations.masks import ImageJob, render_changed, image_size
 from converters.core.errors import (InvalidImageError, InvalidViaError, MissingInputError,
                                     OutputFolderError)
 from converters.core.incremental import IncrementalState
+from converters.core.parallel import map_jobs
 from converters.core.files import (prepare_output, remove_output, remove_stale_temps, write_json,
                                    write_text)
 from converters.spine.levels import assign_levels
@@ -118,6 +132,9 @@ from converters.core.provenance import pixel_spacing, read_record
 from converters.annotations.regions import (Outline, Problem, RegionRules, detect_class_attribute,
                                             validate_region)
 from converters.annotations.via import MAX_POINTS, AnnotatedImage, read_via
+from converters.annotations.consensus import consensus
+from converters.annotations.readers import (ADJUDICATED, CONSENSUS, DEFAULT_READER, SETTLED,
+                                            ReaderFile, check_reference, ground_truth_reader)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # larger images are refused: MAX_PIXELS (converters.dicom.pixels, export's default too); the
@@ -140,6 +157,9 @@ class ConvertConfig:
     shapes_to_polygons: bool = False  # rect / ellipse / circle become polygons
     ellipse_points: int = field(default=32, metadata={"min": 3, "max": MAX_POINTS})
     expected_lumbar: int = field(default=5, metadata={"min": 0})
+    #: an image's ground truth when several readers read it: ``consensus`` or a reader's name
+    #: (:mod:`converters.annotations.readers`; an ``adjudicated`` reading always wins)
+    reference: str = "consensus"
     strict: bool = False
     qa: bool = True
     qa_max_height: int = field(default=800, metadata={"min": 16})
@@ -202,21 +222,49 @@ class ConvertPlan:
     mask_values: dict[str, int] = field(default_factory=dict)
     corrections: list[dict] = field(default_factory=list)   # rows of correction.csv
     measures: list[dict] = field(default_factory=list)      # rows of measures.csv
+    #: image -> reader -> outlines, for the images two or more readers read (every image
+    #: with ``readers_only``)
+    readers: dict[str, dict[str, list[Outline]]] = field(default_factory=dict)
+    #: image -> the consensus outlines, for the images whose ground truth is the consensus
+    consensus: dict[str, list[Outline]] = field(default_factory=dict)
 
 
-def _read_inputs(via_files: list[str | Path], report: ConvertReport) -> dict[str, AnnotatedImage]:
-    """Every VIA file read; an image annotated twice keeps its first copy."""
-    merged: dict[str, AnnotatedImage] = {}
-    for vf in via_files:
-        fmt, images = read_via(vf)
-        report.formats[str(vf)] = fmt
+def _reader_files(via_files: Sequence[ReaderFile | str | Path]) -> list[ReaderFile]:
+    """Files given as paths belong to the ``default`` reader."""
+    return [f if isinstance(f, ReaderFile) else ReaderFile(DEFAULT_READER, Path(f))
+            for f in via_files]
+
+
+def _read_inputs(files: list[ReaderFile],
+                 report: ConvertReport) -> dict[str, dict[str, AnnotatedImage]]:
+    """Every VIA file read: image -> reader -> its annotation. An image one reader annotated
+    twice keeps the first copy; readers who recorded different sizes of one image are an
+    error."""
+    merged: dict[str, dict[str, AnnotatedImage]] = {}
+    for rf in files:
+        fmt, images = read_via(rf.path)
+        report.formats[str(rf.path)] = fmt
         for img in images:
-            if img.filename in merged:
+            if rf.reader == ADJUDICATED and img.file_attributes.get(SETTLED, "") != "yes":
                 report.problems.append(Problem(
-                    "duplicate_image", f"also annotated in {merged[img.filename].source}; "
-                    "this copy is ignored", str(vf), img.filename))
+                    "not_settled", f"adjudication not settled (file attribute '{SETTLED}' is "
+                    "not 'yes'): the readers' polygons stay in charge", str(rf.path),
+                    img.filename))
                 continue
-            merged[img.filename] = img
+            readers = merged.setdefault(img.filename, {})
+            if rf.reader in readers:
+                report.problems.append(Problem(
+                    "duplicate_image", f"also annotated in {readers[rf.reader].source} by the "
+                    f"same reader ({rf.reader}); this copy is ignored", str(rf.path),
+                    img.filename))
+                continue
+            other = next((o for o in readers.values() if o.size >= 0 and img.size >= 0
+                          and o.size != img.size), None)
+            if other is not None:
+                raise InvalidViaError(
+                    f"reader {rf.reader} recorded {img.size} bytes, {other.source} "
+                    f"{other.size}: not the same image", file=rf.path, image=img.filename)
+            readers[rf.reader] = img
     return merged
 
 
@@ -230,11 +278,14 @@ def _mask_values(cfg: ConvertConfig) -> dict[str, int]:
     return mask_values
 
 
-def _plan(merged: dict[str, AnnotatedImage], on_disk: dict[str, Path], output: Path,
-          cfg: ConvertConfig, report: ConvertReport,
-          measures: MeasuresConfig | None = None) -> ConvertPlan:
-    """Validate every annotated image on disk: instances, levels, COCO rows, the table;
-    with ``measures.refine``, the measures' endplates refined on the image."""
+def _plan(merged: dict[str, dict[str, AnnotatedImage]], on_disk: dict[str, Path],
+          output: Path, cfg: ConvertConfig, report: ConvertReport,
+          measures: MeasuresConfig | None = None, workers: int = 1,
+          readers_only: bool = False) -> ConvertPlan:
+    """Validate every annotated image on disk: each reader's instances and levels, the ground
+    truth (:mod:`converters.annotations.readers`), COCO rows, the table; with
+    ``measures.refine``, the measures' endplates refined on the image. ``readers_only``: the
+    readers' outlines alone (``plan.readers``)."""
     refine = measures if measures is not None and measures.refine else None
     plan = ConvertPlan(mask_values=_mask_values(cfg))
     rules = dataclasses.replace(cfg.region_rules(), class_attribute=report.class_attribute)
@@ -244,38 +295,62 @@ def _plan(merged: dict[str, AnnotatedImage], on_disk: dict[str, Path], output: P
     earlier: dict[str, list[str]] = {}  # by image: one pass, not one per image
     for p in report.problems:
         earlier.setdefault(p.image, []).append(p.line())
+    prepared = []
     for name in sorted(merged):
-        img = merged[name]
+        images = merged[name]
         first = len(report.problems)
         if name not in on_disk:
-            report.problems.append(Problem("missing_image", "annotated but not on disk; skipped",
-                                           img.source, name))
+            for img in images.values():
+                report.problems.append(Problem("missing_image", "annotated but not on disk; "
+                                               "skipped", img.source, name))
             continue
         path = on_disk[name]
-        if img.size >= 0 and img.size != path.stat().st_size:
-            report.problems.append(Problem(
-                "size_mismatch", f"VIA recorded {img.size} bytes, the file has "
-                f"{path.stat().st_size}", img.source, name))
         width, height = image_size(path)
-        instances = _outlines(img, width, height, rules, cfg, report)
+        readers: dict[str, list[Outline]] = {}
+        for reader, img in sorted(images.items()):
+            if img.size >= 0 and img.size != path.stat().st_size:
+                report.problems.append(Problem(
+                    "size_mismatch", f"VIA recorded {img.size} bytes, the file has "
+                    f"{path.stat().st_size}", img.source, name))
+            readers[reader] = _outlines(img, width, height, rules, cfg, report)
+            report.regions += len(img.regions)
+            _corrections(img, rules.class_attribute, plan, report)
+        prepared.append((name, images, path, width, height, readers, first))
+    if readers_only:   # what agreement needs: every reader's outlines, nothing built on them
+        plan.readers = {p[0]: p[5] for p in prepared}
+        report.images = len(prepared)
+        report.annotations = sum(len(outs) for p in prepared for outs in p[5].values())
+        return plan
+    # the consensus of every image several readers read, over the cores
+    fused = {p[0]: p[5] for p in prepared
+             if ground_truth_reader(p[5], cfg.reference) == CONSENSUS}
+    plan.consensus = dict(zip(fused, map_jobs(consensus, list(fused.values()),
+                                              workers=workers)))
+    for name, images, path, width, height, readers, first in prepared:
+        truth = ground_truth_reader(readers, cfg.reference)
+        instances = plan.consensus[name] if truth == CONSENSUS else readers[truth]
+        source = images[truth].source if truth in images else images[min(images)].source
         n_lumbar = sum(i.cls == "lumbar" for i in instances)
         n_sacrum = sum(i.cls == "sacrum" for i in instances)
-        n_implants = sum(rules.class_of(r.attributes.get(rules.class_attribute, "")) in
-                         cfg.implant_classes for r in img.regions)
+        n_implants = max(sum(rules.class_of(r.attributes.get(rules.class_attribute, "")) in
+                             cfg.implant_classes for r in img.regions)
+                         for img in images.values())
         image_id = len(plan.coco_images) + 1
         plan.coco_images.append({"id": image_id, "file_name": name, "width": width,
                                  "height": height, "n_implants": n_implants})
         for inst in instances:
             plan.coco_anns.append(_annotation(inst, len(plan.coco_anns) + 1, image_id,
-                                              plan.mask_values[inst.cls], img.source))
-        report.regions += len(img.regions)
-        _corrections(img, rules.class_attribute, plan, report)
+                                              plan.mask_values[inst.cls],
+                                              source if truth != CONSENSUS else "", truth))
+        if len(readers) > 1:
+            plan.readers[name] = readers
         problems_here = earlier.get(name, []) + [p.line() for p in report.problems[first:]
                                                  if p.image == name]
         plan.table.append({"file_name": name, "image_id": image_id, "patient": patient_of(name),
                            "width": width, "height": height, "n_lumbar": n_lumbar,
                            "n_sacrum": n_sacrum, "n_implants": n_implants,
-                           "implants": int(n_implants > 0), "problems": len(problems_here)})
+                           "implants": int(n_implants > 0), "problems": len(problems_here),
+                           "readers": " ".join(sorted(readers)), "ground_truth": truth})
         row, spine = image_measures(
             [(i.level, np.c_[i.xs, i.ys]) for i in instances if i.cls in cfg.classes],
             pixel_spacing(read_record(path.parent, name)), refine=refine, image_name=name,
@@ -285,8 +360,9 @@ def _plan(merged: dict[str, AnnotatedImage], on_disk: dict[str, Path], output: P
         plan.jobs.append(ImageJob(str(path), Path(name).stem, width, height, instances,
                                   problems_here, plan.mask_values, tuple(cfg.classes),
                                   str(output), cfg.qa, cfg.qa_max_height, spine,
-                                  row["lordosis_deg"]))
-        plan.groups.append(_group(img.source, output))
+                                  row["lordosis_deg"],
+                                  readers if len(readers) > 1 else None))
+        plan.groups.append(_group(source, output))
     plan.coco_anns = [a for a in plan.coco_anns if a["category_id"] is not None]
     report.images, report.annotations = len(plan.coco_images), len(plan.coco_anns)
     return plan
@@ -314,13 +390,16 @@ def _outlines(img: AnnotatedImage, width: int, height: int, rules: RegionRules,
     return instances
 
 
-def _annotation(inst: Outline, ann_id: int, image_id: int, value: int, source: str) -> dict:
-    """One COCO annotation (category None for an ignored class: dropped afterwards)."""
+def _annotation(inst: Outline, ann_id: int, image_id: int, value: int, source: str,
+                annotator: str) -> dict:
+    """One COCO annotation (category None for an ignored class: dropped afterwards); a
+    consensus instance has no VIA file and region ``-1``."""
     return {"id": ann_id, "image_id": image_id,
             "category_id": value if value != IGNORE else None,
             "segmentation": [flat(inst.xs, inst.ys)], "area": float(inst.polygon().area),
             "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
-            "via_file": Path(source).name, "via_region": inst.region}
+            "via_file": Path(source).name if source else "", "via_region": inst.region,
+            "annotator": annotator}
 
 
 def _corrections(img: AnnotatedImage, class_attribute: str, plan: ConvertPlan,
@@ -357,12 +436,15 @@ def _write_tables(plan: ConvertPlan, facts: dict[str, dict], via_files: list[str
         row["overlap"] = int(f["overlap_area"] > 0)
     cats = categories({c: v for c, v in plan.mask_values.items() if v != IGNORE})
     write_json(output / "coco.json", {
-        "info": {"description": "spinepipe convert", "via_files": [str(v) for v in via_files]},
+        "info": {"description": "spinepipe convert",
+                 "via_files": [str(f.path) for f in _reader_files(via_files)],
+                 "readers": {str(f.path): f.reader for f in _reader_files(via_files)}},
         "images": plan.coco_images, "annotations": plan.coco_anns, "categories": cats},
         indent=None)
     buf = io.StringIO()
     fields = ["file_name", "image_id", "patient", "width", "height", "n_lumbar", "n_sacrum",
-              "n_implants", "implants", "overlap", "overlap_area", "overlap_pairs", "problems"]
+              "n_implants", "implants", "overlap", "overlap_area", "overlap_pairs", "problems",
+              "readers", "ground_truth"]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(plan.table)
@@ -380,22 +462,28 @@ def _write_tables(plan: ConvertPlan, facts: dict[str, dict], via_files: list[str
         "counts": report.counts(), "problems": [asdict(p) for p in report.problems]})
 
 
-def _check(via_files: list[str | Path], images_dir: Path, output: Path, cfg: ConvertConfig,
-           report: ConvertReport, measures: MeasuresConfig | None = None) -> ConvertPlan:
-    """Read, find the class attribute, validate: everything before anything is written."""
-    merged = _read_inputs(via_files, report)
+def check(via_files: Sequence[ReaderFile | str | Path], images_dir: Path, output: Path,
+          cfg: ConvertConfig, report: ConvertReport,
+          measures: MeasuresConfig | None = None, workers: int = 1,
+          readers_only: bool = False) -> ConvertPlan:
+    """Read, find the class attribute, validate: everything before anything is written (also
+    what ``spinepipe agreement`` reads the readers' outlines with: ``readers_only``)."""
+    files = _reader_files(via_files)
+    check_reference(cfg.reference, [f.reader for f in files],
+                    file=", ".join(sorted({str(f.path.parent) for f in files})) or "the input")
+    merged = _read_inputs(files, report)
     if not images_dir.is_dir():
         raise MissingInputError("images folder not found", file=images_dir)
     report.class_attribute, report.class_attribute_detected = detect_class_attribute(
-        list(merged.values()), cfg.region_rules())
+        [img for readers in merged.values() for img in readers.values()], cfg.region_rules())
     on_disk = {p.name: p for p in sorted(images_dir.iterdir())
                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-    plan = _plan(merged, on_disk, output, cfg, report, measures)
-    if report.regions and not plan.coco_anns:
+    plan = _plan(merged, on_disk, output, cfg, report, measures, workers, readers_only)
+    if report.regions and not (report.annotations if readers_only else plan.coco_anns):
         counts = ", ".join(f"{n} {k}" for k, n in report.counts().items()) or "no problem"
         raise InvalidViaError(f"{report.regions} region(s) but not one instance survived "
                               f"({counts}; class attribute '{report.class_attribute}')",
-                              file=", ".join(map(str, via_files)))
+                              file=", ".join(str(f.path) for f in files))
     return plan
 
 
@@ -403,7 +491,7 @@ def validate(via_files: list[str | Path], images_dir: str | Path,
              cfg: ConvertConfig) -> ConvertReport:
     """The validation of :func:`convert` alone: every problem, nothing written."""
     report = ConvertReport()
-    _check(via_files, Path(images_dir), Path("."), cfg, report)
+    check(via_files, Path(images_dir), Path("."), cfg, report)
     return report
 
 
@@ -425,7 +513,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
     if output.exists() and not output.is_dir():
         raise OutputFolderError("the output folder is a file", file=output)
     report = ConvertReport()
-    plan = _check(via_files, images_dir, output, cfg, report, measures)
+    plan = check(via_files, images_dir, output, cfg, report, measures, workers)
     if cfg.strict and report.problems:
         target = Path(problems_file) if problems_file else default_problems_file(output)
         prepare_output(target.parent)  # beside the output folder, or where --problems-file says
@@ -451,7 +539,8 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
         if created:
             shutil.rmtree(output, ignore_errors=True)  # nothing of this run stays
         raise
-    for group in sorted(set(plan.groups) | {_group(v, output) for v in via_files}):
+    for group in sorted(set(plan.groups) | {_group(f.path, output)
+                                            for f in _reader_files(via_files)}):
         present = [j.stem for j, g in zip(plan.jobs, plan.groups) if g == group]
         for stale in state.prune(group, present):  # no longer annotated in this VIA file
             if remove_output(output, stale) and stale.startswith("masks/"):

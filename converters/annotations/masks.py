@@ -72,6 +72,8 @@ class ImageJob:
     qa_max_height: int
     spine: Spine | None = None           # endplates, drawn on the QA overlay
     lordosis: float | None = None
+    #: every reader's outlines when several read the image (drawn under the ground truth)
+    readers: dict[str, list[Outline]] | None = None
 
 
 @lru_cache(maxsize=8)
@@ -120,7 +122,7 @@ def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
     if job.qa:
         _write_temp(confined(out, "qa", f"{job.stem}.png"),
                     qa.overlay(job.path, w, h, job.instances, job.problems, job.qa_max_height,
-                               spine=job.spine, lordosis=job.lordosis),
+                               spine=job.spine, lordosis=job.lordosis, readers=job.readers),
                     written)
     return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
 
@@ -150,6 +152,7 @@ def render_changed(plan: ConvertPlan, output: Path, cfg: ConvertConfig, state: I
         st = Path(job.path).stat()
         key = hashlib.sha1(json.dumps([
             [asdict(i) for i in job.instances], job.problems, st.st_size, st.st_mtime_ns,
+            {r: [asdict(i) for i in outs] for r, outs in sorted((job.readers or {}).items())},
             cfg_key]).encode()).hexdigest()
         prev = state.up_to_date(group, job.stem, [key], output)
         if prev:

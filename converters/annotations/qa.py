@@ -33,6 +33,9 @@ THUMB_MAX_WIDTH = 4 * THUMB_HEIGHT
 WIDTH_FACTOR = 4
 COLOURS = {"lumbar": (60, 220, 60), "sacrum": (255, 160, 0), "cage": (255, 0, 255),
            "screw": (0, 80, 255), "rod": (0, 255, 255)}
+#: the readers' own outlines under a consensus, one colour per reader (BGR), in reader order
+READER_COLOURS = ((200, 120, 255), (255, 255, 120), (120, 200, 255), (180, 180, 180),
+                  (120, 255, 200), (255, 120, 160))
 
 
 def _draw_spine(canvas: np.ndarray, spine: Spine, lordosis: float | None, scale: float) -> None:
@@ -63,10 +66,13 @@ def _draw_spine(canvas: np.ndarray, spine: Spine, lordosis: float | None, scale:
 
 def overlay(path: str, width: int, height: int, instances: Sequence[Outline],
             problems: Sequence[str], max_height: int, *, spine: Spine | None = None,
-            lordosis: float | None = None) -> bytes:
+            lordosis: float | None = None,
+            readers: dict[str, Sequence[Outline]] | None = None) -> bytes:
     """PNG bytes: the image (scaled to at most ``max_height`` rows) with every polygon in its
     class colour, its level at the centroid, the endplates found and the lordosis angle
-    (:mod:`converters.spine.measures`), and the first problems in red at the top."""
+    (:mod:`converters.spine.measures`), and the first problems in red at the top. With
+    ``readers`` (an image several readers read), each reader's own outlines first, dotted in
+    their colour (:data:`READER_COLOURS`, named at the bottom left), the ground truth above."""
     img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if img is None or img.shape[:2] != (height, width):
         raise InvalidImageError("image does not decode (truncated or corrupt)", file=path)
@@ -74,6 +80,15 @@ def overlay(path: str, width: int, height: int, instances: Sequence[Outline],
     if scale < 1:
         img = _shrink(img, scale)
     canvas = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    for k, reader in enumerate(sorted(readers or {})):
+        colour = READER_COLOURS[k % len(READER_COLOURS)]
+        for inst in readers[reader]:
+            pts = np.round(np.c_[inst.xs, inst.ys] * scale).astype(np.int32)
+            _dotted(canvas, pts, colour)
+        at = (4, canvas.shape[0] - 8 - 14 * k)
+        for c, thick in (((0, 0, 0), 3), (colour, 1)):
+            cv2.putText(canvas, reader[:24], at, cv2.FONT_HERSHEY_SIMPLEX, 0.35, c, thick,
+                        cv2.LINE_AA)
     for inst in instances:
         pts = np.round(np.c_[inst.xs, inst.ys] * scale * 16).astype(np.int32)
         cv2.polylines(canvas, [pts], True, COLOURS.get(inst.cls, (255, 255, 255)), 1,
@@ -91,6 +106,20 @@ def overlay(path: str, width: int, height: int, instances: Sequence[Outline],
                     (0, 0, 255), 1, cv2.LINE_AA)
     ok, buf = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     return buf.tobytes()
+
+
+def _dotted(canvas: np.ndarray, pts: np.ndarray, colour: tuple[int, int, int]) -> None:
+    """A closed polygon as dots every other pixel (readers' outlines under the consensus)."""
+    if len(pts) < 2:
+        return
+    closed = np.vstack([pts, pts[:1]]).astype(np.float64)
+    seg = np.diff(closed, axis=0)
+    n = np.maximum(np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / 2), 1).astype(int)
+    dots = np.vstack([closed[i] + seg[i] * np.arange(k)[:, None] / k for i, k in enumerate(n)])
+    dots = np.round(dots).astype(int)
+    h, w = canvas.shape[:2]
+    ok = (dots[:, 0] >= 0) & (dots[:, 0] < w) & (dots[:, 1] >= 0) & (dots[:, 1] < h)
+    canvas[dots[ok, 1], dots[ok, 0]] = colour
 
 
 def _shrink(img: np.ndarray, scale: float) -> np.ndarray:

@@ -54,7 +54,7 @@ from converters.core.files import atomic_path, prepare_output, write_json
 from converters.spine.measures import measures_from_endplates
 from converters.core.parallel import map_jobs
 from converters.annotations.via_project import ProjectImage, polygon_region, via2_project
-from converters.annotations.via import read_via
+from converters.annotations.via import AnnotatedRegion, read_via
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_IMAGE_STORAGE_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -101,14 +101,6 @@ class PhantomConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InvalidConfigError(f"{name} must be between 0 and 1, got {value}")
-
-
-@dataclass(frozen=True)
-class AnnotatorConfig:
-    """params.yaml section ``annotator``: the demo's annotator (``phantom-annotations``)."""
-
-    #: exported images left unannotated, for ``spinepipe propose`` (:func:`held_out`)
-    holdout: int = field(default=0, metadata={"min": 0})
 
 
 @dataclass
@@ -359,7 +351,9 @@ def held_out(names: list[str], n: int) -> set[str]:
 
 
 def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]], *,
-                           keep: Callable[[str], bool] | None = None) -> dict:
+                           keep: Callable[[str], bool] | None = None,
+                           redraw: Callable[[str, list[AnnotatedRegion]],
+                                            list[AnnotatedRegion]] | None = None) -> dict:
     """The phantom's VIA project (a file) re-keyed to the exported PNGs (demo only).
 
     ``via`` is the phantom's project (files named ``<original SOPInstanceUID>.png``), read as any
@@ -368,7 +362,9 @@ def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]]
     the private ledger and the export provenance give it. Images that were not exported
     (quarantined for burned-in text) are left out, as an annotator would never see them. The result
     names only pseudonymized PNGs: no original identifier survives. ``keep`` (a PNG name -> bool)
-    selects images (:func:`held_out`).
+    selects images (:func:`held_out`). ``redraw`` (a PNG name and its polygon regions -> the
+    regions as a reader draws them: :func:`converters.phantom.readers.redraw`) lets a reader
+    draw them.
     """
     images = []
     for meta in read_via(via)[1]:
@@ -378,8 +374,10 @@ def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]]
         name, size = exported[original_uid]
         if keep is not None and not keep(name):
             continue
-        regions = tuple(polygon_region(list(zip(r.xs, r.ys)), **r.attributes)
-                        for r in meta.regions if r.shape == "polygon")
+        drawn = [r for r in meta.regions if r.shape == "polygon"]
+        if redraw is not None:
+            drawn = redraw(name, drawn)
+        regions = tuple(polygon_region(list(zip(r.xs, r.ys)), **r.attributes) for r in drawn)
         images.append(ProjectImage(name, size, regions))
     images.sort(key=lambda im: im.filename)
     return via2_project(images, name="spinepipe phantom annotations")

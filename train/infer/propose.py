@@ -40,7 +40,8 @@ from converters.annotations.proposals import (Proposal, ProposedRegion, mark_fus
                                               snap_endplates, via_images)
 from converters.core.provenance import pixel_spacing, read_record
 from converters.spine.refine import MeasuresConfig
-from converters.annotations.via import AnnotatedImage, expand_inputs, read_via
+from converters.annotations.readers import reader_files
+from converters.annotations.via import AnnotatedImage, read_via
 from converters.annotations.via_project import via2_project
 from train.evaluation.recognition import (VERTEBRA_CLASSES, Instances, PostprocessConfig,
                                           components, iou_matrix, overlap_matrix,
@@ -63,11 +64,12 @@ class ProposeConfig:
 
 
 def unannotated(paths: Sequence[Path], via_inputs: Sequence[str | Path]) -> list[Path]:
-    """The images not yet annotated in any of the VIA files (an image listed with no region,
-    as in export's project, is not annotated)."""
+    """The images not yet annotated in any of the VIA files, by any reader (folders as convert
+    reads them: :func:`converters.annotations.readers.reader_files`; an image listed with no
+    region, as in export's project, is not annotated)."""
     done: set[str] = set()
-    for f in expand_inputs(via_inputs):
-        done |= {im.filename for im in read_via(f)[1] if im.regions}
+    for f in reader_files(via_inputs):
+        done |= {im.filename for im in read_via(f.path)[1] if im.regions}
     return [p for p in paths if p.name not in done]
 
 

@@ -25,6 +25,12 @@ under the report folder:
   endplates of the three images whose lordosis it measured worst
   (``figures/endplates/<model>_fold<k>_worst.png``: the ground truth's, the model's outline's
   and the refined ones);
+- with ``spinepipe agreement``'s folder (:mod:`train.report.humans`): humans vs models
+  (``tables/humans_vs_models.*``: each model against the ground truth next to reader against
+  reader on the test images two or more readers read, "yes" where the model is within the
+  readers' variability), the readers' tables (``readers_pairs``, ``readers_icc``,
+  ``readers_vs_consensus``) and a Bland-Altman plot of the readers' lordosis
+  (``figures/bland_altman_readers.png``);
 - ``metrics.json``: per model, the means of the four pixel metrics (key names as
   ``spinepipe metrics`` prints them) plus ``recognition_rate``,
   ``composite_recognition_rate`` and ``composite_recognition_rate_overlaps`` (on the images
@@ -54,6 +60,8 @@ from train.evaluation.metrics import METRICS
 from train.report.figures import (bland_altman_figure, box_figure, densities, density_figure,
                                   endplate_examples, examples)
 from train.report.html import page, waiting_page
+from train.report.humans import (agreement_tables, humans_vs_models, load_agreement, model_ious,
+                                 readers_lordosis)
 from train.report.study import Sources, render_html, write_study
 from train.models import display_names
 from train.report.tables import (LABELS, RATES, load_evaluations, load_measures, markdown,
@@ -95,7 +103,8 @@ def write_waiting_report(output: str | Path, why: str) -> None:
 
 def build_report(eval_root: str | Path, output: str | Path, *, images: str | Path,
                  masks: str | Path, cfg: ReportConfig = ReportConfig(),
-                 models: list[str] | None = None, sources: Sources | None = None) -> dict:
+                 models: list[str] | None = None, sources: Sources | None = None,
+                 agreement_dir: str | Path | None = None) -> dict:
     """Write every report output (module docstring); return ``metrics.json``'s content."""
     eval_root, output = Path(eval_root), Path(output)
     df, summaries = load_evaluations(eval_root, models)
@@ -113,9 +122,20 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
             measures_table(clinical, agreement), False, "Clinical measures: each model's "
             "against the ground truth's (Bland-Altman; measurable: every measure the ground "
             "truth gives, the model gives too)"), **tables}
+    readers = load_agreement(agreement_dir) if agreement_dir is not None else None
+    if readers is not None:   # beside the clinical measures: the humans' own disagreement
+        tables = _with_readers(tables, readers, df, clinical, eval_root,
+                               (sources or Sources()).splits / "test" / "coco.json")
     _write_tables(output, tables, t1, sub, notes)
     figs, ex = _write_figures(output, df, clinical, eval_root, Path(images), Path(masks),
                               cfg.examples)
+    if readers is not None:
+        ba = bland_altman_figure(readers_lordosis(readers), sides=("reader b", "reader a"),
+                                 title="Readers' lordosis L1-S1, reader a vs reader b: "
+                                 "Bland-Altman")
+        if ba is not None:
+            figs["bland_altman_readers"] = ba
+            write_bytes(output / "figures" / "bland_altman_readers.png", ba)
     metrics = _metrics(t1, sub, agreement)
     write_json(output / "metrics.json", metrics)
     models_ = list(dict.fromkeys(df["model"]))
@@ -134,6 +154,38 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
                                             study_files=[f"study/model_cards/{m}.md"
                                                          for m in models_]))
     return metrics
+
+
+def _with_readers(tables: dict, readers: dict, df: pd.DataFrame, clinical: dict,
+                  eval_root: Path, test_coco: Path) -> dict:
+    """``tables`` with humans vs models and the readers' agreement tables after the measures
+    (or after the subgroups when nothing was measured)."""
+    test_images = set(df["file_name"])
+    runs = [(m, int(f)) for (m, f), _ in df.groupby(["model", "fold"], sort=False)]
+    read_twice = {r["image"] for r in readers["pairs"]} & test_images
+    ious = model_ious(eval_root, runs, test_coco, read_twice) if read_twice and \
+        test_coco.is_file() else {}
+    extra = {}
+    hvm = humans_vs_models(readers, clinical, ious, test_images)
+    if hvm is not None:
+        extra["humans_vs_models"] = (hvm, False, "Humans vs models: each model against the "
+                                     "ground truth next to reader against reader, on the test "
+                                     "images two or more readers read (yes: within the "
+                                     "readers' variability)")
+    captions = {"readers_pairs": "Readers' agreement per pair (every image two or more read)",
+                "readers_icc": "Readers' agreement per measure: ICC(2,1), absolute agreement",
+                "readers_vs_consensus": "Each reader against the readers' consensus",
+                "readers_vs_truth": "Each reader and the consensus against the known truth "
+                                    "(the phantom's), on the images read twice"}
+    for name, table in agreement_tables(readers).items():
+        extra[name] = (table, False, captions[name])
+    after = "measures" if "measures" in tables else "subgroups"
+    out = {}
+    for name, value in tables.items():
+        out[name] = value
+        if name == after:
+            out.update(extra)
+    return out
 
 
 def _tables(df: pd.DataFrame, summaries: list[dict], t1: pd.DataFrame, sub: pd.DataFrame,
@@ -178,7 +230,9 @@ def _tables(df: pd.DataFrame, summaries: list[dict], t1: pd.DataFrame, sub: pd.D
 
 
 #: tables whose index (models, runs) is written into their CSV
-_INDEXED = ("table1", "subgroups", "pooled_metrics", "level_recognition", "measures")
+_INDEXED = ("table1", "subgroups", "pooled_metrics", "level_recognition", "measures",
+            "humans_vs_models", "readers_pairs", "readers_icc", "readers_vs_consensus",
+            "readers_vs_truth")
 
 
 def _write_tables(output: Path, tables: dict, t1: pd.DataFrame, sub: pd.DataFrame,

@@ -37,9 +37,12 @@ def png_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def bland_altman_figure(measures: dict[str, tuple[list[dict], list[dict]]]) -> bytes | None:
+def bland_altman_figure(measures: dict[str, tuple[list[dict], list[dict]]], *,
+                        sides: tuple[str, str] = ("model", "truth"),
+                        title: str = "Lordosis L1-S1: Bland-Altman") -> bytes | None:
     """Lordosis: one Bland-Altman panel per model (difference against mean of prediction
-    and truth, with the bias and the 95 % limits of agreement)."""
+    and truth, with the bias and the 95 % limits of agreement); ``sides`` names the two
+    (the readers' figure: the second reader of a pair against the first)."""
     pairs = {}
     for model, (pred, true) in measures.items():
         xy = [(float(p["lordosis_deg"]), float(t["lordosis_deg"])) for p, t in zip(pred, true)
@@ -61,9 +64,9 @@ def bland_altman_figure(measures: dict[str, tuple[list[dict], list[dict]]]) -> b
         for y, style in ((bias, "-"), (bias - 1.96 * sd, "--"), (bias + 1.96 * sd, "--")):
             ax.axhline(y, color="grey", linestyle=style, linewidth=1)
         ax.set_title(f"{display_name(model)} (n={len(diff)})", fontsize=10)
-        ax.set_xlabel("mean of model and truth (deg)")
-    axes[0][0].set_ylabel("model - truth (deg)")
-    fig.suptitle("Lordosis L1-S1: Bland-Altman (bias solid, 95 % limits dashed)", fontsize=11)
+        ax.set_xlabel(f"mean of {sides[0]} and {sides[1]} (deg)")
+    axes[0][0].set_ylabel(f"{sides[0]} - {sides[1]} (deg)")
+    fig.suptitle(f"{title} (bias solid, 95 % limits dashed)", fontsize=11)
     fig.tight_layout()
     data = png_bytes(fig)
     plt.close(fig)

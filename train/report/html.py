@@ -76,6 +76,8 @@ def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
             for _, _, caption, data in figs["endplates"]:
                 parts.append(f"<figure><img src='{_uri(data)}' height='420'><figcaption>"
                              f"{html.escape(caption)}</figcaption></figure>")
+        if name == "readers_pairs" and "bland_altman_readers" in figs:
+            parts.append(f"<img src='{_uri(figs['bland_altman_readers'])}' width='1000'>")
         if name == "table2_kruskal_wallis":
             parts.append(f"<h2>Figure 4. Density of the per-image metrics</h2>"
                          f"<img src='{_uri(figs['density'])}' width='900'>"

@@ -143,9 +143,15 @@ class Facts:
     classes: list[str] | None = None
     instances: int | None = None
     points: tuple[float, int, int] | None = None       # mean, min, max per polygon
+    readers: list[str] | None = None                   # images.csv's readers, all images
+    multi_read: int | None = None                      # images read by two or more
+    truths: Counter | None = None                      # ground truth by kind
     splits: dict | None = None
     split_summary: dict | None = None
     synthetic: bool = False
+
+
+ONE_READER = "one reader's"
 
 
 def gather(src: Sources) -> Facts:
@@ -205,6 +211,13 @@ def _annotation_facts(src: Sources, f: Facts) -> None:
         if {"implants", "overlap"} <= columns:
             f.implants = sum(1 for r in rows_ if (r.get("implants") or "0") not in ("0", ""))
             f.overlaps = sum(1 for r in rows_ if (r.get("overlap") or "0") not in ("0", ""))
+        if {"readers", "ground_truth"} <= columns:
+            sets = [str(r.get("readers") or "").split() for r in rows_]
+            f.readers = sorted({x for s in sets for x in s})
+            f.multi_read = sum(len(s) > 1 for s in sets)
+            f.truths = Counter("consensus" if r.get("ground_truth") == "consensus" else
+                               "adjudicated" if r.get("ground_truth") == "adjudicated" else
+                               ONE_READER for r in rows_)
     except (OSError, UnicodeDecodeError, csv.Error):
         pass
     coco = _record(src.processed / "coco.json")
@@ -536,6 +549,17 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
                    f"spinepipe's checks: {_kinds(c.get('counts'))}.")
     else:
         out.append(f"Annotation: {NOT_RECORDED} (no convert report).")
+    if f.readers:
+        truths = f.truths or Counter()
+        out.append("")
+        out.append(f"{len(f.readers)} reader(s) annotated; {f.multi_read} image(s) were read "
+                   f"by two or more. Ground truth: the readers' consensus on "
+                   f"{truths.get('consensus', 0)} image(s) (per vertebra, STAPLE with three or "
+                   f"more readers, majority vote with two; one polygon of at most 15 points), "
+                   f"an expert's adjudication on {truths.get('adjudicated', 0)}, one reader's "
+                   f"polygons on {truths.get(ONE_READER, 0)}. Inter-reader agreement "
+                   "(IoU, boundary distances, the clinical measures' ICC(2,1) and Bland-Altman "
+                   "limits) is reported beside the models (reports/agreement/).")
     out.append("")
     out.append(f"Readers, their qualifications and training: {TO_COMPLETE}.")
     out += ["", "## Data partition", ""]
