@@ -9,6 +9,7 @@ expert's, not a reader compared here.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ import typer
 from converters.annotations.agreement import (MEASURE_FIELDS, PAIR_FIELDS, WORKLIST_FIELDS,
                                               adjudication_project, agreement, csv_text)
 from converters.annotations.convert import ConvertConfig, ConvertReport, IMAGE_SUFFIXES, check
-from converters.annotations.readers import ADJUDICATED, ReaderFile, reader_files
+from converters.annotations.readers import ADJUDICATED, CONSENSUS, ReaderFile, reader_files
+from converters.core.errors import InvalidViaError
 from converters.core.files import prepare_output, write_json, write_text
 from converters.core.provenance import pixel_spacing, read_record
 from pipeline.console import ParamsOption, QuietOption, say
@@ -48,7 +50,8 @@ def command(
     """Inter-reader agreement on the images two or more readers read: IoU, Dice, boundary
     distances per level, the clinical measures per reader pair with ICC(2,1) and Bland-Altman,
     each reader against the consensus, and an adjudication worklist with a VIA project."""
-    cfg = stage_params(ConvertConfig, "convert", params)
+    # the readers' outlines as convert validates them (the reference does not matter here)
+    cfg = dataclasses.replace(stage_params(ConvertConfig, "convert", params), reference=CONSENSUS)
     opts = stage_params(AgreementConfig, "agreement", params)
     files = [f for f in reader_files(input, annotator) if f.reader != ADJUDICATED]
     report = ConvertReport()
@@ -56,9 +59,15 @@ def command(
     readers = sorted({f.reader for f in files})
     truth_of = None
     if truth is not None:
-        known = check([ReaderFile("truth", truth)], images, Path("."), cfg, ConvertReport(),
+        truth_report = ConvertReport()
+        known = check([ReaderFile("truth", truth)], images, Path("."), cfg, truth_report,
                       readers_only=True)
-        truth_of = {name: outs["truth"] for name, outs in known.readers.items()}
+        bad = [p for p in truth_report.problems if p.kind != "unannotated_image"]
+        if bad:   # the yardstick itself must be clean
+            raise InvalidViaError(f"the truth has {len(bad)} problem(s); first: {bad[0].kind}: "
+                                  f"{bad[0].message}", file=truth, image=bad[0].image or None)
+        truth_of = {name: outs["truth"] for name, outs in known.readers.items()
+                    if outs["truth"]}
     result = agreement(plan.readers,
                        readers, lambda name: pixel_spacing(read_record(images, name)),
                        tuple(cfg.classes), truth_of=truth_of, workers=workers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -565,3 +566,183 @@ def test_a_readers_changed_file_re_renders_only_the_images_it_touches(tmp_path):
     assert report.rendered == 1 and (out / "masks" / "x.png").is_file()
     assert {r["file_name"]: r["ground_truth"] for r in csv.DictReader(
         (out / "images.csv").open())}["x.png"] == "r1"
+
+
+# --------------------------------------------------------------------------------------------
+# after a hostile review
+
+
+def _three_readers(tmp_path):
+    png = tmp_path / "png"
+    png.mkdir(exist_ok=True)
+    _png(png / "x.png")
+    for reader, dx in (("r1", 0), ("r2", 2), ("r3", 4)):
+        _via(tmp_path / "ann" / reader / "v.json", "x.png", small_spine(dx))
+    return png, tmp_path / "ann"
+
+
+def _run(*args) -> int:
+    return main([*map(str, args), "--quiet", "--params", "/nonexistent/none.yaml"])
+
+
+def test_a_settled_adjudication_that_still_holds_every_readers_polygons_is_refused(tmp_path):
+    png, ann = _three_readers(tmp_path)
+    assert _run("agreement", "-i", ann, "--images", png, "-o", tmp_path / "agr") == 0
+    project = json.loads((tmp_path / "agr" / "adjudication_via.json").read_text())
+    for meta in project["_via_img_metadata"].values():
+        meta["file_attributes"]["settled"] = "yes"     # settled without deleting anything
+    (ann / ADJUDICATED).mkdir()
+    (ann / ADJUDICATED / "adj.json").write_text(json.dumps(project))
+    out = tmp_path / "out"
+    assert _run("convert", "-i", ann, "--images", png, "-o", out) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["not_adjudicated"] == 1
+    assert [p for p in report["problems"] if p["kind"] == "not_adjudicated"][0]["severity"] \
+        == "error"
+    coco = json.loads((out / "coco.json").read_text())
+    assert {a["annotator"] for a in coco["annotations"]} == {CONSENSUS}
+    assert len(coco["annotations"]) == 6
+    # one reader's polygons kept per vertebra, the annotator attribute left: settled
+    meta = next(iter(project["_via_img_metadata"].values()))
+    meta["regions"] = [r for r in meta["regions"] if r["region_attributes"]["annotator"] == "r2"]
+    (ann / ADJUDICATED / "adj.json").write_text(json.dumps(project))
+    assert _run("convert", "-i", ann, "--images", png, "-o", out) == 0
+    coco = json.loads((out / "coco.json").read_text())
+    assert {a["annotator"] for a in coco["annotations"]} == {ADJUDICATED}
+
+
+def test_a_vertebra_the_readers_cannot_agree_on_is_a_problem_not_a_silence(tmp_path):
+    png = tmp_path / "png"
+    png.mkdir()
+    _png(png / "x.png")
+    far = small_spine()
+    far[0] = Outline("lumbar", [x + 100 for x in far[0].xs], far[0].ys, 0, "L1")
+    _via(tmp_path / "ann" / "r1" / "v.json", "x.png", small_spine())
+    _via(tmp_path / "ann" / "r2" / "v.json", "x.png", far)
+    out = tmp_path / "out"
+    assert _run("convert", "-i", tmp_path / "ann", "--images", png, "-o", out) == 0
+    report = json.loads((out / "report.json").read_text())
+    gaps = [p for p in report["problems"] if p["kind"] == "no_consensus"]
+    assert len(gaps) == 1 and gaps[0]["image"] == "x.png" and "L1" in gaps[0]["message"]
+
+
+def test_readers_in_perfect_agreement_write_valid_json(tmp_path):
+    png = tmp_path / "png"
+    png.mkdir()
+    for k in range(4):
+        _png(png / f"x{k}.png")
+        for reader in ("r1", "r2"):
+            _via(tmp_path / "ann" / reader / f"v{k}.json", f"x{k}.png", small_spine(k))
+    assert _run("agreement", "-i", tmp_path / "ann", "--images", png, "-o",
+                tmp_path / "agr") == 0
+    text = (tmp_path / "agr" / "summary.json").read_text()
+
+    def refuse(token):
+        raise AssertionError(f"{token} in summary.json")
+    summary = json.loads(text, parse_constant=refuse)
+    assert summary["pairs"]["r1|r2"]["lordosis_mae_deg"] == 0
+
+
+def test_the_limits_of_agreement_need_two_differences():
+    res = agreement({"img.png": {"a": spine(), "c": spine(rotate_l1=4.0)}}, ["a", "c"],
+                    lambda _: None)
+    assert res.summary["pairs"]["a|c"]["lordosis_loa_deg"] is None
+
+
+@pytest.mark.parametrize("damage", ["pairs", "measures", "summary", "deep", "readers"])
+def test_the_report_reads_a_damaged_agreement_folder_as_one_line(tmp_path, damage):
+    from converters.core.errors import InvalidTableError
+    from train.report.humans import agreement_tables, load_agreement
+    png, ann = _three_readers(tmp_path)
+    agr = tmp_path / "agr"
+    assert _run("agreement", "-i", ann, "--images", png, "-o", agr) == 0
+    if damage == "pairs":
+        (agr / "pairs.csv").write_text("level,reader_a\nL1,r1\n")
+    elif damage == "measures":
+        (agr / "measures_pairs.csv").write_text("image,measure\nx.png,lordosis_deg\n")
+    elif damage == "summary":
+        (agr / "summary.json").write_text("[1, 2]")
+    elif damage == "deep":
+        (agr / "summary.json").write_text("[" * 100_000)
+    else:
+        summary = json.loads((agr / "summary.json").read_text())
+        summary["icc"]["lordosis_deg"]["readers"] = 5
+        summary["pairs"]["r1|r2"]["images"] = {"a": 1}
+        (agr / "summary.json").write_text(json.dumps(summary))
+        tables = agreement_tables(load_agreement(agr))
+        assert tables["readers_icc"].loc["lordosis_deg", "Readers"] == "n/a"
+        assert tables["readers_pairs"].loc["r1 vs r2", "Images"] == "n/a"
+        return
+    with pytest.raises(InvalidTableError) as err:
+        load_agreement(agr)
+    assert err.value.file and Path(err.value.file).parent == agr
+
+
+def test_a_linked_reader_folder_is_read_and_case_variants_of_reserved_names_refused(tmp_path):
+    png, ann = _three_readers(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    (ann / "r3").rename(elsewhere)
+    (ann / "r3").symlink_to(elsewhere, target_is_directory=True)
+    assert [f.reader for f in reader_files([ann])] == ["r1", "r2", "r3"]
+    for name in ("Consensus", "ADJUDICATED"):
+        (ann / name).mkdir()
+        with pytest.raises(UsageError, match=name):
+            reader_files([ann])
+        (ann / name).rmdir()
+
+
+def test_agreement_takes_the_reference_convert_takes_and_checks_its_truth(tmp_path, capsys):
+    png, ann = _three_readers(tmp_path)
+    params = tmp_path / "p.yaml"
+    params.write_text("convert:\n  reference: adjudicated\n")
+    (ann / ADJUDICATED).mkdir()
+    _via(ann / ADJUDICATED / "a.json", "x.png", small_spine(2), settled="yes")
+    assert main(["agreement", "-i", str(ann), "--images", str(png), "-o", str(tmp_path / "a"),
+                 "--params", str(params), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["readers"] == ["r1", "r2", "r3"]           # the expert is not a reader here
+    # a truth with problems is refused, naming it; an empty one adds nothing
+    truth = tmp_path / "truth.json"
+    _via(truth, "gone.png", small_spine())
+    capsys.readouterr()
+    assert main(["agreement", "-i", str(ann), "--images", str(png), "-o", str(tmp_path / "b"),
+                 "--truth", str(truth), "--quiet", "--params", str(params)]) == 1
+    err = capsys.readouterr().err
+    assert "truth.json" in err and "missing_image" in err and len(err.strip().splitlines()) == 1
+    truth.write_text(json.dumps({"_via_img_metadata": {}}))
+    assert main(["agreement", "-i", str(ann), "--images", str(png), "-o", str(tmp_path / "b"),
+                 "--truth", str(truth), "--quiet", "--params", str(params)]) == 0
+    assert "against_truth" not in json.loads((tmp_path / "b" / "summary.json").read_text())
+
+
+def test_staple_over_vote_patterns_is_the_per_pixel_em_where_optima_are_many():
+    """Noise-free nested boxes: SimpleITK may stop at another optimum; the pattern histogram
+    must still be exactly the textbook per-pixel EM (same start, prior and stopping rule)."""
+    from converters.annotations.consensus import staple
+
+    def per_pixel(masks, tol=1e-7):
+        d = np.stack([m.ravel().astype(float) for m in masks])
+        prior = d.mean()
+        p = np.full(len(masks), 0.99999)
+        q = np.full(len(masks), 0.99999)
+        for _ in range(1000):
+            a = prior * np.prod(np.where(d > 0, p[:, None], 1 - p[:, None]), axis=0)
+            b = (1 - prior) * np.prod(np.where(d > 0, 1 - q[:, None], q[:, None]), axis=0)
+            w = a / (a + b)
+            p_new, q_new = (d * w).sum(1) / w.sum(), ((1 - d) * (1 - w)).sum(1) / (1 - w).sum()
+            change = max(abs(p_new - p).max(), abs(q_new - q).max())
+            p, q = p_new, q_new
+            if change < tol:
+                break
+        return w.reshape(masks[0].shape)
+
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        masks = []
+        for _ in range(int(rng.integers(3, 6))):
+            m = np.zeros((60, 80), np.uint8)
+            dy, dx = rng.integers(-8, 9, 2)
+            g = int(rng.integers(-6, 12))
+            m[max(0, 15 + dy - g):45 + dy + g, max(0, 20 + dx - g):60 + dx + g] = 1
+            masks.append(m)
+        assert np.abs(staple(masks) - per_pixel(masks)).max() < 1e-9

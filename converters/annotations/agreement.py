@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -193,7 +194,9 @@ def _icc(values: dict[str, dict[str, float]], readers: Sequence[str]) -> dict:
     row = table.set_index("Type").loc["ICC(A,1)"]
     if np.isfinite(row["ICC"]):
         out["value"] = round(float(row["ICC"]), 4)
-        out["ci95"] = [round(float(x), 4) for x in row["CI95"]]
+        ci = [float(x) for x in row["CI95"]]
+        # perfect agreement (or none) leaves pingouin's F-based interval undefined
+        out["ci95"] = [round(x, 4) for x in ci] if all(map(math.isfinite, ci)) else None
     return out
 
 
@@ -208,10 +211,11 @@ def _pair_summary(pairs: list[dict], mpairs: list[dict]) -> dict:
            "lordosis_mae_deg": None, "lordosis_bias_deg": None, "lordosis_loa_deg": None}
     if len(lord):
         bias = float(lord.mean())
-        sd = float(lord.std(ddof=1)) if len(lord) > 1 else 0.0
         out.update(lordosis_mae_deg=round(float(np.abs(lord).mean()), 4),
-                   lordosis_bias_deg=round(bias, 4),
-                   lordosis_loa_deg=[round(bias - 1.96 * sd, 4), round(bias + 1.96 * sd, 4)])
+                   lordosis_bias_deg=round(bias, 4))
+        if len(lord) > 1:   # one difference has no spread: no limits
+            sd = float(lord.std(ddof=1))
+            out["lordosis_loa_deg"] = [round(bias - 1.96 * sd, 4), round(bias + 1.96 * sd, 4)]
     return out
 
 

@@ -30,6 +30,13 @@ duplicate_image           the same image annotated again by the same reader:
 not_settled               an adjudicated image whose ``settled`` file        warning
                           attribute is not ``yes``: the readers' polygons
                           stay its ground truth
+not_adjudicated           a settled adjudication still holding several       error
+                          readers' polygons (``annotator`` values) or two
+                          outlines of one vertebra: ignored, the readers'
+                          polygons stay its ground truth
+no_consensus              a structure some reader drew is not in the         warning
+                          consensus (drawn by fewer than half the readers,
+                          or outlines that do not overlap)
 missing_sacrum            no sacrum in an image                              warning
 lumbar_count              not exactly five lumbar vertebrae                  warning
 ========================  =================================================  ========
@@ -132,7 +139,7 @@ from converters.core.provenance import pixel_spacing, read_record
 from converters.annotations.regions import (Outline, Problem, RegionRules, detect_class_attribute,
                                             validate_region)
 from converters.annotations.via import MAX_POINTS, AnnotatedImage, read_via
-from converters.annotations.consensus import consensus
+from converters.annotations.consensus import consensus_with_gaps
 from converters.annotations.readers import (ADJUDICATED, CONSENSUS, DEFAULT_READER, SETTLED,
                                             ReaderFile, check_reference, ground_truth_reader)
 
@@ -315,6 +322,15 @@ def _plan(merged: dict[str, dict[str, AnnotatedImage]], on_disk: dict[str, Path]
             readers[reader] = _outlines(img, width, height, rules, cfg, report)
             report.regions += len(img.regions)
             _corrections(img, rules.class_attribute, plan, report)
+        why = (_not_adjudicated(images[ADJUDICATED], readers[ADJUDICATED])
+               if ADJUDICATED in readers else None)
+        if why:
+            report.problems.append(Problem("not_adjudicated", f"settled, but {why}: the "
+                                           "readers' polygons stay the ground truth",
+                                           images[ADJUDICATED].source, name))
+            if len(readers) > 1:
+                del readers[ADJUDICATED]
+                images = {r: im for r, im in images.items() if r != ADJUDICATED}
         prepared.append((name, images, path, width, height, readers, first))
     if readers_only:   # what agreement needs: every reader's outlines, nothing built on them
         plan.readers = {p[0]: p[5] for p in prepared}
@@ -324,8 +340,12 @@ def _plan(merged: dict[str, dict[str, AnnotatedImage]], on_disk: dict[str, Path]
     # the consensus of every image several readers read, over the cores
     fused = {p[0]: p[5] for p in prepared
              if ground_truth_reader(p[5], cfg.reference) == CONSENSUS}
-    plan.consensus = dict(zip(fused, map_jobs(consensus, list(fused.values()),
-                                              workers=workers)))
+    built = map_jobs(consensus_with_gaps, list(fused.values()), workers=workers)
+    plan.consensus = {name: outs for name, (outs, _) in zip(fused, built)}
+    for name, (_, gaps) in zip(fused, built):
+        for gap in gaps:
+            report.problems.append(Problem("no_consensus", f"left out of the consensus: {gap}",
+                                           "", name))
     for name, images, path, width, height, readers, first in prepared:
         truth = ground_truth_reader(readers, cfg.reference)
         instances = plan.consensus[name] if truth == CONSENSUS else readers[truth]
@@ -388,6 +408,23 @@ def _outlines(img: AnnotatedImage, width: int, height: int, rules: RegionRules,
             "lumbar_count", f"{n_lumbar} lumbar vertebrae (the study expects "
             f"{cfg.expected_lumbar}: L1-L5)", img.source, img.filename))
     return instances
+
+
+def _not_adjudicated(img: AnnotatedImage, outlines: list[Outline]) -> str | None:
+    """Why a settled adjudication is not one: several readers' polygons left in it (their
+    ``annotator`` attribute), or two outlines of one vertebra (overlapping by more than half)."""
+    names = {r.attributes.get("annotator", "") for r in img.regions} - {""}
+    if len(names) > 1:
+        return f"polygons of {len(names)} readers remain ({', '.join(sorted(names))[:80]})"
+    polys = [(o, o.polygon()) for o in outlines if o.level is not None]
+    for k, (a, pa) in enumerate(polys):
+        for b, pb in polys[k + 1:]:
+            if pa.is_valid and pb.is_valid and pa.intersects(pb):
+                inter = pa.intersection(pb).area
+                if inter > 0.5 * min(pa.area, pb.area):
+                    return (f"two outlines of one vertebra remain (regions {a.region} and "
+                            f"{b.region})")
+    return None
 
 
 def _annotation(inst: Outline, ann_id: int, image_id: int, value: int, source: str,

@@ -4,7 +4,8 @@ Layout of the annotations input (``data/annotations``):
 
 - ``<input>/<reader>/*.json|*.csv``: the files of one reader, named by the sub-folder (letters,
   digits, ``.``, ``_``, ``-``; no leading dot; folders starting with a dot are skipped, as
-  editors and notebooks leave them);
+  editors and notebooks leave them; a linked folder is read like any other). One level only:
+  folders inside a reader's folder are not read (keep old batches there, out of the way);
 - ``<input>/*.json|*.csv``: files of the reader :data:`DEFAULT_READER` (``default``); a file given
   by name belongs to ``default`` unless ``spinepipe convert --annotator NAME`` names its reader;
 - ``<input>/adjudicated/``: the reader :data:`ADJUDICATED`: an expert's settled polygons (the VIA
@@ -51,9 +52,12 @@ def check_reader(name: str, *, file: str | Path | None = None) -> str:
         raise UsageError(f"reader name {str(name)[:80]!r} is not a safe folder name (letters, "
                          f"digits, '.', '_', '-'; no leading dot; at most {READER_MAX} "
                          "characters)", file=file)
-    if name == CONSENSUS:
+    if name.lower() == CONSENSUS:
         raise UsageError(f"'{CONSENSUS}' is reserved for the readers' consensus; rename the "
                          "reader", file=file)
+    if name.lower() == ADJUDICATED and name != ADJUDICATED:
+        raise UsageError(f"the expert's folder is spelled '{ADJUDICATED}' (lower case): "
+                         f"rename {name!r}", file=file)
     return name
 
 
@@ -70,7 +74,7 @@ def reader_files(paths: Iterable[str | Path], annotator: str | None = None) -> l
         for child in sorted(path.iterdir()):
             if child.name.startswith("."):
                 continue
-            if child.is_dir() and not child.is_symlink():
+            if child.is_dir():   # a linked folder too: read, never written
                 check_reader(child.name, file=child)
                 out += [ReaderFile(child.name, p) for p in sorted(child.iterdir())
                         if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")]

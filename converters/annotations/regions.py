@@ -37,7 +37,7 @@ from converters.annotations.via import DEFAULT_CLASS_OPTIONS, AnnotatedImage, An
 
 #: problem kinds that lose an annotation: ``error`` (``spinepipe validate`` exits 1)
 ERROR_KINDS = frozenset({"unknown_class", "ignored_shape", "too_few_points", "missing_image",
-                         "duplicate_image"})
+                         "duplicate_image", "not_adjudicated"})
 #: self-crossings repaired in one polygon (an annotator's slip makes one or two)
 MAX_CROSSINGS = 100
 

@@ -17,7 +17,6 @@ report says so), never a traceback.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from converters.core.errors import InvalidTableError
+from converters.core.records import open_input, read_json
 from train.evaluation.agreement import GROUPS
 from train.models import display_name, eval_dir
 
@@ -37,10 +37,16 @@ COMPARED = {"lordosis_deg": "Lordosis L1-S1 MAE (deg)",
 IOU = "Mean IoU per vertebra"
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
+def _rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """A CSV's rows; the ``columns`` must be there (else one line naming the file)."""
     try:
-        with path.open(encoding="utf-8", newline="") as fh:
-            return list(csv.DictReader(fh))
+        with open_input(path, "r", encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InvalidTableError(f"missing column(s) {', '.join(missing)}", file=path)
+            return [{k: (v if isinstance(v, str) else "") for k, v in row.items() if k}
+                    for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InvalidTableError(f"unreadable ({type(exc).__name__})", file=path) from None
 
@@ -59,26 +65,35 @@ def load_agreement(folder: str | Path) -> dict | None:
     files = [folder / n for n in ("pairs.csv", "measures_pairs.csv", "summary.json")]
     if not all(f.is_file() for f in files):
         return None
-    try:
-        summary = json.loads(files[2].read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InvalidTableError(f"not JSON ({type(exc).__name__})", file=files[2]) from None
-    if not isinstance(summary, dict) or not summary.get("images_read_by_two_or_more"):
+    summary = read_json(files[2], what="the readers' agreement summary",
+                        made_by="spinepipe agreement")
+    if not summary.get("images_read_by_two_or_more"):
         return None
-    return {"pairs": _rows(files[0]), "measures": _rows(files[1]), "summary": summary}
+    return {"pairs": _rows(files[0], ("image", "reader_a", "reader_b", "iou")),
+            "measures": _rows(files[1], ("image", "measure", "reader_a", "reader_b", "value_a",
+                                         "value_b", "diff")),
+            "summary": summary}
 
 
 def _truth_polygons(test_coco: Path) -> dict[str, dict]:
     """Test image -> {"size": (h, w), "levels": {level: polygon}}."""
-    data = json.loads(test_coco.read_text(encoding="utf-8"))
-    images = {im["id"]: im for im in data["images"]}
+    data = read_json(test_coco, what="the test set's COCO file", made_by="spinepipe split",
+                     keys={"images": list, "annotations": list})
     out: dict[str, dict] = {}
-    for im in data["images"]:
-        out[im["file_name"]] = {"size": (int(im["height"]), int(im["width"])), "levels": {}}
-    for a in data["annotations"]:
-        im = images.get(a["image_id"])
-        if im is not None and a.get("level"):
-            out[im["file_name"]]["levels"].setdefault(a["level"], a["segmentation"])
+    ids: dict[object, str] = {}
+    try:
+        for im in data["images"]:
+            out[str(im["file_name"])] = {"size": (int(im["height"]), int(im["width"])),
+                                         "levels": {}}
+            ids[im["id"]] = str(im["file_name"])
+        for a in data["annotations"]:
+            name = ids.get(a.get("image_id"))
+            poly = a.get("segmentation")
+            if name is not None and isinstance(a.get("level"), str) and isinstance(poly, list):
+                out[name]["levels"].setdefault(a["level"], poly)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidTableError(f"unexpected structure ({type(exc).__name__})",
+                                file=test_coco) from None
     return out
 
 
@@ -94,24 +109,32 @@ def model_ious(eval_root: Path, runs: list[tuple[str, int]], test_coco: Path,
         if not path.is_file():
             continue
         best: dict[tuple[str, str], dict] = {}
-        for inst in json.loads(path.read_text(encoding="utf-8")):
+        for inst in read_json(path, what="an evaluation's instances", shape=list,
+                              made_by="spinepipe evaluate"):
+            if not isinstance(inst, dict):
+                continue
             key = (inst.get("file_name"), inst.get("level"))
-            if key[0] in images and key[1] and (key not in best or
-                                                inst.get("score", 0) > best[key].get("score", 0)):
-                best[key] = inst
+            score = _number(str(inst.get("score", 0))) or 0.0
+            if key[0] in images and isinstance(key[1], str) and (
+                    key not in best or score > best[key]["_score"]):
+                best[key] = {**inst, "_score": score}
         values = out.setdefault(model, [])
-        for name in sorted(images & set(truth)):
-            h, w = truth[name]["size"]
-            for level, poly in truth[name]["levels"].items():
-                pred = best.get((name, level))
-                if pred is None:
-                    values.append(0.0)
-                    continue
-                gt = mask_utils.merge(mask_utils.frPyObjects(poly, h, w))
-                rle = dict(pred["segmentation"])
-                if isinstance(rle.get("counts"), str):
-                    rle["counts"] = rle["counts"].encode("ascii")
-                values.append(float(mask_utils.iou([rle], [gt], [0])[0][0]))
+        try:
+            for name in sorted(images & set(truth)):
+                h, w = truth[name]["size"]
+                for level, poly in truth[name]["levels"].items():
+                    pred = best.get((name, level))
+                    if pred is None:
+                        values.append(0.0)
+                        continue
+                    gt = mask_utils.merge(mask_utils.frPyObjects(poly, h, w))
+                    rle = dict(pred["segmentation"])
+                    if isinstance(rle.get("counts"), str):
+                        rle["counts"] = rle["counts"].encode("ascii")
+                    values.append(float(mask_utils.iou([rle], [gt], [0])[0][0]))
+        except (KeyError, TypeError, ValueError, AttributeError, UnicodeEncodeError) as exc:
+            raise InvalidTableError(f"an instance or a test polygon pycocotools cannot read "
+                                    f"({type(exc).__name__})", file=path) from None
     return out
 
 
@@ -183,9 +206,9 @@ def agreement_tables(agreement: dict) -> dict[str, pd.DataFrame]:
     if pairs:
         out["readers_pairs"] = pd.DataFrame({
             k.replace("|", " vs "): {
-                "Images": v.get("images"), "Mean IoU": _num(v.get("mean_iou"), 3),
+                "Images": _count(v.get("images")), "Mean IoU": _num(v.get("mean_iou"), 3),
                 "Mean boundary distance (px)": _num(v.get("mean_boundary_px"), 2),
-                "Level disagreements": v.get("level_disagreements"),
+                "Level disagreements": _count(v.get("level_disagreements")),
                 "Lordosis MAE (deg)": _num(v.get("lordosis_mae_deg"), 2),
                 "Lordosis bias (deg)": _num(v.get("lordosis_bias_deg"), 2),
                 "Lordosis 95 % LoA (deg)": _loa(v.get("lordosis_loa_deg"))}
@@ -195,8 +218,9 @@ def agreement_tables(agreement: dict) -> dict[str, pd.DataFrame]:
         out["readers_icc"] = pd.DataFrame({
             m: {"ICC(2,1)": _num(v.get("value"), 3),
                 "95 % CI": _loa(v.get("ci95"), 2),
-                "Readers": " ".join(map(str, v.get("readers") or [])),
-                "Images": v.get("images")}
+                "Readers": (" ".join(map(str, v["readers"]))
+                            if isinstance(v.get("readers"), list) else "n/a"),
+                "Images": _count(v.get("images"))}
             for m, v in icc.items() if isinstance(v, dict)}).T
     cons = s.get("against_consensus") if isinstance(s.get("against_consensus"), dict) else {}
     if cons:
@@ -207,10 +231,14 @@ def agreement_tables(agreement: dict) -> dict[str, pd.DataFrame]:
     truth = s.get("against_truth") if isinstance(s.get("against_truth"), dict) else {}
     if truth:
         out["readers_vs_truth"] = pd.DataFrame({
-            w: {"Images": v.get("images"), "Mean IoU": _num(v.get("mean_iou"), 3),
+            w: {"Images": _count(v.get("images")), "Mean IoU": _num(v.get("mean_iou"), 3),
                 "Lordosis MAE (deg)": _num(v.get("lordosis_mae_deg"), 2)}
             for w, v in truth.items() if isinstance(v, dict)}).T
     return out
+
+
+def _count(v: object) -> str:
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else "n/a"
 
 
 def _num(v: object, digits: int) -> str:
