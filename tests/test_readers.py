@@ -746,3 +746,18 @@ def test_staple_over_vote_patterns_is_the_per_pixel_em_where_optima_are_many():
             m[max(0, 15 + dy - g):45 + dy + g, max(0, 20 + dx - g):60 + dx + g] = 1
             masks.append(m)
         assert np.abs(staple(masks) - per_pixel(masks)).max() < 1e-9
+
+
+def test_images_csv_carries_each_images_content_fingerprint(tmp_path):
+    import hashlib
+    png = tmp_path / "png"
+    png.mkdir()
+    _png(png / "x.png")
+    _via(tmp_path / "ann" / "v.json", "x.png", small_spine())
+    out = tmp_path / "out"
+    assert _run("convert", "-i", tmp_path / "ann", "--images", png, "-o", out) == 0
+    row = next(csv.DictReader((out / "images.csv").open()))
+    assert row["content"] == hashlib.sha1((png / "x.png").read_bytes()).hexdigest()[:16]
+    # an unchanged image is not read again, its fingerprint kept
+    assert _run("convert", "-i", tmp_path / "ann", "--images", png, "-o", out) == 0
+    assert next(csv.DictReader((out / "images.csv").open()))["content"] == row["content"]

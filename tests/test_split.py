@@ -130,3 +130,35 @@ def test_written_outputs(tmp_path):
             assert stems == [Path(n).stem for n in names]
     assert (tmp_path / "splits" / "test" / "list.txt").read_text().split() == \
         [Path(n).stem for n in splits["test"]]
+
+
+def test_the_split_does_not_depend_on_the_pseudonyms():
+    """Two sites' salts give the same images other pseudonyms and UIDs (file names): ordered by
+    the images' content, the same images land in the same parts."""
+    import hashlib
+
+    rows = _rows(60)
+    for r in rows:   # each image's content fingerprint (convert: SHA-1 of the file)
+        r["content"] = hashlib.sha1(r["file_name"].encode()).hexdigest()[:16]
+
+    def renamed(seed: int) -> tuple[list[dict], dict[str, str]]:
+        rng = np.random.default_rng(seed)
+        pseudonym = {p: f"SP{rng.integers(16 ** 10):010X}" for p in {r["patient"] for r in rows}}
+        out, back = [], {}
+        for r in rows:
+            name = f"{pseudonym[r['patient']]}_2.25.{rng.integers(10 ** 12)}.png"
+            out.append({**r, "patient": pseudonym[r["patient"]], "file_name": name})
+            back[name] = r["file_name"]
+        return out, back
+
+    def parts(seed: int) -> list[list[str]]:
+        renamed_rows, back = renamed(seed)
+        s = make_splits(renamed_rows, SplitConfig(seed=0, k=3, test_size=10))
+        return [sorted(back[f] for f in s["test"])] + [sorted(back[f] for f in fold["val"])
+                                                      for fold in s["folds"]]
+
+    assert parts(1) == parts(2)
+    # without the content column, file names decide: the pseudonyms would move images around
+    for r in rows:
+        del r["content"]
+    assert parts(1) != parts(2)

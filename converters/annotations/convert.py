@@ -78,7 +78,10 @@ Outputs under the output folder:
   3..; classes in ``ignore_classes`` 255); overlapping classes: larger value wins;
 - ``overlaps/<stem>.png``: uint8, 1 where two or more vertebra instances overlap, else 0;
 - ``images.csv``: per image: patient, size, instance counts, implants, overlap area and the
-  overlapping level pairs (used by the split and the composite recognition rate);
+  overlapping level pairs (used by the split and the composite recognition rate), the readers
+  and whose polygons are the ground truth, ``content`` (the first 16 hex digits of the image
+  file's SHA-1: the split orders images by it, so that the split does not depend on the
+  pseudonyms, which depend on the site's salt);
 - ``qa/<stem>.png`` (polygons and levels over the image, the endplates and the lordosis
   angle in yellow, problems in red) and
   ``qa/contact_NNN.png`` contact sheets;
@@ -471,6 +474,7 @@ def _write_tables(plan: ConvertPlan, facts: dict[str, dict], via_files: list[str
         row["overlap_area"] = f["overlap_area"]
         row["overlap_pairs"] = " ".join(f["overlap_pairs"])
         row["overlap"] = int(f["overlap_area"] > 0)
+        row["content"] = f.get("content", "")
     cats = categories({c: v for c, v in plan.mask_values.items() if v != IGNORE})
     write_json(output / "coco.json", {
         "info": {"description": "spinepipe convert",
@@ -481,7 +485,7 @@ def _write_tables(plan: ConvertPlan, facts: dict[str, dict], via_files: list[str
     buf = io.StringIO()
     fields = ["file_name", "image_id", "patient", "width", "height", "n_lumbar", "n_sacrum",
               "n_implants", "implants", "overlap", "overlap_area", "overlap_pairs", "problems",
-              "readers", "ground_truth"]
+              "readers", "ground_truth", "content"]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(plan.table)

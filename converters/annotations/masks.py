@@ -124,7 +124,11 @@ def _render_into(job: ImageJob, written: list[tuple[str, str]]) -> dict:
                     qa.overlay(job.path, w, h, job.instances, job.problems, job.qa_max_height,
                                spine=job.spine, lordosis=job.lordosis, readers=job.readers),
                     written)
-    return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs))}
+    # the image's own fingerprint, free of names and keys: what the split orders images by
+    with open_input(job.path) as fh:
+        content = hashlib.sha1(fh.read()).hexdigest()[:16]
+    return {"overlap_area": overlap_area, "overlap_pairs": sorted(set(pairs)),
+            "content": content}
 
 
 @lru_cache(maxsize=1)

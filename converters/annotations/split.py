@@ -10,8 +10,11 @@ Input: the convert stage's ``images.csv`` (one row per image: ``file_name``, ``p
   line: MMSegmentation's split lists);
 - ``summary.json``: images, patients and images per stratum in the test set and each fold.
 
-Method: case IDs (file names) are sorted, then scikit-learn's ``StratifiedGroupKFold`` (seeded
-through a permutation of the patient labels) splits them with the patient as group and the stratum
+Method: cases are ordered by their image's content hash (``images.csv`` ``content``, then the file
+name; pseudonyms and new UIDs depend on the site's secret salt, the pixels do not, so two
+workspaces with different salts split the same images the same way), patients are numbered in
+that order, then scikit-learn's ``StratifiedGroupKFold`` (seeded through a permutation of those
+patient numbers) splits them with the patient as group and the stratum
 (implants x overlap) as label; a batch too small for that (no stratum with as many images as
 splits) is stratified by overlap, then implants, then not at all, and ``strata`` in ``splits.json``
 says so. The fixed test set is one fold of a first pass sized to the test share; the k folds split
@@ -88,7 +91,7 @@ def _grouped_split(n_splits: int, seed: int, y: np.ndarray, groups: np.ndarray):
     import warnings
 
     from sklearn.model_selection import StratifiedGroupKFold  # 0.5 s: here, not at import
-    names = np.unique(groups)
+    names = list(dict.fromkeys(groups))   # in the cases' order (salt-free), not by name
     relabel = dict(zip(names, np.random.default_rng(seed).permutation(len(names))))
     seeded = np.array([relabel[g] for g in groups])
     label, coarse = next((name, f(y)) for name, f in LABELLINGS
@@ -105,7 +108,7 @@ def _grouped_split(n_splits: int, seed: int, y: np.ndarray, groups: np.ndarray):
 
 def make_splits(rows: list[dict], cfg: SplitConfig, file: str = "images.csv") -> dict:
     """Compute the splits of the table rows (pure: no I/O)."""
-    rows = sorted(rows, key=lambda r: r["file_name"])
+    rows = sorted(rows, key=lambda r: (r.get("content") or "", r["file_name"]))
     names = np.array([r["file_name"] for r in rows])
     groups = np.array([r["patient"] for r in rows])
     n_patients = len(set(groups))
