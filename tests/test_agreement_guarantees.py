@@ -34,8 +34,9 @@ def test_agreement_by_hand():
 
 def test_one_pair_has_no_spread_and_nothing_to_compare_gives_none():
     one = agreement([{"x": 3.0}], [{"x": 5.0}], ["x"])
-    assert (one["n"], one["mae"], one["bias"], one["sd"]) == (1, 2.0, -2.0, 0.0)
-    assert one["loa_low"] == one["loa_high"] == -2.0 and one["measurable_rate"] == 1.0
+    # one pair has no spread: no SD, no limits of agreement (not a zero-width band)
+    assert (one["n"], one["mae"], one["bias"], one["sd"]) == (1, 2.0, -2.0, None)
+    assert one["loa_low"] is one["loa_high"] is None and one["measurable_rate"] == 1.0
     missed = agreement([{"x": None}], [{"x": 5.0}], ["x"])
     assert missed["n"] == 0 and missed["measurable_rate"] == 0.0
     assert all(missed[k] is None for k in ("mae", "bias", "sd", "loa_low", "loa_high"))

@@ -44,7 +44,8 @@ def _value(row: dict, col: str) -> float | None:
 def agreement(pred: Sequence[dict], truth: Sequence[dict], columns: Sequence[str]) -> dict:
     """Bland-Altman statistics of the pooled columns over paired rows (same order): ``n``
     (pairs), ``mae``, ``bias``, ``sd``, ``loa_low``, ``loa_high``, ``measurable_rate`` (of the
-    values the truth gives); None where there is nothing to compute."""
+    values the truth gives); None where there is nothing to compute (one pair has no spread:
+    ``sd`` and the limits need two)."""
     diffs, given, made = [], 0, 0
     for p, t in zip(pred, truth):
         for col in columns:
@@ -60,10 +61,12 @@ def agreement(pred: Sequence[dict], truth: Sequence[dict], columns: Sequence[str
     d = np.asarray(diffs, dtype=np.float64)
     out = {"n": int(d.size), "measurable_rate": made / given if given else None}
     if d.size:
-        sd = float(d.std(ddof=1)) if d.size > 1 else 0.0
         bias = float(d.mean())
-        out.update(mae=float(np.abs(d).mean()), bias=bias, sd=sd, loa_low=bias - 1.96 * sd,
-                   loa_high=bias + 1.96 * sd)
+        out.update(mae=float(np.abs(d).mean()), bias=bias, sd=None, loa_low=None,
+                   loa_high=None)
+        if d.size > 1:
+            sd = float(d.std(ddof=1))
+            out.update(sd=sd, loa_low=bias - 1.96 * sd, loa_high=bias + 1.96 * sd)
     else:
         out.update(mae=None, bias=None, sd=None, loa_low=None, loa_high=None)
     return out

@@ -59,9 +59,12 @@ def bland_altman_figure(measures: dict[str, tuple[list[dict], list[dict]]], *,
     for ax, (model, xy) in zip(axes[0], pairs.items()):
         mean, diff = xy.mean(axis=1), xy[:, 0] - xy[:, 1]
         bias = float(diff.mean())
-        sd = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
         ax.scatter(mean, diff, s=12)
-        for y, style in ((bias, "-"), (bias - 1.96 * sd, "--"), (bias + 1.96 * sd, "--")):
+        lines = [(bias, "-")]
+        if len(diff) > 1:   # one difference has no spread: no limits drawn
+            sd = float(diff.std(ddof=1))
+            lines += [(bias - 1.96 * sd, "--"), (bias + 1.96 * sd, "--")]
+        for y, style in lines:
             ax.axhline(y, color="grey", linestyle=style, linewidth=1)
         ax.set_title(f"{display_name(model)} (n={len(diff)})", fontsize=10)
         ax.set_xlabel(f"mean of {sides[0]} and {sides[1]} (deg)")

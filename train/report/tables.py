@@ -142,7 +142,7 @@ def measures_table(measures: dict[str, tuple[list[dict], list[dict]]],
             "Lordosis MAE (deg)": fmt(lo["mae"]),
             "Lordosis bias (deg)": fmt(lo["bias"]),
             "Lordosis 95 % LoA (deg)": (f"{fmt(lo['loa_low'])} to {fmt(lo['loa_high'])}"
-                                        if lo["n"] else "n/a"),
+                                        if lo["loa_low"] is not None else "n/a"),
             "Lordosis measurable (%)": fmt(None if lo["measurable_rate"] is None
                                            else 100 * lo["measurable_rate"]),
             "Segmental angle MAE (deg)": fmt(g["segmental_deg"]["mae"]),
