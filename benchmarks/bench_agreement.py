@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 
 from converters.annotations.convert import ConvertConfig, convert
-from converters.core.provenance import pixel_spacing, read_record
-from converters.phantom.readers import PROFILES, redraw
+from converters.phantom.readers import PROFILES, png_spacing, redraw
 from converters.phantom.writing import annotations_for_export
 from exported_phantom import exported_phantom
 from pipeline.cli import main as cli
@@ -51,8 +50,7 @@ def main() -> None:
         for p in PROFILES:
             via = annotations_for_export(
                 tmp / "raw" / "annotations" / "via_project.json", exported,
-                redraw=lambda name, regions: redraw(
-                    name, regions, p, pixel_spacing(read_record(images, name))[0]))
+                redraw=lambda name, regions: redraw(name, regions, p, png_spacing(images, name)))
             uniq = list(via["_via_img_metadata"].values())
             meta = {}
             for i in range(args.n):

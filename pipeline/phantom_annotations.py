@@ -26,9 +26,8 @@ import typer
 from converters.core.errors import UsageError
 from converters.core.files import write_json
 from converters.core.paths import confined
-from converters.core.provenance import pixel_spacing, read_record
-from converters.phantom.readers import (PROFILES, AnnotatorConfig, misses_top, profiles_record,
-                                        readers_of, redraw)
+from converters.phantom.readers import (PROFILES, AnnotatorConfig, png_spacing, profiles_record,
+                                        readers_of, readers_record, redraw)
 from converters.dicom.ledger import load_ledger
 from converters.phantom.writing import (PhantomConfig, annotations_for_export,
                                         exported_pngs, held_out)
@@ -36,7 +35,6 @@ from pipeline.console import ParamsOption, QuietOption, say
 from pipeline.params import stage_params
 
 FILE_NAME = "phantom_via.json"
-PROFILE = {p.name: p for p in PROFILES}
 
 
 def command(
@@ -79,11 +77,10 @@ def command(
     held = held_out(annotated, n_held)
     who = {name: readers_of(name, cfg.readers, cfg.double_read_share)
            for name in annotated if name not in held}
-    projects = {}
-    for profile in PROFILES:
-        projects[profile.name] = annotations_for_export(
-            via, exported, keep=lambda name: profile.name in who.get(name, ()),
-            redraw=lambda name, regions: redraw(name, regions, profile, _spacing(png, name)))
+    projects = {p.name: annotations_for_export(
+        via, exported, keep=lambda name, p=p: p.name in who.get(name, ()),
+        redraw=lambda name, regions, p=p: redraw(name, regions, p, png_spacing(png, name)))
+        for p in PROFILES}
     if holdout_output is not None:
         write_json(holdout_output, annotations_for_export(via, exported, keep=held.__contains__),
                    indent=None)
@@ -93,19 +90,8 @@ def command(
         write_json(double_read_output, annotations_for_export(
             via, exported, keep=lambda name: len(who.get(name, ())) > 1), indent=None)
     if readers_truth is not None:
-        write_json(readers_truth, {
-            **profiles_record(cfg.readers, cfg.double_read_share),
-            "images": {name: who[name] for name in sorted(who)},
-            "missed_top": {name: [r for r in who[name] if misses_top(name, PROFILE[r])]
-                           for name in sorted(who)
-                           if any(misses_top(name, PROFILE[r]) for r in who[name])}})
+        write_json(readers_truth, readers_record(cfg, who))
     kept = f", {len(held)} held out (truth: {holdout_output})" if held else ""
     double = sum(len(r) > 1 for r in who.values())
     say(f"phantom-annotations: {len(who)} annotated PNGs by {cfg.readers} reader(s), {double} "
         f"read by all{kept} -> {output}/<reader>/{FILE_NAME}")
-
-
-def _spacing(png: Path, name: str) -> float:
-    """The PNG's pixel spacing in mm (export's provenance); 1 when unknown."""
-    spacing = pixel_spacing(read_record(png, name))
-    return float(spacing[0]) if spacing else 1.0

@@ -38,10 +38,12 @@ as their ground truth (:mod:`converters.annotations.readers`).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -49,9 +51,13 @@ import shapely
 from shapely.geometry import Polygon
 
 from converters.annotations.consensus import consensus
-from converters.annotations.readers import CONSENSUS, SETTLED
+from converters.annotations.convert import IMAGE_SUFFIXES, ConvertConfig, ConvertReport, check
+from converters.annotations.readers import ADJUDICATED, CONSENSUS, SETTLED, ReaderFile
 from converters.annotations.regions import Outline
+from converters.core.errors import InvalidViaError
+from converters.core.files import prepare_output, write_json, write_text
 from converters.core.parallel import map_jobs
+from converters.core.provenance import pixel_spacing, read_record
 from converters.annotations.via_project import (ProjectImage, polygon_region, via2_project,
                                                 via_filepath)
 from converters.spine.levels import LEVELS
@@ -68,6 +74,15 @@ WORKLIST_FIELDS = ["rank", "image", "readers", "level_disagreements", "min_iou",
                    "lordosis_range_deg", "score"]
 #: the most readers whose every subset is tried for the ICC's fully crossed set
 SUBSET_READERS = 12
+
+
+@dataclass(frozen=True)
+class AgreementConfig:
+    """params.yaml section ``agreement``."""
+
+    #: where the expert's VIA finds the PNGs (the adjudication project's default_filepath; as
+    #: export's ``via_image_path``)
+    via_image_path: str = ""
 
 
 def _measure_columns(mm: bool) -> list[str]:
@@ -392,3 +407,47 @@ def adjudication_project(worklist: Sequence[dict], readers_of: dict[str, dict[st
         "truth (one per vertebra)", "options": {"no": "not yet", "yes": "settled"},
         "default_options": {"no": True}}
     return project
+
+
+def _truth(truth: Path, images: Path, cfg: ConvertConfig) -> dict[str, list[Outline]]:
+    """The true outlines of a VIA project, checked as convert checks a reader (a problem in
+    the yardstick is an error naming it); images without a polygon left out."""
+    report = ConvertReport()
+    known = check([ReaderFile("truth", truth)], images, Path("."), cfg, report,
+                  readers_only=True)
+    bad = [p for p in report.problems if p.kind != "unannotated_image"]
+    if bad:
+        raise InvalidViaError(f"the truth has {len(bad)} problem(s); first: {bad[0].kind}: "
+                              f"{bad[0].message}", file=truth, image=bad[0].image or None)
+    return {name: outs["truth"] for name, outs in known.readers.items() if outs["truth"]}
+
+
+def write_agreement(files: Sequence[ReaderFile], images: str | Path, output: str | Path,
+                    cfg: ConvertConfig, opts: AgreementConfig = AgreementConfig(), *,
+                    truth: str | Path | None = None, workers: int = 1) -> dict:
+    """``spinepipe agreement``: the readers' outlines read and validated as convert does
+    (``convert.reference`` does not matter here; the ``adjudicated`` reader is the expert's, not
+    compared), :func:`agreement`, then every output under ``output`` (module docstring);
+    returns ``summary.json``'s content."""
+    images, output = Path(images), Path(output)
+    cfg = dataclasses.replace(cfg, reference=CONSENSUS)
+    files = [f for f in files if f.reader != ADJUDICATED]
+    report = ConvertReport()
+    plan = check(files, images, Path("."), cfg, report, readers_only=True)
+    truth_of = _truth(Path(truth), images, cfg) if truth is not None else None
+    result = agreement(plan.readers, sorted({f.reader for f in files}),
+                       lambda name: pixel_spacing(read_record(images, name)),
+                       tuple(cfg.classes), truth_of=truth_of, workers=workers)
+    listed = {w["image"] for w in result.worklist}
+    sizes = {p.name: p.stat().st_size for p in images.iterdir()
+             if p.name in listed and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    prepare_output(output)
+    write_text(output / "pairs.csv", csv_text(result.pairs, PAIR_FIELDS))
+    write_text(output / "measures_pairs.csv", csv_text(result.measures, MEASURE_FIELDS))
+    write_text(output / "worklist.csv", csv_text(result.worklist, WORKLIST_FIELDS))
+    write_json(output / "summary.json", result.summary)
+    write_json(output / "adjudication_via.json",
+               adjudication_project(result.worklist, plan.readers, sizes,
+                                    class_attribute=report.class_attribute,
+                                    default_filepath=opts.via_image_path), indent=None)
+    return result.summary

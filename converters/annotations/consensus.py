@@ -44,7 +44,7 @@ from shapely.geometry import Polygon
 from shapely.validation import make_valid
 
 from converters.annotations.coco import flat, mask_outline, rasterize_window
-from converters.annotations.proposals import simplify
+from converters.annotations.proposals import largest_part, polygon_iou, simplify
 from converters.annotations.regions import Outline
 
 #: vertices per consensus polygon (the study's budget per vertebra)
@@ -142,7 +142,8 @@ def staple(masks: Sequence[np.ndarray], *, tol: float = 1e-7,
     return prob[code].reshape(np.shape(masks[0]))
 
 
-def _polygon(mask: np.ndarray, x0: float, y0: float, f: int) -> tuple[list[float], list[float]] | None:
+def _polygon(mask: np.ndarray, x0: float, y0: float,
+             f: int) -> tuple[list[float], list[float]] | None:
     contour = mask_outline(mask)
     if contour is None or len(contour) < 3:
         return None
@@ -151,12 +152,10 @@ def _polygon(mask: np.ndarray, x0: float, y0: float, f: int) -> tuple[list[float
     pts = pts[keep] / f + (x0, y0)
     poly = Polygon(pts)
     if not poly.is_valid:  # a pinch between diagonal pixels: the largest valid part
-        parts = [g for g in getattr(make_valid(poly), "geoms", [make_valid(poly)])
-                 if isinstance(g, Polygon) and g.area > 0]
-        if not parts:
+        part = largest_part(make_valid(poly))
+        if part is None:
             return None
-        pts = np.asarray(max(parts, key=lambda g: g.area).exterior.coords)[:-1]
-        pts = simplify(pts, MAX_POINTS)
+        pts = simplify(np.asarray(part.exterior.coords)[:-1], MAX_POINTS)
     if len(pts) < 3 or Polygon(pts).area <= 0:
         return None
     return [float(x) for x in pts[:, 0]], [float(y) for y in pts[:, 1]]
@@ -173,14 +172,6 @@ def fuse_outlines(outlines: Sequence[Outline], level: str | None) -> Outline | N
     return Outline(cls, poly[0], poly[1], -1, level)
 
 
-def _iou(a: Outline, b: Outline) -> float:
-    pa, pb = a.polygon(), b.polygon()
-    if not (pa.is_valid and pb.is_valid):
-        return 0.0
-    union = pa.union(pb).area
-    return pa.intersection(pb).area / union if union > 0 else 0.0
-
-
 def _match_unlevelled(readers: dict[str, list[Outline]]) -> list[list[Outline]]:
     """Unlevelled outlines grouped across readers: greedy, best IoU first, one per reader."""
     groups: list[dict[str, Outline]] = []
@@ -190,7 +181,7 @@ def _match_unlevelled(readers: dict[str, list[Outline]]) -> list[list[Outline]]:
             for g in groups:
                 if reader in g:
                     continue
-                iou = max(_iou(o, other) for other in g.values())
+                iou = max(polygon_iou(o.xs, o.ys, other.xs, other.ys) for other in g.values())
                 if iou >= best_iou:
                     best, best_iou = g, iou
             if best is None:

@@ -118,7 +118,8 @@ def simplify(points: np.ndarray, max_points: int) -> np.ndarray:
                    max_points).astype(np.float64)
 
 
-def _largest_part(geom) -> Polygon | None:
+def largest_part(geom) -> Polygon | None:
+    """The largest polygon of a (repaired) geometry; None when nothing has area."""
     parts = [g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and g.area > 0]
     return max(parts, key=lambda g: g.area) if parts else None
 
@@ -143,7 +144,7 @@ def _valid_region(contour: np.ndarray, max_points: int) -> ProjectRegion:
     out) with the smallest tolerance that leaves ``max_points`` vertices. The outline's vertices
     are pixel corners, so they are VIA's integers already and rounding cannot make it cross.
     No vertices (so no proposal) when even that is not a simple polygon of some area."""
-    part = _largest_part(make_valid(Polygon(contour)))
+    part = largest_part(make_valid(Polygon(contour)))
     if part is None:
         return polygon_region([])
     ring = Polygon(part.exterior)

@@ -25,11 +25,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from converters.annotations.via import AnnotatedRegion
+from converters.core.provenance import pixel_spacing, read_record
 
 
 @dataclass(frozen=True)
@@ -150,3 +152,19 @@ def profiles_record(n_readers: int, double_read_share: float) -> dict:
     """What ``readers_truth.json`` records of the readers."""
     return {"double_read_share": double_read_share,
             "readers": {p.name: asdict(p) for p in PROFILES[:n_readers]}}
+
+
+def readers_record(cfg: AnnotatorConfig, who: dict[str, list[str]]) -> dict:
+    """``readers_truth.json``: the profiles, who read each image, who missed its top lumbar."""
+    profile = {p.name: p for p in PROFILES}
+    missed = {name: [r for r in readers if misses_top(name, profile[r])]
+              for name, readers in sorted(who.items())}
+    return {**profiles_record(cfg.readers, cfg.double_read_share),
+            "images": {name: who[name] for name in sorted(who)},
+            "missed_top": {name: rs for name, rs in missed.items() if rs}}
+
+
+def png_spacing(png_dir: Path, name: str) -> float:
+    """An exported PNG's pixel spacing in mm (export's provenance); 1 when unknown."""
+    spacing = pixel_spacing(read_record(png_dir, name))
+    return float(spacing[0]) if spacing else 1.0
