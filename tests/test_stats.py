@@ -17,7 +17,9 @@ from statsmodels.stats.multicomp import pairwise_tukeyhsd
 from train.report import stats
 from train.evaluation.evaluate import write_scores
 from train.evaluation.metrics import METRICS
+from train.models import display_name
 from train.report.build import ReportConfig, build_report
+from train.report.tables import STUDY_TABLE1
 
 MODELS = ["mask_rcnn", "yolact", "unet", "pspnet", "deeplabv3"]
 
@@ -149,6 +151,25 @@ def test_report_from_evaluation_folders(tmp_path, frame):
                  "table4_composite_recognition_rate", "shapiro_wilk"):
         assert (tmp_path / "reports" / "tables" / f"{name}.md").read_text().startswith("|")
     assert (tmp_path / "reports" / "figures" / "overlays" / "unet_worst.png").is_file()
+    # this run beside the study's Table 1 (as the paper prints it: Mask R-CNN's mean IoU
+    # 85.87 %, pixel accuracy 96.27 %, PSPNet's recognition 43 %): the study's values, this
+    # run's, their difference
+    assert (STUDY_TABLE1["mask_rcnn"]["mean_iou"], STUDY_TABLE1["mask_rcnn"]["pixel_accuracy"],
+            STUDY_TABLE1["pspnet"]["recognition_rate"]) == (0.8587, 0.9627, 0.43)
+    comp = pd.read_csv(tmp_path / "reports" / "tables" / "study_comparison.csv",
+                       index_col=0)
+    for model in MODELS:
+        name, r = display_name(model), t1.loc[model]
+        for key, label in (("mean_iou_mean", "Mean IoU"), ("recognition_rate", "Recognition rate")):
+            study = STUDY_TABLE1[model][key.removesuffix("_mean")]
+            assert comp.loc[label, f"{name}: study"] == pytest.approx(100 * study, abs=0.05)
+            assert comp.loc[label, f"{name}: this run"] == pytest.approx(100 * r[key], abs=0.05)
+            assert comp.loc[label, f"{name}: difference"] == pytest.approx(
+                100 * (r[key] - study), abs=0.1)
+    assert "beside the study" in html
+    # the first four test images, each beside its ground truth: 8 panels of the masks' width
+    sheet = cv2.imread(str(tmp_path / "reports" / "figures" / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] > 8 * gt.shape[1]
     notes = (tmp_path / "reports" / "tables" / "notes.md").read_text()
     assert "exact McNemar" in notes and "Only" not in notes      # 30 images: no warning
     assert "Small test set" not in html and "Subgroups" in html

@@ -57,8 +57,8 @@ from converters.core.files import prepare_output, write_bytes, write_json, write
 from train.report import stats
 from train.evaluation.agreement import summarize
 from train.evaluation.metrics import METRICS
-from train.report.figures import (bland_altman_figure, box_figure, densities, density_figure,
-                                  endplate_examples, examples)
+from train.report.figures import (bland_altman_figure, box_figure, contact_sheet, densities,
+                                  density_figure, endplate_examples, examples)
 from train.report.html import page, waiting_page
 from train.report.humans import (agreement_tables, humans_vs_models, load_agreement, model_ious,
                                  readers_lordosis)
@@ -66,7 +66,8 @@ from train.report.study import Sources, render_html, write_study
 from train.models import display_names
 from train.report.tables import (LABELS, RATES, load_evaluations, load_measures, markdown,
                                  measures_table, overlap_finding, sample_note, subgroups,
-                                 subgroups_display, table1, table1_display)
+                                 study_comparison, subgroups_display, table1,
+                                 table1_display)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
              "finding": overlap_finding(df, sub, cfg.alpha)}
     tables = _tables(df, summaries, t1, sub, cfg.alpha)
     if clinical:   # right after the recognition subgroups: what a surgeon reads first
-        first = {k: tables.pop(k) for k in ("table1", "subgroups")}
+        first = {k: tables.pop(k) for k in ("table1", "study_comparison", "subgroups")}
         tables = {**first, "measures": (
             measures_table(clinical, agreement), False, "Clinical measures: each model's "
             "against the ground truth's (Bland-Altman; measurable: every measure the ground "
@@ -205,6 +206,9 @@ def _tables(df: pd.DataFrame, summaries: list[dict], t1: pd.DataFrame, sub: pd.D
     return {
         "table1": (table1_display(t1), False, "Table 1. Pixel metrics (mean and SD over the "
                    "test images of all folds) and recognition rates, %"),
+        "study_comparison": (study_comparison(t1), False, "This run beside the study "
+                             "(Konya et al. 2021, Table 1): per model the study's value, this "
+                             "run's and the difference, % and percentage points"),
         "subgroups": (subgroups_display(sub), False, "Subgroups: composite recognition on "
                       "the test images with / without overlapping vertebrae and with / without "
                       "implants, % (images composite-recognized / images)"),
@@ -230,8 +234,8 @@ def _tables(df: pd.DataFrame, summaries: list[dict], t1: pd.DataFrame, sub: pd.D
 
 
 #: tables whose index (models, runs) is written into their CSV
-_INDEXED = ("table1", "subgroups", "pooled_metrics", "level_recognition", "measures",
-            "humans_vs_models", "readers_pairs", "readers_icc", "readers_vs_consensus",
+_INDEXED = ("table1", "study_comparison", "subgroups", "pooled_metrics", "level_recognition",
+            "measures", "humans_vs_models", "readers_pairs", "readers_icc", "readers_vs_consensus",
             "readers_vs_truth")
 
 
@@ -259,6 +263,9 @@ def _write_figures(output: Path, df: pd.DataFrame, clinical: dict, eval_root: Pa
     ba = bland_altman_figure(clinical)
     if ba is not None:
         figs["bland_altman_lordosis"] = ba
+    sheet = contact_sheet(sorted(df["file_name"].astype(str).unique())[:4], images, masks)
+    if sheet is not None:
+        figs["contact_sheet"] = sheet
     for name, data in figs.items():
         write_bytes(output / "figures" / f"{name}.png", data)
     ex = examples(df, eval_root, images, masks, k)

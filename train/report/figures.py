@@ -152,6 +152,27 @@ def overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, max_height: int
     return out
 
 
+def contact_sheet(names: list[str], images: Path, masks: Path, height: int = 400
+                  ) -> bytes | None:
+    """The test images, each beside its ground truth's outlines (green), in one row: what the
+    data looks like. Images or masks that cannot be read are left out; None when none can."""
+    panels = []
+    for name in names:
+        img = cv2.imread(str(images / name), cv2.IMREAD_UNCHANGED)
+        gt = cv2.imread(str(masks / name), cv2.IMREAD_UNCHANGED)
+        if img is None or gt is None or img.shape[:2] != gt.shape[:2]:
+            continue
+        outlined = overlay(img, gt, np.zeros_like(gt), max_height=height)
+        raw = overlay(img, np.zeros_like(gt), np.zeros_like(gt), max_height=height)
+        gap = np.full((outlined.shape[0], 2, 3), 255, np.uint8)
+        panels += [raw, gap, outlined, np.full((outlined.shape[0], 12, 3), 255, np.uint8)]
+    if not panels:
+        return None
+    h = min(p.shape[0] for p in panels)
+    ok, png = cv2.imencode(".png", np.hstack([p[:h] for p in panels[:-1]]))
+    return png.tobytes() if ok else None
+
+
 def examples(df: pd.DataFrame, eval_root: Path, images: Path, masks: Path, k: int
              ) -> list[tuple[str, str, str, bytes]]:
     """(model, kind, caption, PNG) of the best and worst ``k`` images per model by mean IoU."""

@@ -63,6 +63,10 @@ def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
     ]
     if notes.get("sample"):
         parts.append(f"<p class='note'><b>Small test set.</b> {html.escape(notes['sample'])}</p>")
+    if "contact_sheet" in figs:
+        parts.append("<h2>The test images (the first four by name), each beside its ground "
+                     "truth (green)</h2>"
+                     f"<img src='{_uri(figs['contact_sheet'])}' style='max-width:100%'>")
     for name, (table, percent, caption) in tables.items():
         parts.append(f"<h2>{html.escape(caption)}</h2>{table_html(table, percent)}")
         if name == "subgroups" and notes.get("finding"):

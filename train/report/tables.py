@@ -34,10 +34,18 @@ LABELS = {"pixel_accuracy": "Pixel accuracy", "mean_accuracy": "Mean accuracy",
           "recognition_rate": "Recognition rate",
           "composite_recognition_rate": "Composite recognition rate"}
 
-#: The study's composite recognition rates (Konya et al. 2021, Table 1; 100 test images per
-#: fold, five folds): the instance models keep overlapping vertebrae apart.
-STUDY_COMPOSITE = {"mask_rcnn": 0.89, "yolact": 0.82, "unet": 0.71, "deeplabv3": 0.55,
-                   "pspnet": 0.36}
+#: The study's Table 1 (Konya et al. 2021; 100 test images per fold, five folds, fractions):
+#: per-image means of the pixel metrics and the two recognition rates.
+STUDY_TABLE1 = {model: dict(zip((*METRICS, *RATES), values)) for model, values in {
+    #            pixel acc., mean acc., mean IoU, fw IoU, recognition, composite
+    "mask_rcnn": (0.9627, 0.9247, 0.8587, 0.9374, 0.99, 0.89),
+    "unet": (0.9539, 0.9100, 0.8220, 0.9449, 0.91, 0.71),
+    "deeplabv3": (0.9548, 0.9156, 0.8323, 0.9453, 0.70, 0.55),
+    "yolact": (0.9694, 0.9415, 0.8777, 0.9433, 0.98, 0.82),
+    "pspnet": (0.9513, 0.9134, 0.8097, 0.9397, 0.43, 0.36),
+}.items()}
+#: the composite recognition rates alone: the instance models keep overlapping vertebrae apart
+STUDY_COMPOSITE = {m: v["composite_recognition_rate"] for m, v in STUDY_TABLE1.items()}
 
 
 def load_evaluations(root: str | Path, models: list[str] | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -193,6 +201,26 @@ def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
             col[f"{LABELS[k]} 95 % CI (Wilson)"] = f"{pct(r[f'{k}_ci_low'])}-{pct(r[f'{k}_ci_high'])}"
         col["Test images (all folds)"] = str(int(r["images"]))
         out[display_name(model)] = col
+    return pd.DataFrame(out)
+
+
+def study_comparison(t1: pd.DataFrame) -> pd.DataFrame:
+    """This run's Table 1 beside the study's: metrics as rows, per model (the study's models
+    only) the study's value, this run's and the difference, in percentage points."""
+    out = {}
+    for model, r in t1.iterrows():
+        study = STUDY_TABLE1.get(str(model))
+        if study is None:
+            continue
+        name = display_name(model)
+        col_s, col_r, col_d = (f"{name}: study", f"{name}: this run", f"{name}: difference")
+        out[col_s], out[col_r], out[col_d] = {}, {}, {}
+        for key, value in study.items():
+            mine = float(r[f"{key}_mean"] if key in METRICS else r[key])
+            label = LABELS[key]
+            out[col_s][label] = f"{100 * value:.1f}"
+            out[col_r][label] = f"{100 * mine:.1f}"
+            out[col_d][label] = f"{100 * (mine - value):+.1f}"
     return pd.DataFrame(out)
 
 
