@@ -28,7 +28,7 @@ from pathlib import Path
 
 from converters.annotations.convert import ConvertConfig, convert
 from converters.phantom.readers import PROFILES, png_spacing, redraw
-from converters.phantom.writing import annotations_for_export
+from converters.phantom.annotator import annotations_for_export
 from exported_phantom import exported_phantom
 from pipeline.cli import main as cli
 

@@ -45,7 +45,9 @@ import cv2
 import numpy as np
 import pydicom
 
-from converters.phantom.anatomy import MAX_VALUE, CaseSpec, burn_in, render
+from converters.phantom.anatomy import MAX_VALUE, render
+from converters.phantom.plan import plan_cases
+from converters.phantom.writing import burn_in
 from converters.dicom.deid_table import AnonymizeConfig
 from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.burned_in import find_burned_in_text
@@ -295,8 +297,8 @@ def ocr_eval(n: int, height: int, width: int) -> None:
         times.append(_cpu() - c0)
         return bool(found)
 
-    for k in range(n):
-        pixels, _, _ = render(CaseSpec(k, k, 0, 1), cfg)
+    for k, case in enumerate(plan_cases(cfg)):
+        pixels, _, _ = render(case)
         mono1 = k % 5 == 0
         fp += look(pixels, mono1)
         tp += look(burn_name(pixels, k, rng), mono1)

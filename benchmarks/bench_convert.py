@@ -31,7 +31,7 @@ from pycocotools import mask as mask_utils
 
 from converters.annotations.coco import PNG_LABEL_PARAMS
 from converters.annotations.convert import ConvertConfig, convert
-from converters.phantom.writing import annotations_for_export
+from converters.phantom.annotator import annotations_for_export
 from exported_phantom import exported_phantom
 
 

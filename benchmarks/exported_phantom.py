@@ -8,7 +8,8 @@ from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.deid_table import AnonymizeConfig
 from converters.dicom.export import ExportConfig, export_tree
 from converters.dicom.ledger import load_ledger, load_or_create_salt, prepare_private
-from converters.phantom.writing import PhantomConfig, exported_pngs, generate
+from converters.phantom.annotator import exported_pngs
+from converters.phantom.writing import PhantomConfig, generate
 
 
 def exported_phantom(tmp: Path, n: int, height: int, width: int, cores: int,

@@ -1,6 +1,6 @@
 """``spinepipe phantom``: write the synthetic lumbar X-ray phantom (DICOM + VIA annotations).
 
-params.yaml section ``phantom`` (all keys of :class:`converters.phantom.writing.PhantomConfig`);
+params.yaml section ``phantom`` (all keys of :class:`converters.phantom.plan.PhantomConfig`);
 command-line flags override it.
 """
 from __future__ import annotations

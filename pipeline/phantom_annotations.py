@@ -29,8 +29,8 @@ from converters.core.paths import confined
 from converters.phantom.readers import (PROFILES, AnnotatorConfig, png_spacing, profiles_record,
                                         readers_of, readers_record, redraw)
 from converters.dicom.ledger import load_ledger
-from converters.phantom.writing import (PhantomConfig, annotations_for_export,
-                                        exported_pngs, held_out)
+from converters.phantom.annotator import annotations_for_export, exported_pngs, held_out
+from converters.phantom.plan import PhantomConfig
 from pipeline.console import ParamsOption, QuietOption, say
 from pipeline.params import stage_params
 

@@ -25,8 +25,8 @@ from converters.dicom.deid_table import AnonymizeConfig
 from converters.dicom.anonymize import anonymize_tree
 from converters.dicom.export import ExportConfig, export_tree
 from converters.dicom.ledger import SALT_FILE, load_ledger, load_or_create_salt, prepare_private
-from converters.phantom.writing import (PhantomConfig, annotations_for_export, exported_pngs,
-                                        generate)
+from converters.phantom.annotator import annotations_for_export, exported_pngs
+from converters.phantom.writing import PhantomConfig, generate
 from converters.dicom.pacs import RetrieveConfig
 from converters.dicom.pixels import to_display
 

@@ -15,11 +15,12 @@ import pytest
 from pydicom.data import get_testdata_file
 from conftest import dicom_image
 
-from converters.phantom.anatomy import MAX_VALUE, CaseSpec, burn_in, render
+from converters.phantom.anatomy import MAX_VALUE, render
 from converters.dicom.burned_in import (TextBox, blank_boxes, check_ocr_available,
                                         find_burned_in_text)
 from converters.core.errors import InvalidImageError, SpinepipeError
-from converters.phantom.writing import PhantomConfig
+from converters.phantom.plan import PhantomConfig, plan_cases
+from converters.phantom.writing import burn_in
 
 NAME = "DOE^JOHN 12345 01.02.1960"
 
@@ -98,7 +99,7 @@ def test_every_corner_of_a_real_cr_is_searched(corner):
 @pytest.mark.parametrize("size", [(256, 640), (1100, 2870)])  # the demo's, the study's largest
 def test_the_phantoms_burned_in_label_is_found_in_either_polarity(size, monochrome1):
     cfg = PhantomConfig(n=1, seed=4, width=size[0], height=size[1])
-    pixels, _, _ = render(CaseSpec(0, 0, 0, 1), cfg)
+    pixels, _, _ = render(plan_cases(cfg)[0])
     stored = (lambda a: MAX_VALUE - a) if monochrome1 else (lambda a: a)
     assert find_burned_in_text(stored(pixels)) == []
     # the phantom's label: three lines written close together in the top-left corner
@@ -113,7 +114,7 @@ def test_the_short_lines_of_a_label_are_blanked_with_it():
     # an age and sex under the name is too short to be read as text on its own; blanking
     # the label must still take it (every pixel the label changed is inside a found box)
     cfg = PhantomConfig(n=1, seed=5, width=1100, height=2870)
-    pixels, _, _ = render(CaseSpec(0, 0, 0, 1), cfg)
+    pixels, _, _ = render(plan_cases(cfg)[0])
     labelled = pixels.copy()
     burn_in(labelled, ["WAGNER UWE", "PID00500000", "F 64Y"])
     found = find_burned_in_text(labelled)

@@ -70,13 +70,15 @@ OPTIONS = {
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """phantom -> anonymize -> export -> convert -> split: 16 images, a fixed test set. The
-    project's salt is fixed too (pseudonyms decide the split): every run sees the same data."""
+    project's salt is fixed too: every run sees the same data. Bowel gas and doubled contours
+    are off: at 240x96 (1.7 mm pixels) a gas pocket covers a whole vertebra."""
     root = tmp_path_factory.mktemp("learning")
     private = prepare_private(root / "private")
     (private / SALT_FILE).write_text("5a" * 32 + "\n")
     (private / SALT_FILE).chmod(0o600)
     generate(PhantomConfig(n=16, seed=9, height=240, width=96, burned_in_share=0,
-                           repeat_patient_share=0.2), root / "raw", workers=1)
+                           repeat_patient_share=0.2, gas=0.0, rotation=0.0), root / "raw",
+             workers=1)
     ingest_chain(root / "raw", root)
     convert([root / "via.json"], root / "png", root / "processed", ConvertConfig(qa=False))
     write_splits(root / "processed", root / "splits", SplitConfig(k=2, max_test_fraction=0.25))
@@ -136,8 +138,9 @@ def _learn(project: Path, model: str) -> tuple[dict, dict, dict]:
 
 
 def test_unet_learns_the_phantom(project):
-    """Observed (3 runs, identical: seeded): trained 0.592, untrained 0.126, empty 0.271
-    (a lower learning rate or 100 iterations left the decode head at background: 0.271)."""
+    """Observed (seeded): trained 0.562, untrained 0.107, empty 0.291 on the radiograph-like
+    phantom (2026-12-04; the box-like one: 0.592, 0.126, 0.271); a lower learning rate or 100
+    iterations left the decode head at background."""
     trained, untrained, empty = _learn(project, "unet")
     assert trained["images"] == empty["images"] >= 3
     assert trained["mean_iou"] >= empty["mean_iou"] + 0.2
@@ -146,13 +149,14 @@ def test_unet_learns_the_phantom(project):
 
 
 def test_mask_rcnn_learns_the_phantom(project):
-    """Observed on the split by image content (2026-12-04, seeded): trained 0.696, untrained
-    0.290, empty 0.277; vertebrae recognized 0.83 against 0.00 untrained, whole images 0.20
-    (1 of 5: the tiny model misses L5 on four of them). On the earlier split by pseudonyms
-    (other test images): 0.698, 0.285, 0.271, whole images 0.75 of 4. An image counts only
+    """Observed on the radiograph-like phantom (2026-12-04, seeded; bowel gas and doubled
+    contours off, as for the U-Net): trained 0.623, untrained 0.306, empty 0.291; vertebrae
+    recognized 0.70 (L1 0.8, L2-L3 1.0, L4 0.6, L5 and S1 0.4, where the iliac wings and the
+    implants overlie them) against 0.00 untrained; whole images 0 of 5. An image counts only
     when all six vertebrae are recognized, so on five test images one level a tiny model has
-    not learnt decides that rate; the share of vertebrae recognized is what tells instance
-    learning from none."""
+    not learnt decides that rate (the old box-like phantom: 0.20 and 0.75 on two splits); the
+    share of vertebrae recognized, and every level recognized somewhere, is what tells
+    instance learning from none."""
     trained, untrained, empty = _learn(project, "mask_rcnn")
     assert trained["images"] == empty["images"] >= 3
     assert trained["mean_iou"] >= empty["mean_iou"] + 0.2
@@ -163,4 +167,4 @@ def test_mask_rcnn_learns_the_phantom(project):
         rates = [r for r in summary["level_recognition"].values() if r is not None]
         return sum(rates) / len(rates)
     assert vertebrae(trained) >= 0.6 > vertebrae(untrained)
-    assert trained["recognition_rate"] > untrained["recognition_rate"]
+    assert all(r > 0 for r in trained["level_recognition"].values())   # every level learnt

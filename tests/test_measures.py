@@ -177,10 +177,12 @@ def test_a_level_given_twice_and_no_spine():
 
 def test_measures_of_the_phantom_match_its_true_geometry(tmp_path):
     """The annotated polygons (VIA's integer vertices, as an annotator's file holds them)
-    give the phantom's true measures: lordosis within 1 degree on every image."""
+    give the phantom's true measures (from the exact corners): lordosis within 1 degree on
+    every image. At twice the demo's size: a click rounded to a whole pixel turns a demo-size
+    endplate by up to 0.7 degrees."""
     from converters.phantom.writing import PhantomConfig, generate
     from converters.annotations.via import read_via
-    cfg = PhantomConfig(n=40, seed=11, height=640, width=256, slip_share=0.4,
+    cfg = PhantomConfig(n=40, seed=11, height=1280, width=512, slip_share=0.4,
                         burned_in_share=0)
     generate(cfg, tmp_path, workers=1)
     truth = json.loads((tmp_path / "truth.json").read_text())
@@ -188,6 +190,9 @@ def test_measures_of_the_phantom_match_its_true_geometry(tmp_path):
     errors, slips, lordoses = [], [], []
     for im in images:
         t = truth[im.filename.removesuffix(".png")]
+        if t["transitional"] == "six_lumbar":   # no L1-S1 frame holds L6: no true measures
+            assert t["measures"] is None
+            continue
         outlines = [(lv, np.c_[r.xs, r.ys]) for lv, r in zip(t["levels"], im.regions) if lv]
         spacing = (t["pixel_spacing_mm"],) * 2
         row, _ = image_measures(outlines, spacing)
@@ -205,7 +210,7 @@ def test_measures_of_the_phantom_match_its_true_geometry(tmp_path):
             slips.append(true[f"slip_{pair}_pct"])
             assert row[f"slip_{pair}_pct"] == pytest.approx(true[f"slip_{pair}_pct"], abs=3)
             assert true[f"meyerding_{pair}"] in (1, 2)
-    assert max(errors) <= 1.0, f"max lordosis error {max(errors):.3f} deg"
+    assert len(errors) >= 35 and max(errors) <= 1.0, f"max lordosis error {max(errors):.3f} deg"
     assert min(lordoses) < 35 and max(lordoses) > 50        # a clinically plausible spread
     assert slips and max(slips) > 25                         # grade II slips among them
 

@@ -1,6 +1,7 @@
 """The synthetic phantom: DICOM realism, VIA structure, determinism, anatomy."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -64,19 +65,28 @@ def test_dicom_objects_look_like_an_archive(small_phantom):
 
 
 def test_shares_are_honoured(tmp_path):
-    out = tmp_path / "p"
-    generate(PhantomConfig(n=12, seed=5, height=256, width=128, monochrome1_share=0.5,
-                           burned_in_share=0.5, dx_share=0.5), out, workers=1)
+    out, clean = tmp_path / "p", tmp_path / "clean"
+    cfg = PhantomConfig(n=12, seed=5, height=256, width=128, monochrome1_share=0.5,
+                        burned_in_share=0.5, dx_share=0.5)
+    generate(cfg, out, workers=1)
+    # the same images without burned-in text (each feature draws from its own stream)
+    generate(dataclasses.replace(cfg, burned_in_share=0.0), clean, workers=1)
+    clean_pixels = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f).pixel_array
+                    for f in _files(clean)}
     seen = Counter()
     for f in _files(out):
         ds = pydicom.dcmread(f)
         seen[ds.PhotometricInterpretation] += 1
         seen[ds.Modality] += 1
         seen["burned" if ds.BurnedInAnnotation == "YES" else "clean"] += 1
+        changed = ds.pixel_array != clean_pixels[ds.SOPInstanceUID]
         if ds.BurnedInAnnotation == "YES":
-            # the name is in the pixels: saturated text in the top-left corner
-            white = 0 if ds.PhotometricInterpretation == "MONOCHROME1" else 4095
-            assert (ds.pixel_array[:40, :] == white).sum() > 20
+            # the name is in the pixels, in the top-left corner: saturated white text
+            assert changed[:40, :].sum() > 20 and not changed[40:, :].any()
+            text = ds.pixel_array[changed]
+            assert set(np.unique(text)) == {0 if ds.PhotometricInterpretation == "MONOCHROME1" else 4095}
+        else:
+            assert not changed.any()
     for key in ("MONOCHROME1", "MONOCHROME2", "CR", "DX", "burned", "clean"):
         assert seen[key] > 0, key
 
@@ -127,7 +137,7 @@ def test_degenerated_discs_make_vertebrae_overlap(tmp_path, share, expect_overla
 
 def test_implants_are_drawn_bright_and_labelled(tmp_path):
     out = tmp_path / "p"
-    generate(PhantomConfig(n=4, seed=4, height=320, width=128, implant_share=1.0,
+    generate(PhantomConfig(n=4, seed=4, height=640, width=256, implant_share=1.0,
                            repeat_patient_share=0.0, monochrome1_share=0.0), out, workers=1)
     truth = json.loads((out / "truth.json").read_text())
     via = _via(out)["_via_img_metadata"]
@@ -136,11 +146,15 @@ def test_implants_are_drawn_bright_and_labelled(tmp_path):
         classes = Counter(r["region_attributes"]["class"] for r in meta["regions"])
         assert t["implants"] and classes["screw"] >= 2 and classes["rod"] == 1
         px = pydicom.dcmread(out / t["dicom"]).pixel_array.astype(float)
+        masks: dict[str, np.ndarray] = {}
         for r in meta["regions"]:
-            if r["region_attributes"]["class"] == "rod":
-                s = r["shape_attributes"]
-                inside = rasterize(flat(s["all_points_x"], s["all_points_y"]), *px.shape)
-                assert px[inside].mean() > np.percentile(px, 95)
+            s = r["shape_attributes"]
+            cls = r["region_attributes"]["class"]
+            inside = rasterize(flat(s["all_points_x"], s["all_points_y"]), *px.shape)
+            masks[cls] = masks.get(cls, np.zeros(px.shape, bool)) | inside
+        # metal outshines bone: the rod's median is brighter than nine in ten pixels of the bodies
+        metal = masks["rod"] | masks["screw"] | masks.get("cage", np.zeros(px.shape, bool))
+        assert np.median(px[masks["rod"]]) > np.percentile(px[masks["lumbar"] & ~metal], 90)
 
 
 def test_vertebrae_are_brighter_than_their_surroundings(small_phantom):
@@ -185,3 +199,46 @@ def test_real_study_size_works(tmp_path):
 def test_bad_configuration_is_refused(tmp_path, kwargs):
     with pytest.raises(InvalidConfigError):
         generate(PhantomConfig(**kwargs), tmp_path, workers=1)
+
+
+def test_transitional_spines_are_recorded_and_a_sixth_lumbar_is_not_mislabelled(tmp_path):
+    """truth.json records each lumbosacral transitional vertebra; an annotator who draws six
+    lumbar vertebrae gets them reported (lumbar_count) with no lumbar level assigned: counted
+    from the sacrum, every one would be a level too high."""
+    import cv2
+
+    from converters.annotations.convert import ConvertConfig, convert
+
+    out = tmp_path / "p"
+    generate(PhantomConfig(n=10, seed=3, height=320, width=128, transitional_share=1.0,
+                           burned_in_share=0.0), out, workers=1)
+    truth = json.loads((out / "truth.json").read_text())
+    kinds = Counter(t["transitional"] for t in truth.values())
+    assert kinds["six_lumbar"] and kinds["sacralized_L5"] and set(kinds) <= {
+        "six_lumbar", "sacralized_L5"}
+    pngs = tmp_path / "png"
+    pngs.mkdir()
+    for uid, t in truth.items():
+        lumbar = [lv for lv, c in zip(t["levels"], t["classes"]) if c == "lumbar"]
+        six = t["transitional"] == "six_lumbar"
+        assert lumbar == [f"L{i}" for i in range(1, 7 if six else 6)]
+        assert set(t["endplates"]) == {*lumbar, "S1"}
+        assert (t["measures"] is None) is six   # no L1-S1 frame holds a sixth lumbar level
+        px = pydicom.dcmread(out / t["dicom"]).pixel_array
+        cv2.imwrite(str(pngs / f"{uid}.png"), (px >> 4).astype(np.uint8))
+    report = convert([out / "annotations" / "via_project.json"], pngs, tmp_path / "coco",
+                     ConvertConfig(qa=False))
+    coco = json.loads((tmp_path / "coco" / "coco.json").read_text())
+    names = {im["id"]: im["file_name"].removesuffix(".png") for im in coco["images"]}
+    lumbar_id = next(c["id"] for c in coco["categories"] if c["name"] == "lumbar")
+    levels: dict[str, list] = {}
+    for a in coco["annotations"]:
+        if a["category_id"] == lumbar_id:
+            levels.setdefault(names[a["image_id"]], []).append(a["level"])
+    counted = {p.image.removesuffix(".png") for p in report.problems
+               if p.kind == "lumbar_count" and "levels not assigned" in p.message}
+    for uid, t in truth.items():
+        if t["transitional"] == "six_lumbar":
+            assert levels[uid] == [None] * 6 and uid in counted
+        else:   # a sacralized L5 is still drawn as the fifth lumbar vertebra: levels hold
+            assert sorted(levels[uid]) == ["L1", "L2", "L3", "L4", "L5"] and uid not in counted

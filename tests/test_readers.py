@@ -308,7 +308,8 @@ def test_the_agreement_command_writes_every_table(tmp_path):
 
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory):
-    """40 phantom images, each read by the three readers (as phantom-annotations draws)."""
+    """40 phantom images (those with a sixth lumbar vertebra left out), each read by the three
+    readers (as phantom-annotations draws)."""
     root = tmp_path_factory.mktemp("readers")
     results = generate(PhantomConfig(n=40, seed=11, height=640, width=256), root, workers=2)
     truth = json.loads((root / "truth.json").read_text())
@@ -316,6 +317,8 @@ def drawn(tmp_path_factory):
     readers_of_image, truth_outlines = {}, {}
     for meta in read_via(root / "annotations" / "via_project.json")[1]:
         name = meta.filename
+        if truth[name.removesuffix(".png")]["transitional"] == "six_lumbar":
+            continue   # six lumbar vertebrae: no levels, no true measures to compare with
         true = [Outline(r.attributes["class"], r.xs, r.ys, r.index) for r in meta.regions
                 if r.attributes["class"] in ("lumbar", "sacrum")]
         assign_levels(true)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from converters.phantom.anatomy import render
-from converters.phantom.writing import PhantomConfig, plan_cases
+from converters.phantom.plan import PhantomConfig, plan_cases
 from converters.spine.endplates import Endplate, find_vertebrae
 from converters.spine.measures import MEASURES, image_measures
 from converters.spine.refine import MeasuresConfig, confidence, refine_endplate, refine_spine
@@ -26,13 +26,17 @@ CFG = MeasuresConfig()
 
 @pytest.fixture(scope="module")
 def spines():
-    """Phantom radiographs without overlaps or implants, at twice the demo's size: (pixels,
-    true endplates per level, outlines)."""
+    """Phantom radiographs without overlaps, implants, bowel gas, osteophytes, fractures, a
+    transitional vertebra or doubled contours (a rotated patient's two contours put the edge
+    half their distance from the middle line the annotator's corners follow), at twice the
+    demo's size: (pixels, true endplates per level, outlines)."""
     cfg = PhantomConfig(n=4, seed=5, height=1280, width=512, overlap_share=0.0,
-                        implant_share=0.0, thoracic_share=0.0, slip_share=0.0)
+                        implant_share=0.0, thoracic_share=0.0, slip_share=0.0, gas=0.0,
+                        osteophyte_share=0.0, fracture_share=0.0, transitional_share=0.0,
+                        rotation=0.0)
     out = []
     for case in plan_cases(cfg):
-        pixels, regions, _ = render(case, cfg)
+        pixels, regions, _ = render(case)
         truth = {r.level: r.endplates() for r in regions if r.level and r.corners}
         outlines = [(r.level, r.points) for r in regions if r.level]
         out.append((pixels, truth, outlines))
@@ -140,8 +144,8 @@ def test_phantom_endplates_are_refined_back_from_a_wrong_prior(spines, shift, ti
     line is on average within 1 degree of the true corner-to-corner line, each within 2.5 (the
     phantom's endplates are slightly concave and asymmetric, as real ones, and the edge's line
     follows their middle; flat endplates: 1 degree and 1 px, the test above), and within
-    1.5 px of both corners beyond the endplate's own concavity (the phantom fills its polygons
-    with pixel centres on the vertices, half a pixel from the COCO convention of the corners)."""
+    1.5 px of both corners beyond the endplate's own concavity (the annotator's corners are
+    whole pixels, the truth's where the rounded corners are)."""
     n, angles = 0, []
     for pixels, truth, outlines in spines:
         up = find_vertebrae(outlines).up

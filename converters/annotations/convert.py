@@ -38,7 +38,9 @@ no_consensus              a structure some reader drew is not in the         war
                           consensus (drawn by fewer than half the readers,
                           or outlines that do not overlap)
 missing_sacrum            no sacrum in an image                              warning
-lumbar_count              not exactly five lumbar vertebrae                  warning
+lumbar_count              not exactly five lumbar vertebrae (more than       warning
+                          five: a transitional spine, no lumbar levels
+                          assigned)
 ========================  =================================================  ========
 
 ``error`` marks a problem that loses an annotation: :func:`validate` (``spinepipe validate``,
@@ -407,9 +409,11 @@ def _outlines(img: AnnotatedImage, width: int, height: int, rules: RegionRules,
         report.problems.append(Problem("missing_sacrum", "no sacrum (the study expects S1)",
                                        img.source, img.filename))
     if n_lumbar != cfg.expected_lumbar:
+        unassigned = ("; more than five: a transitional vertebra? levels not assigned"
+                      if n_lumbar > 5 else "")
         report.problems.append(Problem(
             "lumbar_count", f"{n_lumbar} lumbar vertebrae (the study expects "
-            f"{cfg.expected_lumbar}: L1-L5)", img.source, img.filename))
+            f"{cfg.expected_lumbar}: L1-L5){unassigned}", img.source, img.filename))
     return instances
 
 

@@ -10,25 +10,26 @@ would hand over:
   institution, physicians, UIDs, a private block repeating the patient ID) and, for a share of
   images, the patient's name burned into the pixels with BurnedInAnnotation ``YES``.
 - ``annotations/via_project.json``: a VIA 2.0.x project, one polygon of 6-15 points per
-  vertebral body (class ``lumbar`` for L1-L5, ``sacrum`` for the sacrum) and, as in the study,
-  the implants (``cage``, ``screw``, ``rod``). Images are named ``<SOPInstanceUID>.png`` with
-  size -1 (VIA's "unknown"): the demo maps them to the exported, pseudonymized PNG names
-  through the private ledger.
-- ``truth.json``: per image, the vertebral level of each region (``L1``..``L5``, ``S1`` or
-  ``null`` for implants), what was drawn (overlapping levels, implants, thoracic vertebra, a slip
-  and its size), the pixel spacing, the true ``endplates`` (per level ``superior`` and, lumbar,
-  ``inferior``: [posterior corner, anterior corner], vertices of the polygon) and the true clinical
-  ``measures`` computed from them (:mod:`converters.spine.measures`).
+  vertebral body (class ``lumbar`` for each lumbar vertebra drawn, ``sacrum`` for the sacrum) and,
+  as in the study, the implants (``cage``, ``screw``, ``rod``). Images are named
+  ``<SOPInstanceUID>.png`` with size -1 (VIA's "unknown"): the demo maps them to the exported,
+  pseudonymized PNG names through the private ledger (:mod:`converters.phantom.annotator`).
+- ``truth.json``: per image, the true level of each region (``L1``..``L5``, ``L6`` on a spine
+  with a sixth lumbar vertebra, ``S1``, or ``null`` for implants), what was drawn (overlapping
+  levels, implants, thoracic vertebrae, a slip and its size, a ``transitional`` vertebra
+  (``six_lumbar`` / ``sacralized_L5``), osteophytes, vacuum discs, a fracture and its cement),
+  the pixel spacing, the true ``endplates`` (per level ``superior`` and, lumbar, ``inferior``:
+  [posterior corner, anterior corner] where the rounded corners truly are; the VIA polygon's
+  vertices are those clicks rounded to whole pixels) and the true clinical ``measures`` computed
+  from them (:mod:`converters.spine.measures`; ``null`` with a sixth lumbar vertebra, which
+  the L1-S1 frame has no place for).
 
 Geometry: the COCO convention of :mod:`converters.annotations.coco`: continuous coordinates, x to
 the right, y down, (0, 0) at the top-left corner of the top-left pixel, pixel (row i, column j)
-centred at (j + 0.5, i + 0.5). Shapes are rendered from the very integer polygons the VIA file
-stores (OpenCV puts pixel centres at integers, so vertices are shifted by half a pixel). The image
-is built as a projection: densities of overlapping structures add, so vertebrae that overlap on a
-degenerated disc look brighter where they overlap, as on a radiograph.
-
-The anatomy (shapes, densities, implants, the projection) is drawn by
-:mod:`converters.phantom.anatomy`; this module plans the cases and writes DICOM, VIA and truth.
+centred at (j + 0.5, i + 0.5). The image is a projection (:mod:`converters.phantom.anatomy`,
+:mod:`converters.phantom.physics`): the annotator's polygons lie on the outlines of the projected
+solids; what overlaps in projection (bodies on a collapsed disc, bowel gas, the iliac wings,
+metal) overlaps in the image.
 
 Determinism: each image depends only on ``(seed, image index)`` and its patient's anatomy only
 on ``(seed, patient index)``, so results do not depend on the number of worker processes.
@@ -36,25 +37,22 @@ on ``(seed, patient index)``, so results do not depend on the number of worker p
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from converters.phantom.anatomy import MAX_VALUE, CaseSpec, Region, burn_in, render
-from converters.core.provenance import record_paths
-from converters.core.errors import InvalidConfigError, InvalidViaError
+from converters.phantom.anatomy import MAX_VALUE, Region, render
+from converters.phantom.plan import SIX_LUMBAR, Case, PhantomConfig, plan_cases
 from converters.core.files import atomic_path, prepare_output, write_json
 from converters.spine.measures import measures_from_endplates
 from converters.core.parallel import map_jobs
 from converters.annotations.via_project import ProjectImage, polygon_region, via2_project
-from converters.annotations.via import AnnotatedRegion, read_via
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_IMAGE_STORAGE_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -71,38 +69,6 @@ _INSTITUTIONS = ["ST. ELISABETH SPINE CENTRE", "KLINIKUM NORD WIRBELSAEULE",
 _PHYSICIANS = ["HUBER^MARKUS^^DR.", "LORENZ^SABINE^^DR.", "KELLER^THOMAS^^PROF. DR."]
 
 
-@dataclass(frozen=True)
-class PhantomConfig:
-    """What to generate. Shares are probabilities per image (per patient for ``repeat``)."""
-
-    enabled: bool = True            # the DVC stage's switch: off when a real archive is used
-    n: int = 24
-    seed: int = 0
-    height: int = 640
-    width: int = 256
-    overlap_share: float = 0.3      # images with >= 1 degenerated disc (vertebrae overlap)
-    implant_share: float = 0.7      # images with radiopaque implants (as in the study)
-    thoracic_share: float = 0.4     # images showing a thoracic vertebra above L1 (unannotated)
-    monochrome1_share: float = 0.2  # images stored as MONOCHROME1
-    burned_in_share: float = 0.1    # images with the patient's name burned into the pixels
-    dx_share: float = 0.5           # Digital X-Ray objects (the rest Computed Radiography)
-    repeat_patient_share: float = 0.3  # patients with 2-3 images (pre- and post-operative)
-    slip_share: float = 0.25        # images with a degenerative slip (grade I-II)
-
-    def validate(self) -> None:
-        if self.n < 1:
-            raise InvalidConfigError(f"n must be at least 1, got {self.n}")
-        if not (64 <= self.width <= 8192 and 128 <= self.height <= 8192):
-            raise InvalidConfigError(
-                f"image size {self.width}x{self.height} out of range "
-                "(width 64-8192, height 128-8192)")
-        for name in ("overlap_share", "implant_share", "thoracic_share", "monochrome1_share",
-                     "burned_in_share", "dx_share", "repeat_patient_share", "slip_share"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise InvalidConfigError(f"{name} must be between 0 and 1, got {value}")
-
-
 @dataclass
 class CaseResult:
     sop_instance_uid: str
@@ -110,26 +76,6 @@ class CaseResult:
     dicom_path: str
     regions: list[Region] = field(default_factory=list)
     info: dict = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------
-# planning: patients and their images
-
-
-def plan_cases(cfg: PhantomConfig) -> list[CaseSpec]:
-    """Assign images to patients: most patients have one image, some have two or three."""
-    rng = np.random.default_rng([cfg.seed, 0xCA5E])
-    cases: list[CaseSpec] = []
-    patient = 0
-    while len(cases) < cfg.n:
-        k = 1
-        if rng.random() < cfg.repeat_patient_share:
-            k = int(rng.integers(2, 4))
-        k = min(k, cfg.n - len(cases))
-        for j in range(k):
-            cases.append(CaseSpec(len(cases), patient, j, k))
-        patient += 1
-    return cases
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,8 +101,10 @@ def _uid(cfg: PhantomConfig, *parts) -> str:
     return generate_uid(entropy_srcs=["spinepipe-phantom", str(cfg.seed), *map(str, parts)])
 
 
-def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.random.Generator,
-             monochrome1: bool, burned_in: bool, dx: bool, facing: str = "right") -> Dataset:
+def _dataset(cfg: PhantomConfig, case: Case, pixels: np.ndarray,
+             rng: np.random.Generator) -> Dataset:
+    monochrome1, burned_in, dx = case.monochrome1, case.burned_in, case.dx
+    facing = "left" if case.facing_left else "right"
     pat = _patient(cfg, case.patient_index)
     study_date = pat["first_study"] + _dt.timedelta(days=120 * case.patient_image)
     study_time = f"{8 + case.index % 10:02d}{(7 * case.index) % 60:02d}{(13 * case.index) % 60:02d}"
@@ -165,7 +113,7 @@ def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.ran
     study_uid = _uid(cfg, "study", case.patient_index, case.patient_image)
     series_uid = _uid(cfg, "series", case.patient_index, case.patient_image)
     sop_uid = _uid(cfg, "sop", case.index)
-    spacing = 0.143 * 2870 / cfg.height  # mm per pixel: the study's largest images were 2870 px
+    spacing = case.pixel_spacing_mm
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -263,21 +211,18 @@ def _dataset(cfg: PhantomConfig, case: CaseSpec, pixels: np.ndarray, rng: np.ran
     return ds
 
 
-def _write_case(args: tuple[CaseSpec, PhantomConfig, str]) -> CaseResult:
+def _write_case(args: tuple[Case, PhantomConfig, str]) -> CaseResult:
     case, cfg, out = args
-    pixels, regions, info = render(case, cfg)
-    rng = np.random.default_rng([cfg.seed, 4, case.index])
-    monochrome1 = bool(rng.random() < cfg.monochrome1_share)
-    burned_in = bool(rng.random() < cfg.burned_in_share)
-    dx = bool(rng.random() < cfg.dx_share)
-    if burned_in:
+    pixels, regions, info = render(case)
+    rng = np.random.default_rng([cfg.seed, 4, case.index, 1])
+    if case.burned_in:
         pat = _patient(cfg, case.patient_index)
         burn_in(pixels, [pat["name"].replace("^", " "), pat["id"], pat["birth"]])
-    ds = _dataset(cfg, case, pixels, rng, monochrome1, burned_in, dx, info["facing"])
+    ds = _dataset(cfg, case, pixels, rng)
     rel = Path("dicom") / ds.PatientID / ds.AccessionNumber / f"{ds.SOPInstanceUID}.dcm"
     with atomic_path(Path(out) / rel) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
-    info.update(monochrome1=monochrome1, burned_in=burned_in, modality=ds.Modality,
+    info.update(monochrome1=case.monochrome1, burned_in=case.burned_in, modality=ds.Modality,
                 patient_index=case.patient_index, pixel_spacing_mm=float(ds.PixelSpacing[0]))
     return CaseResult(ds.SOPInstanceUID, ds.PatientID, str(rel), regions, info)
 
@@ -305,6 +250,10 @@ def _write_annotations(output: Path, results: list[CaseResult]) -> None:
         via_regions = [polygon_region(reg.points, **{"class": reg.cls}) for reg in r.regions]
         images.append(ProjectImage(f"{r.sop_instance_uid}.png", -1, tuple(via_regions)))
         endplates = {reg.level: reg.endplates() for reg in r.regions if reg.corners}
+        # a sixth lumbar vertebra has no place in the measures' L1-S1 frame: none are made
+        six = r.info.get("transitional") == SIX_LUMBAR
+        measures = (None if six else
+                    measures_from_endplates(endplates, (r.info["pixel_spacing_mm"],) * 2))
         truth[r.sop_instance_uid] = {
             "dicom": r.dicom_path,
             "patient_id": r.patient_id,
@@ -312,7 +261,7 @@ def _write_annotations(output: Path, results: list[CaseResult]) -> None:
             "classes": [reg.cls for reg in r.regions],
             **r.info,
             "endplates": endplates,
-            "measures": measures_from_endplates(endplates, (r.info["pixel_spacing_mm"],) * 2),
+            "measures": measures,
         }
     write_json(output / "annotations" / "via_project.json",
                via2_project(images, name="spinepipe phantom"), indent=None)
@@ -321,63 +270,15 @@ def _write_annotations(output: Path, results: list[CaseResult]) -> None:
 
 
 
-def exported_pngs(png_dir: str | Path, instances: dict[str, dict]) -> dict[str, tuple[str, int]]:
-    """Original SOP Instance UID -> (exported PNG name, PNG size in bytes) (demo only).
-
-    ``instances`` is the private ledger's ``instances`` table (new SOP Instance UID -> the
-    original one); the export provenance records (``provenance/*.json``) name each PNG's new
-    SOP Instance UID. A malformed record or ledger is an error naming the file.
-    """
-    exported: dict[str, tuple[str, int]] = {}
-    if not isinstance(instances, dict):
-        raise InvalidViaError("the ledger's 'instances' is not a mapping")
-    for prov in record_paths(png_dir):
-        try:
-            record = json.loads(prov.read_text(encoding="utf-8"))
-            row = instances.get(record["sop_instance_uid"])
-            if row is not None:
-                exported[row["sop_instance_uid"]] = (record["image"], int(record["png_bytes"]))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise InvalidViaError(f"malformed provenance record or ledger entry "
-                                  f"({type(exc).__name__}: {exc})".splitlines()[0],
-                                  file=prov) from None
-    return exported
-
-
-def held_out(names: list[str], n: int) -> set[str]:
-    """The ``n`` exported PNGs the demo's annotator leaves unannotated: the first by the
-    SHA-1 of their names (stable when other images come or go)."""
-    return set(sorted(names, key=lambda name: hashlib.sha1(name.encode()).hexdigest())[:n])
-
-
-def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]], *,
-                           keep: Callable[[str], bool] | None = None,
-                           redraw: Callable[[str, list[AnnotatedRegion]],
-                                            list[AnnotatedRegion]] | None = None) -> dict:
-    """The phantom's VIA project (a file) re-keyed to the exported PNGs (demo only).
-
-    ``via`` is the phantom's project (files named ``<original SOPInstanceUID>.png``), read as any
-    VIA file is (:func:`converters.annotations.via.read_via`: a malformed one is an error naming
-    it); ``exported`` maps an original SOP Instance UID to ``(PNG name, PNG size in bytes)``, as
-    the private ledger and the export provenance give it. Images that were not exported
-    (quarantined for burned-in text) are left out, as an annotator would never see them. The result
-    names only pseudonymized PNGs: no original identifier survives. ``keep`` (a PNG name -> bool)
-    selects images (:func:`held_out`). ``redraw`` (a PNG name and its polygon regions -> the
-    regions as a reader draws them: :func:`converters.phantom.readers.redraw`) lets a reader
-    draw them.
-    """
-    images = []
-    for meta in read_via(via)[1]:
-        original_uid = meta.filename.removesuffix(".png")
-        if original_uid not in exported:
-            continue
-        name, size = exported[original_uid]
-        if keep is not None and not keep(name):
-            continue
-        drawn = [r for r in meta.regions if r.shape == "polygon"]
-        if redraw is not None:
-            drawn = redraw(name, drawn)
-        regions = tuple(polygon_region(list(zip(r.xs, r.ys)), **r.attributes) for r in drawn)
-        images.append(ProjectImage(name, size, regions))
-    images.sort(key=lambda im: im.filename)
-    return via2_project(images, name="spinepipe phantom annotations")
+def burn_in(pixels: np.ndarray, lines: Sequence[str]) -> None:
+    """Write text into the top-left corner of the pixels (MONOCHROME2 sense, saturated white),
+    as a modality's overlay burned into the image would be."""
+    h, w = pixels.shape
+    scale = max(0.3, w / 700)
+    thick = max(1, int(round(scale * 1.5)))
+    mask = np.zeros((h, w), np.uint8)
+    y = int(24 * scale) + 4
+    for line in lines:
+        cv2.putText(mask, line, (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thick, cv2.LINE_AA)
+        y += int(30 * scale) + 4
+    pixels[mask > 127] = MAX_VALUE

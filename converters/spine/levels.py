@@ -4,7 +4,8 @@ Each vertebra of an image gets ``L1``..``L5`` / ``S1``: the largest sacrum insta
 lumbar instance nearest (centroid to centroid, pixels) to the sacrum is L5, the one nearest to
 L5 is L4, and so on, which follows the lordotic curve. Without a sacrum the chain starts at the
 lowest lumbar instance (largest centroid y). Lumbar instances beyond five, other sacra and
-other classes get no level (``None``). Used for annotations (convert) and predictions
+other classes get no level (``None``); annotations with more than five lumbar vertebrae (a
+transitional spine) get no lumbar levels at all (:func:`assign_levels`). Used for annotations (convert) and predictions
 (evaluate) alike, so a missed vertebra shows up as a level shift on both sides.
 """
 from __future__ import annotations
@@ -45,11 +46,16 @@ def levels_bottom_up(classes: Sequence[str], centroids: Sequence[Sequence[float]
 
 
 def assign_levels(instances: Sequence[Outline]) -> None:
-    """Set ``level`` of each instance: L5..L1 bottom-up from the sacrum, by nearest centroid;
-    S1 for the sacrum."""
+    """Set ``level`` of each annotated instance: L5..L1 bottom-up from the sacrum, by nearest
+    centroid; S1 for the sacrum. An annotator who drew more lumbar vertebrae than five saw a
+    lumbosacral transitional spine (a sixth lumbar vertebra) or counted a thoracic one: which
+    is L5 cannot be told from the outlines, so no lumbar level is assigned (never guessed);
+    convert reports the count (``lumbar_count``)."""
     polygons = [i.polygon() for i in instances]
-    levels = levels_bottom_up([i.cls for i in instances],
-                              [(p.centroid.x, p.centroid.y) for p in polygons],
+    classes = [i.cls for i in instances]
+    levels = levels_bottom_up(classes, [(p.centroid.x, p.centroid.y) for p in polygons],
                               [p.area for p in polygons])
+    if classes.count("lumbar") > len(LUMBAR):
+        levels = [None if k == "lumbar" else lv for k, lv in zip(classes, levels)]
     for inst, level in zip(instances, levels):
         inst.level = level
