@@ -5,9 +5,15 @@ headline agreement numbers of ``summary.json`` (``lordosis_mae_deg``, the measur
 not being the ones of the per-image ``measures.csv`` / ``measures_truth.csv`` beside it.
 (Bland-Altman arithmetic by hand: test_agreement_guarantees.py.)
 
-The test set is the small phantom through anonymize, export and convert; the predictions are
-its own ground-truth masks for every image but one, given as a folder as
-``spinepipe evaluate --predictions`` takes it.
+The test set is six phantom images at the demo's size (640x256: at the tests' usual 320x128,
+1.3 mm pixels coarser than any radiograph, the refinement rightly withholds most endplates),
+without implants (on the radiograph-like phantom a cage and screws at L5/S1 lead the
+refinement of the truth's own S1 endplate 5 degrees astray: issue 23's to solve, the demo's
+report shows it) or overlapping bodies (the ground-truth masks given as predictions are read
+as a semantic model's: overlapping bodies fuse into one blob, unmeasured), through anonymize,
+export and convert; the predictions are its own
+ground-truth masks for every image but one, given as a folder as ``spinepipe evaluate
+--predictions`` takes it.
 """
 from __future__ import annotations
 
@@ -22,15 +28,19 @@ import pytest
 from conftest import ingest_chain
 from converters.annotations.convert import ConvertConfig, convert
 from converters.core.errors import InvalidTableError, MissingInputError
+from converters.phantom.writing import PhantomConfig, generate
 from converters.spine.endplates import Endplate
 from converters.spine.refine import _against
 from train.evaluation.evaluate import EvaluateConfig, evaluate_run
 
 
 @pytest.fixture(scope="module")
-def evaluated(small_phantom, tmp_path_factory):
+def evaluated(tmp_path_factory):
     root = tmp_path_factory.mktemp("wiring")
-    ingest_chain(small_phantom, root)
+    phantom = tmp_path_factory.mktemp("phantom640")
+    generate(PhantomConfig(n=6, seed=3, height=640, width=256, repeat_patient_share=0.5,
+                           implant_share=0.0, overlap_share=0.0), phantom, workers=1)
+    ingest_chain(phantom, root)
     convert([root / "via.json"], root / "png", root / "processed", ConvertConfig(qa=False))
     names = sorted(p.name for p in (root / "processed" / "masks").glob("*.png"))
     assert len(names) >= 4
@@ -217,10 +227,7 @@ def test_convert_refines_readers_polygons_only_when_asked(evaluated, tmp_path):
     assert {r["refined"] for r in refined.values()} == {"1"}
     both = [(float(refined[n]["lordosis_deg"]), float(plain[n]["lordosis_deg"]))
             for n in plain if refined[n]["lordosis_deg"] and plain[n]["lordosis_deg"]]
-    # on the tests' 320x128 phantom (1.3 mm pixels, coarser than any radiograph) the refinement
-    # withholds the endplates it sees along less than 40 % of their length: 2 of these 6
-    # images keep their lordosis (at the demo's 640x256, 11 of 12)
-    assert len(both) >= 2
+    assert len(both) >= len(plain) // 2
     assert all(0.0 <= float(refined[n]["confidence"]) <= 1.0 for n in refined
                if refined[n]["lordosis_deg"])
     assert np.mean([abs(a - b) for a, b in both]) < 2.0

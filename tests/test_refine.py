@@ -26,10 +26,12 @@ CFG = MeasuresConfig()
 
 @pytest.fixture(scope="module")
 def spines():
-    """Phantom radiographs without overlaps, implants, bowel gas, osteophytes, fractures, a
-    transitional vertebra or doubled contours (a rotated patient's two contours put the edge
-    half their distance from the middle line the annotator's corners follow), at twice the
-    demo's size: (pixels, true endplates per level, outlines)."""
+    """Phantom radiographs of plain spines, at twice the demo's size: (pixels, true endplates
+    per level, outlines). What would make the edge's line differ from the corner-to-corner
+    line the truth records is off: overlaps and implants (as before), osteophytes (bone past
+    the corner), wedge fractures, a transitional vertebra, doubled contours (a rotated
+    patient's two contours put the edge half their distance from the middle line) and bowel
+    gas (a pocket over an endplate hides its edge: withheld, the test of metal below)."""
     cfg = PhantomConfig(n=4, seed=5, height=1280, width=512, overlap_share=0.0,
                         implant_share=0.0, thoracic_share=0.0, slip_share=0.0, gas=0.0,
                         osteophyte_share=0.0, fracture_share=0.0, transitional_share=0.0,

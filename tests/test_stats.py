@@ -168,8 +168,8 @@ def test_report_from_evaluation_folders(tmp_path, frame):
                 100 * (r[key] - study), abs=0.1)
     assert "beside the study" in html
     # the first four test images, each beside its ground truth: 8 panels of the masks' width
-    sheet = cv2.imread(str(tmp_path / "reports" / "figures" / "contact_sheet.png"))
-    assert sheet is not None and sheet.shape[1] > 8 * gt.shape[1]
+    sheet = cv2.imread(str(tmp_path / "reports" / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] > 8 * gt.shape[1] * sheet.shape[0] / gt.shape[0]
     notes = (tmp_path / "reports" / "tables" / "notes.md").read_text()
     assert "exact McNemar" in notes and "Only" not in notes      # 30 images: no warning
     assert "Small test set" not in html and "Subgroups" in html

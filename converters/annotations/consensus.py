@@ -5,7 +5,10 @@ COCO convention of :mod:`converters.annotations.coco`: continuous pixels, (0, 0)
 corner of the top-left pixel) with their levels (:mod:`converters.spine.levels`).
 
 Matching: vertebrae by their level (``L1``..``L5``, ``S1``); outlines without a level (implants,
-when kept) greedily by IoU (at least :data:`MATCH_IOU`, best pair first). A structure enters the
+when kept) greedily by IoU (at least :data:`MATCH_IOU`, best pair first). Where a reader drew
+more than five lumbar vertebrae (left unlevelled: a transitional spine), every reader's lumbar
+outlines are matched by IoU and the consensus's levels assigned anew
+(:func:`converters.spine.levels.assign_levels`). A structure enters the
 consensus when at least half of the image's readers drew it (two readers: either; three: two).
 
 Fusion, in a window around the structure (rasterized by pycocotools as the masks are, on a grid
@@ -36,6 +39,7 @@ carry the class most of the readers gave and ``region`` -1 (no VIA region).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import cv2
@@ -46,6 +50,7 @@ from shapely.validation import make_valid
 from converters.annotations.coco import flat, mask_outline, rasterize_window
 from converters.annotations.proposals import largest_part, polygon_iou, simplify
 from converters.annotations.regions import Outline
+from converters.spine.levels import assign_levels
 
 #: vertices per consensus polygon (the study's budget per vertebra)
 MAX_POINTS = 15
@@ -197,6 +202,12 @@ def consensus_with_gaps(readers: dict[str, list[Outline]]
     drew is not among them (one line each: convert records them as problems)."""
     n = len(readers)
     need = (n + 1) // 2
+    # a reader who drew more than five lumbar vertebrae has them unlevelled (a transitional
+    # spine): every reader's lumbar outlines are then matched by IoU, the levels assigned anew
+    by_iou = any(o.cls == "lumbar" and o.level is None for outs in readers.values() for o in outs)
+    if by_iou:
+        readers = {r: [replace(o, level=None) if o.cls == "lumbar" else o for o in outs]
+                   for r, outs in readers.items()}
     by_level: dict[str, dict[str, Outline]] = {}
     for reader in sorted(readers):
         for o in readers[reader]:
@@ -216,6 +227,8 @@ def consensus_with_gaps(readers: dict[str, list[Outline]]
             gaps.append(f"{what}: the readers' outlines do not overlap enough to agree on one")
         else:
             out.append(fused)
+    if by_iou:
+        assign_levels(out)
     return out, gaps
 
 

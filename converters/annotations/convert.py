@@ -134,7 +134,7 @@ from converters.core.incremental import IncrementalState
 from converters.core.parallel import map_jobs
 from converters.core.files import (prepare_output, remove_output, remove_stale_temps, write_json,
                                    write_text)
-from converters.spine.levels import assign_levels
+from converters.spine.levels import LUMBAR, assign_levels
 from converters.core.provenance import patient_of
 from converters.spine.measures import image_measures, measures_csv
 from converters.spine.refine import MeasuresConfig
@@ -408,12 +408,11 @@ def _outlines(img: AnnotatedImage, width: int, height: int, rules: RegionRules,
     if not any(i.cls == "sacrum" for i in instances):
         report.problems.append(Problem("missing_sacrum", "no sacrum (the study expects S1)",
                                        img.source, img.filename))
-    if n_lumbar != cfg.expected_lumbar:
-        unassigned = ("; more than five: a transitional vertebra? levels not assigned"
-                      if n_lumbar > 5 else "")
-        report.problems.append(Problem(
-            "lumbar_count", f"{n_lumbar} lumbar vertebrae (the study expects "
-            f"{cfg.expected_lumbar}: L1-L5){unassigned}", img.source, img.filename))
+    if n_lumbar != cfg.expected_lumbar or n_lumbar > len(LUMBAR):  # > 5: levels unassigned
+        report.problems.append(Problem("lumbar_count", f"{n_lumbar} lumbar vertebrae (the study "
+                                       f"expects {cfg.expected_lumbar}: L1-L5)" + (
+            "; more than five: a transitional vertebra? levels not assigned"
+            if n_lumbar > len(LUMBAR) else ""), img.source, img.filename))
     return instances
 
 

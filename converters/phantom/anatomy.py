@@ -37,6 +37,7 @@ MU_TRABECULAR = 0.009
 MU_CORTEX = 0.06
 MU_SOFT = 0.02        # soft tissue itself
 MU_METAL = 0.3        # titanium / cobalt-chrome screws and rods
+MU_CAGE = 0.045       # a porous titanium cage (about a third of solid titanium)
 MU_CEMENT = 0.05      # barium-loaded PMMA
 
 
@@ -162,11 +163,14 @@ def _around(case: Case, ch: Chain, frame: Frame, sacrum_px: np.ndarray, cortex: 
     unit = frame.scale
     out = []
     c = sacrum_px.mean(axis=0) + np.array([-0.1 * unit, -0.35 * unit])
-    ang = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-    ilium = c + np.c_[1.6 * unit * np.cos(ang), 1.1 * unit * np.sin(ang)
-                      * (1 + 0.15 * np.sin(2 * ang + rng.uniform(0, 6)))]
-    out.append(Solid(ilium, 6.0, MU_TRABECULAR * 1.5, cortex_px=cortex * 1.5,
-                     mu_cortex=MU_CORTEX, texture=0.4))
+    ang = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+    phases = rng.uniform(0, 2 * np.pi, 3)
+    wobble = 1 + sum(a * np.sin(k * ang + p) for a, k, p in zip((0.12, 0.08, 0.05), (2, 3, 5),
+                                                               phases))
+    crest = np.where(np.sin(ang) < 0, 1.0, 0.8)   # the crest above rounder, the notch below
+    ilium = c + np.c_[1.6 * unit * np.cos(ang), 1.1 * unit * np.sin(ang) * crest] * wobble[:, None]
+    out.append(Solid(smooth_outline(ilium, 0.1 * unit), 6.0, MU_TRABECULAR * 1.5,
+                     cortex_px=cortex, mu_cortex=MU_CORTEX * 0.8, texture=0.4))
     if case.thoracic:
         for r in range(2):
             start = frame(ch.centers[0]) + np.array([-0.6 * unit, (-0.6 + 0.9 * r) * unit])
@@ -187,6 +191,16 @@ def _around(case: Case, ch: Chain, frame: Frame, sacrum_px: np.ndarray, cortex: 
     return out
 
 
+def _t11(case: Case, ch: Chain, frame: Frame, cortex: float, radius: float) -> Solid:
+    """T11: a body above T12, a disc's height higher, continuing the curve."""
+    rng = _stream(case, 6, 4)
+    local, _ = vertebral_body(rng, ch.a * 0.97, ch.heights[0] * 0.48, 0.0, 8)
+    phi = ch.phis[0] * 1.1
+    center = ch.centers[0] - (ch.heights[0] + rng.uniform(0.22, 0.3)) * axis(phi)
+    return _shell(smooth_outline(frame(rot(local, center, phi)), radius), MU_TRABECULAR, cortex,
+                  phi, 42.0 * case.depth / 1.4)
+
+
 def _disease(case: Case, ch: Chain, frame: Frame, bodies_px: list[np.ndarray],
              corners: list[tuple[int, ...]], cortex: float) -> list[Solid]:
     """Anterior osteophytes, vacuum discs and a fractured body's cement."""
@@ -202,12 +216,13 @@ def _disease(case: Case, ch: Chain, frame: Frame, bodies_px: list[np.ndarray],
                              corner + out_dir * 0.14 * unit,
                              corner - out_dir * 0.12 * unit - (0, 0.04 * unit)])
             out.append(Solid(spur, 8.0, MU_CORTEX * 0.6))
-    for d in case.vacuum_discs:
-        below = ch.s_top if d == len(ch.centers) - 1 else ch.centers[d + 1]
-        mid = frame((ch.centers[d] + below) / 2)
+    for d in case.vacuum_discs:   # a thin lens of gas along the disc
+        last = d == len(ch.centers) - 1
+        below, phi_b = (ch.s_top, ch.phi_s) if last else (ch.centers[d + 1], ch.phis[d + 1])
         ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-        lens = mid + np.c_[0.45 * case.depth * unit * np.cos(ang), 0.03 * unit * np.sin(ang)]
-        out.append(Solid(lens, 10.0, -MU_SOFT))
+        lens = np.c_[0.45 * case.depth * np.cos(ang), 0.03 * np.sin(ang)]
+        out.append(Solid(frame(rot(lens, (ch.centers[d] + below) / 2, (ch.phis[d] + phi_b) / 2)),
+                         10.0, -MU_SOFT))
     if case.cement and case.fracture is not None:
         c = frame(ch.centers[case.fracture])
         ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
@@ -262,13 +277,12 @@ def _implants(case: Case, ch: Chain, frame: Frame, rng: np.random.Generator):
         gh = max(0.12, float(np.linalg.norm(lower - upper))) * 0.85
         cage = np.rint(frame(rot(rect(-0.55 * a, 0.75 * a, -gh / 2, gh / 2), (upper + lower) / 2,
                                  (ch.phis[d] + phi_low) / 2)))
-        solids.append(Solid(cage, 11.0, MU_METAL * 0.35))
+        solids.append(Solid(cage, 11.0, MU_CAGE))
         regions.append(Region(cage, "cage", None))
     return solids, regions
 
 
-def _soft_tissue(case: Case, spacing: float, rng: np.random.Generator,
-                 spine_back: float) -> np.ndarray:
+def _soft_tissue(case: Case, rng: np.random.Generator, spine_back: float) -> np.ndarray:
     """The trunk's line integral: an elliptical section through which the rays run 25-35 cm,
     with fat and muscle variations and bowel gas pockets anterior to the spine's back."""
     H, W = case.height, case.width
@@ -298,16 +312,20 @@ def _lowfreq(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> n
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
+def _stream(case: Case, kind: int, k: int) -> np.random.Generator:
+    return np.random.default_rng([case.seed, kind, case.index, k])
+
+
 def render(case: Case) -> tuple[np.ndarray, list[Region], dict]:
     """Render one image: 12-bit pixel values (MONOCHROME2 sense), the annotator's regions (in
     the image as stored, mirrored when the patient faces left) and the facts drawn."""
-    rng = np.random.default_rng([case.seed, 6, case.index])
+    rng = np.random.default_rng([case.seed, 6, case.index, 0])   # plan.py: the streams
     spacing = case.pixel_spacing_mm
     ch = _chain(case, rng)
     local, corners, sacrum_local = _bodies(case, ch, rng)
     frame = _fit(case, local, sacrum_local, rng)
     cortex = max(1.0, 1.1 / spacing)
-    radius = 0.04 * frame.scale
+    radius = 0.025 * frame.scale   # corners rounded over about 1 mm
     solids: list[Solid] = []
     regions: list[Region] = []
     names = case.lumbar_names()
@@ -321,22 +339,28 @@ def render(case: Case) -> tuple[np.ndarray, list[Region], dict]:
         solids.append(_shell(solid, MU_TRABECULAR, cortex, ch.phis[i], body_width))
         if i >= 1:
             regions.append(Region(drawn, "lumbar", names[i - 1], corners[i], exact))
-    s_solid = smooth_outline(frame(sacrum_local), radius / 2)  # a sharper promontory
+    s_solid = smooth_outline(frame(sacrum_local), 0.0)   # the promontory is sharp
     s_exact = snap(frame(sacrum_local), s_solid)
     sacrum = np.rint(s_exact)
-    solids.append(_shell(s_solid, MU_TRABECULAR * 0.9, cortex, ch.phi_s, body_width * 1.2))
+    # the sacrum with its alae: as deep across the beam at its promontory as at its back
+    solids.append(Solid(s_solid, body_width * 0.6, MU_TRABECULAR * 0.9, cortex_px=cortex,
+                        mu_cortex=MU_CORTEX, texture=0.12))
     regions.append(Region(sacrum, "sacrum", "S1", (0, 1), s_exact))
     solids += _posterior(case, ch, frame, cortex)
     solids += _around(case, ch, frame, sacrum, cortex, rng)
+    if case.thoracic:   # the field reaches higher: T11 above T12 (neither is annotated)
+        solids.append(_t11(case, ch, frame, cortex, radius))
     solids += _disease(case, ch, frame, bodies_px, corners, cortex)
-    metal, implant_regions = _implants(case, ch, frame, rng) if case.implants else ([], [])
+    metal, implant_regions = (_implants(case, ch, frame, _stream(case, 6, 2)) if case.implants
+                              else ([], []))
     regions += implant_regions
     ex = case.exposure
     assert ex is not None
-    erng = np.random.default_rng([case.seed, 7, case.index, 1])
-    bone = project(solids + metal, (case.height, case.width), spacing, rng)
+    erng = _stream(case, 7, 1)
+    bone = project(solids + metal, (case.height, case.width), spacing, _stream(case, 6, 1))
     spine_back = float(min(p[:, 0].min() for p in bodies_px))
-    line = doubled(bone, ex.doubling_mm / spacing) + _soft_tissue(case, spacing, rng, spine_back)
+    line = doubled(bone, ex.doubling_mm / spacing) + _soft_tissue(case, _stream(case, 6, 3),
+                                                                  spine_back)
     pixels = expose(line, ex, erng)
     if case.facing_left:
         pixels = np.ascontiguousarray(pixels[:, ::-1])

@@ -7,15 +7,21 @@ seed and the patient's or the image's index, so results depend neither on the nu
 processes nor on which other features are switched on:
 
 - ``[seed, 0xCA5E]``: which images belong to which patient;
-- ``[seed, 1, patient]``: the patient's anatomy (size, lordosis, body heights and discs, a
-  lumbosacral transitional vertebra);
-- ``[seed, 2, image]``: the image's features (implants, degenerated discs, thoracic vertebrae in
-  view, osteophytes, vacuum discs, a wedge fracture and its cement, orientation);
+- ``[seed, 1, patient]``: the patient's anatomy (size, lordosis, body heights and discs);
+  ``[seed, 1, patient, 1]``: a lumbosacral transitional vertebra;
+- ``[seed, 2, image, k]``: the image's features, one stream each: implants (k = 0),
+  degenerated discs (1), a field reaching up to T11 (2), orientation (3), osteophytes (4),
+  vacuum discs (5), a wedge fracture and its cement (6);
 - ``[seed, 4, image]``: the DICOM object (MONOCHROME1, burned-in name, DX or CR);
 - ``[seed, 5, image]``: a degenerative slip;
-- ``[seed, 6, image]``: shape details at rendering (vertex jitter, bone texture);
-- ``[seed, 7, image]``: the exposure (dose, scatter, heel effect, blur, rotation, collimation)
-  and its quantum noise.
+- ``[seed, 6, image, k]``: details at rendering: the shapes and their placement (k = 0), bone
+  texture (1), the implants' shapes (2), soft tissue and bowel gas (3);
+- ``[seed, 7, image]``: the exposure (dose, scatter, heel effect, blur, rotation, collimation);
+  ``[seed, 7, image, 1]``: its quantum noise.
+
+Every draw is made whether or not its feature is used, so a knob changes its own feature only
+(a share moved from 0.5 to 0.6 adds images with the feature; the others stay byte for byte,
+unless the feature itself changes the anatomy, as a sixth lumbar vertebra does).
 
 Rates from the literature: lumbosacral transitional vertebrae in about 10 % of people (a sixth
 lumbar vertebra in a third of them, a sacralized L5 in the rest); anterior osteophytes in most
@@ -48,7 +54,7 @@ class PhantomConfig:
     overlap_share: float = 0.3      # images with >= 1 degenerated disc (vertebrae overlap)
     overlap_severity: float = 1.0   # how far bodies overlap on a collapsed disc (x body height)
     implant_share: float = 0.7      # images with radiopaque implants (as in the study)
-    thoracic_share: float = 0.4     # images showing a thoracic vertebra above L1 (unannotated)
+    thoracic_share: float = 0.4     # images reaching higher: ribs and T11 above T12 (unannotated)
     monochrome1_share: float = 0.2  # images stored as MONOCHROME1
     burned_in_share: float = 0.1    # images with the patient's name burned into the pixels
     dx_share: float = 0.5           # Digital X-Ray objects (the rest Computed Radiography)
@@ -109,8 +115,8 @@ class Case:
     depth: float = 1.4          # body depth (antero-posterior)
     lordosis_deg: float = 20.0
     sacral_extra_deg: float = 12.0
-    heights: tuple[float, ...] = (1.0,) * 7
-    gaps: tuple[float, ...] = (0.28,) * 7   # discs from the top body down; the last is L5/S1
+    heights: tuple[float, ...] = (1.0,) * 8   # T12, L1.. (a spare)
+    gaps: tuple[float, ...] = (0.28,) * 8   # disc d below body d (0: T12/L1; n_lumbar: to S1)
     transitional: str | None = None
     # the image's features
     implants: bool = False
@@ -174,84 +180,107 @@ def _case(cfg: PhantomConfig, index: int, patient: int, image: int, n_images: in
     anatomy = _anatomy(cfg, patient)
     n_bodies = 1 + (6 if anatomy["transitional"] == SIX_LUMBAR else 5)  # T12 + the lumbar
     features = _features(cfg, image, n_images, index, n_bodies, anatomy)  # gaps included
-    drng = np.random.default_rng([cfg.seed, 4, index])
+    drng = _stream(cfg, 4, index)
     dicom = dict(monochrome1=bool(drng.random() < cfg.monochrome1_share),
                  burned_in=bool(drng.random() < cfg.burned_in_share),
                  dx=bool(drng.random() < cfg.dx_share))
     return Case(**base, **{**anatomy, **features}, **dicom, exposure=_exposure(cfg, index))
 
 
+def _stream(cfg: PhantomConfig, *key: int) -> np.random.Generator:
+    return np.random.default_rng([cfg.seed, *key])
+
+
 def _anatomy(cfg: PhantomConfig, patient: int) -> dict:
-    prng = np.random.default_rng([cfg.seed, 1, patient])
-    transitional = None
-    if prng.random() < cfg.transitional_share:
-        transitional = SIX_LUMBAR if prng.random() < 0.35 else SACRALIZED_L5
+    """The patient's anatomy; the transitional vertebra from a stream of its own."""
+    prng = _stream(cfg, 1, patient)
     n = 8  # T12, L1..L6 and a spare
-    gaps = prng.uniform(0.22, 0.34, n)
+    depth, lordosis, sacral = prng.uniform(1.25, 1.55), prng.uniform(8, 32), prng.uniform(8, 18)
+    heights, gaps = 1.0 + prng.normal(0, 0.04, n), prng.uniform(0.22, 0.34, n)
+    trng = _stream(cfg, 1, patient, 1)
+    has, kind, rudiment = trng.random(), trng.random(), trng.uniform(0.06, 0.12)
+    transitional = None
+    if has < cfg.transitional_share:
+        transitional = SIX_LUMBAR if kind < 0.35 else SACRALIZED_L5
     if transitional == SACRALIZED_L5:
-        gaps[5] = prng.uniform(0.06, 0.12)   # a rudimentary L5/S1 disc
-    return dict(depth=float(prng.uniform(1.25, 1.55)),
-                lordosis_deg=float(prng.uniform(8, 32)),
-                sacral_extra_deg=float(prng.uniform(8, 18)),
-                heights=tuple(float(h) for h in 1.0 + prng.normal(0, 0.04, n)),
-                gaps=tuple(float(g) for g in gaps), transitional=transitional)
+        gaps[5] = rudiment                   # a rudimentary L5/S1 disc
+    return dict(depth=float(depth), lordosis_deg=float(lordosis), sacral_extra_deg=float(sacral),
+                heights=tuple(float(h) for h in heights), gaps=tuple(float(g) for g in gaps),
+                transitional=transitional)
+
+
+def _surgery(cfg: PhantomConfig, index: int, image: int, n_images: int, n_bodies: int,
+             sacralized: bool) -> dict:
+    """Implants (a fusion of 2-4 levels, mostly low, cages in some of its discs) on a
+    post-operative image; never on the first image of a patient operated later. A sacralized
+    L5's rudimentary disc gets no cage."""
+    rng = _stream(cfg, 2, index, 0)
+    has, n_lev = rng.random(), int(rng.choice([2, 3, 4], p=[0.55, 0.3, 0.15]))
+    tops = np.arange(2, n_bodies + 2 - n_lev)   # L4-S1 more often than L2-L3
+    top = int(rng.choice(tops, p=2.0 ** tops / (2.0 ** tops).sum()))
+    caged, heights = rng.random(8) < 0.6, rng.uniform(0.28, 0.36, 8)
+    post_op = (image > 0 or n_images == 1)
+    if not (post_op and has < cfg.implant_share):
+        return dict(implants=False, fused=(), cage_discs=(), cage_heights={})
+    fused = tuple(range(top, top + n_lev))
+    cages = tuple(d for d in range(fused[0], fused[-1])
+                  if caged[d] and not (sacralized and d == n_bodies - 1))
+    return dict(implants=True, fused=fused, cage_discs=cages,
+                cage_heights={d: float(heights[d]) for d in cages})
+
+
+def _discs(cfg: PhantomConfig, index: int, n_bodies: int, sacralized: bool,
+           cages: tuple[int, ...]) -> tuple[list[int], list[int], np.ndarray]:
+    """Degenerated discs (index d lies below body d; the last is the lumbosacral disc) whose
+    bodies overlap in projection, how far, and which hold vacuum gas."""
+    last = n_bodies - 1
+    rng = _stream(cfg, 2, index, 1)
+    has, two = rng.random(), rng.random() < 0.3
+    picked = rng.choice([last - 2, last - 1, last, last - 3], size=2, replace=False,
+                        p=[0.35, 0.35, 0.2, 0.1])
+    depth = rng.uniform(0.06, 0.22, 8) * cfg.overlap_severity
+    gas = _stream(cfg, 2, index, 5).random(8) < 0.35
+    discs = sorted(int(d) for d in picked[:2 if two else 1]) if has < cfg.overlap_share else []
+    discs = [d for d in discs if d not in cages and not (sacralized and d == last)]
+    return discs, [d for d in discs if gas[d]], depth
 
 
 def _features(cfg: PhantomConfig, image: int, n_images: int, index: int, n_bodies: int,
               anatomy: dict) -> dict:
-    rng = np.random.default_rng([cfg.seed, 2, index])
+    """Every feature of one image, each from its own stream (``[seed, 2, image, k]``; a slip
+    ``[seed, 5, image]``), drawn whether or not it is used: a knob changes its feature only."""
     last = n_bodies - 1                         # index of the lowest lumbar body (L5 or L6)
-    post_op = image > 0 or n_images == 1
-    implants = bool(rng.random() < cfg.implant_share) and post_op
-    if n_images > 1 and image == 0:
-        implants = False  # the pre-operative image of a patient who was operated later
-    overlap = bool(rng.random() < cfg.overlap_share)
-    thoracic = bool(rng.random() < cfg.thoracic_share)
-    # discs: index d lies below body d (1 = L1/L2, ..., last = the lumbosacral disc)
-    overlap_discs: list[int] = []
-    if overlap:
-        n_ov = 1 if rng.random() < 0.7 else 2
-        choices = [last - 2, last - 1, last, last - 3]
-        overlap_discs = sorted(int(d) for d in rng.choice(
-            choices, size=n_ov, replace=False, p=[0.35, 0.35, 0.2, 0.1]))
-    fused: list[int] = []
-    cage_discs: list[int] = []
-    if implants:
-        n_lev = int(rng.choice([2, 3, 4], p=[0.55, 0.3, 0.15]))
-        tops = np.arange(2, n_bodies + 2 - n_lev)  # mostly low: L4-S1 more often than L2-L3
-        top = int(rng.choice(tops, p=2.0 ** tops / (2.0 ** tops).sum()))
-        fused = list(range(top, top + n_lev))
-        cage_discs = [d for d in range(fused[0], fused[-1]) if rng.random() < 0.6]
-        overlap_discs = [d for d in overlap_discs if d not in cage_discs]
-    if anatomy["transitional"] == SACRALIZED_L5:
-        overlap_discs = [d for d in overlap_discs if d != last]
-    facing_left = bool(rng.random() < 0.5)
-    osteophytes = ([int(b) for b in range(1, n_bodies) if rng.random() < 0.45]
-                   if rng.random() < cfg.osteophyte_share else [])
-    vacuum = [d for d in overlap_discs if rng.random() < 0.35]
-    fracture, loss, cement = None, 0.0, False
-    if rng.random() < cfg.fracture_share:
-        fracture = int(rng.integers(1, n_bodies - 1))
-        loss = float(rng.uniform(0.2, 0.4))
-        cement = bool(rng.random() < 0.5)
-    srng = np.random.default_rng([cfg.seed, 5, index])
-    slip = None
-    if srng.random() < cfg.slip_share:
-        d = int(srng.choice([last - 2, last - 1, last], p=[0.15, 0.5, 0.35]))
-        slip = (d, float(srng.uniform(0.08, 0.45)))
+    sacralized = anatomy["transitional"] == SACRALIZED_L5
+    surgery = _surgery(cfg, index, image, n_images, n_bodies, sacralized)
+    overlap_discs, vacuum, depth = _discs(cfg, index, n_bodies, sacralized, surgery["cage_discs"])
     gaps = list(anatomy["gaps"])
     for d in overlap_discs:
-        gaps[d] = -rng.uniform(0.06, 0.22) * cfg.overlap_severity
-    for d in cage_discs:
-        gaps[d] = rng.uniform(0.28, 0.36)      # a cage restores the disc height
-    return dict(gaps=tuple(float(g) for g in gaps), implants=implants, fused=tuple(fused), cage_discs=tuple(cage_discs),
+        gaps[d] = -float(depth[d])             # a collapsed disc: bodies overlap in projection
+    for d, height in surgery.pop("cage_heights").items():
+        gaps[d] = height                       # a cage restores the disc height
+    thoracic = bool(_stream(cfg, 2, index, 2).random() < cfg.thoracic_share)
+    facing_left = bool(_stream(cfg, 2, index, 3).random() < 0.5)
+    orng = _stream(cfg, 2, index, 4)
+    has, which = orng.random(), orng.random(8) < 0.45
+    osteophytes = [b for b in range(1, n_bodies) if which[b]] if has < cfg.osteophyte_share else []
+    frng = _stream(cfg, 2, index, 6)
+    has, level, loss, cement = (frng.random(), int(frng.integers(1, n_bodies - 1)),
+                                float(frng.uniform(0.2, 0.4)), bool(frng.random() < 0.5))
+    fracture = level if has < cfg.fracture_share else None
+    srng = _stream(cfg, 5, index)
+    has, d, fraction = (srng.random(), int(srng.choice([last - 2, last - 1, last],
+                                                       p=[0.15, 0.5, 0.35])),
+                        float(srng.uniform(0.08, 0.45)))
+    slip = (d, fraction) if has < cfg.slip_share and not (sacralized and d == last) else None
+    return dict(gaps=tuple(float(g) for g in gaps), **surgery,
                 overlap_discs=tuple(overlap_discs), thoracic=thoracic, facing_left=facing_left,
                 slip=slip, osteophytes=tuple(osteophytes), vacuum_discs=tuple(vacuum),
-                fracture=fracture, fracture_loss=loss, cement=cement, gas=cfg.gas)
+                fracture=fracture, fracture_loss=loss if fracture is not None else 0.0,
+                cement=cement and fracture is not None, gas=cfg.gas)
 
 
 def _exposure(cfg: PhantomConfig, index: int) -> Exposure:
-    erng = np.random.default_rng([cfg.seed, 7, index])
+    erng = _stream(cfg, 7, index)
     margins = tuple(float(m) if erng.random() < 0.6 else 0.0
                     for m in erng.uniform(0.0, 0.04, 4))
     return Exposure(counts=float(cfg.dose * erng.uniform(600, 1400)),

@@ -117,7 +117,7 @@ def vertebral_body(rng: np.random.Generator, a: float, b: float, wedge: float,
 
 
 def sacrum_outline(rng: np.random.Generator, a: float, length: float, n_points: int) -> np.ndarray:
-    """The sacrum in local coordinates (10-15 vertices).
+    """The sacrum in local coordinates (9-15 vertices for ``n_points`` 10-15).
 
     The S1 endplate runs along v=0 from the posterior corner (-a, 0) to the promontory (a, 0);
     the bone tapers to its tip, about ``length`` down the axis and posterior, with a concave

@@ -101,6 +101,16 @@ def _uid(cfg: PhantomConfig, *parts) -> str:
     return generate_uid(entropy_srcs=["spinepipe-phantom", str(cfg.seed), *map(str, parts)])
 
 
+def _file_meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.ImplementationVersionName = "SPINEPIPE_PH"
+    return meta
+
+
 def _dataset(cfg: PhantomConfig, case: Case, pixels: np.ndarray,
              rng: np.random.Generator) -> Dataset:
     monochrome1, burned_in, dx = case.monochrome1, case.burned_in, case.dx
@@ -113,17 +123,9 @@ def _dataset(cfg: PhantomConfig, case: Case, pixels: np.ndarray,
     study_uid = _uid(cfg, "study", case.patient_index, case.patient_image)
     series_uid = _uid(cfg, "series", case.patient_index, case.patient_image)
     sop_uid = _uid(cfg, "sop", case.index)
-    spacing = case.pixel_spacing_mm
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"
-    meta.ImplementationVersionName = "SPINEPIPE_PH"
 
     ds = Dataset()
-    ds.file_meta = meta
+    ds.file_meta = _file_meta(sop_class, sop_uid)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY"] if not dx else ["ORIGINAL", "PRIMARY", ""]
     ds.SOPClassUID = sop_class
@@ -143,16 +145,7 @@ def _dataset(cfg: PhantomConfig, case: Case, pixels: np.ndarray,
     ds.SeriesDescription = "LWS LAT"
     ds.OperatorsName = "TECH^ANNA"
     ds.ManufacturerModelName = "PHANTOM-XR"
-    ds.PatientName = pat["name"]
-    ds.PatientID = pat["id"]
-    ds.PatientBirthDate = pat["birth"]
-    ds.PatientSex = pat["sex"]
-    ds.PatientAge = f"{age:03d}Y"
-    other = Dataset()
-    other.PatientID = f"KIS{int(pat['id'][3:]) + 7_000_000}"
-    other.IssuerOfPatientID = "KIS"
-    other.TypeOfPatientID = "TEXT"
-    ds.OtherPatientIDsSequence = [other]
+    _patient_module(ds, pat, age)
     ds.BodyPartExamined = "LSPINE"
     ds.DeviceSerialNumber = f"SN{1000 + case.patient_index % 3}"
     ds.SoftwareVersions = "spinepipe-phantom 1"
@@ -168,6 +161,38 @@ def _dataset(cfg: PhantomConfig, case: Case, pixels: np.ndarray,
     ds.ImageLaterality = "U"
     ds.BurnedInAnnotation = "YES" if burned_in else "NO"
     ds.LossyImageCompression = "00"
+    _pixel_module(ds, pixels, monochrome1, case.pixel_spacing_mm)
+    _acquisition(ds, rng, dx, monochrome1, case.pixel_spacing_mm)
+    _private_block(ds, pat, study_date)
+    stored = (MAX_VALUE - pixels) if monochrome1 else pixels
+    ds.PixelData = stored.astype("<u2").tobytes()
+    return ds
+
+
+def _patient_module(ds: Dataset, pat: dict, age: int) -> None:
+    """The patient's identity, and a second ID from another system (as archives carry)."""
+    ds.PatientName = pat["name"]
+    ds.PatientID = pat["id"]
+    ds.PatientBirthDate = pat["birth"]
+    ds.PatientSex = pat["sex"]
+    ds.PatientAge = f"{age:03d}Y"
+    other = Dataset()
+    other.PatientID = f"KIS{int(pat['id'][3:]) + 7_000_000}"
+    other.IssuerOfPatientID = "KIS"
+    other.TypeOfPatientID = "TEXT"
+    ds.OtherPatientIDsSequence = [other]
+
+
+def _private_block(ds: Dataset, pat: dict, study_date: _dt.date) -> None:
+    """A private block, as vendors write: it repeats identifying values."""
+    block = ds.private_block(0x0009, PRIVATE_CREATOR, create=True)
+    block.add_new(0x10, "LO", pat["id"])
+    block.add_new(0x11, "LO", f"{pat['name']} {pat['birth']}")
+    block.add_new(0x12, "DA", study_date.strftime("%Y%m%d"))
+
+
+def _pixel_module(ds: Dataset, pixels: np.ndarray, monochrome1: bool, spacing: float) -> None:
+    """Image Pixel and presentation attributes: 12 bits stored in 16, unsigned."""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
@@ -183,6 +208,11 @@ def _dataset(cfg: PhantomConfig, case: Case, pixels: np.ndarray,
     ds.WindowCenter = "2048"
     ds.WindowWidth = "4096"
     ds.PresentationLUTShape = "INVERSE" if monochrome1 else "IDENTITY"
+
+
+def _acquisition(ds: Dataset, rng: np.random.Generator, dx: bool, monochrome1: bool,
+                 spacing: float) -> None:
+    """What the modality records of the exposure (DX: its detector and the anatomy coded)."""
     if dx:
         ds.PixelIntensityRelationship = "LOG"
         ds.PixelIntensityRelationshipSign = -1 if monochrome1 else 1
@@ -201,14 +231,6 @@ def _dataset(cfg: PhantomConfig, case: Case, pixels: np.ndarray,
     ds.DistanceSourceToDetector = "1150"
     ds.ExposureTime = int(rng.integers(80, 400))
     ds.XRayTubeCurrent = int(rng.integers(200, 500))
-    # a private block, as vendors write: it repeats identifying values
-    block = ds.private_block(0x0009, PRIVATE_CREATOR, create=True)
-    block.add_new(0x10, "LO", pat["id"])
-    block.add_new(0x11, "LO", f"{pat['name']} {pat['birth']}")
-    block.add_new(0x12, "DA", study_date.strftime("%Y%m%d"))
-    stored = (MAX_VALUE - pixels) if monochrome1 else pixels
-    ds.PixelData = stored.astype("<u2").tobytes()
-    return ds
 
 
 def _write_case(args: tuple[Case, PhantomConfig, str]) -> CaseResult:

@@ -4,9 +4,10 @@ Each vertebra of an image gets ``L1``..``L5`` / ``S1``: the largest sacrum insta
 lumbar instance nearest (centroid to centroid, pixels) to the sacrum is L5, the one nearest to
 L5 is L4, and so on, which follows the lordotic curve. Without a sacrum the chain starts at the
 lowest lumbar instance (largest centroid y). Lumbar instances beyond five, other sacra and
-other classes get no level (``None``); annotations with more than five lumbar vertebrae (a
-transitional spine) get no lumbar levels at all (:func:`assign_levels`). Used for annotations (convert) and predictions
-(evaluate) alike, so a missed vertebra shows up as a level shift on both sides.
+other classes get no level (``None``). Used for annotations (convert) and predictions (evaluate)
+alike, so a missed vertebra shows up as a level shift on both sides; one difference: an
+annotator's more than five lumbar vertebrae (a transitional spine) get no lumbar level at all
+(:func:`assign_levels`), while a model's sixth is an extra instance (its topmost unlevelled).
 """
 from __future__ import annotations
 

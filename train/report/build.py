@@ -118,7 +118,8 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
              "finding": overlap_finding(df, sub, cfg.alpha)}
     tables = _tables(df, summaries, t1, sub, cfg.alpha)
     if clinical:   # right after the recognition subgroups: what a surgeon reads first
-        first = {k: tables.pop(k) for k in ("table1", "study_comparison", "subgroups")}
+        first = {k: tables.pop(k) for k in ("table1", "study_comparison", "subgroups")
+                 if k in tables}
         tables = {**first, "measures": (
             measures_table(clinical, agreement), False, "Clinical measures: each model's "
             "against the ground truth's (Bland-Altman; measurable: every measure the ground "
@@ -203,12 +204,14 @@ def _tables(df: pd.DataFrame, summaries: list[dict], t1: pd.DataFrame, sub: pd.D
         for s in summaries}).T
     levels = pd.DataFrame({f"{s['model']} fold {s['fold']}": s["level_recognition"]
                            for s in summaries}).T
+    comparison = study_comparison(t1)
     return {
         "table1": (table1_display(t1), False, "Table 1. Pixel metrics (mean and SD over the "
                    "test images of all folds) and recognition rates, %"),
-        "study_comparison": (study_comparison(t1), False, "This run beside the study "
-                             "(Konya et al. 2021, Table 1): per model the study's value, this "
-                             "run's and the difference, % and percentage points"),
+        **({"study_comparison": (comparison, False, "This run beside the study "
+                                 "(Konya et al. 2021, Table 1): per model the study's value, "
+                                 "this run's and the difference, % and percentage points")}
+           if not comparison.empty else {}),
         "subgroups": (subgroups_display(sub), False, "Subgroups: composite recognition on "
                       "the test images with / without overlapping vertebrae and with / without "
                       "implants, % (images composite-recognized / images)"),
@@ -263,11 +266,12 @@ def _write_figures(output: Path, df: pd.DataFrame, clinical: dict, eval_root: Pa
     ba = bland_altman_figure(clinical)
     if ba is not None:
         figs["bland_altman_lordosis"] = ba
-    sheet = contact_sheet(sorted(df["file_name"].astype(str).unique())[:4], images, masks)
-    if sheet is not None:
-        figs["contact_sheet"] = sheet
     for name, data in figs.items():
         write_bytes(output / "figures" / f"{name}.png", data)
+    sheet = contact_sheet(sorted(df["file_name"].astype(str).unique())[:4], images, masks)
+    if sheet is not None:   # beside metrics.json, in git: the README shows it
+        figs["contact_sheet"] = sheet
+        write_bytes(output / "contact_sheet.png", sheet)
     ex = examples(df, eval_root, images, masks, k)
     for model, kind, _, data in ex:
         write_bytes(output / "figures" / "overlays" / f"{model}_{kind}.png", data)

@@ -152,24 +152,26 @@ def overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, max_height: int
     return out
 
 
-def contact_sheet(names: list[str], images: Path, masks: Path, height: int = 400
+def contact_sheet(names: list[str], images: Path, masks: Path, height: int = 360
                   ) -> bytes | None:
-    """The test images, each beside its ground truth's outlines (green), in one row: what the
-    data looks like. Images or masks that cannot be read are left out; None when none can."""
+    """The test images, each beside its ground truth's outlines (green), in one row, every
+    panel scaled to ``height``: what the data looks like. An image or mask that cannot be read
+    (or a mask that is not one 2-D label image of the image's size) is left out; None when
+    none is left."""
     panels = []
     for name in names:
-        img = cv2.imread(str(images / name), cv2.IMREAD_UNCHANGED)
+        img = cv2.imread(str(images / name), cv2.IMREAD_GRAYSCALE)
         gt = cv2.imread(str(masks / name), cv2.IMREAD_UNCHANGED)
-        if img is None or gt is None or img.shape[:2] != gt.shape[:2]:
+        if img is None or gt is None or gt.ndim != 2 or img.shape != gt.shape:
             continue
-        outlined = overlay(img, gt, np.zeros_like(gt), max_height=height)
-        raw = overlay(img, np.zeros_like(gt), np.zeros_like(gt), max_height=height)
-        gap = np.full((outlined.shape[0], 2, 3), 255, np.uint8)
-        panels += [raw, gap, outlined, np.full((outlined.shape[0], 12, 3), 255, np.uint8)]
+        size = (max(1, round(img.shape[1] * height / img.shape[0])), height)
+        for mask in (np.zeros_like(gt), gt):
+            shown = overlay(img, mask, np.zeros_like(gt), max_height=img.shape[0])
+            panels += [cv2.resize(shown, size, interpolation=cv2.INTER_AREA),
+                       np.full((height, 2 if mask is not gt else 12, 3), 255, np.uint8)]
     if not panels:
         return None
-    h = min(p.shape[0] for p in panels)
-    ok, png = cv2.imencode(".png", np.hstack([p[:h] for p in panels[:-1]]))
+    ok, png = cv2.imencode(".png", np.hstack(panels[:-1]))
     return png.tobytes() if ok else None
 
 

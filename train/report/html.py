@@ -36,21 +36,30 @@ def waiting_page(why: str) -> str:
             "</body></html>")
 
 
+def table_html(table: pd.DataFrame, percent: bool) -> str:
+    """One table (its index shown unless it is a plain range), cells escaped."""
+    show_index = not isinstance(table.index, pd.RangeIndex)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in
+                   ([""] if show_index else []) + list(table.columns))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v, percent))}</td>" for v in
+                                    (([idx] if show_index else []) + list(row))) + "</tr>"
+                   for idx, row in table.iterrows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _contact_sheet(figs: dict) -> list[str]:
+    if "contact_sheet" not in figs:
+        return []
+    return ["<h2>The test images (the first four by name), each beside its ground truth "
+            f"(green)</h2><img src='{_uri(figs['contact_sheet'])}' style='max-width:100%'>"]
+
+
 def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
          notes: dict[str, str | None], study_html: str = "",
          study_files: list[str] | None = None) -> str:
     """report.html: one self-contained page (figures as PNG data URIs); ``study_html``: the
     methods draft rendered (escaped by its renderer), ``study_files``: the model cards and
     the other drafts beside the page, linked."""
-    def table_html(table: pd.DataFrame, percent: bool) -> str:
-        show_index = not isinstance(table.index, pd.RangeIndex)
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in
-                       ([""] if show_index else []) + list(table.columns))
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v, percent))}</td>" for v in
-                                        (([idx] if show_index else []) + list(row))) + "</tr>"
-                       for idx, row in table.iterrows())
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
     runs = df.groupby("model", sort=False)["fold"].unique()
     parts = [
         _HEAD,
@@ -63,10 +72,7 @@ def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
     ]
     if notes.get("sample"):
         parts.append(f"<p class='note'><b>Small test set.</b> {html.escape(notes['sample'])}</p>")
-    if "contact_sheet" in figs:
-        parts.append("<h2>The test images (the first four by name), each beside its ground "
-                     "truth (green)</h2>"
-                     f"<img src='{_uri(figs['contact_sheet'])}' style='max-width:100%'>")
+    parts += _contact_sheet(figs)
     for name, (table, percent, caption) in tables.items():
         parts.append(f"<h2>{html.escape(caption)}</h2>{table_html(table, percent)}")
         if name == "subgroups" and notes.get("finding"):

@@ -206,7 +206,8 @@ def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
 
 def study_comparison(t1: pd.DataFrame) -> pd.DataFrame:
     """This run's Table 1 beside the study's: metrics as rows, per model (the study's models
-    only) the study's value, this run's and the difference, in percentage points."""
+    only; none: an empty table) the study's value, this run's and the difference, in
+    percentage points ("n/a" where this run has no value)."""
     out = {}
     for model, r in t1.iterrows():
         study = STUDY_TABLE1.get(str(model))
@@ -219,8 +220,8 @@ def study_comparison(t1: pd.DataFrame) -> pd.DataFrame:
             mine = float(r[f"{key}_mean"] if key in METRICS else r[key])
             label = LABELS[key]
             out[col_s][label] = f"{100 * value:.1f}"
-            out[col_r][label] = f"{100 * mine:.1f}"
-            out[col_d][label] = f"{100 * (mine - value):+.1f}"
+            out[col_r][label] = "n/a" if np.isnan(mine) else f"{100 * mine:.1f}"
+            out[col_d][label] = "n/a" if np.isnan(mine) else f"{100 * (mine - value):+.1f}"
     return pd.DataFrame(out)
 
 
