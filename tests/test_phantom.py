@@ -197,6 +197,11 @@ def test_real_study_size_works(tmp_path):
     {"n": 0},                     # nothing to generate
     {"height": 50},               # too small to draw a spine
     {"overlap_share": 1.5},       # a share is a probability
+    {"transitional_share": -0.1},
+    {"seed": -1},                 # numpy's generators take no negative seed
+    {"dose": 0.0},                # no quanta, no image
+    {"gas": float("nan")},
+    {"rotation": 9.0},
 ])
 def test_bad_configuration_is_refused(tmp_path, kwargs):
     with pytest.raises(InvalidConfigError):

@@ -36,7 +36,8 @@ def project(tmp_path_factory):
     from converters.phantom.writing import PhantomConfig, generate
     root = tmp_path_factory.mktemp("seg")
     generate(PhantomConfig(n=N_IMAGES, seed=3, height=400, width=160, burned_in_share=0,
-                           overlap_share=1.0), root / "raw", workers=1)
+                           overlap_share=1.0, implant_share=0.0, transitional_share=0.0),
+             root / "raw", workers=1)   # overlaps in every image: no cage restores a disc
     ingest_chain(root / "raw", root)
     via = json.loads((root / "via.json").read_text())["_via_img_metadata"]
     inst_dir, sem_dir = root / "eval" / "mask_rcnn" / "fold0", root / "eval" / "unet" / "fold0"

@@ -170,6 +170,8 @@ def test_report_from_evaluation_folders(tmp_path, frame):
     # the first four test images, each beside its ground truth: 8 panels of the masks' width
     sheet = cv2.imread(str(tmp_path / "reports" / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[1] > 8 * gt.shape[1] * sheet.shape[0] / gt.shape[0]
+    for name in _report_outs():   # every output dvc.yaml declares for the stage
+        assert (tmp_path / "reports" / name).exists(), name
     notes = (tmp_path / "reports" / "tables" / "notes.md").read_text()
     assert "exact McNemar" in notes and "Only" not in notes      # 30 images: no warning
     assert "Small test set" not in html and "Subgroups" in html
@@ -226,3 +228,25 @@ def test_a_report_of_one_model_has_no_pairwise_tests_and_no_traceback(tmp_path, 
     assert metrics["unet"]["mean_iou"] == pytest.approx(g["mean_iou"].mean())
     assert not list((tmp_path / "reports" / "tables").glob("tukey_*"))
     assert (tmp_path / "reports" / "report.html").stat().st_size > 0
+
+
+def _report_outs() -> list[str]:
+    """The report stage's outputs in dvc.yaml, relative to reports/."""
+    import yaml
+    from pathlib import Path as _Path
+
+    stage = yaml.safe_load((_Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"]["report"]
+    names = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]]
+    return [n.removeprefix("reports/") for n in names]
+
+
+def test_the_waiting_report_writes_every_output_dvc_expects(tmp_path):
+    """Before the first annotation the report still writes each of its DVC outputs (DVC fails
+    a stage whose output is missing): the contact sheet says why it is empty."""
+    from train.report.build import write_waiting_report
+
+    write_waiting_report(tmp_path / "reports", "no annotations yet")
+    outs = _report_outs()
+    assert "contact_sheet.png" in outs
+    for name in outs:
+        assert (tmp_path / "reports" / name).exists(), name

@@ -71,6 +71,8 @@ class PhantomConfig:
     def validate(self) -> None:
         if self.n < 1:
             raise InvalidConfigError(f"n must be at least 1, got {self.n}")
+        if self.seed < 0:
+            raise InvalidConfigError(f"seed must be 0 or more, got {self.seed}")
         if not (64 <= self.width <= 8192 and 128 <= self.height <= 8192):
             raise InvalidConfigError(
                 f"image size {self.width}x{self.height} out of range "

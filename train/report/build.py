@@ -58,7 +58,7 @@ from train.report import stats
 from train.evaluation.agreement import summarize
 from train.evaluation.metrics import METRICS
 from train.report.figures import (bland_altman_figure, box_figure, contact_sheet, densities,
-                                  density_figure, endplate_examples, examples)
+                                  density_figure, empty_sheet, endplate_examples, examples)
 from train.report.html import page, waiting_page
 from train.report.humans import (agreement_tables, humans_vs_models, load_agreement, model_ious,
                                  readers_lordosis)
@@ -99,6 +99,7 @@ def write_waiting_report(output: str | Path, why: str) -> None:
     for folder in ("tables", "figures", "plots", "study"):
         prepare_output(output / folder)
     write_json(output / "metrics.json", {waiting.KEY: why})
+    write_bytes(output / "contact_sheet.png", empty_sheet("No test images yet: " + why))
     write_text(output / "report.html", waiting_page(why))
 
 
@@ -269,9 +270,11 @@ def _write_figures(output: Path, df: pd.DataFrame, clinical: dict, eval_root: Pa
     for name, data in figs.items():
         write_bytes(output / "figures" / f"{name}.png", data)
     sheet = contact_sheet(sorted(df["file_name"].astype(str).unique())[:4], images, masks)
-    if sheet is not None:   # beside metrics.json, in git: the README shows it
+    if sheet is not None:
         figs["contact_sheet"] = sheet
-        write_bytes(output / "contact_sheet.png", sheet)
+    # beside metrics.json, in git (the README shows it); a DVC output: always written
+    write_bytes(output / "contact_sheet.png",
+                sheet or empty_sheet("No test image or ground-truth mask could be read."))
     ex = examples(df, eval_root, images, masks, k)
     for model, kind, _, data in ex:
         write_bytes(output / "figures" / "overlays" / f"{model}_{kind}.png", data)

@@ -175,6 +175,14 @@ def contact_sheet(names: list[str], images: Path, masks: Path, height: int = 360
     return png.tobytes() if ok else None
 
 
+def empty_sheet(why: str) -> bytes:
+    """The contact sheet's stand-in when there is nothing to show: one line saying why."""
+    img = np.full((60, 640, 3), 255, np.uint8)
+    cv2.putText(img, why[:80], (10, 36), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (60, 60, 60), 1,
+                cv2.LINE_AA)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
 def examples(df: pd.DataFrame, eval_root: Path, images: Path, masks: Path, k: int
              ) -> list[tuple[str, str, str, bytes]]:
     """(model, kind, caption, PNG) of the best and worst ``k`` images per model by mean IoU."""
