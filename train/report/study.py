@@ -33,400 +33,19 @@ says "to be completed by the authors" instead of inventing an answer.
 """
 from __future__ import annotations
 
-import ast
-import csv
 import math
-import os
-import re
 from collections import Counter
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
-from converters.core.errors import SpinepipeError
-from converters.core.provenance import pixel_spacing
-from converters.core.records import open_input, read_json
+from train.report.study_facts import (NOT_RECORDED, ONE_READER, TO_COMPLETE, Facts, Sources,
+                                      _counts, _dict, _int, _kinds, _md, _pct, _range, gather)
+from train.report.study_runs import Run, read_config, read_run
 
-#: what a sentence says when its record is missing
-NOT_RECORDED = "not recorded"
-TO_COMPLETE = "*to be completed by the authors*"
-
-
-@dataclass(frozen=True)
-class Sources:
-    """Where the records are (the pipeline's defaults: README "Where results appear")."""
-
-    anon: Path = Path("data/interim/anon")
-    png: Path = Path("data/interim/png")
-    processed: Path = Path("data/processed")
-    splits: Path = Path("data/splits")
-    models: Path = Path("models")
-    #: the phantom's truth (converters/phantom/writing.py): present, the data is synthetic
-    phantom_truth: Path = Path("data/raw/truth.json")
-
-
-def _record(path: Path) -> dict | None:
-    try:
-        return read_json(path, what="record")
-    except SpinepipeError:
-        return None
-
-
-def _dict(value) -> dict:
-    """A record's value where an object is expected ({} for anything else)."""
-    return value if isinstance(value, dict) else {}
-
-
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]()!|#<>~])")
-
-
-def _md(value) -> str:
-    """A record's value as Markdown text: every character Markdown would read as markup
-    (links, images, emphasis, table cells) escaped, and on one line."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))[:300]
-
-
-def _pct(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.0f} %" if whole else "n/a"
-
-
-def _counts(counter: Counter | None) -> str:
-    """``DX (50), CR (49)``."""
-    return ", ".join(f"{_md(k)} ({v})" for k, v in (counter or Counter()).most_common()) \
-        or NOT_RECORDED
-
-
-def _range(pair: tuple | None, fmt: str = "{}") -> str:
-    if pair is None:
-        return NOT_RECORDED
-    lo, hi = (fmt.format(v) for v in pair)
-    return lo if lo == hi else f"{lo}-{hi}"
-
-
-def _kinds(counts) -> str:
-    """convert's problem counts in words: ``unannotated image: 10``."""
-    if not isinstance(counts, dict):
-        return NOT_RECORDED
-    return "; ".join(f"{_md(str(k).replace('_', ' '))}: {_md(v)}"
-                     for k, v in counts.items()) or "none"
-
-
-# --------------------------------------------------------------------------------------------
-# facts from the records
-
-
-@dataclass
-class Facts:
-    """Every fact the texts use, each None where its record is missing."""
-
-    images: int | None = None
-    patients: int | None = None
-    rows: tuple[int, int] | None = None
-    columns: tuple[int, int] | None = None
-    modalities: Counter | None = None
-    bits: Counter | None = None
-    manufacturers: Counter | None = None
-    spacing_mm: tuple[float, float] | None = None
-    anonymize: dict | None = None
-    export: dict | None = None
-    convert: dict | None = None
-    via_versions: Counter | None = None
-    annotated: int | None = None
-    implants: int | None = None
-    overlaps: int | None = None
-    classes: list[str] | None = None
-    instances: int | None = None
-    points: tuple[float, int, int] | None = None       # mean, min, max per polygon
-    readers: list[str] | None = None                   # images.csv's readers, all images
-    multi_read: int | None = None                      # images read by two or more
-    truths: Counter | None = None                      # ground truth by kind
-    splits: dict | None = None
-    split_summary: dict | None = None
-    synthetic: bool = False
-
-
-ONE_READER = "one reader's"
-
-
-def gather(src: Sources) -> Facts:
-    """The facts of the records under ``src`` (module docstring); each record that is not as
-    its stage writes it leaves its facts None ("not recorded"), it never fails."""
-    f = Facts()
-    for part in (_provenance_facts, _anonymize_facts, _annotation_facts, _split_facts):
-        try:
-            part(src, f)
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError):
-            continue          # a malformed record: its facts stay unrecorded
-    try:
-        truth = _record(src.phantom_truth)
-        f.synthetic = bool(truth)          # the phantom's cases (an empty one: phantom off)
-    except (TypeError, ValueError):
-        f.synthetic = False
-    return f
-
-
-def _provenance_facts(src: Sources, f: Facts) -> None:
-    provenance = [r for r in (_record(p) for p in sorted((src.png / "provenance")
-                                                          .glob("*.json"))) if r]
-    if not provenance:
-        return
-    f.images = len(provenance)
-    patients = [r.get("patient") for r in provenance]
-    f.patients = (len(set(patients)) if all(isinstance(p, str) and p for p in patients)
-                  else None)
-    rows = [v for v in (_int(r.get("rows")) for r in provenance) if v]
-    cols = [v for v in (_int(r.get("columns")) for r in provenance) if v]
-    f.rows = (min(rows), max(rows)) if rows else None
-    f.columns = (min(cols), max(cols)) if cols else None
-    f.modalities = Counter(str(r.get("modality", "")) for r in provenance)
-    f.bits = Counter(str(r.get("bits_stored", "")) for r in provenance)
-    spacing = [sp[0] for sp in (pixel_spacing(r) for r in provenance) if sp]
-    f.spacing_mm = (min(spacing), max(spacing)) if spacing else None
-
-
-def _anonymize_facts(src: Sources, f: Facts) -> None:
-    f.export = _record(src.png / "report.json")
-    f.anonymize = _record(src.anon / "report.json")
-    if f.anonymize and isinstance(f.anonymize.get("outputs"), list):
-        f.manufacturers = _manufacturers(src.anon, f.anonymize["outputs"])
-
-
-def _annotation_facts(src: Sources, f: Facts) -> None:
-    f.convert = _record(src.processed / "report.json")
-    if f.convert and isinstance(f.convert.get("formats"), dict):
-        f.via_versions = Counter(str(v) for v in f.convert["formats"].values())
-    table = src.processed / "images.csv"
-    try:
-        with open_input(table, "r", encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            columns = set(reader.fieldnames or [])
-            rows_ = list(reader)
-        f.annotated = len(rows_)
-        if {"implants", "overlap"} <= columns:
-            f.implants = sum(1 for r in rows_ if (r.get("implants") or "0") not in ("0", ""))
-            f.overlaps = sum(1 for r in rows_ if (r.get("overlap") or "0") not in ("0", ""))
-        if {"readers", "ground_truth"} <= columns:
-            sets = [str(r.get("readers") or "").split() for r in rows_]
-            f.readers = sorted({x for s in sets for x in s})
-            f.multi_read = sum(len(s) > 1 for s in sets)
-            f.truths = Counter("consensus" if r.get("ground_truth") == "consensus" else
-                               "adjudicated" if r.get("ground_truth") == "adjudicated" else
-                               ONE_READER for r in rows_)
-    except (OSError, UnicodeDecodeError, csv.Error):
-        pass
-    coco = _record(src.processed / "coco.json")
-    if coco and isinstance(coco.get("annotations"), list):
-        f.classes = [str(c.get("name")) for c in coco.get("categories", [])
-                     if isinstance(c, dict)]
-        f.instances = len(coco["annotations"])
-        pts = [len(p) // 2 for a in coco["annotations"] if isinstance(a, dict)
-               and isinstance(a.get("segmentation"), list)
-               for p in a["segmentation"] if isinstance(p, list)]
-        if pts:
-            f.points = (sum(pts) / len(pts), min(pts), max(pts))
-
-
-def _split_facts(src: Sources, f: Facts) -> None:
-    f.splits = _record(src.splits / "splits.json")
-    f.split_summary = _record(src.splits / "summary.json")
-
-
-def _manufacturers(anon: Path, outputs: list) -> Counter | None:
-    """Manufacturer (and model) of the anonymized objects, read without pixels."""
-    from converters.core.paths import confined
-    from converters.dicom.read import read_dicom
-    out: Counter = Counter()
-    root = os.path.realpath(anon)
-    for rel in outputs:
-        if not isinstance(rel, str):
-            continue
-        try:
-            path = confined(anon, *rel.split("/"))
-            # read, never through a link out of the tree (the private folder is beside it)
-            if not os.path.realpath(path).startswith(root + os.sep) or any(
-                    p.is_symlink() for p in [path, *path.parents] if len(p.parts) >
-                    len(Path(anon).parts)):
-                continue
-            ds = read_dicom(path, header_only=True)
-        except (SpinepipeError, OSError, ValueError):
-            continue
-        out[str(ds.get("Manufacturer", "") or "removed by de-identification")] += 1
-    return out or None
-
-
-# --------------------------------------------------------------------------------------------
-# a leaf config read as data
-
-
-def _literal(node: ast.AST):
-    """A config value: literals, tuples, lists, dicts and ``dict(...)`` calls of them."""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" \
-            and not node.args:
-        return {k.arg: _literal(k.value) for k in node.keywords if k.arg}
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_literal(e) for e in node.elts]
-    if isinstance(node, ast.Dict):
-        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values)
-                if k is not None}
-    return ast.literal_eval(node)
-
-
-#: a leaf config larger than this is not one (MMEngine's dumps are tens of kB)
-CONFIG_BYTES = 1 << 20
-
-
-def read_config(path: Path) -> dict:
-    """The top-level assignments of an MMEngine leaf config that are data (others are left
-    out); empty when the file is missing or not Python."""
-    try:
-        with open_input(path, "rb") as fh:     # never a FIFO; at most CONFIG_BYTES read
-            data = fh.read(CONFIG_BYTES + 1)
-        if len(data) > CONFIG_BYTES:
-            return {}
-        tree = ast.parse(data.decode("utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError, RecursionError,
-            MemoryError):
-        return {}
-    out = {}
-    for stmt in tree.body:
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
-                and isinstance(stmt.targets[0], ast.Name):
-            try:
-                out[stmt.targets[0].id] = _literal(stmt.value)
-            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-                continue
-    return out
-
-
-@dataclass
-class Run:
-    """What a trained run's records say (None: not recorded)."""
-
-    model: str
-    fold: int
-    name: str | None = None
-    architecture: str | None = None
-    backbone: str | None = None
-    input_scale: str | None = None
-    schedule: str | None = None
-    optimizer: str | None = None
-    augmentation: str | None = None
-    picked_by: str | None = None
-    training_minutes: float | None = None
-    hardware: str | None = None
-    checkpoint_sha256: str | None = None
-    initialized_from: str | None = None     # None: from scratch (no load_from, no Pretrained)
-
-
-_LOG_TIME = re.compile(r"^(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) - mmengine", re.M)
-
-
-def read_run(models: Path, model: str, fold: int) -> Run:
-    """A run's facts from its folder (module docstring); a malformed record leaves its facts
-    None."""
-    folder = models / model / f"fold{fold}"
-    run = Run(model, fold)
-    try:
-        _read_run(folder, run)
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError):
-        pass
-    return run
-
-
-def _pretrained(cfg: dict) -> str | None:
-    """Where a run's weights started from: ``load_from``, or a ``Pretrained`` init_cfg
-    anywhere in the model (None: from scratch)."""
-    if cfg.get("load_from"):
-        return f"load_from {Path(str(cfg['load_from'])).name}"
-    stack = [cfg.get("model")]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("type") == "Pretrained" and node.get("checkpoint"):
-                return f"Pretrained {Path(str(node['checkpoint'])).name}"
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return None
-
-
-def _read_run(folder: Path, run: Run) -> None:
-    cfg = read_config(folder / "config.py")
-    run.initialized_from = _pretrained(cfg)
-    meta = cfg.get("spinepipe") if isinstance(cfg.get("spinepipe"), dict) else {}
-    run.name = meta.get("name")
-    m = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    run.architecture = m.get("type")
-    bb = m.get("backbone") if isinstance(m.get("backbone"), dict) else {}
-    if bb:
-        run.backbone = f"{bb.get('type')}" + (f"-{bb['depth']}" if bb.get("depth") else "")
-    scale = cfg.get("img_scale")
-    if not scale and isinstance(cfg.get("train_pipeline"), list):
-        scale = next((t.get("scale") for t in cfg["train_pipeline"]
-                      if isinstance(t, dict) and t.get("type") == "Resize"), None)
-    if isinstance(scale, list) and len(scale) == 2:
-        run.input_scale = f"{scale[0]} x {scale[1]}"
-    tc = cfg.get("train_cfg") if isinstance(cfg.get("train_cfg"), dict) else {}
-    if tc.get("max_iters"):
-        run.schedule = f"{tc['max_iters']} iterations"
-    elif tc.get("max_epochs"):
-        run.schedule = f"{tc['max_epochs']} epochs"
-    ow = cfg.get("optim_wrapper") if isinstance(cfg.get("optim_wrapper"), dict) else {}
-    opt = ow.get("optimizer") if isinstance(ow.get("optimizer"), dict) else {}
-    if opt:
-        extras = ", ".join(f"{k} {opt[k]}" for k in ("lr", "momentum", "weight_decay")
-                           if k in opt)
-        run.optimizer = f"{opt.get('type')} ({extras})" if extras else str(opt.get("type"))
-    pipeline = cfg.get("train_pipeline")
-    if isinstance(pipeline, list):
-        kinds = [str(t.get("type")) for t in pipeline if isinstance(t, dict)]
-        skip = {"LoadImageFromFile", "LoadAnnotations", "PackDetInputs", "PackSegInputs"}
-        run.augmentation = ", ".join(k for k in kinds if k not in skip) or "none"
-    metrics = _record(folder / "metrics.json")
-    if metrics and metrics.get("metric"):
-        best = metrics.get("best")
-        best = f"{best:.4g}" if isinstance(best, (int, float)) else str(best)
-        run.picked_by = f"best validation {metrics['metric']} ({best})"
-    try:
-        with open_input(folder / "train.log", "rb") as fh:
-            text = fh.read(64 << 20).decode("utf-8", errors="replace")
-    except OSError:
-        text = ""
-    if text:
-        # the log is appended to by every run (a resume, a re-run): the last run's block
-        block = text[text.rfind("System environment:"):] if "System environment:" in text \
-            else text
-        # the block's own first stamp is on the lines just above "System environment:"
-        above = [line for line in text[:len(text) - len(block)].splitlines()[-3:]
-                 if _LOG_TIME.match(line)]
-        stamps = _LOG_TIME.findall((above[-1] if above else "") + "\n" + block)
-        # MMEngine's stamps carry no year: the run folder's name (YYYYmmdd_HHMMSS) does
-        years = sorted(p.name[:4] for p in folder.glob("20[0-9][0-9][01][0-9]*_*") if p.is_dir())
-        year = int(years[-1]) if years else 2001
-        try:
-            def t(s):
-                return datetime(year, int(s[0]), int(s[1]), int(s[2]), int(s[3]), int(s[4]))
-            minutes = (t(stamps[-1]) - t(stamps[0])).total_seconds() / 60 \
-                if len(stamps) >= 2 else None
-        except ValueError:        # a stamp that is no date
-            minutes = None
-        run.training_minutes = minutes if minutes is not None and 0 <= minutes < 60 * 24 * 14 \
-            else None
-        if "CUDA available: True" in text:
-            gpu = re.search(r"GPU 0[^:]*: ([^\n]+)", text)
-            run.hardware = f"GPU ({gpu.group(1).strip()})" if gpu else "GPU"
-        elif "CUDA available: False" in text:
-            run.hardware = "CPU"
-    if (folder / "best.pth").is_file():
-        from train.infer.to_seg import algorithm_of
-        digest = algorithm_of(run.model, run.fold, folder).checkpoint_sha256
-        run.checkpoint_sha256 = None if digest == "unknown" else digest
+__all__ = ["NOT_RECORDED", "TO_COMPLETE", "Facts", "Run", "Sources", "dataset_card_md",
+           "gather", "methods_md", "model_card_md", "read_config", "read_run", "render_html",
+           "write_study"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,14 +99,9 @@ def _runs_said(runs: list[Run]) -> list[str]:
     return out
 
 
-def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
-               alpha: float, match_iou: float | None = None) -> str:
-    """``methods.md`` (module docstring); ``match_iou``: the evaluations' matching
-    threshold (their summaries' ``params``)."""
-    out = ["# Methods (draft)", "",
-           "*Written by `spinepipe report` from the pipeline's records; every number below is "
-           "read from a record. Edit before submission.*", ""]
-    out += ["## Material", ""]
+def _material_said(f: Facts) -> list[str]:
+    """Material: the images, what they show; eligibility and ethics left to the authors."""
+    out: list[str] = []
     if f.images is not None:
         out.append(f"The dataset comprised {f.images} radiographs of {_or(f.patients)} "
                    f"patients (modality: {_counts(f.modalities)}; bits stored: "
@@ -513,7 +127,12 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
     out.append("")
     out.append(f"Eligibility criteria, clinical setting and collection period: {TO_COMPLETE}. "
                f"Ethics approval and informed consent (or its waiver): {TO_COMPLETE}.")
-    out += ["", "## De-identification", ""]
+    return out
+
+
+def _deidentification_said(f: Facts) -> list[str]:
+    """De-identification: anonymize's action table, options and counts."""
+    out: list[str] = []
     a = f.anonymize
     if a:
         opts = _dict(a.get("options"))
@@ -527,7 +146,12 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
                    "folder outside the shared data.")
     else:
         out.append(f"De-identification: {NOT_RECORDED} (no anonymize report).")
-    out += ["", "## Image export", ""]
+    return out
+
+
+def _export_said(f: Facts) -> list[str]:
+    """Image export: bits and equalization."""
+    out: list[str] = []
     e = _dict(_dict(f.export).get("options"))
     if e.get("bits") and e.get("equalization"):
         out.append(f"Each radiograph was exported as {_md(e['bits'])}-bit grayscale PNG after "
@@ -536,7 +160,12 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
                    + f" ({_md(_dict(f.export).get('exported', NOT_RECORDED))} exported).")
     else:
         out.append(f"Export: {NOT_RECORDED}.")
-    out += ["", "## Annotation", ""]
+    return out
+
+
+def _annotation_said(f: Facts) -> list[str]:
+    """Annotation: the VIA polygons, the problems found, the readers and the ground truth."""
+    out: list[str] = []
     c = f.convert
     if c:
         pts = (f"{f.points[0]:.1f} points per polygon on average (range {f.points[1]}-"
@@ -562,7 +191,12 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
                    "limits) is reported beside the models (reports/agreement/).")
     out.append("")
     out.append(f"Readers, their qualifications and training: {TO_COMPLETE}.")
-    out += ["", "## Data partition", ""]
+    return out
+
+
+def _partition_said(f: Facts, runs: list[Run]) -> list[str]:
+    """Data partition: the test set, the folds, the folds trained in this run."""
+    out: list[str] = []
     sp, ss = _dict(f.splits), _dict(f.split_summary)
     test = _dict(ss.get("test"))
     if _int(test.get("images")) is not None and _int(sp.get("k")) is not None:
@@ -586,6 +220,21 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
                           "folds only)") + ".")
     else:
         out.append(f"Data partition: {NOT_RECORDED}.")
+    return out
+
+
+def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
+               alpha: float, match_iou: float | None = None) -> str:
+    """``methods.md`` (module docstring); ``match_iou``: the evaluations' matching
+    threshold (their summaries' ``params``)."""
+    out = ["# Methods (draft)", "",
+           "*Written by `spinepipe report` from the pipeline's records; every number below is "
+           "read from a record. Edit before submission.*", ""]
+    out += ["## Material", "", *_material_said(f)]
+    out += ["", "## De-identification", "", *_deidentification_said(f)]
+    out += ["", "## Image export", "", *_export_said(f)]
+    out += ["", "## Annotation", "", *_annotation_said(f)]
+    out += ["", "## Data partition", "", *_partition_said(f, runs)]
     out += ["", "## Models and training", ""]
     out += _runs_said(runs) if runs else [f"Models: {NOT_RECORDED} (no trained run)."]
     rule = (f"a predicted instance overlapping it with a mask IoU of at least {match_iou:g}"
@@ -610,6 +259,33 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
             "", "## Results", "", table1_md.strip(), ""]
     out += [n for n in notes if n]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _card_measures(model: str, agreement: dict | None, per_image: pd.DataFrame) -> list[str]:
+    """A model card's clinical measures and the failure modes seen."""
+    out: list[str] = []
+    if agreement:
+        g = _dict(_dict(agreement.get("groups")).get("lordosis_deg"))
+        rate = g.get("measurable_rate")
+        if g.get("mae") is None:
+            out += ["", "## Clinical measures", "",
+                    "Lordosis L1-S1: not measurable on any test image (the model's outlines "
+                    "gave no usable L1 and S1 endplates together)."]
+        else:
+            out += ["", "## Clinical measures", "",
+                    f"Lordosis L1-S1 against the ground truth: MAE {g['mae']:.2f} deg, bias "
+                    f"{_or(g.get('bias'), '{:.2f}')} deg, measurable on "
+                    f"{_or(None if rate is None else 100 * rate, '{:.0f} %')} of the images."]
+    mine = per_image[per_image["model"] == model] if "model" in per_image else per_image
+    if len(mine):
+        missed = Counter(lv for cell in mine.get("missed", pd.Series(dtype=str)).fillna("")
+                         for lv in str(cell).split(";") if lv)
+        out += ["", "## Failure modes seen", ""]
+        out.append(f"Levels missed on the test images: {_counts(missed) if missed else 'none'}; "
+                   f"images with a level shifted: "
+                   f"{int((mine.get('shifted', pd.Series(dtype=str)).fillna('') != '').sum())} "
+                   "(the report's overlays and endplate figures show examples).")
+    return out
 
 
 def model_card_md(runs: list[Run] | Run, f: Facts, t1: pd.DataFrame, sub: pd.DataFrame,
@@ -663,27 +339,7 @@ def model_card_md(runs: list[Run] | Run, f: Facts, t1: pd.DataFrame, sub: pd.Dat
         for _, r in rows.iterrows():
             out.append(f"- {r['subgroup']}: {int(r['composite'])} of {int(r['images'])} "
                        f"test images")
-    if agreement:
-        g = _dict(_dict(agreement.get("groups")).get("lordosis_deg"))
-        rate = g.get("measurable_rate")
-        if g.get("mae") is None:
-            out += ["", "## Clinical measures", "",
-                    "Lordosis L1-S1: not measurable on any test image (the model's outlines "
-                    "gave no usable L1 and S1 endplates together)."]
-        else:
-            out += ["", "## Clinical measures", "",
-                    f"Lordosis L1-S1 against the ground truth: MAE {g['mae']:.2f} deg, bias "
-                    f"{_or(g.get('bias'), '{:.2f}')} deg, measurable on "
-                    f"{_or(None if rate is None else 100 * rate, '{:.0f} %')} of the images."]
-    mine = per_image[per_image["model"] == model] if "model" in per_image else per_image
-    if len(mine):
-        missed = Counter(lv for cell in mine.get("missed", pd.Series(dtype=str)).fillna("")
-                         for lv in str(cell).split(";") if lv)
-        out += ["", "## Failure modes seen", ""]
-        out.append(f"Levels missed on the test images: {_counts(missed) if missed else 'none'}; "
-                   f"images with a level shifted: "
-                   f"{int((mine.get('shifted', pd.Series(dtype=str)).fillna('') != '').sum())} "
-                   "(the report's overlays and endplate figures show examples).")
+    out += _card_measures(model, agreement, per_image)
     out += ["", "## Limitations", ""]
     if sample_note:
         out.append(sample_note)
