@@ -5,9 +5,16 @@ back into VIA.
 Rooms (import them by name; this face imports nothing, so start-up and DVC's deps stay
 per module):
 
+- ``agreement``: Inter-reader agreement: the readers measured against each other before any model
+  is.
 - ``coco``: COCO instances and class masks from polygons.
+- ``consensus``: The readers' consensus of one image: one polygon per vertebra from several
+  readers' polygons.
 - ``convert``: VIA annotations -> COCO instances, class masks, overlap maps, a per-image table and
   QA.
+- ``convert_plan``: convert's plan: every VIA file read, every annotated image validated,
+  levelled and given its ground truth, and the rows and jobs that follow, before anything is
+  written.
 - ``masks``: The pictures convert draws per image: the class mask, the overlap map and the QA
   overlay, rendered only for images whose inputs changed, each written under a temporary name and
   moved into place with the others; an image is redone when its polygons, problems, file or this
@@ -16,6 +23,7 @@ per module):
   which a person should review them, and what the annotators changed (no torch here: the inference
   is :mod:`train.infer.propose`).
 - ``qa``: QA pictures for people: overlays of the polygons on their image, and contact sheets.
+- ``readers``: Readers: who drew each VIA file, and which polygons are an image's ground truth.
 - ``regions``: Regions: a VIA region checked and repaired into an :class:`Outline`, or dropped with
   its :class:`Problem`.
 - ``split``: Deterministic, persisted, patient-grouped and stratified splits (DESIGN.md, convention
@@ -33,5 +41,5 @@ per module):
   annotators load spinepipe's projects (export's stub, proposals) as their own.
 """
 
-__all__ = ["coco", "convert", "masks", "proposals", "qa", "regions", "split", "via", "via_csv",
+__all__ = ["agreement", "coco", "consensus", "convert", "convert_plan", "masks", "proposals", "qa", "readers", "regions", "split", "via", "via_csv",
            "via_project"]

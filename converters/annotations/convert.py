@@ -114,39 +114,31 @@ under temporary names and renamed only when every image succeeded.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cv2
-import numpy as np
-
 from converters.annotations import qa
-from converters.annotations.coco import IGNORE, bbox, categories, flat
-from converters.annotations.masks import ImageJob, render_changed, image_size
+from converters.annotations.coco import IGNORE, categories
+from converters.annotations.convert_plan import (ConvertPlan, ConvertReport, group_of,
+                                                 plan_images, read_inputs)
+from converters.annotations.masks import render_changed
+from converters.annotations.proposals import CORRECTION_FIELDS
+from converters.annotations.readers import DEFAULT_READER, ReaderFile, check_reference
+from converters.annotations.regions import RegionRules, detect_class_attribute
+from converters.annotations.via import MAX_POINTS
 from converters.core.errors import (InvalidImageError, InvalidViaError, MissingInputError,
                                     OutputFolderError)
-from converters.core.incremental import IncrementalState
-from converters.core.parallel import map_jobs
 from converters.core.files import (prepare_output, remove_output, remove_stale_temps, write_json,
                                    write_text)
-from converters.spine.levels import LUMBAR, assign_levels
-from converters.core.provenance import patient_of
-from converters.spine.measures import image_measures, measures_csv
+from converters.core.incremental import IncrementalState
+from converters.spine.measures import measures_csv
 from converters.spine.refine import MeasuresConfig
-from converters.annotations.proposals import (CORRECTION_FIELDS, PROPOSAL_ATTRIBUTE, corrections,
-                                              read_proposal)
-from converters.core.provenance import pixel_spacing, read_record
-from converters.annotations.regions import (Outline, Problem, RegionRules, detect_class_attribute,
-                                            validate_region)
-from converters.annotations.via import MAX_POINTS, AnnotatedImage, read_via
-from converters.annotations.consensus import consensus_with_gaps
-from converters.annotations.readers import (ADJUDICATED, CONSENSUS, DEFAULT_READER, SETTLED,
-                                            ReaderFile, check_reference, ground_truth_reader)
+
+__all__ = ["IMAGE_SUFFIXES", "STATE_FILE", "ConvertConfig", "ConvertPlan", "ConvertReport",
+           "check", "convert", "default_problems_file", "validate"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # larger images are refused: MAX_PIXELS (converters.dicom.pixels, export's default too); the
@@ -183,291 +175,13 @@ class ConvertConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# per image
-
-
-# --------------------------------------------------------------------------------------------
-# the whole conversion
-
-
-@dataclass
-class ConvertReport:
-    problems: list[Problem] = field(default_factory=list)
-    images: int = 0
-    annotations: int = 0
-    regions: int = 0
-    rendered: int = 0
-    #: what annotators did to model proposals: status -> regions (see ``correction.csv``)
-    corrections: dict[str, int] = field(default_factory=dict)
-    formats: dict[str, str] = field(default_factory=dict)
-    class_attribute: str = "class"
-    class_attribute_detected: bool = False
-    removed: int = 0      # images whose masks went: no longer annotated in a VIA file given
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    def locations(self, n: int = 5) -> list[str]:
-        """The first ``n`` problems, one line each, and how many more there are."""
-        lines = [f"  {p.line()}" for p in self.problems[:n]]
-        if len(self.problems) > n:
-            lines.append(f"  ... and {len(self.problems) - n} more")
-        return lines
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for p in self.problems:
-            out[p.kind] = out.get(p.kind, 0) + 1
-        return dict(sorted(out.items()))
-
-
-@dataclass
-class ConvertPlan:
-    """What the validation step decided: the jobs to render and the tables to write."""
-
-    jobs: list[ImageJob] = field(default_factory=list)
-    groups: list[str] = field(default_factory=list)      # the VIA file of each job
-    coco_images: list[dict] = field(default_factory=list)
-    coco_anns: list[dict] = field(default_factory=list)
-    table: list[dict] = field(default_factory=list)
-    mask_values: dict[str, int] = field(default_factory=dict)
-    corrections: list[dict] = field(default_factory=list)   # rows of correction.csv
-    measures: list[dict] = field(default_factory=list)      # rows of measures.csv
-    #: image -> reader -> outlines, for the images two or more readers read (every image
-    #: with ``readers_only``)
-    readers: dict[str, dict[str, list[Outline]]] = field(default_factory=dict)
-    #: image -> the consensus outlines, for the images whose ground truth is the consensus
-    consensus: dict[str, list[Outline]] = field(default_factory=dict)
+# the whole conversion (the plan: converters/annotations/convert_plan.py)
 
 
 def _reader_files(via_files: Sequence[ReaderFile | str | Path]) -> list[ReaderFile]:
     """Files given as paths belong to the ``default`` reader."""
     return [f if isinstance(f, ReaderFile) else ReaderFile(DEFAULT_READER, Path(f))
             for f in via_files]
-
-
-def _read_inputs(files: list[ReaderFile],
-                 report: ConvertReport) -> dict[str, dict[str, AnnotatedImage]]:
-    """Every VIA file read: image -> reader -> its annotation. An image one reader annotated
-    twice keeps the first copy; readers who recorded different sizes of one image are an
-    error."""
-    merged: dict[str, dict[str, AnnotatedImage]] = {}
-    for rf in files:
-        fmt, images = read_via(rf.path)
-        report.formats[str(rf.path)] = fmt
-        for img in images:
-            if rf.reader == ADJUDICATED and img.file_attributes.get(SETTLED, "") != "yes":
-                report.problems.append(Problem(
-                    "not_settled", f"adjudication not settled (file attribute '{SETTLED}' is "
-                    "not 'yes'): the readers' polygons stay in charge", str(rf.path),
-                    img.filename))
-                continue
-            readers = merged.setdefault(img.filename, {})
-            if rf.reader in readers:
-                report.problems.append(Problem(
-                    "duplicate_image", f"also annotated in {readers[rf.reader].source} by the "
-                    f"same reader ({rf.reader}); this copy is ignored", str(rf.path),
-                    img.filename))
-                continue
-            other = next((o for o in readers.values() if o.size >= 0 and img.size >= 0
-                          and o.size != img.size), None)
-            if other is not None:
-                raise InvalidViaError(
-                    f"reader {rf.reader} recorded {img.size} bytes, {other.source} "
-                    f"{other.size}: not the same image", file=rf.path, image=img.filename)
-            readers[rf.reader] = img
-    return merged
-
-
-def _mask_values(cfg: ConvertConfig) -> dict[str, int]:
-    mask_values = {c: i + 1 for i, c in enumerate(cfg.classes)}
-    if cfg.keep_implants:
-        for c in cfg.implant_classes:
-            mask_values.setdefault(c, len(mask_values) + 1)
-    for c in cfg.ignore_classes:
-        mask_values[c] = IGNORE
-    return mask_values
-
-
-def _plan(merged: dict[str, dict[str, AnnotatedImage]], on_disk: dict[str, Path],
-          output: Path, cfg: ConvertConfig, report: ConvertReport,
-          measures: MeasuresConfig | None = None, workers: int = 1,
-          readers_only: bool = False) -> ConvertPlan:
-    """Validate every annotated image on disk: each reader's instances and levels, the ground
-    truth (:mod:`converters.annotations.readers`), COCO rows, the table; with
-    ``measures.refine``, the measures' endplates refined on the image. ``readers_only``: the
-    readers' outlines alone (``plan.readers``)."""
-    refine = measures if measures is not None and measures.refine else None
-    plan = ConvertPlan(mask_values=_mask_values(cfg))
-    rules = dataclasses.replace(cfg.region_rules(), class_attribute=report.class_attribute)
-    for name in sorted(set(on_disk) - set(merged)):
-        report.problems.append(Problem("unannotated_image", "image on disk but in no VIA file",
-                                       "", name))
-    earlier: dict[str, list[str]] = {}  # by image: one pass, not one per image
-    for p in report.problems:
-        earlier.setdefault(p.image, []).append(p.line())
-    prepared = []
-    for name in sorted(merged):
-        images = merged[name]
-        first = len(report.problems)
-        if name not in on_disk:
-            for img in images.values():
-                report.problems.append(Problem("missing_image", "annotated but not on disk; "
-                                               "skipped", img.source, name))
-            continue
-        path = on_disk[name]
-        width, height = image_size(path)
-        readers: dict[str, list[Outline]] = {}
-        for reader, img in sorted(images.items()):
-            if img.size >= 0 and img.size != path.stat().st_size:
-                report.problems.append(Problem(
-                    "size_mismatch", f"VIA recorded {img.size} bytes, the file has "
-                    f"{path.stat().st_size}", img.source, name))
-            readers[reader] = _outlines(img, width, height, rules, cfg, report)
-            report.regions += len(img.regions)
-            _corrections(img, rules.class_attribute, plan, report)
-        why = (_not_adjudicated(images[ADJUDICATED], readers[ADJUDICATED])
-               if ADJUDICATED in readers else None)
-        if why:
-            report.problems.append(Problem("not_adjudicated", f"settled, but {why}: the "
-                                           "readers' polygons stay the ground truth",
-                                           images[ADJUDICATED].source, name))
-            if len(readers) > 1:
-                del readers[ADJUDICATED]
-                images = {r: im for r, im in images.items() if r != ADJUDICATED}
-        prepared.append((name, images, path, width, height, readers, first))
-    if readers_only:   # what agreement needs: every reader's outlines, nothing built on them
-        plan.readers = {p[0]: p[5] for p in prepared}
-        report.images = len(prepared)
-        report.annotations = sum(len(outs) for p in prepared for outs in p[5].values())
-        return plan
-    # the consensus of every image several readers read, over the cores
-    fused = {p[0]: p[5] for p in prepared
-             if ground_truth_reader(p[5], cfg.reference) == CONSENSUS}
-    built = map_jobs(consensus_with_gaps, list(fused.values()), workers=workers)
-    plan.consensus = {name: outs for name, (outs, _) in zip(fused, built)}
-    for name, (_, gaps) in zip(fused, built):
-        for gap in gaps:
-            report.problems.append(Problem("no_consensus", f"left out of the consensus: {gap}",
-                                           "", name))
-    for name, images, path, width, height, readers, first in prepared:
-        truth = ground_truth_reader(readers, cfg.reference)
-        instances = plan.consensus[name] if truth == CONSENSUS else readers[truth]
-        source = images[truth].source if truth in images else images[min(images)].source
-        n_lumbar = sum(i.cls == "lumbar" for i in instances)
-        n_sacrum = sum(i.cls == "sacrum" for i in instances)
-        n_implants = max(sum(rules.class_of(r.attributes.get(rules.class_attribute, "")) in
-                             cfg.implant_classes for r in img.regions)
-                         for img in images.values())
-        image_id = len(plan.coco_images) + 1
-        plan.coco_images.append({"id": image_id, "file_name": name, "width": width,
-                                 "height": height, "n_implants": n_implants})
-        for inst in instances:
-            plan.coco_anns.append(_annotation(inst, len(plan.coco_anns) + 1, image_id,
-                                              plan.mask_values[inst.cls],
-                                              source if truth != CONSENSUS else "", truth))
-        if len(readers) > 1:
-            plan.readers[name] = readers
-        problems_here = earlier.get(name, []) + [p.line() for p in report.problems[first:]
-                                                 if p.image == name]
-        plan.table.append({"file_name": name, "image_id": image_id, "patient": patient_of(name),
-                           "width": width, "height": height, "n_lumbar": n_lumbar,
-                           "n_sacrum": n_sacrum, "n_implants": n_implants,
-                           "implants": int(n_implants > 0), "problems": len(problems_here),
-                           "readers": " ".join(sorted(readers)), "ground_truth": truth})
-        row, spine = image_measures(
-            [(i.level, np.c_[i.xs, i.ys]) for i in instances if i.cls in cfg.classes],
-            pixel_spacing(read_record(path.parent, name)), refine=refine, image_name=name,
-            image=(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
-                   if refine else None))
-        plan.measures.append({"file_name": name, **row})
-        plan.jobs.append(ImageJob(str(path), Path(name).stem, width, height, instances,
-                                  problems_here, plan.mask_values, tuple(cfg.classes),
-                                  str(output), cfg.qa, cfg.qa_max_height, spine,
-                                  row["lordosis_deg"],
-                                  readers if len(readers) > 1 else None))
-        plan.groups.append(_group(source, output))
-    plan.coco_anns = [a for a in plan.coco_anns if a["category_id"] is not None]
-    report.images, report.annotations = len(plan.coco_images), len(plan.coco_anns)
-    return plan
-
-
-def _outlines(img: AnnotatedImage, width: int, height: int, rules: RegionRules,
-              cfg: ConvertConfig, report: ConvertReport) -> list[Outline]:
-    """The image's regions checked and repaired, with levels; the problems found (and a
-    missing sacrum or a lumbar count other than the study's) go to the report."""
-    instances: list[Outline] = []
-    for region in img.regions:
-        inst, probs = validate_region(region, width, height, rules, img.source, img.filename)
-        report.problems += probs
-        if inst is not None:
-            instances.append(inst)
-    assign_levels(instances)
-    n_lumbar = sum(i.cls == "lumbar" for i in instances)
-    if not any(i.cls == "sacrum" for i in instances):
-        report.problems.append(Problem("missing_sacrum", "no sacrum (the study expects S1)",
-                                       img.source, img.filename))
-    if n_lumbar != cfg.expected_lumbar or n_lumbar > len(LUMBAR):  # > 5: levels unassigned
-        report.problems.append(Problem("lumbar_count", f"{n_lumbar} lumbar vertebrae (the study "
-                                       f"expects {cfg.expected_lumbar}: L1-L5)" + (
-            "; more than five: a transitional vertebra? levels not assigned"
-            if n_lumbar > len(LUMBAR) else ""), img.source, img.filename))
-    return instances
-
-
-def _not_adjudicated(img: AnnotatedImage, outlines: list[Outline]) -> str | None:
-    """Why a settled adjudication is not one: several readers' polygons left in it (their
-    ``annotator`` attribute), or two outlines of one vertebra (overlapping by more than half)."""
-    names = {r.attributes.get("annotator", "") for r in img.regions} - {""}
-    if len(names) > 1:
-        return f"polygons of {len(names)} readers remain ({', '.join(sorted(names))[:80]})"
-    polys = [(o, o.polygon()) for o in outlines if o.level is not None]
-    for k, (a, pa) in enumerate(polys):
-        for b, pb in polys[k + 1:]:
-            if pa.is_valid and pb.is_valid and pa.intersects(pb):
-                inter = pa.intersection(pb).area
-                if inter > 0.5 * min(pa.area, pb.area):
-                    return (f"two outlines of one vertebra remain (regions {a.region} and "
-                            f"{b.region})")
-    return None
-
-
-def _annotation(inst: Outline, ann_id: int, image_id: int, value: int, source: str,
-                annotator: str) -> dict:
-    """One COCO annotation (category None for an ignored class: dropped afterwards); a
-    consensus instance has no VIA file and region ``-1``."""
-    return {"id": ann_id, "image_id": image_id,
-            "category_id": value if value != IGNORE else None,
-            "segmentation": [flat(inst.xs, inst.ys)], "area": float(inst.polygon().area),
-            "bbox": bbox(inst.xs, inst.ys), "iscrowd": 0, "level": inst.level,
-            "via_file": Path(source).name if source else "", "via_region": inst.region,
-            "annotator": annotator}
-
-
-def _corrections(img: AnnotatedImage, class_attribute: str, plan: ConvertPlan,
-                 report: ConvertReport) -> None:
-    """What the annotator changed in a model's proposals (the image came from ``spinepipe
-    propose``); an altered proposal record is a warning, never a lost annotation."""
-    record = img.file_attributes.get(PROPOSAL_ATTRIBUTE, "")
-    if not record:
-        return
-    try:
-        proposed = read_proposal(record, img.source, img.filename)
-    except InvalidViaError as exc:
-        report.problems.append(Problem("proposal_record", f"{exc.message}: corrections not "
-                                       "measured", img.source, img.filename))
-        return
-    rows = corrections(img.filename, proposed, img.regions, class_attribute)
-    plan.corrections += rows
-    for row in rows:
-        report.corrections[row["status"]] = report.corrections.get(row["status"], 0) + 1
-
-
-def _group(via_file: str | Path, output: Path) -> str:
-    """The incremental-state group of a VIA file: its path relative to the output folder (the
-    state is part of the output, which must not depend on where the workspace is)."""
-    return os.path.relpath(Path(via_file).resolve(), output.resolve())
 
 
 def _write_tables(plan: ConvertPlan, facts: dict[str, dict], via_files: list[str | Path],
@@ -515,14 +229,14 @@ def check(via_files: Sequence[ReaderFile | str | Path], images_dir: Path, output
     files = _reader_files(via_files)
     check_reference(cfg.reference, [f.reader for f in files],
                     file=", ".join(sorted({str(f.path.parent) for f in files})) or "the input")
-    merged = _read_inputs(files, report)
+    merged = read_inputs(files, report)
     if not images_dir.is_dir():
         raise MissingInputError("images folder not found", file=images_dir)
     report.class_attribute, report.class_attribute_detected = detect_class_attribute(
         [img for readers in merged.values() for img in readers.values()], cfg.region_rules())
     on_disk = {p.name: p for p in sorted(images_dir.iterdir())
                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-    plan = _plan(merged, on_disk, output, cfg, report, measures, workers, readers_only)
+    plan = plan_images(merged, on_disk, output, cfg, report, measures, workers, readers_only)
     if report.regions and not (report.annotations if readers_only else plan.coco_anns):
         counts = ", ".join(f"{n} {k}" for k, n in report.counts().items()) or "no problem"
         raise InvalidViaError(f"{report.regions} region(s) but not one instance survived "
@@ -583,7 +297,7 @@ def convert(via_files: list[str | Path], images_dir: str | Path, output: str | P
         if created:
             shutil.rmtree(output, ignore_errors=True)  # nothing of this run stays
         raise
-    for group in sorted(set(plan.groups) | {_group(f.path, output)
+    for group in sorted(set(plan.groups) | {group_of(f.path, output)
                                             for f in _reader_files(via_files)}):
         present = [j.stem for j, g in zip(plan.jobs, plan.groups) if g == group]
         for stale in state.prune(group, present):  # no longer annotated in this VIA file

@@ -36,7 +36,8 @@ from converters.annotations.regions import Outline
 from converters.core.records import open_input
 
 if TYPE_CHECKING:  # annotations only: convert imports this module
-    from converters.annotations.convert import ConvertConfig, ConvertPlan
+    from converters.annotations.convert import ConvertConfig
+    from converters.annotations.convert_plan import ConvertPlan
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -10,6 +10,8 @@ per module):
 - ``measures``: Clinical measures from vertebra outlines (through their endplates): lumbar
   lordosis, segmental angles, disc and body heights, slip (anterolisthesis) and its Meyerding
   grade.
+- ``refine``: Endplates found where they are on the full-resolution radiograph, not where a
+  coarse outline says (the outline's endplate is a prior; the bone's edge is searched around it).
 """
 
-__all__ = ["endplates", "levels", "measures"]
+__all__ = ["endplates", "levels", "measures", "refine"]

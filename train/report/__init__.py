@@ -15,6 +15,8 @@ per module):
 - ``html``: report.html (:mod:`train.report.build`): one self-contained page, its tables as HTML,
   its figures embedded as PNG data URIs (nothing to fetch: the page opens offline and can be mailed
   as is).
+- ``humans``: Humans vs models: every model beside the readers' own disagreement, on the same
+  test images.
 - ``stats``: The study's statistics between models, on per-image values (one value per test image
   and fold; recognition rates as 0 / 1 per image), with SciPy, statsmodels and scikit-posthocs.
 - ``study``: The study writes itself up (issue 26): ``reports/study/methods.md``,
@@ -27,4 +29,4 @@ per module):
   as Markdown cells.
 """
 
-__all__ = ["build", "figures", "html", "stats", "study", "study_facts", "study_runs", "tables"]
+__all__ = ["build", "figures", "html", "humans", "stats", "study", "study_facts", "study_runs", "tables"]
