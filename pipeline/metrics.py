@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from train.evaluation.evaluate import read_mask
+from train.evaluation.test_set import read_mask
 from train.evaluation.metrics import pixel_metrics
 
 

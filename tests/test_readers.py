@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converters.annotations.agreement import agreement, adjudication_project, pair_row
+from converters.annotations.adjudication import adjudication_project
+from converters.annotations.agreement import agreement, pair_row
 from converters.annotations.consensus import consensus, consensus_with_gaps, fuse
 from converters.annotations.readers import (ADJUDICATED, CONSENSUS, DEFAULT_READER,
                                             ground_truth_reader, reader_files)

@@ -105,7 +105,8 @@ def test_training_reads_the_splits_through_it(tmp_path):
 
 
 def test_evaluation_reads_the_test_set_and_the_predictions_through_it(tiny_dataset, tmp_path):
-    from train.evaluation.evaluate import TestSet, _predicted_instances
+    from train.evaluation.evaluate import _predicted_instances
+    from train.evaluation.test_set import TestSet
 
     coco = _damaged(tmp_path / "test.json")
     with pytest.raises(InvalidTableError, match=f"test set: malformed JSON .*, in {coco}"):

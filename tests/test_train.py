@@ -534,7 +534,7 @@ def test_remote_weights_are_switched_off_and_local_ones_kept(tmp_path):
     switched off, in a dict or in a list of initialisers; a local checkpoint is kept; the
     model's other initialisers stay."""
     from mmengine.config import Config
-    from train.fit.run_config import adapt
+    from train.fit.adapt import adapt
     local = tmp_path / "resnet18.pth"
     local.write_bytes(b"weights")
     cfg = Config(dict(model=dict(
@@ -565,7 +565,7 @@ def test_adapt_fits_heads_inputs_and_loops_of_other_datasets():
     weights of another dataset, a binary head, a backbone without in_channels (three equal
     channels instead), a data preprocessor written at the top level."""
     from mmengine.config import Config
-    from train.fit.run_config import adapt
+    from train.fit.adapt import adapt
     cfg = Config(dict(default_scope="mmdet", data_preprocessor=dict(
         type="DetDataPreprocessor", mean=[1.0, 2.0, 3.0], std=[1.0, 1.0, 1.0], bgr_to_rgb=True),
         model=dict(type="RTMDet", backbone=dict(type="CSPNeXt"),

@@ -5,6 +5,8 @@ back into VIA.
 Rooms (import them by name; this face imports nothing, so start-up and DVC's deps stay
 per module):
 
+- ``adjudication``: Adjudication: the images the readers disagree on most, first, and the VIA
+  project in which an expert settles them.
 - ``agreement``: Inter-reader agreement: the readers measured against each other before any model
   is.
 - ``coco``: COCO instances and class masks from polygons.
@@ -41,5 +43,5 @@ per module):
   annotators load spinepipe's projects (export's stub, proposals) as their own.
 """
 
-__all__ = ["agreement", "coco", "consensus", "convert", "convert_plan", "masks", "proposals", "qa", "readers", "regions", "split", "via", "via_csv",
+__all__ = ["adjudication", "agreement", "coco", "consensus", "convert", "convert_plan", "masks", "proposals", "qa", "readers", "regions", "split", "via", "via_csv",
            "via_project"]

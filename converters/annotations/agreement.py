@@ -27,7 +27,7 @@ a reader who draws larger, or misses levels, shows there. With a known truth (``
 project of true polygons, e.g. the phantom's), ``against_truth``: every reader and the consensus
 against it (mean IoU per true vertebra, a missed one 0; lordosis MAE).
 
-Adjudication: ``worklist.csv`` ranks the images by disagreement (levels drawn by some readers
+Adjudication (:mod:`converters.annotations.adjudication`): ``worklist.csv`` ranks the images by disagreement (levels drawn by some readers
 only, the lowest IoU of a level, the spread of the readers' lordosis); ``adjudication_via.json``
 is a VIA 2 project of those images in that order with every reader's polygons (region attributes
 ``class``, ``level``, ``annotator``) and a file attribute ``settled`` (``no``): an expert keeps
@@ -50,16 +50,15 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
+from converters.annotations.adjudication import WORKLIST_FIELDS, adjudication_project, rank_worklist
 from converters.annotations.consensus import consensus
 from converters.annotations.convert import IMAGE_SUFFIXES, ConvertConfig, ConvertReport, check
-from converters.annotations.readers import ADJUDICATED, CONSENSUS, SETTLED, ReaderFile
+from converters.annotations.readers import ADJUDICATED, CONSENSUS, ReaderFile
 from converters.annotations.regions import Outline
 from converters.core.errors import InvalidViaError
 from converters.core.files import prepare_output, write_json, write_text
 from converters.core.parallel import map_jobs
 from converters.core.provenance import pixel_spacing, read_record
-from converters.annotations.via_project import (ProjectImage, polygon_region, via2_project,
-                                                via_filepath)
 from converters.spine.levels import LEVELS
 from converters.spine.measures import LENGTHS, MEASURES, image_measures
 
@@ -70,8 +69,6 @@ MAX_SAMPLES = 256
 PAIR_FIELDS = ["image", "level", "reader_a", "reader_b", "present_a", "present_b", "iou", "dice",
                "mean_boundary_px", "hd95_px", "mean_boundary_mm", "hd95_mm"]
 MEASURE_FIELDS = ["image", "measure", "reader_a", "reader_b", "value_a", "value_b", "diff"]
-WORKLIST_FIELDS = ["rank", "image", "readers", "level_disagreements", "min_iou",
-                   "lordosis_range_deg", "score"]
 #: the most readers whose every subset is tried for the ICC's fully crossed set
 SUBSET_READERS = 12
 
@@ -326,23 +323,10 @@ def agreement(readers_of: dict[str, dict[str, list[Outline]]], all_readers: Sequ
         res.measures += one["measures"]
         for c, values in one["values"].items():
             per_measure.setdefault(c, {})[image] = values
-        for r, (iou_list, mae) in one["vs_consensus"].items():
-            ious, maes = vs_consensus.setdefault(r, ([], []))
-            ious += iou_list
-            if mae is not None:
-                maes.append(mae)
+        _pool(vs_consensus, one["vs_consensus"])
+        _pool(vs_truth, one.get("vs_truth", {}))
         res.worklist.append(one["worklist"])
-        for who, (iou_list, mae) in one.get("vs_truth", {}).items():
-            ious, maes = vs_truth.setdefault(who, ([], []))
-            ious += iou_list
-            if mae is not None:
-                maes.append(mae)
-    for w in res.worklist:
-        w["score"] = round(w["level_disagreements"] + 5 * (1 - (w["min_iou"] or 0.0))
-                           + (w["lordosis_range_deg"] or 0.0) / 5, 4)
-    res.worklist.sort(key=lambda w: (-w["score"], w["image"]))
-    for k, w in enumerate(res.worklist, 1):
-        w["rank"] = k
+    rank_worklist(res.worklist)
     seen = {r for i in images for r in readers_of[i]}
     res.summary = {
         "readers": sorted(all_readers),
@@ -360,6 +344,16 @@ def agreement(readers_of: dict[str, dict[str, list[Outline]]], all_readers: Sequ
                 "images": sum(1 for i in images if truth_of and i in truth_of)}
             for w, v in sorted(vs_truth.items(), key=lambda kv: (kv[0] == CONSENSUS, kv[0]))}
     return res
+
+
+def _pool(into: dict[str, tuple[list[float], list[float]]],
+          one: dict[str, tuple[list[float], float | None]]) -> None:
+    """One image's IoUs and lordosis error per reader added to the pooled lists."""
+    for who, (iou_list, mae) in one.items():
+        ious, maes = into.setdefault(who, ([], []))
+        ious += iou_list
+        if mae is not None:
+            maes.append(mae)
 
 
 def _level_order(level: str) -> int:
@@ -380,33 +374,6 @@ def csv_text(rows: Sequence[dict], fields: Sequence[str]) -> str:
         writer.writerow({k: ("" if v is None else f"{v:.4f}" if isinstance(v, float) else v)
                          for k, v in row.items()})
     return buf.getvalue()
-
-
-def adjudication_project(worklist: Sequence[dict], readers_of: dict[str, dict[str, list[Outline]]],
-                         sizes: dict[str, int], *, class_attribute: str = "class",
-                         default_filepath: str = "") -> dict:
-    """The VIA 2 project for an expert (module docstring), images in worklist order."""
-    images = []
-    for w in worklist:
-        image = w["image"]
-        regions = [polygon_region(list(zip(o.xs, o.ys)), **{class_attribute: o.cls,
-                                                              "level": o.level or "",
-                                                              "annotator": reader})
-                   for reader, outs in sorted(readers_of[image].items()) for o in outs]
-        images.append(ProjectImage(image, sizes.get(image, -1), tuple(regions),
-                                   {SETTLED: "no"}))
-    project = via2_project(images, name="spinepipe adjudication", class_attribute=class_attribute,
-                           default_filepath=via_filepath(default_filepath))
-    text = {"type": "text", "default_value": ""}
-    project["_via_attributes"]["region"].update({
-        "level": {**text, "description": "vertebra level (L1-L5, S1) as the reader's polygons "
-                  "gave it"},
-        "annotator": {**text, "description": "the reader who drew it"}})
-    project["_via_attributes"]["file"][SETTLED] = {
-        "type": "dropdown", "description": "yes: the polygons left are this image's ground "
-        "truth (one per vertebra)", "options": {"no": "not yet", "yes": "settled"},
-        "default_options": {"no": True}}
-    return project
 
 
 def _truth(truth: Path, images: Path, cfg: ConvertConfig) -> dict[str, list[Outline]]:

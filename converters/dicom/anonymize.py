@@ -269,14 +269,7 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
         todo.append((str(p), key, str(output_dir), salt, options))
     ledger = load_ledger(private)
     results = map_jobs(_anonymize_file, todo, workers=workers, progress=progress)
-    for d in inputs:  # files gone (an emptied folder too): their own outputs go
-        folder = str(d.resolve())
-        for out_rel in state.prune(folder, [rel for f, rel, _ in sources.values() if f == folder]):
-            if remove_output(output_dir, out_rel):
-                report.removed[str(d)] = report.removed.get(str(d), 0) + 1
-            remove_output(output_dir, f"audit/{Path(out_rel).stem}.json")
-        if d in off and any(d.iterdir()):  # an empty one: nothing to say
-            report.switched_off.append(str(d))
+    _remove_gone(inputs, off, sources, state, output_dir, report)
     owner = {o: f"{Path(g).name}:{k}" for g, entries in state.data["groups"].items()
              for k, e in entries.items() for o in e["outputs"]}
     for key, outcome, out_rel in sorted(results, key=lambda r: r[0]):
@@ -291,6 +284,20 @@ def anonymize_tree(input_dir: str | Path | list, output_dir: str | Path, private
                          [out_rel] if out_rel else [], row=row)
     _write_reports(report, state, ledger, private, output_dir, options)
     return report
+
+
+def _remove_gone(inputs: list[Path], off: list[Path], sources: dict, state: IncrementalState,
+                 output_dir: Path, report: TreeReport) -> None:
+    """Files gone from an input folder walked now (an emptied or switched-off folder too):
+    their own outputs and audit records go; other folders' outputs stay."""
+    for d in inputs:
+        folder = str(d.resolve())
+        for out_rel in state.prune(folder, [rel for f, rel, _ in sources.values() if f == folder]):
+            if remove_output(output_dir, out_rel):
+                report.removed[str(d)] = report.removed.get(str(d), 0) + 1
+            remove_output(output_dir, f"audit/{Path(out_rel).stem}.json")
+        if d in off and any(d.iterdir()):  # an empty one: nothing to say
+            report.switched_off.append(str(d))
 
 
 def _write_reports(report: TreeReport, state: IncrementalState, ledger: dict, private: Path,

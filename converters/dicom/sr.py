@@ -54,6 +54,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -286,26 +287,29 @@ def build_report(source: Dataset, row: Mapping[str, str], endplates: Mapping | N
     coordinates). :class:`InvalidTableError` (without file and image: the caller's) when a
     number is implausible, a line is missing or off the image, or a Meyerding grade is not its
     slip's."""
-    import highdicom as hd
-    import numpy as np
-    from highdicom.sr import (CoordinatesForMeasurement,
-                              DeviceObserverIdentifyingAttributes, FindingSite, ImageContentItem,
-                              Measurement, MeasurementReport, MeasurementsAndQualitativeEvaluations,
-                              ObservationContext, ObserverContext, QualitativeEvaluation,
-                              RelationshipTypeValues, SourceImageForRegion, TextContentItem,
-                              TrackingIdentifier)
-    from pydicom.sr.codedict import codes
+    from highdicom.sr import MeasurementReport, ObservationContext
 
-    sop_uid = str(source.get("SOPInstanceUID", ""))
     try:
         rows, cols = int(source.Rows), int(source.Columns)
     except (AttributeError, TypeError, ValueError):
         raise InvalidDicomError("source image without Rows / Columns", tag="(0028,0010)") from None
+    refs = _References(source, endplates, seg, cols, rows)
     unit = _length_unit(row)
-    # the algorithm, once: the observer device (name, version in the model name, the
-    # checkpoint's hash as serial number); the groups inherit it (TID 1501's own algorithm
-    # rows are optional, and 21 copies of them made the report twice as slow to build)
-    device = ObserverContext(
+    groups = [_measurement_group(group, row, unit, refs, algorithm, reidentified)
+              for group in GROUPS]
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=_device(algorithm)),
+        procedure_reported=_code("procedure"), imaging_measurements=groups)
+    return _document(source, report, row, endplates, seg, algorithm, reidentified)
+
+
+def _device(algorithm: Algorithm):
+    """The algorithm, once: the observer device (name, version in the model name, the
+    checkpoint's hash as serial number); the groups inherit it (TID 1501's own algorithm rows
+    are optional, and 21 copies of them made the report twice as slow to build)."""
+    from highdicom.sr import DeviceObserverIdentifyingAttributes, ObserverContext
+    from pydicom.sr.codedict import codes
+    return ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
             uid=sr_uid("", algorithm, "device", False), name=f"spinepipe {algorithm.model}",
@@ -313,77 +317,109 @@ def build_report(source: Dataset, row: Mapping[str, str], endplates: Mapping | N
             model_name=f"{algorithm.model} fold {algorithm.fold}, spinepipe "
                        f"{algorithm.version}"[:64],
             serial_number=algorithm.checkpoint_sha256[:64]))
-    region_source = SourceImageForRegion(referenced_sop_class_uid=str(source.SOPClassUID),
-                                         referenced_sop_instance_uid=sop_uid)
 
-    def coordinates(group: Group) -> list:
-        if endplates is None:
+
+@dataclass
+class _References:
+    """What a measurement points at: the endplate lines on the source image, the SEG's
+    segments."""
+
+    source: Dataset
+    endplates: Mapping | None
+    seg: SegReference | None
+    cols: int
+    rows: int
+
+    @cached_property
+    def _region_source(self):
+        from highdicom.sr import SourceImageForRegion
+        return SourceImageForRegion(
+            referenced_sop_class_uid=str(self.source.SOPClassUID),
+            referenced_sop_instance_uid=str(self.source.get("SOPInstanceUID", "")))
+
+    def coordinates(self, group: Group) -> list:
+        import numpy as np
+        from highdicom.sr import CoordinatesForMeasurement, GraphicTypeValues
+        if self.endplates is None:
             return []
         return [CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=np.array(_line(endplates, level, side, cols, rows), dtype=np.float32),
-            source_image=region_source) for level, side in group.lines]
+            graphic_type=GraphicTypeValues.POLYLINE,
+            graphic_data=np.array(_line(self.endplates, level, side, self.cols, self.rows),
+                                  dtype=np.float32),
+            source_image=self._region_source) for level, side in group.lines]
 
-    def segment_item(group: Group):
-        if seg is None:
+    def segment_item(self, group: Group):
+        from highdicom.sr import ImageContentItem, RelationshipTypeValues
+        from pydicom.sr.codedict import codes
+        if self.seg is None:
             return None
-        levels = [lv for lv, _ in group.lines]
-        numbers = sorted({seg.segments[lv] for lv in levels if lv in seg.segments})
+        numbers = sorted({self.seg.segments[lv] for lv, _ in group.lines
+                          if lv in self.seg.segments})
         if not numbers:
             return None
         return ImageContentItem(name=codes.DCM.SourceOfMeasurement,
-                                referenced_sop_class_uid=seg.sop_class_uid,
-                                referenced_sop_instance_uid=seg.sop_instance_uid,
+                                referenced_sop_class_uid=self.seg.sop_class_uid,
+                                referenced_sop_instance_uid=self.seg.sop_instance_uid,
                                 referenced_segment_numbers=numbers,
                                 relationship_type=RelationshipTypeValues.INFERRED_FROM)
 
-    groups = []
-    for group in GROUPS:
-        measurements, withheld = [], []
-        levels = tuple(dict.fromkeys(lv for lv, _ in group.lines))
-        gunit = unit if group.unit == "{unit}" else group.unit
-        for column in group.columns:
-            column = column.format(unit=gunit)
-            value = _number(row, column)
-            if value is None:
-                withheld.append(f"{column}: {_reason(row, levels)}")
-                continue
-            side = next((s for s in SIDES if f"_{s}_" in column), None)
-            sites = None
-            if side is not None:
-                sites = [FindingSite(anatomic_location=_code(group.sites[0]),
-                                     topographical_modifier=_code(side))]
-            m = Measurement(name=_code(group.code), value=value, unit=_code(gunit),
-                            finding_sites=sites, referenced_coordinates=coordinates(group) or None)
-            item = segment_item(group)
-            if item is not None:
-                if "ContentSequence" not in m[0]:       # a number without lines or sites
-                    m[0].ContentSequence = []
-                m[0].ContentSequence.append(item)
-            measurements.append(m)
-        evaluations = None
-        if group.grade is not None and measurements:
-            grade = _grade(row, group, measurements[0].value)
-            if grade is not None:
-                evaluations = [QualitativeEvaluation(_code("meyerding"), _code(f"grade_{grade}"))]
-        elif group.grade is not None and (row.get(group.grade) or "").strip():
-            raise InvalidTableError(f"column {group.grade}: a grade without its slip")
-        g = MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(
-                identifier=group.name, uid=sr_uid(sop_uid, algorithm, group.name, reidentified)),
-            finding_sites=[FindingSite(_code(s)) for s in group.sites],
-            measurements=measurements or None, qualitative_evaluations=evaluations)
-        for text in withheld:
-            g[0].ContentSequence.append(TextContentItem(
-                name=_code("withheld"), value=text[:1024],
-                relationship_type=RelationshipTypeValues.CONTAINS))
-        groups.append(g)
-    report = MeasurementReport(observation_context=ObservationContext(observer_device_context=device),
-                               procedure_reported=_code("procedure"), imaging_measurements=groups)
-    # the patient and study modules come from the source; Type 2 attributes it lacks (an
-    # archive's object need not carry an empty Patient's Birth Date) are written empty
+
+def _measurement_group(group: Group, row: Mapping[str, str], unit: str, refs: _References,
+                       algorithm: Algorithm, reidentified: bool):
+    """One group's measurements (with their lines and segments), its Meyerding grade, and a
+    text for every measure withheld."""
+    from highdicom.sr import (FindingSite, Measurement, MeasurementsAndQualitativeEvaluations,
+                              QualitativeEvaluation, RelationshipTypeValues, TextContentItem,
+                              TrackingIdentifier)
+    measurements, withheld = [], []
+    levels = tuple(dict.fromkeys(lv for lv, _ in group.lines))
+    gunit = unit if group.unit == "{unit}" else group.unit
+    for column in group.columns:
+        column = column.format(unit=gunit)
+        value = _number(row, column)
+        if value is None:
+            withheld.append(f"{column}: {_reason(row, levels)}")
+            continue
+        side = next((s for s in SIDES if f"_{s}_" in column), None)
+        sites = None if side is None else [FindingSite(anatomic_location=_code(group.sites[0]),
+                                                       topographical_modifier=_code(side))]
+        m = Measurement(name=_code(group.code), value=value, unit=_code(gunit),
+                        finding_sites=sites, referenced_coordinates=refs.coordinates(group) or None)
+        item = refs.segment_item(group)
+        if item is not None:
+            if "ContentSequence" not in m[0]:       # a number without lines or sites
+                m[0].ContentSequence = []
+            m[0].ContentSequence.append(item)
+        measurements.append(m)
+    evaluations = None
+    if group.grade is not None and measurements:
+        grade = _grade(row, group, measurements[0].value)
+        if grade is not None:
+            evaluations = [QualitativeEvaluation(_code("meyerding"), _code(f"grade_{grade}"))]
+    elif group.grade is not None and (row.get(group.grade) or "").strip():
+        raise InvalidTableError(f"column {group.grade}: a grade without its slip")
+    sop_uid = str(refs.source.get("SOPInstanceUID", ""))
+    g = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            identifier=group.name, uid=sr_uid(sop_uid, algorithm, group.name, reidentified)),
+        finding_sites=[FindingSite(_code(s)) for s in group.sites],
+        measurements=measurements or None, qualitative_evaluations=evaluations)
+    for text in withheld:
+        g[0].ContentSequence.append(TextContentItem(
+            name=_code("withheld"), value=text[:1024],
+            relationship_type=RelationshipTypeValues.CONTAINS))
+    return g
+
+
+def _document(source: Dataset, report, row: Mapping[str, str], endplates: Mapping | None,
+              seg: SegReference | None, algorithm: Algorithm, reidentified: bool) -> Dataset:
+    """The Comprehensive SR around the report: the patient and study modules from the source
+    (Type 2 attributes it lacks, which an archive's object need not carry, written empty), the
+    SEG as evidence, the private coding scheme declared."""
+    import highdicom as hd
     if not str(source.get("StudyInstanceUID", "")):
         raise InvalidDicomError("source image without Study Instance UID", tag="(0020,000D)")
+    sop_uid = str(source.get("SOPInstanceUID", ""))
     first = copy.copy(source)
     for keyword in _TYPE2:
         if keyword not in first:

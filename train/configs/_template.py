@@ -11,7 +11,7 @@ spinepipe = dict(family='instance', name='SOLOv2')
 # Semantic, e.g.: 'mmseg::segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py'
 _base_ = ['mmdet::solov2/solov2_r50_fpn_1x_coco.py']
 #
-# What spinepipe does to it when it builds a run (train/fit/run_config.py, adapt; each change is
+# What spinepipe does to it when it builds a run (train/fit/adapt.py; each change is
 # listed as spinepipe_adapted in the run's config.py):
 # - the data: dataloaders whose dataset is not spinepipe's (COCO, ADE20K, Cityscapes) get the
 #   family's data block, ./_base_/spine_instance.py or ./_base_/spine_semantic.py: grayscale

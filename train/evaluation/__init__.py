@@ -15,6 +15,8 @@ per module):
   versions.
 - ``recognition``: Instances of a prediction and the study's recognition rates, judged
   automatically.
+- ``test_set``: The fixed test set's ground truth as evaluate reads it (split's COCO, convert's
+  class masks).
 """
 
-__all__ = ["agreement", "evaluate", "metrics", "recognition"]
+__all__ = ["agreement", "evaluate", "metrics", "recognition", "test_set"]

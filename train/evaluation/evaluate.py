@@ -50,7 +50,7 @@ import io
 import secrets
 import shutil
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -59,7 +59,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from converters.annotations.coco import PNG_LABEL_PARAMS
-from converters.core.errors import (InsufficientDataError, MissingInputError, ShapeMismatchError,
+from converters.core.errors import (MissingInputError, ShapeMismatchError,
                                     SpinepipeError)
 from converters.core.files import TEMP_MARK, prepare_output, write_bytes, write_json, write_text
 from converters.spine.levels import LEVELS
@@ -72,6 +72,7 @@ from converters.core.paths import UnsafePathError
 from converters.core.provenance import pixel_spacing, read_record
 from converters.core.records import open_input, read_json
 from train.evaluation.agreement import summarize as summarize_measures
+from train.evaluation.test_set import TestSet, read_mask
 from train.evaluation.recognition import (VERTEBRA_CLASSES, Instances, PostprocessConfig,
                                           RecognitionConfig, components, merged_class_mask,
                                           postprocess_instances, recognize)
@@ -88,59 +89,6 @@ class EvaluateConfig:
     match_iou: float = 0.5    # a ground-truth instance is recognized at this mask IoU
     device: str = "auto"      # auto (GPU if there is one) | cpu | cuda:N
     batch_size: int = 4
-
-
-@dataclass
-class TestSet:
-    """Ground truth of the test set: COCO images / instances and the class masks folder;
-    ``outlines`` per image id: (level, polygon vertices) of each vertebra, for the clinical
-    measures."""
-
-    images: list[dict]
-    instances: dict[int, Instances]
-    class_values: dict[str, int]
-    masks: Path
-    outlines: dict[int, list[tuple[str | None, np.ndarray]]] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, coco_path: str | Path, masks: str | Path) -> "TestSet":
-        coco_path = Path(coco_path)
-        coco = read_json(coco_path, what="test set", made_by="split",
-                         keys={"images": list, "annotations": list, "categories": list})
-        if not coco.get("images"):
-            raise InsufficientDataError("the test set is empty", file=coco_path)
-        values = {c["name"]: int(c["id"]) for c in coco["categories"]}
-        size = {im["id"]: (im["height"], im["width"]) for im in coco["images"]}
-        inst = {im["id"]: Instances() for im in coco["images"]}
-        outlines: dict[int, list] = {im["id"]: [] for im in coco["images"]}
-        for ann in coco["annotations"]:
-            h, w = size[ann["image_id"]]
-            seg = ann["segmentation"]
-            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list) \
-                else seg
-            target = inst[ann["image_id"]]
-            target.classes.append(next(k for k, v in values.items() if v == ann["category_id"]))
-            target.rles.append(rle)
-            target.scores.append(1.0)
-            target.levels.append(ann.get("level"))
-            if isinstance(seg, list) and seg and target.classes[-1] in VERTEBRA_CLASSES:
-                outlines[ann["image_id"]].append(
-                    (ann.get("level"), np.asarray(seg[0], dtype=np.float64).reshape(-1, 2)))
-        return cls(sorted(coco["images"], key=lambda im: im["file_name"]), inst, values,
-                   Path(masks), outlines)
-
-
-def read_mask(path: Path, *, what: str) -> np.ndarray:
-    """A one-channel label PNG."""
-    if not Path(path).is_file():
-        raise SpinepipeError(f"{what} PNG not found", file=path)
-    mask = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise SpinepipeError(f"unreadable {what} PNG", file=path)
-    if mask.ndim != 2:
-        raise SpinepipeError(f"{what} must be a one-channel label PNG, got shape {mask.shape}",
-                             file=path)
-    return mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,18 +205,11 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
         else:
             pred = components(pred_mask, test.class_values, cfg.min_area)
         rec = recognize(test.instances[im["id"]], pred, cfg)
-        mm = spacing.get(name)
         image = _measured_image(images, name) if refining and images is not None else None
-        p_row, p_spine = image_measures(
-            predicted_outlines(pred), mm, image=image, image_name=name,
-            refine=measures if measures and measures.refine_predictions else None)
+        p_row, t_row, endplates[name] = _both_measures(
+            pred, test.outlines.get(im["id"], []), spacing.get(name), image, name, measures)
         pred_measures.append({"file_name": name, **p_row})
-        t_row, t_spine = image_measures(
-            test.outlines.get(im["id"], []), mm, image=image, image_name=name,
-            refine=measures if measures and measures.refine else None)
         true_measures.append({"file_name": name, **t_row})
-        endplates[name] = {"prediction": endplates_record(p_spine),
-                           "truth": endplates_record(t_spine)}
         for lv, r in rec["levels"].items():
             if lv in level_hits:
                 level_hits[lv][0] += int(r["matched"])
@@ -276,9 +217,32 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
         rows.append(_row(im, predicted, cm, rec))
         if progress:
             progress(done, len(test.images))
+    summary = _summary(rows, cms, test, level_hits, missing, cfg, model, fold, family)
+    _add_measures(summary, summarize_measures(pred_measures, true_measures), measures)
+    return rows, summary, pred_measures, true_measures, endplates
+
+
+def _both_measures(pred: Instances, truth: list, mm, image, name: str,
+                   measures: MeasuresConfig | None) -> tuple[dict, dict, dict]:
+    """The clinical measures of the prediction's outlines and of the ground truth's polygons
+    on one image (each refined on the image where ``measures`` says), and both endplates."""
+    p_row, p_spine = image_measures(
+        predicted_outlines(pred), mm, image=image, image_name=name,
+        refine=measures if measures and measures.refine_predictions else None)
+    t_row, t_spine = image_measures(
+        truth, mm, image=image, image_name=name,
+        refine=measures if measures and measures.refine else None)
+    return p_row, t_row, {"prediction": endplates_record(p_spine),
+                          "truth": endplates_record(t_spine)}
+
+
+def _summary(rows: list[dict], cms: list, test: TestSet, level_hits: dict, missing: list,
+             cfg: RecognitionConfig, model: str, fold: int | None, family: str) -> dict:
+    """The run's summary before its clinical measures: the metrics' means, the recognition
+    rates (per image and per level), the pooled confusion's metrics."""
     names = {v: k for k, v in test.class_values.items()}
     names[0] = "background"
-    summary = {
+    return {
         "model": model, "fold": fold, "family": family, "images": len(rows),
         **{m: float(np.mean([r[m] for r in rows])) for m in METRICS},
         "recognition_rate": float(np.mean([r["recognized"] for r in rows])),
@@ -288,7 +252,11 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
         "pooled": pooled_metrics(cms, names),
         "params": asdict(cfg),
     }
-    clinical = summarize_measures(pred_measures, true_measures)
+
+
+def _add_measures(summary: dict, clinical: dict, measures: MeasuresConfig | None) -> None:
+    """The clinical measures' agreement with the ground truth into the summary: the headline
+    errors and rates, and the whole of it under ``measures``."""
     groups = clinical["groups"]
     summary["lordosis_mae_deg"] = groups["lordosis_deg"]["mae"]
     summary["lordosis_measurable_rate"] = groups["lordosis_deg"]["measurable_rate"]
@@ -297,7 +265,6 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
     summary["measurable_rate"] = clinical["measurable_rate"]
     summary["measures_refined"] = bool(measures and measures.refine_predictions)
     summary["measures"] = clinical
-    return rows, summary, pred_measures, true_measures, endplates
 
 
 def _measured_image(images: str | Path, name: str) -> np.ndarray | None:

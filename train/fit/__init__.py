@@ -3,6 +3,8 @@
 Rooms (import them by name; this face imports nothing, so start-up and DVC's deps stay
 per module):
 
+- ``adapt``: A model's config adapted to spinepipe's data, whatever dataset its bases were
+  written for (data block, class counts, grayscale input, no remote weights).
 - ``augment``: Albumentations inside the MMDetection / MMSegmentation training pipelines.
 - ``checkpoint``: Loading mmengine checkpoints under torch >= 2.6's ``weights_only=True`` default.
 - ``run_config``: Per-run ("leaf") MMEngine configs: a model config from ``train/configs/`` plus
@@ -11,4 +13,4 @@ per module):
   do.
 """
 
-__all__ = ["augment", "checkpoint", "run_config", "runner"]
+__all__ = ["adapt", "augment", "checkpoint", "run_config", "runner"]

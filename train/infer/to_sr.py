@@ -118,32 +118,8 @@ def write_srs(eval_dir: str | Path, dicom_root: str | Path, png_dir: str | Path,
         verify_identities([r["file_name"] for r in rows], dicom_root, png_dir, ledger, salt)
     built = []
     for done, row in enumerate(rows, 1):
-        image = row["file_name"]
-        src_path, provenance = find_source(dicom_root, png_dir, image)
-        source = read_dicom(src_path, header_only=True)
-        check_source(source, provenance, src_path)
-        if ledger is not None:
-            source = reidentified_source(source, ledger, salt)
-        seg = None
-        if image in segs:
-            seg = seg_reference(confined(seg_dir, segs[image], file=seg_dir / "to_seg.json"),
-                                str(source.SOPInstanceUID))
-        # an image the endplates do not list: every line it was measured on is missing
-        entry = None if endplates is None else endplates.get(image, {})
-        try:
-            sr = build_report(source, row, entry, algorithm, seg=seg, reidentified=reidentify)
-        except InvalidTableError as exc:
-            exc.file = exc.file or str(table if "column" in exc.message
-                                       else eval_dir / "endplates.json")
-            exc.image = exc.image or image
-            raise
-        columns = reported_columns(row)
-        reported = sum(1 for c in columns if row[c] != "")
-        buf = io.BytesIO()           # kept as bytes (tens of kB) until all are built
-        sr.save_as(buf, enforce_file_format=True)
-        built.append((str(sr.SOPInstanceUID), buf.getvalue(),
-                      {"image": image, "measures": reported, "withheld": len(columns) - reported,
-                       "seg": seg.sop_instance_uid if seg else None}))
+        built.append(_built_report(row, dicom_root, png_dir, table, eval_dir, endplates,
+                                   algorithm, segs, seg_dir, ledger, salt, reidentify))
         if progress:
             progress(done, 2 * len(rows))
     prepare_output(output)
@@ -157,3 +133,36 @@ def write_srs(eval_dir: str | Path, dicom_root: str | Path, png_dir: str | Path,
     retire_objects(output, RECORD, "sr", {r["sr"] for r in record["images"]})
     write_json(output / RECORD, record)
     return record
+
+
+def _built_report(row: dict, dicom_root: Path, png_dir: Path, table: Path, eval_dir: Path,
+                  endplates: dict | None, algorithm, segs: dict, seg_dir: Path | None,
+                  ledger, salt, reidentify: bool) -> tuple[str, bytes, dict]:
+    """One image's report built, not written: (SOP Instance UID, the file's bytes, its entry
+    in the record). Its source is found through export's provenance and checked against it."""
+    image = row["file_name"]
+    src_path, provenance = find_source(dicom_root, png_dir, image)
+    source = read_dicom(src_path, header_only=True)
+    check_source(source, provenance, src_path)
+    if ledger is not None:
+        source = reidentified_source(source, ledger, salt)
+    seg = None
+    if image in segs:
+        seg = seg_reference(confined(seg_dir, segs[image], file=seg_dir / "to_seg.json"),
+                            str(source.SOPInstanceUID))
+    # an image the endplates do not list: every line it was measured on is missing
+    entry = None if endplates is None else endplates.get(image, {})
+    try:
+        sr = build_report(source, row, entry, algorithm, seg=seg, reidentified=reidentify)
+    except InvalidTableError as exc:
+        exc.file = exc.file or str(table if "column" in exc.message
+                                   else eval_dir / "endplates.json")
+        exc.image = exc.image or image
+        raise
+    columns = reported_columns(row)
+    reported = sum(1 for c in columns if row[c] != "")
+    buf = io.BytesIO()           # kept as bytes (tens of kB) until all are built
+    sr.save_as(buf, enforce_file_format=True)
+    return (str(sr.SOPInstanceUID), buf.getvalue(),
+            {"image": image, "measures": reported, "withheld": len(columns) - reported,
+             "seg": seg.sop_instance_uid if seg else None})
