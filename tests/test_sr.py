@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 from conftest import Orthanc, ingest_chain
 from converters.annotations.coco import rasterize
 from converters.core.provenance import pixel_spacing, read_record
+from converters.dicom.sr_codes import GROUPS
 from converters.spine.levels import levels_bottom_up
 from converters.spine.measures import COLUMNS, MEASURES, image_measures, measures_csv
 from converters.spine.refine import MeasuresConfig
@@ -167,7 +168,7 @@ def test_every_number_read_back_by_highdicom_with_its_code_unit_and_endplates(pr
             ["99SPINEPIPE"]
         report = hd.sr.MeasurementReport.from_sequence([sr])
         groups = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
-        assert len(groups) == 21
+        assert len(groups) == len(GROUPS)        # one group per GROUPS entry, measured or not
         found: dict[str, float] = {}
         seg_row = segs.get(image)
         for column in _reported_columns():
@@ -262,7 +263,7 @@ def test_an_image_without_measures_gets_a_report_that_says_why(project):
     sr = hd.sr.srread(_reports(root)[empty[0]])
     report = hd.sr.MeasurementReport.from_sequence([sr])
     groups = report.get_image_measurement_groups()
-    assert len(groups) == 21 and all(g.get_measurements() == [] for g in groups)
+    assert len(groups) == len(GROUPS) and all(g.get_measurements() == [] for g in groups)
     texts = [str(i.TextValue) for g in groups for i in g[0].ContentSequence
              if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "WITHHELD"]
     assert sorted(t.split(":", 1)[0] for t in texts) == sorted(_reported_columns())
@@ -559,7 +560,7 @@ def test_every_code_is_the_standards_and_the_readme_lists_them():
     meaning's scheme; every private one is declared under 99SPINEPIPE; README's table lists each
     (scheme, value) the product uses."""
     from pydicom.sr import _concepts_dict as concepts
-    from converters.dicom.sr import CODES, PRIVATE_SCHEME
+    from converters.dicom.sr_codes import CODES, PRIVATE_SCHEME
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for key, (scheme, value, meaning) in CODES.items():
         if scheme == PRIVATE_SCHEME:

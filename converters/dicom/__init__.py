@@ -34,10 +34,12 @@ per module):
   radiographs.
 - ``sr``: DICOM Measurement Reports (Comprehensive SR, template TID 1500, highdicom) of one
   radiograph's clinical measures, beside its SEG.
+- ``sr_codes``: What the Measurement Reports say, as codes: every coded concept and the measurement
+  groups (the ``measures.csv`` columns each reports, the endplates they were measured between).
 - ``store``: The way back to the PACS: C-STORE of spinepipe's results (``spinepipe store``),
   resumable: a state file records per PACS what was stored with which content, so a re-run sends
   only what is new or changed.
 """
 
 __all__ = ["anonymize", "burned_in", "deid_engine", "deid_pixels", "deid_table", "export",
-           "ledger", "pacs", "pixels", "read", "retrieve", "seg", "sr", "store"]
+           "ledger", "pacs", "pixels", "read", "retrieve", "seg", "sr", "sr_codes", "store"]

@@ -33,8 +33,8 @@ Content tree (TID 1500 "Imaging Measurement Report"):
 
 Codes: SNOMED CT, DCM and UCUM where they exist (from pydicom's code dictionary, which is
 DICOM PS3.16's); the rest from the private coding scheme :data:`PRIVATE_SCHEME`, declared in the
-object's Coding Scheme Identification Sequence. README "Results back to the PACS" lists them all
-(:func:`codes_table`).
+object's Coding Scheme Identification Sequence; the codes and the measurement groups are
+:mod:`converters.dicom.sr_codes`'s. README "Results back to the PACS" lists them all.
 
 Checked, never trusted: a number beyond :data:`PLAUSIBLE`, a Meyerding grade that is not its
 slip's, a line of a reported measure missing, not two finite points or more than
@@ -64,7 +64,8 @@ from pydicom.uid import generate_uid
 from converters.core.errors import InvalidDicomError, InvalidTableError
 from converters.dicom.read import read_dicom
 from converters.dicom.seg import Algorithm
-from converters.spine.levels import LEVELS, LUMBAR
+from converters.dicom.sr_codes import (CODES, GROUPS, PRIVATE_SCHEME, PRIVATE_SCHEME_NAME, SIDES,
+                                       Group)
 from converters.spine.measures import meyerding
 
 #: the patient and study attributes of Type 2 the report copies from its source
@@ -76,79 +77,6 @@ PLAUSIBLE = 1e6
 EDGE_PX = 2.0
 
 SERIES_NUMBER = 9101            # the SR series sorts after the SEG's (9100)
-PRIVATE_SCHEME = "99SPINEPIPE"  # local coding scheme designators begin with "99" (PS3.3 8.2)
-PRIVATE_SCHEME_NAME = "spinepipe lumbar spine measures"
-
-#: every code the reports use: key -> (scheme, value, meaning); the standard ones checked against
-#: pydicom's dictionary in the tests (PS3.16), the private ones declared in each object
-CODES: dict[str, tuple[str, str, str]] = {
-    "cobb_angle": ("SCT", "285285000", "Cobb angle"),
-    "height": ("DCM", "121207", "Height"),
-    "slip": (PRIVATE_SCHEME, "SLIP", "Vertebral slip, % of the lower endplate (Taillard)"),
-    "meyerding": (PRIVATE_SCHEME, "MEYERDING", "Meyerding grade"),
-    "withheld": (PRIVATE_SCHEME, "WITHHELD", "Measurement withheld"),
-    **{f"grade_{g}": (PRIVATE_SCHEME, f"MEYERDING-{g}", f"Meyerding grade {name}")
-       for g, name in enumerate(("0 (slip under 5 %)", "I", "II", "III", "IV", "V"))},
-    "procedure": ("SCT", "363679005", "Imaging procedure"),
-    "L1": ("SCT", "66794005", "Bone structure of L1"),
-    "L2": ("SCT", "14293000", "Bone structure of L2"),
-    "L3": ("SCT", "36470004", "Bone structure of L3"),
-    "L4": ("SCT", "11994002", "Bone structure of L4"),
-    "L5": ("SCT", "49668003", "Bone structure of L5"),
-    "S1": ("SCT", "54735007", "Sacrum"),
-    "disc_L1": ("SCT", "80064006", "Intervertebral disc structure of first lumbar vertebra"),
-    "disc_L2": ("SCT", "67459009", "Intervertebral disc structure of second lumbar vertebra"),
-    "disc_L3": ("SCT", "62551000", "Intervertebral disc structure of third lumbar vertebra"),
-    "disc_L4": ("SCT", "84020006", "Intervertebral disc structure of fourth lumbar vertebra"),
-    "disc_L5": ("SCT", "75782005", "Intervertebral disc structure of fifth lumbar vertebra"),
-    "anterior": ("SCT", "255549009", "Anterior"),
-    "middle": ("SCT", "26216008", "Central"),
-    "posterior": ("SCT", "255551008", "Posterior"),
-    "deg": ("UCUM", "deg", "Degree"),
-    "mm": ("UCUM", "mm", "mm"),
-    "%": ("UCUM", "%", "Percent"),
-    "px": ("UCUM", "{pixels}", "pixels"),
-}
-
-
-@dataclass(frozen=True)
-class Group:
-    """One measurement group: its tracking identifier, the ``measures.csv`` columns it reports
-    (``{unit}`` for lengths: ``mm``, or ``px`` where the spacing is unknown), the measurement's
-    code key, the finding sites, the endplates it was measured between, and the slip's grade
-    column."""
-
-    name: str
-    columns: tuple[str, ...]
-    code: str
-    unit: str
-    sites: tuple[str, ...]
-    lines: tuple[tuple[str, str], ...]       # (level, "superior" / "inferior")
-    grade: str | None = None
-
-
-def _groups() -> tuple[Group, ...]:
-    pairs = list(zip(LEVELS[:-1], LEVELS[1:]))
-    out = [Group("lordosis L1-S1", ("lordosis_deg",), "cobb_angle", "deg", ("L1", "S1"),
-                 (("L1", "superior"), ("S1", "superior")))]
-    out += [Group(f"segmental {a}-{b}", (f"seg_{a}_{b}_deg",), "cobb_angle", "deg", (a, b),
-                  ((a, "superior"), (b, "superior"))) for a, b in pairs]
-    out += [Group(f"disc {a}-{b}", tuple(f"disc_{a}_{b}_{s}_{{unit}}"
-                                         for s in ("anterior", "middle", "posterior")),
-                  "height", "{unit}", (f"disc_{a}",), ((a, "inferior"), (b, "superior")))
-            for a, b in pairs]
-    out += [Group(f"body {lv}", tuple(f"body_{lv}_{s}_{{unit}}" for s in ("anterior", "posterior")),
-                  "height", "{unit}", (lv,), ((lv, "superior"), (lv, "inferior")))
-            for lv in LUMBAR]
-    out += [Group(f"slip {a}-{b}", (f"slip_{a}_{b}_pct",), "slip", "%", (a, b),
-                  ((a, "inferior"), (b, "superior")), grade=f"meyerding_{a}_{b}")
-            for a, b in pairs]
-    return tuple(out)
-
-
-#: the report's measurement groups, in order (module docstring)
-GROUPS = _groups()
-SIDES = ("anterior", "middle", "posterior")
 
 
 def reported_columns(row: Mapping[str, str]) -> list[str]:
@@ -159,11 +87,6 @@ def reported_columns(row: Mapping[str, str]) -> list[str]:
 
 def _length_unit(row: Mapping[str, str]) -> str:
     return "mm" if _number(row, "pixel_spacing_mm") is not None else "px"
-
-
-def codes_table() -> list[tuple[str, str, str, str]]:
-    """(what, scheme, code value, meaning) of every code in :data:`CODES`: README's table."""
-    return [(key, *CODES[key]) for key in CODES]
 
 
 def _code(key: str):

@@ -82,15 +82,13 @@ COLUMNS = ("file_name", *MEASURES, "refined", "confidence", "pixel_spacing_mm", 
 
 
 def uses(column: str) -> tuple[str, ...]:
-    """The levels a measure column needs."""
+    """The levels a measure column needs, read from its name: columns are named
+    ``<kind>_<level>[_<level>]_<rest>`` (``seg_L4_L5_deg``, ``body_L3_anterior_mm``), so a new
+    measure named that way needs no entry here (``lordosis_deg`` is the one exception)."""
     if column == "lordosis_deg":
         return ("L1", "S1")
     parts = column.split("_")
     return tuple(p for p in parts[1:3] if p in LEVELS)
-
-
-# --------------------------------------------------------------------------------------------
-# endplates
 
 
 # --------------------------------------------------------------------------------------------
