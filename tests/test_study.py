@@ -334,3 +334,81 @@ def test_the_readers_and_the_ground_truth_are_counted_from_images_csv(records, t
     assert "3 reader(s) annotated; 3 image(s) were read by two or more" in text
     assert "consensus on 2 image(s)" in text and "adjudication on 1" in text
     assert "one reader's polygons on 1" in text
+
+
+# --------------------------------------------------------------------------------------------
+# the CLAIM checklist and the parameter counts (issue 26)
+
+
+def _claim_rows(text: str) -> dict[str, list[str]]:
+    """Item number -> its table cells (number, section, item, answer, methods.md)."""
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")
+            and not line.startswith(("| #", "| ---"))]
+    return {r[0].strip("| "): [c.strip("| ") for c in r] for r in rows}
+
+
+def test_every_claim_item_has_an_answer_or_is_left_to_the_authors(records):
+    from train.report.claim import claim_checklist_md
+    text = claim_checklist_md(gather(records), [read_run(records.models, "mask_rcnn", 0)],
+                              0.05, 0.5)
+    rows = _claim_rows(text)
+    assert list(rows) == [str(k) for k in range(1, 43)]        # CLAIM 2020: 42 items, in order
+    for number, cells in rows.items():
+        answer = cells[3]
+        assert answer and "None" not in answer and "{" not in answer, (number, answer)
+    left = [n for n, c in rows.items() if c[3] == TO_COMPLETE]
+    # what no record can answer is left to the authors, never invented
+    assert {"1", "2", "3", "4", "15", "19", "32", "34", "38", "39", "40", "41", "42"} <= set(left)
+    assert "stratified by overlap (seed 7)" in rows["20"][3]
+    assert rows["21"][3].startswith("patient")
+    assert "mask IoU >= 0.5" in rows["28"][3] and "significance level 0.05" in rows["29"][3]
+    anon = json.loads((records.anon / "report.json").read_text())
+    assert f"`{anon['action_table']}`" in rows["12"][3]
+    assert rows["12"][4] == "De-identification" and rows["20"][4] == "Data partition"
+    # every section a row points at is one methods.md has
+    methods = _methods(records)
+    for cells in rows.values():
+        if cells[4] != "-":
+            assert f"## {cells[4]}\n" in methods, cells
+
+
+def test_the_checklist_follows_its_records(records, tmp_path):
+    from train.report.claim import claim_checklist_md
+    src = _copy(records, tmp_path)
+    before = _claim_rows(claim_checklist_md(gather(src), [read_run(src.models, "mask_rcnn", 0)],
+                                            0.05))
+    metrics = src.models / "mask_rcnn" / "fold0" / "metrics.json"
+    _edit_json(metrics, lambda m: m.update(parameters=43_719_345,
+                                           software={"torch": "2.13.0", "mmdet": "3.3.0"}))
+    (src.processed / "images.csv").write_text(
+        "file_name,implants,overlap,readers,ground_truth\n"
+        "a.png,0,0,ann ben,consensus\nb.png,1,0,ann,ann\n")
+    after = _claim_rows(claim_checklist_md(gather(src), [read_run(src.models, "mask_rcnn", 0)],
+                                           0.05))
+    assert f"parameters {NOT_RECORDED}" in before["22"][3]
+    assert "43,719,345 parameters" in after["22"][3]
+    assert "mmdet 3.3.0" in after["23"][3] and "torch 2.13.0" in after["23"][3]
+    assert "not measured" in before["18"][3]
+    assert "1 image(s) read by two or more readers" in after["18"][3]
+    nothing = Sources(anon=tmp_path / "no", png=tmp_path / "no", processed=tmp_path / "no",
+                      splits=tmp_path / "no", models=tmp_path / "no",
+                      phantom_truth=tmp_path / "no.json")
+    empty = _claim_rows(claim_checklist_md(gather(nothing), [], 0.05))
+    assert len(empty) == 42 and NOT_RECORDED in empty["7"][3] and NOT_RECORDED in empty["12"][3]
+    assert NOT_RECORDED in empty["22"][3]
+
+
+def test_the_parameter_count_is_said_in_the_methods_and_the_card(records, tmp_path):
+    src = _copy(records, tmp_path)
+    _edit_json(src.models / "mask_rcnn" / "fold0" / "metrics.json",
+               lambda m: m.update(parameters=1_234_567))
+    run = read_run(src.models, "mask_rcnn", 0)
+    assert run.parameters == 1_234_567
+    assert "1,234,567 parameters" in methods_md(gather(src), [run], "", [], 0.05)
+    card = model_card_md([run], gather(src), pd.DataFrame(), pd.DataFrame(), None,
+                         pd.DataFrame(), None)
+    assert "1,234,567 parameters" in card
+    _edit_json(src.models / "mask_rcnn" / "fold0" / "metrics.json",
+               lambda m: m.update(parameters="many", software=["x"]))
+    odd = read_run(src.models, "mask_rcnn", 0)
+    assert odd.parameters is None and odd.software is None

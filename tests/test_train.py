@@ -64,6 +64,14 @@ def test_train_one_instance_and_one_semantic_model(project, model, metric):
     work = project / "models" / model / "fold1"
     metrics = json.loads((work / "metrics.json").read_text())
     assert metrics["metric"] == metric and metrics["best"] is not None
+    # what the study's write-up reports of the run: its size and the stack it trained with
+    package = {"mask_rcnn": "mmdet", "unet": "mmseg"}[model]
+    assert set(metrics["software"]) == {"torch", "mmengine", "mmcv", package}
+    assert metrics["software"]["torch"] == __import__("torch").__version__
+    weights = __import__("torch").load(work / "best.pth", map_location="cpu",
+                                       weights_only=False)["state_dict"]
+    assert metrics["parameters"] == sum(v.numel() for k, v in weights.items()
+                                        if "running_" not in k and "num_batches" not in k)
     assert (work / "best.pth").is_file()
     best = [p for p in work.glob("best_*.pth")]  # MMEngine's best: named twice, stored once
     assert len(best) == 1 and os.path.samefile(best[0], work / "best.pth")

@@ -212,6 +212,24 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def trained_with(model, scope: str | None) -> dict:
+    """What the study's write-up reports of a run (:mod:`train.report.study_runs`): the model's
+    parameter count (every parameter, trainable or frozen; a distributed wrapper's module
+    counted once) and the versions of the stack it trained with."""
+    import importlib
+
+    import mmcv
+    import mmengine
+    import torch
+
+    software = {"torch": torch.__version__, "mmengine": mmengine.__version__,
+                "mmcv": mmcv.__version__}
+    if scope:
+        software[scope] = importlib.import_module(scope).__version__
+    inner = getattr(model, "module", model)
+    return {"parameters": int(sum(p.numel() for p in inner.parameters())), "software": software}
+
+
 def run(leaf: Config, *, resume: bool = False) -> dict:
     """Train; write the leaf config and ``metrics.json`` (best validation score) to the
     work dir, keep the best checkpoint as ``best.pth``; return the metrics (with this
@@ -233,7 +251,7 @@ def run(leaf: Config, *, resume: bool = False) -> dict:
     best_score = runner.message_hub.get_info("best_score")
     metrics = {"metric": BEST_METRIC[fam], "best": float(best_score) if best_score is not None
                else None, "iterations": int(runner.iter), "epochs": int(runner.epoch),
-               "world_size": world_size}
+               "world_size": world_size, **trained_with(runner.model, leaf.default_scope)}
     if rank == 0:
         if best_ckpt and Path(best_ckpt).is_file():
             # a second name, not a copy: a Mask R-CNN checkpoint is 170 MB

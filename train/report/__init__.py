@@ -8,6 +8,8 @@ per module):
   (:mod:`train.evaluation.evaluate`): :func:`build_report` writes everything below; the tables are
   :mod:`train.report.tables`, the figures :mod:`train.report.figures`, the page
   :mod:`train.report.html`.
+- ``claim``: The CLAIM checklist (2020, 42 items) answered from the records, or left to the
+  authors.
 - ``figures``: The report's figures (:mod:`train.report.build`), each returned as PNG bytes: the
   density of the four pixel metrics per model (the paper's Figure 4), box plots, a Bland-Altman
   panel of the lordosis per model, and the best / worst example overlays (Figure 5: the prediction
@@ -29,4 +31,4 @@ per module):
   as Markdown cells.
 """
 
-__all__ = ["build", "figures", "html", "humans", "stats", "study", "study_facts", "study_runs", "tables"]
+__all__ = ["build", "claim", "figures", "html", "humans", "stats", "study", "study_facts", "study_runs", "tables"]

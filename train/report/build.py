@@ -40,7 +40,8 @@ under the report folder:
 - ``plots/per_image.csv`` (one row per model, fold and image) and ``plots/density_<metric>.csv``
   (x ``value``, one density column per model) for ``dvc plots``;
 - ``study/``: the write-up drafts from the pipeline's records (:mod:`train.report.study`):
-  ``methods.md`` (also rendered into the page), ``dataset_card.md``, ``model_cards/<model>.md``.
+  ``methods.md`` (also rendered into the page), ``dataset_card.md``, ``model_cards/<model>.md``,
+  ``claim_checklist.md`` (:mod:`train.report.claim`).
 
 Values are fractions in the files; the HTML and Markdown tables print percentages as the paper
 does.

@@ -99,7 +99,8 @@ def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
         parts.append(f"<figure><img src='{_uri(data)}' height='420'><figcaption>"
                      f"{html.escape(caption)}</figcaption></figure>")
     if study_html:
-        links = ["study/methods.md", "study/dataset_card.md", *(study_files or [])]
+        links = ["study/methods.md", "study/dataset_card.md", "study/claim_checklist.md",
+                 *(study_files or [])]
         parts.append("<h2>Study write-up (drafts from the pipeline's records)</h2><p>" +
                      " &middot; ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>"
                                        for f in links) + "</p>")

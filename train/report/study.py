@@ -1,5 +1,6 @@
-"""The study writes itself up (issue 26): ``reports/study/methods.md``, ``dataset_card.md`` and
-``model_cards/<model>.md``, every number read from the pipeline's own records.
+"""The study writes itself up (issue 26): ``reports/study/methods.md``, ``dataset_card.md``,
+``model_cards/<model>.md`` and ``claim_checklist.md`` (:mod:`train.report.claim`), every number
+read from the pipeline's own records.
 
 Records read (each optional: a missing or unreadable record makes its sentence say
 "not recorded", it never fails the report):
@@ -13,7 +14,7 @@ Records read (each optional: a missing or unreadable record makes its sentence s
 - ``<splits>/splits.json`` and ``summary.json`` (test set, folds, strata, seed);
 - ``<models>/<model>/fold<k>/``: the leaf ``config.py`` (read as data: only its literal
   assignments are evaluated, never executed), ``metrics.json`` (the metric that picked the
-  checkpoint), ``train.log`` (duration, hardware), ``best.pth`` (its SHA-256);
+  checkpoint, the parameter count, the software versions), ``train.log`` (duration, hardware), ``best.pth`` (its SHA-256);
 - the evaluations and the report's own tables (Table 1, subgroups, the measures' agreement).
 
 - ``<phantom_truth>`` (``data/raw/truth.json``): when it lists the phantom's cases, the texts say
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from train.report.claim import claim_checklist_md
 from train.report.study_facts import (NOT_RECORDED, ONE_READER, TO_COMPLETE, Facts, Sources,
                                       _counts, _dict, _int, _kinds, _md, _pct, _range, gather)
 from train.report.study_runs import Run, read_config, read_run
@@ -94,8 +96,12 @@ def _runs_said(runs: list[Run]) -> list[str]:
     for r in started:
         out.append(f"{_md(r.name or r.model)} fold {r.fold} started from "
                    f"{_md(r.initialized_from)}.")
+    counted = "; ".join(f"{_md(r.name or r.model)} fold {r.fold}: " + (
+        f"{r.parameters:,} parameters" if r.parameters is not None else NOT_RECORDED)
+        for r in runs)
+    software = "; ".join(_md(v) for v in sorted({r.software for r in runs if r.software}))         or f"versions {NOT_RECORDED}"
     out.append(f"Models were built with MMDetection (instance models) or MMSegmentation "
-               f"(semantic models); parameter counts: {NOT_RECORDED}.")
+               f"(semantic models) on MMEngine ({software}). Size: {counted}.")
     return out
 
 
@@ -304,7 +310,10 @@ def model_card_md(runs: list[Run] | Run, f: Facts, t1: pd.DataFrame, sub: pd.Dat
                    f"{said(run.schedule)} with {said(run.optimizer)}"
                    + (f" from {_md(run.initialized_from)}" if run.initialized_from else
                       " from scratch")
-                   + f", augmentation: {said(run.augmentation)}; checkpoint: "
+                   + f", augmentation: {said(run.augmentation)}; "
+                   + (f"{run.parameters:,} parameters" if run.parameters is not None else
+                      f"parameters {NOT_RECORDED}")
+                   + f"; checkpoint: "
                    f"{said(run.picked_by)}, SHA-256 `{_or(run.checkpoint_sha256)}`; training "
                    f"{_or(run.training_minutes, '{:.1f} min')} on {said(run.hardware)}.")
     out += ["", "## Intended use", "",
@@ -406,6 +415,7 @@ def write_study(output: Path, src: Sources, *, models: list[str], folds: dict[st
                          alpha, match_iou)
     write_text(output / "methods.md", methods)
     write_text(output / "dataset_card.md", dataset_card_md(facts))
+    write_text(output / "claim_checklist.md", claim_checklist_md(facts, runs, alpha, match_iou))
     for model in models:
         mine = [r for r in runs if r.model == model] or [Run(model, 0)]
         write_text(output / "model_cards" / f"{model}.md",

@@ -73,6 +73,8 @@ class Run:
     hardware: str | None = None
     checkpoint_sha256: str | None = None
     initialized_from: str | None = None     # None: from scratch (no load_from, no Pretrained)
+    parameters: int | None = None           # the model's parameter count (train's metrics.json)
+    software: str | None = None             # the versions it trained with (``torch 2.13.0, ...``)
 
 
 _LOG_TIME = re.compile(r"^(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) - mmengine", re.M)
@@ -114,6 +116,8 @@ def _read_run(folder: Path, run: Run) -> None:
         best = metrics.get("best")
         best = f"{best:.4g}" if isinstance(best, (int, float)) else str(best)
         run.picked_by = f"best validation {metrics['metric']} ({best})"
+    if metrics:
+        _trained_with(metrics, run)
     try:
         with open_input(folder / "train.log", "rb") as fh:
             text = fh.read(64 << 20).decode("utf-8", errors="replace")
@@ -125,6 +129,18 @@ def _read_run(folder: Path, run: Run) -> None:
         from train.infer.to_seg import algorithm_of
         digest = algorithm_of(run.model, run.fold, folder).checkpoint_sha256
         run.checkpoint_sha256 = None if digest == "unknown" else digest
+
+
+def _trained_with(metrics: dict, run: Run) -> None:
+    """The parameter count and the software versions train recorded in ``metrics.json``
+    (runs trained before it recorded them: None)."""
+    count = metrics.get("parameters")
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+        run.parameters = count
+    software = metrics.get("software")
+    if isinstance(software, dict) and software and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in software.items()):
+        run.software = ", ".join(f"{k} {v}" for k, v in software.items())
 
 
 def _config_facts(cfg: dict, run: Run) -> None:
