@@ -12,7 +12,7 @@ polygons each in their own way; ``annotator.double_read_share`` of the images ar
 reader (what ``spinepipe agreement`` compares), the rest by one. Their projects go to
 ``<output>/<reader>/phantom_via.json``, the layout real readers use (:mod:`converters.annotations.readers`).
 
-``annotator.holdout`` images (:func:`converters.phantom.writing.held_out`) are left unannotated, as
+``annotator.holdout`` images (:func:`converters.phantom.annotator.held_out`) are left unannotated, as
 a new batch would be: ``spinepipe propose`` outlines them, and their true polygons go to
 ``--holdout-output`` (never into ``data/annotations/``) to measure the proposals.
 """
@@ -74,12 +74,15 @@ def command(
     # held out among the images the phantom annotated, never among another source's
     annotated = [im["filename"] for im in
                  annotations_for_export(via, exported)["_via_img_metadata"].values()]
-    held = held_out(annotated, n_held)
-    who = {name: readers_of(name, cfg.readers, cfg.double_read_share)
+    # every choice keyed on the phantom's own UID, not the pseudonym: salt-free
+    uid_of = {name: uid for uid, (name, _) in exported.items()}
+    held = held_out(annotated, n_held, key=uid_of.__getitem__)
+    who = {name: readers_of(uid_of[name], cfg.readers, cfg.double_read_share)
            for name in annotated if name not in held}
     projects = {p.name: annotations_for_export(
         via, exported, keep=lambda name, p=p: p.name in who.get(name, ()),
-        redraw=lambda name, regions, p=p: redraw(name, regions, p, png_spacing(png, name)))
+        redraw=lambda name, regions, p=p: redraw(uid_of[name], regions, p,
+                                                 png_spacing(png, name)))
         for p in PROFILES}
     if holdout_output is not None:
         write_json(holdout_output, annotations_for_export(via, exported, keep=held.__contains__),
@@ -90,7 +93,7 @@ def command(
         write_json(double_read_output, annotations_for_export(
             via, exported, keep=lambda name: len(who.get(name, ())) > 1), indent=None)
     if readers_truth is not None:
-        write_json(readers_truth, readers_record(cfg, who))
+        write_json(readers_truth, readers_record(cfg, who, key=uid_of.__getitem__))
     kept = f", {len(held)} held out (truth: {holdout_output})" if held else ""
     double = sum(len(r) > 1 for r in who.values())
     say(f"phantom-annotations: {len(who)} annotated PNGs by {cfg.readers} reader(s), {double} "

@@ -196,6 +196,49 @@ def test_bad_inputs_are_reported_and_the_rest_proceeds(anonymized, tmp_path):
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("Error: 4 file(s)")
 
 
+def test_the_demo_readers_do_not_depend_on_the_salt(small_phantom, tmp_path):
+    """Two sites' salts give the phantom's images other pseudonyms, but the demo's annotator
+    holds out the same images, gives each image the same readers, and they draw the same
+    polygons: the training data, and so the demo's numbers, do not depend on the salt."""
+    from converters.dicom.ledger import load_ledger
+    from converters.phantom.annotator import exported_pngs
+    params = tmp_path / "params.yaml"
+    params.write_text("annotator: {readers: 3, double_read_share: 0.3}\n")
+
+    def site(name: str) -> dict:
+        root, priv = tmp_path / name, tmp_path / name / "private"
+        anonymize_tree(small_phantom / "dicom", root / "anon", prepare_private(priv),
+                       load_or_create_salt(priv), AnonymizeConfig())
+        export_tree(root / "anon", root / "png", ExportConfig())
+        proc = subprocess.run([SPINEPIPE, "phantom-annotations", "--via",
+                               str(small_phantom / "annotations" / "via_project.json"),
+                               "--png", str(root / "png"), "--private", str(priv), "--output",
+                               str(root / "annotations"), "--holdout", "2", "--holdout-output",
+                               str(root / "holdout.json"), "--readers-truth",
+                               str(root / "readers.json"), "--quiet", "--params", str(params)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        back = {png: uid for uid, (png, _) in
+                exported_pngs(root / "png", load_ledger(priv)["instances"]).items()}
+        held = json.loads((root / "holdout.json").read_text())["_via_img_metadata"].values()
+        readers = json.loads((root / "readers.json").read_text())["images"]
+        drawn = {}
+        for reader in ("reader1", "reader2", "reader3"):
+            project = json.loads((root / "annotations" / reader / "phantom_via.json").read_text())
+            for meta in project["_via_img_metadata"].values():
+                drawn[(reader, back[meta["filename"]])] = [
+                    (r["shape_attributes"]["all_points_x"], r["shape_attributes"]["all_points_y"])
+                    for r in meta["regions"]]
+        return {"pngs": set(back), "held": {back[m["filename"]] for m in held},
+                "readers": {back[png]: who for png, who in readers.items()}, "drawn": drawn}
+
+    a, b = site("a"), site("b")
+    assert not a["pngs"] & b["pngs"]                   # the salts did rename every image
+    assert len(a["held"]) == 2 and a["held"] == b["held"]
+    assert len(set(map(tuple, a["readers"].values()))) > 1   # not everyone reads everything
+    assert a["readers"] == b["readers"] and a["drawn"] == b["drawn"]
+
+
 def test_demo_chain_keeps_identifiers_out_of_data(small_phantom, tmp_path):
     """phantom -> anonymize -> export -> phantom-annotations, through the CLI as dvc runs it."""
     data = tmp_path / "data"

@@ -1,7 +1,7 @@
 """Inter-reader agreement: the readers measured against each other before any model is.
 
 Input: convert's validated outlines of the images two or more readers read
-(:attr:`converters.annotations.convert.ConvertPlan.readers`; levels per reader as convert
+(:attr:`converters.annotations.convert_plan.ConvertPlan.readers`; levels per reader as convert
 assigns them), the images' pixel spacing (export's provenance). Geometry in the COCO convention
 of :mod:`converters.annotations.coco` (continuous pixels, (0, 0) the top-left corner of the
 top-left pixel); millimetres with the pixel spacing (rows, columns), empty without one.

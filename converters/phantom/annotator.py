@@ -42,10 +42,12 @@ def exported_pngs(png_dir: str | Path, instances: dict[str, dict]) -> dict[str, 
     return exported
 
 
-def held_out(names: list[str], n: int) -> set[str]:
+def held_out(names: list[str], n: int, key: Callable[[str], str] = str) -> set[str]:
     """The ``n`` exported PNGs the demo's annotator leaves unannotated: the first by the
-    SHA-1 of their names (stable when other images come or go)."""
-    return set(sorted(names, key=lambda name: hashlib.sha1(name.encode()).hexdigest())[:n])
+    SHA-1 of their keys (stable when other images come or go). ``key``: a PNG name's salt-free
+    identity (the demo: the phantom's SOP Instance UID, so a site's salt does not change which
+    images are held out; :mod:`converters.phantom.readers`)."""
+    return set(sorted(names, key=lambda name: hashlib.sha1(key(name).encode()).hexdigest())[:n])
 
 
 def annotations_for_export(via: str | Path, exported: dict[str, tuple[str, int]], *,

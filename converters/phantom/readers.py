@@ -16,9 +16,12 @@ Real reading studies measure the readers before the models; the phantom's reader
   the film's edge, as readers do).
 
 Millimetres become pixels with the image's pixel spacing (export's provenance). Who reads what:
-``annotator.double_read_share`` of the images (by a hash of their name) are read by every reader,
-the others by one (by the same hash). Everything depends only on the image name and the reader,
-so adding images leaves the others' drawings unchanged.
+``annotator.double_read_share`` of the images (by a hash of their key) are read by every reader,
+the others by one (by the same hash). Everything depends only on the image's key and the
+reader, so adding images leaves the others' drawings unchanged. The key is a salt-free identity
+of the image (the demo: the phantom's own SOP Instance UID, used only inside the hash, never
+written): a site's salt renames the PNGs but changes neither who reads which image nor what
+they draw.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import dataclasses
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -58,7 +62,7 @@ class AnnotatorConfig:
     """params.yaml section ``annotator``: the demo's readers (``phantom-annotations``)."""
 
     #: exported images left unannotated, for ``spinepipe propose``
-    #: (:func:`converters.phantom.writing.held_out`)
+    #: (:func:`converters.phantom.annotator.held_out`)
     holdout: int = field(default=0, metadata={"min": 0})
     #: readers drawing the images (the first of :data:`PROFILES`; dvc.yaml lists three)
     readers: int = field(default=1, metadata={"min": 1, "max": len(PROFILES)})
@@ -67,17 +71,17 @@ class AnnotatorConfig:
 
 
 def _unit(name: str, *salt: str) -> float:
-    """A number in [0, 1) from the image name (stable, independent of the other images)."""
+    """A number in [0, 1) from the image's key (stable, independent of the other images)."""
     h = hashlib.sha256("\x00".join((name, *salt)).encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def readers_of(name: str, n_readers: int, double_read_share: float) -> list[str]:
-    """The readers who read image ``name`` (module docstring)."""
+def readers_of(key: str, n_readers: int, double_read_share: float) -> list[str]:
+    """The readers who read the image keyed ``key`` (module docstring)."""
     names = [p.name for p in PROFILES[:n_readers]]
-    if _unit(name, "double") < double_read_share:
+    if _unit(key, "double") < double_read_share:
         return names
-    return [names[int(_unit(name, "reader") * len(names))]]
+    return [names[int(_unit(key, "reader") * len(names))]]
 
 
 def _corners(pts: np.ndarray) -> list[int]:
@@ -126,11 +130,12 @@ def draw(xs: list[float], ys: list[float], profile: ReaderProfile, spacing_mm: f
     return [float(x) for x in out[keep, 0]], [float(y) for y in out[keep, 1]]
 
 
-def redraw(name: str, regions: list[AnnotatedRegion], profile: ReaderProfile,
+def redraw(key: str, regions: list[AnnotatedRegion], profile: ReaderProfile,
            spacing_mm: float) -> list[AnnotatedRegion]:
-    """Image ``name``'s true polygon regions as ``profile`` draws them (module docstring)."""
-    rng = rng_for(name, profile)
-    if misses_top(name, profile):
+    """The true polygon regions of the image keyed ``key`` as ``profile`` draws them (module
+    docstring)."""
+    rng = rng_for(key, profile)
+    if misses_top(key, profile):
         lumbar = [r for r in regions if r.attributes.get("class") == "lumbar"]
         if lumbar:
             top = min(lumbar, key=lambda r: float(np.mean(r.ys)))
@@ -139,13 +144,13 @@ def redraw(name: str, regions: list[AnnotatedRegion], profile: ReaderProfile,
             for xy in [draw(r.xs, r.ys, profile, spacing_mm, rng)]]
 
 
-def misses_top(name: str, profile: ReaderProfile) -> bool:
-    """Whether ``profile`` misses the top lumbar vertebra of image ``name``."""
-    return _unit(name, profile.name, "miss") < profile.miss_share
+def misses_top(key: str, profile: ReaderProfile) -> bool:
+    """Whether ``profile`` misses the top lumbar vertebra of the image keyed ``key``."""
+    return _unit(key, profile.name, "miss") < profile.miss_share
 
 
-def rng_for(name: str, profile: ReaderProfile) -> np.random.Generator:
-    return np.random.default_rng(int(_unit(name, profile.name, "draw") * 2**63))
+def rng_for(key: str, profile: ReaderProfile) -> np.random.Generator:
+    return np.random.default_rng(int(_unit(key, profile.name, "draw") * 2**63))
 
 
 def profiles_record(n_readers: int, double_read_share: float) -> dict:
@@ -154,10 +159,12 @@ def profiles_record(n_readers: int, double_read_share: float) -> dict:
             "readers": {p.name: asdict(p) for p in PROFILES[:n_readers]}}
 
 
-def readers_record(cfg: AnnotatorConfig, who: dict[str, list[str]]) -> dict:
-    """``readers_truth.json``: the profiles, who read each image, who missed its top lumbar."""
+def readers_record(cfg: AnnotatorConfig, who: dict[str, list[str]],
+                   key: Callable[[str], str] = str) -> dict:
+    """``readers_truth.json``: the profiles, who read each image (by its PNG name), who missed
+    its top lumbar; ``key``: a PNG name's key (module docstring)."""
     profile = {p.name: p for p in PROFILES}
-    missed = {name: [r for r in readers if misses_top(name, profile[r])]
+    missed = {name: [r for r in readers if misses_top(key(name), profile[r])]
               for name, readers in sorted(who.items())}
     return {**profiles_record(cfg.readers, cfg.double_read_share),
             "images": {name: who[name] for name in sorted(who)},
