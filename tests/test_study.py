@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -388,8 +389,9 @@ def test_the_checklist_follows_its_records(records, tmp_path):
     assert f"parameters {NOT_RECORDED}" in before["22"][3]
     assert "43,719,345 parameters" in after["22"][3]
     assert "mmdet 3.3.0" in after["23"][3] and "torch 2.13.0" in after["23"][3]
-    assert "not measured" in before["18"][3]
+    assert before["18"][3] == f"readers: {NOT_RECORDED}"       # images.csv without readers
     assert "1 image(s) read by two or more readers" in after["18"][3]
+    assert "resolved by consensus on 1 image(s)" in after["18"][3]
     nothing = Sources(anon=tmp_path / "no", png=tmp_path / "no", processed=tmp_path / "no",
                       splits=tmp_path / "no", models=tmp_path / "no",
                       phantom_truth=tmp_path / "no.json")
@@ -412,3 +414,60 @@ def test_the_parameter_count_is_said_in_the_methods_and_the_card(records, tmp_pa
                lambda m: m.update(parameters="many", software=["x"]))
     odd = read_run(src.models, "mask_rcnn", 0)
     assert odd.parameters is None and odd.software is None
+
+
+NOT_WORDS = {"best": None, "parameters": True, "software": {"torch": None}}
+
+
+def test_values_that_are_no_words_are_never_printed(records, tmp_path):
+    """null, booleans, NaN and containers where a record has a word or a number: "not
+    recorded", never "None", "nan" or "True" (a run with no validation score writes best null)."""
+    src = _copy(records, tmp_path)
+    _edit_json(src.models / "mask_rcnn" / "fold0" / "metrics.json",
+               lambda m: m.update(best=None))
+    _edit_json(src.anon / "report.json", lambda r: r["counts"].update(odd=None))
+    _edit_json(src.processed / "report.json", lambda r: r.update(images=float("nan"),
+                                                                annotations=True))
+    for p in (src.png / "provenance").glob("*.json"):
+        _edit_json(p, lambda r: r.update(modality=None))
+    (src.models / "mask_rcnn" / "fold0" / "config.py").write_text(
+        CONFIG.replace("type='SGD', ", "").replace("type='ResNet'", "type=None"))
+    run = read_run(src.models, "mask_rcnn", 0)
+    assert run.picked_by == "best validation coco/segm_mAP" and run.optimizer is None
+    assert run.backbone is None
+    from train.report.claim import claim_checklist_md
+    facts = gather(src)
+    texts = [methods_md(facts, [run], "", [], 0.05, match_iou=True),
+             model_card_md([run], facts, pd.DataFrame(), pd.DataFrame(), None, pd.DataFrame(),
+                           None),
+             dataset_card_md(facts), claim_checklist_md(facts, [run], 0.05, float("nan"))]
+    for text in texts:
+        words = set(re.findall(r"[A-Za-z]+", text))
+        assert not words & {"None", "nan", "NaN", "True", "False"}, words & {"None", "nan"}
+    assert "matching threshold not recorded" in texts[3]
+    assert "threshold not recorded" in texts[0]
+
+
+def test_where_the_weights_started_is_unknown_without_a_config(records, tmp_path):
+    src = _copy(records, tmp_path)
+    (src.models / "mask_rcnn" / "fold0" / "config.py").unlink()
+    run = read_run(src.models, "mask_rcnn", 0)
+    text = methods_md(gather(src), [run], "", [], 0.05)
+    assert "Trained from scratch" not in text and "no leaf config read" in text
+    from train.report.claim import claim_checklist_md
+    rows = _claim_rows(claim_checklist_md(gather(src), [run], 0.05))
+    assert "from scratch" not in rows["24"][3] and NOT_RECORDED in rows["24"][3]
+
+
+def test_the_input_is_what_the_training_loader_resized_to(tmp_path):
+    """A leaf config carries its bases' ``img_scale`` and ``train_pipeline`` variables; the
+    training ran the dataloader's pipeline (the demo preset's smaller scale)."""
+    run = tmp_path / "m" / "fold0"
+    run.mkdir(parents=True)
+    (run / "config.py").write_text(
+        CONFIG + "train_dataloader = dict(dataset=dict(type='RepeatDataset', dataset=dict("
+        "pipeline=[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 320)), "
+        "dict(type='PhotoMetricDistortion')])))\n")
+    got = read_run(tmp_path, "m", 0)
+    assert got.input_scale == "128 x 320"
+    assert got.augmentation == "Resize, PhotoMetricDistortion"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from train.report.study_facts import (NOT_RECORDED, ONE_READER, TO_COMPLETE, Facts, _counts,
-                                      _dict, _int, _kinds, _md)
+                                      _dict, _int, _kinds, _md, _threshold)
 from train.report.study_runs import Run
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ def _missing(c: Context) -> str:
 
 def _truth(c: Context) -> str:
     f = c.facts
+    if f.readers is None:
+        return f"readers and ground truth: {NOT_RECORDED}"
     if not f.readers:
         return "one reader's polygons (a single reading per image)"
     t = f.truths or {}
@@ -106,11 +108,17 @@ def _tools(c: Context) -> str:
 
 def _variability(c: Context) -> str:
     f = c.facts
-    if f.multi_read:
-        return (f"{f.multi_read} image(s) read by two or more readers: IoU, boundary distances, "
-                "ICC(2,1) and Bland-Altman limits of the measures (reports/agreement/); "
-                "discrepancies resolved by consensus or adjudication")
-    return "not measured: no image was read by two readers"
+    if f.multi_read is None:
+        return f"readers: {NOT_RECORDED}"
+    if not f.multi_read:
+        return "not measured: no image was read by two readers"
+    t = f.truths or {}
+    resolved = [f"consensus on {t['consensus']}"] if t.get("consensus") else []
+    resolved += [f"adjudication on {t['adjudicated']}"] if t.get("adjudicated") else []
+    return (f"{f.multi_read} image(s) read by two or more readers: IoU, boundary distances, "
+            "ICC(2,1) and Bland-Altman limits of the measures (reports/agreement/); "
+            "discrepancies resolved by " + (", ".join(resolved) + " image(s)" if resolved
+                                           else "one reader's polygons (convert.reference)"))
 
 
 def _partition(c: Context) -> str:
@@ -142,7 +150,8 @@ def _software(c: Context) -> str:
 
 
 def _init(c: Context) -> str:
-    return _runs(c, lambda r: r.initialized_from or "random initialization (from scratch)")
+    return _runs(c, lambda r: r.initialized_from or (
+        "random initialization (from scratch)" if r.config_read else None))
 
 
 def _training(c: Context) -> str:
@@ -156,7 +165,7 @@ def _selection(c: Context) -> str:
 
 
 def _metrics(c: Context) -> str:
-    rule = f"mask IoU >= {c.match_iou:g}" if isinstance(c.match_iou, (int, float)) else \
+    rule = f"mask IoU >= {_threshold(c.match_iou):g}" if _threshold(c.match_iou) else \
         f"matching threshold {NOT_RECORDED}"
     return ("pixel accuracy, mean accuracy, mean IoU, frequency-weighted IoU; recognition rates "
             f"judged automatically ({rule}); clinical measures against the ground truth's "
@@ -194,7 +203,7 @@ ITEMS: tuple[tuple[str, str, str, Answer, str], ...] = (
      "Data partition"),
     ("21", "Data partitions", "level at which partitions are disjoint",
      lambda c: "patient (grouped split: no patient in two partitions)"
-     if c.facts.splits else f"partition: {NOT_RECORDED}", "Data partition"),
+     if "partition: " not in _partition(c) else f"partition: {NOT_RECORDED}", "Data partition"),
     ("22", "Model", "model description (inputs, outputs, layers)", _model,
      "Models and training"),
     ("23", "Model", "software libraries and frameworks", _software, "Models and training"),

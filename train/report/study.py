@@ -42,7 +42,8 @@ import pandas as pd
 
 from train.report.claim import claim_checklist_md
 from train.report.study_facts import (NOT_RECORDED, ONE_READER, TO_COMPLETE, Facts, Sources,
-                                      _counts, _dict, _int, _kinds, _md, _pct, _range, gather)
+                                      _counts, _dict, _int, _kinds, _md, _pct, _range,
+                                      _threshold, gather)
 from train.report.study_runs import Run, read_config, read_run
 
 __all__ = ["NOT_RECORDED", "TO_COMPLETE", "Facts", "Run", "Sources", "dataset_card_md",
@@ -87,7 +88,8 @@ def _runs_said(runs: list[Run]) -> list[str]:
                                                        else _md(r.hardware))]
         out.append("| " + " | ".join(cells) + " |")
     started = [r for r in runs if r.initialized_from]
-    scratch = [r for r in runs if not r.initialized_from]
+    scratch = [r for r in runs if r.config_read and not r.initialized_from]
+    unknown = [r for r in runs if not r.config_read]
     out.append("")
     if scratch:
         out.append("Trained from scratch (no checkpoint loaded, no pre-trained backbone): "
@@ -96,10 +98,15 @@ def _runs_said(runs: list[Run]) -> list[str]:
     for r in started:
         out.append(f"{_md(r.name or r.model)} fold {r.fold} started from "
                    f"{_md(r.initialized_from)}.")
+    if unknown:
+        out.append("Where the weights started (no leaf config read): "
+                   + ", ".join(f"{_md(r.name or r.model)} fold {r.fold}" for r in unknown)
+                   + f": {NOT_RECORDED}.")
     counted = "; ".join(f"{_md(r.name or r.model)} fold {r.fold}: " + (
         f"{r.parameters:,} parameters" if r.parameters is not None else NOT_RECORDED)
         for r in runs)
-    software = "; ".join(_md(v) for v in sorted({r.software for r in runs if r.software}))         or f"versions {NOT_RECORDED}"
+    software = "; ".join(_md(v) for v in sorted({r.software for r in runs if r.software})) \
+        or f"versions {NOT_RECORDED}"
     out.append(f"Models were built with MMDetection (instance models) or MMSegmentation "
                f"(semantic models) on MMEngine ({software}). Size: {counted}.")
     return out
@@ -244,7 +251,7 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
     out += ["", "## Models and training", ""]
     out += _runs_said(runs) if runs else [f"Models: {NOT_RECORDED} (no trained run)."]
     rule = (f"a predicted instance overlapping it with a mask IoU of at least {match_iou:g}"
-            if isinstance(match_iou, (int, float)) else
+            if _threshold(match_iou) is not None else
             f"a predicted instance matching it (threshold {NOT_RECORDED})")
     out += ["", "## Metrics", "",
             "Pixel accuracy, mean accuracy, mean intersection over union (IoU) and frequency-"
@@ -302,14 +309,14 @@ def model_card_md(runs: list[Run] | Run, f: Facts, t1: pd.DataFrame, sub: pd.Dat
     runs = [runs] if isinstance(runs, Run) else runs
     name = _md(runs[0].name or runs[0].model)
     out = [f"# Model card: {name}", "", "## Model details", ""]
+    said = _md                  # a run's fact, or "not recorded"
     for run in runs:
-        def said(value) -> str:
-            return _or(None if value is None else _md(value))
         out.append(f"- fold {run.fold}: architecture {said(run.architecture)}, backbone "
                    f"{said(run.backbone)}, input {said(run.input_scale)}, trained "
                    f"{said(run.schedule)} with {said(run.optimizer)}"
                    + (f" from {_md(run.initialized_from)}" if run.initialized_from else
-                      " from scratch")
+                      " from scratch" if run.config_read else
+                      f" (where its weights started: {NOT_RECORDED})")
                    + f", augmentation: {said(run.augmentation)}; "
                    + (f"{run.parameters:,} parameters" if run.parameters is not None else
                       f"parameters {NOT_RECORDED}")

@@ -6,6 +6,7 @@ helpers every text uses (:func:`_md` escapes a record's value).
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from collections import Counter
@@ -47,8 +48,10 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _int(value, most: int = 10 ** 12) -> int | None:
+    """A record's count: a whole number from 0 to ``most`` (None for anything else)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) \
+        and 0 <= value <= most else None
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]()!|#<>~])")
@@ -56,8 +59,26 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]()!|#<>~])")
 
 def _md(value) -> str:
     """A record's value as Markdown text: every character Markdown would read as markup
-    (links, images, emphasis, table cells) escaped, and on one line."""
+    (links, images, emphasis, table cells) escaped, and on one line; a value that is no word or
+    number (null, a boolean, NaN, a list or an object) is not recorded."""
+    if _scalar(value) is None:
+        return NOT_RECORDED
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))[:300]
+
+
+def _scalar(value) -> str | int | float | None:
+    """A record's value where a word or a number is expected (None for anything else)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _threshold(value) -> float | None:
+    """An IoU threshold from a record: a number in (0, 1] (None for anything else)."""
+    v = _scalar(value)
+    return float(v) if isinstance(v, (int, float)) and 0 < v <= 1 else None
 
 
 def _pct(part: float, whole: float) -> str:
@@ -152,8 +173,8 @@ def _provenance_facts(src: Sources, f: Facts) -> None:
     cols = [v for v in (_int(r.get("columns")) for r in provenance) if v]
     f.rows = (min(rows), max(rows)) if rows else None
     f.columns = (min(cols), max(cols)) if cols else None
-    f.modalities = Counter(str(r.get("modality", "")) for r in provenance)
-    f.bits = Counter(str(r.get("bits_stored", "")) for r in provenance)
+    f.modalities = Counter(_md(r.get("modality")) for r in provenance)
+    f.bits = Counter(_md(r.get("bits_stored")) for r in provenance)
     spacing = [sp[0] for sp in (pixel_spacing(r) for r in provenance) if sp]
     f.spacing_mm = (min(spacing), max(spacing)) if spacing else None
 
@@ -168,7 +189,7 @@ def _anonymize_facts(src: Sources, f: Facts) -> None:
 def _annotation_facts(src: Sources, f: Facts) -> None:
     f.convert = _record(src.processed / "report.json")
     if f.convert and isinstance(f.convert.get("formats"), dict):
-        f.via_versions = Counter(str(v) for v in f.convert["formats"].values())
+        f.via_versions = Counter(_md(v) for v in f.convert["formats"].values())
     table = src.processed / "images.csv"
     try:
         with open_input(table, "r", encoding="utf-8", newline="") as fh:
@@ -190,7 +211,7 @@ def _annotation_facts(src: Sources, f: Facts) -> None:
         pass
     coco = _record(src.processed / "coco.json")
     if coco and isinstance(coco.get("annotations"), list):
-        f.classes = [str(c.get("name")) for c in coco.get("categories", [])
+        f.classes = [_md(c.get("name")) for c in coco.get("categories", [])
                      if isinstance(c, dict)]
         f.instances = len(coco["annotations"])
         pts = [len(p) // 2 for a in coco["annotations"] if isinstance(a, dict)

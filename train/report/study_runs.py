@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from converters.core.records import open_input
-from train.report.study_facts import _record
+from train.report.study_facts import _int, _record, _scalar
 
 
 def _literal(node: ast.AST):
@@ -73,6 +73,7 @@ class Run:
     hardware: str | None = None
     checkpoint_sha256: str | None = None
     initialized_from: str | None = None     # None: from scratch (no load_from, no Pretrained)
+    config_read: bool = False               # False: where the weights started is unknown
     parameters: int | None = None           # the model's parameter count (train's metrics.json)
     software: str | None = None             # the versions it trained with (``torch 2.13.0, ...``)
 
@@ -112,10 +113,10 @@ def _pretrained(cfg: dict) -> str | None:
 def _read_run(folder: Path, run: Run) -> None:
     _config_facts(read_config(folder / "config.py"), run)
     metrics = _record(folder / "metrics.json")
-    if metrics and metrics.get("metric"):
-        best = metrics.get("best")
-        best = f"{best:.4g}" if isinstance(best, (int, float)) else str(best)
-        run.picked_by = f"best validation {metrics['metric']} ({best})"
+    if metrics and isinstance(metrics.get("metric"), str) and metrics["metric"]:
+        best = _scalar(metrics.get("best"))
+        said = f" ({best:.4g})" if isinstance(best, (int, float)) else ""
+        run.picked_by = f"best validation {metrics['metric']}{said}"
     if metrics:
         _trained_with(metrics, run)
     try:
@@ -134,8 +135,8 @@ def _read_run(folder: Path, run: Run) -> None:
 def _trained_with(metrics: dict, run: Run) -> None:
     """The parameter count and the software versions train recorded in ``metrics.json``
     (runs trained before it recorded them: None)."""
-    count = metrics.get("parameters")
-    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+    count = _int(metrics.get("parameters"))
+    if count:
         run.parameters = count
     software = metrics.get("software")
     if isinstance(software, dict) and software and all(
@@ -146,19 +147,18 @@ def _trained_with(metrics: dict, run: Run) -> None:
 def _config_facts(cfg: dict, run: Run) -> None:
     """What the leaf config says: architecture, backbone, input, schedule, optimizer,
     augmentation, where the weights started."""
+    run.config_read = bool(cfg)
     run.initialized_from = _pretrained(cfg)
     meta = cfg.get("spinepipe") if isinstance(cfg.get("spinepipe"), dict) else {}
     run.name = meta.get("name")
     m = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    run.architecture = m.get("type")
+    run.architecture = _scalar(m.get("type"))
     bb = m.get("backbone") if isinstance(m.get("backbone"), dict) else {}
-    if bb:
-        run.backbone = f"{bb.get('type')}" + (f"-{bb['depth']}" if bb.get("depth") else "")
-    scale = cfg.get("img_scale")
-    if not scale and isinstance(cfg.get("train_pipeline"), list):
-        scale = next((t.get("scale") for t in cfg["train_pipeline"]
-                      if isinstance(t, dict) and t.get("type") == "Resize"), None)
-    if isinstance(scale, list) and len(scale) == 2:
+    if _scalar(bb.get("type")) is not None:
+        run.backbone = f"{bb['type']}" + (f"-{bb['depth']}" if _int(bb.get("depth")) else "")
+    pipeline = _train_pipeline(cfg)
+    scale = next((t.get("scale") for t in pipeline if t.get("type") == "Resize"), None)
+    if isinstance(scale, list) and len(scale) == 2 and all(_int(v) for v in scale):
         run.input_scale = f"{scale[0]} x {scale[1]}"
     tc = cfg.get("train_cfg") if isinstance(cfg.get("train_cfg"), dict) else {}
     if tc.get("max_iters"):
@@ -167,16 +167,27 @@ def _config_facts(cfg: dict, run: Run) -> None:
         run.schedule = f"{tc['max_epochs']} epochs"
     ow = cfg.get("optim_wrapper") if isinstance(cfg.get("optim_wrapper"), dict) else {}
     opt = ow.get("optimizer") if isinstance(ow.get("optimizer"), dict) else {}
-    if opt:
+    if _scalar(opt.get("type")) is not None:
         extras = ", ".join(f"{k} {opt[k]}" for k in ("lr", "momentum", "weight_decay")
-                           if k in opt)
+                           if _scalar(opt.get(k)) is not None)
         run.optimizer = f"{opt.get('type')} ({extras})" if extras else str(opt.get("type"))
-    pipeline = cfg.get("train_pipeline")
-    if isinstance(pipeline, list):
-        kinds = [str(t.get("type")) for t in pipeline if isinstance(t, dict)]
+    if pipeline:
+        kinds = [str(_scalar(t.get("type"))) for t in pipeline]
         skip = {"LoadImageFromFile", "LoadAnnotations", "PackDetInputs", "PackSegInputs"}
         run.augmentation = ", ".join(k for k in kinds if k not in skip) or "none"
 
+
+def _train_pipeline(cfg: dict) -> list[dict]:
+    """The steps the training really ran: the training dataloader's dataset's pipeline (through
+    wrappers such as RepeatDataset), else the config's ``train_pipeline`` variable (a leaf
+    config also carries its bases' variables, which the loaders need not use)."""
+    ds = cfg.get("train_dataloader")
+    for _ in range(8):
+        ds = ds.get("dataset") if isinstance(ds, dict) else None
+        if isinstance(ds, dict) and isinstance(ds.get("pipeline"), list):
+            return [t for t in ds["pipeline"] if isinstance(t, dict)]
+    pipeline = cfg.get("train_pipeline")
+    return [t for t in pipeline if isinstance(t, dict)] if isinstance(pipeline, list) else []
 
 def _log_facts(text: str, folder: Path, run: Run) -> None:
     """What ``train.log`` says: the last run's duration and its hardware."""
