@@ -126,7 +126,7 @@ def _coerce(value: Any, tp: Any, key: str, file: Path) -> Any:
 
 
 _POST = ("score_thr", "nms_iou", "min_area", "overlap_min_fraction", "largest_component",
-         "containment_max")
+         "containment_max", "cross_class_iou")
 #: keys that moved or went (an old params.yaml gets one line naming the new place, never a
 #: silent default)
 MOVED: dict[str, str] = {

@@ -175,3 +175,25 @@ def test_a_fragment_inside_a_vertebra_is_dropped_but_overlapping_neighbours_stay
     assert (r["recognized"], r["composite"], r["shifted"]) == (1, 1, [])
     # L3 and L2 overlap (2 of 20 rows): neither covers half of the other, both stay
     assert r["gt_overlaps"] == 1 and r["lost_overlaps"] == []
+
+
+def test_one_object_labelled_twice_keeps_its_better_class_but_neighbours_stay():
+    """Mask R-CNN outlines the sacrum a second time as a lumbar vertebra: the copy would take L5
+    and shift every level above it. Adjacent vertebrae of the two classes that overlap a little
+    (L5 over the sacrum's top rows) both stay."""
+    masks = [box(a, b) for _, a, b in SPINE] + [box(161, 199)]          # the sacrum, as lumbar
+    classes = [c for c, _, _ in SPINE] + ["lumbar"]
+    scores = [0.95] * len(SPINE) + [0.6]
+    loose = postprocess_instances(classes, np.stack(masks), scores,
+                                  dataclasses.replace(CFG, cross_class_iou=1.0))
+    assert len(loose) == 7 and recognize(GT, loose, CFG)["shifted"]
+    kept = postprocess_instances(classes, np.stack(masks), scores, CFG)
+    assert kept.classes.count("lumbar") == 5 and kept.levels == GT.levels
+    assert recognize(GT, kept, CFG)["recognized"] == 1
+    # the better-scored class wins: the lumbar copy scored higher keeps the lumbar label
+    swapped = postprocess_instances(classes, np.stack(masks), [0.5] + [0.95] * 5 + [0.9], CFG)
+    assert swapped.classes.count("sacrum") == 0 and len(swapped) == 6
+    # a small overlap between L5 and the sacrum is anatomy, not a duplicate
+    touching = [box(158, 195)] + [box(a, b) for _, a, b in SPINE[1:]]   # over L5's last rows
+    near = postprocess_instances([c for c, _, _ in SPINE], np.stack(touching), [0.9] * 6, CFG)
+    assert len(near) == 6 and near.levels.count("S1") == 1

@@ -8,7 +8,10 @@ An *instance* is one binary mask in pycocotools RLE (the COCO convention of
   higher-scoring instance of its class exceeds ``nms_iou`` is dropped): the paper's remedies;
   and an instance covered for more than ``containment_max`` of its own area by such an
   instance is a fragment of that vertebra, dropped too (overlapping neighbours share a few
-  per cent of their area, far below).
+  per cent of their area, far below). An instance whose mask IoU with a kept, higher-scoring
+  instance of the *other* class exceeds ``cross_class_iou`` is that object labelled twice (a
+  sacrum also called a lumbar vertebra takes a level of its own and shifts every level above
+  it), dropped: vertebrae of different classes overlap by a few per cent at most.
   With ``largest_component`` each instance first keeps its largest connected region
   (8-connectivity): a vertebral body is one region, and YOLACT's masks (a linear combination
   of low-resolution prototypes, cropped to the predicted box) leave islands of the
@@ -62,6 +65,9 @@ class PostprocessConfig:
     #: its class is a fragment of that vertebra, dropped (NMS by IoU misses a fragment: it is
     #: small, so its IoU with the whole stays low)
     containment_max: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    #: instance models: an instance whose IoU with a kept, higher-scoring instance of another
+    #: class exceeds this is the same object labelled twice, dropped (1.0: never)
+    cross_class_iou: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
 
 
 @dataclass(frozen=True)
@@ -214,7 +220,7 @@ def postprocess_instances(classes: list[str], masks: list[np.ndarray] | np.ndarr
     inside = containment_matrix(cand)
     keep: list[int] = []
     for i in range(len(cand)):   # descending score
-        if all(cand.classes[j] != cand.classes[i] or
+        if all(iou[i, j] <= cfg.cross_class_iou if cand.classes[j] != cand.classes[i] else
                (iou[i, j] <= cfg.nms_iou and inside[i, j] <= cfg.containment_max)
                for j in keep):
             keep.append(i)
