@@ -471,3 +471,19 @@ def test_the_input_is_what_the_training_loader_resized_to(tmp_path):
     got = read_run(tmp_path, "m", 0)
     assert got.input_scale == "128 x 320"
     assert got.augmentation == "Resize, PhotoMetricDistortion"
+
+
+def test_the_post_processing_is_said_from_the_evaluations_params(records):
+    post = {"score_thr": 0.3, "nms_iou": 0.5, "min_area": 20, "largest_component": True,
+            "containment_max": 0.5, "cross_class_iou": 0.45, "match_iou": 0.5}
+    run = read_run(records.models, "mask_rcnn", 0)
+    text = methods_md(gather(records), [run], "", [], 0.05, 0.5, post)
+    assert "instances scored below 0.3 or smaller than 20 pixels dropped" in text
+    assert "largest connected region" in text and "NMS at IoU 0.5" in text
+    assert "with IoU above 0.45 dropped as the same object labelled twice" in text
+    odd = methods_md(gather(records), [run], "", [], 0.05, 0.5,
+                     {**post, "largest_component": False, "cross_class_iou": "x"})
+    assert "largest connected region" not in odd
+    assert f"IoU above {NOT_RECORDED} dropped" in odd
+    assert f"Post-processing of the instance models' outputs: {NOT_RECORDED}" in \
+        methods_md(gather(records), [run], "", [], 0.05)

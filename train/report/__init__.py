@@ -23,12 +23,13 @@ per module):
   and fold; recognition rates as 0 / 1 per image), with SciPy, statsmodels and scikit-posthocs.
 - ``study``: The study writes itself up (issue 26): ``reports/study/methods.md``,
   ``dataset_card.md`` and ``model_cards/<model>.md``, every number read from the pipeline's own
-  records (the texts); ``study_facts``: the facts they use, gathered from the records;
-  ``study_runs``: a trained run's facts from its folder (config read as data, log, checkpoint).
+  records (the methods text); ``study_cards``: the model cards and the dataset card;
+  ``study_facts``: the facts they use, gathered from the records; ``study_runs``: a trained
+  run's facts from its folder (config read as data, log, metrics, checkpoint).
 - ``tables``: The report's tables (:mod:`train.report.build`): the evaluations read back, Table 1
   (mean and SD per model, recognition rates with Wilson 95 % intervals), the subgroups and the
   study's overlap finding checked, the clinical measures' agreement, and the renderers of a table
   as Markdown cells.
 """
 
-__all__ = ["build", "claim", "figures", "html", "humans", "stats", "study", "study_facts", "study_runs", "tables"]
+__all__ = ["build", "claim", "figures", "html", "humans", "stats", "study", "study_cards", "study_facts", "study_runs", "tables"]

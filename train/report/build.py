@@ -149,9 +149,8 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
                                                  for m in models_},
                           table1_md=markdown(tables["table1"][0], False), t1=t1, sub=sub,
                           agreement=agreement, per_image=df, notes=notes, alpha=cfg.alpha,
-                          match_iou=next((s.get("params", {}).get("match_iou")
-                                          for s in summaries if isinstance(s.get("params"),
-                                                                           dict)), None))
+                          match_iou=_params(summaries).get("match_iou"),
+                          postprocess=_params(summaries))
     # the page has its own heading: the draft's title line is left out there
     write_text(output / "report.html", page(tables, figs, ex, df, cfg.alpha, notes,
                                             study_html=render_html(methods.split("\n", 1)[1]),
@@ -302,3 +301,9 @@ def _metrics(t1: pd.DataFrame, sub: pd.DataFrame, agreement: dict[str, dict]) ->
         metrics[model]["disc_height_mae_mm"] = g["disc_height_mm"]["mae"]
         metrics[model]["measurable_rate"] = s["measurable_rate"]
     return metrics
+
+
+def _params(summaries: list[dict]) -> dict:
+    """The first evaluation's ``params`` (matching threshold and post-processing; every
+    evaluation of one report runs with the same params.yaml)."""
+    return next((s["params"] for s in summaries if isinstance(s.get("params"), dict)), {})

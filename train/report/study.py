@@ -34,16 +34,16 @@ says "to be completed by the authors" instead of inventing an answer.
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from train.report.claim import claim_checklist_md
+from train.report.study_cards import dataset_card_md, model_card_md
 from train.report.study_facts import (NOT_RECORDED, ONE_READER, TO_COMPLETE, Facts, Sources,
-                                      _counts, _dict, _int, _kinds, _md, _pct, _range,
-                                      _threshold, gather)
+                                      _counts, _counts_said, _dict, _int, _kinds, _md, _or,
+                                      _pct, _range, _scalar, _threshold, gather)
 from train.report.study_runs import Run, read_config, read_run
 
 __all__ = ["NOT_RECORDED", "TO_COMPLETE", "Facts", "Run", "Sources", "dataset_card_md",
@@ -53,17 +53,6 @@ __all__ = ["NOT_RECORDED", "TO_COMPLETE", "Facts", "Run", "Sources", "dataset_ca
 
 # --------------------------------------------------------------------------------------------
 # the texts
-
-
-def _or(value, fmt: str = "{}") -> str:
-    return NOT_RECORDED if value is None else fmt.format(value)
-
-
-def _counts_said(counts) -> str:
-    """anonymize's counts (``99 anonymized, 11 quarantined``), or not recorded."""
-    if not isinstance(counts, dict) or not counts:
-        return f"counts {NOT_RECORDED}"
-    return ", ".join(f"{_md(v)} {_md(k)}" for k, v in counts.items())
 
 
 def _options_said(opts: dict) -> str:
@@ -236,10 +225,33 @@ def _partition_said(f: Facts, runs: list[Run]) -> list[str]:
     return out
 
 
+def _postprocess_said(post: dict | None) -> str:
+    """How the instance models' outputs were kept before scoring (the evaluations' params)."""
+    post = _dict(post)
+    if not post:
+        return f" Post-processing of the instance models' outputs: {NOT_RECORDED}."
+    score, area = _scalar(post.get("score_thr")), _int(post.get("min_area"))
+    nms, inside, cross = (_threshold(post.get(k)) for k in
+                          ("nms_iou", "containment_max", "cross_class_iou"))
+    said = [f"instances scored below {_md(score)} or smaller than {_md(area)} pixels dropped"]
+    if post.get("largest_component") is True:
+        said.append("each mask kept as its largest connected region")
+    said.append(f"same-class mask NMS at IoU {_md(nms)}")
+    said.append(f"an instance covered for more than {_md(inside)} of its area by a "
+                "better-scored one of its class dropped as a fragment")
+    said.append(f"one overlapping a better-scored instance of the other class with IoU above "
+                f"{_md(cross)} dropped as the same object labelled twice")
+    return (" Before scoring, the instance models' outputs were post-processed: "
+            + "; ".join(said) + ". The semantic models' instances are the connected components "
+            "of their class masks.")
+
+
 def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
-               alpha: float, match_iou: float | None = None) -> str:
+               alpha: float, match_iou: float | None = None,
+               postprocess: dict | None = None) -> str:
     """``methods.md`` (module docstring); ``match_iou``: the evaluations' matching
-    threshold (their summaries' ``params``)."""
+    threshold, ``postprocess``: their post-processing (both from their summaries'
+    ``params``)."""
     out = ["# Methods (draft)", "",
            "*Written by `spinepipe report` from the pipeline's records; every number below is "
            "read from a record. Edit before submission.*", ""]
@@ -261,7 +273,7 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
             "is; the composite rate also requires overlapping vertebrae to be kept apart. "
             "Clinical measures (lumbar lordosis L1-S1, segmental angles, disc and body heights, "
             "slip) are computed from the endplates of the outlines and compared with the "
-            "ground truth's by Bland-Altman analysis.",
+            "ground truth's by Bland-Altman analysis." + _postprocess_said(postprocess),
             "", "## Statistics", "",
             f"Per-image values were pooled over the folds evaluated. Models were compared by the "
             f"Kruskal-Wallis test (epsilon-squared effect size), pairwise t-tests with "
@@ -271,128 +283,6 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
             "samples although every model is scored on the same test images.",
             "", "## Results", "", table1_md.strip(), ""]
     out += [n for n in notes if n]
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _card_measures(model: str, agreement: dict | None, per_image: pd.DataFrame) -> list[str]:
-    """A model card's clinical measures and the failure modes seen."""
-    out: list[str] = []
-    if agreement:
-        g = _dict(_dict(agreement.get("groups")).get("lordosis_deg"))
-        rate = g.get("measurable_rate")
-        if g.get("mae") is None:
-            out += ["", "## Clinical measures", "",
-                    "Lordosis L1-S1: not measurable on any test image (the model's outlines "
-                    "gave no usable L1 and S1 endplates together)."]
-        else:
-            out += ["", "## Clinical measures", "",
-                    f"Lordosis L1-S1 against the ground truth: MAE {g['mae']:.2f} deg, bias "
-                    f"{_or(g.get('bias'), '{:.2f}')} deg, measurable on "
-                    f"{_or(None if rate is None else 100 * rate, '{:.0f} %')} of the images."]
-    mine = per_image[per_image["model"] == model] if "model" in per_image else per_image
-    if len(mine):
-        missed = Counter(lv for cell in mine.get("missed", pd.Series(dtype=str)).fillna("")
-                         for lv in str(cell).split(";") if lv)
-        out += ["", "## Failure modes seen", ""]
-        out.append(f"Levels missed on the test images: {_counts(missed) if missed else 'none'}; "
-                   f"images with a level shifted: "
-                   f"{int((mine.get('shifted', pd.Series(dtype=str)).fillna('') != '').sum())} "
-                   "(the report's overlays and endplate figures show examples).")
-    return out
-
-
-def model_card_md(runs: list[Run] | Run, f: Facts, t1: pd.DataFrame, sub: pd.DataFrame,
-                  agreement: dict | None, per_image: pd.DataFrame, sample_note: str | None
-                  ) -> str:
-    """``model_cards/<model>.md`` (Mitchell et al. 2019's sections); ``runs``: the model's
-    runs, one per fold evaluated (its test metrics pool them)."""
-    runs = [runs] if isinstance(runs, Run) else runs
-    name = _md(runs[0].name or runs[0].model)
-    out = [f"# Model card: {name}", "", "## Model details", ""]
-    said = _md                  # a run's fact, or "not recorded"
-    for run in runs:
-        out.append(f"- fold {run.fold}: architecture {said(run.architecture)}, backbone "
-                   f"{said(run.backbone)}, input {said(run.input_scale)}, trained "
-                   f"{said(run.schedule)} with {said(run.optimizer)}"
-                   + (f" from {_md(run.initialized_from)}" if run.initialized_from else
-                      " from scratch" if run.config_read else
-                      f" (where its weights started: {NOT_RECORDED})")
-                   + f", augmentation: {said(run.augmentation)}; "
-                   + (f"{run.parameters:,} parameters" if run.parameters is not None else
-                      f"parameters {NOT_RECORDED}")
-                   + f"; checkpoint: "
-                   f"{said(run.picked_by)}, SHA-256 `{_or(run.checkpoint_sha256)}`; training "
-                   f"{_or(run.training_minutes, '{:.1f} min')} on {said(run.hardware)}.")
-    out += ["", "## Intended use", "",
-            "Research on segmenting lumbar vertebrae and the sacrum in lateral radiographs. "
-            "**Not for clinical decision-making**: no regulatory clearance, no prospective "
-            "validation.", "", "## Training data", ""]
-    for run in runs:
-        fold = _dict(_dict(f.split_summary).get(f"fold{run.fold}"))
-        trained, val = (_int(_dict(fold.get(k)).get("images")) for k in ("train", "val"))
-        out.append(f"Fold {run.fold}: {_or(trained)} training and {_or(val)} validation "
-                   "images." if fold else f"Fold {run.fold}: {NOT_RECORDED}.")
-    if f.synthetic:
-        out.append("The images are spinepipe's synthetic phantom: the numbers below say "
-                   "nothing about real radiographs.")
-    model = runs[0].model
-    out += ["", "## Metrics on the test set", ""]
-    if model in t1.index:
-        r = t1.loc[model]
-        out.append(f"- mean IoU {100 * r['mean_iou_mean']:.1f} % (SD "
-                   f"{100 * r['mean_iou_sd']:.1f}) over {int(r['images'])} test images "
-                   f"(folds {', '.join(str(x.fold) for x in runs)} pooled);")
-        for rate in ("recognition_rate", "composite_recognition_rate"):
-            lo, hi = r.get(f"{rate}_ci_low"), r.get(f"{rate}_ci_high")
-            ci = (f" (95 % CI {100 * lo:.0f}-{100 * hi:.0f} %)"
-                  if lo is not None and not math.isnan(lo) else "")
-            out.append(f"- {rate.replace('_', ' ')} {100 * r[rate]:.0f} %{ci};")
-    else:
-        out.append(f"Metrics: {NOT_RECORDED}.")
-    rows = sub[sub["model"] == model] if "model" in sub else sub.iloc[0:0]
-    if len(rows):
-        out += ["", "## Subgroups (composite recognition)", ""]
-        for _, r in rows.iterrows():
-            out.append(f"- {r['subgroup']}: {int(r['composite'])} of {int(r['images'])} "
-                       f"test images")
-    out += _card_measures(model, agreement, per_image)
-    out += ["", "## Limitations", ""]
-    if sample_note:
-        out.append(sample_note)
-    out.append(f"External validation and the clinical population: {TO_COMPLETE}.")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def dataset_card_md(f: Facts) -> str:
-    """``dataset_card.md``: the datasheet questions (Gebru et al. 2021) answered from the
-    records."""
-    out = ["# Dataset card (draft)", "", "## Motivation", "",
-           f"Segmenting lumbar vertebrae and the sacrum on lateral radiographs. Funding and "
-           f"creators: {TO_COMPLETE}.", "", "## Composition", ""]
-    if f.synthetic:
-        out.append("**Synthetic**: spinepipe's phantom, generated; no patient data.")
-    out.append(f"- {_or(f.images)} radiographs of {_or(f.patients)} patients; "
-               f"{_or(f.annotated)} annotated with {_or(f.instances)} polygons "
-               f"(classes: {', '.join(_md(x) for x in f.classes or []) or NOT_RECORDED});")
-    if f.annotated and f.implants is not None and f.overlaps is not None:
-        out.append(f"- implants on {f.implants} images ({_pct(f.implants, f.annotated)}), "
-                   f"overlapping vertebrae on {f.overlaps} ({_pct(f.overlaps, f.annotated)}).")
-    out += ["", "## Collection and pre-processing", ""]
-    out.append(f"- de-identified on site: {_counts_said(_dict(f.anonymize).get('counts'))};")
-    opts = _dict(_dict(f.export).get("options"))
-    out.append(f"- exported as {_md(opts.get('bits', NOT_RECORDED))}-bit PNG, "
-               f"{_md(opts.get('equalization', NOT_RECORDED))} histogram equalization;")
-    out.append(f"- collection period, devices and selection: {TO_COMPLETE}; ethics approval "
-               f"and consent: {TO_COMPLETE}.")
-    out += ["", "## Labelling", "",
-            f"VIA polygons (files by format: {_counts(f.via_versions)}); spinepipe's checks "
-            f"found: {_kinds(_dict(f.convert).get('counts'))}.",
-            "", "## Uses", "",
-            "Training and comparing segmentation models; clinical measures research. Not for "
-            "clinical decisions.", "", "## Distribution", "",
-            "Identifiable data (original DICOM, the pseudonym ledger and its key) is kept in a "
-            "private folder that is never part of a DVC output or this repository; sharing the "
-            f"de-identified images: {TO_COMPLETE}."]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -412,14 +302,14 @@ def render_html(markdown_text: str) -> str:
 def write_study(output: Path, src: Sources, *, models: list[str], folds: dict[str, list[int]],
                 table1_md: str, t1: pd.DataFrame, sub: pd.DataFrame, agreement: dict,
                 per_image: pd.DataFrame, notes: dict[str, str | None], alpha: float,
-                match_iou: float | None = None) -> str:
+                match_iou: float | None = None, postprocess: dict | None = None) -> str:
     """Write ``methods.md``, ``dataset_card.md`` and ``model_cards/<model>.md`` under
     ``output``; return ``methods.md``'s text."""
     from converters.core.files import write_text
     facts = gather(src)
     runs = [read_run(src.models, m, k) for m in models for k in folds.get(m, [])]
     methods = methods_md(facts, runs, table1_md, [notes.get("sample"), notes.get("finding")],
-                         alpha, match_iou)
+                         alpha, match_iou, postprocess)
     write_text(output / "methods.md", methods)
     write_text(output / "dataset_card.md", dataset_card_md(facts))
     write_text(output / "claim_checklist.md", claim_checklist_md(facts, runs, alpha, match_iou))

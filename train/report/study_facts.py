@@ -106,6 +106,16 @@ def _kinds(counts) -> str:
                      for k, v in counts.items()) or "none"
 
 
+def _or(value, fmt: str = "{}") -> str:
+    return NOT_RECORDED if value is None else fmt.format(value)
+
+
+def _counts_said(counts) -> str:
+    """anonymize's counts (``99 anonymized, 11 quarantined``), or not recorded."""
+    if not isinstance(counts, dict) or not counts:
+        return f"counts {NOT_RECORDED}"
+    return ", ".join(f"{_md(v)} {_md(k)}" for k, v in counts.items())
+
 # --------------------------------------------------------------------------------------------
 # facts from the records
 
