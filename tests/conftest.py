@@ -142,6 +142,18 @@ def ingest_chain(phantom: Path, root: Path) -> dict[str, tuple[str, int]]:
     return exported
 
 
+def dcmtk(tool: str) -> str:
+    """A dcmtk (or dicom3tools) program on PATH, never the Python environment's own: pynetdicom
+    installs console scripts of the same names (``storescu``, ``findscu``...) with other options,
+    and they come first on PATH once the virtual environment is activated."""
+    ours = {Path(sys.prefix) / "bin", Path(sys.executable).parent}
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and Path(d) not in ours)
+    found = shutil.which(tool, path=path)
+    assert found, f"{tool} missing: make test installs dcmtk and dicom3tools"
+    return found
+
+
 def free_port() -> int:
     """A port free when asked: another process may take it before it is used. Only for the
     Orthanc below (which retries with new ports) and for ports a product binds itself."""
@@ -228,7 +240,7 @@ class Orthanc:
             self.proc.wait(timeout=10)
 
     def store(self, folder: Path) -> None:
-        proc = subprocess.run(["storescu", "+sd", "+r", "-aec", "ORTHANC", "127.0.0.1",
+        proc = subprocess.run([dcmtk("storescu"), "+sd", "+r", "-aec", "ORTHANC", "127.0.0.1",
                                str(self.dicom_port), str(folder)], capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr

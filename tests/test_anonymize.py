@@ -20,7 +20,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from conftest import dicom_image
+from conftest import dicom_image, dcmtk
 from converters.dicom.deid_table import AnonymizeConfig
 from converters.dicom.deid_engine import anonymize_dataset
 from converters.dicom.anonymize import anonymize_tree
@@ -462,7 +462,7 @@ def test_no_identifier_leaks_from_real_vendor_files(tmp_path):
 
 
 def _dciodvfy_errors(path: Path) -> set[str]:
-    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([dcmtk("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
     lines = (proc.stdout + proc.stderr).splitlines()
     return {" ".join(l.split()[:12]) for l in lines if l.startswith("Error")}
 

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from pycocotools import mask as mask_utils
 
-from conftest import Orthanc, ingest_chain
+from conftest import Orthanc, ingest_chain, dcmtk
 from converters.annotations.coco import rasterize
 from converters.dicom.seg import read_seg
 from test_anonymize import _leak_scan
@@ -153,7 +153,7 @@ def test_instance_predictions_read_back_pixel_for_pixel(project):
 def test_dciodvfy_finds_no_error(project):
     root, _ = project
     for f in _instance_segs(root)[:2]:
-        out = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([dcmtk("dciodvfy"), str(f)], capture_output=True, text=True, timeout=60)
         text = out.stdout + out.stderr
         assert "Segmentation" in text
         assert [line for line in text.splitlines() if line.startswith("Error")] == [], text

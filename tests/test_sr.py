@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from pycocotools import mask as mask_utils
 
-from conftest import Orthanc, ingest_chain
+from conftest import Orthanc, ingest_chain, dcmtk
 from converters.annotations.coco import rasterize
 from converters.core.provenance import pixel_spacing, read_record
 from converters.dicom.sr_codes import GROUPS
@@ -231,7 +231,7 @@ def test_dsrdump_prints_every_number_with_its_code_and_unit(project):
     measures = _measures(root)
     pattern = re.compile(r'NUM:\((\w+),(\w+),"[^"]*"\)="([^"]+)" \(([^,]+),UCUM,')
     for image, path in _reports(root).items():
-        out = subprocess.run(["dsrdump", "+Pc", str(path)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([dcmtk("dsrdump"), "+Pc", str(path)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert "Imaging Measurement Report" in out.stdout
         printed = sorted((code, scheme, round(float(value), 4), unit)
@@ -248,7 +248,7 @@ def test_dsrdump_prints_every_number_with_its_code_and_unit(project):
 def test_dciodvfy_finds_no_error(project):
     root = project
     for path in list(_reports(root).values())[:2]:
-        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([dcmtk("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
         text = out.stdout + out.stderr
         assert "Comprehensive" in text or "ComprehensiveSR" in text, text
         assert [line for line in text.splitlines() if line.startswith("Error")] == [], text
