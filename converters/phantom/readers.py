@@ -70,9 +70,10 @@ class AnnotatorConfig:
     double_read_share: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
 
 
-def _unit(name: str, *salt: str) -> float:
-    """A number in [0, 1) from the image's key (stable, independent of the other images)."""
-    h = hashlib.sha256("\x00".join((name, *salt)).encode()).digest()
+def _unit(key: str, *what: str) -> float:
+    """A number in [0, 1) from the image's key and what it decides (stable, independent of
+    the other images)."""
+    h = hashlib.sha256("\x00".join((key, *what)).encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
 
 

@@ -143,14 +143,14 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
     metrics = _metrics(t1, sub, agreement)
     write_json(output / "metrics.json", metrics)
     models_ = list(dict.fromkeys(df["model"]))
+    params = _params(summaries)
     methods = write_study(output / "study", sources or Sources(png=Path(images)),
                           models=models_, folds={m: sorted({int(k) for k in
                                                             df[df["model"] == m]["fold"]})
                                                  for m in models_},
                           table1_md=markdown(tables["table1"][0], False), t1=t1, sub=sub,
                           agreement=agreement, per_image=df, notes=notes, alpha=cfg.alpha,
-                          match_iou=_params(summaries).get("match_iou"),
-                          postprocess=_params(summaries))
+                          match_iou=params.get("match_iou"), postprocess=params)
     # the page has its own heading: the draft's title line is left out there
     write_text(output / "report.html", page(tables, figs, ex, df, cfg.alpha, notes,
                                             study_html=render_html(methods.split("\n", 1)[1]),

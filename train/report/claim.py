@@ -121,17 +121,23 @@ def _variability(c: Context) -> str:
                                            else "one reader's polygons (convert.reference)"))
 
 
-def _partition(c: Context) -> str:
+def _test_images(c: Context) -> int | None:
+    """The test set's size, when the split's records say it and k (None otherwise)."""
     sp, ss = _dict(c.facts.splits), _dict(c.facts.split_summary)
     test = _int(_dict(ss.get("test")).get("images"))
-    if test is None or _int(sp.get("k")) is None:
+    return test if _int(sp.get("k")) is not None else None
+
+
+def _partition(c: Context) -> str:
+    sp, test = _dict(c.facts.splits), _test_images(c)
+    if test is None:
         return f"partition: {NOT_RECORDED}"
     return (f"fixed test set of {test} images, the rest in {sp['k']} folds stratified by "
             f"{_md(sp.get('strata') or 'nothing')} (seed {_md(sp.get('seed'))})")
 
 
 def _runs(c: Context, what: Callable[[Run], str | None]) -> str:
-    said = [f"{_md(r.name or r.model)} fold {r.fold}: {_md(v) if v is not None else NOT_RECORDED}"
+    said = [f"{_md(r.name or r.model)} fold {r.fold}: {_md(v)}"
             for r in c.runs for v in [what(r)]]
     return "; ".join(said) or f"{NOT_RECORDED} (no trained run)"
 
@@ -140,8 +146,7 @@ def _model(c: Context) -> str:
     return _runs(c, lambda r: None if r.architecture is None else
                  f"{r.architecture}, backbone {r.backbone or NOT_RECORDED}, input "
                  f"{r.input_scale or NOT_RECORDED}, "
-                 + (f"{r.parameters:,} parameters" if r.parameters is not None else
-                    f"parameters {NOT_RECORDED}"))
+                 + r.size)
 
 
 def _software(c: Context) -> str:
@@ -203,7 +208,7 @@ ITEMS: tuple[tuple[str, str, str, Answer, str], ...] = (
      "Data partition"),
     ("21", "Data partitions", "level at which partitions are disjoint",
      lambda c: "patient (grouped split: no patient in two partitions)"
-     if "partition: " not in _partition(c) else f"partition: {NOT_RECORDED}", "Data partition"),
+     if _test_images(c) is not None else f"partition: {NOT_RECORDED}", "Data partition"),
     ("22", "Model", "model description (inputs, outputs, layers)", _model,
      "Models and training"),
     ("23", "Model", "software libraries and frameworks", _software, "Models and training"),

@@ -70,11 +70,10 @@ def _runs_said(runs: list[Run]) -> list[str]:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in runs:
         cells = [f"{_md(r.name or r.model)} (fold {r.fold})", *(
-            _or(None if v is None else _md(v)) for v in
+            _md(v) for v in
             (r.architecture, r.backbone, r.input_scale, r.schedule, r.optimizer,
              r.augmentation, r.picked_by)),
-            _or(r.training_minutes, "{:.1f} min"), _or(None if r.hardware is None
-                                                       else _md(r.hardware))]
+            _or(r.training_minutes, "{:.1f} min"), _md(r.hardware)]
         out.append("| " + " | ".join(cells) + " |")
     started = [r for r in runs if r.initialized_from]
     scratch = [r for r in runs if r.config_read and not r.initialized_from]
@@ -91,9 +90,7 @@ def _runs_said(runs: list[Run]) -> list[str]:
         out.append("Where the weights started (no leaf config read): "
                    + ", ".join(f"{_md(r.name or r.model)} fold {r.fold}" for r in unknown)
                    + f": {NOT_RECORDED}.")
-    counted = "; ".join(f"{_md(r.name or r.model)} fold {r.fold}: " + (
-        f"{r.parameters:,} parameters" if r.parameters is not None else NOT_RECORDED)
-        for r in runs)
+    counted = "; ".join(f"{_md(r.name or r.model)} fold {r.fold}: {r.size}" for r in runs)
     software = "; ".join(_md(v) for v in sorted({r.software for r in runs if r.software})) \
         or f"versions {NOT_RECORDED}"
     out.append(f"Models were built with MMDetection (instance models) or MMSegmentation "

@@ -51,20 +51,18 @@ def model_card_md(runs: list[Run] | Run, f: Facts, t1: pd.DataFrame, sub: pd.Dat
     runs = [runs] if isinstance(runs, Run) else runs
     name = _md(runs[0].name or runs[0].model)
     out = [f"# Model card: {name}", "", "## Model details", ""]
-    said = _md                  # a run's fact, or "not recorded"
     for run in runs:
-        out.append(f"- fold {run.fold}: architecture {said(run.architecture)}, backbone "
-                   f"{said(run.backbone)}, input {said(run.input_scale)}, trained "
-                   f"{said(run.schedule)} with {said(run.optimizer)}"
+        out.append(f"- fold {run.fold}: architecture {_md(run.architecture)}, backbone "
+                   f"{_md(run.backbone)}, input {_md(run.input_scale)}, trained "
+                   f"{_md(run.schedule)} with {_md(run.optimizer)}"
                    + (f" from {_md(run.initialized_from)}" if run.initialized_from else
                       " from scratch" if run.config_read else
                       f" (where its weights started: {NOT_RECORDED})")
-                   + f", augmentation: {said(run.augmentation)}; "
-                   + (f"{run.parameters:,} parameters" if run.parameters is not None else
-                      f"parameters {NOT_RECORDED}")
+                   + f", augmentation: {_md(run.augmentation)}; "
+                   + run.size
                    + f"; checkpoint: "
-                   f"{said(run.picked_by)}, SHA-256 `{_or(run.checkpoint_sha256)}`; training "
-                   f"{_or(run.training_minutes, '{:.1f} min')} on {said(run.hardware)}.")
+                   f"{_md(run.picked_by)}, SHA-256 `{_or(run.checkpoint_sha256)}`; training "
+                   f"{_or(run.training_minutes, '{:.1f} min')} on {_md(run.hardware)}.")
     out += ["", "## Intended use", "",
             "Research on segmenting lumbar vertebrae and the sacrum in lateral radiographs. "
             "**Not for clinical decision-making**: no regulatory clearance, no prospective "

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from converters.core.records import open_input
-from train.report.study_facts import _int, _record, _scalar
+from train.report.study_facts import NOT_RECORDED, _int, _record, _scalar
 
 
 def _literal(node: ast.AST):
@@ -74,6 +74,12 @@ class Run:
     checkpoint_sha256: str | None = None
     initialized_from: str | None = None     # None: from scratch (no load_from, no Pretrained)
     config_read: bool = False               # False: where the weights started is unknown
+
+    @property
+    def size(self) -> str:
+        """The parameter count in words (``1,234,567 parameters``), or not recorded."""
+        return f"{self.parameters:,} parameters" if self.parameters is not None else \
+            f"parameters {NOT_RECORDED}"
     parameters: int | None = None           # the model's parameter count (train's metrics.json)
     software: str | None = None             # the versions it trained with (``torch 2.13.0, ...``)
 
