@@ -2,8 +2,10 @@
 
 Class of defect guarded: a re-run that keeps a stale output (a mask drawn from the old
 polygons, an output someone replaced by a link), one that redoes or deletes what it must
-not (another VIA file's images), and a damaged or hostile state file that makes a run
-delete outside its outputs. The convert tests compare an incremental re-run with a fresh
+not (another VIA file's images), a damaged or hostile state file that makes a run
+delete outside its outputs, and a re-run that rewrites what it leaves the same (new
+modification times ripple down the chain: the next stage's signatures change, its state file
+changes, DVC retrains every model on identical images). The convert tests compare an incremental re-run with a fresh
 conversion of the same inputs, byte for byte: the re-run must be indistinguishable.
 """
 from __future__ import annotations
@@ -19,6 +21,11 @@ from converters.annotations.convert import STATE_FILE, ConvertConfig, convert
 from converters.core.errors import InvalidImageError
 from converters.core.incremental import VERSION, IncrementalState, file_signature
 from converters.core.files import TEMP_MARK, output_root
+from converters.dicom.anonymize import anonymize_tree
+from converters.dicom.deid_table import AnonymizeConfig
+from converters.dicom.export import ExportConfig, export_tree
+from converters.dicom.ledger import load_or_create_salt, prepare_private
+from converters.phantom.writing import PhantomConfig, generate
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,3 +319,35 @@ def test_progress_is_reported_per_rendered_image(annotated, tmp_path):
     report = convert([via], annotated / "png", tmp_path / "out", ConvertConfig(qa=False),
                      workers=2, progress=lambda done, total: seen.append((done, total)))
     assert report.rendered == 4 and seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+# --------------------------------------------------------------------------------------------
+# the chain: a stage re-run that writes the same bytes
+
+
+def _files(*folders: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folders``: its inode and modification time."""
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_stage_re_run_that_writes_the_same_bytes_changes_no_file_downstream(tmp_path):
+    """DVC re-runs a stage whose code changed: the phantom writes the same archive again. Every
+    file of the archive, of the anonymized tree and of the export (PNGs, provenance, the export's
+    state) keeps its inode and modification time, so DVC sees the images unchanged and does not
+    retrain (it did: the export's state records its inputs' mtimes)."""
+    cfg = PhantomConfig(n=4, seed=3, height=256, width=128, burned_in_share=0.0)
+    raw, anon, png = tmp_path / "raw", tmp_path / "anon", tmp_path / "png"
+    private = prepare_private(tmp_path / "private")
+    salt = load_or_create_salt(private)
+
+    def chain() -> None:
+        generate(cfg, raw, workers=1)
+        anonymize_tree(raw / "dicom", anon, private, salt, AnonymizeConfig(ocr=False))
+        export_tree(anon, png, ExportConfig())
+
+    chain()
+    before = _files(raw, anon, png)
+    assert any(p.endswith(".png") for p in before) and any(".export_state" in p for p in before)
+    chain()
+    assert _files(raw, anon, png) == before

@@ -8,6 +8,7 @@ outputs created with the wrong mode.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -251,3 +252,42 @@ def test_a_root_opened_by_a_relative_path_stays_where_it_was_opened(tmp_path, mo
             write_text("out/x.txt", name)
     assert (tmp_path / "a" / "out" / "x.txt").read_text() == "a"
     assert (tmp_path / "b" / "out" / "x.txt").read_text() == "b"
+
+
+def test_a_write_of_the_same_bytes_leaves_the_file_untouched(out):
+    """A re-run that writes what is there keeps the file, inode and mtime (the next stage's
+    size + mtime signatures and DVC's hashes then see nothing new); other bytes, another mode,
+    or a link or FIFO at the name are replaced as before."""
+    target = out / "sub" / "a.json"
+    write_json(target, {"a": 1})
+    os.utime(target, ns=(1_000_000_000, 1_000_000_000))
+    before = os.stat(target)
+    write_json(target, {"a": 1})
+    with atomic_path(target) as tmp:
+        tmp.write_text('{\n "a": 1\n}\n')
+    move_src = temp_name(target)
+    write_bytes(move_src, target.read_bytes())
+    move_into_place(move_src, target)
+    after = os.stat(target)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, 1_000_000_000)
+    assert sorted(os.listdir(out / "sub")) == ["a.json"]          # no temporary left
+    write_json(target, {"a": 2})                                  # other bytes, same size
+    assert json.loads(target.read_text()) == {"a": 2} and os.stat(target).st_ino != before.st_ino
+    os.chmod(target, 0o600)
+    ino = os.stat(target).st_ino
+    write_json(target, {"a": 2})                                  # same bytes, another mode
+    assert os.stat(target).st_ino != ino and stat.S_IMODE(os.stat(target).st_mode) != 0o600
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_a_link_or_fifo_holding_the_same_bytes_is_replaced_not_kept(out, tmp_path, planted):
+    outside = tmp_path / "outside.json"
+    outside.write_text('{\n "a": 1\n}\n')
+    target = out / "a.json"
+    if planted == "link":
+        target.symlink_to(outside)
+    else:
+        os.mkfifo(target)
+    write_json(target, {"a": 1})                                  # no hang on the FIFO
+    assert stat.S_ISREG(os.lstat(target).st_mode) and json.loads(target.read_text()) == {"a": 1}
+    assert outside.read_text() == '{\n "a": 1\n}\n'

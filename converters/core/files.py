@@ -14,6 +14,10 @@ writes or deletes goes through this module and stays inside that root:
   the final name in the same folder (a link at the final name is replaced, not followed). An
   interrupted run leaves only temporary names, which the next run removes
   (:func:`remove_stale_temps`).
+- **Unchanged stays untouched.** When the final name already is a regular file with the same
+  bytes and permissions, the temporary file is dropped and the existing one kept, modification
+  time and all: a stage re-run that writes what is there (the phantom again, an object
+  anonymized again) does not make the next stage redo its work, nor DVC retrain the models.
 - **The user's umask.** Outputs are created with mode ``0o666`` less the umask (folders
   ``0o777`` less the umask); the private folder passes ``mode=0o600``
   (:mod:`converters.dicom.ledger`).
@@ -203,6 +207,57 @@ def _folder(root: _Root, parts: list[str], *, create: bool) -> Iterator[int]:
 # the write path
 
 
+def _regular_fd(dfd: int, name: str) -> int | None:
+    """``name`` in the folder ``dfd`` opened for reading if it is a regular file (never through
+    a link, never blocking on a FIFO); None otherwise."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dfd)
+    except OSError:
+        return None
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _same_file(dfd: int, a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` in the folder ``dfd`` are regular files with the same
+    permissions and the same bytes (compared a MiB at a time, only when the sizes agree)."""
+    fa = _regular_fd(dfd, a)
+    if fa is None:
+        return False
+    fb = _regular_fd(dfd, b)
+    try:
+        if fb is None:
+            return False
+        sa, sb = os.fstat(fa), os.fstat(fb)
+        if sa.st_size != sb.st_size or stat.S_IMODE(sa.st_mode) != stat.S_IMODE(sb.st_mode):
+            return False
+        while True:
+            ca, cb = os.read(fa, 1 << 20), os.read(fb, 1 << 20)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
+    finally:
+        os.close(fa)
+        if fb is not None:
+            os.close(fb)
+
+
+def _put_in_place(dfd: int, tmp: str, name: str) -> None:
+    """Rename ``tmp`` over ``name`` (both in the folder ``dfd``), unless ``name`` already is a
+    regular file with these very bytes and permissions: then ``tmp`` goes and ``name`` stays
+    untouched, its inode and modification time too. A re-run that writes what is there changes
+    nothing a later stage looks at (its size + mtime signatures, DVC's hashes of a folder that
+    holds them), so nothing downstream is redone for it."""
+    if _same_file(dfd, name, tmp):
+        os.unlink(tmp, dir_fd=dfd)
+    else:
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
 @contextmanager
 def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (inside its output root, reached without links);
@@ -217,7 +272,7 @@ def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
         try:
             yield Path(f"/proc/self/fd/{dfd}/{tmp}")
             try:
-                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                _put_in_place(dfd, tmp, name)
             except IsADirectoryError:
                 raise UnsafePathError(f"refused to replace the folder {path} by a file") from None
         finally:
@@ -314,7 +369,7 @@ def move_into_place(tmp: str | Path, path: str | Path) -> None:
     an output root, without following links."""
     tmp, path = Path(tmp), Path(path)
     with _shared_folder(tmp, path) as dfd:
-        os.rename(tmp.name, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        _put_in_place(dfd, tmp.name, path.name)
 
 
 def link_into_place(src: str | Path, path: str | Path) -> None:

@@ -38,8 +38,8 @@ from converters.dicom.read import read_dicom, transfer_syntax
 from converters.core.errors import (InvalidLedgerError, MissingInputError, SpinepipeError,
                                     raised_by_a_parser)
 from converters.core.incremental import IncrementalState, file_signature
-from converters.core.files import (TEMP_MARK, atomic_path, prepare_output, remove_output,
-                                   remove_stale_temps, write_json)
+from converters.core.files import (TEMP_MARK, atomic_path, move_into_place, prepare_output,
+                                   remove_output, remove_stale_temps, write_json)
 from converters.dicom.deid_engine import Outcome, anonymize_dataset
 from converters.dicom.deid_table import TABLE_VERSION, AnonymizeConfig
 # patient_pseudonym and PSEUDONYM_PREFIX are re-exported: callers know them from here
@@ -217,7 +217,7 @@ def _settle(key: str, outcome: Outcome, out_rel: str, output_dir: Path, owner: d
         remove_output(output_dir, _part_name(out_rel, key))
         return Outcome("failed", str(exc)), "", ""
     owner[out_rel] = key
-    part.replace(output_dir / out_rel)
+    move_into_place(part, output_dir / out_rel)
     write_json(output_dir / "audit" / f"{outcome.new_sop_uid}.json",
                {"output": out_rel, "action_table": TABLE_VERSION, **outcome.audit},
                indent=None)
