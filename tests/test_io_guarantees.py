@@ -279,15 +279,25 @@ def test_a_write_of_the_same_bytes_leaves_the_file_untouched(out):
     assert os.stat(target).st_ino != ino and stat.S_IMODE(os.stat(target).st_mode) != 0o600
 
 
-@pytest.mark.parametrize("planted", ["link", "fifo"])
+@pytest.mark.parametrize("planted", ["link", "hard link", "fifo"])
 def test_a_link_or_fifo_holding_the_same_bytes_is_replaced_not_kept(out, tmp_path, planted):
     outside = tmp_path / "outside.json"
     outside.write_text('{\n "a": 1\n}\n')
+    os.chmod(outside, 0o666 & ~_umask())
     target = out / "a.json"
     if planted == "link":
         target.symlink_to(outside)
+    elif planted == "hard link":
+        os.link(outside, target)
     else:
         os.mkfifo(target)
     write_json(target, {"a": 1})                                  # no hang on the FIFO
     assert stat.S_ISREG(os.lstat(target).st_mode) and json.loads(target.read_text()) == {"a": 1}
     assert outside.read_text() == '{\n "a": 1\n}\n'
+    assert os.stat(target).st_ino != os.stat(outside).st_ino
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -223,7 +223,8 @@ def _regular_fd(dfd: int, name: str) -> int | None:
 
 def _same_file(dfd: int, a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` in the folder ``dfd`` are regular files with the same
-    permissions and the same bytes (compared a MiB at a time, only when the sizes agree)."""
+    permissions and the same bytes (compared a MiB at a time, only when the sizes agree), and
+    ``a`` has no other name (a hard link planted to a file elsewhere is replaced, not kept)."""
     fa = _regular_fd(dfd, a)
     if fa is None:
         return False
@@ -232,7 +233,8 @@ def _same_file(dfd: int, a: str, b: str) -> bool:
         if fb is None:
             return False
         sa, sb = os.fstat(fa), os.fstat(fb)
-        if sa.st_size != sb.st_size or stat.S_IMODE(sa.st_mode) != stat.S_IMODE(sb.st_mode):
+        if sa.st_size != sb.st_size or stat.S_IMODE(sa.st_mode) != stat.S_IMODE(sb.st_mode) \
+                or sa.st_nlink != 1:
             return False
         while True:
             ca, cb = os.read(fa, 1 << 20), os.read(fb, 1 << 20)
