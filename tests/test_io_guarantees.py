@@ -15,7 +15,7 @@ import stat
 import pytest
 
 from converters.core.errors import OutputFolderError, UnsafeLocationError
-from converters.core.files import (TEMP_MARK, atomic_path, check_apart, is_own_file,
+from converters.core.files import (TEMP_MARK, atomic_path, check_apart, is_own_file, keepable,
                                    link_into_place, move_into_place, output_root, prepare_output, read_own,
                                    remove_output, remove_stale_temps, temp_name, write_bytes,
                                    write_json, write_text)
@@ -301,3 +301,24 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_only_an_output_of_the_same_owner_group_mode_and_one_name_is_kept(out):
+    """keepable: a file another user or group owns there (bytes predicted, e.g. the phantom's)
+    is replaced, not kept: they could change it later behind the signatures' back."""
+    (out / "a").write_bytes(b"x")
+    mine = os.stat(out / "a")
+
+    def other(**changes) -> os.stat_result:
+        fields = {"st_mode": 0, "st_ino": 1, "st_dev": 2, "st_nlink": 3, "st_uid": 4,
+                  "st_gid": 5, "st_size": 6}
+        values = [getattr(mine, k) for k in fields]
+        for key, value in changes.items():
+            values[list(fields).index(key)] = value
+        return os.stat_result(values + [0, 0, 0])
+
+    assert keepable(other(), mine)
+    for change in ({"st_uid": mine.st_uid + 1}, {"st_gid": mine.st_gid + 1},
+                   {"st_size": mine.st_size + 1}, {"st_nlink": 2},
+                   {"st_mode": mine.st_mode ^ 0o020}):
+        assert not keepable(other(**change), mine), change

@@ -15,8 +15,9 @@ writes or deletes goes through this module and stays inside that root:
   interrupted run leaves only temporary names, which the next run removes
   (:func:`remove_stale_temps`).
 - **Unchanged stays untouched.** When the final name already is a regular file with the same
-  bytes and permissions, the temporary file is dropped and the existing one kept, modification
-  time and all: a stage re-run that writes what is there (the phantom again, an object
+  bytes, permissions, owner and group and no other name (:func:`keepable`), the temporary file
+  is dropped and the existing one kept, inode and modification time and all (so an output is
+  not always a new inode): a stage re-run that writes what is there (the phantom again, an object
   anonymized again) does not make the next stage redo its work, nor DVC retrain the models.
 - **The user's umask.** Outputs are created with mode ``0o666`` less the umask (folders
   ``0o777`` less the umask); the private folder passes ``mode=0o600``
@@ -221,20 +222,25 @@ def _regular_fd(dfd: int, name: str) -> int | None:
     return None
 
 
+def keepable(old: os.stat_result, new: os.stat_result) -> bool:
+    """Whether an existing output (``old``) may stand for a new one (``new``, just written) whose
+    bytes it holds: the same size, permissions, owner and group (a file someone else created
+    there, predicting the bytes, could be changed by them later), and no other name (a hard link
+    planted to a file elsewhere)."""
+    return (old.st_size == new.st_size and old.st_nlink == 1
+            and stat.S_IMODE(old.st_mode) == stat.S_IMODE(new.st_mode)
+            and (old.st_uid, old.st_gid) == (new.st_uid, new.st_gid))
+
+
 def _same_file(dfd: int, a: str, b: str) -> bool:
-    """Whether ``a`` and ``b`` in the folder ``dfd`` are regular files with the same
-    permissions and the same bytes (compared a MiB at a time, only when the sizes agree), and
-    ``a`` has no other name (a hard link planted to a file elsewhere is replaced, not kept)."""
+    """Whether the existing file ``a`` may stay for the new file ``b`` (both in the folder
+    ``dfd``, regular files): :func:`keepable`, and the same bytes (compared a MiB at a time)."""
     fa = _regular_fd(dfd, a)
     if fa is None:
         return False
     fb = _regular_fd(dfd, b)
     try:
-        if fb is None:
-            return False
-        sa, sb = os.fstat(fa), os.fstat(fb)
-        if sa.st_size != sb.st_size or stat.S_IMODE(sa.st_mode) != stat.S_IMODE(sb.st_mode) \
-                or sa.st_nlink != 1:
+        if fb is None or not keepable(os.fstat(fa), os.fstat(fb)):
             return False
         while True:
             ca, cb = os.read(fa, 1 << 20), os.read(fb, 1 << 20)
