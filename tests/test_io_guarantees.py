@@ -15,7 +15,8 @@ import stat
 import pytest
 
 from converters.core.errors import OutputFolderError, UnsafeLocationError
-from converters.core.files import (TEMP_MARK, atomic_path, check_apart, is_own_file, keepable,
+from converters.core.unchanged import keepable
+from converters.core.files import (TEMP_MARK, atomic_path, check_apart, is_own_file,
                                    link_into_place, move_into_place, output_root, prepare_output, read_own,
                                    remove_output, remove_stale_temps, temp_name, write_bytes,
                                    write_json, write_text)

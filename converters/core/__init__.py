@@ -14,8 +14,10 @@ per module):
 - ``provenance``: The exported PNGs' names and provenance records: the one owner of that layout.
 - ``records``: Pipeline records: the JSON files one stage writes and another reads, read in one
   place.
+- ``unchanged``: Unchanged stays untouched: the last step of the one write path.
 - ``waiting``: Before the first annotation comes back: the stages after ``convert`` wait, and say
   so.
 """
 
-__all__ = ["errors", "files", "incremental", "parallel", "paths", "provenance", "records", "waiting"]
+__all__ = ["errors", "files", "incremental", "parallel", "paths", "provenance", "records", "unchanged",
+           "waiting"]

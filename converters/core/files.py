@@ -15,8 +15,9 @@ writes or deletes goes through this module and stays inside that root:
   interrupted run leaves only temporary names, which the next run removes
   (:func:`remove_stale_temps`).
 - **Unchanged stays untouched.** When the final name already is a regular file with the same
-  bytes, permissions, owner and group and no other name (:func:`keepable`), the temporary file
-  is dropped and the existing one kept, inode and modification time and all (so an output is
+  bytes, permissions, owner and group and no other name
+  (:func:`converters.core.unchanged.keepable`), the temporary file is dropped and the existing
+  one kept, inode and modification time and all (so an output is
   not always a new inode): a stage re-run that writes what is there (the phantom again, an object
   anonymized again) does not make the next stage redo its work, nor DVC retrain the models.
 - **The user's umask.** Outputs are created with mode ``0o666`` less the umask (folders
@@ -52,6 +53,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from converters.core.errors import OutputFolderError, UnsafeLocationError
 from converters.core.paths import UnsafePathError
+from converters.core.unchanged import put_in_place
 
 TEMP_MARK = ".sp-tmp"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -208,64 +210,6 @@ def _folder(root: _Root, parts: list[str], *, create: bool) -> Iterator[int]:
 # the write path
 
 
-def _regular_fd(dfd: int, name: str) -> int | None:
-    """``name`` in the folder ``dfd`` opened for reading if it is a regular file (never through
-    a link, never blocking on a FIFO); None otherwise."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=dfd)
-    except OSError:
-        return None
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        return fd
-    os.close(fd)
-    return None
-
-
-def keepable(old: os.stat_result, new: os.stat_result) -> bool:
-    """Whether an existing output (``old``) may stand for a new one (``new``, just written) whose
-    bytes it holds: the same size, permissions, owner and group (a file someone else created
-    there, predicting the bytes, could be changed by them later), and no other name (a hard link
-    planted to a file elsewhere)."""
-    return (old.st_size == new.st_size and old.st_nlink == 1
-            and stat.S_IMODE(old.st_mode) == stat.S_IMODE(new.st_mode)
-            and (old.st_uid, old.st_gid) == (new.st_uid, new.st_gid))
-
-
-def _same_file(dfd: int, a: str, b: str) -> bool:
-    """Whether the existing file ``a`` may stay for the new file ``b`` (both in the folder
-    ``dfd``, regular files): :func:`keepable`, and the same bytes (compared a MiB at a time)."""
-    fa = _regular_fd(dfd, a)
-    if fa is None:
-        return False
-    fb = _regular_fd(dfd, b)
-    try:
-        if fb is None or not keepable(os.fstat(fa), os.fstat(fb)):
-            return False
-        while True:
-            ca, cb = os.read(fa, 1 << 20), os.read(fb, 1 << 20)
-            if ca != cb:
-                return False
-            if not ca:
-                return True
-    finally:
-        os.close(fa)
-        if fb is not None:
-            os.close(fb)
-
-
-def _put_in_place(dfd: int, tmp: str, name: str) -> None:
-    """Rename ``tmp`` over ``name`` (both in the folder ``dfd``), unless ``name`` already is a
-    regular file with these very bytes and permissions: then ``tmp`` goes and ``name`` stays
-    untouched, its inode and modification time too. A re-run that writes what is there changes
-    nothing a later stage looks at (its size + mtime signatures, DVC's hashes of a folder that
-    holds them), so nothing downstream is redone for it."""
-    if _same_file(dfd, name, tmp):
-        os.unlink(tmp, dir_fd=dfd)
-    else:
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-
-
 @contextmanager
 def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (inside its output root, reached without links);
@@ -280,7 +224,7 @@ def atomic_path(path: str | Path, *, mode: int = 0o666) -> Iterator[Path]:
         try:
             yield Path(f"/proc/self/fd/{dfd}/{tmp}")
             try:
-                _put_in_place(dfd, tmp, name)
+                put_in_place(dfd, tmp, name)
             except IsADirectoryError:
                 raise UnsafePathError(f"refused to replace the folder {path} by a file") from None
         finally:
@@ -377,7 +321,7 @@ def move_into_place(tmp: str | Path, path: str | Path) -> None:
     an output root, without following links."""
     tmp, path = Path(tmp), Path(path)
     with _shared_folder(tmp, path) as dfd:
-        _put_in_place(dfd, tmp.name, path.name)
+        put_in_place(dfd, tmp.name, path.name)
 
 
 def link_into_place(src: str | Path, path: str | Path) -> None:
