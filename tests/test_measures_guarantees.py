@@ -247,6 +247,16 @@ def test_the_anterior_side_adds_the_bulge_and_the_sacrum_cues(bulge, tail, side)
         assert (v.superior.anterior[0] - v.superior.posterior[0]) * side == pytest.approx(40)
 
 
+@pytest.mark.parametrize("bulge, tail", [(32.0, 30.0), (-32.0, -30.0), (24.0, 20.0)])
+def test_cues_of_like_strength_against_each_other_leave_the_side_unguessed(bulge, tail):
+    # bulge 0.4 against a sacrum cue of 0.23 (tail 30), 0.3 against 0.15: neither outweighs
+    # the other twice; a guess would turn the frame, and every angle's sign, the wrong way
+    spine = find_vertebrae(_spine(bulge, tail))
+    assert spine.vertebrae == {} and spine.anterior is None
+    assert set(spine.unusable.values()) == {
+        "anterior side uncertain (the curve and the sacrum point to opposite sides)"}
+
+
 def test_each_endplate_runs_posterior_to_anterior_at_any_scale():
     # the same spine at 1/50 scale: bodies 0.8 px deep, whose endplates are shorter than a
     # pixel (a coarse mask) still run from the back to the front

@@ -16,7 +16,9 @@ extreme contact points projected onto the line. The sacrum's upper (S1) endplate
 same way, with the normal pointing from the hull edge towards L5's centroid. The anterior side
 is where the lordotic curve bulges (the middle bodies' centroids against the chord L1-S1) and
 where the sacrum does not extend (its centroid lies posterior to its endplate's midpoint); both
-cues are added.
+cues are added. When they point to opposite sides and the stronger does not outweigh the other
+:data:`CUE_DOMINANCE` times, the side is not guessed: a frame turned the wrong way reads a
+lordosis of 23 deg as a kyphosis of 25 (a model's sacrum mask grown over L5 did that).
 
 Never guessed: a level is unusable when it is missing, given twice, a fused blob (taller than
 :data:`FUSED_FACTOR` x the median body), or above a gap where a vertebra seems missing (a
@@ -45,6 +47,9 @@ FUSED_FACTOR = 1.6
 
 
 GAP_FACTOR = 1.6
+
+
+CUE_DOMINANCE = 2.0         # a cue against the other must be outweighed this many times
 
 
 @dataclass(frozen=True)
@@ -245,19 +250,26 @@ def _orient(spine: Spine, raw: dict[str, list[tuple[np.ndarray, np.ndarray]]],
     if "S1" in raw:
         chord = unit_vector(np.mean(raw["S1"][0], axis=0) - cent[top]) if top != "S1" else chord
     perp = np.array([-chord[1], chord[0]])
-    cue = 0.0
+    bulge = sacrum = 0.0
     middle = [lv for lv in order if lv not in (top, bottom)]
     if middle:
         depth = np.mean([np.linalg.norm(e[0] - e[1]) for v in raw.values() for e in v])
-        cue += float(np.mean([(cent[lv] - cent[top]) @ perp for lv in middle]) / depth)
+        bulge = float(np.mean([(cent[lv] - cent[top]) @ perp for lv in middle]) / depth)
     if "S1" in raw:
         a, b = raw["S1"][0]
         e = unit_vector(b - a)
         off = (cent["S1"] - (a + b) / 2) @ e / float(np.linalg.norm(b - a))
-        cue += float(-off * np.sign(e @ perp))
+        sacrum = float(-off * np.sign(e @ perp))
+    cue = bulge + sacrum
+    why = ""
     if abs(cue) < 1e-3:
+        why = "anterior side not determined"
+    elif bulge * sacrum < 0 and CUE_DOMINANCE * min(abs(bulge), abs(sacrum)) > \
+            max(abs(bulge), abs(sacrum)):
+        why = "anterior side uncertain (the curve and the sacrum point to opposite sides)"
+    if why:
         for lv in raw:
-            spine.unusable.setdefault(lv, "anterior side not determined")
+            spine.unusable.setdefault(lv, why)
         return
     spine.anterior = perp if cue > 0 else -perp
     spine.up = -chord
