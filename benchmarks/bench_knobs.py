@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,9 @@ from pathlib import Path
 
 import yaml
 
+from bench_learning import MODELS, run_or_exit  # the benchmarks' folder is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ["mask_rcnn", "yolact", "unet", "pspnet", "deeplabv3"]
 #: knob -> (the setting that removes the feature or makes it easy, the hard one)
 KNOBS = {
     "overlap_share": (0.0, 1.0),
@@ -51,12 +51,6 @@ METRICS = [("mean_iou", "mean IoU", 100), ("recognition_rate", "recognition", 10
            ("composite_recognition_rate", "composite recognition", 100),
            ("lordosis_measurable_rate", "lordosis measurable", 100),
            ("lordosis_mae_deg", "lordosis MAE (deg)", 1)]
-
-
-def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"{' '.join(cmd[:2])} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
 def _params(base: dict, n: int, seed: int, knob: str | None, value: float | None) -> dict:
@@ -77,23 +71,27 @@ def _variant(work: Path, params: dict, models: list[str]) -> dict[str, dict]:
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     spinepipe = str(Path(sys.executable).with_name("spinepipe"))
     p = ["--params", str(work / "params.yaml"), "--quiet"]
-    _run([spinepipe, "phantom", "--output", str(work / "raw"), *p])
-    _run([spinepipe, "anonymize", "--input", str(work / "raw" / "dicom"), "--output",
-          str(work / "anon"), "--private", str(work / "private"), *p])
-    _run([spinepipe, "export", "--input", str(work / "anon"), "--output", str(work / "png"), *p])
-    _run([spinepipe, "phantom-annotations", "--via", str(work / "raw/annotations/via_project.json"),
-          "--png", str(work / "png"), "--private", str(work / "private"), "--output",
-          str(work / "ann"), "--holdout-output", str(work / "holdout.json"), "--readers-truth",
-          str(work / "readers.json"), "--double-read-output", str(work / "double.json"), *p])
-    _run([spinepipe, "convert", "--input", str(work / "ann"), "--images", str(work / "png"),
-          "--output", str(work / "processed"), *p])
+    run_or_exit([spinepipe, "phantom", "--output", str(work / "raw"), *p])
+    run_or_exit([spinepipe, "anonymize", "--input", str(work / "raw" / "dicom"),
+                 "--output", str(work / "anon"), "--private", str(work / "private"), *p])
+    run_or_exit([spinepipe, "export", "--input", str(work / "anon"),
+                 "--output", str(work / "png"), *p])
+    run_or_exit([spinepipe, "phantom-annotations",
+                 "--via", str(work / "raw/annotations/via_project.json"),
+                 "--png", str(work / "png"), "--private", str(work / "private"),
+                 "--output", str(work / "ann"), "--holdout-output", str(work / "holdout.json"),
+                 "--readers-truth", str(work / "readers.json"),
+                 "--double-read-output", str(work / "double.json"), *p])
+    run_or_exit([spinepipe, "convert", "--input", str(work / "ann"),
+                 "--images", str(work / "png"), "--output", str(work / "processed"), *p])
     out = {}
     for model in models:
         ev = work / "eval" / model
-        _run([spinepipe, "evaluate", "--model", model, "--fold", "0", "--run-dir",
-              str(ROOT / "models" / model / "fold0"), "--test", str(work / "processed/coco.json"),
-              "--masks", str(work / "processed/masks"), "--images", str(work / "png"),
-              "--output", str(ev), *p])
+        run_or_exit([spinepipe, "evaluate", "--model", model, "--fold", "0",
+                     "--run-dir", str(ROOT / "models" / model / "fold0"),
+                     "--test", str(work / "processed/coco.json"),
+                     "--masks", str(work / "processed/masks"), "--images", str(work / "png"),
+                     "--output", str(ev), *p])
         out[model] = json.loads((ev / "summary.json").read_text())
     return out
 

@@ -32,7 +32,8 @@ BAND = 5.0
 CALIBRATED = ("mean_iou", "recognition_rate")
 
 
-def _run(cmd: list[str]) -> None:
+def run_or_exit(cmd: list[str]) -> None:
+    """Run a spinepipe command; on failure exit with its output's tail."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{' '.join(cmd[1:3])} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -56,9 +57,9 @@ def main() -> None:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             work, out = Path(tmp) / model, Path(tmp) / f"eval_{model}"
-            _run([spinepipe, "train", "--model", model, "--fold", str(args.fold),
+            run_or_exit([spinepipe, "train", "--model", model, "--fold", str(args.fold),
                   "--work-dir", str(work), "--quiet"])
-            _run([spinepipe, "evaluate", "--model", model, "--fold", str(args.fold),
+            run_or_exit([spinepipe, "evaluate", "--model", model, "--fold", str(args.fold),
                   "--run-dir", str(work), "--output", str(out), "--quiet"])
             wall = time.perf_counter() - t0
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
