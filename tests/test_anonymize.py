@@ -25,7 +25,7 @@ from converters.dicom.deid_table import AnonymizeConfig
 from converters.dicom.deid_engine import anonymize_dataset
 from converters.dicom.anonymize import anonymize_tree
 from converters.core.errors import UnsafeLocationError
-from converters.core.files import TEMP_MARK
+from converters.core.files import TEMP_MARK, output_root
 from converters.dicom.ledger import load_or_create_salt, prepare_private
 
 SALT = b"\x01" * 32
@@ -786,3 +786,24 @@ def test_compiled_code_meanings_are_pydicoms_and_a_stale_table_is_ignored(tmp_pa
     assert pydicom.__version__ != "0.0"
     dt._compiled_codes.cache_clear()
     dt.standard_codes.cache_clear()
+
+
+def test_the_last_object_read_is_held_until_the_next_read_and_let_go_at_the_end(
+        tmp_path, small_phantom, monkeypatch):
+    """Objects are freed after the next read (the allocator reuses their memory), never one
+    over HOLD_AT_MOST, and nothing is held once the tree is done (no object outlives the
+    command in a process that goes on)."""
+    from converters.dicom import anonymize as anon
+    priv = prepare_private(tmp_path / "private")
+    salt = load_or_create_salt(priv)
+    src = sorted((small_phantom / "dicom").rglob("*.dcm"))[0]
+    job = (str(src), "dicom/a.dcm", str(tmp_path / "one"), salt, AnonymizeConfig())
+    with output_root(tmp_path / "one"):
+        assert anon._anonymize_file(job)[1].status == "anonymized"
+        assert len(anon._LAST_READ) == 1 and anon._LAST_READ[0].SOPInstanceUID
+        monkeypatch.setattr(anon, "HOLD_AT_MOST", src.stat().st_size - 1)
+        assert anon._anonymize_file(job)[1].status == "anonymized" and anon._LAST_READ == []
+    monkeypatch.undo()
+    report = anonymize_tree(small_phantom / "dicom", tmp_path / "out", priv, salt,
+                            AnonymizeConfig(), workers=1)
+    assert report.failed == 0 and anon._LAST_READ == []
