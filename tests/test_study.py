@@ -335,6 +335,15 @@ def test_the_readers_and_the_ground_truth_are_counted_from_images_csv(records, t
     assert "3 reader(s) annotated; 3 image(s) were read by two or more" in text
     assert "consensus on 2 image(s)" in text and "adjudication on 1" in text
     assert "one reader's polygons on 1" in text
+    assert "one polygon)" in text              # coco.json without these images: no count
+    (src.processed / "coco.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"},
+                   {"id": 3, "file_name": "d.png"}],
+        "annotations": [{"image_id": 1, "segmentation": [[0, 0, 1, 0, 1, 1, 0, 1]]},
+                        {"image_id": 3, "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2, 1, 3]]},
+                        {"image_id": 2, "segmentation": [list(range(40))]}]}))
+    # the most points of a consensus image's polygon (a.png, d.png), not the one reader's b.png
+    assert "one polygon of at most 5 points)" in _methods(src)
 
 
 # --------------------------------------------------------------------------------------------

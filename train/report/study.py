@@ -179,11 +179,12 @@ def _annotation_said(f: Facts) -> list[str]:
         out.append(f"Annotation: {NOT_RECORDED} (no convert report).")
     if f.readers:
         truths = f.truths or Counter()
+        most = f" of at most {f.consensus_points} points" if f.consensus_points else ""
         out.append("")
         out.append(f"{len(f.readers)} reader(s) annotated; {f.multi_read} image(s) were read "
                    f"by two or more. Ground truth: the readers' consensus on "
                    f"{truths.get('consensus', 0)} image(s) (per vertebra, STAPLE with three or "
-                   f"more readers, majority vote with two; one polygon of at most 15 points), "
+                   f"more readers, majority vote with two; one polygon{most}), "
                    f"an expert's adjudication on {truths.get('adjudicated', 0)}, one reader's "
                    f"polygons on {truths.get(ONE_READER, 0)}. Inter-reader agreement "
                    "(IoU, boundary distances, the clinical measures' ICC(2,1) and Bland-Altman "

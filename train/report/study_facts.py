@@ -145,6 +145,7 @@ class Facts:
     readers: list[str] | None = None                   # images.csv's readers, all images
     multi_read: int | None = None                      # images read by two or more
     truths: Counter | None = None                      # ground truth by kind
+    consensus_points: int | None = None                # most points of a consensus polygon
     splits: dict | None = None
     split_summary: dict | None = None
     synthetic: bool = False
@@ -201,6 +202,7 @@ def _annotation_facts(src: Sources, f: Facts) -> None:
     if f.convert and isinstance(f.convert.get("formats"), dict):
         f.via_versions = Counter(_md(v) for v in f.convert["formats"].values())
     table = src.processed / "images.csv"
+    consensus: set = set()         # the images whose ground truth is the readers' consensus
     try:
         with open_input(table, "r", encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
@@ -217,6 +219,7 @@ def _annotation_facts(src: Sources, f: Facts) -> None:
             f.truths = Counter("consensus" if r.get("ground_truth") == "consensus" else
                                "adjudicated" if r.get("ground_truth") == "adjudicated" else
                                ONE_READER for r in rows_)
+            consensus = {r.get("file_name") for r in rows_ if r.get("ground_truth") == "consensus"}
     except (OSError, UnicodeDecodeError, csv.Error):
         pass
     coco = _record(src.processed / "coco.json")
@@ -229,6 +232,17 @@ def _annotation_facts(src: Sources, f: Facts) -> None:
                for p in a["segmentation"] if isinstance(p, list)]
         if pts:
             f.points = (sum(pts) / len(pts), min(pts), max(pts))
+        f.consensus_points = _most_points(coco, consensus)
+
+
+def _most_points(coco: dict, names: set) -> int | None:
+    """The most points of one polygon on the images ``names`` (None: no such polygon)."""
+    ids = {im.get("id") for im in coco.get("images", [])
+           if isinstance(im, dict) and im.get("file_name") in names}
+    pts = [len(p) // 2 for a in coco["annotations"] if isinstance(a, dict)
+           and a.get("image_id") in ids and isinstance(a.get("segmentation"), list)
+           for p in a["segmentation"] if isinstance(p, list)]
+    return max(pts) if pts else None
 
 
 def _split_facts(src: Sources, f: Facts) -> None:
