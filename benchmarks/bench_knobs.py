@@ -53,7 +53,16 @@ METRICS = [("mean_iou", "mean IoU", 100), ("recognition_rate", "recognition", 10
            ("lordosis_mae_deg", "lordosis MAE (deg)", 1)]
 
 
-def _params(base: dict, n: int, seed: int, knob: str | None, value: float | None) -> dict:
+def require_trained(models: list[str]) -> None:
+    """Exit with one line unless each model has its demo run (``models/<model>/fold0``)."""
+    missing = [m for m in models if not (ROOT / "models" / m / "fold0" / "best.pth").exists()]
+    if missing:
+        sys.exit(f"no trained model for {', '.join(missing)} in models/<model>/fold0: "
+                 "run `make demo` first")
+
+
+def phantom_params(base: dict, n: int, seed: int, knob: str | None,
+                   value: float | None) -> dict:
     """params.yaml with the phantom's size and seed set, nothing quarantined or held out, one
     reader, and ``knob`` at ``value``."""
     params = json.loads(json.dumps(base))
@@ -64,7 +73,7 @@ def _params(base: dict, n: int, seed: int, knob: str | None, value: float | None
     return params
 
 
-def _variant(work: Path, params: dict, models: list[str]) -> dict[str, dict]:
+def evaluate_on_phantom(work: Path, params: dict, models: list[str]) -> dict[str, dict]:
     """Generate one phantom test set through the real commands and evaluate every model on it:
     model -> summary.json."""
     work.mkdir(parents=True)
@@ -133,10 +142,7 @@ def main() -> None:
     ap.add_argument("--knobs", nargs="+", default=list(KNOBS), choices=list(KNOBS))
     ap.add_argument("--csv", type=Path, help="also write every number to this CSV file")
     args = ap.parse_args()
-    missing = [m for m in args.models if not (ROOT / "models" / m / "fold0" / "best.pth").exists()]
-    if missing:
-        sys.exit(f"no trained model for {', '.join(missing)} in models/<model>/fold0: "
-                 "run `make demo` first")
+    require_trained(args.models)
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     settings: list[tuple[str, str | None, float | None]] = [
         ("phantom as in params.yaml", None, None)]
@@ -146,8 +152,9 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, knob, value) in enumerate(settings):
-            results[name] = _variant(Path(tmp) / f"v{i}",
-                                     _params(base, args.n, args.seed, knob, value), args.models)
+            results[name] = evaluate_on_phantom(
+                Path(tmp) / f"v{i}", phantom_params(base, args.n, args.seed, knob, value),
+                args.models)
             print(f"{name}: done ({(time.perf_counter() - t0) / 60:.1f} min)", file=sys.stderr)
     _report(results, args.models, args.n)
     if args.csv:
