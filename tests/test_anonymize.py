@@ -788,21 +788,35 @@ def test_compiled_code_meanings_are_pydicoms_and_a_stale_table_is_ignored(tmp_pa
     dt.standard_codes.cache_clear()
 
 
-def test_the_last_object_read_is_held_until_the_next_read_and_let_go_at_the_end(
+def test_the_last_object_written_is_held_until_the_next_read_and_let_go_at_the_end(
         tmp_path, small_phantom, monkeypatch):
-    """Objects are freed after the next read (the allocator reuses their memory), never one
-    over HOLD_AT_MOST, and nothing is held once the tree is done (no object outlives the
-    command in a process that goes on)."""
+    """An object written anonymized is freed only after the next read (the allocator reuses
+    its memory); never one holding more than HOLD_AT_MOST bytes of pixels in memory, never one
+    that failed (still identifying: it is let go at once, and so is the one held before), and
+    nothing is held once the tree is done (no object outlives the command)."""
     from converters.dicom import anonymize as anon
     priv = prepare_private(tmp_path / "private")
     salt = load_or_create_salt(priv)
     src = sorted((small_phantom / "dicom").rglob("*.dcm"))[0]
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 64)
     job = (str(src), "dicom/a.dcm", str(tmp_path / "one"), salt, AnonymizeConfig())
     with output_root(tmp_path / "one"):
         assert anon._anonymize_file(job)[1].status == "anonymized"
-        assert len(anon._LAST_READ) == 1 and anon._LAST_READ[0].SOPInstanceUID
-        monkeypatch.setattr(anon, "HOLD_AT_MOST", src.stat().st_size - 1)
+        held = anon._LAST_READ[0]
+        assert len(anon._LAST_READ) == 1 and held.PatientID != pydicom.dcmread(src).PatientID
+        failed = anon._anonymize_file((str(junk), "dicom/junk.dcm", *job[2:]))
+        assert failed[1].status == "failed" and anon._LAST_READ == []
+        assert anon._anonymize_file(job)[1].status == "anonymized" and anon._LAST_READ
+        monkeypatch.setattr(anon, "HOLD_AT_MOST", len(held.PixelData) - 1)
         assert anon._anonymize_file(job)[1].status == "anonymized" and anon._LAST_READ == []
+    ds = pydicom.dcmread(src)       # the pixels decoded (pydicom keeps the array) count too
+    monkeypatch.setattr(anon, "HOLD_AT_MOST", len(ds.PixelData) + 10)
+    anon._hold(ds)
+    assert anon._LAST_READ == [ds]
+    assert ds.pixel_array.nbytes > 10
+    anon._hold(ds)
+    assert anon._LAST_READ == []
     monkeypatch.undo()
     report = anonymize_tree(small_phantom / "dicom", tmp_path / "out", priv, salt,
                             AnonymizeConfig(), workers=1)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,21 +115,32 @@ def _part_name(out_rel: str, rel: str) -> str:
     return f"{folder}/.{name}.{hashlib.sha1(rel.encode()).hexdigest()[:12]}{TEMP_MARK}"
 
 
-#: the object read last in this process, let go only once the next one is read: glibc's
-#: allocator then reuses its memory for the next read instead of handing it back to the system
-#: and faulting it in again (pydicom's read of a 6 MB object: 2.6 ms freed first, 1.3 ms
-#: freed after; a 30-object command 10-18 % faster, ``benchmarks/bench_anonymize.py``); not an
-#: object over :data:`HOLD_AT_MOST` bytes (glibc maps those afresh anyway: holding one would
-#: only double the memory a worker needs)
+#: the object anonymized last in this process, let go only once the next one has been read:
+#: glibc's allocator then reuses its memory for the next read instead of handing it back to the
+#: system and faulting it in again (pydicom's read of a 6 MB object: 2.6 ms freed first, 1.3 ms
+#: freed after; a 30-object command 10-18 % faster, ``benchmarks/bench_anonymize.py``). Only an
+#: object written anonymized (one that failed or was quarantined, still identifying, is let go
+#: at once) and holding at most :data:`HOLD_AT_MOST` bytes of pixels in memory (its pixel data,
+#: inflated, and any decoded array pydicom keeps): glibc maps larger blocks afresh anyway, and
+#: holding one would double the memory a worker needs
 _LAST_READ: list[Dataset] = []
 HOLD_AT_MOST = 32 << 20
 
 
+def _hold(ds: Dataset | None) -> None:
+    """Hold ``ds`` as :data:`_LAST_READ` (None: hold nothing), letting the previous one go."""
+    if ds is not None:
+        decoded = getattr(ds, "_pixel_array", None)      # pydicom's cache of ds.pixel_array
+        resident = len(ds.get("PixelData") or b"") + int(getattr(decoded, "nbytes", 0))
+        ds = ds if resident <= HOLD_AT_MOST else None
+    _LAST_READ[:] = [] if ds is None else [ds]
+
+
 def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeConfig]) -> tuple[str, Outcome, str]:
     src, rel, out_root, salt, options = args
+    written = None
     try:
         ds = read_dicom(src)
-        _LAST_READ[:] = [ds] if os.path.getsize(src) <= HOLD_AT_MOST else []
         outcome = anonymize_dataset(ds, salt, options, file=rel)
         if outcome.status != "anonymized":
             return rel, outcome, ""
@@ -147,6 +157,7 @@ def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeConfig]) -> tuple
         # the parent decides which one becomes out_rel (see _part_name)
         with atomic_path(confined(out_root, _part_name(out_rel, rel), file=rel)) as tmp:
             ds.save_as(tmp, enforce_file_format=hasattr(ds, "file_meta") and bool(ds.file_meta))
+        written = ds
         return rel, outcome, out_rel
     except SpinepipeError as exc:
         return rel, Outcome("failed", str(exc)), ""
@@ -159,6 +170,8 @@ def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeConfig]) -> tuple
             raise
         # malformed values pydicom (or a decoder) chokes on: report, go on
         return rel, Outcome("failed", f"{rel}: {type(exc).__name__}: {exc}".splitlines()[0]), ""
+    finally:
+        _hold(written)
 
 
 def _anonymize_files(jobs: list, workers: int, progress) -> list[tuple[str, Outcome, str]]:
