@@ -344,6 +344,21 @@ def test_the_readers_and_the_ground_truth_are_counted_from_images_csv(records, t
                         {"image_id": 2, "segmentation": [list(range(40))]}]}))
     # the most points of a consensus image's polygon (a.png, d.png), not the one reader's b.png
     assert "one polygon of at most 5 points)" in _methods(src)
+    # images without names, on both sides, are no consensus images; a polygon of two points
+    # is none
+    (src.processed / "images.csv").write_text(
+        "readers,ground_truth\nann ben,consensus\n")
+    (src.processed / "coco.json").write_text(json.dumps({
+        "images": [{"id": 1}, {"id": 2, "file_name": ""}],
+        "annotations": [{"image_id": 1, "segmentation": [list(range(40))]},
+                        {"image_id": 2, "segmentation": [list(range(40))]}]}))
+    assert "one polygon)" in _methods(src)
+    (src.processed / "images.csv").write_text(
+        "file_name,readers,ground_truth\na.png,ann ben,consensus\n")
+    (src.processed / "coco.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png"}],
+        "annotations": [{"image_id": 1, "segmentation": [[1, 2, 3, 4]]}]}))
+    assert "one polygon)" in _methods(src)
 
 
 # --------------------------------------------------------------------------------------------

@@ -219,7 +219,8 @@ def _annotation_facts(src: Sources, f: Facts) -> None:
             f.truths = Counter("consensus" if r.get("ground_truth") == "consensus" else
                                "adjudicated" if r.get("ground_truth") == "adjudicated" else
                                ONE_READER for r in rows_)
-            consensus = {r.get("file_name") for r in rows_ if r.get("ground_truth") == "consensus"}
+            consensus = {r["file_name"] for r in rows_ if r.get("ground_truth") == "consensus"
+                         and isinstance(r.get("file_name"), str) and r["file_name"]}
     except (OSError, UnicodeDecodeError, csv.Error):
         pass
     coco = _record(src.processed / "coco.json")
@@ -235,13 +236,15 @@ def _annotation_facts(src: Sources, f: Facts) -> None:
         f.consensus_points = _most_points(coco, consensus)
 
 
-def _most_points(coco: dict, names: set) -> int | None:
-    """The most points of one polygon on the images ``names`` (None: no such polygon)."""
-    ids = {im.get("id") for im in coco.get("images", [])
-           if isinstance(im, dict) and im.get("file_name") in names}
+def _most_points(coco: dict, names: set[str]) -> int | None:
+    """The most points of one polygon (three or more) on the images ``names`` (None: no such
+    polygon, or an image not named, ids not numbers: not recorded)."""
+    ids = {im["id"] for im in coco.get("images", []) if isinstance(im, dict)
+           and isinstance(im.get("file_name"), str) and im["file_name"] in names
+           and isinstance(im.get("id"), int)}
     pts = [len(p) // 2 for a in coco["annotations"] if isinstance(a, dict)
            and a.get("image_id") in ids and isinstance(a.get("segmentation"), list)
-           for p in a["segmentation"] if isinstance(p, list)]
+           for p in a["segmentation"] if isinstance(p, list) and len(p) >= 6]
     return max(pts) if pts else None
 
 
