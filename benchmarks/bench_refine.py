@@ -33,7 +33,7 @@ from bench_learning import MODELS
 from converters.core.provenance import pixel_spacing, read_record
 from converters.spine.refine import MeasuresConfig
 from pipeline.params import load_section
-from train.evaluation.evaluate import family, score
+from train.evaluation.evaluate import EvaluateConfig, family, score
 from train.evaluation.recognition import PostprocessConfig, RecognitionConfig
 from train.evaluation.test_set import TestSet
 
@@ -54,14 +54,14 @@ def settings(base: MeasuresConfig) -> list[tuple[str, MeasuresConfig]]:
     return out
 
 
-def measure(work: Path, models: list[str], configs: list[tuple[str, MeasuresConfig]]
-            ) -> dict[str, dict[str, dict]]:
+def measure(work: Path, models: list[str], configs: list[tuple[str, MeasuresConfig]],
+            recognition: RecognitionConfig) -> dict[str, dict[str, dict]]:
     """setting -> model -> the measures' groups (summary.json's ``measures.groups``) of the
-    predictions kept in ``work/eval/<model>``, measured with each config."""
+    predictions kept in ``work/eval/<model>``, measured with each config (levels assigned as
+    evaluate assigns them: ``recognition``, from params.yaml's postprocess and evaluate)."""
     test = TestSet.load(work / "processed/coco.json", work / "processed/masks")
     spacing = {im["file_name"]: pixel_spacing(read_record(work / "png", im["file_name"]))
                for im in test.images}
-    recognition = RecognitionConfig(**asdict(PostprocessConfig()))
     out: dict[str, dict[str, dict]] = {}
     for name, cfg in configs:
         for model in models:
@@ -97,6 +97,9 @@ def main() -> None:
     require_trained(args.models)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     base = load_section(MeasuresConfig, "measures", ROOT / "params.yaml")
+    recognition = RecognitionConfig(
+        **asdict(load_section(PostprocessConfig, "postprocess", ROOT / "params.yaml")),
+        match_iou=load_section(EvaluateConfig, "evaluate", ROOT / "params.yaml").match_iou)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "val"
@@ -104,7 +107,7 @@ def main() -> None:
                             args.models)
         print(f"validation set and predictions: {time.perf_counter() - t0:.0f} s",
               file=sys.stderr)
-        results = measure(work, args.models, settings(base))
+        results = measure(work, args.models, settings(base), recognition)
     print(f"measured {len(results)} settings in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)
     report(results, args.models, args.n)
