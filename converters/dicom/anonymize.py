@@ -115,14 +115,15 @@ def _part_name(out_rel: str, rel: str) -> str:
     return f"{folder}/.{name}.{hashlib.sha1(rel.encode()).hexdigest()[:12]}{TEMP_MARK}"
 
 
-#: the object anonymized last in this process, let go only once the next one has been read:
-#: glibc's allocator then reuses its memory for the next read instead of handing it back to the
-#: system and faulting it in again (pydicom's read of a 6 MB object: 2.6 ms freed first, 1.3 ms
-#: freed after; a 30-object command 10-18 % faster, ``benchmarks/bench_anonymize.py``). Only an
-#: object written anonymized (one that failed or was quarantined, still identifying, is let go
-#: at once) and holding at most :data:`HOLD_AT_MOST` bytes of pixels in memory (its pixel data,
-#: inflated, and any decoded array pydicom keeps): glibc maps larger blocks afresh anyway, and
-#: holding one would double the memory a worker needs
+#: the object anonymized last in this process, let go only right after the next one has been
+#: read: glibc's allocator then reuses its memory for what follows instead of handing it back
+#: to the system and faulting it in again (pydicom's read of a 6 MB object: 2.6 ms freed first,
+#: 1.3 ms freed after; a 30-object command 10-18 % faster, ``benchmarks/bench_anonymize.py``;
+#: let go after the write instead, 8 % with one worker, nothing with two). Only an object written
+#: anonymized stays held (one that failed or was quarantined, still identifying, is let go when
+#: its call ends) and only one holding at most :data:`HOLD_AT_MOST` bytes of pixels in memory
+#: (its pixel data, inflated, and any decoded array pydicom keeps): glibc maps larger blocks
+#: afresh anyway, and holding one would double the memory a worker needs
 _LAST_READ: list[Dataset] = []
 HOLD_AT_MOST = 32 << 20
 
@@ -141,6 +142,8 @@ def _anonymize_file(args: tuple[str, str, str, bytes, AnonymizeConfig]) -> tuple
     written = None
     try:
         ds = read_dicom(src)
+        _LAST_READ[:] = [ds]      # the one held before goes now, after this read (no longer
+        # than ``ds`` itself lives, unless written: see the ``finally``)
         outcome = anonymize_dataset(ds, salt, options, file=rel)
         if outcome.status != "anonymized":
             return rel, outcome, ""
