@@ -376,8 +376,34 @@ def test_albumentations_run_inside_the_training_pipeline(project, model, split):
     sample = item["data_samples"]
     if model == "mask_rcnn":
         assert len(sample.gt_instances.masks) == len(sample.gt_instances.bboxes) > 0
+        # masks loaded as polygons, rasterized right after the resize, at the input size
+        pipe = leaf.train_dataloader.dataset.pipeline
+        load = next(t for t in pipe if t["type"] == "LoadAnnotations")
+        assert load["poly2mask"] is False
+        assert steps[steps.index("Resize") + 1] == "PolygonsToBitmaps"
+        assert sample.gt_instances.masks.masks.dtype == np.uint8
+        assert sample.gt_instances.masks.masks.shape[1:] == (240, 96)
     else:
         assert set(np.unique(sample.gt_sem_seg.data.numpy())) <= {0, 1, 2}
+        assert "PolygonsToBitmaps" not in steps
+
+
+def test_instance_masks_are_rasterized_at_the_input_size():
+    """A polygon resized to half its image, then made a bitmap (train/fit/augment.py): uint8
+    (OpenCV's warps refuse bool), at the new size, covering the rectangle's half-size pixels;
+    bitmaps and images without masks pass unchanged."""
+    import numpy as np
+    from mmdet.structures.mask import BitmapMasks, PolygonMasks
+    from train.fit.augment import PolygonsToBitmaps
+    rect = PolygonMasks([[np.array([10.0, 20.0, 50.0, 20.0, 50.0, 80.0, 10.0, 80.0])]], 100, 60)
+    out = PolygonsToBitmaps()({"gt_masks": rect.resize((50, 30))})["gt_masks"]
+    assert isinstance(out, BitmapMasks) and out.masks.dtype == np.uint8
+    assert out.masks.shape == (1, 50, 30)
+    ys, xs = np.nonzero(out.masks[0])
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 39, 5, 24)   # x 5-25, y 10-40
+    bitmap = BitmapMasks(np.ones((1, 4, 4), np.uint8), 4, 4)
+    assert PolygonsToBitmaps()({"gt_masks": bitmap})["gt_masks"] is bitmap
+    assert PolygonsToBitmaps()({"img": 1}) == {"img": 1}
 
 
 def test_every_model_config_builds_its_model():

@@ -13,16 +13,43 @@ pipeline just before packing:
 
 Images are uint8 here (after loading, before normalization), so albumentations' pixel-level
 transforms see the exported PNG's 0-255 values.
+
+Instance masks reach these steps as bitmaps at the input size (:class:`PolygonsToBitmaps`,
+which every instance model's training pipeline has right after its resize:
+:func:`train.fit.run_config.build_leaf`).
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+from mmcv.transforms import BaseTransform
+from mmdet.registry import TRANSFORMS as DET_TRANSFORMS
+from mmdet.structures.mask import BitmapMasks, PolygonMasks
 from mmseg.datasets.transforms import Albu as _SegAlbu
 from mmseg.registry import TRANSFORMS
 
-#: what a leaf config needs so MMEngine registers :class:`GrayAlbu` in any process
+#: what a leaf config needs so MMEngine registers :class:`GrayAlbu` and
+#: :class:`PolygonsToBitmaps` in any process
 CUSTOM_IMPORTS = dict(imports=["train.fit.augment"], allow_failed_imports=False)
+
+
+@DET_TRANSFORMS.register_module()
+class PolygonsToBitmaps(BaseTransform):
+    """Instance masks rasterized at the model's input size: loaded as polygons
+    (``LoadAnnotations(poly2mask=False)``), resized as polygons, made bitmaps here, after the
+    resize (MMDetection's default rasterizes each at the image's full size and resizes the
+    bitmaps: at the study preset 56 of an instance model's 89 ms per image,
+    ``benchmarks/bench_dataloader.py``). Bitmaps from here on, as the steps after (``Albu``,
+    the models' mask targets) have them."""
+
+    def transform(self, results: dict) -> dict:
+        masks = results.get("gt_masks")
+        if isinstance(masks, PolygonMasks):     # uint8, as LoadAnnotations makes them (its
+            # bitmaps; PolygonMasks.to_bitmap's are bool, which OpenCV's warps refuse)
+            results["gt_masks"] = BitmapMasks(masks.to_ndarray().astype(np.uint8),
+                                              masks.height, masks.width)
+        return results
 
 
 @TRANSFORMS.register_module()

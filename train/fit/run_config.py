@@ -192,6 +192,8 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
             _yolact_input_size(cfg, int(img_scale[0]), int(img_scale[1]))
         else:
             set_transform(cfg, "Resize", scale=tuple(img_scale))
+    if fam == "instance":
+        _masks_at_input_size(cfg)
     if crop_size is not None and fam == "semantic":
         set_transform(cfg, "RandomCrop", crop_size=tuple(crop_size))
         cfg.model.data_preprocessor["size"] = tuple(crop_size)
@@ -199,6 +201,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
         pipeline = cfg.train_dataloader.dataset.pipeline
         pack = next(i for i, t in enumerate(pipeline) if t["type"].startswith("Pack"))
         pipeline.insert(pack, augment_step(fam, augment))
+    if augment or fam == "instance":
         cfg.custom_imports = CUSTOM_IMPORTS
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.randomness = dict(seed=seed)
@@ -218,6 +221,18 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
         cfg.merge_from_dict(nested_options(options), allow_list_keys=True)
     check_loops(cfg, model)
     return cfg
+
+
+def _masks_at_input_size(cfg: Config) -> None:
+    """An instance model's training pipeline loads its masks as polygons and rasterizes them
+    after its resize (:class:`train.fit.augment.PolygonsToBitmaps`), not at the image's full
+    size before it."""
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    for step in pipeline:
+        if step["type"] == "LoadAnnotations" and step.get("with_mask"):
+            step["poly2mask"] = False
+    resize = max(i for i, t in enumerate(pipeline) if t["type"] == "Resize")
+    pipeline.insert(resize + 1, dict(type="PolygonsToBitmaps"))
 
 
 def nested_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
