@@ -527,6 +527,9 @@ def test_study_preset_builds_every_model_and_trains_an_iteration_on_cpu(project)
         with DefaultScope.overwrite_default_scope(leaf.default_scope):
             net = REGISTRY.build(leaf.model)
         assert sum(p.numel() for p in net.parameters()) > 5e6, model  # full-size backbones
+        loader = leaf.train_dataloader                  # the GPU fed by workers (issue 27)
+        assert (loader.num_workers, loader.persistent_workers, loader.pin_memory) == \
+            (8, True, True), model
     (project / "study.yaml").write_text(yaml.safe_dump({"train": {
         **yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["train"],
         "images": str(project / "png"), "masks": str(project / "processed" / "masks"),
