@@ -34,8 +34,8 @@ from pathlib import Path
 import cv2
 import yaml
 
-from bench_knobs import ROOT, phantom_params  # (benchmarks/ on sys.path)
-from bench_learning import MODELS, run_or_exit
+from bench_knobs import ROOT, make_phantom_set, phantom_params  # (benchmarks/ on sys.path)
+from bench_learning import MODELS
 
 for _noise in ("pkg_resources is deprecated", "`reduce_zero_label` will be deprecated"):
     warnings.filterwarnings("ignore", message=_noise)   # the libraries' own, once per process
@@ -47,25 +47,7 @@ def make_data(work: Path, n: int, seed: int) -> Path:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = phantom_params(base, n, seed, None, None)
     params["phantom"].update(height=2870, width=1100)
-    work.mkdir(parents=True)
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    spinepipe = str(Path(sys.executable).with_name("spinepipe"))
-    p = ["--params", str(work / "params.yaml"), "--quiet"]
-    run_or_exit([spinepipe, "phantom", "--output", str(work / "raw"), *p])
-    run_or_exit([spinepipe, "anonymize", "--input", str(work / "raw" / "dicom"),
-                 "--output", str(work / "anon"), "--private", str(work / "private"), *p])
-    run_or_exit([spinepipe, "export", "--input", str(work / "anon"),
-                 "--output", str(work / "png"), *p])
-    run_or_exit([spinepipe, "phantom-annotations",
-                 "--via", str(work / "raw/annotations/via_project.json"),
-                 "--png", str(work / "png"), "--private", str(work / "private"),
-                 "--output", str(work / "ann"), "--holdout-output", str(work / "holdout.json"),
-                 "--readers-truth", str(work / "readers.json"),
-                 "--double-read-output", str(work / "double.json"), *p])
-    run_or_exit([spinepipe, "convert", "--input", str(work / "ann"),
-                 "--images", str(work / "png"), "--output", str(work / "processed"), *p])
-    run_or_exit([spinepipe, "split", "--input", str(work / "processed"),
-                 "--output", str(work / "splits"), *p])
+    make_phantom_set(work, params, split=True)
     return work / "params.yaml"
 
 

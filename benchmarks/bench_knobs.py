@@ -73,9 +73,10 @@ def phantom_params(base: dict, n: int, seed: int, knob: str | None,
     return params
 
 
-def evaluate_on_phantom(work: Path, params: dict, models: list[str]) -> dict[str, dict]:
-    """Generate one phantom test set through the real commands and evaluate every model on it:
-    model -> summary.json."""
+def make_phantom_set(work: Path, params: dict, *, split: bool = False) -> list[str]:
+    """One phantom set through the real commands into ``work`` (phantom, anonymize, export,
+    phantom-annotations, convert; with ``split``, split into ``work/splits`` too), made with
+    ``params``; returns the arguments every later command takes (``--params``, ``--quiet``)."""
     work.mkdir(parents=True)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     spinepipe = str(Path(sys.executable).with_name("spinepipe"))
@@ -93,6 +94,17 @@ def evaluate_on_phantom(work: Path, params: dict, models: list[str]) -> dict[str
                  "--double-read-output", str(work / "double.json"), *p])
     run_or_exit([spinepipe, "convert", "--input", str(work / "ann"),
                  "--images", str(work / "png"), "--output", str(work / "processed"), *p])
+    if split:
+        run_or_exit([spinepipe, "split", "--input", str(work / "processed"),
+                     "--output", str(work / "splits"), *p])
+    return p
+
+
+def evaluate_on_phantom(work: Path, params: dict, models: list[str]) -> dict[str, dict]:
+    """Generate one phantom test set through the real commands and evaluate every model on it:
+    model -> summary.json."""
+    p = make_phantom_set(work, params)
+    spinepipe = str(Path(sys.executable).with_name("spinepipe"))
     out = {}
     for model in models:
         ev = work / "eval" / model

@@ -228,12 +228,18 @@ def _annotation_facts(src: Sources, f: Facts) -> None:
         f.classes = [_md(c.get("name")) for c in coco.get("categories", [])
                      if isinstance(c, dict)]
         f.instances = len(coco["annotations"])
-        pts = [len(p) // 2 for a in coco["annotations"] if isinstance(a, dict)
-               and isinstance(a.get("segmentation"), list)
-               for p in a["segmentation"] if isinstance(p, list)]
+        pts = _points(coco["annotations"])
         if pts:
             f.points = (sum(pts) / len(pts), min(pts), max(pts))
         f.consensus_points = _most_points(coco, consensus)
+
+
+def _points(annotations: list, image_ids: set | None = None) -> list[int]:
+    """Points of each polygon of the annotations (of the images ``image_ids``: all if None)."""
+    return [len(p) // 2 for a in annotations if isinstance(a, dict)
+            and (image_ids is None or a.get("image_id") in image_ids)
+            and isinstance(a.get("segmentation"), list)
+            for p in a["segmentation"] if isinstance(p, list)]
 
 
 def _most_points(coco: dict, names: set[str]) -> int | None:
@@ -242,10 +248,7 @@ def _most_points(coco: dict, names: set[str]) -> int | None:
     ids = {im["id"] for im in coco.get("images", []) if isinstance(im, dict)
            and isinstance(im.get("file_name"), str) and im["file_name"] in names
            and isinstance(im.get("id"), int)}
-    pts = [len(p) // 2 for a in coco["annotations"] if isinstance(a, dict)
-           and a.get("image_id") in ids and isinstance(a.get("segmentation"), list)
-           for p in a["segmentation"] if isinstance(p, list) and len(p) >= 6]
-    return max(pts) if pts else None
+    return max((n for n in _points(coco["annotations"], ids) if n >= 3), default=None)
 
 
 def _split_facts(src: Sources, f: Facts) -> None:
