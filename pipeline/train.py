@@ -20,6 +20,7 @@ from converters.core.errors import UsageError
 from converters.core.files import prepare_output, write_json
 from pipeline.console import ParamsOption, QuietOption, library_output_to, say
 from pipeline.params import load_yaml, read_params_file, stage_params
+from train.fit.precision import FULL
 from train.models import get, help_list, run_dir
 
 
@@ -74,5 +75,7 @@ def command(
     rank = f" (rank {metrics['rank']} of {metrics['world_size']})" \
         if metrics["world_size"] > 1 else ""
     best = "none" if metrics["best"] is None else f"{metrics['best']:.4g}"
+    precision = metrics.get("precision") or FULL
+    said = "" if precision == FULL else f"; precision {precision}"  # mixed, or full for a reason
     say(f"train: {model} fold {fold}{rank}: best {metrics['metric']} = {best} "
-        f"after {metrics['iterations']} iterations -> {work}")
+        f"after {metrics['iterations']} iterations -> {work}{said}")

@@ -518,6 +518,8 @@ def test_study_preset_builds_every_model_and_trains_an_iteration_on_cpu(project)
     from pipeline.params import load_section
     from train.models import names
     from train.fit.runner import TrainConfig, prepare_run
+    from train.fit.precision import FULL, MIXED, NO_DEVICE
+    import torch
     cfg = load_section(TrainConfig, "train", Path(__file__).parents[1] / "params.yaml")
     cfg = TrainConfig(**{**cfg.__dict__, "images": str(project / "png"),
                          "masks": str(project / "processed" / "masks"),
@@ -530,6 +532,10 @@ def test_study_preset_builds_every_model_and_trains_an_iteration_on_cpu(project)
         loader = leaf.train_dataloader                  # the GPU fed by workers (issue 27)
         assert (loader.num_workers, loader.persistent_workers, loader.pin_memory) == \
             (8, True, True), model
+        # mixed precision asked for everywhere; this CPU runs it in full (tests/test_precision)
+        assert leaf.spinepipe_precision == (MIXED if torch.cuda.is_available() else
+                                            FULL + ": " + NO_DEVICE), model
+        assert leaf.env_cfg.cudnn_benchmark is True, model
     (project / "study.yaml").write_text(yaml.safe_dump({"train": {
         **yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["train"],
         "images": str(project / "png"), "masks": str(project / "processed" / "masks"),
@@ -541,6 +547,7 @@ def test_study_preset_builds_every_model_and_trains_an_iteration_on_cpu(project)
                   "--cfg-options", "train_dataloader.dataset.indices=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "after 1 iterations" in proc.stderr + proc.stdout
+    assert f"; precision {leaf.spinepipe_precision}" in proc.stderr, proc.stderr
     from mmengine.config import Config
     leaf = Config.fromfile(str(project / "study" / "run" / "config.py"))
     resize = [t for t in leaf.train_dataloader.dataset.pipeline if t["type"] == "Resize"]

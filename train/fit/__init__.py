@@ -7,10 +7,12 @@ per module):
   written for (data block, class counts, grayscale input, no remote weights).
 - ``augment``: Albumentations inside the MMDetection / MMSegmentation training pipelines.
 - ``checkpoint``: Loading mmengine checkpoints under torch >= 2.6's ``weights_only=True`` default.
+- ``precision``: Mixed precision (MMEngine's AmpOptimWrapper) where a preset asks for it and
+  the device runs it; full precision where it cannot, and for a run that diverges under it.
 - ``run_config``: Per-run ("leaf") MMEngine configs: a model config from ``train/configs/`` plus
   this run's data paths, image scale and schedule.
 - ``runner``: Training through MMEngine's Runner, exactly as MMDetection's / MMSegmentation's tools
   do.
 """
 
-__all__ = ["adapt", "augment", "checkpoint", "run_config", "runner"]
+__all__ = ["adapt", "augment", "checkpoint", "precision", "run_config", "runner"]

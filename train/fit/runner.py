@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +30,7 @@ from converters.core.files import (link_into_place, prepare_output, refuse_links
                                    write_json, write_text)
 from converters.core.records import read_json
 from train.fit.checkpoint import allow_mmengine_checkpoints
+from train.fit.precision import MIXED, settle_precision, to_full_precision
 from train.models import BEST_METRIC, family, family_of_scope, names
 from train.fit.run_config import build_leaf, nested_options, replace_type
 
@@ -82,6 +84,8 @@ class FiniteLoss(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         loss = (outputs or {}).get("loss")
+        if hasattr(loss, "detach"):   # AmpOptimWrapper's loss keeps its graph
+            loss = loss.detach()
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingDivergedError(
                 f"training diverged at iteration {runner.iter + 1}: loss {float(loss)}; lower "
@@ -203,7 +207,35 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
                                       broadcast_buffers=False,
                                       find_unused_parameters=leaf.get("find_unused_parameters",
                                                                       False))
+    settle_precision(leaf)
     return leaf
+
+
+def _train_in_either_precision(leaf: Config, work: Path, resume: bool) -> Runner:
+    """Train as the leaf config says; a run in mixed precision whose loss stops being finite
+    is trained again from its first iteration in full precision (:mod:`train.fit.precision`),
+    its config.py rewritten to say so and the failed attempt's checkpoints removed."""
+    started = time.time()
+    if int(os.environ.get("RANK", "0")) == 0:  # before the process group exists
+        write_text(work / "config.py", leaf.pretty_text)  # what Config.dump writes, confined
+    try:
+        return train(leaf, resume=resume)
+    except TrainingDivergedError as exc:
+        if leaf.get("spinepipe_precision") != MIXED:
+            raise
+        from mmengine.logging import print_log
+
+        what = exc.message.split(";")[0]
+        print_log(f"{what} in mixed precision: training again from iteration 1 in float32",
+                  logger="current")
+        to_full_precision(leaf, f"{what} in mixed precision (float16 overflow), trained "
+                                "again from the first iteration")
+    if int(os.environ.get("RANK", "0")) == 0:
+        for path in [*work.glob("*.pth"), work / "last_checkpoint"]:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime >= started:
+                path.unlink()   # the diverged attempt's: never resumed from, never kept
+        write_text(work / "config.py", leaf.pretty_text)
+    return train(leaf, resume=False)
 
 
 def _cuda() -> bool:
@@ -242,16 +274,15 @@ def run(leaf: Config, *, resume: bool = False) -> dict:
     work = Path(leaf.work_dir)
     prepare_output(work)
     refuse_links_below(work)  # MMEngine opens its files with plain open(): links are followed
-    if int(os.environ.get("RANK", "0")) == 0:  # before the process group exists
-        write_text(work / "config.py", leaf.pretty_text)  # what Config.dump writes, confined
-    runner = train(leaf, resume=resume)
+    runner = _train_in_either_precision(leaf, work, resume)
     rank, world_size = get_dist_info()
     fam = family_of_scope(leaf.default_scope)
     best_ckpt = runner.message_hub.get_info("best_ckpt")
     best_score = runner.message_hub.get_info("best_score")
     metrics = {"metric": BEST_METRIC[fam], "best": float(best_score) if best_score is not None
                else None, "iterations": int(runner.iter), "epochs": int(runner.epoch),
-               "world_size": world_size, **trained_with(runner.model, leaf.default_scope)}
+               "world_size": world_size, "precision": leaf.get("spinepipe_precision"),
+               **trained_with(runner.model, leaf.default_scope)}
     if rank == 0:
         if best_ckpt and Path(best_ckpt).is_file():
             # a second name, not a copy: a Mask R-CNN checkpoint is 170 MB

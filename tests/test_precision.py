@@ -1,0 +1,94 @@
+"""Mixed precision (train/fit/precision.py): AmpOptimWrapper where a preset asks for it and the
+device runs it, full precision where it cannot and, said, for a run that diverges under it.
+
+MMEngine refuses AmpOptimWrapper without an accelerator (its constructor asserts CUDA / NPU /
+MLU / MUSA). The tests that train in mixed precision on this CPU open that one gate, so the real
+wrapper runs: autocast to bfloat16 (MMEngine's CPU autocast), the loss scaler (which disables
+itself without CUDA), MMEngine's Runner, spinepipe's fallback.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from converters.core.errors import TrainingDivergedError
+from train.fit import precision
+from train.fit.precision import FULL, MIXED, settle_precision
+from train.fit.run_config import build_leaf
+from train.fit.runner import run
+
+TINY_UNET = {"model": {"backbone": {"base_channels": 8},
+                       "decode_head": {"in_channels": 8, "channels": 8},
+                       "auxiliary_head": {"in_channels": 16, "channels": 8}},
+             "train_cfg": {"max_iters": 4, "val_interval": 2},
+             "default_hooks": {"checkpoint": {"interval": 2}, "logger": {"interval": 1}}}
+AMP = {"type": "AmpOptimWrapper", "loss_scale": "dynamic"}
+
+
+def _leaf(data: Path, work: Path, **options):
+    return build_leaf("unet", images=data / "images", masks=data / "masks",
+                      train_ann=data / "train.txt", val_ann=data / "val.txt", work_dir=work,
+                      img_scale=(64, 160), crop_size=(64, 64), dvclive=False,
+                      options={**TINY_UNET, **options})
+
+
+@pytest.fixture()
+def mixed_precision_on_cpu(monkeypatch):
+    """MMEngine's device gate opened (see the module's docstring): the real wrapper runs."""
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+    monkeypatch.setattr(amp_optimizer_wrapper, "is_cuda_available", lambda: True)
+    monkeypatch.setattr(precision, "mixed_precision_device", lambda: True)
+
+
+def test_a_preset_asking_for_mixed_precision_gets_it_only_where_the_device_runs_it(
+        tmp_path, tiny_dataset):
+    import torch
+    leaf = _leaf(tiny_dataset, tmp_path / "run", optim_wrapper={**AMP, "clip_grad": None})
+    optimizer = dict(leaf.optim_wrapper.optimizer)
+    said = settle_precision(leaf)
+    if torch.cuda.is_available():       # the GPU machine: the branch this CPU cannot take
+        assert said == MIXED and leaf.optim_wrapper.type == "AmpOptimWrapper"
+    else:
+        assert said.startswith(FULL + ": ") and "CUDA" in said, said
+        assert dict(leaf.optim_wrapper) == {"type": "OptimWrapper", "optimizer": optimizer,
+                                            "clip_grad": None}
+    assert leaf.spinepipe_precision == said               # in the run's config.py
+    plain = _leaf(tiny_dataset, tmp_path / "plain")
+    assert settle_precision(plain) == FULL and plain.optim_wrapper.type == "OptimWrapper"
+
+
+def test_a_run_in_mixed_precision_trains_and_says_so(tmp_path, tiny_dataset,
+                                                      mixed_precision_on_cpu):
+    leaf = _leaf(tiny_dataset, tmp_path / "run", optim_wrapper=AMP)
+    assert settle_precision(leaf) == MIXED
+    metrics = run(leaf)
+    assert metrics["precision"] == MIXED and metrics["iterations"] == 4
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"] == MIXED
+    assert "AmpOptimWrapper" in (tmp_path / "run" / "config.py").read_text()
+    assert (tmp_path / "run" / "best.pth").is_file()
+
+
+def test_a_run_diverging_in_mixed_precision_trains_again_in_full_precision(
+        tmp_path, tiny_dataset, mixed_precision_on_cpu):
+    """A learning rate of 1e8 diverges in any precision: the mixed attempt stops at its first
+    NaN loss, the run starts again in float32 (its config.py and log say so), and the float32
+    attempt's own divergence is the error."""
+    work = tmp_path / "run"
+    leaf = _leaf(tiny_dataset, work, optim_wrapper={**AMP, "optimizer": {"lr": 1e8}})
+    assert settle_precision(leaf) == MIXED
+    with pytest.raises(TrainingDivergedError, match="training diverged at iteration"):
+        run(leaf)
+    config = (work / "config.py").read_text()
+    assert "AmpOptimWrapper" not in config and "loss_scale" not in config
+    assert "diverged at iteration" in leaf.spinepipe_precision and FULL in leaf.spinepipe_precision
+    logs = sorted(work.glob("*/*.log"))
+    said = [log for log in logs if "training again from iteration 1 in float32"
+            in log.read_text()]
+    assert said, [log.read_text()[-500:] for log in logs]
+    import torch
+    optimizers = [torch.load(c, map_location="cpu", weights_only=False).get("optimizer")
+                  for c in work.glob("iter_*.pth")]   # the float32 attempt's, not the mixed one's
+    assert optimizers and all("loss_scaler" not in o for o in optimizers)
+    assert not (work / "metrics.json").exists() and not (work / "best.pth").exists()
