@@ -5,6 +5,9 @@ CPU, ``study`` for GPUs), image scale, per-model MMEngine options, local pretrai
 ``models/<model>/fold<k>/``: ``config.py`` (the leaf config, runnable with MMDetection's /
 MMSegmentation's own tools), checkpoints, ``best.pth``, logs, ``dvclive/`` (validation curves for
 ``dvc plots``) and ``metrics.json``.
+
+``--estimate`` writes nothing: a few iterations of each model on this device, projected to the
+whole study (:mod:`train.fit.estimate`).
 """
 from __future__ import annotations
 
@@ -41,21 +44,30 @@ def _options(pairs: list[str]) -> dict:
 
 
 def command(
-    model: str = typer.Option(..., "--model", "-m", help=f"A model of train/configs/: {help_list()}."),
-    fold: int = typer.Option(..., "--fold", "-k", help="Fold index (0..k-1) of data/splits/splits.json."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"A model of train/configs/: {help_list()} (--estimate: default every model of train.models)."),
+    fold: Optional[int] = typer.Option(None, "--fold", "-k", help="Fold index (0..k-1) of data/splits/splits.json (--estimate: fold 0)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Preset in params.yaml train.presets [params: train.preset]."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Output folder (default models/<model>/fold<k>)."),
     resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in the work dir."),
     launcher: str = typer.Option("none", "--launcher", help="none, pytorch (torchrun) or slurm: passed to MMEngine."),
     cfg_options: list[str] = typer.Option([], "--cfg-options", help="MMEngine config overrides, key=value (repeatable); values in YAML, 1e-4 a number."),
+    estimate: bool = typer.Option(False, "--estimate", help="Train a few iterations of each model (or --model) on this device, print the projected time of the whole study (every fold) and its bottleneck; writes nothing."),
+    iterations: int = typer.Option(20, "--iterations", min=1, help="--estimate: iterations timed per model (after a quarter as many, at least 1, not timed)."),
     params: Path = ParamsOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Train one model on one fold (leaf config generated, kept as an artifact), validating
-    every epoch; the best checkpoint and its score are kept."""
+    every epoch; the best checkpoint and its score are kept. With --estimate: the projected
+    time of the whole study on this device instead."""
     if launcher not in ("none", "pytorch", "slurm"):
         raise UsageError(f"--launcher must be none, pytorch or slurm, got {launcher!r}")
-    get(model)   # a typo is an error, not an empty models/<typo>/ (nor a waiting one)
+    if model is not None:
+        get(model)   # a typo is an error, not an empty models/<typo>/ (nor a waiting one)
+    if estimate:
+        return _estimate(model, fold or 0, preset, _options(cfg_options), iterations, params,
+                         quiet)
+    if model is None or fold is None:
+        raise UsageError("train needs --model and --fold (or --estimate)")
     work = prepare_output(work_dir or run_dir(model, fold))  # not locked: torchrun's ranks share it
     splits = read_params_file(params).get("train", {}).get("splits") if params.exists() else None
     why = waiting.reason_in_file(splits_file(splits or "data/splits"))
@@ -79,3 +91,48 @@ def command(
     said = "" if precision == FULL else f"; precision {precision}"  # mixed, or full for a reason
     say(f"train: {model} fold {fold}{rank}: best {metrics['metric']} = {best} "
         f"after {metrics['iterations']} iterations -> {work}{said}")
+
+
+def _estimate(model: str | None, fold: int, preset: str | None, cfg_options: dict,
+              iterations: int, params: Path, quiet: bool) -> None:
+    """``--estimate``: :mod:`train.fit.estimate` for each model, a table and one line."""
+    import tempfile
+
+    from converters.core.records import read_json
+
+    with tempfile.TemporaryDirectory(prefix="spinepipe-estimate-") as tmp, \
+            library_output_to(Path(tmp) / "estimate.log" if quiet else None):
+        from train.fit.estimate import estimate_model, summary
+        from train.fit.runner import TrainConfig, prepare_run
+
+        cfg = stage_params(TrainConfig, "train", params)
+        folds = len(read_json(splits_file(cfg.splits), what="splits", made_by="split",
+                              keys={"folds": list})["folds"])
+        estimates = []
+        for name in [model] if model else cfg.models:
+            leaf = prepare_run(name, fold, cfg, Path(tmp) / name, preset=preset,
+                               cfg_options=cfg_options)
+            estimates.append(estimate_model(name, leaf, runs=folds, iterations=iterations,
+                                            warm_up=max(1, iterations // 4)))
+    if not quiet:
+        _estimate_table(estimates)
+    say(f"train --estimate: {summary(estimates)}")
+
+
+def _estimate_table(estimates: list) -> None:
+    from rich.table import Table
+
+    from pipeline.console import console
+    from train.fit.estimate import hours
+
+    memory = any(e.memory_gb is not None for e in estimates)   # CUDA only
+    table = Table("model", "s/iter", "data wait", "iters", "val", "one run", "runs", "all",
+                  *(["memory"] if memory else []), "limit",
+                  title="projected study (val: validations x images per run; data wait: "
+                        "share of an iteration)", title_justify="left")
+    for e in estimates:
+        table.add_row(e.model, f"{e.seconds_per_iter:.3f}", f"{e.data_share:.0%}",
+                      str(e.iterations), f"{e.validations}x{e.val_images}",
+                      hours(e.run_seconds), str(e.runs), hours(e.total_seconds),
+                      *([f"{e.memory_gb:.1f} GB"] if memory else []), e.bottleneck)
+    console.print(table)

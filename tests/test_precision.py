@@ -57,6 +57,9 @@ def test_a_preset_asking_for_mixed_precision_gets_it_only_where_the_device_runs_
     assert leaf.spinepipe_precision == said               # in the run's config.py
     plain = _leaf(tiny_dataset, tmp_path / "plain")
     assert settle_precision(plain) == FULL and plain.optim_wrapper.type == "OptimWrapper"
+    # a preset's mixed precision switched off by its type alone (README: --cfg-options)
+    off = _leaf(tiny_dataset, tmp_path / "off", optim_wrapper={**AMP, "type": "OptimWrapper"})
+    assert settle_precision(off) == FULL and "loss_scale" not in off.optim_wrapper
 
 
 def test_a_run_in_mixed_precision_trains_and_says_so(tmp_path, tiny_dataset,

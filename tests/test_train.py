@@ -647,3 +647,35 @@ def test_loop_options_are_checked_in_either_spelling(loop, options, message):
     cfg.merge_from_dict(options)
     with pytest.raises(InvalidConfigError, match=message):
         check_loops(cfg, "unet")
+
+
+def test_estimate_projects_every_fold_of_each_model_and_writes_nothing(project):
+    """``train --estimate``: a few real iterations of each model of train.models on this CPU,
+    projected to every fold of splits.json (2 here); nothing written to the project."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["models"] = ["mask_rcnn", "unet"]
+    (project / "estimate.yaml").write_text(yaml.safe_dump(params))
+    before = sorted(p for p in project.rglob("*"))
+    proc = subprocess.run([SPINEPIPE, "train", "--estimate", "--iterations", "2",
+                           "--params", "estimate.yaml"], capture_output=True, text=True,
+                          timeout=600, cwd=project, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train --estimate: 4 runs (2 models x 2 folds) projected at "), last
+    assert last.endswith(("bottleneck: the device", "bottleneck: the data pipeline")) \
+        or "mask_rcnn: the " in last, last
+    fold0 = json.loads((project / "splits" / "fold0" / "train.json").read_text())
+    batch = 2                                          # MMDetection's Mask R-CNN: 2 per GPU
+    epochs = TINY["models"]["mask_rcnn"]["options"]["train_cfg"]["max_epochs"]
+    iters = {"mask_rcnn": epochs * -(-len({a["image_id"] for a in fold0["annotations"]})
+                                     // batch),
+             "unet": TINY["models"]["unet"]["options"]["train_cfg"]["max_iters"]}
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in proc.stderr.splitlines() if line.startswith("│")}
+    assert sorted(rows) == ["mask_rcnn", "unet"], proc.stderr[-2000:]
+    for model, cells in rows.items():
+        assert cells[2] == str(iters[model]) and cells[5] == "2", (model, cells)
+    assert sorted(p for p in project.rglob("*")) == before   # nothing written
+    proc = subprocess.run([SPINEPIPE, "train", "--model", "unet", "--quiet"],
+                          capture_output=True, text=True, timeout=60, cwd=project)
+    assert proc.returncode == 1 and "train needs --model and --fold" in proc.stderr

@@ -7,6 +7,8 @@ per module):
   written for (data block, class counts, grayscale input, no remote weights).
 - ``augment``: Albumentations inside the MMDetection / MMSegmentation training pipelines.
 - ``checkpoint``: Loading mmengine checkpoints under torch >= 2.6's ``weights_only=True`` default.
+- ``estimate``: The study's time before the night: a few training iterations of each model on
+  the device at hand, projected to its whole schedule, every fold.
 - ``precision``: Mixed precision (MMEngine's AmpOptimWrapper) where a preset asks for it and
   the device runs it; full precision where it cannot, and for a run that diverges under it.
 - ``run_config``: Per-run ("leaf") MMEngine configs: a model config from ``train/configs/`` plus
@@ -15,4 +17,4 @@ per module):
   do.
 """
 
-__all__ = ["adapt", "augment", "checkpoint", "precision", "run_config", "runner"]
+__all__ = ["adapt", "augment", "checkpoint", "estimate", "precision", "run_config", "runner"]

@@ -58,6 +58,8 @@ def settle_precision(cfg: Any) -> str:
     """The precision a leaf config trains with, set in it (``spinepipe_precision``): mixed where
     it asks for it and the device runs it, full otherwise."""
     if not asks_mixed(cfg):
+        for key in _AMP_ONLY:   # a preset's AMP block switched off by type alone
+            (cfg.get("optim_wrapper") or {}).pop(key, None)
         cfg.spinepipe_precision = FULL
     elif mixed_precision_device():
         cfg.spinepipe_precision = MIXED
