@@ -679,3 +679,33 @@ def test_estimate_projects_every_fold_of_each_model_and_writes_nothing(project):
     proc = subprocess.run([SPINEPIPE, "train", "--model", "unet", "--quiet"],
                           capture_output=True, text=True, timeout=60, cwd=project)
     assert proc.returncode == 1 and "train needs --model and --fold" in proc.stderr
+
+
+@pytest.mark.parametrize("value, error", [
+    (8, None),
+    ("lots", "train.gpu_memory_gb"),
+    (0, "train.gpu_memory_gb is 0: a number of gigabytes above 0, or null"),
+])
+def test_gpu_memory_fits_the_batch_and_scales_the_learning_rate(project, value, error):
+    """``train.gpu_memory_gb``: the run's batch fitted to it (train/fit/memory.py), MMEngine
+    scaling the learning rate at the start of training, the choice kept in config.py."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["gpu_memory_gb"] = value
+    (project / "memory.yaml").write_text(yaml.safe_dump(params))
+    work = project / f"memory_{value}"
+    proc = _train(project, "--model", "unet", "--fold", "1", "--params", "memory.yaml",
+                  "--work-dir", work.name)
+    if error:
+        assert proc.returncode == 1 and error in proc.stderr, proc.stderr[-2000:]
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (work / "config.py").exists()
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mmengine.config import Config
+    leaf = Config.fromfile(str(work / "config.py"))
+    folds = json.loads((project / "splits" / "splits.json").read_text())["folds"]
+    batch = leaf.train_dataloader.batch_size
+    assert batch == len(folds[1]["train"]) != 4       # 8 GB holds the tiny fold's whole set
+    assert leaf.auto_scale_lr == dict(enable=True, base_batch_size=4)
+    assert leaf.spinepipe_batch.startswith(f"{batch} images: fitted to 8 GB")
+    log = (work / "train.log").read_text()
+    assert f"LR is set based on batch size of 4 and the current batch size is {batch}" in log

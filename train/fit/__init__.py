@@ -9,6 +9,8 @@ per module):
 - ``checkpoint``: Loading mmengine checkpoints under torch >= 2.6's ``weights_only=True`` default.
 - ``estimate``: The study's time before the night: a few training iterations of each model on
   the device at hand, projected to its whole schedule, every fold.
+- ``memory``: A run's batch size fitted to the GPU memory it may use, the learning rate scaled
+  with it by MMEngine's ``auto_scale_lr``.
 - ``precision``: Mixed precision (MMEngine's AmpOptimWrapper) where a preset asks for it and
   the device runs it; full precision where it cannot, and for a run that diverges under it.
 - ``run_config``: Per-run ("leaf") MMEngine configs: a model config from ``train/configs/`` plus
@@ -17,4 +19,4 @@ per module):
   do.
 """
 
-__all__ = ["adapt", "augment", "checkpoint", "estimate", "precision", "run_config", "runner"]
+__all__ = ["adapt", "augment", "checkpoint", "estimate", "memory", "precision", "run_config", "runner"]

@@ -153,6 +153,9 @@ class TrainConfig:
     folds: list[int] = field(default_factory=lambda: [0])
     seed: int = 0
     pretrained: dict[str, str] = field(default_factory=dict)  # model -> local checkpoint
+    #: GPU memory a run may use: its batch size fitted to it, the learning rate scaled
+    #: (train/fit/memory.py); None: each config's own batch size
+    gpu_memory_gb: float | None = None
     images: str = "data/interim/png"
     masks: str = "data/processed/masks"
     splits: str = "data/splits"
@@ -208,6 +211,13 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
                                       find_unused_parameters=leaf.get("find_unused_parameters",
                                                                       False))
     settle_precision(leaf)
+    if cfg.gpu_memory_gb is not None:
+        if not cfg.gpu_memory_gb > 0:     # a number: the params loader checked its type
+            raise InvalidConfigError(f"train.gpu_memory_gb is {cfg.gpu_memory_gb:g}: a number "
+                                     "of gigabytes above 0, or null")
+        from train.fit.memory import fit_batch
+
+        fit_batch(leaf, model, float(cfg.gpu_memory_gb), len(splits["folds"][fold]["train"]))
     return leaf
 
 
