@@ -323,6 +323,25 @@ def test_training_time_is_the_last_run_s(tmp_path):
     assert read_run(tmp_path, "m", 0).training_minutes == pytest.approx(120)
 
 
+@pytest.mark.parametrize("extra, world, said", [
+    ("", None, "SGD (lr 0.02, momentum 0.9, weight_decay 0.0001, batch 8)"),
+    # train.gpu_memory_gb: MMEngine scaled the rate by batch x processes / base
+    ("auto_scale_lr = dict(enable=True, base_batch_size=2)\n", 2,
+     "SGD (lr 0.16, momentum 0.9, weight_decay 0.0001, batch 8 x 2 processes)"),
+    ("auto_scale_lr = dict(enable=False, base_batch_size=16)\n"
+     "optim_wrapper = dict(type='AmpOptimWrapper', loss_scale='dynamic', optimizer=dict("
+     "type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001))\n", None,
+     "SGD (lr 0.02, momentum 0.9, weight_decay 0.0001, batch 8, mixed precision)"),
+])
+def test_the_optimizer_is_said_as_it_ran(tmp_path, extra, world, said):
+    run = tmp_path / "m" / "fold0"
+    run.mkdir(parents=True)
+    (run / "config.py").write_text(CONFIG + "train_dataloader = dict(batch_size=8)\n" + extra)
+    if world:
+        (run / "metrics.json").write_text(json.dumps({"world_size": world}))
+    assert read_run(tmp_path, "m", 0).optimizer == said
+
+
 def test_the_readers_and_the_ground_truth_are_counted_from_images_csv(records, tmp_path):
     src = Sources(**{k: Path(shutil.copytree(v, tmp_path / k)) if Path(v).is_dir()
                      else v for k, v in vars(records).items()})

@@ -117,8 +117,9 @@ def _pretrained(cfg: dict) -> str | None:
 
 
 def _read_run(folder: Path, run: Run) -> None:
-    _config_facts(read_config(folder / "config.py"), run)
     metrics = _record(folder / "metrics.json")
+    _config_facts(read_config(folder / "config.py"), run,
+                  world=(_int(metrics.get("world_size")) if metrics else None) or 1)
     if metrics and isinstance(metrics.get("metric"), str) and metrics["metric"]:
         best = _scalar(metrics.get("best"))
         said = f" ({best:.4g})" if isinstance(best, (int, float)) else ""
@@ -150,9 +151,10 @@ def _trained_with(metrics: dict, run: Run) -> None:
         run.software = ", ".join(f"{k} {v}" for k, v in software.items())
 
 
-def _config_facts(cfg: dict, run: Run) -> None:
-    """What the leaf config says: architecture, backbone, input, schedule, optimizer,
-    augmentation, where the weights started."""
+def _config_facts(cfg: dict, run: Run, world: int = 1) -> None:
+    """What the leaf config says: architecture, backbone, input, schedule, optimizer (its
+    learning rate as MMEngine's auto_scale_lr scaled it for ``world`` processes, the batch,
+    mixed precision), augmentation, where the weights started."""
     run.config_read = bool(cfg)
     run.initialized_from = _pretrained(cfg)
     meta = cfg.get("spinepipe") if isinstance(cfg.get("spinepipe"), dict) else {}
@@ -174,8 +176,20 @@ def _config_facts(cfg: dict, run: Run) -> None:
     ow = cfg.get("optim_wrapper") if isinstance(cfg.get("optim_wrapper"), dict) else {}
     opt = ow.get("optimizer") if isinstance(ow.get("optimizer"), dict) else {}
     if _scalar(opt.get("type")) is not None:
-        extras = ", ".join(f"{k} {opt[k]}" for k in ("lr", "momentum", "weight_decay")
-                           if _scalar(opt.get(k)) is not None)
+        values = {k: opt[k] for k in ("lr", "momentum", "weight_decay")
+                  if _scalar(opt.get(k)) is not None}
+        loader = cfg.get("train_dataloader") if isinstance(cfg.get("train_dataloader"),
+                                                           dict) else {}
+        batch = _int(loader.get("batch_size"))
+        scaled = cfg.get("auto_scale_lr") if isinstance(cfg.get("auto_scale_lr"), dict) else {}
+        base = _int(scaled.get("base_batch_size"))
+        if scaled.get("enable") is True and base and batch and isinstance(values.get("lr"),
+                                                                          (int, float)):
+            values["lr"] = f"{values['lr'] * batch * world / base:.4g}"   # as MMEngine ran it
+        if batch:
+            values["batch"] = f"{batch}" + (f" x {world} processes" if world > 1 else "")
+        extras = ", ".join([f"{k} {v}" for k, v in values.items()]
+                           + (["mixed precision"] if ow.get("type") == "AmpOptimWrapper" else []))
         run.optimizer = f"{opt.get('type')} ({extras})" if extras else str(opt.get("type"))
     if pipeline:
         kinds = [str(_scalar(t.get("type"))) for t in pipeline]
