@@ -43,8 +43,14 @@ def _options(pairs: list[str]) -> dict:
     return out
 
 
+def _waiting(params: Path) -> str | None:
+    """Why split's output says there is nothing to train on yet (None: there is)."""
+    splits = read_params_file(params).get("train", {}).get("splits") if params.exists() else None
+    return waiting.reason_in_file(splits_file(splits or "data/splits"))
+
+
 def command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"A model of train/configs/: {help_list()} (--estimate: default every model of train.models)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"A model of train/configs/: {help_list()} (--estimate: default every model of train.models, each with the --cfg-options)."),
     fold: Optional[int] = typer.Option(None, "--fold", "-k", help="Fold index (0..k-1) of data/splits/splits.json (--estimate: fold 0)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Preset in params.yaml train.presets [params: train.preset]."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Output folder (default models/<model>/fold<k>)."),
@@ -64,13 +70,17 @@ def command(
     if model is not None:
         get(model)   # a typo is an error, not an empty models/<typo>/ (nor a waiting one)
     if estimate:
+        given = [flag for flag, on in (("--work-dir", work_dir), ("--resume", resume),
+                                       ("--launcher", launcher != "none")) if on]
+        if given:
+            raise UsageError(f"--estimate writes nothing and runs in this process: it takes "
+                             f"no {', '.join(given)}")
         return _estimate(model, fold or 0, preset, _options(cfg_options), iterations, params,
                          quiet)
     if model is None or fold is None:
         raise UsageError("train needs --model and --fold (or --estimate)")
     work = prepare_output(work_dir or run_dir(model, fold))  # not locked: torchrun's ranks share it
-    splits = read_params_file(params).get("train", {}).get("splits") if params.exists() else None
-    why = waiting.reason_in_file(splits_file(splits or "data/splits"))
+    why = _waiting(params)
     if why:  # before torch and mmlab are imported: nothing to train on yet
         write_json(work / "metrics.json", {"metric": None, "best": None, "iterations": 0,
                                            waiting.KEY: why})
@@ -95,25 +105,44 @@ def command(
 
 def _estimate(model: str | None, fold: int, preset: str | None, cfg_options: dict,
               iterations: int, params: Path, quiet: bool) -> None:
-    """``--estimate``: :mod:`train.fit.estimate` for each model, a table and one line."""
+    """``--estimate``: :mod:`train.fit.estimate` for each model, a table and one line. An
+    error names the model, never the temporary folder it ran in (gone when it is printed)."""
     import tempfile
 
+    from converters.core.errors import InvalidConfigError, SpinepipeError
     from converters.core.records import read_json
 
-    with tempfile.TemporaryDirectory(prefix="spinepipe-estimate-") as tmp, \
-            library_output_to(Path(tmp) / "estimate.log" if quiet else None):
-        from train.fit.estimate import estimate_model, summary
-        from train.fit.runner import TrainConfig, prepare_run
+    why = _waiting(params)
+    if why:
+        say(f"train --estimate: waiting for annotations ({why}); nothing to time")
+        return
+    with tempfile.TemporaryDirectory(prefix="spinepipe-estimate-") as tmp:
+        prepare_output(tmp, private=True)
+        with library_output_to(Path(tmp) / "estimate.log" if quiet else None):
+            from train.fit.estimate import estimate_model, summary
+            from train.fit.runner import TrainConfig, prepare_run
 
-        cfg = stage_params(TrainConfig, "train", params)
-        folds = len(read_json(splits_file(cfg.splits), what="splits", made_by="split",
-                              keys={"folds": list})["folds"])
-        estimates = []
-        for name in [model] if model else cfg.models:
-            leaf = prepare_run(name, fold, cfg, Path(tmp) / name, preset=preset,
-                               cfg_options=cfg_options)
-            estimates.append(estimate_model(name, leaf, runs=folds, iterations=iterations,
-                                            warm_up=max(1, iterations // 4)))
+            cfg = stage_params(TrainConfig, "train", params)
+            names = [model] if model else cfg.models
+            if not names:
+                raise InvalidConfigError("train.models is empty: nothing to estimate",
+                                         file=params)
+            folds = len(read_json(splits_file(cfg.splits), what="splits", made_by="split",
+                                  keys={"folds": list})["folds"])
+            estimates = []
+            for name in names:
+                try:
+                    leaf = prepare_run(name, fold, cfg, Path(tmp) / name, preset=preset,
+                                       cfg_options=cfg_options)
+                    estimates.append(estimate_model(name, leaf, runs=folds,
+                                                    iterations=iterations,
+                                                    warm_up=max(1, iterations // 4),
+                                                    within=Path(tmp)))
+                except SpinepipeError as exc:
+                    if exc.file and Path(exc.file).resolve().is_relative_to(Path(tmp).resolve()):
+                        exc.file = None      # the temporary run's: gone
+                    exc.message = f"--estimate, {name}: {exc.message}"
+                    raise
     if not quiet:
         _estimate_table(estimates)
     say(f"train --estimate: {summary(estimates)}")

@@ -22,6 +22,11 @@ TINY_UNET = {"model": {"backbone": {"base_channels": 8},
     (dict(max_epochs=10, val_interval=2, val_begin=5), 1, (10, 3)),   # 6, 8, 10
     (dict(type="IterBasedTrainLoop", max_iters=40000, val_interval=4000), 99, (40000, 10)),
     (dict(by_epoch=False, max_iters=500, val_interval=250), 7, (500, 2)),
+    # MMEngine's defaults: an iteration-based loop validates every 1000 iterations
+    (dict(type="IterBasedTrainLoop", max_iters=40000), 1, (40000, 40)),
+    (dict(type="IterBasedTrainLoop", max_iters=2500), 1, (2500, 3)),
+    (dict(type="mmengine.EpochBasedTrainLoop", max_epochs=3), 5, (15, 3)),   # scoped
+    (dict(type="mmengine.IterBasedTrainLoop", max_iters=9, val_interval=3), 5, (9, 3)),
 ])
 def test_a_schedule_counts_iterations_and_validations_as_mmengine_runs_them(loop, batches,
                                                                                expected):

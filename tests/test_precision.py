@@ -17,7 +17,7 @@ from converters.core.errors import TrainingDivergedError
 from train.fit import precision
 from train.fit.precision import FULL, MIXED, settle_precision
 from train.fit.run_config import build_leaf
-from train.fit.runner import run
+from train.fit.runner import drop_checkpoints, run
 
 TINY_UNET = {"model": {"backbone": {"base_channels": 8},
                        "decode_head": {"in_channels": 8, "channels": 8},
@@ -77,7 +77,7 @@ def test_a_run_diverging_in_mixed_precision_trains_again_in_full_precision(
         tmp_path, tiny_dataset, mixed_precision_on_cpu):
     """A learning rate of 1e8 diverges in any precision: the mixed attempt stops at its first
     NaN loss, the run starts again in float32 (its config.py and log say so), and the float32
-    attempt's own divergence is the error."""
+    attempt's own divergence is the error (the dropped checkpoints: the test below)."""
     work = tmp_path / "run"
     leaf = _leaf(tiny_dataset, work, optim_wrapper={**AMP, "optimizer": {"lr": 1e8}})
     assert settle_precision(leaf) == MIXED
@@ -90,8 +90,65 @@ def test_a_run_diverging_in_mixed_precision_trains_again_in_full_precision(
     said = [log for log in logs if "training again from iteration 1 in float32"
             in log.read_text()]
     assert said, [log.read_text()[-500:] for log in logs]
-    import torch
-    optimizers = [torch.load(c, map_location="cpu", weights_only=False).get("optimizer")
-                  for c in work.glob("iter_*.pth")]   # the float32 attempt's, not the mixed one's
-    assert optimizers and all("loss_scaler" not in o for o in optimizers)
     assert not (work / "metrics.json").exists() and not (work / "best.pth").exists()
+
+
+def test_a_distributed_run_diverging_in_mixed_precision_stops_naming_the_override(
+        tmp_path, tiny_dataset, mixed_precision_on_cpu, monkeypatch):
+    """Ranks cannot start again one by one (their collectives would no longer match)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    work = tmp_path / "run"
+    leaf = _leaf(tiny_dataset, work, optim_wrapper={**AMP, "optimizer": {"lr": 1e8}})
+    settle_precision(leaf)
+    with pytest.raises(TrainingDivergedError, match=r"in mixed precision; train again in "
+                       r"float32 \(--cfg-options optim_wrapper.type=OptimWrapper\)"):
+        run(leaf)
+    assert "AmpOptimWrapper" in (work / "config.py").read_text()     # not trained again
+
+
+def test_a_run_starting_again_drops_its_checkpoints_only(tmp_path):
+    work = tmp_path / "run"
+    (work / "20261204_120000").mkdir(parents=True)
+    for name in ("iter_2.pth", "best_mIoU_iter_2.pth", "last_checkpoint", "config.py",
+                 "20261204_120000/vis.pth"):
+        (work / name).write_text("x")
+    outside = tmp_path / "elsewhere.pth"
+    outside.write_text("keep")
+    (work / "linked.pth").symlink_to(outside)
+    drop_checkpoints(work)
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*")) == [
+        "20261204_120000", "20261204_120000/vis.pth", "config.py", "linked.pth"]
+    assert outside.read_text() == "keep"
+
+
+def test_resuming_a_float32_checkpoint_stays_in_float32(tmp_path, tiny_dataset,
+                                                        mixed_precision_on_cpu):
+    work = tmp_path / "run"
+    first = _leaf(tiny_dataset, work)                     # float32, 4 iterations
+    settle_precision(first)
+    run(first)
+    longer = {**TINY_UNET, "train_cfg": {"max_iters": 6, "val_interval": 2}}
+    leaf = build_leaf("unet", images=tiny_dataset / "images", masks=tiny_dataset / "masks",
+                      train_ann=tiny_dataset / "train.txt", val_ann=tiny_dataset / "val.txt",
+                      work_dir=work, img_scale=(64, 160), crop_size=(64, 64), dvclive=False,
+                      options={**longer, "optim_wrapper": AMP})
+    assert settle_precision(leaf) == MIXED
+    metrics = run(leaf, resume=True)
+    assert metrics["precision"] == f"{FULL}: resumed from a float32 checkpoint"
+    assert metrics["iterations"] == 6
+    # and a mixed checkpoint resumes mixed
+    leaf = build_leaf("unet", images=tiny_dataset / "images", masks=tiny_dataset / "masks",
+                      train_ann=tiny_dataset / "train.txt", val_ann=tiny_dataset / "val.txt",
+                      work_dir=tmp_path / "mixed", img_scale=(64, 160), crop_size=(64, 64),
+                      dvclive=False, options={**TINY_UNET, "optim_wrapper": AMP})
+    settle_precision(leaf)
+    run(leaf)
+    leaf.train_cfg.max_iters = 6
+    assert run(leaf, resume=True)["precision"] == MIXED
+
+
+def test_another_optimizer_wrapper_is_left_as_it_is(tmp_path, tiny_dataset):
+    leaf = _leaf(tiny_dataset, tmp_path / "run", optim_wrapper={
+        "type": "ApexOptimWrapper", "opt_level": "O1", "loss_scale": "dynamic"})
+    assert settle_precision(leaf) == "as ApexOptimWrapper sets it"
+    assert leaf.optim_wrapper.loss_scale == "dynamic"

@@ -676,9 +676,27 @@ def test_estimate_projects_every_fold_of_each_model_and_writes_nothing(project):
     for model, cells in rows.items():
         assert cells[2] == str(iters[model]) and cells[5] == "2", (model, cells)
     assert sorted(p for p in project.rglob("*")) == before   # nothing written
-    proc = subprocess.run([SPINEPIPE, "train", "--model", "unet", "--quiet"],
-                          capture_output=True, text=True, timeout=60, cwd=project)
-    assert proc.returncode == 1 and "train needs --model and --fold" in proc.stderr
+    proc = subprocess.run([SPINEPIPE, "train", "--estimate", "--iterations", "1", "--model",
+                           "unet", "--params", "estimate.yaml", "--quiet"], capture_output=True,
+                          text=True, timeout=600, cwd=project)
+    assert proc.returncode == 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("train --estimate: 2 runs (1 model x 2 folds)"), proc.stderr
+    for args, said in [
+            (["--model", "unet", "--quiet"], "train needs --model and --fold"),
+            (["--estimate", "--work-dir", "x"], "--estimate writes nothing and runs in this "
+                                                "process: it takes no --work-dir"),
+            (["--estimate", "--model", "unet", "--fold", "7", "--quiet"],
+             "--estimate, unet: fold 7 out of range (0..1)"),
+            # the model's error, not the temporary folder it ran in (gone when printed)
+            (["--estimate", "--model", "unet", "--iterations", "1", "--cfg-options",
+              "model.backbone.type=Nope", "--quiet"],
+             "--estimate, unet: the model does not build from this config")]:
+        proc = subprocess.run([SPINEPIPE, "train", *args, "--params", "estimate.yaml"],
+                              capture_output=True, text=True, timeout=600, cwd=project)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and said in lines[0], proc.stderr[-2000:]
+        assert "spinepipe-estimate-" not in lines[0]
+    assert sorted(p for p in project.rglob("*")) == before
 
 
 @pytest.mark.parametrize("value, error", [

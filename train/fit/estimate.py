@@ -14,11 +14,14 @@ sets, workers), the schedule's iterations (epochs x batches per epoch as MMEngin
 loader counts them, or ``max_iters``) x seconds per iteration, plus its validations (one per
 ``val_interval``) x validation images x seconds per image. The study: that x the folds of
 ``splits.json``, summed over the models. The bottleneck is the data pipeline when the device
-waits for data for more than a quarter of an iteration, the device otherwise.
+waits for data for a quarter of an iteration or more, the device otherwise. The data loader's
+workers prefetch two batches each during the start and the warm-up: time more iterations than
+that (``--iterations`` above twice ``num_workers``) or the wait is hidden.
 """
 from __future__ import annotations
 
 import copy
+import gc
 import tempfile
 import time
 from dataclasses import dataclass
@@ -74,11 +77,13 @@ def device_name() -> str:
 
 def schedule(cfg: Any, batches_per_epoch: int) -> tuple[int, int]:
     """(iterations, validations) of one run of a leaf config's training loop."""
+    from train.fit.run_config import by_iterations
+
     loop = cfg.train_cfg
-    by_epoch = loop.get("type", "EpochBasedTrainLoop" if loop.get("by_epoch", True)
-                        else "IterBasedTrainLoop") == "EpochBasedTrainLoop"
+    by_epoch = not by_iterations(loop)
     length = loop["max_epochs"] if by_epoch else loop["max_iters"]
-    every, begin = loop.get("val_interval", 1), loop.get("val_begin", 1)
+    # MMEngine's defaults: every epoch, every 1000 iterations
+    every, begin = loop.get("val_interval", 1 if by_epoch else 1000), loop.get("val_begin", 1)
     # MMEngine's loops validate after epoch / iteration n when n >= val_begin and n is a
     # multiple of val_interval or the last one
     validations = sum(1 for n in range(max(begin, 1), length + 1)
@@ -90,7 +95,9 @@ def _timing_config(leaf: Any, work: Path, steps: int, val_images: int) -> Any:
     """The leaf with a bounded iteration loop, nothing saved, nothing scheduled."""
     cfg = copy.deepcopy(leaf)
     cfg.work_dir = str(work)
-    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=steps, val_interval=10 ** 9)
+    # no validation inside (MMEngine would validate after the last iteration): timed apart
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=steps, val_interval=10 ** 9,
+                         val_begin=steps + 1)
     cfg.param_scheduler = None
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=10 ** 9,
                                         save_last=False)
@@ -102,14 +109,16 @@ def _timing_config(leaf: Any, work: Path, steps: int, val_images: int) -> Any:
 
 
 def estimate_model(model: str, leaf: Any, *, runs: int, iterations: int = 20,
-                   warm_up: int = 5, val_images: int = 10) -> Estimate:
+                   warm_up: int = 5, val_images: int = 10,
+                   within: Path | None = None) -> Estimate:
     """Train ``warm_up + iterations`` iterations of ``leaf`` (fold 0's), time them and
-    ``val_images`` validation images, and project the whole schedule x ``runs`` folds."""
+    ``val_images`` validation images, and project the whole schedule x ``runs`` folds. The
+    timed run's files go to a temporary folder (in ``within``), removed at the end."""
     import torch
 
     from train.fit.runner import train
 
-    with tempfile.TemporaryDirectory(prefix=f"spinepipe-estimate-{model}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"spinepipe-estimate-{model}-", dir=within) as tmp:
         cfg = _timing_config(leaf, Path(tmp), warm_up + iterations, val_images)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -128,6 +137,10 @@ def estimate_model(model: str, leaf: Any, *, runs: int, iterations: int = 20,
         runner.val()
         shown = len(runner.val_loop.dataloader.dataset)
         per_image = (time.perf_counter() - started) / max(shown, 1)
+        del runner                  # the next model's peak memory is its own
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     total, validations = schedule(leaf, batches)
     return Estimate(model, float(times.mean()), float(waits.mean()), per_image,
                     max(0.0, elapsed - float(every.sum())), total, validations, val_set, runs,

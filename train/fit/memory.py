@@ -148,9 +148,10 @@ def same_images_seen(leaf: Any, factor: float) -> None:
     the run sees as many images as before: an iteration-based loop's length, validation and
     checkpoint intervals, and the iteration-based schedules (MMDetection's 500-iteration warm-up,
     MMSegmentation's polynomial decay); epochs stay as they are."""
+    from train.fit.run_config import by_iterations
+
     loop = leaf.train_cfg
-    if loop.get("type", "EpochBasedTrainLoop" if loop.get("by_epoch", True)
-                else "IterBasedTrainLoop") == "IterBasedTrainLoop":
+    if by_iterations(loop):
         for key in ("max_iters", "val_interval"):
             if key in loop:
                 loop[key] = _scaled(loop[key], factor)

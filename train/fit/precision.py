@@ -13,7 +13,9 @@ Float16 holds values up to 65504: activations of an unnormalized input or of a l
 without bound overflow to infinity and the loss becomes NaN, which loss scaling cannot repair
 (it guards the gradients, not the forward pass). Such a run stops at its first non-finite loss
 (:class:`train.fit.runner.FiniteLoss`) and :func:`train.fit.runner.run` trains the model again
-from its first iteration in float32, saying so.
+from its first iteration in float32, saying so (its earlier checkpoints removed: none is resumed
+from); a ``--resume`` from a float32 checkpoint stays in float32. A distributed run stops
+instead, naming the override: its ranks cannot start again one by one.
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ def mixed_precision_device() -> bool:
 def asks_mixed(cfg: Any) -> bool:
     """Whether a leaf config trains with ``AmpOptimWrapper``."""
     wrapper = cfg.get("optim_wrapper") or {}
-    return isinstance(wrapper, dict) and wrapper.get("type") in ("AmpOptimWrapper",
-                                                                  "mmengine.AmpOptimWrapper")
+    return isinstance(wrapper, dict) and \
+        str(wrapper.get("type", "")).rsplit(".", 1)[-1] == "AmpOptimWrapper"
 
 
 def to_full_precision(cfg: Any, why: str) -> None:
@@ -57,10 +59,14 @@ def to_full_precision(cfg: Any, why: str) -> None:
 def settle_precision(cfg: Any) -> str:
     """The precision a leaf config trains with, set in it (``spinepipe_precision``): mixed where
     it asks for it and the device runs it, full otherwise."""
-    if not asks_mixed(cfg):
+    wrapper = cfg.get("optim_wrapper") or {}
+    kind = str(wrapper.get("type", "OptimWrapper")).rsplit(".", 1)[-1]
+    if kind == "OptimWrapper":
         for key in _AMP_ONLY:   # a preset's AMP block switched off by type alone
-            (cfg.get("optim_wrapper") or {}).pop(key, None)
+            wrapper.pop(key, None)
         cfg.spinepipe_precision = FULL
+    elif not asks_mixed(cfg):   # another wrapper (ApexOptimWrapper, ...): its own settings
+        cfg.spinepipe_precision = f"as {kind} sets it"
     elif mixed_precision_device():
         cfg.spinepipe_precision = MIXED
     else:

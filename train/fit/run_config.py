@@ -132,6 +132,17 @@ def check_loops(cfg: Config, model: str) -> None:
                 f"(train.presets.<preset>.models.{model}.options) or --cfg-options", file=where)
 
 
+def by_iterations(loop: Mapping[str, Any]) -> bool:
+    """Whether a ``train_cfg`` runs MMEngine's iteration-based loop: its ``type`` (plain, scoped
+    ``mmengine.IterBasedTrainLoop``, or the class), else ``by_epoch`` (MMEngine's default: by
+    epoch)."""
+    kind = loop.get("type")
+    if kind is None:
+        return not loop.get("by_epoch", True)
+    name = kind.__name__ if isinstance(kind, type) else str(kind).rsplit(".", 1)[-1]
+    return name == "IterBasedTrainLoop"
+
+
 def set_transform(cfg: Config, transform: str, **kwargs: Any) -> None:
     """Set ``kwargs`` on every ``transform`` step of every data pipeline of ``cfg``."""
     for pipeline in pipelines(cfg):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -224,8 +223,9 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
 def _train_in_either_precision(leaf: Config, work: Path, resume: bool) -> Runner:
     """Train as the leaf config says; a run in mixed precision whose loss stops being finite
     is trained again from its first iteration in full precision (:mod:`train.fit.precision`),
-    its config.py rewritten to say so and the failed attempt's checkpoints removed."""
-    started = time.time()
+    its config.py rewritten to say so and its checkpoints removed."""
+    if resume and leaf.get("spinepipe_precision") == MIXED and _resumes_full_precision(work):
+        to_full_precision(leaf, "resumed from a float32 checkpoint")
     if int(os.environ.get("RANK", "0")) == 0:  # before the process group exists
         write_text(work / "config.py", leaf.pretty_text)  # what Config.dump writes, confined
     try:
@@ -233,19 +233,43 @@ def _train_in_either_precision(leaf: Config, work: Path, resume: bool) -> Runner
     except TrainingDivergedError as exc:
         if leaf.get("spinepipe_precision") != MIXED:
             raise
+        what = exc.message.split(";")[0]
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise TrainingDivergedError(
+                f"{what} in mixed precision; train again in float32 (--cfg-options "
+                "optim_wrapper.type=OptimWrapper) or lower the learning rate",
+                file=exc.file) from None
         from mmengine.logging import print_log
 
-        what = exc.message.split(";")[0]
         print_log(f"{what} in mixed precision: training again from iteration 1 in float32",
                   logger="current")
-        to_full_precision(leaf, f"{what} in mixed precision (float16 overflow), trained "
-                                "again from the first iteration")
-    if int(os.environ.get("RANK", "0")) == 0:
-        for path in [*work.glob("*.pth"), work / "last_checkpoint"]:
-            if path.is_file() and not path.is_symlink() and path.stat().st_mtime >= started:
-                path.unlink()   # the diverged attempt's: never resumed from, never kept
-        write_text(work / "config.py", leaf.pretty_text)
+        to_full_precision(leaf, f"{what} in mixed precision, trained again from the first "
+                                "iteration")
+    drop_checkpoints(work)
+    write_text(work / "config.py", leaf.pretty_text)
     return train(leaf, resume=False)
+
+
+def drop_checkpoints(work: Path) -> None:
+    """The checkpoints of a run that starts again from its first iteration (MMEngine's
+    ``*.pth`` and ``last_checkpoint`` in the work dir; links left alone, none below)."""
+    for path in [*work.glob("*.pth"), work / "last_checkpoint"]:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
+def _resumes_full_precision(work: Path) -> bool:
+    """Whether ``--resume`` would continue a float32 checkpoint (no AmpOptimWrapper loss
+    scaler in its optimizer state)."""
+    import torch
+
+    path = last_checkpoint(work)
+    if path is None:
+        return False
+    allow_mmengine_checkpoints()
+    state = torch.load(path, map_location="cpu", mmap=True)
+    optimizer = state.get("optimizer") if isinstance(state, dict) else None
+    return isinstance(optimizer, dict) and "loss_scaler" not in optimizer
 
 
 def _cuda() -> bool:
