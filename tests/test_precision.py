@@ -152,3 +152,22 @@ def test_another_optimizer_wrapper_is_left_as_it_is(tmp_path, tiny_dataset):
         "type": "ApexOptimWrapper", "opt_level": "O1", "loss_scale": "dynamic"})
     assert settle_precision(leaf) == "as ApexOptimWrapper sets it"
     assert leaf.optim_wrapper.loss_scale == "dynamic"
+
+
+def test_a_batch_fitted_in_mixed_precision_is_fitted_again_in_full(tmp_path, tiny_dataset,
+                                                                  mixed_precision_on_cpu):
+    """float32 keeps about twice the activations of a 16-bit autocast: a run falling back
+    re-fits its batch (train.gpu_memory_gb) instead of running out of memory late."""
+    from train.fit.memory import CONTEXT_GB, HEADROOM, fit_batch, footprint, refit_batch
+    from train.fit.precision import to_full_precision
+    leaf = _leaf(tiny_dataset, tmp_path / "run", optim_wrapper=AMP)
+    assert settle_precision(leaf) == MIXED
+    need = footprint(leaf)
+    fit_batch(leaf, "unet", CONTEXT_GB + (need.fixed + 6.5 * need.per_image * HEADROOM) / 2 ** 30,
+              train_images=100)
+    assert leaf.train_dataloader.batch_size == 6
+    to_full_precision(leaf, "diverged")
+    refit_batch(leaf)
+    assert 2 <= leaf.train_dataloader.batch_size < 6, leaf.spinepipe_batch
+    assert leaf.spinepipe_batch.startswith(f"{leaf.train_dataloader.batch_size} images")
+    assert leaf.auto_scale_lr.base_batch_size == 16          # the rate's base stays

@@ -702,7 +702,7 @@ def test_estimate_projects_every_fold_of_each_model_and_writes_nothing(project):
 @pytest.mark.parametrize("value, error", [
     (8, None),
     ("lots", "train.gpu_memory_gb"),
-    (0, "train.gpu_memory_gb is 0: a number of gigabytes above 0, or null"),
+    (0, "train.gpu_memory_gb is 0: a number of gibibytes above 0, or null"),
 ])
 def test_gpu_memory_fits_the_batch_and_scales_the_learning_rate(project, value, error):
     """``train.gpu_memory_gb``: the run's batch fitted to it (train/fit/memory.py), MMEngine
@@ -723,7 +723,22 @@ def test_gpu_memory_fits_the_batch_and_scales_the_learning_rate(project, value, 
     folds = json.loads((project / "splits" / "splits.json").read_text())["folds"]
     batch = leaf.train_dataloader.batch_size
     assert batch == len(folds[1]["train"]) != 4       # 8 GB holds the tiny fold's whole set
-    assert leaf.auto_scale_lr == dict(enable=True, base_batch_size=4)
-    assert leaf.spinepipe_batch.startswith(f"{batch} images: fitted to 8 GB")
+    # MMSegmentation's U-Net rate is for 16 images (train/configs/unet.py)
+    assert leaf.auto_scale_lr == dict(enable=True, base_batch_size=16)
+    assert leaf.spinepipe_batch.startswith(f"{batch} images: fitted to 8 GiB")
     log = (work / "train.log").read_text()
-    assert f"LR is set based on batch size of 4 and the current batch size is {batch}" in log
+    assert f"LR is set based on batch size of 16 and the current batch size is {batch}" in log
+
+
+def test_a_batch_set_in_the_options_is_kept_under_gpu_memory(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["gpu_memory_gb"] = 8
+    (project / "memory_set.yaml").write_text(yaml.safe_dump(params))
+    proc = _train(project, "--model", "unet", "--fold", "1", "--params", "memory_set.yaml",
+                  "--work-dir", "memory_set", "--cfg-options", "train_dataloader.batch_size=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mmengine.config import Config
+    leaf = Config.fromfile(str(project / "memory_set" / "config.py"))
+    assert leaf.train_dataloader.batch_size == 3 and not leaf.auto_scale_lr.enable
+    assert leaf.spinepipe_batch == "3 images: set by the options (train.gpu_memory_gb fits " \
+                                   "runs that do not set one)"

@@ -14,3 +14,5 @@ model = dict(
     # whole-image inference: phantom and clinical images fit in memory at training scale
     test_cfg=dict(mode='whole', _delete_=True),
 )
+# MMSegmentation's UNet configs: its 0.01 for 16 images (4 GPUs x 4)
+auto_scale_lr = dict(enable=False, base_batch_size=16)

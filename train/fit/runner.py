@@ -29,6 +29,7 @@ from converters.core.files import (link_into_place, prepare_output, refuse_links
                                    write_json, write_text)
 from converters.core.records import read_json
 from train.fit.checkpoint import allow_mmengine_checkpoints
+from train.fit.memory import refit_batch
 from train.fit.precision import MIXED, settle_precision, to_full_precision
 from train.models import BEST_METRIC, family, family_of_scope, names
 from train.fit.run_config import build_leaf, nested_options, replace_type
@@ -211,13 +212,33 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
                                                                       False))
     settle_precision(leaf)
     if cfg.gpu_memory_gb is not None:
-        if not cfg.gpu_memory_gb > 0:     # a number: the params loader checked its type
-            raise InvalidConfigError(f"train.gpu_memory_gb is {cfg.gpu_memory_gb:g}: a number "
-                                     "of gigabytes above 0, or null")
-        from train.fit.memory import fit_batch
-
-        fit_batch(leaf, model, float(cfg.gpu_memory_gb), len(splits["folds"][fold]["train"]))
+        _fit_to_memory(leaf, model, cfg.gpu_memory_gb, len(splits["folds"][fold]["train"]),
+                       options)
     return leaf
+
+
+def _fit_to_memory(leaf: Config, model: str, gb: float, train_images: int,
+                   options: Mapping[str, Any]) -> None:
+    """``train.gpu_memory_gb`` (:mod:`train.fit.memory`): the batch fitted where the options do
+    not set one, and on CUDA this process held to that memory."""
+    if not gb > 0:     # a number: the params loader checked its type
+        raise InvalidConfigError(f"train.gpu_memory_gb is {gb:g}: a number of gibibytes above "
+                                 "0, or null")
+    from train.fit.memory import fit_batch
+
+    if _cuda():
+        import torch
+
+        # each torchrun process on its own GPU before it measures (MMEngine sets it later)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gb * 2 ** 30 / total))
+    if "batch_size" in (options.get("train_dataloader") or {}):
+        leaf.spinepipe_batch = (f"{leaf.train_dataloader.batch_size} images: set by the options "
+                                "(train.gpu_memory_gb fits runs that do not set one)")
+        return
+    fit_batch(leaf, model, float(gb), train_images,
+              lr_set_here="optimizer" in (options.get("optim_wrapper") or {}))
 
 
 def _train_in_either_precision(leaf: Config, work: Path, resume: bool) -> Runner:
@@ -226,6 +247,7 @@ def _train_in_either_precision(leaf: Config, work: Path, resume: bool) -> Runner
     its config.py rewritten to say so and its checkpoints removed."""
     if resume and leaf.get("spinepipe_precision") == MIXED and _resumes_full_precision(work):
         to_full_precision(leaf, "resumed from a float32 checkpoint")
+        refit_batch(leaf)
     if int(os.environ.get("RANK", "0")) == 0:  # before the process group exists
         write_text(work / "config.py", leaf.pretty_text)  # what Config.dump writes, confined
     try:
@@ -245,6 +267,7 @@ def _train_in_either_precision(leaf: Config, work: Path, resume: bool) -> Runner
                   logger="current")
         to_full_precision(leaf, f"{what} in mixed precision, trained again from the first "
                                 "iteration")
+        refit_batch(leaf)        # float32's activations: about twice float16's
     drop_checkpoints(work)
     write_text(work / "config.py", leaf.pretty_text)
     return train(leaf, resume=False)

@@ -42,6 +42,9 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(type='OptimWrapper',
                      optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001))
+# MMDetection's 0.02 is for 16 images (8 GPUs x 2): the base train.gpu_memory_gb scales from
+# (MMEngine's auto_scale_lr, switched on only there: train/fit/memory.py)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
     dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[8, 11], gamma=0.1),

@@ -41,6 +41,9 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(type='OptimWrapper',
                      optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0005))
+# MMSegmentation's 0.01 is for 8 images (PSPNet, DeepLabv3: 4 GPUs x 2; U-Net's file: 4 x 4):
+# the base train.gpu_memory_gb scales from (MMEngine's auto_scale_lr, switched on only there)
+auto_scale_lr = dict(enable=False, base_batch_size=8)
 param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=2000,
                         by_epoch=False)]
 default_hooks = dict(
