@@ -246,8 +246,8 @@ def test_a_sixth_model_is_one_config_file(project, code_with_more_models, model)
 
 
 @pytest.mark.parametrize("model, message", [
-    ("two_bases", "two of its _base_ files set data_root, dataset_type, optim_wrapper, "
-                  "param_scheduler and 10 more; inherit one MMDetection / MMSegmentation config"),
+    ("two_bases", "two of its _base_ files set auto_scale_lr, data_root, dataset_type, "
+                  "optim_wrapper and 11 more; inherit one MMDetection / MMSegmentation config"),
     ("undeclared", "no model declaration; declare it with spinepipe = dict(family="),
     ("body_error", "does not load (IndexError: list index out of range)"),
     ("no_model", "no model = dict(...): inherit an MMDetection / MMSegmentation config"),
