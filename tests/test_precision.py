@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from converters.core.errors import TrainingDivergedError
+from converters.core.files import prepare_output
 from train.fit import precision
 from train.fit.precision import FULL, MIXED, settle_precision
 from train.fit.run_config import build_leaf
@@ -115,6 +116,7 @@ def test_a_run_starting_again_drops_its_checkpoints_only(tmp_path):
     outside = tmp_path / "elsewhere.pth"
     outside.write_text("keep")
     (work / "linked.pth").symlink_to(outside)
+    prepare_output(work)                  # the run's folder, as run() makes it
     drop_checkpoints(work)
     assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*")) == [
         "20261204_120000", "20261204_120000/vis.pth", "config.py", "linked.pth"]

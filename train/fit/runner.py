@@ -26,7 +26,7 @@ from converters.annotations.split import fold_file, splits_file
 from converters.core.errors import (InsufficientDataError, InvalidConfigError, MissingInputError,
                                     TrainingDivergedError)
 from converters.core.files import (link_into_place, prepare_output, refuse_links_below,
-                                   write_json, write_text)
+                                   remove_output, write_json, write_text)
 from converters.core.records import read_json
 from train.fit.checkpoint import allow_mmengine_checkpoints
 from train.fit.memory import refit_batch
@@ -277,8 +277,7 @@ def drop_checkpoints(work: Path) -> None:
     """The checkpoints of a run that starts again from its first iteration (MMEngine's
     ``*.pth`` and ``last_checkpoint`` in the work dir; links left alone, none below)."""
     for path in [*work.glob("*.pth"), work / "last_checkpoint"]:
-        if path.is_file() and not path.is_symlink():
-            path.unlink()
+        remove_output(work, path.name)   # regular files only, confined to the run's folder
 
 
 def _resumes_full_precision(work: Path) -> bool:
