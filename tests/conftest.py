@@ -143,15 +143,21 @@ def ingest_chain(phantom: Path, root: Path) -> dict[str, tuple[str, int]]:
 
 
 def dcmtk(tool: str) -> str:
-    """A dcmtk (or dicom3tools) program on PATH, never the Python environment's own: pynetdicom
-    installs console scripts of the same names (``storescu``, ``findscu``...) with other options,
-    and they come first on PATH once the virtual environment is activated."""
-    ours = {Path(sys.prefix) / "bin", Path(sys.executable).parent}
-    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
-                           if d and Path(d) not in ours)
-    found = shutil.which(tool, path=path)
-    assert found, f"{tool} missing: make test installs dcmtk and dicom3tools"
-    return found
+    """A dcmtk (or dicom3tools) program on PATH, never a Python console script: pynetdicom
+    installs scripts of the same names (``storescu``, ``findscu``...) with other options, and
+    any virtual environment on PATH (this one once activated, or another checkout's) puts them
+    first. A candidate whose first line is a ``#!...python`` shebang is passed over."""
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which(tool, path=d) if d else None
+        if found and not _python_script(Path(found)):
+            return found
+    raise AssertionError(f"{tool} missing: make test installs dcmtk and dicom3tools")
+
+
+def _python_script(path: Path) -> bool:
+    with open(path, "rb") as f:
+        first = f.readline(256)
+    return first.startswith(b"#!") and b"python" in first
 
 
 def free_port() -> int:
