@@ -388,6 +388,49 @@ def test_albumentations_run_inside_the_training_pipeline(project, model, split):
         assert "PolygonsToBitmaps" not in steps
 
 
+@pytest.mark.parametrize("name", ["Resize", "mmdet.Resize", "RandomResize", "class"])
+def test_masks_rasterized_after_any_resize_however_named(name):
+    """Scoped names, new-style configs' classes and MMDetection's other resizes: the polygons
+    become bitmaps right after the last resize."""
+    from mmdet.datasets.transforms import Resize
+    from mmengine.config import Config
+
+    from train.fit.run_config import _masks_at_input_size, step_type
+    kind = Resize if name == "class" else name
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(pipeline=[
+        dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_mask=True),
+        dict(type="FilterAnnotations"), dict(type=kind, scale=(96, 240)),
+        dict(type="RandomFlip", prob=0.5),
+        dict(type="PackDetInputs")]))))
+    _masks_at_input_size(cfg)
+    pipe = cfg.train_dataloader.dataset.pipeline
+    assert [step_type(t) for t in pipe] == ["LoadImageFromFile", "LoadAnnotations",
+                                           "FilterAnnotations", kind if
+                                           name == "RandomResize" else "Resize",
+                                           "PolygonsToBitmaps", "RandomFlip", "PackDetInputs"]
+    assert pipe[1]["poly2mask"] is False
+
+
+@pytest.mark.parametrize("steps", [
+    ["LoadAnnotations", "PackDetInputs"],                          # no resize at all
+    ["LoadAnnotations", "Albu", "Resize", "PackDetInputs"],        # bitmaps needed before it
+    ["Resize", "LoadAnnotations", "PackDetInputs"],                # loaded after the resize
+])
+def test_masks_left_at_full_size_where_polygons_cannot_go(steps):
+    """A pipeline the polygons cannot pass through is left as its config wrote it (the masks
+    rasterized where they are loaded), never a bare error."""
+    from mmengine.config import Config
+
+    from train.fit.run_config import _masks_at_input_size
+    pipeline = [dict(type=s, with_mask=True) if s == "LoadAnnotations" else dict(type=s)
+                for s in steps]
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(pipeline=pipeline))))
+    _masks_at_input_size(cfg)
+    assert [t["type"] for t in cfg.train_dataloader.dataset.pipeline] == steps
+    assert "poly2mask" not in next(t for t in cfg.train_dataloader.dataset.pipeline
+                                   if t["type"] == "LoadAnnotations")
+
+
 def test_instance_masks_are_rasterized_at_the_input_size():
     """A polygon resized to half its image, then made a bitmap (train/fit/augment.py): uint8
     (OpenCV's warps refuse bool), at the new size, covering the rectangle's half-size pixels;

@@ -147,8 +147,15 @@ def set_transform(cfg: Config, transform: str, **kwargs: Any) -> None:
     """Set ``kwargs`` on every ``transform`` step of every data pipeline of ``cfg``."""
     for pipeline in pipelines(cfg):
         for step in pipeline:
-            if step.get("type") == transform:
+            if step_type(step) == transform:
                 step.update(kwargs)
+
+
+def step_type(step: Mapping[str, Any]) -> str:
+    """A pipeline step's transform name as registries know it bare: ``Resize`` for
+    ``"Resize"``, ``"mmdet.Resize"`` (a scoped name) and the class itself (new-style configs)."""
+    kind = step.get("type")
+    return str(getattr(kind, "__name__", kind)).rsplit(".", 1)[-1]
 
 
 def _grid(size: int) -> list[int]:
@@ -210,7 +217,8 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
         cfg.model.data_preprocessor["size"] = tuple(crop_size)
     if augment:
         pipeline = cfg.train_dataloader.dataset.pipeline
-        pack = next(i for i, t in enumerate(pipeline) if t["type"].startswith("Pack"))
+        pack = next((i for i, t in enumerate(pipeline) if step_type(t).startswith("Pack")),
+                    len(pipeline))
         pipeline.insert(pack, augment_step(fam, augment))
     if augment or fam == "instance":
         cfg.custom_imports = CUSTOM_IMPORTS
@@ -234,16 +242,31 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     return cfg
 
 
+#: transforms that resize an instance model's images (and their masks, polygons included)
+RESIZES = frozenset({"Resize", "RandomResize", "RandomChoiceResize", "FixShapeResize"})
+#: transforms between the annotations' loading and the last resize that handle polygon masks
+#: as MMDetection's :class:`PolygonMasks` (anything else there, e.g. ``Albu``, needs bitmaps)
+POLYGON_SAFE = RESIZES | {"LoadImageFromFile", "LoadAnnotations", "FilterAnnotations",
+                          "RandomFlip", "RandomCrop", "Pad"}
+
+
 def _masks_at_input_size(cfg: Config) -> None:
     """An instance model's training pipeline loads its masks as polygons and rasterizes them
-    after its resize (:class:`train.fit.augment.PolygonsToBitmaps`), not at the image's full
-    size before it."""
+    after its last resize (:class:`train.fit.augment.PolygonsToBitmaps`), not at the image's
+    full size before it. A pipeline with no resize, or with a step before it that needs bitmap
+    masks, is left as its config wrote it (masks rasterized where they are loaded: the same
+    masks, more slowly)."""
     pipeline = cfg.train_dataloader.dataset.pipeline
-    for step in pipeline:
-        if step["type"] == "LoadAnnotations" and step.get("with_mask"):
-            step["poly2mask"] = False
-    resize = max(i for i, t in enumerate(pipeline) if t["type"] == "Resize")
-    pipeline.insert(resize + 1, dict(type="PolygonsToBitmaps"))
+    names = [step_type(t) for t in pipeline]
+    loads = [i for i, (n, t) in enumerate(zip(names, pipeline))
+             if n == "LoadAnnotations" and t.get("with_mask")]
+    resizes = [i for i, n in enumerate(names) if n in RESIZES]
+    if not loads or not resizes or resizes[-1] < loads[-1] \
+            or any(n not in POLYGON_SAFE for n in names[loads[0]:resizes[-1]]):
+        return
+    for i in loads:
+        pipeline[i]["poly2mask"] = False
+    pipeline.insert(resizes[-1] + 1, dict(type="PolygonsToBitmaps"))
 
 
 def nested_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
