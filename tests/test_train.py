@@ -745,7 +745,8 @@ def test_estimate_projects_every_fold_of_each_model_and_writes_nothing(project):
 @pytest.mark.parametrize("value, error", [
     (8, None),
     ("lots", "train.gpu_memory_gb"),
-    (0, "train.gpu_memory_gb is 0: a number of gibibytes above 0, or null"),
+    (0, "key 'train.gpu_memory_gb' must be >= 1, got 0.0, in memory.yaml"),
+    (-1, "key 'train.gpu_memory_gb' must be >= 1, got -1.0, in memory.yaml"),
 ])
 def test_gpu_memory_fits_the_batch_and_scales_the_learning_rate(project, value, error):
     """``train.gpu_memory_gb``: the run's batch fitted to it (train/fit/memory.py), MMEngine

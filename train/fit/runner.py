@@ -155,7 +155,7 @@ class TrainConfig:
     pretrained: dict[str, str] = field(default_factory=dict)  # model -> local checkpoint
     #: GPU memory a run may use: its batch size fitted to it, the learning rate scaled
     #: (train/fit/memory.py); None: each config's own batch size
-    gpu_memory_gb: float | None = None
+    gpu_memory_gb: float | None = field(default=None, metadata={"min": 1})  # (CUDA's context)
     images: str = "data/interim/png"
     masks: str = "data/processed/masks"
     splits: str = "data/splits"
