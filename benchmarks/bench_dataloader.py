@@ -9,9 +9,13 @@ Data: study-size phantom radiographs (1100x2870; default 30, seed 3000) through 
 crop, albumentations and options), its training dataset built by MMEngine's registry, and:
 
 - floor: ``cv2.imread`` of each training image as it is stored (8-bit grey PNG), one process;
-- pipeline: ``dataset[i]`` for every training image in one process (one worker's work);
+- pipeline: ``dataset[i]`` for every training image in one process (one worker's work),
+  decoding every PNG every epoch (no ``image_cache``), and with the study preset's
+  ``image_cache`` (train/fit/image_cache.py) after the first epoch filled it (each PNG
+  decoded once per run: the later epochs);
 - loader: a torch DataLoader with the preset's batch size, MMEngine's ``pseudo_collate`` and
-  1, 2 and N (every core) persistent workers; the second pass timed (the first starts them).
+  1, 2 and N (every core) persistent workers, with the image cache; the second pass timed (the
+  first starts them); per worker as a multiple of the floor (ms per image x workers).
 
 Printed per model: ms per image and images per second, the pipeline's time as a multiple of
 the floor (issue 27's target: within 2x per worker), and the loader's images per second per
@@ -51,8 +55,9 @@ def make_data(work: Path, n: int, seed: int) -> Path:
     return work / "params.yaml"
 
 
-def training_dataset(model: str, work: Path, params: Path):
-    """The model's training dataset at the study preset, as its training run would build it."""
+def training_dataset(model: str, work: Path, params: Path, cache: Path | None = None):
+    """The model's training dataset at the study preset, as its training run would build it;
+    its decoded images kept in ``cache`` (None: decoded every time)."""
     from mmengine.registry import DATASETS, init_default_scope
     from mmengine.utils import import_modules_from_strings
 
@@ -61,7 +66,9 @@ def training_dataset(model: str, work: Path, params: Path):
 
     cfg = load_section(TrainConfig, "train", params)
     cfg = replace(cfg, images=str(work / "png"), masks=str(work / "processed" / "masks"),
-                  splits=str(work / "splits"))
+                  splits=str(work / "splits"),
+                  presets={**cfg.presets, "study": replace(cfg.presets["study"],
+                                                           image_cache=cache and str(cache))})
     leaf = prepare_run(model, 0, cfg, work / "runs" / model, preset="study")
     if leaf.get("custom_imports"):
         import_modules_from_strings(**leaf.custom_imports)
@@ -131,13 +138,18 @@ def main() -> None:
               "(images/s); target: the pipeline within 2x the decode floor per worker")
         for model in args.models:
             dataset, batch = training_dataset(model, work, params)
-            floor, pipe = floor_ms(_paths(dataset)), pipeline_ms(dataset)
-            rates = {w: loader_rate(dataset, batch, w) for w in counts}
+            floor, cold = floor_ms(_paths(dataset)), pipeline_ms(dataset)
+            cached, _ = training_dataset(model, work, params, work / f"cache-{model}")
+            pipeline_ms(cached, rounds=1)                 # the first epoch fills the cache
+            warm = pipeline_ms(cached)
+            rates = {w: loader_rate(cached, batch, w) for w in counts}
             print(f"  {model:10s} {len(dataset)} images: floor {floor:6.1f} ms "
-                  f"({1000 / floor:5.1f}/s), pipeline {pipe:6.1f} ms ({1000 / pipe:5.1f}/s) = "
-                  f"{pipe / floor:.1f}x the floor; loader " + ", ".join(
-                      f"{w} worker{'s' if w > 1 else ''} {r:5.1f}/s ({r / w:4.1f}/s each)"
-                      for w, r in rates.items()))
+                  f"({1000 / floor:5.1f}/s); pipeline decoding every epoch {cold:6.1f} ms = "
+                  f"{cold / floor:.1f}x the floor; with image_cache {warm:6.1f} ms "
+                  f"({1000 / warm:5.1f}/s) = {warm / floor:.1f}x the floor; loader with "
+                  "image_cache " + ", ".join(
+                      f"{w} worker{'s' if w > 1 else ''} {r:5.1f}/s ({r / w:4.1f}/s each, "
+                      f"{1000 * w / r / floor:.1f}x the floor)" for w, r in rates.items()))
 
 
 if __name__ == "__main__":

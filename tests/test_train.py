@@ -595,6 +595,9 @@ def test_study_preset_builds_every_model_and_trains_an_iteration_on_cpu(project)
     leaf = Config.fromfile(str(project / "study" / "run" / "config.py"))
     resize = [t for t in leaf.train_dataloader.dataset.pipeline if t["type"] == "Resize"]
     assert [tuple(t["scale"]) for t in resize] == [(640, 1600)]  # the study's scale
+    # the decoded images kept (train/fit/image_cache.py), below the folder the run started in
+    assert leaf.train_dataloader.dataset.pipeline[0]["type"] == "CachedLoadImageFromFile"
+    assert list((project / ".cache" / "images").rglob("*.npy"))
 
 
 def test_a_run_trained_before_a_module_moved_still_loads(tmp_path):
@@ -694,9 +697,11 @@ def test_loop_options_are_checked_in_either_spelling(loop, options, message):
 
 def test_estimate_projects_every_fold_of_each_model_and_writes_nothing(project):
     """``train --estimate``: a few real iterations of each model of train.models on this CPU,
-    projected to every fold of splits.json (2 here); nothing written to the project."""
+    projected to every fold of splits.json (2 here); nothing written to the project, not even
+    the preset's image cache (moved into the estimate's temporary folder)."""
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["models"] = ["mask_rcnn", "unet"]
+    params["train"]["presets"]["tiny"]["image_cache"] = "image-cache"
     (project / "estimate.yaml").write_text(yaml.safe_dump(params))
     before = sorted(p for p in project.rglob("*"))
     proc = subprocess.run([SPINEPIPE, "train", "--estimate", "--iterations", "2",

@@ -9,6 +9,8 @@ per module):
 - ``checkpoint``: Loading mmengine checkpoints under torch >= 2.6's ``weights_only=True`` default.
 - ``estimate``: The study's time before the night: a few training iterations of each model on
   the device at hand, projected to its whole schedule, every fold.
+- ``image_cache``: Decoded training images kept on disk: each PNG decoded once per training
+  run, not once per epoch.
 - ``memory``: A run's batch size fitted to the GPU memory it may use, the learning rate scaled
   with it by MMEngine's ``auto_scale_lr``.
 - ``precision``: Mixed precision (MMEngine's AmpOptimWrapper) where a preset asks for it and
@@ -19,4 +21,4 @@ per module):
   do.
 """
 
-__all__ = ["adapt", "augment", "checkpoint", "estimate", "memory", "precision", "run_config", "runner"]
+__all__ = ["adapt", "augment", "checkpoint", "estimate", "image_cache", "memory", "precision", "run_config", "runner"]

@@ -18,6 +18,7 @@ from mmengine.config import Config
 from converters.core.errors import InvalidConfigError, MissingInputError
 from train.fit.adapt import adapt, pipelines
 from train.fit.augment import CUSTOM_IMPORTS, augment_step
+from train.fit.image_cache import MODULE as image_cache_module, STEP as cached_step
 from train.models import BEST_METRIC, family_of_scope, get
 
 
@@ -189,6 +190,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
                crop_size: tuple[int, int] | None = None, seed: int = 0,
                pretrained: str | None = None, dvclive: bool = True,
                augment: list[dict[str, Any]] | None = None,
+               image_cache: str | Path | None = None,
                options: Mapping[str, Any] | None = None) -> Config:
     """The leaf config of one run.
 
@@ -196,7 +198,9 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     ``val_ann`` are COCO files (instance models) or split lists of image stems (semantic models).
     ``img_scale`` is (width, height) (YOLACT: its fixed input size), ``crop_size`` (height, width);
     ``pretrained`` a local checkpoint to start from (``load_from``); ``augment`` albumentations
-    transforms for the training pipeline (:mod:`train.fit.augment`); ``options`` MMEngine
+    transforms for the training pipeline (:mod:`train.fit.augment`); ``image_cache`` a folder
+    keeping the decoded images of the training and validation pipelines
+    (:mod:`train.fit.image_cache`); ``options`` MMEngine
     options, nested or dotted (:func:`nested_options`), applied last.
     """
     fam = get(model).family
@@ -215,13 +219,7 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
     if crop_size is not None and fam == "semantic":
         set_transform(cfg, "RandomCrop", crop_size=tuple(crop_size))
         cfg.model.data_preprocessor["size"] = tuple(crop_size)
-    if augment:
-        pipeline = cfg.train_dataloader.dataset.pipeline
-        pack = next((i for i, t in enumerate(pipeline) if step_type(t).startswith("Pack")),
-                    len(pipeline))
-        pipeline.insert(pack, augment_step(fam, augment))
-    if augment or fam == "instance":
-        cfg.custom_imports = CUSTOM_IMPORTS
+    _extend_pipelines(cfg, fam, augment, image_cache)
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.randomness = dict(seed=seed)
     cfg.load_from = pretrained or None
@@ -240,6 +238,36 @@ def build_leaf(model: str, *, images: str | Path, train_ann: str | Path, val_ann
         cfg.merge_from_dict(nested_options(options), allow_list_keys=True)
     check_loops(cfg, model)
     return cfg
+
+
+def _extend_pipelines(cfg: Config, fam: str, augment: list[dict[str, Any]] | None,
+                      image_cache: str | Path | None) -> None:
+    """spinepipe's own steps: albumentations before packing, the image cache's loading; the
+    modules MMEngine imports for them (``custom_imports``)."""
+    if augment:
+        pipeline = cfg.train_dataloader.dataset.pipeline
+        pack = next((i for i, t in enumerate(pipeline) if step_type(t).startswith("Pack")),
+                    len(pipeline))
+        pipeline.insert(pack, augment_step(fam, augment))
+    imports = list(CUSTOM_IMPORTS["imports"]) if augment or fam == "instance" else []
+    if image_cache is not None and _cache_images(cfg, Path(image_cache).resolve()):
+        imports.append(image_cache_module)
+    if imports:
+        cfg.custom_imports = {**CUSTOM_IMPORTS, "imports": imports}
+
+
+def _cache_images(cfg: Config, folder: Path) -> bool:
+    """The training and validation pipelines' ``LoadImageFromFile`` steps made
+    :class:`train.fit.image_cache.CachedLoadImageFromFile` on ``folder``; whether any was."""
+    found = False
+    for loader in ("train_dataloader", "val_dataloader"):
+        for i, step in enumerate(cfg.get(loader, {}).get("dataset", {}).get("pipeline", [])):
+            if step_type(step) == "LoadImageFromFile":
+                args = {k: v for k, v in step.items() if k != "type"}
+                cfg[loader].dataset.pipeline[i] = dict(type=cached_step, cache_dir=str(folder),
+                                                       **args)
+                found = True
+    return found
 
 
 #: transforms that resize an instance model's images (and their masks, polygons included)

@@ -141,6 +141,9 @@ class Preset:
     img_scale: list[int] = field(default_factory=lambda: [256, 640])   # width, height
     crop_size: list[int] = field(default_factory=lambda: [256, 256])   # height, width
     augment: list[dict[str, Any]] = field(default_factory=list)        # albumentations
+    #: a folder keeping decoded training images, each PNG decoded once per run, not once per
+    #: epoch (train/fit/image_cache.py); a cache: the same arrays, so not a DVC dependency
+    image_cache: str | None = field(default=None, metadata={"not_a_dep": "a cache"})
     models: dict[str, ModelSettings] = field(default_factory=dict)     # model -> its block
 
 
@@ -192,13 +195,15 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
         raise InvalidConfigError(f"train.presets.{name}.models: unknown model '{unknown[0]}' "
                                  f"(known: {', '.join(names())}; a model is a config file in "
                                  "train/configs/)")
+    if p.image_cache is not None:
+        _check_cache_apart(p.image_cache, name, [cfg.images, cfg.masks, cfg.splits, work_dir])
     own = p.models.get(model, ModelSettings())
     options = nested_options(own.options, cfg_options or {})
     img_scale = own.img_scale or p.img_scale
     leaf = build_leaf(model, images=cfg.images, masks=cfg.masks, train_ann=anns["train"],
                       val_ann=anns["val"], work_dir=work_dir, img_scale=tuple(img_scale),
                       crop_size=tuple(p.crop_size), seed=cfg.seed, pretrained=pretrained,
-                      augment=p.augment, options=options)
+                      augment=p.augment, image_cache=p.image_cache, options=options)
     leaf.launcher = launcher
     if launcher != "none" and not _cuda():
         # torch's SyncBatchNorm runs on accelerators only: CPU processes (gloo) use plain BN
@@ -215,6 +220,20 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
         _fit_to_memory(leaf, model, cfg.gpu_memory_gb, len(splits["folds"][fold]["train"]),
                        options)
     return leaf
+
+
+def _check_cache_apart(cache: str, preset: str, folders: list) -> None:
+    """The image cache (train/fit/image_cache.py) neither inside nor around the run's data or
+    its run folder: entries among the PNGs would change the export stage's output, a cache in
+    the run folder would become part of the model DVC stores."""
+    real = Path(os.path.realpath(cache))
+    for folder in map(str, folders):
+        other = Path(os.path.realpath(folder))
+        if real.is_relative_to(other) or other.is_relative_to(real):
+            where = "is inside" if real.is_relative_to(other) else "holds"
+            raise InvalidConfigError(f"train.presets.{preset}.image_cache {cache} {where} "
+                                     f"{folder}: keep the cache apart from the data and the "
+                                     "run folders")
 
 
 def _fit_to_memory(leaf: Config, model: str, gb: float, train_images: int,
