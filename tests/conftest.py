@@ -146,7 +146,7 @@ def dcmtk(tool: str) -> str:
     """A dcmtk (or dicom3tools) program on PATH, never a Python console script: pynetdicom
     installs scripts of the same names (``storescu``, ``findscu``...) with other options, and
     any virtual environment on PATH (this one once activated, or another checkout's) puts them
-    first. A candidate whose first line is a ``#!...python`` shebang is passed over."""
+    first. A candidate that is a script running Python is passed over."""
     for d in os.environ.get("PATH", "").split(os.pathsep):
         found = shutil.which(tool, path=d) if d else None
         if found and not _python_script(Path(found)):
@@ -155,9 +155,11 @@ def dcmtk(tool: str) -> str:
 
 
 def _python_script(path: Path) -> bool:
+    """A script (``#!``) that runs Python: pip writes ``#!.../python``, or, for a long or spaced
+    path, ``#!/bin/sh`` and an ``exec .../python`` line after it."""
     with open(path, "rb") as f:
-        first = f.readline(256)
-    return first.startswith(b"#!") and b"python" in first
+        head = f.read(1024)
+    return head.startswith(b"#!") and b"python" in head
 
 
 def free_port() -> int:

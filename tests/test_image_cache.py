@@ -4,7 +4,9 @@ planted entry never trusted, and a real training DataLoader (worker processes) g
 samples with the cache as without it."""
 from __future__ import annotations
 
+import io
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,6 +62,41 @@ def test_the_cache_gives_what_mmcv_decodes_and_reads_it_back(tmp_path, loaders):
     assert _entries(cache) == [entry]
 
 
+def test_a_png_rewritten_in_place_with_its_old_time_gets_a_new_entry(tmp_path, loaders):
+    """``cp -p`` / ``rsync -t --inplace`` over the same file: same path, inode, size and
+    modification time; the change time tells."""
+    _, cached, cache = loaders
+    png = tmp_path / "a.png"
+    _png(png, 1)
+    _load(cached, png)
+    st = png.stat()
+    newer = np.random.default_rng(2).integers(0, 256, (60, 40), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".png", newer)
+    fresh = encoded.tobytes()
+    if len(fresh) != st.st_size:            # the same size, so only the ctime differs
+        pytest.fail("test PNGs of different sizes")  # (random bytes: PNG stores them whole)
+    time.sleep(0.01)
+    with open(png, "r+b") as f:
+        f.write(fresh)
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert png.stat().st_ino == st.st_ino and png.stat().st_mtime_ns == st.st_mtime_ns
+    assert np.array_equal(_load(cached, png)["img"], newer)
+
+
+def test_a_temporary_name_a_killed_process_left_goes_an_hour_later(tmp_path, loaders):
+    _, cached, cache = loaders
+    png = tmp_path / "a.png"
+    _png(png, 1)
+    (cache / "ab").mkdir(parents=True)
+    old, young = cache / "ab" / ".x.npy.1234.sp-tmp", cache / "ab" / ".y.npy.5678.sp-tmp"
+    for f in (old, young):
+        f.write_bytes(b"half an entry")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    _load(cached, png)                      # the process's first write
+    assert not old.exists() and young.exists()
+
+
 def test_a_png_written_again_gets_a_new_entry(tmp_path, loaders):
     _, cached, cache = loaders
     png = tmp_path / "a.png"
@@ -84,7 +121,9 @@ def test_other_loader_arguments_get_their_own_entries(tmp_path, loaders):
     assert len(_entries(cache)) == 2
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not npy", "pickle", "link"])
+@pytest.mark.parametrize("damage", ["truncated", "not npy", "pickle", "link", "folder",
+                                    "fifo", "huge header", "structured", "float64",
+                                    "colour for grey", "float32 for uint8", "trailing bytes"])
 def test_a_broken_or_planted_entry_is_decoded_again_and_replaced(tmp_path, loaders, damage):
     _, cached, cache = loaders
     png = tmp_path / "a.png"
@@ -100,16 +139,42 @@ def test_a_broken_or_planted_entry_is_decoded_again_and_replaced(tmp_path, loade
         entry.write_bytes(b"\x89PNG not an array")
     elif damage == "pickle":                # numpy's object arrays are pickles: never loaded
         np.save(entry, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    else:                                   # a link to another array: not followed
+    elif damage == "link":                  # a link to another array: not followed
         entry.unlink()
         entry.symlink_to(outside)
+    elif damage == "folder":
+        entry.unlink()
+        entry.mkdir()
+    elif damage == "fifo":                  # never waited on
+        entry.unlink()
+        os.mkfifo(entry)
+    elif damage == "huge header":           # a header claiming 10 TB: not believed
+        head = np.lib.format.header_data_from_array_1_0(img)
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {**head, "shape": (10**13,)})
+        entry.write_bytes(buf.getvalue() + b"\0" * 100)
+    elif damage == "structured":
+        np.save(entry, np.zeros(img.shape, dtype=[("a", "u1"), ("b", "f8")]))
+    elif damage == "float64":
+        np.save(entry, img.astype(np.float64))
+    elif damage == "colour for grey":
+        np.save(entry, np.dstack([img] * 3))
+    elif damage == "float32 for uint8":
+        np.save(entry, img.astype(np.float32))
+    else:                                   # a whole array and more: not one array
+        entry.write_bytes(entry.read_bytes() + b"\0" * 16)
+    if damage == "folder":                  # no file replaces a folder: this process goes
+        assert np.array_equal(_load(cached, png)["img"], img)   # on without the cache
+        entry.rmdir()
+        cached = type(cached)(cache_dir=str(cache), color_type="grayscale")   # the next run
     assert np.array_equal(_load(cached, png)["img"], img)
     assert entry.is_file() and not entry.is_symlink() and np.array_equal(np.load(entry), img)
     assert outside.read_bytes() == before
     assert not [p for p in cache.rglob("*") if ".sp-tmp" in p.name]
 
 
-def test_a_folder_that_cannot_hold_entries_is_skipped_not_fatal(tmp_path, loaders, capsys):
+def test_a_folder_that_cannot_hold_entries_is_skipped_not_fatal(tmp_path, loaders,
+                                                               monkeypatch):
     """A link planted for an entry's folder (to an array an attacker prepared under the
     entry's name) is neither read nor written through; the image comes from the PNG, the
     reason is said once, and nothing outside changes."""
@@ -123,11 +188,14 @@ def test_a_folder_that_cannot_hold_entries_is_skipped_not_fatal(tmp_path, loader
     before = (elsewhere / Path(name).name).read_bytes()
     cache.mkdir()
     (cache / name.split("/")[0]).symlink_to(elsewhere, target_is_directory=True)
+    import train.fit.image_cache as module
+    said, log = [], module.print_log     # what the run's log gets (mmengine's logger keeps
+    monkeypatch.setattr(module, "print_log",  # the stream it started with: read it here)
+                        lambda msg, **kw: (said.append(msg), log(msg, **kw)))
     for _ in range(2):
         assert np.array_equal(_load(cached, png)["img"], img)
     assert (elsewhere / Path(name).name).read_bytes() == before
     assert sorted(p.name for p in elsewhere.iterdir()) == [Path(name).name]
-    said = [line for line in capsys.readouterr().out.splitlines() if "image cache" in line]
     assert len(said) == 1 and "not written, images decoded every epoch" in said[0], said
 
 
@@ -165,17 +233,39 @@ def _cached(cfg, cache):
 
 @pytest.mark.parametrize("where, said", [("png/cache", "is inside"), (".", "holds"),
                                          ("runs/unet/cache", "is inside"),
-                                         ("processed", "holds")])
-def test_a_cache_among_the_data_or_the_run_is_refused(project, where, said):
-    """Entries among the exported PNGs would change a DVC output, in the run folder they would
-    be stored with the model: refused with one line naming the key."""
+                                         ("processed", "holds"),
+                                         ("data/processed/c", "is inside"),
+                                         ("reports/c", "is inside"), ("models", "is inside"),
+                                         ("params.yaml", "is a file, not a folder")])
+def test_a_cache_among_the_data_or_the_run_is_refused(project, where, said, monkeypatch):
+    """Entries among the exported PNGs or in any folder DVC's stages write (in a project: a
+    dvc.yaml where the run starts) would change a DVC output, in the run folder they would be
+    stored with the model: refused with one line naming the key."""
     from converters.core.errors import InvalidConfigError
     from train.fit.runner import prepare_run
 
     root, cfg = project
-    with pytest.raises(InvalidConfigError, match=rf"train.presets.tiny.image_cache .* {said} "):
-        prepare_run("unet", 0, _cached(cfg, root / where), root / "runs" / "unet")
-    assert not (root / "png" / "cache").exists()
+    monkeypatch.chdir(root)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    try:
+        with pytest.raises(InvalidConfigError,
+                           match=rf"^train.presets.tiny.image_cache .* {said}"):
+            prepare_run("unet", 0, _cached(cfg, where), root / "runs" / "unet")
+    finally:
+        (root / "dvc.yaml").unlink()
+    assert not (root / "png" / "cache").exists() and not (root / "data").exists()
+
+
+def test_a_home_relative_cache_is_the_home_folder(project, monkeypatch, tmp_path):
+    from train.fit.runner import prepare_run
+
+    root, cfg = project
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(root)
+    leaf = prepare_run("unet", 0, _cached(cfg, "~/.cache/spine"), root / "runs" / "unet")
+    assert leaf.train_dataloader.dataset.pipeline[0]["cache_dir"] == \
+        str((tmp_path / "home" / ".cache" / "spine").resolve())
+    assert not (root / "~").exists()
 
 
 def test_a_leaf_config_keeps_train_and_val_images_and_a_dataloader_gives_the_same(project,

@@ -502,15 +502,18 @@ def test_where_the_weights_started_is_unknown_without_a_config(records, tmp_path
     assert "from scratch" not in rows["24"][3] and NOT_RECORDED in rows["24"][3]
 
 
-def test_the_input_is_what_the_training_loader_resized_to(tmp_path):
+@pytest.mark.parametrize("load", ["LoadImageFromFile", "mmcv.LoadImageFromFile",
+                                  "CachedLoadImageFromFile', cache_dir='/c"])
+def test_the_input_is_what_the_training_loader_resized_to(tmp_path, load):
     """A leaf config carries its bases' ``img_scale`` and ``train_pipeline`` variables; the
-    training ran the dataloader's pipeline (the demo preset's smaller scale)."""
+    training ran the dataloader's pipeline (the demo preset's smaller scale). Loading steps
+    (the image cache's too, however named) are not augmentations."""
     run = tmp_path / "m" / "fold0"
     run.mkdir(parents=True)
     (run / "config.py").write_text(
         CONFIG + "train_dataloader = dict(dataset=dict(type='RepeatDataset', dataset=dict("
-        "pipeline=[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 320)), "
-        "dict(type='PhotoMetricDistortion')])))\n")
+        f"pipeline=[dict(type='{load}'), dict(type='Resize', scale=(128, 320)), "
+        "dict(type='PolygonsToBitmaps'), dict(type='PhotoMetricDistortion')])))\n")
     got = read_run(tmp_path, "m", 0)
     assert got.input_scale == "128 x 320"
     assert got.augmentation == "Resize, PhotoMetricDistortion"

@@ -431,6 +431,40 @@ def test_masks_left_at_full_size_where_polygons_cannot_go(steps):
                                    if t["type"] == "LoadAnnotations")
 
 
+def test_masks_filtered_by_their_area_stay_bitmaps_before_it():
+    """``FilterAnnotations(by_mask=True)`` measures a polygon's area, not its pixels: the
+    instances kept would differ, so the masks are rasterized where they are loaded."""
+    from mmengine.config import Config
+
+    from train.fit.run_config import _masks_at_input_size
+    pipe = [dict(type="LoadAnnotations", with_mask=True),
+            dict(type="FilterAnnotations", by_mask=True, min_gt_mask_area=10),
+            dict(type="Resize"), dict(type="PackDetInputs")]
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(pipeline=[dict(t) for t in pipe]))))
+    _masks_at_input_size(cfg)
+    assert cfg.train_dataloader.dataset.pipeline == pipe
+    pipe[1]["by_mask"] = False
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(pipeline=[dict(t) for t in pipe]))))
+    _masks_at_input_size(cfg)
+    assert [t["type"] for t in cfg.train_dataloader.dataset.pipeline][3] == "PolygonsToBitmaps"
+
+
+def test_a_model_configs_own_imports_are_kept(tmp_path):
+    """spinepipe's modules (augmentation, image cache) join the config's ``custom_imports``,
+    never replace them."""
+    from mmengine.config import Config
+
+    from train.fit.run_config import _extend_pipelines
+    cfg = Config(dict(custom_imports=dict(imports=["my_project.backbone"],
+                                          allow_failed_imports=True),
+                      train_dataloader=dict(dataset=dict(pipeline=[
+                          dict(type="LoadImageFromFile"), dict(type="PackSegInputs")]))))
+    _extend_pipelines(cfg, "semantic", [{"type": "RandomGamma"}], tmp_path / "cache")
+    assert cfg.custom_imports == dict(imports=["my_project.backbone", "train.fit.augment",
+                                               "train.fit.image_cache"],
+                                      allow_failed_imports=True)
+
+
 def test_instance_masks_are_rasterized_at_the_input_size():
     """A polygon resized to half its image, then made a bitmap (train/fit/augment.py): uint8
     (OpenCV's warps refuse bool), at the new size, covering the rectangle's half-size pixels;

@@ -249,11 +249,13 @@ def _extend_pipelines(cfg: Config, fam: str, augment: list[dict[str, Any]] | Non
         pack = next((i for i, t in enumerate(pipeline) if step_type(t).startswith("Pack")),
                     len(pipeline))
         pipeline.insert(pack, augment_step(fam, augment))
-    imports = list(CUSTOM_IMPORTS["imports"]) if augment or fam == "instance" else []
-    if image_cache is not None and _cache_images(cfg, Path(image_cache).resolve()):
-        imports.append(image_cache_module)
-    if imports:
-        cfg.custom_imports = {**CUSTOM_IMPORTS, "imports": imports}
+    ours = list(CUSTOM_IMPORTS["imports"]) if augment or fam == "instance" else []
+    if image_cache is not None and _cache_images(cfg, Path(image_cache).expanduser().resolve()):
+        ours.append(image_cache_module)
+    if ours:                                    # the model config's own imports kept
+        own = list((cfg.get("custom_imports") or {}).get("imports") or [])
+        cfg.custom_imports = {**CUSTOM_IMPORTS, **(cfg.get("custom_imports") or {}),
+                              "imports": own + [m for m in ours if m not in own]}
 
 
 def _cache_images(cfg: Config, folder: Path) -> bool:
@@ -278,6 +280,13 @@ POLYGON_SAFE = RESIZES | {"LoadImageFromFile", "LoadAnnotations", "FilterAnnotat
                           "RandomFlip", "RandomCrop", "Pad"}
 
 
+def _carries_polygons(step: Mapping[str, Any]) -> bool:
+    """Whether a step does to polygon masks what it does to bitmaps (``FilterAnnotations`` by
+    mask area measures a polygon's area, not its pixels: not the same instances kept)."""
+    name = step_type(step)
+    return name in POLYGON_SAFE and not (name == "FilterAnnotations" and step.get("by_mask"))
+
+
 def _masks_at_input_size(cfg: Config) -> None:
     """An instance model's training pipeline loads its masks as polygons and rasterizes them
     after its last resize (:class:`train.fit.augment.PolygonsToBitmaps`), not at the image's
@@ -290,7 +299,7 @@ def _masks_at_input_size(cfg: Config) -> None:
              if n == "LoadAnnotations" and t.get("with_mask")]
     resizes = [i for i, n in enumerate(names) if n in RESIZES]
     if not loads or not resizes or resizes[-1] < loads[-1] \
-            or any(n not in POLYGON_SAFE for n in names[loads[0]:resizes[-1]]):
+            or not all(_carries_polygons(t) for t in pipeline[loads[0]:resizes[-1]]):
         return
     for i in loads:
         pipeline[i]["poly2mask"] = False

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -196,6 +196,7 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
                                  f"(known: {', '.join(names())}; a model is a config file in "
                                  "train/configs/)")
     if p.image_cache is not None:
+        p = replace(p, image_cache=str(Path(p.image_cache).expanduser()))
         _check_cache_apart(p.image_cache, name, [cfg.images, cfg.masks, cfg.splits, work_dir])
     own = p.models.get(model, ModelSettings())
     options = nested_options(own.options, cfg_options or {})
@@ -222,18 +223,28 @@ def prepare_run(model: str, fold: int, cfg: TrainConfig, work_dir: str | Path, *
     return leaf
 
 
+#: the project's folders DVC's stages write (DESIGN.md's layout), where a cache must not go
+DVC_FOLDERS = ("data", "models", "reports")
+
+
 def _check_cache_apart(cache: str, preset: str, folders: list) -> None:
-    """The image cache (train/fit/image_cache.py) neither inside nor around the run's data or
-    its run folder: entries among the PNGs would change the export stage's output, a cache in
-    the run folder would become part of the model DVC stores."""
+    """The image cache (train/fit/image_cache.py) a folder, neither inside nor around the
+    run's data, its run folder or, in a project (a dvc.yaml here), the folders DVC's stages
+    write: entries among the PNGs or in convert's output would change a stage's output, in the
+    run folder they would be stored with the model."""
+    key = f"train.presets.{preset}.image_cache {cache}"
+    if Path(cache).exists() and not Path(cache).is_dir():
+        raise InvalidConfigError(f"{key} is a file, not a folder")
+    if Path("dvc.yaml").is_file():
+        folders = [*folders, *DVC_FOLDERS]
     real = Path(os.path.realpath(cache))
     for folder in map(str, folders):
         other = Path(os.path.realpath(folder))
         if real.is_relative_to(other) or other.is_relative_to(real):
             where = "is inside" if real.is_relative_to(other) else "holds"
-            raise InvalidConfigError(f"train.presets.{preset}.image_cache {cache} {where} "
-                                     f"{folder}: keep the cache apart from the data and the "
-                                     "run folders")
+            raise InvalidConfigError(f"{key} {where} {folder}: keep the cache apart from the "
+                                     "data, the run folders and DVC's outputs (data/, models/, "
+                                     "reports/)")
 
 
 def _fit_to_memory(leaf: Config, model: str, gb: float, train_images: int,

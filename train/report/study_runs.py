@@ -192,8 +192,9 @@ def _config_facts(cfg: dict, run: Run, world: int = 1) -> None:
                            + (["mixed precision"] if ow.get("type") == "AmpOptimWrapper" else []))
         run.optimizer = f"{opt.get('type')} ({extras})" if extras else str(opt.get("type"))
     if pipeline:
-        kinds = [str(_scalar(t.get("type"))) for t in pipeline]
-        skip = {"LoadImageFromFile", "LoadAnnotations", "PackDetInputs", "PackSegInputs"}
+        kinds = [str(_scalar(t.get("type"))).rsplit(".", 1)[-1] for t in pipeline]
+        skip = {"LoadImageFromFile", "CachedLoadImageFromFile", "LoadAnnotations",
+                "PolygonsToBitmaps", "PackDetInputs", "PackSegInputs"}
         run.augmentation = ", ".join(k for k in kinds if k not in skip) or "none"
 
 
