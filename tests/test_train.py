@@ -449,6 +449,22 @@ def test_masks_filtered_by_their_area_stay_bitmaps_before_it():
     assert [t["type"] for t in cfg.train_dataloader.dataset.pipeline][3] == "PolygonsToBitmaps"
 
 
+def test_the_image_cache_reaches_pipelines_inside_dataset_wrappers(tmp_path):
+    """RepeatDataset's and ConcatDataset's inner datasets load through the cache too."""
+    from mmengine.config import Config
+
+    from train.fit.run_config import _extend_pipelines
+    inner = lambda: dict(pipeline=[dict(type="LoadImageFromFile"), dict(type="PackSegInputs")])  # noqa: E731
+    cfg = Config(dict(
+        train_dataloader=dict(dataset=dict(type="RepeatDataset", times=2, dataset=inner())),
+        val_dataloader=dict(dataset=dict(type="ConcatDataset", datasets=[inner(), inner()]))))
+    _extend_pipelines(cfg, "semantic", None, tmp_path / "cache")
+    loads = [cfg.train_dataloader.dataset.dataset.pipeline[0],
+             *(d.pipeline[0] for d in cfg.val_dataloader.dataset.datasets)]
+    assert [t["type"] for t in loads] == ["CachedLoadImageFromFile"] * 3
+    assert cfg.custom_imports["imports"] == ["train.fit.image_cache"]
+
+
 def test_a_model_configs_own_imports_are_kept(tmp_path):
     """spinepipe's modules (augmentation, image cache) join the config's ``custom_imports``,
     never replace them."""
