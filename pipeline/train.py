@@ -119,11 +119,11 @@ def _estimate(model: str | None, fold: int, preset: str | None, cfg_options: dic
     with tempfile.TemporaryDirectory(prefix="spinepipe-estimate-") as tmp:
         prepare_output(tmp, private=True)
         with library_output_to(Path(tmp) / "estimate.log" if quiet else None):
-            from train.fit.estimate import estimate_model, summary
+            from train.fit.estimate import cache_within, estimate_model, summary
             from train.fit.runner import TrainConfig, prepare_run
 
-            cfg = _cache_within(stage_params(TrainConfig, "train", params), preset,
-                                Path(tmp) / "image-cache")
+            cfg = cache_within(stage_params(TrainConfig, "train", params), preset,
+                               Path(tmp) / "image-cache")
             names = [model] if model else cfg.models
             if not names:
                 raise InvalidConfigError("train.models is empty: nothing to estimate",
@@ -147,20 +147,6 @@ def _estimate(model: str | None, fold: int, preset: str | None, cfg_options: dic
     if not quiet:
         _estimate_table(estimates)
     say(f"train --estimate: {summary(estimates)}")
-
-
-def _cache_within(cfg, preset: str | None, folder: Path):
-    """The preset's image cache (train/fit/image_cache.py) moved into the estimate's temporary
-    folder: the estimate writes nothing in the project, and its timed iterations read their
-    images for the first time (decoded and written: the first epoch's data wait, an upper
-    bound for the epochs after)."""
-    from dataclasses import replace
-
-    name = preset or cfg.preset
-    p = cfg.presets.get(name)
-    if p is None or p.image_cache is None:
-        return cfg
-    return replace(cfg, presets={**cfg.presets, name: replace(p, image_cache=str(folder))})
 
 
 def _estimate_table(estimates: list) -> None:

@@ -6,7 +6,7 @@ machine. Every change is returned and recorded in the run's ``config.py``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from mmengine.config import Config
 
@@ -204,9 +204,21 @@ def _dicts(node: Any):
             yield from _dicts(value)
 
 
-def pipelines(cfg: Config):
-    """Every data pipeline of a config (its dataloaders' datasets')."""
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        ds = cfg.get(loader, {}).get("dataset")
-        if ds is not None and "pipeline" in ds:
-            yield ds["pipeline"]
+LOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+
+
+def pipelines(cfg: Config, loaders: tuple[str, ...] = LOADERS):
+    """Every data pipeline of a config's ``loaders`` (their datasets', through wrappers:
+    ``RepeatDataset``'s ``dataset``, ``ConcatDataset``'s ``datasets``)."""
+    for loader in loaders:
+        yield from _pipelines_in(cfg.get(loader, {}).get("dataset"))
+
+
+def _pipelines_in(dataset: Any):
+    if not isinstance(dataset, Mapping):
+        return
+    if isinstance(dataset.get("pipeline"), list):
+        yield dataset["pipeline"]
+        return
+    for inner in [dataset.get("dataset"), *(dataset.get("datasets") or [])]:
+        yield from _pipelines_in(inner)

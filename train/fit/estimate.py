@@ -24,12 +24,24 @@ import copy
 import gc
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 #: the device waits for data this share of an iteration or more: the data pipeline is the limit
 DATA_BOUND = 0.25
+
+
+def cache_within(cfg: Any, preset: str | None, folder: Path) -> Any:
+    """``cfg`` (a TrainConfig) with its preset's image cache (:mod:`train.fit.image_cache`)
+    moved to ``folder``, the estimate's temporary one: the estimate writes nothing in the
+    project, and its timed iterations read their images for the first time (decoded and
+    kept: the first epoch's data wait, an upper bound for the epochs after)."""
+    name = preset or cfg.preset
+    p = cfg.presets.get(name)
+    if p is None or p.image_cache is None:
+        return cfg
+    return replace(cfg, presets={**cfg.presets, name: replace(p, image_cache=str(folder))})
 
 
 @dataclass(frozen=True)

@@ -262,26 +262,13 @@ def _cache_images(cfg: Config, folder: Path) -> bool:
     """The training and validation pipelines' ``LoadImageFromFile`` steps made
     :class:`train.fit.image_cache.CachedLoadImageFromFile` on ``folder``; whether any was."""
     found = False
-    for loader in ("train_dataloader", "val_dataloader"):
-        for dataset in _with_pipelines(cfg.get(loader, {}).get("dataset")):
-            pipeline = dataset["pipeline"]
-            for i, step in enumerate(pipeline):
-                if step_type(step) == "LoadImageFromFile":
-                    args = {k: v for k, v in step.items() if k != "type"}
-                    pipeline[i] = dict(type=cached_step, cache_dir=str(folder), **args)
-                    found = True
+    for pipeline in pipelines(cfg, ("train_dataloader", "val_dataloader")):
+        for i, step in enumerate(pipeline):
+            if step_type(step) == "LoadImageFromFile":
+                args = {k: v for k, v in step.items() if k != "type"}
+                pipeline[i] = dict(type=cached_step, cache_dir=str(folder), **args)
+                found = True
     return found
-
-
-def _with_pipelines(dataset: Any) -> list:
-    """The dataset configs holding a pipeline, through wrappers (``RepeatDataset``'s
-    ``dataset``, ``ConcatDataset``'s ``datasets``)."""
-    if not isinstance(dataset, Mapping):
-        return []
-    if isinstance(dataset.get("pipeline"), list):
-        return [dataset]
-    inner = [dataset.get("dataset"), *(dataset.get("datasets") or [])]
-    return [d for sub in inner for d in _with_pipelines(sub)]
 
 
 #: transforms that resize an instance model's images (and their masks, polygons included)
