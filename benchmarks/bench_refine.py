@@ -37,9 +37,12 @@ from train.evaluation.evaluate import EvaluateConfig, family, score
 from train.evaluation.recognition import PostprocessConfig, RecognitionConfig
 from train.evaluation.test_set import TestSet
 
-#: field -> (lower, higher) than params.yaml's (the fields that decide what is seen as an edge)
+#: field -> (lower, higher) than params.yaml's (the fields that decide what is seen as an edge,
+#: and what is too implausible to be measured)
 SWEEP = {"min_confidence": (0.3, 0.5), "band_mm": (4.0, 8.0), "inlier_px": (0.75, 1.5),
-         "min_snr": (1.5, 4.0), "sigma_px": (0.5, 1.5), "max_tilt_deg": (15.0, 35.0)}
+         "min_snr": (1.5, 4.0), "sigma_px": (0.5, 1.5), "max_tilt_deg": (15.0, 35.0),
+         # plausibility (converters/spine/plausible.py): 180 deg and 0 turn a check off
+         "max_segment_deg": (35.0, 180.0), "min_disc_ratio": (0.0, 0.1)}
 GROUPS = (("lordosis_deg", "lordosis"), ("segmental_deg", "segmental"),
           ("disc_height_mm", "discs"))
 

@@ -19,6 +19,7 @@ import typer
 from converters.annotations.agreement import AgreementConfig, write_agreement
 from converters.annotations.convert import ConvertConfig
 from converters.annotations.readers import reader_files
+from converters.spine.refine import MeasuresConfig
 from pipeline.console import ParamsOption, QuietOption, say
 from pipeline.params import stage_params
 
@@ -39,6 +40,7 @@ def command(
     summary = write_agreement(reader_files(input, annotator), images, output,
                               stage_params(ConvertConfig, "convert", params),
                               stage_params(AgreementConfig, "agreement", params), truth=truth,
+                              measures=stage_params(MeasuresConfig, "measures", params),
                               workers=workers)
     lonely = summary["readers_without_overlap"]
     if lonely:  # said even with --quiet: agreement needs two readers on one image

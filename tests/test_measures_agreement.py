@@ -233,6 +233,39 @@ def test_convert_refines_readers_polygons_only_when_asked(evaluated, tmp_path):
     assert np.mean([abs(a - b) for a, b in both]) < 2.0
 
 
+# (the two readers are one file: their ICC's error variance is zero, which pingouin warns of)
+@pytest.mark.filterwarnings("ignore:.*encountered in scalar divide:RuntimeWarning")
+def test_the_plausibility_limits_of_the_params_reach_every_stage_that_measures(evaluated,
+                                                                                tmp_path):
+    """measures.max_segment_deg 1 (no spine passes): convert's readers, evaluate's prediction
+    and truth, agreement's readers and truth all withhold their lordosis with the reason;
+    with the defaults the same images are measured (the gate is the params', everywhere)."""
+    from converters.annotations.agreement import write_agreement
+    from converters.annotations.readers import ReaderFile
+    from converters.spine.refine import MeasuresConfig
+
+    root, strict = evaluated["root"], MeasuresConfig(max_segment_deg=1.0)
+    convert([root / "via.json"], root / "png", tmp_path / "conv", ConvertConfig(qa=False),
+            measures=strict)
+    evaluate_run("unet", 0, EvaluateConfig(device="cpu"), test=root / "processed" / "coco.json",
+                 masks=root / "processed" / "masks", images=root / "png", out=tmp_path / "eval",
+                 predictions=root / "pred", measures=strict)
+    tables = [tmp_path / "conv" / "measures.csv", tmp_path / "eval" / "measures.csv",
+              tmp_path / "eval" / "measures_truth.csv"]
+    for table in tables:
+        rows = _measures(table).values()
+        assert rows and all(r["lordosis_deg"] == "" for r in rows), table
+        assert all("segmental angle" in r["not_measurable"] for r in rows
+                   if "missing" not in r["not_measurable"]), table
+    assert any(r["lordosis_deg"] for r in _measures(root / "eval" / "measures.csv").values())
+    readers = [ReaderFile("r1", root / "via.json"), ReaderFile("r2", root / "via.json")]
+    agreed = {name: write_agreement(readers, root / "png", tmp_path / name, ConvertConfig(qa=False),
+                                    truth=root / "via.json", measures=cfg)["against_truth"]["r1"]
+              for name, cfg in (("strict", strict), ("default", None))}
+    assert agreed["strict"]["lordosis_mae_deg"] is None
+    assert agreed["default"]["lordosis_mae_deg"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_the_report_draws_what_it_can_of_a_damaged_endplates_file(evaluated, tmp_path):
     """endplates.json is evaluate's, but a report reads what is on disk: a list, entries of
     the wrong shape, NaN corners, lines off the image: the figure leaves out what it cannot

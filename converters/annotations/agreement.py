@@ -61,6 +61,7 @@ from converters.core.parallel import map_jobs
 from converters.core.provenance import pixel_spacing, read_record
 from converters.spine.levels import LEVELS
 from converters.spine.measures import LENGTHS, MEASURES, image_measures
+from converters.spine.refine import MeasuresConfig
 
 #: boundary sampling step, pixels (finer of this and the outline's length / MAX_SAMPLES)
 STEP_PX = 0.5
@@ -164,9 +165,10 @@ def _by_level(outlines: Sequence[Outline]) -> dict[str, Outline]:
     return out
 
 
-def _measures(outlines: Sequence[Outline], spacing, vertebra_classes) -> dict:
+def _measures(outlines: Sequence[Outline], spacing, vertebra_classes,
+              checks: MeasuresConfig | None) -> dict:
     row, _ = image_measures([(o.level, np.c_[o.xs, o.ys]) for o in outlines
-                             if o.cls in vertebra_classes], spacing)
+                             if o.cls in vertebra_classes], spacing, checks=checks)
     return row
 
 
@@ -238,10 +240,10 @@ def _mean(values: Sequence[float]) -> float | None:
 def _one_image(job: tuple) -> dict:
     """Everything agreement needs of one image (a worker's job): pair rows, measure rows, the
     readers' measures, each reader against the consensus, the worklist row."""
-    image, readers, spacing, vertebra_classes, cons, truth = job
+    image, readers, spacing, vertebra_classes, cons, truth, checks = job
     columns = _measure_columns(spacing is not None)
     levels = {r: _by_level(outs) for r, outs in readers.items()}
-    meas = {r: _measures(outs, spacing, vertebra_classes) for r, outs in readers.items()}
+    meas = {r: _measures(outs, spacing, vertebra_classes, checks) for r, outs in readers.items()}
     out: dict = {"pairs": [], "measures": [], "values": {}, "vs_consensus": {}}
     for r, row in meas.items():
         for c in columns:
@@ -265,7 +267,7 @@ def _one_image(job: tuple) -> dict:
                                         "diff": None if va is None or vb is None else vb - va})
     cons = consensus(readers) if cons is None else cons
     cons_levels = _by_level(cons)
-    cons_lord = _measures(cons, spacing, vertebra_classes)["lordosis_deg"]
+    cons_lord = _measures(cons, spacing, vertebra_classes, checks)["lordosis_deg"]
     for r in readers:
         iou_list = [pair_row(image, lv, r, "consensus", levels[r].get(lv), cons_levels.get(lv),
                              None, distances=False).get("iou", 0.0)
@@ -275,11 +277,11 @@ def _one_image(job: tuple) -> dict:
         out["vs_consensus"][r] = (iou_list, mae)
     if truth is not None:   # a known truth (the phantom's): every reader and the consensus
         true_levels = _by_level(truth)
-        true_lord = _measures(truth, spacing, vertebra_classes)["lordosis_deg"]
+        true_lord = _measures(truth, spacing, vertebra_classes, checks)["lordosis_deg"]
         out["vs_truth"] = {}
         for who, outs in [*sorted(readers.items()), (CONSENSUS, cons)]:
             mine = _by_level(outs)
-            lord = _measures(outs, spacing, vertebra_classes)["lordosis_deg"]
+            lord = _measures(outs, spacing, vertebra_classes, checks)["lordosis_deg"]
             out["vs_truth"][who] = (
                 [pair_row(image, lv, who, "truth", mine.get(lv), t, None,
                           distances=False).get("iou", 0.0) for lv, t in true_levels.items()],
@@ -297,14 +299,15 @@ def agreement(readers_of: dict[str, dict[str, list[Outline]]], all_readers: Sequ
               vertebra_classes: Sequence[str] = ("lumbar", "sacrum"), *,
               consensus_of: dict[str, list[Outline]] | None = None,
               truth_of: dict[str, list[Outline]] | None = None,
-              workers: int = 1) -> Agreement:
+              measures: MeasuresConfig | None = None, workers: int = 1) -> Agreement:
     """Agreement of the readers on the images two or more of them read (module docstring).
     ``readers_of[image][reader]``: that reader's outlines; ``all_readers``: every reader of the
     batch (those who share no image with another are listed in the summary);
     ``consensus_of``: consensus outlines already built (convert's), the rest are built here;
     ``truth_of``: known true outlines of some images (the phantom's), against which every
-    reader and the consensus are measured too (``against_truth``). Images are spread over
-    ``workers`` processes."""
+    reader and the consensus are measured too (``against_truth``); ``measures``: the
+    plausibility limits of the measures (params.yaml ``measures``; None: the defaults). Images
+    are spread over ``workers`` processes."""
     res = Agreement()
     by_pair: dict[str, tuple[list[dict], list[dict]]] = {}
     per_measure: dict[str, dict[str, dict[str, float]]] = {}
@@ -312,7 +315,8 @@ def agreement(readers_of: dict[str, dict[str, list[Outline]]], all_readers: Sequ
     images = sorted(i for i in readers_of if len(readers_of[i]) > 1)
     spacings = {image: spacing_of(image) for image in images}
     jobs = [(image, readers_of[image], spacings[image], tuple(vertebra_classes),
-             (consensus_of or {}).get(image), (truth_of or {}).get(image)) for image in images]
+             (consensus_of or {}).get(image), (truth_of or {}).get(image), measures)
+            for image in images]
     vs_truth: dict[str, tuple[list[float], list[float]]] = {}
     for image, one in zip(images, map_jobs(_one_image, jobs, workers=workers)):
         for row in one["pairs"]:
@@ -394,7 +398,8 @@ def _truth(truth: Path, images: Path, cfg: ConvertConfig) -> dict[str, list[Outl
 
 def write_agreement(files: Sequence[ReaderFile], images: str | Path, output: str | Path,
                     cfg: ConvertConfig, opts: AgreementConfig = AgreementConfig(), *,
-                    truth: str | Path | None = None, workers: int = 1) -> dict:
+                    truth: str | Path | None = None, measures: MeasuresConfig | None = None,
+                    workers: int = 1) -> dict:
     """``spinepipe agreement``: the readers' outlines read and validated as convert does
     (``convert.reference`` does not matter here; the ``adjudicated`` reader is the expert's, not
     compared), :func:`agreement`, then every output under ``output`` (module docstring);
@@ -407,7 +412,8 @@ def write_agreement(files: Sequence[ReaderFile], images: str | Path, output: str
     truth_of = _truth(Path(truth), images, cfg) if truth is not None else None
     result = agreement(plan.readers, sorted({f.reader for f in files}),
                        lambda name: pixel_spacing(read_record(images, name)),
-                       tuple(cfg.classes), truth_of=truth_of, workers=workers)
+                       tuple(cfg.classes), truth_of=truth_of, measures=measures,
+                       workers=workers)
     listed = {w["image"] for w in result.worklist}
     sizes = {p.name: p.stat().st_size for p in images.iterdir()
              if p.name in listed and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}

@@ -158,11 +158,10 @@ def plan_images(merged: dict[str, dict[str, AnnotatedImage]], on_disk: dict[str,
         for gap in gaps:
             report.problems.append(Problem("no_consensus", f"left out of the consensus: {gap}",
                                            "", name))
-    refine = measures if measures is not None and measures.refine else None
     for r in prepared:
         problems_here = earlier.get(r.name, []) + [p.line() for p in report.problems[r.first:]
                                                    if p.image == r.name]
-        _add_image(r, problems_here, output, cfg, rules, plan, refine)
+        _add_image(r, problems_here, output, cfg, rules, plan, measures)
     plan.coco_anns = [a for a in plan.coco_anns if a["category_id"] is not None]
     report.images, report.annotations = len(plan.coco_images), len(plan.coco_anns)
     return plan
@@ -217,9 +216,10 @@ def _read_image(name: str, images: dict[str, AnnotatedImage], on_disk: dict[str,
 
 
 def _add_image(r: _Read, problems_here: list[str], output: Path, cfg: ConvertConfig,
-               rules: RegionRules, plan: ConvertPlan, refine: MeasuresConfig | None) -> None:
+               rules: RegionRules, plan: ConvertPlan, measures: MeasuresConfig | None) -> None:
     """One image's ground truth into the plan: its COCO rows, its table row, its measures
-    and its rendering job."""
+    (refined on the image where ``measures.refine`` says) and its rendering job."""
+    refine = measures if measures is not None and measures.refine else None
     truth = ground_truth_reader(r.readers, cfg.reference)
     instances = plan.consensus[r.name] if truth == CONSENSUS else r.readers[truth]
     source = r.images[truth].source if truth in r.images else r.images[min(r.images)].source
@@ -246,6 +246,7 @@ def _add_image(r: _Read, problems_here: list[str], output: Path, cfg: ConvertCon
     row, spine = image_measures(
         [(i.level, np.c_[i.xs, i.ys]) for i in instances if i.cls in cfg.classes],
         pixel_spacing(read_record(r.path.parent, r.name)), refine=refine, image_name=r.name,
+        checks=measures,
         image=(cv2.imread(str(r.path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
                if refine else None))
     plan.measures.append({"file_name": r.name, **row})

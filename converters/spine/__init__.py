@@ -10,8 +10,10 @@ per module):
 - ``measures``: Clinical measures from vertebra outlines (through their endplates): lumbar
   lordosis, segmental angles, disc and body heights, slip (anterolisthesis) and its Meyerding
   grade.
+- ``plausible``: What no lumbar motion segment shows is an outline, or an edge found on the
+  image, that is wrong: both levels of such a pair are withheld, with the reason.
 - ``refine``: Endplates found where they are on the full-resolution radiograph, not where a
   coarse outline says (the outline's endplate is a prior; the bone's edge is searched around it).
 """
 
-__all__ = ["endplates", "levels", "measures", "refine"]
+__all__ = ["endplates", "levels", "measures", "plausible", "refine"]

@@ -94,6 +94,27 @@ def unit_vector(v: np.ndarray) -> np.ndarray:
     return v / n if n > 0 else v
 
 
+def tilt_deg(plate: Endplate, spine: Spine) -> float:
+    """An endplate's tilt in degrees in the spine's frame (anterior end up: positive)."""
+    v = plate.vector
+    return math.degrees(math.atan2(float(v @ spine.up), float(v @ spine.anterior)))
+
+
+def disc_heights(upper: Endplate, lower: Endplate, up: np.ndarray) -> dict[str, float]:
+    """The disc between the upper body's inferior endplate and the lower body's superior one:
+    ``anterior``, ``middle`` and ``posterior`` heights (corner to corner, midpoint to midpoint)
+    along the normal of their mean direction, in the endplates' units; negative where the
+    bodies overlap in projection. ``up``: the spine's cranial unit vector."""
+    mean_dir = unit_vector(unit_vector(upper.vector) + unit_vector(lower.vector))
+    normal = np.array([-mean_dir[1], mean_dir[0]])
+    if normal @ up < 0:
+        normal = -normal
+    return {side: float((np.asarray(pu) - np.asarray(pl)) @ normal)
+            for side, pu, pl in (("anterior", upper.anterior, lower.anterior),
+                                 ("middle", upper.midpoint, lower.midpoint),
+                                 ("posterior", upper.posterior, lower.posterior))}
+
+
 def _centroid(points: np.ndarray) -> np.ndarray:
     m = cv2.moments(points.astype(np.float32))
     if abs(m["m00"]) < 1e-9:

@@ -32,7 +32,9 @@ Never guessed: a measure needs every level it uses; a level is missing, given tw
 blob (taller than :data:`~converters.spine.endplates.FUSED_FACTOR` x the median body), or above a
 gap where a vertebra seems missing (a centroid step over
 :data:`~converters.spine.endplates.GAP_FACTOR` x the median step: the levels above are
-uncertain), and every measure that uses it is left empty, with the reason recorded per level.
+uncertain), or one of a pair no lumbar segment shows (:mod:`converters.spine.plausible`: a
+segmental angle beyond ``measures.max_segment_deg``, a disc not seen), and every measure that
+uses it is left empty, with the reason recorded per level.
 """
 from __future__ import annotations
 
@@ -46,8 +48,10 @@ import numpy as np
 
 from converters.core.errors import InvalidTableError, MissingInputError
 from converters.core.records import open_input
-from converters.spine.endplates import Endplate, Spine, Vertebra, unit_vector, find_vertebrae
+from converters.spine.endplates import (Endplate, Spine, Vertebra, disc_heights,
+                                        find_vertebrae, tilt_deg, unit_vector)
 from converters.spine.levels import LEVELS, LUMBAR
+from converters.spine.plausible import withhold_implausible
 from converters.spine.refine import MeasuresConfig, confidence, refine_spine
 
 SLIP_MIN_PCT = 5.0
@@ -95,12 +99,6 @@ def uses(column: str) -> tuple[str, ...]:
 # measures
 
 
-def _angle(plate: Endplate, spine: Spine) -> float:
-    """The endplate's tilt in degrees in the spine's frame (anterior end up: positive)."""
-    v = plate.vector
-    return math.degrees(math.atan2(float(v @ spine.up), float(v @ spine.anterior)))
-
-
 def meyerding(slip_pct: float) -> int:
     """Meyerding grade of a slip in % (module docstring)."""
     if slip_pct < SLIP_MIN_PCT:
@@ -115,21 +113,15 @@ def _core(spine: Spine) -> dict[str, float | int | None]:
     if spine.anterior is None:
         return out
     if "L1" in v and "S1" in v:
-        out["lordosis_deg"] = _angle(v["L1"].superior, spine) - _angle(v["S1"].superior, spine)
+        out["lordosis_deg"] = tilt_deg(v["L1"].superior, spine) - tilt_deg(v["S1"].superior, spine)
     for a, b in PAIRS:
         key = _pair(a, b)
         if a not in v or b not in v:
             continue
-        out[f"seg_{key}_deg"] = _angle(v[a].superior, spine) - _angle(v[b].superior, spine)
+        out[f"seg_{key}_deg"] = tilt_deg(v[a].superior, spine) - tilt_deg(v[b].superior, spine)
         upper, lower = v[a].inferior, v[b].superior
-        mean_dir = unit_vector(unit_vector(upper.vector) + unit_vector(lower.vector))
-        normal = np.array([-mean_dir[1], mean_dir[0]])
-        if normal @ spine.up < 0:
-            normal = -normal
-        for side, pu, pl in (("anterior", upper.anterior, lower.anterior),
-                             ("middle", upper.midpoint, lower.midpoint),
-                             ("posterior", upper.posterior, lower.posterior)):
-            out[f"disc_{key}_{side}_px"] = float((np.asarray(pu) - np.asarray(pl)) @ normal)
+        for side, height in disc_heights(upper, lower, spine.up).items():
+            out[f"disc_{key}_{side}_px"] = height
         e = lower.vector
         length = float(np.linalg.norm(e))
         slip = float((np.asarray(upper.posterior) - np.asarray(lower.posterior)) @ e
@@ -191,13 +183,17 @@ def reasons(spine: Spine) -> str:
 def image_measures(outlines: Sequence[tuple[str | None, np.ndarray]],
                    spacing_mm: tuple[float, float] | None = None, *,
                    refine: MeasuresConfig | None = None, image: np.ndarray | None = None,
-                   image_name: str = "the image") -> tuple[dict, Spine]:
+                   image_name: str = "the image",
+                   checks: MeasuresConfig | None = None) -> tuple[dict, Spine]:
     """One image's measures row (:data:`COLUMNS` but ``file_name``) and the endplates; with
     ``refine``, the endplates refined on ``image`` first (None: the image is missing, and
-    nothing is measured, :func:`converters.spine.refine.refine_spine`)."""
+    nothing is measured, :func:`converters.spine.refine.refine_spine`); then the implausible
+    pairs withheld (:mod:`converters.spine.plausible`, its limits from ``checks``, else
+    ``refine``, else the defaults)."""
     spine = find_vertebrae(outlines)
     if refine is not None:
         spine = refine_spine(spine, image, refine, spacing_mm, image_name=image_name)
+    spine = withhold_implausible(spine, checks or refine or MeasuresConfig())
     row = measure(spine, spacing_mm)
     row["refined"] = int(refine is not None and image is not None)
     row["confidence"] = confidence(spine)

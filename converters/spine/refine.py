@@ -81,6 +81,9 @@ class MeasuresConfig:
     max_tilt_deg: float = field(default=25.0, metadata={"min": 0.0, "max": 60.0})
     min_confidence: float = field(default=0.4, metadata={"min": 0.0, "max": 1.0})
     min_length_px: float = field(default=6.0, metadata={"min": 2.0})
+    # plausibility (converters/spine/plausible.py), of every outline set measured, refined or not
+    max_segment_deg: float = field(default=45.0, metadata={"min": 0.0, "max": 180.0})
+    min_disc_ratio: float = field(default=0.06, metadata={"min": 0.0, "max": 1.0})
 
 
 @dataclass(frozen=True)

@@ -228,10 +228,10 @@ def _both_measures(pred: Instances, truth: list, mm, image, name: str,
     on one image (each refined on the image where ``measures`` says), and both endplates."""
     p_row, p_spine = image_measures(
         predicted_outlines(pred), mm, image=image, image_name=name,
-        refine=measures if measures and measures.refine_predictions else None)
+        refine=measures if measures and measures.refine_predictions else None, checks=measures)
     t_row, t_spine = image_measures(
         truth, mm, image=image, image_name=name,
-        refine=measures if measures and measures.refine else None)
+        refine=measures if measures and measures.refine else None, checks=measures)
     return p_row, t_row, {"prediction": endplates_record(p_spine),
                           "truth": endplates_record(t_spine)}
 
