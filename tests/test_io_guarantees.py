@@ -18,8 +18,8 @@ from converters.core.errors import OutputFolderError, UnsafeLocationError
 from converters.core.unchanged import keepable
 from converters.core.files import (TEMP_MARK, atomic_path, check_apart, is_own_file,
                                    link_into_place, move_into_place, output_root, prepare_output, read_own,
-                                   remove_output, remove_stale_temps, temp_name, write_bytes,
-                                   write_json, write_text)
+                                   remove_output, remove_stale_temps, temp_name, within,
+                                   write_bytes, write_json, write_text)
 from converters.core.paths import UnsafePathError
 
 
@@ -126,6 +126,29 @@ def test_remove_stale_temps_counts_what_it_removed(out, tmp_path):
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == \
         ["m/keep.png", "m/sp-tmp-but-not-hidden.png"]
     assert remove_stale_temps(out) == 0
+
+
+def test_remove_stale_temps_older_than_leaves_writes_in_progress(out):
+    """``older_than_s``: only temporary names last modified longer ago (another process may be
+    writing the young one now)."""
+    import time
+    old, young = out / "m" / ".a.npy.1.sp-tmp", out / "m" / ".b.npy.2.sp-tmp"
+    old.parent.mkdir()
+    for f in (old, young):
+        f.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200,) * 2)
+    assert remove_stale_temps(out, older_than_s=3600) == 1
+    assert not old.exists() and young.exists()
+    assert remove_stale_temps(out) == 1 and not young.exists()
+
+
+def test_within_resolves_links_on_both_sides(tmp_path):
+    (tmp_path / "data" / "png").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "data")
+    assert within(tmp_path / "alias" / "png", tmp_path / "data")
+    assert within(tmp_path / "data", tmp_path / "alias")          # the same folder
+    assert not within(tmp_path / "data", tmp_path / "data" / "png")
+    assert not within(tmp_path / "database", tmp_path / "data")  # a prefix is not a parent
 
 
 def test_remove_output_creates_nothing_and_leaves_non_files(out, tmp_path):

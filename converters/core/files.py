@@ -46,6 +46,7 @@ import json
 import os
 import secrets
 import stat
+import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,11 @@ def _resolved(path: str | Path) -> Path:
 
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
+
+
+def within(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, links resolved on both."""
+    return _inside(_resolved(path), _resolved(folder))
 
 
 def check_apart(output: str | Path, inputs: Iterable[str | Path]) -> None:
@@ -402,14 +408,24 @@ def remove_output(root: str | Path, relative: str) -> bool:
         return False
 
 
-def remove_stale_temps(root: str | Path) -> int:
+def remove_stale_temps(root: str | Path, *, older_than_s: float | None = None) -> int:
     """Delete the temporary files an interrupted run left under the active output ``root``
-    (links are not followed); returns how many."""
+    (links are not followed); returns how many. ``older_than_s``: only those last modified
+    longer ago than that (where other processes may be writing below the root: a write in
+    progress is never that old)."""
     root = Path(root)
+    now = time.time()
     n = 0
     for folder, dirs, files in os.walk(root, followlinks=False):
         rel = Path(folder).relative_to(root)
         for name in files:
-            if name.startswith(".") and TEMP_MARK in name:
-                n += remove_output(root, str(rel / name) if rel.parts else name)
+            if not (name.startswith(".") and TEMP_MARK in name):
+                continue
+            if older_than_s is not None:
+                try:
+                    if now - os.lstat(os.path.join(folder, name)).st_mtime <= older_than_s:
+                        continue
+                except OSError:          # gone meanwhile: another process removed it
+                    continue
+            n += remove_output(root, str(rel / name) if rel.parts else name)
     return n

@@ -44,8 +44,6 @@ import logging
 import math
 import os
 import stat
-import time
-from contextlib import suppress
 from typing import Any
 
 import numpy as np
@@ -54,7 +52,7 @@ from mmengine.logging import print_log
 from mmengine.registry import TRANSFORMS
 
 from converters.core.errors import SpinepipeError
-from converters.core.files import TEMP_MARK, prepare_output, remove_output, write_bytes
+from converters.core.files import prepare_output, remove_stale_temps, write_bytes
 from converters.core.paths import confined
 
 #: the pipeline step that replaces ``LoadImageFromFile`` where a preset sets ``image_cache``
@@ -129,7 +127,7 @@ class CachedLoadImageFromFile(LoadImageFromFile):
             if self._ready_in != os.getpid():   # each data-loading process: the folder is an
                 prepare_output(self.cache_dir)  # output root of its own (converters.core.files)
                 self._ready_in = os.getpid()
-                _remove_old_temps(self.cache_dir)
+                remove_stale_temps(self.cache_dir, older_than_s=STALE_AFTER_S)
             write_bytes(confined(self.cache_dir, *name.split("/")), buf.getvalue())
         except (OSError, SpinepipeError) as exc:
             self._failed_in = os.getpid()
@@ -177,15 +175,3 @@ def _read(folder: str, name: str, fits) -> np.ndarray | None:
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def _remove_old_temps(folder: str) -> None:
-    """Temporary names a killed process left (:data:`converters.core.files.TEMP_MARK`), once
-    older than :data:`STALE_AFTER_S`: a write in progress in another process is never older."""
-    now = time.time()
-    for here, _, files in os.walk(folder, followlinks=False):
-        for fname in files:
-            if not (fname.startswith(".") and TEMP_MARK in fname):
-                continue
-            full = os.path.join(here, fname)
-            with suppress(OSError):
-                if now - os.lstat(full).st_mtime > STALE_AFTER_S:
-                    remove_output(folder, os.path.relpath(full, folder))

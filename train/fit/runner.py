@@ -25,7 +25,7 @@ from mmengine.runner import Runner
 from converters.annotations.split import fold_file, splits_file
 from converters.core.errors import (InsufficientDataError, InvalidConfigError, MissingInputError,
                                     TrainingDivergedError)
-from converters.core.files import (link_into_place, prepare_output, refuse_links_below,
+from converters.core.files import (link_into_place, prepare_output, refuse_links_below, within,
                                    remove_output, write_json, write_text)
 from converters.core.records import read_json
 from train.fit.checkpoint import allow_mmengine_checkpoints
@@ -237,11 +237,9 @@ def _check_cache_apart(cache: str, preset: str, folders: list) -> None:
         raise InvalidConfigError(f"{key} is a file, not a folder")
     if Path("dvc.yaml").is_file():
         folders = [*folders, *DVC_FOLDERS]
-    real = Path(os.path.realpath(cache))
     for folder in map(str, folders):
-        other = Path(os.path.realpath(folder))
-        if real.is_relative_to(other) or other.is_relative_to(real):
-            where = "is inside" if real.is_relative_to(other) else "holds"
+        if within(cache, folder) or within(folder, cache):
+            where = "is inside" if within(cache, folder) else "holds"
             raise InvalidConfigError(f"{key} {where} {folder}: keep the cache apart from the "
                                      "data, the run folders and DVC's outputs (data/, models/, "
                                      "reports/)")
