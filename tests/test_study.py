@@ -533,3 +533,31 @@ def test_the_post_processing_is_said_from_the_evaluations_params(records):
     assert f"IoU above {NOT_RECORDED} dropped" in odd
     assert f"Post-processing of the instance models' outputs: {NOT_RECORDED}" in \
         methods_md(gather(records), [run], "", [], 0.05)
+
+
+def test_how_the_measures_were_made_is_said_from_the_evaluations_params(records):
+    """The evaluations' ``params.measures``: the refinement's band and confidence, the
+    plausibility limits; unrefined said as such; none recorded, or junk, said as not
+    recorded (never a default the run may not have used)."""
+    from dataclasses import asdict
+
+    from converters.spine.refine import MeasuresConfig
+
+    run = read_run(records.models, "mask_rcnn", 0)
+    facts = gather(records)
+    m = asdict(MeasuresConfig(band_mm=5.0, min_confidence=0.35, max_segment_deg=40.0))
+    text = methods_md(facts, [run], "", [], 0.05, 0.5, {}, m)
+    assert "refined on the full-resolution image" in text and "within 5.0 mm" in text
+    assert "less than 35 % of its length" in text and "exceeded 40.0 degrees" in text
+    assert "within 6 % of a vertebral body's height" in text
+    assert "ground truth's polygons refined" not in text
+    both = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "refine": True})
+    assert "the ground truth's polygons refined the same way" in both
+    plain = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "refine_predictions": False})
+    assert "not refined on the image" in plain and "within 5.0 mm" not in plain
+    junk = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "max_segment_deg": "[x](y)",
+                                                             "min_disc_ratio": None})
+    assert "exceeded \\[x\\]\\(y\\) degrees" in junk and f"within {NOT_RECORDED} %" in junk
+    assert f"plausibility limits of the measures: {NOT_RECORDED}" in \
+        methods_md(facts, [run], "", [], 0.05)
+

@@ -264,6 +264,7 @@ def _add_measures(summary: dict, clinical: dict, measures: MeasuresConfig | None
     summary["disc_height_mae_mm"] = groups["disc_height_mm"]["mae"]
     summary["measurable_rate"] = clinical["measurable_rate"]
     summary["measures_refined"] = bool(measures and measures.refine_predictions)
+    summary["params"]["measures"] = asdict(measures) if measures else None
     summary["measures"] = clinical
 
 

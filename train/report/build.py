@@ -150,7 +150,8 @@ def build_report(eval_root: str | Path, output: str | Path, *, images: str | Pat
                                                  for m in models_},
                           table1_md=markdown(tables["table1"][0], False), t1=t1, sub=sub,
                           agreement=agreement, per_image=df, notes=notes, alpha=cfg.alpha,
-                          match_iou=params.get("match_iou"), postprocess=params)
+                          match_iou=params.get("match_iou"), postprocess=params,
+                          measures=params.get("measures"))
     # the page has its own heading: the draft's title line is left out there
     write_text(output / "report.html", page(tables, figs, ex, df, cfg.alpha, notes,
                                             study_html=render_html(methods.split("\n", 1)[1]),
@@ -304,6 +305,7 @@ def _metrics(t1: pd.DataFrame, sub: pd.DataFrame, agreement: dict[str, dict]) ->
 
 
 def _params(summaries: list[dict]) -> dict:
-    """The first evaluation's ``params`` (matching threshold and post-processing; every
-    evaluation of one report runs with the same params.yaml)."""
+    """The first evaluation's ``params`` (matching threshold, post-processing and, under
+    ``measures``, how the clinical measures were made; every evaluation of one report runs
+    with the same params.yaml)."""
     return next((s["params"] for s in summaries if isinstance(s.get("params"), dict)), {})

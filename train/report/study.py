@@ -244,12 +244,40 @@ def _postprocess_said(post: dict | None) -> str:
             "of their class masks.")
 
 
+def _measures_said(m: dict | None) -> str:
+    """How the clinical measures' endplates were found and what was withheld (the
+    evaluations' ``params.measures``, :class:`converters.spine.refine.MeasuresConfig`)."""
+    m = _dict(m)
+    if not m:
+        return f" Endplate refinement and plausibility limits of the measures: {NOT_RECORDED}."
+    num = {k: _scalar(m.get(k)) for k in ("band_mm", "min_confidence", "max_segment_deg",
+                                          "min_disc_ratio")}
+    pct = {k: (_md(f"{100 * v:g}") if isinstance(v, (int, float)) else NOT_RECORDED)
+           for k, v in num.items()}
+    if m.get("refine_predictions") is True:
+        said = (f" Each endplate of a model's outline was refined on the full-resolution image: "
+                f"the bone's edge searched within {_md(num['band_mm'])} mm either side of the "
+                "outline's and fitted by RANSAC and least squares; an endplate whose edge was "
+                f"seen along less than {pct['min_confidence']} % of its length was withheld "
+                "with its vertebra" + (", the ground truth's polygons refined the same way."
+                                       if m.get("refine") is True else "."))
+    elif m.get("refine_predictions") is False:
+        said = " Endplates were read from the outlines (not refined on the image)."
+    else:
+        said = f" Endplate refinement: {NOT_RECORDED}."
+    return (said + " Both vertebrae of a segment were withheld where its segmental angle "
+            f"exceeded {_md(num['max_segment_deg'])} degrees either way, or where its two "
+            f"endplates lay within {pct['min_disc_ratio']} % of a vertebral body's height of "
+            "each other along their length (no disc seen). A measure withheld was counted as "
+            "not measurable, never imputed.")
+
+
 def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
                alpha: float, match_iou: float | None = None,
-               postprocess: dict | None = None) -> str:
+               postprocess: dict | None = None, measures: dict | None = None) -> str:
     """``methods.md`` (module docstring); ``match_iou``: the evaluations' matching
-    threshold, ``postprocess``: their post-processing (both from their summaries'
-    ``params``)."""
+    threshold, ``postprocess``: their post-processing, ``measures``: how their clinical
+    measures were made (all from their summaries' ``params``)."""
     out = ["# Methods (draft)", "",
            "*Written by `spinepipe report` from the pipeline's records; every number below is "
            "read from a record. Edit before submission.*", ""]
@@ -271,7 +299,8 @@ def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
             "is; the composite rate also requires overlapping vertebrae to be kept apart. "
             "Clinical measures (lumbar lordosis L1-S1, segmental angles, disc and body heights, "
             "slip) are computed from the endplates of the outlines and compared with the "
-            "ground truth's by Bland-Altman analysis." + _postprocess_said(postprocess),
+            "ground truth's by Bland-Altman analysis." + _measures_said(measures)
+            + _postprocess_said(postprocess),
             "", "## Statistics", "",
             f"Per-image values were pooled over the folds evaluated. Models were compared by the "
             f"Kruskal-Wallis test (epsilon-squared effect size), pairwise t-tests with "
@@ -300,14 +329,15 @@ def render_html(markdown_text: str) -> str:
 def write_study(output: Path, src: Sources, *, models: list[str], folds: dict[str, list[int]],
                 table1_md: str, t1: pd.DataFrame, sub: pd.DataFrame, agreement: dict,
                 per_image: pd.DataFrame, notes: dict[str, str | None], alpha: float,
-                match_iou: float | None = None, postprocess: dict | None = None) -> str:
+                match_iou: float | None = None, postprocess: dict | None = None,
+                measures: dict | None = None) -> str:
     """Write ``methods.md``, ``dataset_card.md`` and ``model_cards/<model>.md`` under
     ``output``; return ``methods.md``'s text."""
     from converters.core.files import write_text
     facts = gather(src)
     runs = [read_run(src.models, m, k) for m in models for k in folds.get(m, [])]
     methods = methods_md(facts, runs, table1_md, [notes.get("sample"), notes.get("finding")],
-                         alpha, match_iou, postprocess)
+                         alpha, match_iou, postprocess, measures)
     write_text(output / "methods.md", methods)
     write_text(output / "dataset_card.md", dataset_card_md(facts))
     write_text(output / "claim_checklist.md", claim_checklist_md(facts, runs, alpha, match_iou))
