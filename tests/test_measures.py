@@ -12,6 +12,7 @@ from converters.spine.measures import (COLUMNS, MEASURES, image_measures, meyerd
                                        measures_from_endplates)
 
 from converters.spine.endplates import find_vertebrae
+from converters.spine.refine import MeasuresConfig
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
 
@@ -117,7 +118,8 @@ def test_physical_angles_with_non_square_pixels():
     """A 45 degree endplate on pixels twice as tall as wide is at atan(2) in millimetres."""
     outlines = _lordotic_spine(tilts=(0, 0, 0, 0, 0), sacral=-45.0)
     row_px, _ = image_measures(outlines)
-    row_mm, _ = image_measures(outlines, (1.0, 0.5))      # rows 1 mm, columns 0.5 mm
+    # rows 1 mm, columns 0.5 mm (L5/S1 then 63 deg: beyond the plausibility check's 45)
+    row_mm, _ = image_measures(outlines, (1.0, 0.5), checks=MeasuresConfig(max_segment_deg=180))
     assert row_px["lordosis_deg"] == pytest.approx(45.0, abs=0.5)
     assert row_mm["lordosis_deg"] == pytest.approx(math.degrees(math.atan(2.0)), abs=0.5)
     assert row_mm["body_L3_anterior_mm"] == pytest.approx(40.0, abs=0.5)  # 40 px of 1 mm rows

@@ -54,6 +54,7 @@ from converters.core.records import json_value
 from converters.annotations.via import AnnotatedRegion
 from converters.annotations.via_project import ProjectImage, ProjectRegion, polygon_region
 from converters.spine.endplates import find_vertebrae
+from converters.spine.plausible import withhold_implausible
 from converters.spine.refine import MeasuresConfig, refine_spine
 
 LUMBAR_COUNT = 5
@@ -189,16 +190,19 @@ def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
     """The endplates of the proposed vertebrae refined on the full-resolution image
     (:mod:`converters.spine.refine`), their corners written into the polygons: each refined
     corner replaces the polygon's vertex nearest it (rounded, as VIA keeps them), unless that
-    would make the polygon cross itself. Withheld endplates, fused regions and levels given
-    twice leave their polygons as drawn.
+    would make the polygon cross itself. Withheld endplates (not seen, or of a segment no spine
+    shows: :mod:`converters.spine.plausible`), fused regions and levels given twice leave
+    their polygons as drawn.
     Returns the number of corners moved."""
     if image is None:
         return 0
     levels = [r.level for r in regions if r.level]
     by_level = {r.level: r for r in regions         # a level given twice: neither is refined
                 if r.level and not r.fused and levels.count(r.level) == 1}
-    spine = refine_spine(find_vertebrae([(lv, np.c_[r.xs, r.ys].astype(np.float64))
-                                         for lv, r in by_level.items()]), image, cfg, spacing_mm)
+    prior = find_vertebrae([(lv, np.c_[r.xs, r.ys].astype(np.float64))
+                            for lv, r in by_level.items()])
+    spine = withhold_implausible(refine_spine(prior, image, cfg, spacing_mm), cfg, spacing_mm,
+                                 prior)
     moved = 0
     for lv, vt in spine.vertebrae.items():
         region = by_level[lv]

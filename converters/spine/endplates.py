@@ -80,13 +80,16 @@ class Vertebra:
 class Spine:
     """The endplates found in one image, the anterior and cranial unit vectors of its frame,
     and why levels are not usable (level -> reason); ``fits``: where the endplates were refined
-    on the image (:mod:`converters.spine.refine`), level -> side -> its fit."""
+    on the image (:mod:`converters.spine.refine`), level -> side -> its fit; ``withheld``: the
+    levels measured but withheld as implausible (:mod:`converters.spine.plausible`), their
+    endplates as they were found."""
 
     vertebrae: dict[str, Vertebra] = field(default_factory=dict)
     anterior: np.ndarray | None = None
     up: np.ndarray | None = None
     unusable: dict[str, str] = field(default_factory=dict)
     fits: dict[str, dict] = field(default_factory=dict)
+    withheld: dict[str, Vertebra] = field(default_factory=dict)
 
 
 def unit_vector(v: np.ndarray) -> np.ndarray:
@@ -113,6 +116,26 @@ def disc_heights(upper: Endplate, lower: Endplate, up: np.ndarray) -> dict[str, 
             for side, pu, pl in (("anterior", upper.anterior, lower.anterior),
                                  ("middle", upper.midpoint, lower.midpoint),
                                  ("posterior", upper.posterior, lower.posterior))}
+
+
+def scaled(spine: Spine, spacing: tuple[float, float]) -> Spine:
+    """The spine in millimetres: x times the column spacing, y times the row spacing (the
+    frame re-made perpendicular, so angles are physical ones when pixels are not square)."""
+    s = np.array([spacing[1], spacing[0]])
+
+    def pt(p) -> tuple[float, float]:
+        return (float(p[0] * s[0]), float(p[1] * s[1]))
+
+    out = Spine(unusable=dict(spine.unusable))
+    for lv, vt in spine.vertebrae.items():
+        out.vertebrae[lv] = Vertebra(lv, Endplate(pt(vt.superior.posterior), pt(vt.superior.anterior)),
+                                     None if vt.inferior is None else
+                                     Endplate(pt(vt.inferior.posterior), pt(vt.inferior.anterior)))
+    if spine.anterior is not None:
+        out.up = unit_vector(spine.up * s)
+        perp = np.array([-out.up[1], out.up[0]])
+        out.anterior = perp if perp @ (spine.anterior * s) > 0 else -perp
+    return out
 
 
 def _centroid(points: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ import numpy as np
 
 from converters.core.errors import InvalidTableError, MissingInputError
 from converters.core.records import open_input
-from converters.spine.endplates import (Endplate, Spine, Vertebra, disc_heights,
+from converters.spine.endplates import (Endplate, Spine, Vertebra, disc_heights, scaled,
                                         find_vertebrae, tilt_deg, unit_vector)
 from converters.spine.levels import LEVELS, LUMBAR
 from converters.spine.plausible import withhold_implausible
@@ -138,26 +138,6 @@ def _core(spine: Spine) -> dict[str, float | int | None]:
     return out
 
 
-def _scaled(spine: Spine, spacing: tuple[float, float]) -> Spine:
-    """The spine in millimetres: x times the column spacing, y times the row spacing (the
-    frame re-made perpendicular, so angles are physical ones when pixels are not square)."""
-    s = np.array([spacing[1], spacing[0]])
-
-    def pt(p) -> tuple[float, float]:
-        return (float(p[0] * s[0]), float(p[1] * s[1]))
-
-    out = Spine(unusable=dict(spine.unusable))
-    for lv, vt in spine.vertebrae.items():
-        out.vertebrae[lv] = Vertebra(lv, Endplate(pt(vt.superior.posterior), pt(vt.superior.anterior)),
-                                     None if vt.inferior is None else
-                                     Endplate(pt(vt.inferior.posterior), pt(vt.inferior.anterior)))
-    if spine.anterior is not None:
-        out.up = unit_vector(spine.up * s)
-        perp = np.array([-out.up[1], out.up[0]])
-        out.anterior = perp if perp @ (spine.anterior * s) > 0 else -perp
-    return out
-
-
 def measure(spine: Spine, spacing_mm: tuple[float, float] | None = None
             ) -> dict[str, float | int | None]:
     """Every column of :data:`MEASURES` for one image (None: not measurable). With the pixel
@@ -165,7 +145,7 @@ def measure(spine: Spine, spacing_mm: tuple[float, float] | None = None
     physical space (the same as in pixels when pixels are square)."""
     out = _core(spine)
     if spacing_mm:
-        phys = _core(_scaled(spine, spacing_mm))
+        phys = _core(scaled(spine, spacing_mm))
         for col in MEASURES:
             if col.endswith("_mm"):
                 out[col] = phys[col[:-3] + "_px"]
@@ -176,8 +156,10 @@ def measure(spine: Spine, spacing_mm: tuple[float, float] | None = None
 
 def reasons(spine: Spine) -> str:
     """The ``not_measurable`` cell: why levels were not usable, ``L4: missing; ...``."""
-    return "; ".join(f"{lv}: {why}" for lv, why in sorted(spine.unusable.items(),
-                                                         key=lambda kv: LEVELS.index(kv[0])))
+    # (a level's reason never holds the separator: readers split the cell on it)
+    return "; ".join(f"{lv}: {why.replace(';', ',')}"
+                     for lv, why in sorted(spine.unusable.items(),
+                                           key=lambda kv: LEVELS.index(kv[0])))
 
 
 def image_measures(outlines: Sequence[tuple[str | None, np.ndarray]],
@@ -190,10 +172,10 @@ def image_measures(outlines: Sequence[tuple[str | None, np.ndarray]],
     nothing is measured, :func:`converters.spine.refine.refine_spine`); then the implausible
     pairs withheld (:mod:`converters.spine.plausible`, its limits from ``checks``, else
     ``refine``, else the defaults)."""
-    spine = find_vertebrae(outlines)
+    spine = prior = find_vertebrae(outlines)
     if refine is not None:
-        spine = refine_spine(spine, image, refine, spacing_mm, image_name=image_name)
-    spine = withhold_implausible(spine, checks or refine or MeasuresConfig())
+        spine = refine_spine(prior, image, refine, spacing_mm, image_name=image_name)
+    spine = withhold_implausible(spine, checks or refine or MeasuresConfig(), spacing_mm, prior)
     row = measure(spine, spacing_mm)
     row["refined"] = int(refine is not None and image is not None)
     row["confidence"] = confidence(spine)

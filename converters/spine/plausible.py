@@ -1,30 +1,36 @@
 """What no lumbar motion segment shows is an outline, or an edge found on the image, that is
-wrong: :func:`withhold_implausible` withholds both levels of such a pair, with the reason, before
-anything is measured from them (never a guess; the measurable rate counts it).
+wrong: :func:`withhold_implausible` withholds the levels of such a segment, with the reason,
+before anything is measured from them (never a guess; the measurable rate counts it).
 
-Checked per pair of neighbouring usable levels (L1/L2 .. L5/S1), on the endplates measured
-(refined on the image where they were, :mod:`converters.spine.refine`; a reader's polygons too,
-so a reader's and a model's measures pass the same gate):
+Checked on the endplates measured (refined on the image where they were,
+:mod:`converters.spine.refine`), in physical space when the pixel spacing is known (so a
+non-square pixel changes nothing), between each pair of levels next to each other in the
+spine as found: neighbours (L4/L5), or across levels that are missing or not usable. A level
+already withheld (by the refinement: an edge not seen) stands in with its outline's endplates
+(``prior``), so a wrong S1 is still checked against L5 when L5's own edge is not seen:
 
 - **segmental angle** (:mod:`converters.spine.measures`: between the two superior endplates)
-  beyond ``max_segment_deg`` either way. A lumbar segment's lordosis in adults lies within about
-  0-35 deg (L5/S1 the largest); a fracture's or a slip's kyphosis stays within a few tens of
-  degrees. Seen on the demo: a sacrum mask cut short, its hull's steep side taken for S1's
-  endplate, read an L5/S1 angle of 61 deg (the truth 9) and a lordosis 52 deg too large.
-- **disc not seen**: the upper body's inferior endplate and the lower body's superior one lie
-  within ``min_disc_ratio`` x the median body height (the distance between a lumbar body's
-  endplate midpoints) of each other along their whole length (anterior, middle and posterior
-  heights, :func:`converters.spine.endplates.disc_heights`, all that small either way): one edge
-  taken for both. On the demo, where the iliac wings saturate the L5/S1 region and no disc is
-  seen, every model's S1 edge landed on L5's cortex, 2 mm under L5's endplate, and read the
-  lordosis 8-9 deg too small. Bodies that overlap in projection (one corner well below, the
-  other above) are not this case: they are measured. A disc truly collapsed under that height
-  (about 2 mm on an adult lumbar body at the default 6 %) is withheld too: its two edges cannot
-  be told apart.
+  beyond ``max_segment_deg`` either way, times the number of segments spanned (L4 to S1 with
+  L5 missing: twice it). A lumbar segment's lordosis in adults lies within about 0-35 deg
+  (L5/S1 the largest); a fracture's or a slip's kyphosis stays within a few tens of degrees.
+  Seen on the demo: a sacrum mask cut short, its hull's steep side taken for S1's endplate, read
+  an L5/S1 angle of 61 deg (the truth 9) and a lordosis 52 deg too large. 180 turns it off.
+- **disc not seen**, only where the lower endplate was found on the image (a reader's or a
+  model's line through a collapsed disc is what was drawn, and is measured): the upper body's
+  inferior endplate and the lower body's superior one lie within ``min_disc_ratio`` x the median
+  body height (the distance between a lumbar body's endplate midpoints) of each other at the
+  anterior, middle and posterior points alike (:func:`converters.spine.endplates.disc_heights`,
+  either sign): parallel and coincident, one edge taken for both. On the demo, where the iliac
+  wings saturate the L5/S1 region and no disc is seen, every model's S1 edge landed on L5's own
+  cortex, 2 mm under L5's endplate, and read the lordosis 8-9 deg too small. Bodies overlapping
+  in projection are measured: their endplates cross (a negative height at one end beyond the
+  limit) or lie apart; a disc collapsed to within the limit along its whole length, seen on
+  the image, is withheld too (its two edges are one there). 0 turns it off.
 
-Which of the pair's two endplates is wrong is not known, so both levels are withheld, and every
-measure that uses either (:func:`converters.spine.measures.uses`) stays empty. Their refinement
-fits stay in :attr:`Spine.fits` (``endplates.json`` shows where they were found).
+Which of the two endplates is wrong is not known, so every usable level of the pair is withheld
+(and every measure that uses it, :func:`converters.spine.measures.uses`), its endplates kept in
+:attr:`Spine.withheld` (``endplates.json`` shows them, marked withheld) and its refinement fits
+in :attr:`Spine.fits`.
 """
 from __future__ import annotations
 
@@ -32,52 +38,75 @@ from dataclasses import replace
 
 import numpy as np
 
-from converters.spine.endplates import Spine, disc_heights, tilt_deg
+from converters.spine.endplates import Spine, disc_heights, scaled, tilt_deg
 from converters.spine.levels import LEVELS, LUMBAR
 from converters.spine.refine import MeasuresConfig
 
 
-def implausible(spine: Spine, cfg: MeasuresConfig) -> dict[str, str]:
-    """Level -> why, for both levels of each neighbouring pair that fails a check (module
-    docstring); empty where every pair passes or the spine has no frame."""
-    v = spine.vertebrae
+def _on_image(spine: Spine, level: str, side: str) -> bool:
+    """Whether that endplate was found on the image (refined, not withheld)."""
+    fit = spine.fits.get(level, {}).get(side)
+    return fit is not None and fit.refined is not None
+
+
+def implausible(spine: Spine, cfg: MeasuresConfig,
+                spacing_mm: tuple[float, float] | None = None,
+                prior: Spine | None = None) -> dict[str, str]:
+    """Level -> why, for each usable level of a pair that fails a check (module docstring);
+    ``prior``: the endplates before refinement (levels the refinement withheld stand in with
+    them). Empty where every pair passes or the spine has no frame."""
     if spine.anterior is None or spine.up is None:
         return {}
-    bodies = [float(np.linalg.norm(v[lv].superior.midpoint - v[lv].inferior.midpoint))
-              for lv in LUMBAR if lv in v and v[lv].inferior is not None]
-    body = float(np.median(bodies)) if bodies else None
-    out: dict[str, str] = {}
-    for a, b in zip(LEVELS, LEVELS[1:]):
-        if a not in v or b not in v:
+    geo = scaled(spine, spacing_mm) if spacing_mm else spine
+    chain = dict(geo.vertebrae)
+    if prior is not None and prior.anterior is not None:
+        stand_in = scaled(prior, spacing_mm) if spacing_mm else prior
+        for lv, vt in stand_in.vertebrae.items():
+            chain.setdefault(lv, vt)
+    unit = "mm" if spacing_mm else "px"
+    bodies = [float(np.linalg.norm(chain[lv].superior.midpoint - chain[lv].inferior.midpoint))
+              for lv in LUMBAR if lv in chain and chain[lv].inferior is not None]
+    body = float(np.median(bodies)) if bodies else 0.0
+    order = [lv for lv in LEVELS if lv in chain]
+    out: dict[str, list[str]] = {}
+    for a, b in zip(order, order[1:]):
+        usable = [lv for lv in (a, b) if lv in geo.vertebrae]
+        if not usable:
             continue
-        why = ""
-        angle = tilt_deg(v[a].superior, spine) - tilt_deg(v[b].superior, spine)
-        if abs(angle) > cfg.max_segment_deg:
-            why = (f"{a}/{b} segmental angle {angle:.0f} deg, beyond +-{cfg.max_segment_deg:g} "
-                   f"(an outline or an edge is wrong)")
-        elif body and v[a].inferior is not None:
-            heights = disc_heights(v[a].inferior, v[b].superior, spine.up).values()
-            limit = cfg.min_disc_ratio * body
-            if max(abs(h) for h in heights) <= limit:
-                why = (f"{a}/{b} disc not seen (its endplates within "
-                       f"{max(abs(h) for h in heights):.1f} px of each other along their length, "
-                       f"{100 * cfg.min_disc_ratio:g} % of a body's height or less: one edge, "
-                       f"{a}'s or {b}'s, taken for both)")
-        if why:
-            for lv in (a, b):
-                out[lv] = f"{out[lv]}; {why}" if lv in out else why
-    return out
+        span = LEVELS.index(b) - LEVELS.index(a)
+        why = []
+        angle = tilt_deg(chain[a].superior, geo) - tilt_deg(chain[b].superior, geo)
+        limit = cfg.max_segment_deg * span
+        if cfg.max_segment_deg < 180 and abs(angle) > limit:
+            over = f" over {span} segments" if span > 1 else ""
+            why.append(f"{a}/{b} segmental angle {angle:.1f} deg, beyond +-{limit:g}{over} "
+                       "(an outline or an edge is wrong)")
+        if (span == 1 and cfg.min_disc_ratio > 0 and body > 0 and chain[a].inferior is not None
+                and _on_image(spine, b, "superior")):
+            heights = disc_heights(chain[a].inferior, chain[b].superior, geo.up).values()
+            most = max(abs(h) for h in heights)
+            if most <= cfg.min_disc_ratio * body:
+                why.append(f"{a}/{b} disc not seen (its endplates within {most:.1f} {unit} of "
+                           f"each other along their length, {100 * cfg.min_disc_ratio:g} % of "
+                           "a body's height or less: one edge taken for both)")
+        for lv in usable:
+            out.setdefault(lv, []).extend(why)
+    return {lv: " and ".join(w) for lv, w in out.items() if w}
 
 
-def withhold_implausible(spine: Spine, cfg: MeasuresConfig) -> Spine:
-    """The spine without the levels of :func:`implausible`, each recorded as unusable with
-    its reason (the fits kept)."""
-    bad = implausible(spine, cfg)
+def withhold_implausible(spine: Spine, cfg: MeasuresConfig,
+                         spacing_mm: tuple[float, float] | None = None,
+                         prior: Spine | None = None) -> Spine:
+    """A new spine without the levels of :func:`implausible`: each recorded as unusable with
+    its reason, its endplates in ``withheld``; the input is left as it was."""
+    bad = implausible(spine, cfg, spacing_mm, prior)
     if not bad:
         return spine
     return replace(spine, vertebrae={lv: vt for lv, vt in spine.vertebrae.items()
                                      if lv not in bad},
-                   unusable={**spine.unusable, **bad})
+                   unusable={**spine.unusable, **bad}, fits=dict(spine.fits),
+                   withheld={**spine.withheld,
+                             **{lv: spine.vertebrae[lv] for lv in bad}})
 
 
 __all__ = ["implausible", "withhold_implausible"]

@@ -82,8 +82,8 @@ class MeasuresConfig:
     min_confidence: float = field(default=0.4, metadata={"min": 0.0, "max": 1.0})
     min_length_px: float = field(default=6.0, metadata={"min": 2.0})
     # plausibility (converters/spine/plausible.py), of every outline set measured, refined or not
-    max_segment_deg: float = field(default=45.0, metadata={"min": 0.0, "max": 180.0})
-    min_disc_ratio: float = field(default=0.06, metadata={"min": 0.0, "max": 1.0})
+    max_segment_deg: float = field(default=45.0, metadata={"min": 1.0, "max": 180.0})
+    min_disc_ratio: float = field(default=0.06, metadata={"min": 0.0, "max": 0.5})
 
 
 @dataclass(frozen=True)
@@ -371,10 +371,10 @@ def refine_spine(spine: Spine, image: np.ndarray | None, cfg: MeasuresConfig,
 
 
 def confidence(spine: Spine) -> float | None:
-    """The image's confidence: the lowest of its refined endplates' (those withheld say why
-    in ``not_measurable``; None: nothing refined)."""
-    values = [f.confidence for sides in spine.fits.values() for f in sides.values()
-              if f.refined is not None]
+    """The image's confidence: the lowest of the refined endplates of its usable levels (those
+    withheld say why in ``not_measurable``; None: nothing refined)."""
+    values = [f.confidence for lv, sides in spine.fits.items() for f in sides.values()
+              if f.refined is not None and lv in spine.vertebrae]
     return min(values) if values else None
 
 

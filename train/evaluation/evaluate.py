@@ -281,14 +281,17 @@ def _measured_image(images: str | Path, name: str) -> np.ndarray | None:
 def endplates_record(spine) -> dict:
     """``endplates.json``'s entry of one outline set: per level and side the endplate measured
     (its refined line where refined) and, where refined, the prior, the confidence and why it
-    was withheld."""
+    was withheld; the levels withheld as implausible (:mod:`converters.spine.plausible`) with
+    their endplates as found and ``withheld``, the reason."""
     out: dict = {}
-    for lv, vt in spine.vertebrae.items():
+    for lv, vt in [*spine.vertebrae.items(), *spine.withheld.items()]:
         for side in ("superior", "inferior"):
             plate = getattr(vt, side)
             if plate is not None:
                 out.setdefault(lv, {})[side] = {"endplate": [list(plate.posterior),
                                                               list(plate.anterior)]}
+                if lv in spine.withheld:
+                    out[lv][side]["withheld"] = spine.unusable.get(lv, "implausible")
     for lv, sides in spine.fits.items():
         for side, fit in sides.items():
             entry = out.setdefault(lv, {}).setdefault(side, {})

@@ -3,7 +3,8 @@ four pixel metrics per model (the paper's Figure 4), box plots, a Bland-Altman p
 lordosis per model, the best / worst example overlays (Figure 5: the prediction filled,
 lumbar red, sacrum blue; the ground truth outlined in green), and per model the endplates of the
 three images whose lordosis it measures worst (:func:`endplate_examples`: the ground truth's
-green, the model's outline's (the prior) red, refined on the image cyan; from the evaluation's
+green, the model's outline's (the prior) red, refined on the image cyan, withheld as
+implausible magenta; from the evaluation's
 ``endplates.json``).
 
 Images are read as written: the PNGs export made, the masks convert made (class values 1
@@ -210,7 +211,8 @@ def examples(df: pd.DataFrame, eval_root: Path, images: Path, masks: Path, k: in
 
 
 #: endplate colours (BGR): the ground truth's, the prior from the model's outline, refined
-ENDPLATE_COLORS = {"truth": (0, 200, 0), "prior": (40, 40, 230), "refined": (255, 220, 0)}
+ENDPLATE_COLORS = {"truth": (0, 200, 0), "prior": (40, 40, 230), "refined": (255, 220, 0),
+                   "withheld": (230, 0, 230)}
 
 
 def _number(value) -> float | None:
@@ -242,7 +244,8 @@ def _segment(value) -> np.ndarray | None:
 
 def _endplate_lines(record) -> list[tuple[str, np.ndarray]]:
     """(kind, segment) of one image's endplates.json entry: the truth's, the prior and the
-    refined line of the prediction's; whatever is malformed is left out."""
+    refined line of the prediction's (``withheld`` where its level was withheld as
+    implausible); whatever is malformed is left out."""
     lines = []
     if not isinstance(record, dict):
         return lines
@@ -258,6 +261,9 @@ def _endplate_lines(record) -> list[tuple[str, np.ndarray]]:
                     pairs = (("prior", "prior"), ("endplate", "refined"))
                 else:                      # measured on the model's outline, not refined
                     pairs = (("endplate", "prior"),)
+                if "withheld" in entry:    # found, then withheld as implausible
+                    pairs = tuple((k, "withheld" if k == "endplate" else kind)
+                                  for k, kind in pairs)
                 for key, kind in pairs:
                     seg = _segment(entry.get(key))
                     if seg is not None:

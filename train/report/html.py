@@ -82,7 +82,7 @@ def page(tables: dict, figs: dict, ex: list, df: pd.DataFrame, alpha: float,
         if name == "measures" and figs.get("endplates"):
             parts.append("<h3>Endplates of the images whose lordosis each model measured worst "
                          "(ground truth green, from the model's outline red, refined on the "
-                         "image cyan)</h3>")
+                         "image cyan, withheld as implausible magenta)</h3>")
             for _, _, caption, data in figs["endplates"]:
                 parts.append(f"<figure><img src='{_uri(data)}' height='420'><figcaption>"
                              f"{html.escape(caption)}</figcaption></figure>")
