@@ -13,7 +13,7 @@ import pytest
 from converters.spine.endplates import find_vertebrae
 from converters.spine.measures import image_measures
 from converters.spine.plausible import implausible, withhold_implausible
-from converters.spine.refine import Fit, MeasuresConfig, refine_spine
+from converters.spine.refine import Fit, MeasuresConfig
 from train.evaluation.evaluate import endplates_record
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
@@ -135,18 +135,38 @@ def test_a_wrong_sacrum_is_checked_across_a_missing_level(missing):
     assert row["lordosis_deg"] is None and row["seg_L2_L3_deg"] == pytest.approx(7, abs=0.5)
 
 
-def test_a_level_the_refinement_withheld_stands_in_with_its_outline():
-    """L5's edges not seen on the image (withheld by the refinement): the steep sacrum is
-    still checked against L5's outline, not against L4 two segments away, and withheld."""
-    outlines = _spine(sacral=-70.0)                    # L5/S1 54 deg, L4/S1 62
-    prior = find_vertebrae(outlines)
-    image = _drawn(_without(outlines, "L5"))           # L5 not on the image: no edge
-    refined = refine_spine(prior, image, MeasuresConfig())
-    assert "L5" in refined.unusable and "S1" in refined.vertebrae
-    spine = withhold_implausible(refined, MeasuresConfig(), prior=prior)
-    assert "L5/S1 segmental angle 54" in spine.unusable["S1"]
-    assert "L5" not in spine.withheld                  # withheld already, by the refinement
-    assert withhold_implausible(refined, MeasuresConfig()).unusable.get("S1") is None
+def _refined_but(outlines, level, seen=()):
+    """The spine as refine_spine leaves it when every edge is found where the outline says
+    but ``level``'s: of it only the sides in ``seen`` (refined 1 px deeper), the level
+    withheld."""
+    spine = _found_on_image(find_vertebrae(outlines))
+    vt = spine.vertebrae.pop(level)
+    for side in ("superior", "inferior"):
+        plate = getattr(vt, side)
+        moved = type(plate)(*(tuple(np.add(p, (0.0, 1.0 if side == "superior" else -1.0)))
+                              for p in (plate.posterior, plate.anterior)))
+        spine.fits[level][side] = (Fit(plate, moved, 1.0) if side in seen else
+                                   Fit(plate, None, 0.1, reason="not seen"))
+    spine.unusable[level] = "inferior endplate: edge seen along 10 % of the endplate"
+    return spine
+
+
+def test_a_level_the_refinement_withheld_takes_part_with_what_it_found():
+    """L5's inferior edge not seen (L5 withheld), its superior found: a steep sacrum (L5/S1 54
+    deg) is still checked against L5's superior edge, and withheld; with neither of L5's
+    edges found (an outline the image contradicts), the sacrum is checked against L4 over two
+    segments (62 deg, within 90) and measured, whatever L5's outline says."""
+    outlines = _spine(sacral=-70.0)
+    seen = withhold_implausible(_refined_but(outlines, "L5", seen=("superior",)),
+                                MeasuresConfig())
+    assert seen.unusable["S1"].startswith("L5/S1 segmental angle 54.")
+    assert set(seen.withheld) == {"S1"}                  # L5 was withheld already
+    nonsense = [(lv, p if lv != "L5" else p.mean(0) + (p - p.mean(0)) @ [[0.5, 0.6], [-0.6, 0.5]])
+                for lv, p in outlines]
+    blind = withhold_implausible(_refined_but(nonsense, "L5"), MeasuresConfig())
+    assert "S1" in blind.vertebrae and set(blind.unusable) == {"L5"}
+    good = withhold_implausible(_refined_but(_spine(), "L5"), MeasuresConfig())
+    assert "S1" in good.vertebrae
 
 
 def test_angles_are_checked_in_physical_space():
@@ -190,17 +210,16 @@ def test_a_collapsed_disc_a_reader_drew_is_measured():
 
 
 def test_on_a_drawn_radiograph_a_disc_not_seen_is_withheld_and_a_disc_is_measured():
-    """Through the refinement: S1 drawn 1.5 px under L5 (what is found there is one line)
-    is withheld; 12 px under it, every measure is made."""
-    cfg = MeasuresConfig()
-    for gap, withheld in ((1.5, True), (12.0, False)):
+    """Through the refinement (``min_disc_ratio`` 0.1: within 4 px): S1 drawn 2 px under L5
+    (both edges found, 2.7 px apart) is withheld with L5; 12 px under it, every measure is
+    made."""
+    cfg = MeasuresConfig(min_disc_ratio=0.1)
+    for gap, withheld in ((2.0, True), (12.0, False)):
         outlines = _spine(last_gap=gap, s1_drop=0.0)
         row, spine = image_measures(outlines, refine=cfg, image=_drawn(outlines))
         if withheld:
-            # (L5's lower edge, 1.5 px from S1's, is not seen: its outline stands in)
             assert "L5/S1 disc not seen" in spine.unusable.get("S1", ""), spine.unusable
-            assert "inferior endplate: no edge" in spine.unusable["L5"]
-            assert row["lordosis_deg"] is None and set(spine.withheld) == {"S1"}
+            assert row["lordosis_deg"] is None and set(spine.withheld) == {"L5", "S1"}
         else:
             assert row["not_measurable"] == "", spine.unusable
             assert row["disc_L5_S1_middle_px"] == pytest.approx(gap, abs=1.0)

@@ -555,6 +555,11 @@ def test_how_the_measures_were_made_is_said_from_the_evaluations_params(records)
     assert "the ground truth's polygons refined the same way" in both
     plain = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "refine_predictions": False})
     assert "not refined on the image" in plain and "within 5.0 mm" not in plain
+    assert "exceeded 40.0 degrees" in plain and "found on the image" not in plain  # no disc
+    off = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "max_segment_deg": 180.0,
+                                                            "min_disc_ratio": 0.0})
+    assert "No limit on the segmental angles" in off and "No check of the discs" in off
+    assert "exceeded" not in off and "one edge taken for both" not in off
     junk = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "max_segment_deg": "[x](y)",
                                                              "min_disc_ratio": None})
     assert "exceeded \\[x\\]\\(y\\) degrees" in junk and f"within {NOT_RECORDED} %" in junk

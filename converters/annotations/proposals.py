@@ -201,8 +201,7 @@ def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
                 if r.level and not r.fused and levels.count(r.level) == 1}
     prior = find_vertebrae([(lv, np.c_[r.xs, r.ys].astype(np.float64))
                             for lv, r in by_level.items()])
-    spine = withhold_implausible(refine_spine(prior, image, cfg, spacing_mm), cfg, spacing_mm,
-                                 prior)
+    spine = withhold_implausible(refine_spine(prior, image, cfg, spacing_mm), cfg, spacing_mm)
     moved = 0
     for lv, vt in spine.vertebrae.items():
         region = by_level[lv]

@@ -172,10 +172,10 @@ def image_measures(outlines: Sequence[tuple[str | None, np.ndarray]],
     nothing is measured, :func:`converters.spine.refine.refine_spine`); then the implausible
     pairs withheld (:mod:`converters.spine.plausible`, its limits from ``checks``, else
     ``refine``, else the defaults)."""
-    spine = prior = find_vertebrae(outlines)
+    spine = find_vertebrae(outlines)
     if refine is not None:
-        spine = refine_spine(prior, image, refine, spacing_mm, image_name=image_name)
-    spine = withhold_implausible(spine, checks or refine or MeasuresConfig(), spacing_mm, prior)
+        spine = refine_spine(spine, image, refine, spacing_mm, image_name=image_name)
+    spine = withhold_implausible(spine, checks or refine or MeasuresConfig(), spacing_mm)
     row = measure(spine, spacing_mm)
     row["refined"] = int(refine is not None and image is not None)
     row["confidence"] = confidence(spine)

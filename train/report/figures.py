@@ -261,7 +261,7 @@ def _endplate_lines(record) -> list[tuple[str, np.ndarray]]:
                     pairs = (("prior", "prior"), ("endplate", "refined"))
                 else:                      # measured on the model's outline, not refined
                     pairs = (("endplate", "prior"),)
-                if "withheld" in entry:    # found, then withheld as implausible
+                if who == "prediction" and "withheld" in entry:   # found, then implausible
                     pairs = tuple((k, "withheld" if k == "endplate" else kind)
                                   for k, kind in pairs)
                 for key, kind in pairs:

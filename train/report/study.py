@@ -254,7 +254,8 @@ def _measures_said(m: dict | None) -> str:
                                           "min_disc_ratio")}
     pct = {k: (_md(f"{100 * v:g}") if isinstance(v, (int, float)) else NOT_RECORDED)
            for k, v in num.items()}
-    if m.get("refine_predictions") is True:
+    refined = m.get("refine_predictions") is True
+    if refined:
         said = (f" Each endplate of a model's outline was refined on the full-resolution image: "
                 f"the bone's edge searched within {_md(num['band_mm'])} mm either side of the "
                 "outline's and fitted by RANSAC and least squares; an endplate whose edge was "
@@ -265,11 +266,23 @@ def _measures_said(m: dict | None) -> str:
         said = " Endplates were read from the outlines (not refined on the image)."
     else:
         said = f" Endplate refinement: {NOT_RECORDED}."
-    return (said + " Both vertebrae of a segment were withheld where its segmental angle "
-            f"exceeded {_md(num['max_segment_deg'])} degrees either way, or where its two "
-            f"endplates lay within {pct['min_disc_ratio']} % of a vertebral body's height of "
-            "each other along their length (no disc seen). A measure withheld was counted as "
-            "not measurable, never imputed.")
+    angle, ratio = num["max_segment_deg"], num["min_disc_ratio"]
+    if isinstance(angle, (int, float)) and angle >= 180:
+        said += " No limit on the segmental angles was applied."
+    else:
+        said += (" A vertebra was withheld where the segmental angle to its neighbour exceeded "
+                 f"{_md(angle)} degrees either way (that many times the segments spanned where "
+                 "a vertebra between them was missing)")
+        said += "." if refined or m.get("refine") is True else \
+            " (an outline that no lumbar segment shows)."
+    if refined or m.get("refine") is True:
+        if isinstance(ratio, (int, float)) and ratio <= 0:
+            said += " No check of the discs' heights was applied."
+        else:
+            said += (" Both vertebrae of a disc whose two endplates, found on the image, lay "
+                     f"within {pct['min_disc_ratio']} % of a vertebral body's height of each "
+                     "other along their length were withheld (one edge taken for both).")
+    return said + " A measure withheld was counted as not measurable, never imputed."
 
 
 def methods_md(f: Facts, runs: list[Run], table1_md: str, notes: list[str],
