@@ -244,3 +244,37 @@ def test_the_withheld_levels_keep_their_endplates_and_the_input_is_left_alone():
     assert confidence(spine) == 0.5 and confidence(out) == 1.0
     fine = find_vertebrae(_spine())
     assert withhold_implausible(fine, MeasuresConfig()) is fine
+
+
+def test_propose_leaves_an_implausible_segment_unsnapped_and_ranks_it_up():
+    """propose on a drawn spine whose sacrum outline is steep (L5/S1 54 deg) while the image
+    shows the same: L5's and S1's corners stay as the model drew them, the levels and their
+    reason are handed on, and the review order puts the image up by 1 with the segment
+    named; the same spine with a plausible sacrum is snapped and not flagged."""
+    from converters.annotations.proposals import (Proposal, ProposedRegion, review,
+                                                  snap_endplates)
+
+    def proposal(outlines):
+        regions = [ProposedRegion("sacrum" if lv == "S1" else "lumbar",
+                                  [int(round(x)) for x in p[:, 0]],
+                                  [int(round(y)) + 2 for y in p[:, 1]], level=lv)
+                   for lv, p in outlines]
+        return Proposal("a.png", 1, 400, 420, regions)
+
+    for sacral, flagged in ((-70.0, True), (-20.0, False)):
+        outlines = _spine(sacral=sacral)
+        prop = proposal(outlines)
+        drawn = {r.level: (list(r.xs), list(r.ys)) for r in prop.regions}
+        moved = snap_endplates(prop.regions, _drawn(outlines), MeasuresConfig(),
+                               implausible=prop.implausible)
+        review(prop, overlapping=[], disagreement=None, instance_model=False)
+        snapped = {r.level for r in prop.regions if (r.xs, r.ys) != drawn[r.level]}
+        if flagged:
+            assert set(prop.implausible) == {"L5", "S1"}
+            assert "L5/S1 segmental angle" in prop.implausible["S1"]
+            assert snapped == {"L1", "L2", "L3", "L4"} and moved > 0
+            assert prop.score == 1.0
+            assert prop.reasons == ["a segment no spine shows at L5/S1"]
+        else:
+            assert prop.implausible == {} and prop.score == 0.0 and prop.reasons == []
+            assert snapped == {"L1", "L2", "L3", "L4", "L5", "S1"}

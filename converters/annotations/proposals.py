@@ -34,12 +34,16 @@ Review score (:func:`review`), highest first, and its reasons:
   where proposals go wrong most);
 - ``1 - lowest instance score`` (instance models; at most 1);
 - ``1 - mean IoU with the other runs' instances`` (several runs given: disagreement between
-  folds or models; at most 1).
+  folds or models; at most 1);
+- ``1`` when a segment shows what no lumbar segment does (:mod:`converters.spine.plausible`,
+  after the endplates were refined on the image: an outline or an edge is wrong there, and its
+  corners were not snapped).
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -54,6 +58,7 @@ from converters.core.records import json_value
 from converters.annotations.via import AnnotatedRegion
 from converters.annotations.via_project import ProjectImage, ProjectRegion, polygon_region
 from converters.spine.endplates import find_vertebrae
+from converters.spine.levels import LEVELS
 from converters.spine.plausible import withhold_implausible
 from converters.spine.refine import MeasuresConfig, refine_spine
 
@@ -88,6 +93,7 @@ class Proposal:
     score: float = 0.0
     reasons: list[str] = field(default_factory=list)
     endplate_corners: int = 0     # polygon vertices moved onto refined endplate corners
+    implausible: dict[str, str] = field(default_factory=dict)   # level -> why (not snapped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,14 +192,15 @@ def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int
 
 
 def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
-                   cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None = None) -> int:
+                   cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None = None, *,
+                   implausible: dict[str, str] | None = None) -> int:
     """The endplates of the proposed vertebrae refined on the full-resolution image
     (:mod:`converters.spine.refine`), their corners written into the polygons: each refined
     corner replaces the polygon's vertex nearest it (rounded, as VIA keeps them), unless that
     would make the polygon cross itself. Withheld endplates (not seen, or of a segment no spine
     shows: :mod:`converters.spine.plausible`), fused regions and levels given twice leave
-    their polygons as drawn.
-    Returns the number of corners moved."""
+    their polygons as drawn; ``implausible``, where given, receives the levels withheld as
+    implausible, with the reason. Returns the number of corners moved."""
     if image is None:
         return 0
     levels = [r.level for r in regions if r.level]
@@ -202,6 +209,8 @@ def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
     prior = find_vertebrae([(lv, np.c_[r.xs, r.ys].astype(np.float64))
                             for lv, r in by_level.items()])
     spine = withhold_implausible(refine_spine(prior, image, cfg, spacing_mm), cfg, spacing_mm)
+    if implausible is not None:
+        implausible.update({lv: spine.unusable[lv] for lv in spine.withheld})
     moved = 0
     for lv, vt in spine.vertebrae.items():
         region = by_level[lv]
@@ -251,6 +260,12 @@ def review(prop: Proposal, *, overlapping: list[str], disagreement: float | None
         score += disagreement
         if disagreement > 0.1:
             reasons.append(f"runs disagree (mean IoU {1 - disagreement:.2f})")
+    if prop.implausible:
+        score += 1.0
+        segments = sorted({pair for why in prop.implausible.values()
+                           for pair in re.findall(r"\b[LS]\d/[LS]\d\b", why)},
+                          key=lambda pair: LEVELS.index(pair[:2]))
+        reasons.append("a segment no spine shows at " + ", ".join(segments))
     prop.score, prop.reasons = round(score, 4), reasons
 
 
