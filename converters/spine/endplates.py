@@ -120,17 +120,19 @@ def disc_heights(upper: Endplate, lower: Endplate, up: np.ndarray) -> dict[str, 
 
 def scaled(spine: Spine, spacing: tuple[float, float]) -> Spine:
     """The spine in millimetres: x times the column spacing, y times the row spacing (the
-    frame re-made perpendicular, so angles are physical ones when pixels are not square)."""
+    frame re-made perpendicular, so angles are physical ones when pixels are not square); an
+    endplate that is None stays None."""
     s = np.array([spacing[1], spacing[0]])
 
     def pt(p) -> tuple[float, float]:
         return (float(p[0] * s[0]), float(p[1] * s[1]))
 
+    def plate(e: Endplate | None) -> Endplate | None:
+        return None if e is None else Endplate(pt(e.posterior), pt(e.anterior))
+
     out = Spine(unusable=dict(spine.unusable))
     for lv, vt in spine.vertebrae.items():
-        out.vertebrae[lv] = Vertebra(lv, Endplate(pt(vt.superior.posterior), pt(vt.superior.anterior)),
-                                     None if vt.inferior is None else
-                                     Endplate(pt(vt.inferior.posterior), pt(vt.inferior.anterior)))
+        out.vertebrae[lv] = Vertebra(lv, plate(vt.superior), plate(vt.inferior))
     if spine.anterior is not None:
         out.up = unit_vector(spine.up * s)
         perp = np.array([-out.up[1], out.up[0]])

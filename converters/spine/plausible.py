@@ -41,7 +41,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from converters.spine.endplates import Endplate, Spine, disc_heights, scaled, tilt_deg
+from converters.spine.endplates import Spine, Vertebra, disc_heights, scaled, tilt_deg
 from converters.spine.levels import LEVELS, LUMBAR
 from converters.spine.refine import MeasuresConfig
 
@@ -52,26 +52,16 @@ def _on_image(spine: Spine, level: str, side: str) -> bool:
     return fit is not None and fit.refined is not None
 
 
-def _chain(spine: Spine, spacing_mm: tuple[float, float] | None
-           ) -> dict[str, tuple[Endplate | None, Endplate | None]]:
-    """Level -> (superior, inferior) endplate the checks read, in mm where the spacing is
-    known: the usable levels', and of a level the refinement withheld, the sides it found on
-    the image (None: not found)."""
-    s = np.array([spacing_mm[1], spacing_mm[0]], float) if spacing_mm else np.ones(2)
-
-    def mm(plate: Endplate | None) -> Endplate | None:
-        if plate is None:
-            return None
-        p, a = np.asarray(plate.posterior) * s, np.asarray(plate.anterior) * s
-        return Endplate((float(p[0]), float(p[1])), (float(a[0]), float(a[1])))
-
-    out = {lv: (mm(vt.superior), mm(vt.inferior)) for lv, vt in spine.vertebrae.items()}
+def _chain(spine: Spine) -> Spine:
+    """The endplates the checks read, in the spine's frame: the usable levels', and of a level
+    the refinement withheld, the sides it found on the image (None: not found)."""
+    out = Spine(vertebrae=dict(spine.vertebrae), anterior=spine.anterior, up=spine.up)
     for lv, sides in spine.fits.items():
-        if lv in out or lv in spine.withheld:
+        if lv in out.vertebrae or lv in spine.withheld:
             continue
         found = {side: fit.refined for side, fit in sides.items() if fit.refined is not None}
         if found:
-            out[lv] = (mm(found.get("superior")), mm(found.get("inferior")))
+            out.vertebrae[lv] = Vertebra(lv, found.get("superior"), found.get("inferior"))
     return out
 
 
@@ -81,13 +71,12 @@ def implausible(spine: Spine, cfg: MeasuresConfig,
     empty where every pair passes or the spine has no frame."""
     if spine.anterior is None or spine.up is None:
         return {}
-    frame = scaled(Spine(anterior=spine.anterior, up=spine.up), spacing_mm) if spacing_mm \
-        else spine
-    chain = _chain(spine, spacing_mm)
+    frame = scaled(_chain(spine), spacing_mm) if spacing_mm else _chain(spine)
+    chain = {lv: (vt.superior, vt.inferior) for lv, vt in frame.vertebrae.items()}
     unit = "mm" if spacing_mm else "px"
     bodies = [float(np.linalg.norm(sup.midpoint - inf.midpoint))
               for lv, (sup, inf) in chain.items()
-              if lv in LUMBAR and lv in spine.vertebrae and inf is not None]
+              if lv in LUMBAR and lv in spine.vertebrae and sup is not None and inf is not None]
     body = float(np.median(bodies)) if bodies else 0.0
     out: dict[str, list[str]] = {}
 
