@@ -7,7 +7,7 @@ seed (default 2000, 60 images) through the real commands, as ``bench_knobs.py`` 
 demo's trained models (``models/<model>/fold0``, from ``make demo``) evaluated on it once by
 ``spinepipe evaluate``. Their predictions are then measured again, as evaluate measures them
 (:func:`train.evaluation.evaluate.score`), with each setting: unrefined, as in params.yaml, and
-one field of ``measures`` lower and higher. Settings are chosen here, on images apart from the
+one field of ``measures`` lower and higher, ``split_fused`` the other way. Settings are chosen here, on images apart from the
 test set, so the test set's numbers stay a measurement, not a fit.
 
 Per model and setting: lordosis MAE (deg) / measurable (%), segmental angles MAE / measurable,
@@ -43,17 +43,23 @@ SWEEP = {"min_confidence": (0.3, 0.5), "band_mm": (4.0, 8.0), "inlier_px": (0.75
          "min_snr": (1.5, 4.0), "sigma_px": (0.5, 1.5), "max_tilt_deg": (15.0, 35.0),
          # plausibility (converters/spine/plausible.py): 180 deg and 0 turn a check off
          "max_segment_deg": (35.0, 180.0), "min_disc_ratio": (0.0, 0.1)}
+#: booleans of ``measures`` measured the other way too (a fused blob cut into its bodies or not:
+#: converters/spine/fused.py)
+SWITCHES = ("split_fused",)
 GROUPS = (("lordosis_deg", "lordosis"), ("segmental_deg", "segmental"),
           ("disc_height_mm", "discs"))
 
 
 def settings(base: MeasuresConfig) -> list[tuple[str, MeasuresConfig]]:
     """(name, config) of every setting measured: unrefined, params.yaml's, each swept field
-    lower and higher."""
+    lower and higher, each switch the other way."""
     out = [("unrefined", replace(base, refine_predictions=False)), ("params.yaml", base)]
     for name, values in SWEEP.items():
         out += [(f"{name} {getattr(base, name):g} -> {v:g}", replace(base, **{name: v}))
                 for v in values]
+    on = {True: "on", False: "off"}
+    out += [(f"{name} {on[getattr(base, name)]} -> {on[not getattr(base, name)]}",
+             replace(base, **{name: not getattr(base, name)})) for name in SWITCHES]
     return out
 
 

@@ -268,6 +268,53 @@ def test_the_plausibility_limits_of_the_params_reach_every_stage_that_measures(e
     assert agreed["default"]["lordosis_mae_deg"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_a_fused_pair_in_a_prediction_is_cut_and_measured_unless_turned_off(evaluated,
+                                                                           tmp_path):
+    """A semantic prediction whose L3 and L4 are one blob across their disc (joined by a neck
+    half a body wide): with ``measures.split_fused`` (the default) the blob is cut in the disc,
+    its endplates refined on the image, and the lordosis measured near the truth's; turned off,
+    or the same mask scored as an instance model's, the levels above it are withheld ('fused
+    blob'). Recognition is the same either way: there the blob stays one instance (the
+    study's comparison)."""
+    from converters.spine.refine import MeasuresConfig
+    from train.evaluation.test_set import TestSet
+
+    root, names = evaluated["root"], evaluated["names"]
+    lumbar = TestSet.load(root / "processed" / "coco.json",
+                          root / "processed" / "masks").class_values["lumbar"]
+    (tmp_path / "pred" / "predictions").mkdir(parents=True)
+    for name in names:
+        mask = cv2.imread(str(root / "processed" / "masks" / name), cv2.IMREAD_UNCHANGED)
+        n, _, stats, cents = cv2.connectedComponentsWithStats((mask == lumbar).view(np.uint8))
+        order = sorted(range(1, n), key=lambda k: cents[k][1])
+        assert len(order) == 5, name
+        l3, l4 = order[2], order[3]
+        neck = int(min(stats[l3, cv2.CC_STAT_WIDTH], stats[l4, cv2.CC_STAT_WIDTH]) // 2)
+        cv2.line(mask, tuple(int(v) for v in cents[l3]), tuple(int(v) for v in cents[l4]),
+                 int(lumbar), neck)
+        assert cv2.connectedComponents((mask == lumbar).view(np.uint8))[0] == 5   # 4 + background
+        cv2.imwrite(str(tmp_path / "pred" / "predictions" / name), mask)
+    runs = {}
+    for key, model, cfg in (("cut", "unet", MeasuresConfig()),
+                            ("whole", "unet", MeasuresConfig(split_fused=False)),
+                            ("instance", "mask_rcnn", MeasuresConfig())):
+        evaluate_run(model, 0, EvaluateConfig(device="cpu"), test=root / "processed" / "coco.json",
+                     masks=root / "processed" / "masks", images=root / "png",
+                     out=tmp_path / key, predictions=tmp_path / "pred", measures=cfg)
+        runs[key] = (_measures(tmp_path / key / "measures.csv"),
+                     [r["recognized"] for r in csv.DictReader((tmp_path / key / "per_image.csv").open())])
+    truth = _measures(tmp_path / "cut" / "measures_truth.csv")
+    cut = runs["cut"][0]
+    for whole in (runs["whole"][0], runs["instance"][0]):   # an instance model's mask: whole
+        assert all(whole[n]["lordosis_deg"] == "" and "L4: fused blob" in whole[n]["not_measurable"]
+                   for n in names)
+    made = [n for n in names if cut[n]["lordosis_deg"]]
+    assert len(made) >= len(names) - 1, {n: cut[n]["not_measurable"] for n in names}
+    errors = [abs(float(cut[n]["lordosis_deg"]) - float(truth[n]["lordosis_deg"])) for n in made]
+    assert max(errors) < 3.0, errors
+    assert runs["cut"][1] == runs["whole"][1] == runs["instance"][1]
+
+
 def test_the_report_draws_what_it_can_of_a_damaged_endplates_file(evaluated, tmp_path):
     """endplates.json is evaluate's, but a report reads what is on disk: a list, entries of
     the wrong shape, NaN corners, lines off the image: the figure leaves out what it cannot

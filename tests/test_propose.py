@@ -17,9 +17,9 @@ from shapely.geometry import Polygon
 
 from converters.annotations.coco import flat, mask_outline, rasterize
 from converters.annotations.proposals import (PROPOSAL_ATTRIBUTE, REGION_ID, Proposal,
-                                              ProposedRegion, corrections, mask_polygon,
-                                              polygon_iou, read_proposal, review, simplify,
-                                              via_images)
+                                              ProposedRegion, corrections, mark_fused,
+                                              mask_polygon, polygon_iou, read_proposal, review,
+                                              simplify, via_images)
 from converters.annotations.via_project import polygon_region
 from converters.annotations.via import read_via
 
@@ -111,6 +111,39 @@ def test_review_puts_missing_and_extra_vertebrae_first():
     assert "4 lumbar + 1 sacrum" in reasons["missing.png"]
     assert "lowest instance score 0.31" in reasons["low.png"] and "runs disagree" in reasons["low.png"]
     assert reasons["overlap.png"] == "overlapping L4/L5" and reasons["ok.png"] == ""
+
+
+def test_a_fused_blob_is_proposed_as_its_bodies_and_flagged():
+    """A semantic model's L3 and L4 joined across their disc: with ``measures.split_fused``
+    each is its own polygon (cut in the disc), L1-L5 and S1 each once, the image ranked up
+    for review ('fused blob cut into L3, L4'); without, one polygon flagged fused and the
+    levels above it shifted (L1 missing)."""
+    from train.evaluation.recognition import components
+    from train.infer.propose import _regions
+
+    mask = np.zeros((520, 300), np.uint8)
+    for top in (40, 112, 184, 256, 328):                  # 60 px bodies, 12 px discs
+        mask[top:top + 60, 100:180] = 1
+    mask[244:256, 120:160] = 1                             # L3-L4 joined by a neck
+    cv2.fillPoly(mask, [np.array([[95, 400], [185, 400], [170, 500], [110, 480]])], 2)
+    inst = components(mask, {"lumbar": 1, "sacrum": 2})
+    for split in (True, False):
+        regions, areas = _regions(inst, 15, split=split)
+        mark_fused(regions, areas)
+        levels = sorted(r.level for r in regions if r.level)
+        prop = Proposal("a.png", 1, 300, 520, regions)
+        review(prop, overlapping=[], disagreement=None, instance_model=False)
+        if split:
+            assert levels == ["L1", "L2", "L3", "L4", "L5", "S1"]
+            cut = sorted((r for r in regions if r.cut), key=lambda r: min(r.ys))
+            assert [r.level for r in cut] == ["L3", "L4"] and not any(r.fused for r in regions)
+            assert max(cut[0].ys) <= 250 <= min(cut[1].ys)              # apart, in the disc
+            assert all(len(r.xs) <= 15 and r.mask_iou > 0.95 for r in cut)
+            assert prop.reasons == ["fused blob cut into L3, L4"] and prop.score == 0.5
+        else:
+            assert levels == ["L2", "L3", "L4", "L5", "S1"]
+            assert [r.level for r in regions if r.fused] == ["L4"]
+            assert "4 lumbar + 1 sacrum" in prop.reasons[0]
 
 
 def test_corrections_of_an_edited_project():

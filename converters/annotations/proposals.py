@@ -30,8 +30,9 @@ Review score (:func:`review`), highest first, and its reasons:
 - ``3`` per missing or extra vertebra against five lumbar vertebrae and one sacrum (so an
   image with a wrong count always ranks above any image with the right one);
 - ``0.5`` when the image has a fused blob (a semantic model's component over 1.6 times the
-  median lumbar area of the image) or an overlapping pair of instances (degenerated discs,
-  where proposals go wrong most);
+  median lumbar area of the image), one cut into its bodies (``measures.split_fused``,
+  :mod:`converters.spine.fused`: the cut is a guess at where the disc lies, to be checked) or
+  an overlapping pair of instances (degenerated discs, where proposals go wrong most);
 - ``1 - lowest instance score`` (instance models; at most 1);
 - ``1 - mean IoU with the other runs' instances`` (several runs given: disagreement between
   folds or models; at most 1);
@@ -78,6 +79,7 @@ class ProposedRegion:
     score: float = 1.0
     level: str | None = None
     fused: bool = False       # a semantic component that looks like two vertebrae
+    cut: bool = False         # one body of a fused blob, cut from it (cut_region)
     mask_iou: float = 1.0     # the polygon against the mask it came from
 
 
@@ -164,6 +166,21 @@ def _valid_region(contour: np.ndarray, max_points: int) -> ProjectRegion:
     return region if simple else polygon_region([])
 
 
+def cut_region(cls: str, piece: np.ndarray, score: float, max_points: int
+               ) -> ProposedRegion | None:
+    """The proposed polygon of one body cut from a fused blob (a float outline,
+    :func:`converters.spine.fused.fused_pieces`): simplified and rounded as a mask's outline
+    is (:func:`mask_polygon`), its ``mask_iou`` the polygon's IoU with the piece; None when
+    nothing simple is left of it."""
+    region = polygon_region(simplify(piece, max_points))
+    if len(region.xs) >= 3 and not _simple(region.xs, region.ys):
+        region = _valid_region(piece, max_points)
+    if len(region.xs) < 3:
+        return None
+    fit = polygon_iou(region.xs, region.ys, piece[:, 0], piece[:, 1])
+    return ProposedRegion(cls, list(region.xs), list(region.ys), score, mask_iou=fit, cut=True)
+
+
 def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int], float] | None:
     """VIA integer vertices of a mask's polygon and their IoU with the mask (pixel areas);
     None when the mask is empty or too thin to outline. Works in the mask's bounding box
@@ -244,10 +261,13 @@ def review(prop: Proposal, *, overlapping: list[str], disagreement: float | None
         score += 3.0 * off
         reasons.append(f"{n_lumbar} lumbar + {n_sacrum} sacrum (expected {LUMBAR_COUNT} + 1)")
     fused = [r.level or r.cls for r in prop.regions if r.fused]
-    if fused or overlapping:
+    cut = [r.level or r.cls for r in prop.regions if r.cut]
+    if fused or cut or overlapping:
         score += 0.5
         if fused:
             reasons.append("fused blob at " + ", ".join(fused))
+        if cut:
+            reasons.append("fused blob cut into " + ", ".join(cut))
         if overlapping:
             more = f" and {len(overlapping) - 4} more" if len(overlapping) > 4 else ""
             reasons.append("overlapping " + ", ".join(overlapping[:4]) + more)

@@ -4,9 +4,11 @@ agreement (Bland-Altman): mean absolute error, bias (mean of prediction - truth)
 of agreement (bias -/+ 1.96 SD of the differences), and the measurable rate.
 
 Outlines: ground truth from the test set's polygons; predictions from each kept instance's mask
-(instance models) or connected component (semantic models, so a fused pair stays one blob, which
+(instance models) or connected component (semantic models: a fused pair is cut into its bodies,
+``measures.split_fused``, :mod:`converters.spine.fused`; one not cut stays one blob, which
 :func:`converters.spine.endplates.find_vertebrae` then refuses to measure), traced along the pixel
-edges (:func:`converters.annotations.coco.mask_outline`). Levels as evaluate assigns them.
+edges (:func:`converters.annotations.coco.mask_outline`). Levels as evaluate assigns them (after
+the cut: again, bottom-up).
 
 Rates: a measure's ``measurable_rate`` is the share of the test images measurable on the
 ground truth where the prediction gives it too; an image is *measurable* when every measure

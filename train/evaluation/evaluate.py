@@ -20,7 +20,9 @@ masks (``masks/<stem>.png``). Layout of an evaluation folder (``reports/eval/<mo
 - ``measures.csv`` / ``measures_truth.csv``: the clinical measures
   (:mod:`converters.spine.measures`, the columns of convert's ``measures.csv``) of the
   prediction and of the ground truth, per test image, in millimetres too where export's
-  provenance gives the pixel spacing; the prediction's endplates refined on the test image
+  provenance gives the pixel spacing; a semantic model's fused lumbar blobs cut into their
+  bodies first (:mod:`converters.spine.fused`, ``measures.split_fused``: recognition keeps
+  them whole) and the prediction's endplates refined on the test image
   (:mod:`converters.spine.refine`, params.yaml section ``measures``), the ground truth's only
   with ``measures.refine``;
 - ``endplates.json``: per test image, ``prediction`` and ``truth``, per level and side the
@@ -56,7 +58,6 @@ from typing import Callable, ContextManager
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from converters.annotations.coco import PNG_LABEL_PARAMS
 from converters.core.errors import (MissingInputError, ShapeMismatchError,
@@ -68,6 +69,7 @@ from train.models import HEADLINE, eval_metrics_file, family, run_dir
 from converters.annotations.coco import mask_outline
 from converters.spine.measures import image_measures, measures_csv
 from converters.spine.refine import MeasuresConfig
+from converters.spine.fused import levelled, split_fused
 from converters.core.paths import UnsafePathError
 from converters.core.provenance import pixel_spacing, read_record
 from converters.core.records import open_input, read_json
@@ -155,16 +157,20 @@ def _predicted_instances(pred_dir: Path, test: TestSet) -> dict[str, Instances] 
             for k, v in out.items()}
 
 
-def predicted_outlines(inst: Instances) -> list[tuple[str | None, np.ndarray]]:
-    """(level, outline) of each predicted vertebra: its mask traced along the pixel edges."""
+def predicted_outlines(inst: Instances, *, split: bool = False
+                       ) -> list[tuple[str | None, np.ndarray]]:
+    """(level, outline) of each predicted vertebra: its mask traced along the pixel edges; with
+    ``split``, fused lumbar blobs cut into their bodies and the levels assigned again
+    (:mod:`converters.spine.fused`)."""
     out = []
-    for cls, rle, level in zip(inst.classes, inst.rles, inst.levels):
-        if cls not in VERTEBRA_CLASSES or level is None:
+    for k, (cls, level) in enumerate(zip(inst.classes, inst.levels)):
+        if cls not in VERTEBRA_CLASSES or (level is None and not split):
             continue
-        outline = mask_outline(mask_utils.decode(rle).astype(bool))
+        x0, y0, mask = inst.mask(k)
+        outline = mask_outline(mask if mask.dtype == bool else mask.astype(bool))
         if outline is not None and len(outline) >= 3:
-            out.append((level, outline))
-    return out
+            out.append((cls if split else level, outline + (x0, y0)))
+    return levelled(split_fused(out)) if split else out
 
 
 def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model: str = "",
@@ -187,6 +193,8 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
                                 "refined on the test images)", produced_by="export",
                                 file=images)
     instances = _predicted_instances(pred_dir, test)
+    # a semantic model's component across a disc: cut into its bodies for the measures
+    split = family == "semantic" and (measures or MeasuresConfig()).split_fused
     rows, cms, missing = [], [], []
     pred_measures, true_measures, endplates = [], [], {}
     level_hits = {lv: [0, 0] for lv in LEVELS}          # matched, present
@@ -207,7 +215,8 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
         rec = recognize(test.instances[im["id"]], pred, cfg)
         image = _measured_image(images, name) if refining and images is not None else None
         p_row, t_row, endplates[name] = _both_measures(
-            pred, test.outlines.get(im["id"], []), spacing.get(name), image, name, measures)
+            pred, test.outlines.get(im["id"], []), spacing.get(name), image, name, measures,
+            split=split)
         pred_measures.append({"file_name": name, **p_row})
         true_measures.append({"file_name": name, **t_row})
         for lv, r in rec["levels"].items():
@@ -223,11 +232,12 @@ def score(pred_dir: str | Path, test: TestSet, cfg: RecognitionConfig, *, model:
 
 
 def _both_measures(pred: Instances, truth: list, mm, image, name: str,
-                   measures: MeasuresConfig | None) -> tuple[dict, dict, dict]:
+                   measures: MeasuresConfig | None, *, split: bool = False
+                   ) -> tuple[dict, dict, dict]:
     """The clinical measures of the prediction's outlines and of the ground truth's polygons
     on one image (each refined on the image where ``measures`` says), and both endplates."""
     p_row, p_spine = image_measures(
-        predicted_outlines(pred), mm, image=image, image_name=name,
+        predicted_outlines(pred, split=split), mm, image=image, image_name=name,
         refine=measures if measures and measures.refine_predictions else None, checks=measures)
     t_row, t_spine = image_measures(
         truth, mm, image=image, image_name=name,

@@ -17,7 +17,8 @@ An *instance* is one binary mask in pycocotools RLE (the COCO convention of
   of low-resolution prototypes, cropped to the predicted box) leave islands of the
   neighbouring vertebra inside the box, which would otherwise read as overlaps.
 - Semantic models: the connected components (8-connectivity) of each class of the class mask;
-  vertebrae fused into one blob stay one instance, which is the point of the comparison.
+  vertebrae fused into one blob stay one instance, which is the point of the comparison (the
+  clinical measures cut such a blob into its bodies: :mod:`converters.spine.fused`).
 - Levels: ``L1``..``L5`` / ``S1`` bottom-up from the sacrum, as for the ground truth
   (:func:`converters.spine.levels.levels_bottom_up`).
 

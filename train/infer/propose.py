@@ -3,10 +3,11 @@ vertebra as a VIA polygon, the images in review order, and a worklist.
 
 Instance models give one polygon per kept instance (the evaluation's post-processing:
 :func:`train.evaluation.recognition.postprocess_instances`); semantic models one per connected
-component of a class (:func:`train.evaluation.recognition.components`), so a fused pair stays one
-polygon, flagged. The first run proposes; further runs (other folds or models) only measure
-disagreement. Polygons, attributes, review score and the round trip:
-:mod:`converters.annotations.proposals`.
+component of a class (:func:`train.evaluation.recognition.components`); such a fused lumbar
+blob is proposed as its bodies, cut at its waists (``measures.split_fused``:
+:mod:`converters.spine.fused`), flagged for review; one not cut stays one polygon, flagged.
+The first run proposes; further runs (other folds or models) only measure disagreement.
+Polygons, attributes, review score and the round trip: :mod:`converters.annotations.proposals`.
 
 Outputs (``output`` is the VIA project; beside it):
 
@@ -32,13 +33,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
-from converters.annotations.coco import DEFAULT_CLASSES
+from converters.annotations.coco import DEFAULT_CLASSES, mask_outline
 from converters.core.errors import InvalidConfigError, MissingInputError
 from converters.core.files import prepare_output, write_json, write_text
-from converters.annotations.proposals import (Proposal, ProposedRegion, mark_fused, mask_polygon,
-                                              polygon_iou, proposal_attributes, review,
-                                              snap_endplates, via_images)
+from converters.annotations.proposals import (Proposal, ProposedRegion, cut_region, mark_fused,
+                                              mask_polygon, polygon_iou, proposal_attributes,
+                                              review, snap_endplates, via_images)
 from converters.core.provenance import pixel_spacing, read_record
+from converters.spine.fused import fused_pieces, levelled
 from converters.spine.refine import MeasuresConfig
 from converters.annotations.readers import reader_files
 from converters.annotations.via import AnnotatedImage, read_via
@@ -93,6 +95,38 @@ def _disagreement(main: Instances, others: list[Instances]) -> float | None:
     return float(np.mean(values))
 
 
+def _regions(inst: Instances, max_points: int, *, split: bool
+             ) -> tuple[list[ProposedRegion], list[float]]:
+    """The proposed polygons of one image's instances and their areas (pixels); with
+    ``split``, a fused lumbar blob proposed as its bodies (:func:`cut_region`), the levels
+    assigned again."""
+    crops = [inst.mask(k) for k in range(len(inst))]        # the crops post-processing kept
+    outlines = [mask_outline(mask.astype(bool)) for _, _, mask in crops] if split else []
+    pieces = fused_pieces([(cls, np.zeros((0, 2)) if o is None else o + (x0, y0))
+                           for cls, o, (x0, y0, _) in zip(inst.classes, outlines, crops)])
+    regions, areas = [], []
+    for k, (x0, y0, mask) in enumerate(crops):
+        if k in pieces:
+            cut = [r for r in (cut_region(inst.classes[k], p, inst.scores[k], max_points)
+                               for p in pieces[k]) if r is not None]
+            regions += cut
+            areas += [float(cv2.contourArea(np.c_[r.xs, r.ys].astype(np.float32))) for r in cut]
+            continue
+        poly = mask_polygon(mask, max_points)
+        if poly is None:
+            continue
+        xs, ys, fit = poly
+        regions.append(ProposedRegion(inst.classes[k], [x + x0 for x in xs],
+                                      [y + y0 for y in ys], inst.scores[k], inst.levels[k],
+                                      mask_iou=fit))
+        areas.append(float(mask_utils.area(inst.rles[k])))
+    if pieces:
+        for r, (level, _) in zip(regions, levelled([(r.cls, np.c_[r.xs, r.ys])
+                                                    for r in regions])):
+            r.level = level
+    return regions, areas
+
+
 def propose_images(runs: Sequence[Path], paths: Sequence[Path], cfg: ProposeConfig,
                    post: PostprocessConfig = PostprocessConfig(),
                    progress: Callable[[int, int], None] | None = None,
@@ -118,17 +152,8 @@ def propose_images(runs: Sequence[Path], paths: Sequence[Path], cfg: ProposeConf
     for path in paths:
         inst, is_instance, (h, w) = found[0][path.name]
         prop = Proposal(path.name, path.stat().st_size, w, h)
-        areas = []
-        for k in range(len(inst)):
-            x0, y0, mask = inst.mask(k)          # the crop post-processing kept
-            poly = mask_polygon(mask, cfg.max_points)
-            if poly is None:
-                continue
-            xs, ys, fit = poly
-            xs, ys = [x + x0 for x in xs], [y + y0 for y in ys]
-            prop.regions.append(ProposedRegion(inst.classes[k], xs, ys, inst.scores[k],
-                                               inst.levels[k], mask_iou=fit))
-            areas.append(float(mask_utils.area(inst.rles[k])))
+        prop.regions, areas = _regions(inst, cfg.max_points, split=not is_instance and (
+            measures or MeasuresConfig()).split_fused)
         if not is_instance:
             mark_fused(prop.regions, areas)
         if measures is not None and measures.refine_predictions:

@@ -1,0 +1,128 @@
+"""Fused blobs cut into their bodies for the clinical measures (converters/spine/fused.py): a
+model's lumbar outline across a disc it did not see is cut at its waist into one outline per
+body, the levels assigned again, so the spine is measured instead of every level above the
+blob withheld; outlines of single bodies, a lone outline and fragments stay as they are.
+The outlines are traced from masks drawn here, as evaluate traces a model's (pixel edges)."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from converters.annotations.coco import mask_outline
+from converters.spine.endplates import find_vertebrae
+from converters.spine.fused import levelled, split_fused
+
+SHAPE = (520, 300)
+TOPS = (40, 112, 184, 256, 328)      # L1..L5: 60 px bodies, 12 px discs
+DEPTH = 80
+
+
+def _body(top: int) -> np.ndarray:
+    return np.array([[100, top], [100 + DEPTH, top], [100 + DEPTH, top + 60], [100, top + 60]])
+
+
+def _sacrum() -> np.ndarray:
+    return np.array([[95, 400], [185, 400], [170, 500], [110, 480]])
+
+
+def _outlines(fuse: tuple[int, ...] = (), neck: int = 40, extra=()) -> list:
+    """(class, outline) of L1-L5 and the sacrum traced from masks; the bodies of ``fuse``
+    (indices, neighbours) joined into one blob by a neck ``neck`` px wide across each disc."""
+    items, group = [], np.zeros(SHAPE, np.uint8)
+    for k, top in enumerate(TOPS):
+        m = group if k in fuse else np.zeros(SHAPE, np.uint8)
+        cv2.fillPoly(m, [_body(top)], 1)
+        if k in fuse and k + 1 in fuse:
+            x0 = 100 + (DEPTH - neck) // 2
+            m[top + 60:top + 72, x0:x0 + neck] = 1
+        if k not in fuse:
+            items.append(("lumbar", mask_outline(m.astype(bool))))
+    if fuse:
+        items.append(("lumbar", mask_outline(group.astype(bool))))
+    for cls, pts in extra:
+        m = np.zeros(SHAPE, np.uint8)
+        cv2.fillPoly(m, [np.asarray(pts, np.int32)], 1)
+        items.append((cls, mask_outline(m.astype(bool))))
+    s = np.zeros(SHAPE, np.uint8)
+    cv2.fillPoly(s, [_sacrum()], 1)
+    return items + [("sacrum", mask_outline(s.astype(bool)))]
+
+
+def _y_range(pts: np.ndarray) -> tuple[float, float]:
+    return float(pts[:, 1].min()), float(pts[:, 1].max())
+
+
+def test_a_fused_pair_is_cut_in_its_disc_and_measured():
+    items = _outlines(fuse=(2, 3))
+    assert sum(c == "lumbar" for c, _ in items) == 4
+    whole = find_vertebrae(levelled(items))
+    assert "fused blob" in whole.unusable["L4"] and "L1" in whole.unusable   # the count shifted
+    cut = split_fused(items)
+    lumbar = sorted((p for c, p in cut if c == "lumbar"), key=lambda p: p[:, 1].mean())
+    assert len(lumbar) == 5
+    (_, l3_bottom), (l4_top, _) = _y_range(lumbar[2]), _y_range(lumbar[3])
+    # the cut lies in the disc (rows 244-256), each piece trimmed by half the disc's height
+    assert 244 - 1 <= l3_bottom < l4_top <= 256 + 1
+    assert l4_top - l3_bottom > 4
+    spine = find_vertebrae(levelled(cut))
+    assert not spine.unusable, spine.unusable
+    assert sorted(spine.vertebrae) == ["L1", "L2", "L3", "L4", "L5", "S1"]
+
+
+def test_the_cut_follows_the_waist_not_the_expected_middle():
+    """Bodies of unequal height (50 and 66 px) joined by a 16 px neck: the cut is in the
+    middle of the neck (row 242), not where two equal bodies would meet (row 250)."""
+    m = np.zeros(SHAPE, np.uint8)
+    cv2.fillPoly(m, [np.array([[100, 184], [180, 184], [180, 234], [100, 234]])], 1)
+    cv2.fillPoly(m, [np.array([[100, 250], [180, 250], [180, 316], [100, 316]])], 1)
+    m[234:250, 120:160] = 1
+    singles = [("lumbar", mask_outline(cv2.fillPoly(np.zeros(SHAPE, np.uint8),
+                                                    [_body(t)], 1).astype(bool)))
+               for t in TOPS[:2]]
+    pieces = [p for c, p in split_fused(singles + [("lumbar", mask_outline(m.astype(bool)))])
+              if c == "lumbar"][2:]
+    assert len(pieces) == 2
+    upper, lower = sorted(pieces, key=lambda p: p[:, 1].mean())
+    # trimmed by half the disc (6 px) either side of row 242
+    assert abs(_y_range(upper)[1] - 236) <= 1.5 and abs(_y_range(lower)[0] - 248) <= 1.5
+
+
+def test_three_fused_bodies_give_three():
+    cut = split_fused(_outlines(fuse=(1, 2, 3)))
+    lumbar = sorted((p for c, p in cut if c == "lumbar"), key=lambda p: p[:, 1].mean())
+    assert len(lumbar) == 5
+    for piece, top in zip(lumbar, TOPS):
+        lo, hi = _y_range(piece)
+        assert top - 7 <= lo <= top + 7 and top + 53 <= hi <= top + 67, (top, lo, hi)
+    assert not find_vertebrae(levelled(cut)).unusable
+
+
+def test_single_bodies_and_a_lone_outline_stay_as_they_are():
+    items = _outlines()
+    assert split_fused(items) == items
+    lone = [items[2], items[-1]]
+    assert split_fused(lone) == lone
+    # a body a little taller than the others (x 1.3) is one body still
+    tall = [("lumbar", _body(40) * [1, 1]), ("lumbar", _body(112)),
+            ("lumbar", np.array([[100, 184], [180, 184], [180, 262], [100, 262]]))]
+    assert split_fused(tall) == tall
+
+
+def test_a_fragment_is_no_yardstick_and_is_kept():
+    """A sliver of the vertebra above L1 (cut off by the image's edge) is neither cut nor
+    the body height by which a blob is judged."""
+    sliver = ("lumbar", np.array([[110, 2], [170, 2], [170, 18], [110, 18]]))
+    items = [sliver] + _outlines(fuse=(2, 3))
+    cut = split_fused(items)
+    assert cut[0] is sliver
+    assert sum(c == "lumbar" for c, _ in cut) == 6
+
+
+def test_other_classes_and_degenerate_outlines_pass_through():
+    odd = [("implant", np.array([[0, 0], [5, 0], [5, 5]])),
+           ("lumbar", np.array([[10, 10], [20, 10], [30, 10]]))]        # no area
+    items = _outlines(fuse=(2, 3)) + odd
+    cut = split_fused(items)
+    assert all(any(p is q for _, q in cut) for _, p in odd)
+    levels = [lv for lv, _ in levelled(cut)]
+    assert sorted(lv for lv in levels if lv) == ["L1", "L2", "L3", "L4", "L5", "S1"]
