@@ -10,7 +10,7 @@ import numpy as np
 
 from converters.annotations.coco import mask_outline
 from converters.spine.endplates import find_vertebrae
-from converters.spine.fused import levelled, split_fused
+from converters.spine.fused import fused_pieces, levelled, split_fused
 
 SHAPE = (520, 300)
 TOPS = (40, 112, 184, 256, 328)      # L1..L5: 60 px bodies, 12 px discs
@@ -126,3 +126,41 @@ def test_other_classes_and_degenerate_outlines_pass_through():
     assert all(any(p is q for _, q in cut) for _, p in odd)
     levels = [lv for lv, _ in levelled(cut)]
     assert sorted(lv for lv in levels if lv) == ["L1", "L2", "L3", "L4", "L5", "S1"]
+
+
+def _traced(*rects) -> np.ndarray:
+    m = np.zeros(SHAPE, np.uint8)
+    for x0, y0, x1, y1 in rects:
+        m[y0:y1, x0:x1] = 1
+    return mask_outline(m.astype(bool))
+
+
+def test_a_narrow_fragment_is_no_yardstick():
+    """A sliver of a body (45 px wide, 35 tall: the shortest outline) beside two bodies and a
+    fused pair: the pair is cut by the bodies' height, once, in its disc (by the sliver's, it
+    would be cut into three)."""
+    items = [("lumbar", _traced((118, 2, 163, 37)))] + _outlines(fuse=(2, 3))
+    cut = fused_pieces(items)
+    assert len(cut) == 1
+    (pieces,) = cut.values()
+    assert len(pieces) == 2
+    assert _y_range(pieces[0])[1] < _y_range(pieces[1])[0] and \
+        244 - 1 <= _y_range(pieces[0])[1] and _y_range(pieces[1])[0] <= 256 + 1
+
+
+def test_a_blob_is_counted_by_one_body_and_a_sliver_leaves_it_whole():
+    # one single body and a blob of four: cut into four by that body's height
+    blob = _traced((100, 112, 180, 172), (100, 184, 180, 244), (100, 256, 180, 316),
+                   (100, 328, 180, 388), (120, 172, 160, 184), (120, 244, 160, 256),
+                   (120, 316, 160, 328))
+    (pieces,) = fused_pieces([("lumbar", _traced((100, 40, 180, 100))), ("lumbar", blob)]).values()
+    assert len(pieces) == 4
+    for piece, top in zip(pieces, TOPS[1:]):
+        lo, hi = _y_range(piece)
+        assert top - 7 <= lo <= top + 7 and top + 53 <= hi <= top + 67, (top, lo, hi)
+    # bodies 40 px tall, 20 px discs; a 70 px blob whose only waist (rows 180-184) lies 20 px
+    # below its top: cut there, its upper piece would be a 14 px sliver (under 0.4 x 40)
+    items = [("lumbar", _traced((100, 40, 180, 80))), ("lumbar", _traced((100, 100, 180, 140))),
+             ("lumbar", _traced((100, 160, 180, 180), (120, 180, 160, 184), (100, 184, 180, 230)))]
+    assert fused_pieces(items) == {}
+    assert fused_pieces(_outlines(fuse=(2, 3)))                  # the full pair is cut
