@@ -537,8 +537,9 @@ def test_the_post_processing_is_said_from_the_evaluations_params(records):
 
 def test_how_the_measures_were_made_is_said_from_the_evaluations_params(records):
     """The evaluations' ``params.measures``: the refinement's band and confidence, the
-    plausibility limits; unrefined said as such; none recorded, or junk, said as not
-    recorded (never a default the run may not have used)."""
+    plausibility limits, whether fused blobs were cut (an evaluation older than the switch:
+    nothing said); unrefined said as such; none recorded, or junk, said as not recorded (never
+    a default the run may not have used)."""
     from dataclasses import asdict
 
     from converters.spine.refine import MeasuresConfig
@@ -551,6 +552,12 @@ def test_how_the_measures_were_made_is_said_from_the_evaluations_params(records)
     assert "less than 35 % of its length" in text and "exceeded 40.0 degrees" in text
     assert "within 6 % of a vertebral body's height" in text
     assert "ground truth's polygons refined" not in text
+    assert "cut across the spine at its narrowest points" in text          # split_fused
+    whole = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "split_fused": False})
+    assert "cut across" not in whole and "was not measured, nor any level above it" in whole
+    older = methods_md(facts, [run], "", [], 0.05, 0.5, {},
+                       {k: v for k, v in m.items() if k != "split_fused"})
+    assert "cut across" not in older and "was not measured, nor" not in older
     both = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "refine": True})
     assert "the ground truth's polygons refined the same way" in both
     plain = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "refine_predictions": False})

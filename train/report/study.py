@@ -282,6 +282,14 @@ def _measures_said(m: dict | None) -> str:
             said += (" Both vertebrae of a disc whose two endplates, found on the image, lay "
                      f"within {pct['min_disc_ratio']} % of a vertebral body's height of each "
                      "other along their length were withheld (one edge taken for both).")
+    if m.get("split_fused") is True:
+        said += (" Where a semantic model's connected region covered two or more vertebral "
+                 "bodies (taller than 1.6 bodies), it was cut across the spine at its narrowest "
+                 "points into its bodies before the levels were assigned, for the measures only "
+                 "(recognition counted it as one region).")
+    elif m.get("split_fused") is False:
+        said += (" A semantic model's region covering two or more vertebrae was not measured, "
+                 "nor any level above it.")
     return said + " A measure withheld was counted as not measurable, never imputed."
 
 
