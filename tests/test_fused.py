@@ -88,12 +88,15 @@ def test_the_cut_follows_the_waist_not_the_expected_middle():
 
 
 def test_three_fused_bodies_give_three():
-    cut = split_fused(_outlines(fuse=(1, 2, 3)))
+    items = _outlines(fuse=(1, 2, 3))
+    first, last = _y_range(items[-2][1])              # the blob (after the single bodies)
+    cut = split_fused(items)
     lumbar = sorted((p for c, p in cut if c == "lumbar"), key=lambda p: p[:, 1].mean())
     assert len(lumbar) == 5
-    for piece, top in zip(lumbar, TOPS):
+    for piece, top in zip(lumbar, TOPS):          # each cut in its disc's middle, trimmed 6 px
         lo, hi = _y_range(piece)
-        assert top - 7 <= lo <= top + 7 and top + 53 <= hi <= top + 67, (top, lo, hi)
+        assert abs(lo - top) <= 1.5 and abs(hi - (top + 60)) <= 1.5, (top, lo, hi)
+    assert _y_range(lumbar[1])[0] == first and _y_range(lumbar[3])[1] == last   # its ends
     assert not find_vertebrae(levelled(cut)).unusable
 
 
@@ -103,7 +106,7 @@ def test_single_bodies_and_a_lone_outline_stay_as_they_are():
     lone = [items[2], items[-1]]
     assert split_fused(lone) == lone
     # a body a little taller than the others (x 1.3) is one body still
-    tall = [("lumbar", _body(40) * [1, 1]), ("lumbar", _body(112)),
+    tall = [("lumbar", _body(40)), ("lumbar", _body(112)),
             ("lumbar", np.array([[100, 184], [180, 184], [180, 262], [100, 262]]))]
     assert split_fused(tall) == tall
 
@@ -164,3 +167,94 @@ def test_a_blob_is_counted_by_one_body_and_a_sliver_leaves_it_whole():
              ("lumbar", _traced((100, 160, 180, 180), (120, 180, 160, 184), (100, 184, 180, 230)))]
     assert fused_pieces(items) == {}
     assert fused_pieces(_outlines(fuse=(2, 3)))                  # the full pair is cut
+
+
+def test_a_speck_takes_no_level():
+    """A model's speck between L5 and the sacrum (40 px, a hundredth of a body) would take L5
+    and shift every level above it: it gets none, and the five bodies keep theirs."""
+    items = _outlines()
+    speck = ("lumbar", _traced((130, 390, 138, 395)))
+    levels = levelled(items[:5] + [speck] + items[5:])
+    assert levels[5][0] is None
+    assert [lv for lv, _ in levels[:5]] == ["L1", "L2", "L3", "L4", "L5"]
+    assert [lv for lv, _ in levelled(items)] == ["L1", "L2", "L3", "L4", "L5", "S1"]
+    # more specks than bodies (a column of them beside the spine): still none takes a level
+    specks = [("lumbar", _traced((200, y, 206, y + 6))) for y in range(40, 400, 50)]
+    levels = levelled(items[:5] + specks + items[5:])
+    assert [lv for lv, _ in levels] == ["L1", "L2", "L3", "L4", "L5"] + [None] * 8 + ["S1"]
+
+
+def test_islands_beside_the_spine_cut_no_body():
+    """A model's false island beside a clean spine (a speck to a body's size, anywhere to its
+    right): it bends the axis at its neighbours, where a body measured across the bent axis
+    looks tall; no body is ever cut."""
+    items = _outlines()
+    for size in (5, 12, 30, 50, 70):
+        for x in range(185, 320, 15):
+            for y in range(0, 420, 15):
+                island = ("lumbar", np.array([[x, y], [x + size, y], [x + size, y + size],
+                                              [x, y + size]], float))
+                assert fused_pieces(items[:5] + [island] + items[5:]) == {}, (size, x, y)
+
+
+def test_a_vertebra_cut_by_the_edge_and_a_column_of_specks_are_no_yardstick():
+    # the vertebra above L1 with 30 of its 60 px in the image: the fused pair is cut once
+    edge = ("lumbar", _traced((100, 0, 180, 30)))
+    cut = fused_pieces([edge] + _outlines(fuse=(2, 3)))
+    assert [len(v) for v in cut.values()] == [2]
+    # the whole spine one blob, six 8 px specks beside it: nothing to measure the blob by
+    blob = _traced(*[(100, t, 180, t + 60) for t in TOPS],
+                   *[(120, t + 60, 160, t + 72) for t in TOPS[:-1]])
+    specks = [("lumbar", _traced((220, y, 228, y + 8))) for y in range(60, 400, 60)]
+    assert fused_pieces([("lumbar", blob)] + specks) == {}
+
+
+def test_bodies_joined_at_a_pixel_corner_are_one_blob_and_cut():
+    """An 8-connected component whose two bodies touch only diagonally: its traced outline
+    touches itself at a corner; the blob is still cut into the two."""
+    m = np.zeros(SHAPE, np.uint8)
+    m[184:244, 100:180] = 1
+    m[256:316, 100:180] = 1
+    for k in range(12):                    # a one-pixel diagonal chain across the disc
+        m[244 + k, 140 + k] = 1
+    items = _outlines()[:2] + [("lumbar", mask_outline(m.astype(bool)))] + _outlines()[4:]
+    (pieces,) = fused_pieces(items).values()
+    assert len(pieces) == 2
+    assert [lv for lv, _ in levelled(split_fused(items))] == \
+        ["L1", "L2", "L3", "L4", "L5", "S1"]
+
+
+def test_degenerate_outlines_neither_crash_nor_get_cut():
+    square = np.array([[100, 100], [180, 100], [180, 160], [100, 160]], float)
+    assert fused_pieces([("lumbar", square), ("lumbar", square.copy())]) == {}   # one centroid
+    odd = [("lumbar", np.array([[np.nan, 0], [5, 0], [5, 5]])),
+           ("lumbar", np.array([[0, 0], [np.inf, 0], [5, 5]])),
+           ("lumbar", np.zeros(6)), ("lumbar", [[0, 0], [4, 0], [4, 4]])]
+    items = _outlines(fuse=(2, 3)) + odd
+    cut = split_fused(items)
+    assert all(any(p is q for _, q in cut) for _, p in odd)
+    assert sum(c == "lumbar" for c, _ in cut) == 5 + len(odd)
+    assert [lv for lv, _ in levelled(cut)][-len(odd):] == [None] * len(odd)
+
+
+def test_evaluate_traces_the_kept_crops_where_the_whole_mask_lies():
+    """evaluate's outlines of a semantic prediction (its components' crops, offset back into
+    the image) are the whole mask's outlines, pixel edge for pixel edge, cut or not."""
+    from train.evaluation.evaluate import predicted_outlines
+    from train.evaluation.recognition import components
+
+    mask, whole = np.zeros(SHAPE, np.uint8), {}
+    for lv, (value, (y0, y1, x0, x1)) in zip(
+            ["L1", "L2", "L3", "L4", "L5", "S1"],
+            [(1, (top, top + 60, 100 + k, 180 - k)) for k, top in enumerate(TOPS)]
+            + [(2, (400, 480, 110, 170))]):
+        mask[y0:y1, x0:x1] = value
+        alone = np.zeros(SHAPE, bool)
+        alone[y0:y1, x0:x1] = True
+        whole[lv] = mask_outline(alone)
+    inst = components(mask, {"lumbar": 1, "sacrum": 2})
+    for split in (False, True):
+        got = dict(predicted_outlines(inst, split=split))
+        assert sorted(got) == sorted(whole)
+        for lv, outline in whole.items():
+            assert np.array_equal(got[lv], outline), (split, lv)

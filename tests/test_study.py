@@ -552,7 +552,7 @@ def test_how_the_measures_were_made_is_said_from_the_evaluations_params(records)
     assert "less than 35 % of its length" in text and "exceeded 40.0 degrees" in text
     assert "within 6 % of a vertebral body's height" in text
     assert "ground truth's polygons refined" not in text
-    assert "cut across the spine at its narrowest points" in text          # split_fused
+    assert "cut across the spine into its bodies" in text                 # split_fused
     whole = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "split_fused": False})
     assert "cut across" not in whole and "was not measured, nor any level above it" in whole
     older = methods_md(facts, [run], "", [], 0.05, 0.5, {},

@@ -150,9 +150,11 @@ def _valid_region(contour: np.ndarray, max_points: int) -> ProjectRegion:
     """A simple polygon of at most ``max_points`` vertices for a pixel outline whose
     Douglas-Peucker simplification crosses itself: the largest part of the repaired outline,
     simplified by shapely's topology-preserving Douglas-Peucker (a valid ring in, a valid ring
-    out) with the smallest tolerance that leaves ``max_points`` vertices. The outline's vertices
-    are pixel corners, so they are VIA's integers already and rounding cannot make it cross.
-    No vertices (so no proposal) when even that is not a simple polygon of some area."""
+    out) with the smallest tolerance that leaves ``max_points`` vertices. A mask's outline has
+    pixel corners for vertices, VIA's integers already, so rounding cannot make it cross; a
+    piece cut from a fused blob (:func:`cut_region`) has fractional ones, and is checked again
+    after rounding. No vertices (so no proposal) when even that is not a simple polygon of
+    some area."""
     part = largest_part(make_valid(Polygon(contour)))
     if part is None:
         return polygon_region([])
@@ -172,6 +174,7 @@ def cut_region(cls: str, piece: np.ndarray, score: float, max_points: int
     :func:`converters.spine.fused.fused_pieces`): simplified and rounded as a mask's outline
     is (:func:`mask_polygon`), its ``mask_iou`` the polygon's IoU with the piece; None when
     nothing simple is left of it."""
+    piece = np.asarray(piece, dtype=np.float64)
     region = polygon_region(simplify(piece, max_points))
     if len(region.xs) >= 3 and not _simple(region.xs, region.ys):
         region = _valid_region(piece, max_points)

@@ -84,8 +84,8 @@ class MeasuresConfig:
     # plausibility (converters/spine/plausible.py), of every outline set measured, refined or not
     max_segment_deg: float = field(default=45.0, metadata={"min": 1.0, "max": 180.0})
     min_disc_ratio: float = field(default=0.06, metadata={"min": 0.0, "max": 0.5})
-    # semantic models' components (evaluate, propose): a lumbar blob as tall as two bodies or
-    # more is cut into its bodies before the levels are assigned (converters/spine/fused.py)
+    # semantic models' components (evaluate, propose): a lumbar blob over 1.6 bodies tall is
+    # cut into its bodies before the levels are assigned (converters/spine/fused.py)
     split_fused: bool = True
 
 

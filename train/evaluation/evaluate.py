@@ -21,8 +21,9 @@ masks (``masks/<stem>.png``). Layout of an evaluation folder (``reports/eval/<mo
   (:mod:`converters.spine.measures`, the columns of convert's ``measures.csv``) of the
   prediction and of the ground truth, per test image, in millimetres too where export's
   provenance gives the pixel spacing; a semantic model's fused lumbar blobs cut into their
-  bodies first (:mod:`converters.spine.fused`, ``measures.split_fused``: recognition keeps
-  them whole) and the prediction's endplates refined on the test image
+  bodies first and the levels assigned again, none to a fragment (:mod:`converters.spine.fused`,
+  ``measures.split_fused``; recognition keeps the blobs whole and the fragments' levels, so the
+  two can differ) and the prediction's endplates refined on the test image
   (:mod:`converters.spine.refine`, params.yaml section ``measures``), the ground truth's only
   with ``measures.refine``;
 - ``endplates.json``: per test image, ``prediction`` and ``truth``, per level and side the

@@ -284,9 +284,9 @@ def _measures_said(m: dict | None) -> str:
                      "other along their length were withheld (one edge taken for both).")
     if m.get("split_fused") is True:
         said += (" Where a semantic model's connected region covered two or more vertebral "
-                 "bodies (taller than 1.6 bodies), it was cut across the spine at its narrowest "
-                 "points into its bodies before the levels were assigned, for the measures only "
-                 "(recognition counted it as one region).")
+                 "bodies (taller than 1.6 bodies), it was cut across the spine into its bodies, at its "
+                 "narrowest point near where each disc would lie, before the levels were "
+                 "assigned, for the measures only (recognition counted it as one region).")
     elif m.get("split_fused") is False:
         said += (" A semantic model's region covering two or more vertebrae was not measured, "
                  "nor any level above it.")
