@@ -151,7 +151,7 @@ def test_a_narrow_fragment_is_no_yardstick():
         244 - 1 <= _y_range(pieces[0])[1] and _y_range(pieces[1])[0] <= 256 + 1
 
 
-def test_a_blob_is_counted_by_one_body_and_a_sliver_leaves_it_whole():
+def test_a_blob_is_counted_by_one_body_and_a_wrong_count_cuts_nothing():
     # one single body and a blob of four: cut into four by that body's height
     blob = _traced((100, 112, 180, 172), (100, 184, 180, 244), (100, 256, 180, 316),
                    (100, 328, 180, 388), (120, 172, 160, 184), (120, 244, 160, 256),
@@ -161,11 +161,15 @@ def test_a_blob_is_counted_by_one_body_and_a_sliver_leaves_it_whole():
     for piece, top in zip(pieces, TOPS[1:]):
         lo, hi = _y_range(piece)
         assert top - 7 <= lo <= top + 7 and top + 53 <= hi <= top + 67, (top, lo, hi)
-    # bodies 40 px tall, 20 px discs; a 70 px blob whose only waist (rows 180-184) lies 20 px
-    # below its top: cut there, its upper piece would be a 14 px sliver (under 0.4 x 40)
-    items = [("lumbar", _traced((100, 40, 180, 80))), ("lumbar", _traced((100, 100, 180, 140))),
-             ("lumbar", _traced((100, 160, 180, 180), (120, 180, 160, 184), (100, 184, 180, 230)))]
-    assert fused_pieces(items) == {}
+    # a count that leaves a piece shorter than 0.4 bodies, or taller than 1.5, is no count
+    from shapely.geometry import Polygon
+    from converters.spine.fused import _pieces
+    pair = Polygon(_outlines(fuse=(2, 3))[-2][1])             # 184..317, 133 px
+    down, centre = np.array([0.0, 1.0]), np.array(pair.centroid.coords[0])
+    lo = 184 - centre[1]
+    assert len(_pieces(pair, centre, down, lo, 133, 2, 60, 12)) == 2
+    assert _pieces(pair, centre, down, lo, 133, 6, 60, 0) is None        # 22 px slivers
+    assert _pieces(pair, centre, down, lo, 133, 2, 40, 12) is None       # 60 px > 1.5 x 40
     assert fused_pieces(_outlines(fuse=(2, 3)))                  # the full pair is cut
 
 
@@ -202,6 +206,11 @@ def test_a_vertebra_cut_by_the_edge_and_a_column_of_specks_are_no_yardstick():
     edge = ("lumbar", _traced((100, 0, 180, 30)))
     cut = fused_pieces([edge] + _outlines(fuse=(2, 3)))
     assert [len(v) for v in cut.values()] == [2]
+    # a slimmer spine (bodies 60 x 70) under a vertebra cut to 36 x 70 by the edge: body-shaped
+    # still, and the shortest, but one outline against five: no body is cut
+    slim = [("lumbar", _traced((100, 4, 170, 40)))] + \
+        [("lumbar", _traced((100, t, 170, t + 60))) for t in TOPS] + _outlines()[5:]
+    assert fused_pieces(slim) == {}
     # the whole spine one blob, six 8 px specks beside it: nothing to measure the blob by
     blob = _traced(*[(100, t, 180, t + 60) for t in TOPS],
                    *[(120, t + 60, 160, t + 72) for t in TOPS[:-1]])
@@ -258,3 +267,15 @@ def test_evaluate_traces_the_kept_crops_where_the_whole_mask_lies():
         assert sorted(got) == sorted(whole)
         for lv, outline in whole.items():
             assert np.array_equal(got[lv], outline), (split, lv)
+
+
+def test_three_bodies_overlapping_in_projection_are_three():
+    """A blob of three bodies whose discs overlap in projection (168 px: no disc inside it) is
+    counted by its own height, not the spine's discs: three pieces, not two of 1.3 bodies."""
+    blob = _traced((100, 112, 180, 172), (100, 166, 180, 226), (100, 220, 180, 280))
+    items = [("lumbar", _traced((100, 40, 180, 100))), ("lumbar", blob),
+             ("lumbar", _traced((100, 292, 180, 352)))] + _outlines()[5:]
+    (pieces,) = fused_pieces(items).values()
+    assert [round(_y_range(p)[1] - _y_range(p)[0]) for p in pieces] == [56, 56, 56]
+    assert [lv for lv, _ in levelled(split_fused(items))] == \
+        ["L1", "L2", "L3", "L4", "L5", "S1"]

@@ -197,3 +197,14 @@ def test_one_object_labelled_twice_keeps_its_better_class_but_neighbours_stay():
     touching = [box(158, 195)] + [box(a, b) for _, a, b in SPINE[1:]]   # over L5's last rows
     near = postprocess_instances([c for c, _, _ in SPINE], np.stack(touching), [0.9] * 6, CFG)
     assert len(near) == 6 and near.levels.count("S1") == 1
+
+
+def test_a_class_mask_of_hundreds_of_components_is_read():
+    """A noisy semantic prediction (400 one-pixel components of one class): pycocotools' area
+    overflows at 256 RLEs in one call; every component is read, with its area, and the
+    speckle gets no level beyond the five lumbar ones."""
+    mask = np.zeros((40, 40), np.uint8)
+    mask[::2, ::2] = 1
+    inst = components(mask, {"lumbar": 1, "sacrum": 2})
+    assert len(inst) == 400 and inst.areas().tolist() == [1.0] * 400
+    assert sum(lv is not None for lv in inst.levels) == 5

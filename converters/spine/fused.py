@@ -29,30 +29,35 @@ Method (:func:`fused_pieces`), with the other lumbar outlines ordered cranial to
    centroid of the outline above to the one below; the outline's own where it has only one
    neighbour), its *width* its extent across; an outline under :data:`NARROW_SHARE` of the
    widest one's width is a sliver of a body, never cut nor a yardstick;
-2. the body height ``h``: the median height of the outlines shaped like a body (height at
-   least :data:`MIN_ASPECT` x width: a vertebra cut in half by the image's edge is not) no
-   taller than :data:`SINGLE_MAX` x the shortest of them (so fused pairs do not make the
-   yardstick); the disc's height ``d``: the median step between neighbouring single bodies'
-   centroids less ``h`` (within 0 and ``h / 2``; ``h / 5`` without two single neighbours);
+2. the body height ``h``: of the outlines shaped like a body (height between
+   :data:`MIN_ASPECT` and :data:`MAX_ASPECT` x width: a vertebra cut in half by the image's
+   edge is not, nor is a fused blob), the largest group whose heights lie within
+   :data:`SINGLE_MAX` x its shortest (ties: the shorter group), its median (so neither a
+   vertebra the edge cut short nor fused pairs make the yardstick); the disc's height ``d``:
+   the median step between neighbouring single bodies' centroids less ``h`` (within 0 and
+   ``h / 2``; ``h / 5`` without two single neighbours);
 3. an outline taller than :data:`~converters.spine.endplates.FUSED_FACTOR` x ``h`` (the rule
    by which :func:`~converters.spine.endplates.find_vertebrae` calls a blob fused: about 1.6
    bodies, not two) and tall for its width as no body is (height over width at least
-   ``FUSED_FACTOR`` x the single bodies' median: measured across an axis an island bent, a
-   body's height and width grow alike; without this a body-sized island beside the spine cut
-   a healthy body in 3358 of 4800 placements and read a lordosis on 451) holds
-   ``n = round((height + d) / (h + d))`` bodies; with ``n >= 2`` it is cut ``n - 1`` times
-   across the axis, each cut in the middle of where the outline is narrowest (its width across
-   the axis, measured every pixel or at :data:`SAMPLES` points, within half a pixel of the
-   least) within ``0.3 h`` of where the disc's middle would lie, and each piece is trimmed by
-   ``d / 2`` at a cut (the disc's own height), so that the pieces' endplates, the priors the
-   refinement (:mod:`converters.spine.refine`) searches the image around, lie where the
-   disc's edges would;
+   ``FUSED_FACTOR`` x the single bodies' median, :data:`BODY_ASPECT` where fewer than two say:
+   measured across an axis an island bent, a body's height and width grow alike; without this
+   a body-sized island beside the spine cut a healthy body in 3358 of 4800 placements and read
+   a lordosis on 451) holds ``n = round((height + d) / (h + d))`` bodies, or one more (discs
+   overlapping in projection leave no disc inside the blob): of the two counts, the one whose
+   pieces come nearest ``h``. With ``n >= 2`` it is cut ``n - 1`` times across the axis, each
+   cut in the middle of where the outline is narrowest (its width across the axis, measured
+   every pixel or at :data:`SAMPLES` points, within half a pixel of the least) within
+   ``0.3 h`` of where the disc's middle would lie, the blob's own discs being what its height
+   leaves beyond its bodies (at most ``d``); each piece is trimmed by half such a disc at a cut,
+   so that the pieces' endplates, the priors the refinement (:mod:`converters.spine.refine`)
+   searches the image around, lie where the disc's edges would;
 4. a piece is the largest polygon of the outline between its two cuts; its vertices are the
    polygon's exterior (the cut edges are straight, the corners where they meet the outline
-   fractional). A piece shorter than :data:`MIN_PIECE` x ``h`` is no body: the count was
-   wrong, and the blob is left whole (on the demo's test set a PSPNet blob of four bodies, cut
-   into slivers, read the lordosis 10 deg small; on bench_refine's validation images the rule
-   cost DeepLabv3 2 % of the images measured and nothing elsewhere; 0.5 x ``h``: 4-6 %).
+   fractional). A piece shorter than :data:`MIN_PIECE` x ``h`` or taller than
+   :data:`SINGLE_MAX` x ``h`` is no body: that count was wrong, and with neither count right
+   the blob is left whole (on the demo's test set a PSPNet blob of four bodies, cut into
+   slivers, read the lordosis 10 deg small; on bench_refine's validation images the short
+   limit cost DeepLabv3 2 % of the images measured and nothing elsewhere; 0.5 x ``h``: 4-6 %).
 
 Never a guess about the count: an outline not tall enough stays as it is (and
 ``find_vertebrae`` still calls it fused where it is); fewer than two lumbar outlines, or no
@@ -81,6 +86,8 @@ FRAGMENT_SHARE = 0.3     # of the bodies' area: a fragment, never cut, no yardst
 SPECK_SHARE = 0.05       # of the largest outline's area: a speck, not counted in the median
 NARROW_SHARE = 0.6       # of the widest outline's width: a fragment too (a sliver of a body)
 MIN_ASPECT = 0.5         # height / width under this: no yardstick (a vertebra cut by the edge)
+MAX_ASPECT = 1.2         # ... over this: no yardstick either (a fused blob)
+BODY_ASPECT = 0.7        # a lumbar body's height / depth, where fewer than two bodies say
 SINGLE_MAX = 1.5         # x the shortest body-shaped outline: still one body
 SEARCH = 0.3             # x the body height: where a cut may move to the narrowest point
 SAMPLES = 64             # widths measured per cut, at most (every pixel on the demo)
@@ -175,12 +182,32 @@ def _fragment_area(areas: np.ndarray) -> float:
 
 
 def _body_height(height: np.ndarray, width: np.ndarray) -> float | None:
-    """The body height (step 2): the median height of the outlines shaped like a body no
-    taller than :data:`SINGLE_MAX` x the shortest of them; None when none is."""
-    shaped = height[height >= MIN_ASPECT * width]
+    """The body height (step 2): of the outlines shaped like a body, the largest group whose
+    heights lie within :data:`SINGLE_MAX` x its shortest (ties: the shorter group), its median;
+    None when no outline is shaped like a body."""
+    shaped = height[(height >= MIN_ASPECT * width) & (height <= MAX_ASPECT * width)]
     if not len(shaped):
         return None
-    return float(np.median(shaped[shaped <= SINGLE_MAX * shaped.min()]))
+    groups = [shaped[(shaped >= c) & (shaped <= SINGLE_MAX * c)] for c in np.sort(shaped)]
+    return float(np.median(max(groups, key=len)))     # max keeps the first of equals
+
+
+def _pieces(p: Polygon, origin: np.ndarray, axis: np.ndarray, lo: float, tall: float, n: int,
+            h: float, d: float) -> list[np.ndarray] | None:
+    """A blob cut into ``n`` bodies (steps 3 and 4), None when a piece is no body (shorter
+    than :data:`MIN_PIECE` x ``h``, or taller than :data:`SINGLE_MAX` x ``h``)."""
+    bounds = [lo - 1.0, *_cuts(p, origin, axis, lo, tall, n, h, d), lo + tall + 1.0]
+    pieces = [_band(p, origin, axis, a + (d / 2 if j else 0.0), b - (d / 2 if j < n - 1 else 0.0))
+              for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+    if any(q is None or not MIN_PIECE * h <= _along(np.asarray(q.exterior.coords), axis)
+           <= SINGLE_MAX * h for q in pieces):
+        return None
+    return [np.asarray(q.exterior.coords)[:-1] for q in pieces]
+
+
+def _along(points: np.ndarray, axis: np.ndarray) -> float:
+    """The extent of ``points`` along ``axis``."""
+    return float(np.ptp(np.asarray(points) @ axis))
 
 
 def fused_pieces(items: Sequence[Item]) -> dict[int, list[np.ndarray]]:
@@ -206,21 +233,23 @@ def fused_pieces(items: Sequence[Item]) -> dict[int, list[np.ndarray]]:
     d = float(np.clip(np.median(steps) - h, 0.0, h / 2)) if steps else h / 5
     # a blob is tall for its width as a body is not: measured across a bent axis (an island
     # beside the spine pulls it) a body's height and width grow alike
-    aspect = float(np.median(height[single] / width[single])) if single.any() else MIN_ASPECT
+    aspect = float(np.median(height[single] / width[single])) if single.sum() >= 2 \
+        else BODY_ASPECT
     cut: dict[int, list[np.ndarray]] = {}
     for k, (i, p) in enumerate(lumbar):
         n = int(round((height[k] + d) / (h + d)))
         if single[k] or not whole[k] or n < 2 or \
                 height[k] < FUSED_FACTOR * aspect * width[k]:
             continue
-        bounds = [lows[k] - 1.0, *_cuts(p, cent[k], axes[k], lows[k], height[k], n, h, d),
-                  lows[k] + height[k] + 1.0]
-        pieces = [_band(p, cent[k], axes[k], a + (d / 2 if j else 0.0),
-                        b - (d / 2 if j < n - 1 else 0.0))
-                  for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
-        if all(q is not None and np.ptp(np.asarray(q.exterior.coords) @ axes[k]) >= MIN_PIECE * h
-               for q in pieces):          # a sliver is no body: the count was wrong
-            cut[i] = [np.asarray(q.exterior.coords)[:-1] for q in pieces]
+        # discs overlapping in projection make n one short: of n and n + 1 bodies, the count
+        # whose pieces are nearest the body height
+        # (the blob's own discs: what its height leaves beyond its bodies, at most d)
+        tried = [t for t in (_pieces(p, cent[k], axes[k], lows[k], height[k], count, h,
+                                     float(np.clip((height[k] - count * h) / (count - 1), 0, d)))
+                             for count in (n, n + 1)) if t is not None]
+        if tried:
+            cut[i] = min(tried, key=lambda pieces: max(abs(_along(q, axes[k]) - h)
+                                                      for q in pieces))
     return cut
 
 

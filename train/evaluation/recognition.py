@@ -95,7 +95,7 @@ class Instances:
         return len(self.classes)
 
     def areas(self) -> np.ndarray:
-        return mask_utils.area(self.rles).astype(np.float64) if self.rles else np.zeros(0)
+        return rle_areas(self.rles)
 
     def subset(self, keep: list[int]) -> "Instances":
         return Instances([self.classes[i] for i in keep], [self.rles[i] for i in keep],
@@ -127,6 +127,14 @@ def encode(mask: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+def rle_areas(rles: list[dict]) -> np.ndarray:
+    """The pixel areas of RLEs (pycocotools' ``area`` overflows at 256 of them in one call: a
+    uint8 count, under numpy 2; a noisy class mask has that many components)."""
+    return np.concatenate([np.zeros(0)] + [
+        np.asarray(mask_utils.area(rles[i:i + 255]), dtype=np.float64)
+        for i in range(0, len(rles), 255)])
 
 
 def encode_crop(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict:
@@ -233,7 +241,7 @@ def containment_matrix(inst: Instances) -> np.ndarray:
     n = len(inst)
     if not n:
         return np.zeros((0, 0))
-    areas = np.asarray(mask_utils.area(inst.rles), dtype=np.float64)
+    areas = rle_areas(inst.rles)
     # pycocotools' iou with iscrowd=1 divides the intersection by the first argument's area
     return np.asarray(mask_utils.iou(inst.rles, inst.rles, [1] * n), dtype=np.float64) \
         if areas.all() else np.zeros((n, n))
