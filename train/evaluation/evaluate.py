@@ -67,7 +67,6 @@ from converters.core.files import TEMP_MARK, prepare_output, write_bytes, write_
 from converters.spine.levels import LEVELS
 from train.evaluation.metrics import METRICS, confusion, metrics_from_confusion, pooled_metrics
 from train.models import HEADLINE, eval_metrics_file, family, run_dir
-from converters.annotations.coco import mask_outline
 from converters.spine.measures import image_measures, measures_csv
 from converters.spine.refine import MeasuresConfig
 from converters.spine.fused import levelled, split_fused
@@ -167,10 +166,9 @@ def predicted_outlines(inst: Instances, *, split: bool = False
     for k, (cls, level) in enumerate(zip(inst.classes, inst.levels)):
         if cls not in VERTEBRA_CLASSES or (level is None and not split):
             continue
-        x0, y0, mask = inst.mask(k)
-        outline = mask_outline(mask if mask.dtype == bool else mask.astype(bool))
+        outline = inst.outline(k)
         if outline is not None and len(outline) >= 3:
-            out.append((cls if split else level, outline + (x0, y0)))
+            out.append((cls if split else level, outline))
     return levelled(split_fused(out)) if split else out
 
 

@@ -47,6 +47,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
+from converters.annotations.coco import mask_outline
 from converters.spine.levels import levels_bottom_up
 
 VERTEBRA_CLASSES = ("lumbar", "sacrum")
@@ -107,6 +108,13 @@ class Instances:
         if self.crops is not None:
             return self.crops[i]
         return 0, 0, mask_utils.decode(self.rles[i]).astype(bool)
+
+    def outline(self, i: int) -> np.ndarray | None:
+        """Instance i's mask traced along the pixel edges, in image coordinates
+        (:func:`converters.annotations.coco.mask_outline`); None when empty."""
+        x0, y0, mask = self.mask(i)
+        traced = mask_outline(mask.astype(bool, copy=False))
+        return None if traced is None else traced + (x0, y0)
 
     def with_levels(self) -> "Instances":
         """A copy with levels assigned bottom-up from the sacrum."""

@@ -33,7 +33,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.optimize import linear_sum_assignment
 
-from converters.annotations.coco import DEFAULT_CLASSES, mask_outline
+from converters.annotations.coco import DEFAULT_CLASSES
 from converters.core.errors import InvalidConfigError, MissingInputError
 from converters.core.files import prepare_output, write_json, write_text
 from converters.annotations.proposals import (Proposal, ProposedRegion, cut_region, mark_fused,
@@ -101,9 +101,8 @@ def _regions(inst: Instances, max_points: int, *, split: bool
     ``split``, a fused lumbar blob proposed as its bodies (:func:`cut_region`), the levels
     assigned again."""
     crops = [inst.mask(k) for k in range(len(inst))]        # the crops post-processing kept
-    outlines = [mask_outline(mask.astype(bool)) for _, _, mask in crops] if split else []
-    pieces = fused_pieces([(cls, np.zeros((0, 2)) if o is None else o + (x0, y0))
-                           for cls, o, (x0, y0, _) in zip(inst.classes, outlines, crops)])
+    pieces = fused_pieces([(cls, inst.outline(k)) for k, cls in enumerate(inst.classes)]
+                          ) if split else {}
     regions, areas = [], []
     for k, (x0, y0, mask) in enumerate(crops):
         if k in pieces:
