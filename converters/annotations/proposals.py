@@ -168,6 +168,16 @@ def _valid_region(contour: np.ndarray, max_points: int) -> ProjectRegion:
     return region if simple else polygon_region([])
 
 
+def _simple_region(contour: np.ndarray, max_points: int) -> ProjectRegion:
+    """An outline as VIA's integer polygon of at most ``max_points`` vertices: Douglas-Peucker,
+    or where that (or a pinch between diagonal pixels) crossed the outline, which convert would
+    repair but not as drawn, :func:`_valid_region`."""
+    region = polygon_region(simplify(contour, max_points))
+    if len(region.xs) >= 3 and not _simple(region.xs, region.ys):
+        region = _valid_region(contour, max_points)
+    return region
+
+
 def cut_region(cls: str, piece: np.ndarray, score: float, max_points: int
                ) -> ProposedRegion | None:
     """The proposed polygon of one body cut from a fused blob (a float outline,
@@ -175,9 +185,7 @@ def cut_region(cls: str, piece: np.ndarray, score: float, max_points: int
     is (:func:`mask_polygon`), its ``mask_iou`` the polygon's IoU with the piece; None when
     nothing simple is left of it."""
     piece = np.asarray(piece, dtype=np.float64)
-    region = polygon_region(simplify(piece, max_points))
-    if len(region.xs) >= 3 and not _simple(region.xs, region.ys):
-        region = _valid_region(piece, max_points)
+    region = _simple_region(piece, max_points)
     if len(region.xs) < 3:
         return None
     fit = polygon_iou(region.xs, region.ys, piece[:, 0], piece[:, 1])
@@ -191,11 +199,7 @@ def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int
     contour = mask_outline(mask)
     if contour is None or len(contour) < 3:
         return None
-    region = polygon_region(simplify(contour, max_points))
-    if len(region.xs) >= 3 and not _simple(region.xs, region.ys):
-        # Douglas-Peucker (or a pinch between diagonal pixels) crossed the outline; convert
-        # would repair it, but not as drawn
-        region = _valid_region(contour, max_points)
+    region = _simple_region(contour, max_points)
     if len(region.xs) < 3:
         return None
     x0, y0 = int(contour[:, 0].min()), int(contour[:, 1].min())
