@@ -279,3 +279,46 @@ def test_three_bodies_overlapping_in_projection_are_three():
     assert [round(_y_range(p)[1] - _y_range(p)[0]) for p in pieces] == [56, 56, 56]
     assert [lv for lv, _ in levelled(split_fused(items))] == \
         ["L1", "L2", "L3", "L4", "L5", "S1"]
+
+
+def _rotated(cx: float, cy: float, deg: float, h: float = 56, w: float = 80) -> np.ndarray:
+    """A body's corners: ``w`` x ``h`` around (cx, cy), turned by ``deg``."""
+    t = np.radians(deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    box = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]])
+    return box @ rot.T + [cx, cy]
+
+
+def test_a_pair_is_measured_by_its_height_not_its_extent_along_the_axis():
+    """Single bodies tilted 15 deg against the axis (a lordotic spine's bodies tilt each their
+    own way) and an upright pair overlapping in projection (110 px, no disc): along the axis the
+    singles reach 75 px, corners and all, and the pair 1.47 of that; by their heights (56 and
+    110 px) the pair is two bodies, and is cut where they meet."""
+    m = np.zeros(SHAPE, np.uint8)
+    cv2.fillPoly(m, [np.array([[100, 184], [180, 184], [180, 294], [100, 294]])], 1)
+    singles = [("lumbar", mask_outline(cv2.fillPoly(
+        np.zeros(SHAPE, np.uint8), [np.round(_rotated(140, cy, 15)).astype(np.int32)],
+        1).astype(bool))) for cy in (60, 130, 348, 418)]
+    items = singles[:2] + [("lumbar", mask_outline(m.astype(bool)))] + singles[2:]
+    (pieces,) = fused_pieces(items).values()
+    upper, lower = sorted(pieces, key=lambda p: p[:, 1].mean())
+    assert abs(_y_range(upper)[1] - 239) <= 2 and abs(_y_range(lower)[0] - 239) <= 2
+
+
+def test_bodies_overlapping_in_projection_are_cut_where_they_meet_not_at_a_waist():
+    """Two bodies with concave walls (3 px in at mid-height, as a vertebral body's) overlapping
+    in projection: the blob is widest where they meet (the endplates flare) and narrowest at
+    each body's middle; without a waist between the bodies the cut lies where they meet."""
+    def waisted(top: int) -> np.ndarray:
+        return np.array([[100, top], [180, top], [177, top + 28], [180, top + 56],
+                         [100, top + 56], [103, top + 28]])
+    m = np.zeros(SHAPE, np.uint8)
+    cv2.fillPoly(m, [waisted(184), waisted(238)], 1)         # 2 px overlap: rows 238-240
+    singles = [("lumbar", mask_outline(cv2.fillPoly(np.zeros(SHAPE, np.uint8), [waisted(t)],
+                                                    1).astype(bool))) for t in (40, 112, 306)]
+    items = singles[:2] + [("lumbar", mask_outline(m.astype(bool)))] + singles[2:]
+    (pieces,) = fused_pieces(items).values()
+    upper, lower = sorted(pieces, key=lambda p: p[:, 1].mean())
+    assert abs(_y_range(upper)[1] - 239) <= 2 and abs(_y_range(lower)[0] - 239) <= 2
+    assert [lv for lv, _ in levelled(split_fused(items + _outlines()[5:]))] == \
+        ["L1", "L2", "L3", "L4", "L5", "S1"]

@@ -25,9 +25,13 @@ deg on 80 %, PSPNet's from 3.27 to 2.14 deg).
 Method (:func:`fused_pieces`), with the other lumbar outlines ordered cranial to caudal
 (centroid y):
 
-1. each outline's *height* is its extent along the spine's axis there (the direction from the
-   centroid of the outline above to the one below; the outline's own where it has only one
-   neighbour), its *width* its extent across; an outline under :data:`NARROW_SHARE` of the
+1. each outline's *height* is how much of it lines along the spine's axis there cross (the
+   axis: the direction from the centroid of the outline above to the one below; the outline's
+   own where it has only one neighbour), their median over the middle half of its width
+   (:func:`_thickness`; its extent along the axis is no height: a body tilted against the axis
+   adds its width x the sine of the tilt, once per blob as once per body, and on bench_refine's
+   validation images fused pairs of tilted bodies measured under 1.6 bodies and were left
+   whole); its *width* is its extent across; an outline under :data:`NARROW_SHARE` of the
    widest one's width is a sliver of a body, never cut nor a yardstick;
 2. the body height ``h``: of the outlines shaped like a body (height between
    :data:`MIN_ASPECT` and :data:`MAX_ASPECT` x width: a vertebra cut in half by the image's
@@ -39,16 +43,21 @@ Method (:func:`fused_pieces`), with the other lumbar outlines ordered cranial to
 3. an outline taller than :data:`~converters.spine.endplates.FUSED_FACTOR` x ``h`` (the rule
    by which :func:`~converters.spine.endplates.find_vertebrae` calls a blob fused: about 1.6
    bodies, not two) and tall for its width as no body is (height over width at least
-   ``FUSED_FACTOR`` x the single bodies' median, :data:`BODY_ASPECT` where fewer than two say:
-   measured across an axis an island bent, a body's height and width grow alike; without this
-   a body-sized island beside the spine cut a healthy body in 3358 of 4800 placements and read
-   a lordosis on 451) holds ``n = round((height + d) / (h + d))`` bodies, or one more (discs
+   :data:`ISLAND_FACTOR` x the single bodies' median, :data:`BODY_ASPECT` where fewer than two
+   say: measured across an axis an island bent, a body's height and width grow alike; with
+   heights as extents and no such guard, a body-sized island beside the spine cut a healthy
+   body in 3358 of 4800 placements and read a lordosis on 451; 1.4, not 1.6: two bodies
+   overlapping in projection, wider than one, measured 1.5 x a body's aspect) holds ``n = round((height + d) / (h + d))`` bodies, or one more (discs
    overlapping in projection leave no disc inside the blob): of the two counts, the one whose
    pieces come nearest ``h``. With ``n >= 2`` it is cut ``n - 1`` times across the axis, each
-   cut in the middle of where the outline is narrowest (its width across the axis, measured
-   every pixel or at :data:`SAMPLES` points, within half a pixel of the least) within
-   ``0.3 h`` of where the disc's middle would lie, the blob's own discs being what its height
-   leaves beyond its bodies (at most ``d``); each piece is trimmed by half such a disc at a cut,
+   cut within ``0.3 h`` of where the disc's middle would lie (the blob's own discs being what
+   its height leaves beyond its bodies, at most ``d``): in the middle of its waist, where the
+   outline is narrowest (its width across the axis, measured every pixel or at
+   :data:`SAMPLES` points, within half a pixel of the least), if it has one there (narrower
+   than :data:`WAIST_SHARE` x the median width), else where the disc's middle would lie (two
+   bodies overlapping in projection have no waist between them: the outline is widest where
+   their endplates flare, narrowest at each body's concave walls, and on bench_refine's
+   validation images cutting there put the cut mid-body); each piece is trimmed by half such a disc at a cut,
    so that the pieces' endplates, the priors the refinement (:mod:`converters.spine.refine`)
    searches the image around, lie where the disc's edges would;
 4. a piece is the largest polygon of the outline between its two cuts; its vertices are the
@@ -92,6 +101,9 @@ SINGLE_MAX = 1.5         # x the shortest body-shaped outline: still one body
 SEARCH = 0.3             # x the body height: where a cut may move to the narrowest point
 SAMPLES = 64             # widths measured per cut, at most (every pixel on the demo)
 MIN_PIECE = 0.4          # x the body height: a piece shorter is no body (the blob stays whole)
+THICK_LINES = 9          # lines along the axis that measure an outline's height
+WAIST_SHARE = 0.9        # x the median width near a cut: narrower is a waist, else no waist
+ISLAND_FACTOR = 1.4      # x the single bodies' height / width: a blob is at least this tall
 
 Item = tuple[str, np.ndarray]
 
@@ -146,6 +158,9 @@ def _cuts(poly: Polygon, origin: np.ndarray, axis: np.ndarray, lo: float, height
         expected = lo + j * body + (j - 0.5) * d
         ts = np.arange(expected - SEARCH * h, expected + SEARCH * h + step / 2, step)
         widths = np.array([_width(poly, origin + axis * t, axis) for t in ts])
+        if widths.min() > WAIST_SHARE * np.median(widths):
+            cuts.append(float(expected))     # no waist (bodies overlapping in projection)
+            continue
         narrow = widths <= widths.min() + 0.5          # the waist: the middle of its run
         a = b = int(np.argmin(widths))
         while a > 0 and narrow[a - 1]:
@@ -157,11 +172,12 @@ def _cuts(poly: Polygon, origin: np.ndarray, axis: np.ndarray, lo: float, height
 
 
 def _frames(polys: list[Polygon]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray,
-                                           np.ndarray, list[np.ndarray]]:
+                                           np.ndarray, np.ndarray, list[np.ndarray]]:
     """Per outline (cranial to caudal): the spine's axis there, its lowest projection on it
-    (from the centroid), its height along it and its width across it (step 1)."""
+    (from the centroid), its extent along it, its height (:func:`_thickness`) and its width
+    across it (step 1)."""
     cent = [np.array(p.centroid.coords[0]) for p in polys]
-    axes, lows, heights, widths = [], [], [], []
+    axes, lows, extents, heights, widths = [], [], [], [], []
     for k, p in enumerate(polys):
         axis = cent[min(k + 1, len(cent) - 1)] - cent[max(k - 1, 0)]
         axis = unit_vector(axis) if np.linalg.norm(axis) > 1e-9 else np.array([0.0, 1.0])
@@ -169,9 +185,28 @@ def _frames(polys: list[Polygon]) -> tuple[list[np.ndarray], np.ndarray, np.ndar
         along, across = pts @ axis, pts @ np.array([-axis[1], axis[0]])
         axes.append(axis)
         lows.append(float(along.min()))
-        heights.append(float(np.ptp(along)))
+        extents.append(float(np.ptp(along)))
+        heights.append(_thickness(p, axis))
         widths.append(float(np.ptp(across)))
-    return axes, np.array(lows), np.array(heights), np.array(widths), cent
+    return axes, np.array(lows), np.array(extents), np.array(heights), np.array(widths), cent
+
+
+def _thickness(poly: Polygon, axis: np.ndarray) -> float:
+    """The outline's height along ``axis``: the median length of it that lines along the axis
+    cross, at :data:`THICK_LINES` offsets over the middle half of its width (its extent along
+    the axis is no height: a body tilted by t against the axis adds its width x sin t, once
+    per blob as per body, so a fused pair measured 1.57 bodies where its bodies' own heights
+    made it 1.8)."""
+    axis = np.asarray(axis, dtype=np.float64)
+    normal = np.array([-axis[1], axis[0]])
+    centre = np.array(poly.centroid.coords[0])
+    across = (np.asarray(poly.exterior.coords) - centre) @ normal
+    lo, hi = float(across.min()), float(across.max())
+    far = _far(poly) * axis
+    lengths = [poly.intersection(LineString([centre + u * normal - far,
+                                             centre + u * normal + far])).length
+               for u in np.linspace(lo + (hi - lo) / 4, hi - (hi - lo) / 4, THICK_LINES)]
+    return float(np.median(lengths))
 
 
 def _fragment_area(areas: np.ndarray) -> float:
@@ -199,15 +234,10 @@ def _pieces(p: Polygon, origin: np.ndarray, axis: np.ndarray, lo: float, tall: f
     bounds = [lo - 1.0, *_cuts(p, origin, axis, lo, tall, n, h, d), lo + tall + 1.0]
     pieces = [_band(p, origin, axis, a + (d / 2 if j else 0.0), b - (d / 2 if j < n - 1 else 0.0))
               for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
-    if any(q is None or not MIN_PIECE * h <= _along(np.asarray(q.exterior.coords), axis)
-           <= SINGLE_MAX * h for q in pieces):
+    if any(q is None or not MIN_PIECE * h <= _thickness(q, axis) <= SINGLE_MAX * h
+           for q in pieces):
         return None
     return [np.asarray(q.exterior.coords)[:-1] for q in pieces]
-
-
-def _along(points: np.ndarray, axis: np.ndarray) -> float:
-    """The extent of ``points`` along ``axis``."""
-    return float(np.ptp(np.asarray(points) @ axis))
 
 
 def fused_pieces(items: Sequence[Item]) -> dict[int, list[np.ndarray]]:
@@ -222,7 +252,7 @@ def fused_pieces(items: Sequence[Item]) -> dict[int, list[np.ndarray]]:
     lumbar.sort(key=lambda t: t[1].centroid.y)        # fragments out: they bend the axis
     if len(lumbar) < 2:
         return {}
-    axes, lows, height, width, cent = _frames([p for _, p in lumbar])
+    axes, lows, extent, height, width, cent = _frames([p for _, p in lumbar])
     whole = width >= NARROW_SHARE * width.max()
     h = _body_height(height[whole], width[whole])
     if h is None or not math.isfinite(h) or h <= 0:
@@ -239,16 +269,16 @@ def fused_pieces(items: Sequence[Item]) -> dict[int, list[np.ndarray]]:
     for k, (i, p) in enumerate(lumbar):
         n = int(round((height[k] + d) / (h + d)))
         if single[k] or not whole[k] or n < 2 or \
-                height[k] < FUSED_FACTOR * aspect * width[k]:
+                height[k] < ISLAND_FACTOR * aspect * width[k]:
             continue
         # discs overlapping in projection make n one short: of n and n + 1 bodies, the count
         # whose pieces are nearest the body height
         # (the blob's own discs: what its height leaves beyond its bodies, at most d)
-        tried = [t for t in (_pieces(p, cent[k], axes[k], lows[k], height[k], count, h,
+        tried = [t for t in (_pieces(p, cent[k], axes[k], lows[k], extent[k], count, h,
                                      float(np.clip((height[k] - count * h) / (count - 1), 0, d)))
                              for count in (n, n + 1)) if t is not None]
         if tried:
-            cut[i] = min(tried, key=lambda pieces: max(abs(_along(q, axes[k]) - h)
+            cut[i] = min(tried, key=lambda pieces: max(abs(_thickness(Polygon(q), axes[k]) - h)
                                                       for q in pieces))
     return cut
 
