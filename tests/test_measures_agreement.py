@@ -30,7 +30,7 @@ from converters.annotations.convert import ConvertConfig, convert
 from converters.core.errors import InvalidTableError, MissingInputError
 from converters.phantom.writing import PhantomConfig, generate
 from converters.spine.endplates import Endplate
-from converters.spine.refine import _against
+from converters.spine.refine import against
 from train.evaluation.evaluate import EvaluateConfig, evaluate_run
 
 
@@ -171,7 +171,7 @@ def test_refined_endplates_are_recorded_and_reported(evaluated, tmp_path):
                     # shift and tilt are the line's (the frame needs two levels)
                     prior, line = (Endplate(*map(tuple, entry[k])) for k in ("prior", "endplate"))
                     up = _frame_up(record["prediction"])
-                    shift, tilt = _against(prior, line, -up if side == "superior" else up)
+                    shift, tilt = against(prior, line, -up if side == "superior" else up)
                     assert entry["shift_px"] == pytest.approx(shift, abs=0.01)
                     assert entry["tilt_deg"] == pytest.approx(tilt, abs=0.01)
                 # refined (endplate), not seen (withheld), or found and then withheld as

@@ -13,7 +13,7 @@ import pytest
 from converters.spine.endplates import find_vertebrae
 from converters.spine.measures import image_measures
 from converters.spine.plausible import implausible, withhold_implausible
-from converters.spine.refine import Fit, MeasuresConfig
+from converters.spine.refine import Fit, MeasuresConfig, refine_spine
 from train.evaluation.evaluate import endplates_record
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
@@ -278,3 +278,35 @@ def test_propose_leaves_an_implausible_segment_unsnapped_and_ranks_it_up():
         else:
             assert prop.implausible == {} and prop.score == 0.0 and prop.reasons == []
             assert snapped == {"L1", "L2", "L3", "L4", "L5", "S1"}
+
+
+def _grown(outlines):
+    """The outlines with the sacrum's grown over the L5/S1 disc: its upper side on L5's
+    inferior endplate (a model's mask filling the disc, its prior on L5's edge)."""
+    l5 = dict(outlines)["L5"]
+    return [(lv, np.vstack([l5[3], l5[2], p[2:]]) if lv == "S1" else p) for lv, p in outlines]
+
+
+def test_a_disc_not_seen_gets_a_second_look_a_disc_below():
+    """The radiograph shows L5/S1's disc (12 px) but the sacrum's outline is grown over it, its
+    prior on L5's edge: the first search finds L5's edge for both, and the second look, a
+    disc's height (the image's other discs: 12 px) below, finds the sacrum's own within a
+    pixel and a degree; every measure is made. With no sacrum on the image (nothing a disc
+    below), the second look finds no edge and the levels stay withheld as before."""
+    cfg = MeasuresConfig(min_disc_ratio=0.1)
+    truth = _spine()
+    prior = _grown(truth)
+    first = withhold_implausible(refine_spine(find_vertebrae(prior), _drawn(truth), cfg), cfg)
+    assert "L5/S1 disc not seen" in first.unusable["S1"]            # the first look's failure
+    row, spine = image_measures(prior, refine=cfg, image=_drawn(truth))
+    assert row["not_measurable"] == "", spine.unusable
+    true_row, true_spine = image_measures(truth)
+    assert row["lordosis_deg"] == pytest.approx(true_row["lordosis_deg"], abs=1.0)
+    assert row["disc_L5_S1_middle_px"] == pytest.approx(true_row["disc_L5_S1_middle_px"],
+                                                        abs=1.0)
+    found, true_s1 = spine.vertebrae["S1"].superior, true_spine.vertebrae["S1"].superior
+    assert np.abs(np.subtract(found.midpoint, true_s1.midpoint)).max() <= 1.0
+    assert spine.fits["S1"]["superior"].prior == find_vertebrae(prior).vertebrae["S1"].superior
+    blank = _drawn(_without(truth, "S1"))
+    row, spine = image_measures(prior, refine=cfg, image=blank)
+    assert row["lordosis_deg"] is None and "S1" in spine.unusable, spine.unusable

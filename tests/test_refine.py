@@ -385,14 +385,14 @@ def test_shift_and_tilt_are_the_refined_lines_against_the_prior(shift, tilt):
     """The recorded shift (at the prior's middle, + into the body) and tilt (+ where the
     anterior end lies deeper) are those of the refined line against the prior, after both
     passes; no pass turns the line further than max_tilt_deg."""
-    from converters.spine.refine import _against
+    from converters.spine.refine import against
     image, plates, up = _drawn_spine(0)
     for level, sides in plates.items():
         for side, true in sides.items():
             inward = -up if side == "superior" else up
             prior = _moved(true, shift, tilt, inward)
             fit = refine_endplate(image, prior, inward, CFG, band=9.0)
-            want_shift, want_tilt = _against(prior, true, inward)
+            want_shift, want_tilt = against(prior, true, inward)
             assert fit.shift_px == pytest.approx(want_shift, abs=0.5), (level, side)
             assert fit.tilt_deg == pytest.approx(want_tilt, abs=0.5), (level, side)
             assert abs(want_shift) == pytest.approx(abs(shift), abs=0.2)

@@ -51,7 +51,7 @@ from converters.core.records import open_input
 from converters.spine.endplates import (Endplate, Spine, Vertebra, disc_heights, scaled,
                                         find_vertebrae, tilt_deg, unit_vector)
 from converters.spine.levels import LEVELS, LUMBAR
-from converters.spine.plausible import withhold_implausible
+from converters.spine.plausible import look_below, withhold_implausible
 from converters.spine.refine import MeasuresConfig, confidence, refine_spine
 
 SLIP_MIN_PCT = 5.0
@@ -174,7 +174,8 @@ def image_measures(outlines: Sequence[tuple[str | None, np.ndarray]],
     ``refine``, else the defaults)."""
     spine = find_vertebrae(outlines)
     if refine is not None:
-        spine = refine_spine(spine, image, refine, spacing_mm, image_name=image_name)
+        spine = look_below(refine_spine(spine, image, refine, spacing_mm, image_name=image_name),
+                           image, refine, spacing_mm)
     spine = withhold_implausible(spine, checks or refine or MeasuresConfig(), spacing_mm)
     row = measure(spine, spacing_mm)
     row["refined"] = int(refine is not None and image is not None)

@@ -106,7 +106,7 @@ class Fit:
     rising: bool = True      # the edge rises into the body (False: metal on the endplate)
 
 
-def _band(cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None) -> float:
+def search_band(cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None) -> float:
     """The band in pixels: ``band_mm`` at the pixel spacing, ``band_px`` without a usable
     one (each endplate's band is at most its length, :func:`refine_endplate`)."""
     if spacing_mm and all(math.isfinite(v) and v > 0 for v in spacing_mm):
@@ -114,7 +114,7 @@ def _band(cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None) -> float:
     return cfg.band_px
 
 
-def _gray(image: np.ndarray) -> np.ndarray:
+def gray_image(image: np.ndarray) -> np.ndarray:
     """A 2-D image of numbers: colour (BGR or BGRA, as OpenCV reads it) to grey, booleans to
     0 / 1."""
     image = np.asarray(image)
@@ -129,7 +129,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _noise_floor(image: np.ndarray) -> float:
+def noise_floor(image: np.ndarray) -> float:
     """0.2 % of the image's range (robust: 0.5th to 99.5th percentile of a strided sample),
     and of 1 (so a flat image's rounding errors are never an edge)."""
     sample = image[::7, ::7]
@@ -144,18 +144,18 @@ def refine_endplate(image: np.ndarray, prior: Endplate, inward: np.ndarray,
     from the first's line, so a prior tilted out of the band at its ends sees the whole edge
     (each pass searches ``band`` and ``max_tilt_deg`` around its start: the result lies
     within twice that of the prior; on the demo, limiting it to once measured worse)."""
-    floor = _noise_floor(image) if floor is None else floor
+    floor = noise_floor(image) if floor is None else floor
     fit = _refine_once(image, prior, inward, cfg, band, floor)
     reach = abs(fit.shift_px) + abs(math.tan(math.radians(fit.tilt_deg))) * _length(prior) / 2
     if fit.refined is not None and (reach >= band / 2 or fit.confidence < 0.9):
         second = _refine_once(image, fit.refined, inward, cfg, band, floor)
         if second.refined is not None and second.confidence >= fit.confidence:
-            shift, tilt = _against(prior, second.refined, inward)
+            shift, tilt = against(prior, second.refined, inward)
             fit = replace(second, prior=prior, shift_px=shift, tilt_deg=tilt)
     return fit
 
 
-def _against(prior: Endplate, line: Endplate, inward: np.ndarray) -> tuple[float, float]:
+def against(prior: Endplate, line: Endplate, inward: np.ndarray) -> tuple[float, float]:
     """A line against the prior: its shift at the prior's middle along the prior's inward
     normal (px, + into the body) and its tilt (degrees, + where its anterior end lies deeper
     into the body than its posterior end, relative to the prior)."""
@@ -348,9 +348,9 @@ def refine_spine(spine: Spine, image: np.ndarray | None, cfg: MeasuresConfig,
         for lv in spine.vertebrae:
             out.unusable[lv] = f"{image_name} not found or unreadable: endplates not refined"
         return out
-    image = _gray(image)
-    band = _band(cfg, spacing_mm)
-    floor = _noise_floor(image)
+    image = gray_image(image)
+    band = search_band(cfg, spacing_mm)
+    floor = noise_floor(image)
     for lv, vt in spine.vertebrae.items():
         fits[lv] = {}
         plates = {}
@@ -381,4 +381,5 @@ def confidence(spine: Spine) -> float | None:
     return min(values) if values else None
 
 
-__all__ = ["MeasuresConfig", "Fit", "refine_endplate", "refine_spine", "confidence"]
+__all__ = ["MeasuresConfig", "Fit", "refine_endplate", "refine_spine", "confidence", "search_band",
+           "gray_image", "noise_floor", "against"]
