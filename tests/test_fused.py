@@ -322,3 +322,15 @@ def test_bodies_overlapping_in_projection_are_cut_where_they_meet_not_at_a_waist
     assert abs(_y_range(upper)[1] - 239) <= 2 and abs(_y_range(lower)[0] - 239) <= 2
     assert [lv for lv, _ in levelled(split_fused(items + _outlines()[5:]))] == \
         ["L1", "L2", "L3", "L4", "L5", "S1"]
+
+
+def test_a_disc_as_tall_as_the_search_is_still_a_waist():
+    """Bodies of 66 and 50 px across a 20 px disc whose neck is half their width: the neck fills
+    most of the search around the cut, but is narrow against the blob's own width, so the cut
+    follows it (rows 246-266), not where equal bodies would meet."""
+    singles = [("lumbar", _traced((100, t, 180, t + 60))) for t in (20, 100, 346)]
+    blob = _traced((100, 180, 180, 246), (120, 246, 160, 266), (100, 266, 180, 316))
+    (pieces,) = fused_pieces(singles[:2] + [("lumbar", blob)] + singles[2:]).values()
+    upper, lower = sorted(pieces, key=lambda p: p[:, 1].mean())
+    assert _y_range(upper)[1] >= 246 - 1 and _y_range(lower)[0] <= 266 + 1
+    assert _y_range(upper)[1] < _y_range(lower)[0]

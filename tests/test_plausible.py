@@ -12,7 +12,7 @@ import pytest
 
 from converters.spine.endplates import find_vertebrae
 from converters.spine.measures import image_measures
-from converters.spine.plausible import implausible, withhold_implausible
+from converters.spine.plausible import implausible, look_below, withhold_implausible
 from converters.spine.refine import Fit, MeasuresConfig, refine_spine
 from train.evaluation.evaluate import endplates_record
 
@@ -310,3 +310,69 @@ def test_a_disc_not_seen_gets_a_second_look_a_disc_below():
     blank = _drawn(_without(truth, "S1"))
     row, spine = image_measures(prior, refine=cfg, image=blank)
     assert row["lordosis_deg"] is None and "S1" in spine.unusable, spine.unusable
+
+
+def _brighter(image: np.ndarray, outline: np.ndarray, depth: tuple[float, float],
+              gain: float = 1.5, k: int = 8) -> np.ndarray:
+    """``image`` with a band ``depth`` px under the body's superior side made ``gain`` x
+    brighter (a sclerotic zone under an endplate: an edge inside the body)."""
+    ps, as_, _, pi = outline
+    v = (pi - ps) / np.linalg.norm(pi - ps)
+    band = np.array([ps + depth[0] * v, as_ + depth[0] * v, as_ + depth[1] * v, ps + depth[1] * v])
+    h, w = image.shape
+    big = np.zeros((h * k, w * k), np.uint8)
+    cv2.fillPoly(big, [np.rint(band * k - 0.5).astype(np.int32)], 1)
+    share = cv2.resize(big.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    return image * (1 + (gain - 1) * share)
+
+
+def test_a_second_look_that_makes_no_spine_is_not_kept():
+    """The second look's edge is kept only where the disc it opens is apart all along and both
+    bodies of the pair measure a body: L4's outline grown over the L4/L5 disc (its lower side on
+    L5's upper edge) and a sclerotic band inside L5, whose edge a disc below would read L4 at
+    1.5 bodies and L5 at 0.7: withheld, as without the second look; a border (gas, a crest)
+    crossing under L5 at 30 deg where no sacrum is seen would open a disc that crosses L5's
+    endplate: withheld too."""
+    cfg = MeasuresConfig(min_disc_ratio=0.1)
+    truth = _spine()
+    l5 = dict(truth)["L5"]
+    grown = [(lv, np.vstack([p[0], p[1], l5[1], l5[0]]) if lv == "L4" else p)
+             for lv, p in truth]
+    for depth in ((10, 14), (12, 16), (14, 18)):
+        image = _brighter(_drawn(truth), l5, depth)
+        first = withhold_implausible(refine_spine(find_vertebrae(grown), image, cfg), cfg)
+        assert "L4/L5 disc not seen" in first.unusable["L5"]
+        row, spine = image_measures(grown, refine=cfg, image=image)
+        assert "L4/L5 disc not seen" in spine.unusable["L5"], (depth, spine.unusable)
+        assert row["body_L4_anterior_px"] is None and row["disc_L4_L5_middle_px"] is None
+    blank = _drawn(_without(truth, "S1"))
+    first = refine_spine(find_vertebrae(_grown(truth)), blank, cfg)
+    edge = first.vertebrae["L5"].inferior
+    t = math.radians(30)
+    along = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]) @ \
+        (edge.vector / np.linalg.norm(edge.vector))
+    down = -first.up
+    yy, xx = np.mgrid[0:blank.shape[0], 0:blank.shape[1]] + 0.5
+    rel = np.stack([xx, yy], -1) - (edge.midpoint + 12 * down)
+    off = rel @ (np.array([-along[1], along[0]]) * np.sign(np.array([-along[1], along[0]]) @ down))
+    strip = (off < 0) & (off > -14) & (np.abs(rel @ along) < 40)
+    crossed = np.where(strip, blank * 0.35, blank)
+    row, spine = image_measures(_grown(truth), refine=cfg, image=crossed)
+    assert row["lordosis_deg"] is None and "S1" in spine.unusable, spine.unusable
+
+
+@pytest.mark.parametrize("spacing", [None, (0.3, 0.1), (0.5, 0.1), (0.1, 0.5), (0.0, 0.1),
+                                     (math.nan, 1.0)])
+def test_the_second_look_steps_a_disc_in_pixels_whatever_the_spacing(spacing):
+    """The disc the second look steps over is measured in pixels (a body in millimetres
+    turned back into pixels by the smaller spacing stepped past the sacrum on 5:1 pixels); an
+    unusable spacing (zero, NaN) is none, not a crash: the sacrum's edge is found at the same
+    place (the band, 0.9 mm, 9 px at 0.1 mm)."""
+    truth = _spine()
+    cfg = MeasuresConfig(min_disc_ratio=0.1, band_mm=0.9)
+    spine = refine_spine(find_vertebrae(_grown(truth)), _drawn(truth), cfg, spacing)
+    looked = look_below(spine, _drawn(truth), cfg, spacing)
+    want = image_measures(_grown(truth), refine=cfg, image=_drawn(truth))[1]
+    assert np.allclose(looked.vertebrae["S1"].superior.midpoint,
+                       want.vertebrae["S1"].superior.midpoint, atol=0.05)
+    assert spine.vertebrae["S1"].superior != looked.vertebrae["S1"].superior     # it moved

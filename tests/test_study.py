@@ -551,6 +551,7 @@ def test_how_the_measures_were_made_is_said_from_the_evaluations_params(records)
     assert "refined on the full-resolution image" in text and "within 5.0 mm" in text
     assert "less than 35 % of its length" in text and "exceeded 40.0 degrees" in text
     assert "within 6 % of a vertebral body's height" in text
+    assert "searched again a disc's height lower, was seen along 70 % of its length" in text
     assert "ground truth's polygons refined" not in text
     assert "cut across the spine into its bodies" in text                 # split_fused
     whole = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "split_fused": False})
@@ -567,6 +568,7 @@ def test_how_the_measures_were_made_is_said_from_the_evaluations_params(records)
                                                             "min_disc_ratio": 0.0})
     assert "No limit on the segmental angles" in off and "No check of the discs" in off
     assert "exceeded" not in off and "one edge taken for both" not in off
+    assert "searched again" not in off and "searched again" not in plain
     junk = methods_md(facts, [run], "", [], 0.05, 0.5, {}, {**m, "max_segment_deg": "[x](y)",
                                                              "min_disc_ratio": None})
     assert "exceeded \\[x\\]\\(y\\) degrees" in junk and f"within {NOT_RECORDED} %" in junk

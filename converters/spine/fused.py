@@ -47,19 +47,22 @@ Method (:func:`fused_pieces`), with the other lumbar outlines ordered cranial to
    say: measured across an axis an island bent, a body's height and width grow alike; with
    heights as extents and no such guard, a body-sized island beside the spine cut a healthy
    body in 3358 of 4800 placements and read a lordosis on 451; 1.4, not 1.6: two bodies
-   overlapping in projection, wider than one, measured 1.5 x a body's aspect) holds ``n = round((height + d) / (h + d))`` bodies, or one more (discs
-   overlapping in projection leave no disc inside the blob): of the two counts, the one whose
-   pieces come nearest ``h``. With ``n >= 2`` it is cut ``n - 1`` times across the axis, each
-   cut within ``0.3 h`` of where the disc's middle would lie (the blob's own discs being what
-   its height leaves beyond its bodies, at most ``d``): in the middle of its waist, where the
-   outline is narrowest (its width across the axis, measured every pixel or at
-   :data:`SAMPLES` points, within half a pixel of the least), if it has one there (narrower
-   than :data:`WAIST_SHARE` x the median width), else where the disc's middle would lie (two
-   bodies overlapping in projection have no waist between them: the outline is widest where
-   their endplates flare, narrowest at each body's concave walls, and on bench_refine's
-   validation images cutting there put the cut mid-body); each piece is trimmed by half such a disc at a cut,
-   so that the pieces' endplates, the priors the refinement (:mod:`converters.spine.refine`)
-   searches the image around, lie where the disc's edges would;
+   overlapping in projection, wider than one, measured 1.5 x a body's aspect) holds
+   ``n = round((height + d) / (h + d))`` bodies, or one more (discs overlapping in projection
+   leave no disc inside the blob): of the two counts, the one whose pieces come nearest ``h``.
+   With ``n >= 2`` it is cut ``n - 1`` times across the axis, each cut within ``0.3 h`` of
+   where the disc's middle would lie (the blob's own discs being what its height leaves beyond
+   its bodies, at most ``d``): in the middle of its waist, where the outline is narrowest (its
+   width across the axis, measured every pixel or at :data:`SAMPLES` points, within half a
+   pixel of the least), if it has one there (narrower than :data:`WAIST_SHARE` x the blob's
+   median width over its whole height), else where the disc's middle would lie (two bodies
+   overlapping in projection have no waist between them: the outline is widest where their
+   endplates flare, narrowest at each body's concave walls, and on bench_refine's validation
+   images cutting there put the cut mid-body; a waist shallower than that between bodies of
+   unequal heights is cut where equal ones would meet, and the refinement's band must reach
+   the disc). Each piece is trimmed by half such a disc at a cut, so that the pieces'
+   endplates, the priors the refinement (:mod:`converters.spine.refine`) searches the image
+   around, lie where the disc's edges would;
 4. a piece is the largest polygon of the outline between its two cuts; its vertices are the
    polygon's exterior (the cut edges are straight, the corners where they meet the outline
    fractional). A piece shorter than :data:`MIN_PIECE` x ``h`` or taller than
@@ -153,12 +156,16 @@ def _cuts(poly: Polygon, origin: np.ndarray, axis: np.ndarray, lo: float, height
     """Where a blob of ``n`` bodies is cut, along ``axis`` from ``origin`` (step 3)."""
     body = (height - (n - 1) * d) / n
     step = max(1.0, 2 * SEARCH * h / SAMPLES)
+    # the blob's own width: the median over its whole height (near a cut, a disc's neck can
+    # fill most of the search and make its median)
+    typical = float(np.median([_width(poly, origin + axis * t, axis)
+                               for t in np.linspace(lo, lo + height, SAMPLES)]))
     cuts = []
     for j in range(1, n):
         expected = lo + j * body + (j - 0.5) * d
         ts = np.arange(expected - SEARCH * h, expected + SEARCH * h + step / 2, step)
         widths = np.array([_width(poly, origin + axis * t, axis) for t in ts])
-        if widths.min() > WAIST_SHARE * np.median(widths):
+        if widths.min() > WAIST_SHARE * typical:
             cuts.append(float(expected))     # no waist (bodies overlapping in projection)
             continue
         narrow = widths <= widths.min() + 0.5          # the waist: the middle of its run

@@ -30,17 +30,21 @@ checked against L5's superior edge when only L5's inferior one was not seen:
   limit) or lie apart; a disc collapsed to within the limit along its whole length, seen on
   the image, is withheld too (its two edges are one there). 0 turns it off.
 
-A disc not seen gets a second look first (:func:`look_below`, where the endplates were refined
-on an image: evaluate, propose): a model's mask of the lower body grown over the disc (the
-issue the refinement was built for: a sacrum mask filling the L5/S1 wedge) puts its prior on
-the upper body's edge, and the band around it may never reach its own. Its superior endplate is
-searched again from that edge moved caudally by a disc's height (the median of the image's
-discs found apart, else :data:`DISC_SHARE` x a body's height), and kept only where its edge
-is seen along :data:`SECOND_CONFIDENCE` of its length (a second hypothesis asks more of the
-image than the first); the checks then judge it like any other. On bench_refine's validation
-images it measured the lordosis on 2-5 % more of the images at the same error (U-Net, PSPNet,
-DeepLabv3; with the refinement's own ``min_confidence``, PSPNet's grew by half a degree, one
-lordosis 21 deg off on an edge seen along 44 %).
+A disc not seen gets a second look first (:func:`look_below`, wherever the endplates were
+refined on an image: evaluate and propose, convert with ``measures.refine``): a model's mask of
+the lower body grown over the disc (the issue the refinement was built for: a sacrum mask
+filling the L5/S1 wedge) puts its prior on the upper body's edge, and the band around it may
+never reach its own. Its superior endplate is searched again from that edge moved caudally by
+a disc's height (the median of the image's discs found apart, in pixels, else
+:data:`DISC_SHARE` x a body's height), and kept only where its edge is seen along
+:data:`SECOND_CONFIDENCE` of its length (a second hypothesis asks more of the image than the
+first) and makes a spine (:func:`_second_holds`: the disc it opens apart all along, both bodies
+of the pair within :data:`BODY_SPREAD` of the median body: an upper outline grown over the disc,
+its edge on the lower body's, would otherwise send the second look into the lower body); the
+checks then judge it like any other. On bench_refine's validation images it measured the
+lordosis on 2-4 % more of the images at the same error (U-Net, PSPNet, DeepLabv3; with the
+refinement's own ``min_confidence``, PSPNet's grew by half a degree, one lordosis 21 deg off on
+an edge seen along 44 %).
 
 Which of the two endplates is wrong is not known, so each usable level of the pair is withheld
 (and every measure that uses it, :func:`converters.spine.measures.uses`), its endplates kept in
@@ -49,6 +53,7 @@ in :attr:`Spine.fits`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -61,6 +66,7 @@ from converters.spine.refine import (MeasuresConfig, against, gray_image, noise_
 
 DISC_SHARE = 0.2        # x a body's height: the disc a second look steps over, where none says
 SECOND_CONFIDENCE = 0.7  # a second look's edge: seen along this share of the endplate at least
+BODY_SPREAD = 0.25       # a second look's pair: both bodies within this share of the median
 MIN_GAP_SHARE = 0.1     # x a body's height: a disc found on the image this high says
 
 
@@ -146,36 +152,63 @@ def look_below(spine: Spine, image: np.ndarray | None, cfg: MeasuresConfig,
                spacing_mm: tuple[float, float] | None = None) -> Spine:
     """A second look where a disc was not seen (module docstring): the lower body's superior
     endplate searched again on ``image`` (as :func:`converters.spine.refine.refine_spine` reads
-    it), from its first edge moved a disc's height caudally; kept where found (the checks
-    then judge it as any other), else the first edge stays. A new spine; the input is left as
-    it was."""
+    it), from its first edge moved a disc's height caudally; kept where :func:`_second_holds`,
+    else the first edge stays (and the checks withhold the pair). A new spine where an edge
+    was replaced (its dicts copies), else the input itself; the input is never changed."""
     if image is None or spine.anterior is None or spine.up is None:
         return spine
+    if spacing_mm and not all(math.isfinite(v) and v > 0 for v in spacing_mm):
+        spacing_mm = None                   # as search_band reads it: no usable spacing
     frame, chain, body = _frame(spine, spacing_mm)
     pairs = [(a, b) for a, b, _ in _coincident(spine, frame, chain, body, cfg)
              if b in spine.vertebrae]
     if not pairs:
         return spine
-    gap = _disc_px(spine, body, spacing_mm)
+    _, chain_px, body_px = _frame(spine, None)           # the second look works in pixels
+    gap = _disc_px(spine, body_px)
     gray, down = gray_image(image), unit_vector(-np.asarray(spine.up, dtype=np.float64))
     band, floor = search_band(cfg, spacing_mm), noise_floor(gray)
     vertebrae, fits = dict(spine.vertebrae), {lv: dict(f) for lv, f in spine.fits.items()}
-    for _, b in pairs:
+    for a, b in pairs:
         first = fits[b]["superior"]
         moved = Endplate(*(tuple(map(float, np.asarray(pt) + gap * down))
                            for pt in (first.refined.posterior, first.refined.anterior)))
         fit = refine_endplate(gray, moved, down, cfg, band, floor)
-        if fit.refined is not None and fit.confidence >= SECOND_CONFIDENCE:
+        if fit.refined is not None and fit.confidence >= SECOND_CONFIDENCE and \
+                _second_holds(chain_px[a], (fit.refined, chain_px[b][1]), spine.up, body_px,
+                              cfg):
             vertebrae[b] = replace(vertebrae[b], superior=fit.refined)
             shift, tilt = against(first.prior, fit.refined, down)
             fits[b]["superior"] = replace(fit, prior=first.prior, shift_px=shift, tilt_deg=tilt)
-    return replace(spine, vertebrae=vertebrae, fits=fits)
+    if vertebrae == spine.vertebrae:
+        return spine
+    return replace(spine, vertebrae=vertebrae, fits=fits, unusable=dict(spine.unusable),
+                   withheld=dict(spine.withheld))
 
 
-def _disc_px(spine: Spine, body: float, spacing_mm: tuple[float, float] | None) -> float:
+def _second_holds(upper: tuple, lower: tuple, up: np.ndarray, body: float,
+                  cfg: MeasuresConfig) -> bool:
+    """Whether a second look's edge makes a spine: the disc it opens is seen apart at its
+    anterior, middle and posterior points alike (over ``min_disc_ratio`` of a body: an edge
+    crossing the upper endplate is none), and both bodies of the pair (superior, inferior
+    endplates; None where unknown) measure within :data:`BODY_SPREAD` of the median body
+    height (an upper outline grown over the disc, its lower edge on the lower body's, made
+    the upper body tall and the second look found the lower one's edge inside it)."""
+    heights = disc_heights(upper[1], lower[0], up).values()
+    if min(heights) <= cfg.min_disc_ratio * body:
+        return False
+    for sup, inf in (upper, lower):
+        if sup is not None and inf is not None:
+            tall = float(np.linalg.norm(sup.midpoint - inf.midpoint))
+            if abs(tall - body) > BODY_SPREAD * body:
+                return False
+    return True
+
+
+def _disc_px(spine: Spine, body_px: float) -> float:
     """A disc's height in pixels on this image: the median middle height of its discs whose
-    endplates were both found on the image and lie apart (over :data:`MIN_GAP_SHARE` of a body),
-    else :data:`DISC_SHARE` x the median body height."""
+    endplates were both found on the image and lie apart (over :data:`MIN_GAP_SHARE` of a
+    body, ``body_px``), else :data:`DISC_SHARE` x the body."""
     heights = []
     for a, b in zip(LEVELS, LEVELS[1:]):
         if a in spine.vertebrae and b in spine.vertebrae and \
@@ -183,8 +216,6 @@ def _disc_px(spine: Spine, body: float, spacing_mm: tuple[float, float] | None) 
             upper, lower = spine.vertebrae[a].inferior, spine.vertebrae[b].superior
             if upper is not None:
                 heights.append(disc_heights(upper, lower, spine.up)["middle"])
-    scale = 1.0 / float(min(spacing_mm)) if spacing_mm else 1.0     # body: mm -> px
-    body_px = body * scale
     apart = [h for h in heights if h > MIN_GAP_SHARE * body_px]
     return float(np.median(apart)) if apart else DISC_SHARE * body_px
 

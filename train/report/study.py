@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from converters.spine.plausible import SECOND_CONFIDENCE
 from train.report.claim import claim_checklist_md
 from train.report.study_cards import dataset_card_md, model_card_md
 from train.report.study_facts import (NOT_RECORDED, ONE_READER, TO_COMPLETE, Facts, Sources,
@@ -281,12 +282,15 @@ def _measures_said(m: dict | None) -> str:
         else:
             said += (" Both vertebrae of a disc whose two endplates, found on the image, lay "
                      f"within {pct['min_disc_ratio']} % of a vertebral body's height of each "
-                     "other along their length were withheld (one edge taken for both).")
+                     "other along their length were withheld (one edge taken for both)")
+            said += (f", unless the lower one's edge, searched again a disc's height lower, was "
+                     f"seen along {100 * SECOND_CONFIDENCE:g} % of its length.")
     if m.get("split_fused") is True:
         said += (" Where a semantic model's connected region covered two or more vertebral "
-                 "bodies (taller than 1.6 bodies), it was cut across the spine into its bodies, at its "
-                 "narrowest point near where each disc would lie, before the levels were "
-                 "assigned, for the measures only (recognition counted it as one region).")
+                 "bodies (taller than 1.6 bodies, heights measured along the spine's axis), it "
+                 "was cut across the spine into its bodies, at its waist near where each disc "
+                 "would lie (where it had none, there), before the levels were assigned, for "
+                 "the measures only (recognition counted it as one region).")
     elif m.get("split_fused") is False:
         said += (" A semantic model's region covering two or more vertebrae was not measured, "
                  "nor any level above it.")
