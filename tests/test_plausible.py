@@ -133,6 +133,7 @@ def test_a_wrong_sacrum_is_checked_across_a_missing_level(missing):
         "L4/S1 segmental angle 67.0 deg, beyond +-60 over 2 segments (an outline or an edge is "
         "wrong)")
     assert row["lordosis_deg"] is None and row["seg_L2_L3_deg"] == pytest.approx(7, abs=0.5)
+    assert spine.segments == ["L4/S1"]          # the pair that failed, as propose names it
 
 
 def _refined_but(outlines, level, seen=()):
@@ -266,14 +267,14 @@ def test_propose_leaves_an_implausible_segment_unsnapped_and_ranks_it_up():
         prop = proposal(outlines)
         drawn = {r.level: (list(r.xs), list(r.ys)) for r in prop.regions}
         moved = snap_endplates(prop.regions, _drawn(outlines), MeasuresConfig(),
-                               implausible=prop.implausible)
+                               implausible=prop.implausible, segments=prop.segments)
         review(prop, overlapping=[], disagreement=None, instance_model=False)
         snapped = {r.level for r in prop.regions if (r.xs, r.ys) != drawn[r.level]}
         if flagged:
             assert set(prop.implausible) == {"L5", "S1"}
             assert "L5/S1 segmental angle" in prop.implausible["S1"]
             assert snapped == {"L1", "L2", "L3", "L4"} and moved > 0
-            assert prop.score == 1.0
+            assert prop.score == 1.0 and prop.segments == ["L5/S1"]
             assert prop.reasons == ["a segment no spine shows at L5/S1"]
         else:
             assert prop.implausible == {} and prop.score == 0.0 and prop.reasons == []

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -59,7 +58,6 @@ from converters.core.records import json_value
 from converters.annotations.via import AnnotatedRegion
 from converters.annotations.via_project import ProjectImage, ProjectRegion, polygon_region
 from converters.spine.endplates import find_vertebrae
-from converters.spine.levels import LEVELS
 from converters.spine.plausible import look_below, withhold_implausible
 from converters.spine.refine import MeasuresConfig, refine_spine
 
@@ -96,6 +94,7 @@ class Proposal:
     reasons: list[str] = field(default_factory=list)
     endplate_corners: int = 0     # polygon vertices moved onto refined endplate corners
     implausible: dict[str, str] = field(default_factory=dict)   # level -> why (not snapped)
+    segments: list[str] = field(default_factory=list)   # those checks' failed pairs, "L5/S1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,14 +216,16 @@ def mask_polygon(mask: np.ndarray, max_points: int) -> tuple[list[int], list[int
 
 def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
                    cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None = None, *,
-                   implausible: dict[str, str] | None = None) -> int:
+                   implausible: dict[str, str] | None = None,
+                   segments: list[str] | None = None) -> int:
     """The endplates of the proposed vertebrae refined on the full-resolution image
     (:mod:`converters.spine.refine`), their corners written into the polygons: each refined
     corner replaces the polygon's vertex nearest it (rounded, as VIA keeps them), unless that
     would make the polygon cross itself. Withheld endplates (not seen, or of a segment no spine
     shows: :mod:`converters.spine.plausible`), fused regions and levels given twice leave
     their polygons as drawn; ``implausible``, where given, receives the levels withheld as
-    implausible, with the reason. Returns the number of corners moved."""
+    implausible, with the reason, and ``segments`` the pairs that failed (``"L5/S1"``).
+    Returns the number of corners moved."""
     if image is None:
         return 0
     levels = [r.level for r in regions if r.level]
@@ -236,6 +237,8 @@ def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
                                             cfg, spacing_mm), cfg, spacing_mm)
     if implausible is not None:
         implausible.update({lv: spine.unusable[lv] for lv in spine.withheld})
+    if segments is not None:
+        segments.extend(seg for seg in spine.segments if seg not in segments)
     moved = 0
     for lv, vt in spine.vertebrae.items():
         region = by_level[lv]
@@ -288,12 +291,9 @@ def review(prop: Proposal, *, overlapping: list[str], disagreement: float | None
         score += disagreement
         if disagreement > 0.1:
             reasons.append(f"runs disagree (mean IoU {1 - disagreement:.2f})")
-    if prop.implausible:
+    if prop.implausible or prop.segments:
         score += 1.0
-        segments = sorted({pair for why in prop.implausible.values()
-                           for pair in re.findall(r"\b[LS]\d/[LS]\d\b", why)},
-                          key=lambda pair: LEVELS.index(pair[:2]))
-        reasons.append("a segment no spine shows at " + ", ".join(segments))
+        reasons.append("a segment no spine shows at " + ", ".join(prop.segments))
     prop.score, prop.reasons = round(score, 4), reasons
 
 

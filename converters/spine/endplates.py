@@ -82,7 +82,8 @@ class Spine:
     and why levels are not usable (level -> reason); ``fits``: where the endplates were refined
     on the image (:mod:`converters.spine.refine`), level -> side -> its fit; ``withheld``: the
     levels measured but withheld as implausible (:mod:`converters.spine.plausible`), their
-    endplates as they were found."""
+    endplates as they were found; ``segments``: the segments those checks found no spine shows,
+    cranial first (``"L5/S1"``; ``"L4/S1"`` across a missing L5)."""
 
     vertebrae: dict[str, Vertebra] = field(default_factory=dict)
     anterior: np.ndarray | None = None
@@ -90,6 +91,7 @@ class Spine:
     unusable: dict[str, str] = field(default_factory=dict)
     fits: dict[str, dict] = field(default_factory=dict)
     withheld: dict[str, Vertebra] = field(default_factory=dict)
+    segments: list[str] = field(default_factory=list)
 
 
 def unit_vector(v: np.ndarray) -> np.ndarray:

@@ -93,17 +93,27 @@ def implausible(spine: Spine, cfg: MeasuresConfig,
                 spacing_mm: tuple[float, float] | None = None) -> dict[str, str]:
     """Level -> why, for each usable level of a pair that fails a check (module docstring);
     empty where every pair passes or the spine has no frame."""
-    if spine.anterior is None or spine.up is None:
-        return {}
-    frame, chain, body = _frame(spine, spacing_mm)
-    unit = "mm" if spacing_mm else "px"
-    out: dict[str, list[str]] = {}
+    return _by_level(spine, _failures(spine, cfg, spacing_mm))
 
-    def flag(a: str, b: str, why: str) -> None:
+
+def _by_level(spine: Spine, failures: list[tuple[str, str, str]]) -> dict[str, str]:
+    """Each usable level of the failed pairs -> its reasons, joined."""
+    out: dict[str, list[str]] = {}
+    for a, b, why in failures:
         for lv in (a, b):
             if lv in spine.vertebrae:
                 out.setdefault(lv, []).append(why)
+    return {lv: " and ".join(w) for lv, w in out.items()}
 
+
+def _failures(spine: Spine, cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None
+              ) -> list[tuple[str, str, str]]:
+    """(upper level, lower level, why) of each pair that fails a check (module docstring)."""
+    if spine.anterior is None or spine.up is None:
+        return []
+    frame, chain, body = _frame(spine, spacing_mm)
+    unit = "mm" if spacing_mm else "px"
+    out = []
     with_sup = [lv for lv in LEVELS if lv in chain and chain[lv][0] is not None]
     for a, b in zip(with_sup, with_sup[1:]):
         span = LEVELS.index(b) - LEVELS.index(a)
@@ -111,13 +121,13 @@ def implausible(spine: Spine, cfg: MeasuresConfig,
         limit = cfg.max_segment_deg * span
         if cfg.max_segment_deg < 180 and abs(angle) > limit:
             over = f" over {span} segments" if span > 1 else ""
-            flag(a, b, f"{a}/{b} segmental angle {angle:.1f} deg, beyond +-{limit:g}{over} "
-                       "(an outline or an edge is wrong)")
+            out.append((a, b, f"{a}/{b} segmental angle {angle:.1f} deg, beyond +-{limit:g}"
+                              f"{over} (an outline or an edge is wrong)"))
     for a, b, most in _coincident(spine, frame, chain, body, cfg):
-        flag(a, b, f"{a}/{b} disc not seen (its endplates within {most:.1f} {unit} of each "
-                   f"other along their length, {100 * cfg.min_disc_ratio:g} % of a body's "
-                   "height or less: one edge taken for both)")
-    return {lv: " and ".join(w) for lv, w in out.items()}
+        out.append((a, b, f"{a}/{b} disc not seen (its endplates within {most:.1f} {unit} of "
+                          f"each other along their length, {100 * cfg.min_disc_ratio:g} % of a "
+                          "body's height or less: one edge taken for both)"))
+    return out
 
 
 def _frame(spine: Spine, spacing_mm: tuple[float, float] | None
@@ -183,7 +193,7 @@ def look_below(spine: Spine, image: np.ndarray | None, cfg: MeasuresConfig,
     if vertebrae == spine.vertebrae:
         return spine
     return replace(spine, vertebrae=vertebrae, fits=fits, unusable=dict(spine.unusable),
-                   withheld=dict(spine.withheld))
+                   withheld=dict(spine.withheld), segments=list(spine.segments))
 
 
 def _second_holds(upper: tuple, lower: tuple, up: np.ndarray, body: float,
@@ -223,15 +233,19 @@ def _disc_px(spine: Spine, body_px: float) -> float:
 def withhold_implausible(spine: Spine, cfg: MeasuresConfig,
                          spacing_mm: tuple[float, float] | None = None) -> Spine:
     """A new spine without the levels of :func:`implausible`: each recorded as unusable with
-    its reason, its endplates in ``withheld``; the input is left as it was."""
-    bad = implausible(spine, cfg, spacing_mm)
+    its reason, its endplates in ``withheld``, the segments that failed in ``segments``; the
+    input is left as it was."""
+    failures = _failures(spine, cfg, spacing_mm)
+    bad = _by_level(spine, failures)
     if not bad:
         return spine
+    found = [f"{a}/{b}" for a, b, _ in failures if a in bad or b in bad]
+    segments = sorted(set(spine.segments) | set(found), key=lambda seg: LEVELS.index(seg[:2]))
     return replace(spine, vertebrae={lv: vt for lv, vt in spine.vertebrae.items()
                                      if lv not in bad},
                    unusable={**spine.unusable, **bad}, fits=dict(spine.fits),
                    withheld={**spine.withheld,
-                             **{lv: spine.vertebrae[lv] for lv in bad}})
+                             **{lv: spine.vertebrae[lv] for lv in bad}}, segments=segments)
 
 
 __all__ = ["implausible", "withhold_implausible", "look_below"]

@@ -159,7 +159,7 @@ def propose_images(runs: Sequence[Path], paths: Sequence[Path], cfg: ProposeConf
             prop.endplate_corners = snap_endplates(
                 prop.regions, cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH),
                 measures, pixel_spacing(read_record(path.parent, path.name)),
-                implausible=prop.implausible)
+                implausible=prop.implausible, segments=prop.segments)
         ov = overlap_matrix(inst, post.overlap_min_fraction)
         name = [inst.levels[k] or f"{inst.classes[k]} #{k + 1}" for k in range(len(inst))]
         pairs = [f"{name[i]}/{name[j]}"
