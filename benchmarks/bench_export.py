@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import pydicom
 
+from converters.core.files import prepare_output
 from converters.dicom.deid_table import AnonymizeConfig
 
 from converters.dicom.anonymize import anonymize_tree
@@ -50,6 +51,7 @@ def main() -> None:
         for f in files:  # warm the page cache for everyone
             f.read_bytes()
 
+        prepare_output(tmp / "one")         # export_file writes only inside an output root
         t0 = time.perf_counter()
         for f in files:
             export_file(f, tmp / "one", opts)

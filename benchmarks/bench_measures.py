@@ -33,7 +33,7 @@ def main() -> None:
     cfg = PhantomConfig(n=args.distinct, seed=2, height=2870, width=1100, slip_share=0.3)
     spines, radiographs = [], []
     for case in plan_cases(cfg):
-        pixels, regions, _ = render(case, cfg)
+        pixels, regions, _ = render(case)
         spines.append([(r.level, np.rint(r.points)) for r in regions if r.level])
         if len(radiographs) < args.refined:
             radiographs.append(pixels)
