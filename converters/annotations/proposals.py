@@ -58,6 +58,7 @@ from converters.core.records import json_value
 from converters.annotations.via import AnnotatedRegion
 from converters.annotations.via_project import ProjectImage, ProjectRegion, polygon_region
 from converters.spine.endplates import find_vertebrae
+from converters.spine.levels import LEVELS
 from converters.spine.plausible import look_below, withhold_implausible
 from converters.spine.refine import MeasuresConfig, refine_spine
 
@@ -293,7 +294,9 @@ def review(prop: Proposal, *, overlapping: list[str], disagreement: float | None
             reasons.append(f"runs disagree (mean IoU {1 - disagreement:.2f})")
     if prop.implausible or prop.segments:
         score += 1.0
-        reasons.append("a segment no spine shows at " + ", ".join(prop.segments))
+        # the failed pairs (snap_endplates'); the levels where a caller gave only those
+        where = prop.segments or sorted(prop.implausible, key=LEVELS.index)
+        reasons.append("a segment no spine shows at " + ", ".join(where))
     prop.score, prop.reasons = round(score, 4), reasons
 
 

@@ -105,7 +105,7 @@ SEARCH = 0.3             # x the body height: where a cut may move to the narrow
 SAMPLES = 64             # widths measured per cut, at most (every pixel on the demo)
 MIN_PIECE = 0.4          # x the body height: a piece shorter is no body (the blob stays whole)
 THICK_LINES = 9          # lines along the axis that measure an outline's height
-WAIST_SHARE = 0.9        # x the median width near a cut: narrower is a waist, else no waist
+WAIST_SHARE = 0.9        # x the blob's median width: narrower near a cut is a waist
 ISLAND_FACTOR = 1.4      # x the single bodies' height / width: a blob is at least this tall
 
 Item = tuple[str, np.ndarray]

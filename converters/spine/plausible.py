@@ -240,7 +240,8 @@ def withhold_implausible(spine: Spine, cfg: MeasuresConfig,
     if not bad:
         return spine
     found = [f"{a}/{b}" for a, b, _ in failures if a in bad or b in bad]
-    segments = sorted(set(spine.segments) | set(found), key=lambda seg: LEVELS.index(seg[:2]))
+    segments = sorted(set(spine.segments) | set(found),
+                      key=lambda seg: tuple(LEVELS.index(lv) for lv in seg.split("/")))
     return replace(spine, vertebrae={lv: vt for lv, vt in spine.vertebrae.items()
                                      if lv not in bad},
                    unusable={**spine.unusable, **bad}, fits=dict(spine.fits),
