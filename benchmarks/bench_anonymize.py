@@ -152,7 +152,7 @@ def _peak_rss(src: Path, n: int) -> list[tuple[int, float]]:
     return rss
 
 
-def bench(n: int, height: int, width: int) -> None:
+def bench(n: int, height: int, width: int, rounds: int | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate(PhantomConfig(n=n, seed=2, height=height, width=width, burned_in_share=0),
@@ -163,19 +163,19 @@ def bench(n: int, height: int, width: int) -> None:
         _warm_up()
         wall, cpu = _time_all(_contenders(tmp, files), tmp / "out")
         rss = _peak_rss(tmp / "raw" / "dicom", len(files))
-        whole = _whole_processes(tmp)
+        whole = _whole_processes(tmp, rounds or WHOLE_ROUNDS)
     _report(len(files), height, width, wall, cpu, rss)
     _report_whole(whole)
 
 
-#: interleaved rounds of the whole commands: a 30-file run takes under 0.6 s, and this VM's
-#: runs vary by 30 % (the page cache writing back the previous run's 190 MB), so one round
-#: or the best of three says more about the disk than about the programs
+#: interleaved rounds of the whole commands (``--rounds``): a 30-file run takes under 0.6 s,
+#: and this VM's runs vary by 30 % (the page cache writing back the previous run's 190 MB), so
+#: one round or the best of three says more about the disk than about the programs
 WHOLE_ROUNDS = 9
 
 
-def _whole_processes(tmp: Path) -> dict[str, list[float]]:
-    """Wall seconds of each command in ``WHOLE_ROUNDS`` interleaved rounds, start-up included,
+def _whole_processes(tmp: Path, rounds: int = WHOLE_ROUNDS) -> dict[str, list[float]]:
+    """Wall seconds of each command in ``rounds`` interleaved rounds, start-up included,
     as a user runs it: ``spinepipe anonymize`` (its default workers: every core; and one
     worker) with OCR off and on, and dicognito's command line (one process)."""
     spinepipe = str(Path(sys.executable).with_name("spinepipe"))
@@ -190,7 +190,7 @@ def _whole_processes(tmp: Path) -> dict[str, list[float]]:
         runs["dicognito"] = [sys.executable, "-m", "dicognito", "--quiet", "--output-directory",
                              str(tmp / "out"), str(tmp / "raw" / "dicom")]
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for k in range(WHOLE_ROUNDS):
+    for k in range(rounds):
         order = list(runs) if k % 2 == 0 else list(reversed(runs))  # nobody always first
         for name in order:
             os.sync()
@@ -212,7 +212,7 @@ def _has_dicognito() -> bool:
 
 def _report_whole(times: dict[str, list[float]]) -> None:
     print(f"  whole processes, start-up included (spinepipe with {os.cpu_count()} workers, "
-          f"its default, and with 1), {WHOLE_ROUNDS} interleaved rounds:")
+          f"its default, and with 1), {len(next(iter(times.values())))} interleaved rounds:")
     med = {name: statistics.median(t) for name, t in times.items()}
     best = {name: min(t) for name, t in times.items()}
     for name in times:
@@ -330,6 +330,8 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=640)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--ocr-eval", type=int, metavar="N", default=0)
+    ap.add_argument("--rounds", type=int, default=WHOLE_ROUNDS,
+                    help="interleaved rounds of the whole commands")
     ap.add_argument("--rss-child", nargs=3, metavar=("SRC", "LIMIT", "TMP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
@@ -338,7 +340,7 @@ def main() -> None:
         ocr_eval(args.ocr_eval, args.height, args.width)
     else:
         for n in args.n:
-            bench(n, args.height, args.width)
+            bench(n, args.height, args.width, args.rounds)
 
 
 if __name__ == "__main__":

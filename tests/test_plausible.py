@@ -109,6 +109,7 @@ def test_a_segment_beyond_the_limit_withholds_both_levels_with_the_reason():
     # segments 7, 7, 8, 8, 4 deg: L3/L4 and L4/L5 fail, so L3, L4 and L5 are withheld; L4's
     # reason names both, in one cell entry (the cell's separator is never inside a reason)
     assert set(spine.unusable) == {"L3", "L4", "L5"}
+    assert spine.segments == ["L3/L4", "L4/L5"]                 # cranial first
     assert " and L4/L5 segmental angle" in spine.unusable["L4"]
     assert strict["not_measurable"].count(";") == 2
     assert strict["seg_L1_L2_deg"] == pytest.approx(7, abs=0.5)
@@ -377,3 +378,19 @@ def test_the_second_look_steps_a_disc_in_pixels_whatever_the_spacing(spacing):
     assert np.allclose(looked.vertebrae["S1"].superior.midpoint,
                        want.vertebrae["S1"].superior.midpoint, atol=0.05)
     assert spine.vertebrae["S1"].superior != looked.vertebrae["S1"].superior     # it moved
+
+
+def test_segments_are_ordered_cranial_first_and_merged_once():
+    """Segment names sort by their upper level, then their lower (``L4/L5`` before ``L4/S1``),
+    and propose's list takes each once, in that order, whatever it held before."""
+    from converters.spine.levels import segment_order
+    assert sorted(["L5/S1", "L4/S1", "L4/L5", "L1/L2"], key=segment_order) == \
+        ["L1/L2", "L4/L5", "L4/S1", "L5/S1"]
+    from converters.annotations.proposals import ProposedRegion, snap_endplates
+    outlines = _spine(sacral=-70.0)
+    regions = [ProposedRegion("sacrum" if lv == "S1" else "lumbar",
+                              [int(round(x)) for x in p[:, 0]], [int(round(y)) for y in p[:, 1]],
+                              level=lv) for lv, p in outlines]
+    held = ["L5/S1", "L1/L2"]
+    snap_endplates(regions, _drawn(outlines), MeasuresConfig(), segments=held)
+    assert held == ["L1/L2", "L5/S1"]

@@ -58,7 +58,7 @@ from converters.core.records import json_value
 from converters.annotations.via import AnnotatedRegion
 from converters.annotations.via_project import ProjectImage, ProjectRegion, polygon_region
 from converters.spine.endplates import find_vertebrae
-from converters.spine.levels import LEVELS
+from converters.spine.levels import segment_order
 from converters.spine.plausible import look_below, withhold_implausible
 from converters.spine.refine import MeasuresConfig, refine_spine
 
@@ -239,7 +239,7 @@ def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
     if implausible is not None:
         implausible.update({lv: spine.unusable[lv] for lv in spine.withheld})
     if segments is not None:
-        segments.extend(seg for seg in spine.segments if seg not in segments)
+        segments[:] = sorted({*segments, *spine.segments}, key=segment_order)
     moved = 0
     for lv, vt in spine.vertebrae.items():
         region = by_level[lv]
@@ -292,11 +292,9 @@ def review(prop: Proposal, *, overlapping: list[str], disagreement: float | None
         score += disagreement
         if disagreement > 0.1:
             reasons.append(f"runs disagree (mean IoU {1 - disagreement:.2f})")
-    if prop.implausible or prop.segments:
+    if prop.segments:
         score += 1.0
-        # the failed pairs (snap_endplates'); the levels where a caller gave only those
-        where = prop.segments or sorted(prop.implausible, key=LEVELS.index)
-        reasons.append("a segment no spine shows at " + ", ".join(where))
+        reasons.append("a segment no spine shows at " + ", ".join(prop.segments))
     prop.score, prop.reasons = round(score, 4), reasons
 
 

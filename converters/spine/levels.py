@@ -22,6 +22,12 @@ LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 LEVELS = (*LUMBAR, "S1")
 
 
+def segment_order(segment: str) -> tuple[int, ...]:
+    """Sort key of a segment named ``"<upper>/<lower>"`` (``"L5/S1"``, ``"L4/S1"`` across a
+    missing L5): cranial first, by its upper level, then its lower."""
+    return tuple(LEVELS.index(lv) for lv in segment.split("/"))
+
+
 def levels_bottom_up(classes: Sequence[str], centroids: Sequence[Sequence[float]],
                      areas: Sequence[float]) -> list[str | None]:
     """Levels of the instances of one image (bottom-up from the sacrum by nearest centroid,

@@ -60,7 +60,7 @@ import numpy as np
 
 from converters.spine.endplates import (Endplate, Spine, Vertebra, disc_heights, scaled,
                                         tilt_deg, unit_vector)
-from converters.spine.levels import LEVELS, LUMBAR
+from converters.spine.levels import LEVELS, LUMBAR, segment_order
 from converters.spine.refine import (MeasuresConfig, against, gray_image, noise_floor,
                                      refine_endplate, search_band)
 
@@ -240,8 +240,7 @@ def withhold_implausible(spine: Spine, cfg: MeasuresConfig,
     if not bad:
         return spine
     found = [f"{a}/{b}" for a, b, _ in failures if a in bad or b in bad]
-    segments = sorted(set(spine.segments) | set(found),
-                      key=lambda seg: tuple(LEVELS.index(lv) for lv in seg.split("/")))
+    segments = sorted(set(spine.segments) | set(found), key=segment_order)
     return replace(spine, vertebrae={lv: vt for lv, vt in spine.vertebrae.items()
                                      if lv not in bad},
                    unusable={**spine.unusable, **bad}, fits=dict(spine.fits),
