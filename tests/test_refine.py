@@ -413,3 +413,28 @@ def test_colour_and_boolean_images_are_read_as_grey():
         assert row["seg_L2_L3_deg"] == pytest.approx(grey["seg_L2_L3_deg"], abs=0.05)
     row, _ = image_measures(outlines, refine=CFG, image=u8 > 128)
     assert row["refined"] == 1
+
+
+def test_the_band_is_refused_exactly_when_a_sample_leaves_the_image():
+    """The samples lie on a parallelogram, so its corners decide whether they are all inside
+    the image (the pixel centres' span, 0 to size - 1 after the half-pixel shift): over random
+    endplates near the borders, a band is refused exactly when one of its samples lies
+    outside, and never otherwise."""
+    from converters.spine.refine import _derivative
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 5, (60, 80)).astype(np.float32)
+    refused = 0
+    for _ in range(500):
+        P = rng.uniform(-10, 90, 2)
+        a = rng.uniform(0, 2 * np.pi)
+        d = np.array([np.cos(a), np.sin(a)])
+        n = np.array([-d[1], d[0]])
+        t = np.linspace(0.15, 0.85, 8) * rng.uniform(6, 30)
+        s = np.arange(-rng.uniform(1, 6), 6.001, 0.25)
+        xy = P + t[:, None, None] * d + s[None, :, None] * n - 0.5
+        inside = ((xy[..., 0] >= 0) & (xy[..., 0] <= 79) & (xy[..., 1] >= 0)
+                  & (xy[..., 1] <= 59)).all()
+        got = _derivative(image, P, d, n, t, s, 1.0)
+        assert (got is None) == (not inside), (P, a)
+        refused += got is None
+    assert 50 < refused < 450           # both sides of the border were tried

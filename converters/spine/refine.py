@@ -249,13 +249,15 @@ def _derivative(image: np.ndarray, P: np.ndarray, d: np.ndarray, n: np.ndarray, 
     # pixel-centre convention: the value of pixel (i, j) sits at (j + 0.5, i + 0.5)
     xy = pts - 0.5
     margin = 3 * sigma + 2
-    x0, y0 = np.floor(xy.reshape(-1, 2).min(axis=0) - margin).astype(int)
-    x1, y1 = np.ceil(xy.reshape(-1, 2).max(axis=0) + margin).astype(int) + 1
+    # the samples lie on a parallelogram (P + t d + s n is affine in t and s): its four
+    # corners bound them all, and lie inside the image exactly when every sample does
+    corners = xy[[0, 0, -1, -1], [0, -1, 0, -1]]
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    x0, y0 = np.floor(lo - margin).astype(int)
+    x1, y1 = np.ceil(hi + margin).astype(int) + 1
     if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         # the samples themselves inside: a band touching the border is still refined
-        inside = ((xy[..., 0] >= 0) & (xy[..., 0] <= w - 1) &
-                  (xy[..., 1] >= 0) & (xy[..., 1] <= h - 1))
-        if not inside.all():
+        if lo.min() < 0 or hi[0] > w - 1 or hi[1] > h - 1:
             return None
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     crop = image[y0:y1, x0:x1].astype(np.float32)
