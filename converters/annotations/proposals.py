@@ -59,8 +59,8 @@ from converters.annotations.via import AnnotatedRegion
 from converters.annotations.via_project import ProjectImage, ProjectRegion, polygon_region
 from converters.spine.endplates import find_vertebrae
 from converters.spine.levels import segment_order
-from converters.spine.plausible import look_below, withhold_implausible
-from converters.spine.refine import MeasuresConfig, refine_spine
+from converters.spine.plausible import refined_spine, withhold_implausible
+from converters.spine.refine import MeasuresConfig
 
 LUMBAR_COUNT = 5
 PROPOSAL_ATTRIBUTE = "spinepipe_proposal"   # file attribute: what was proposed
@@ -234,8 +234,7 @@ def snap_endplates(regions: Sequence[ProposedRegion], image: np.ndarray | None,
                 if r.level and not r.fused and levels.count(r.level) == 1}
     prior = find_vertebrae([(lv, np.c_[r.xs, r.ys].astype(np.float64))
                             for lv, r in by_level.items()])
-    spine = withhold_implausible(look_below(refine_spine(prior, image, cfg, spacing_mm), image,
-                                            cfg, spacing_mm), cfg, spacing_mm)
+    spine = withhold_implausible(refined_spine(prior, image, cfg, spacing_mm), cfg, spacing_mm)
     if implausible is not None:
         implausible.update({lv: spine.unusable[lv] for lv in spine.withheld})
     if segments is not None:

@@ -235,16 +235,19 @@ def _body_height(height: np.ndarray, width: np.ndarray) -> float | None:
 
 
 def _pieces(p: Polygon, origin: np.ndarray, axis: np.ndarray, lo: float, tall: float, n: int,
-            h: float, d: float) -> list[np.ndarray] | None:
-    """A blob cut into ``n`` bodies (steps 3 and 4), None when a piece is no body (shorter
-    than :data:`MIN_PIECE` x ``h``, or taller than :data:`SINGLE_MAX` x ``h``)."""
+            h: float, d: float) -> tuple[list[np.ndarray], float] | None:
+    """A blob cut into ``n`` bodies (steps 3 and 4): the pieces' outlines and how far the
+    farthest piece's height lies from ``h``; None when a piece is no body (shorter than
+    :data:`MIN_PIECE` x ``h``, or taller than :data:`SINGLE_MAX` x ``h``)."""
     bounds = [lo - 1.0, *_cuts(p, origin, axis, lo, tall, n, h, d), lo + tall + 1.0]
     pieces = [_band(p, origin, axis, a + (d / 2 if j else 0.0), b - (d / 2 if j < n - 1 else 0.0))
               for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
-    if any(q is None or not MIN_PIECE * h <= _thickness(q, axis) <= SINGLE_MAX * h
-           for q in pieces):
+    if any(q is None for q in pieces):
         return None
-    return [np.asarray(q.exterior.coords)[:-1] for q in pieces]
+    heights = [_thickness(q, axis) for q in pieces]
+    if not all(MIN_PIECE * h <= t <= SINGLE_MAX * h for t in heights):
+        return None
+    return [np.asarray(q.exterior.coords)[:-1] for q in pieces], max(abs(t - h) for t in heights)
 
 
 def fused_pieces(items: Sequence[Item]) -> dict[int, list[np.ndarray]]:
@@ -285,8 +288,7 @@ def fused_pieces(items: Sequence[Item]) -> dict[int, list[np.ndarray]]:
                                      float(np.clip((height[k] - count * h) / (count - 1), 0, d)))
                              for count in (n, n + 1)) if t is not None]
         if tried:
-            cut[i] = min(tried, key=lambda pieces: max(abs(_thickness(Polygon(q), axes[k]) - h)
-                                                      for q in pieces))
+            cut[i] = min(tried, key=lambda t: t[1])[0]
     return cut
 
 

@@ -51,8 +51,8 @@ from converters.core.records import open_input
 from converters.spine.endplates import (Endplate, Spine, Vertebra, disc_heights, scaled,
                                         find_vertebrae, tilt_deg, unit_vector)
 from converters.spine.levels import LEVELS, LUMBAR
-from converters.spine.plausible import look_below, withhold_implausible
-from converters.spine.refine import MeasuresConfig, confidence, refine_spine
+from converters.spine.plausible import refined_spine, withhold_implausible
+from converters.spine.refine import MeasuresConfig, confidence
 
 SLIP_MIN_PCT = 5.0
 
@@ -168,14 +168,14 @@ def image_measures(outlines: Sequence[tuple[str | None, np.ndarray]],
                    image_name: str = "the image",
                    checks: MeasuresConfig | None = None) -> tuple[dict, Spine]:
     """One image's measures row (:data:`COLUMNS` but ``file_name``) and the endplates; with
-    ``refine``, the endplates refined on ``image`` first (None: the image is missing, and
-    nothing is measured, :func:`converters.spine.refine.refine_spine`); then the implausible
+    ``refine``, the endplates refined on ``image`` first, with a second look at a disc not
+    seen (None: the image is missing, and nothing is measured,
+    :func:`converters.spine.plausible.refined_spine`); then the implausible
     pairs withheld (:mod:`converters.spine.plausible`, its limits from ``checks``, else
     ``refine``, else the defaults)."""
     spine = find_vertebrae(outlines)
     if refine is not None:
-        spine = look_below(refine_spine(spine, image, refine, spacing_mm, image_name=image_name),
-                           image, refine, spacing_mm)
+        spine = refined_spine(spine, image, refine, spacing_mm, image_name=image_name)
     spine = withhold_implausible(spine, checks or refine or MeasuresConfig(), spacing_mm)
     row = measure(spine, spacing_mm)
     row["refined"] = int(refine is not None and image is not None)

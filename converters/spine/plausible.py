@@ -53,7 +53,6 @@ in :attr:`Spine.fits`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -62,7 +61,7 @@ from converters.spine.endplates import (Endplate, Spine, Vertebra, disc_heights,
                                         tilt_deg, unit_vector)
 from converters.spine.levels import LEVELS, LUMBAR, segment_order
 from converters.spine.refine import (MeasuresConfig, against, gray_image, noise_floor,
-                                     refine_endplate, search_band)
+                                     refine_endplate, refine_spine, search_band, usable_spacing)
 
 DISC_SHARE = 0.2        # x a body's height: the disc a second look steps over, where none says
 SECOND_CONFIDENCE = 0.7  # a second look's edge: seen along this share of the endplate at least
@@ -158,6 +157,16 @@ def _coincident(spine: Spine, frame: Spine, chain: dict[str, tuple], body: float
     return out
 
 
+def refined_spine(spine: Spine, image: np.ndarray | None, cfg: MeasuresConfig,
+                  spacing_mm: tuple[float, float] | None = None, *,
+                  image_name: str = "the image") -> Spine:
+    """The spine's endplates refined on ``image``
+    (:func:`converters.spine.refine.refine_spine`), then a second look where a disc was not
+    seen (:func:`look_below`): what every caller that refines gets, before the checks."""
+    return look_below(refine_spine(spine, image, cfg, spacing_mm, image_name=image_name),
+                      image, cfg, spacing_mm)
+
+
 def look_below(spine: Spine, image: np.ndarray | None, cfg: MeasuresConfig,
                spacing_mm: tuple[float, float] | None = None) -> Spine:
     """A second look where a disc was not seen (module docstring): the lower body's superior
@@ -167,8 +176,7 @@ def look_below(spine: Spine, image: np.ndarray | None, cfg: MeasuresConfig,
     was replaced (its dicts copies), else the input itself; the input is never changed."""
     if image is None or spine.anterior is None or spine.up is None:
         return spine
-    if spacing_mm and not all(math.isfinite(v) and v > 0 for v in spacing_mm):
-        spacing_mm = None                   # as search_band reads it: no usable spacing
+    spacing_mm = usable_spacing(spacing_mm)      # as search_band reads it
     frame, chain, body = _frame(spine, spacing_mm)
     pairs = [(a, b) for a, b, _ in _coincident(spine, frame, chain, body, cfg)
              if b in spine.vertebrae]
@@ -248,4 +256,4 @@ def withhold_implausible(spine: Spine, cfg: MeasuresConfig,
                              **{lv: spine.vertebrae[lv] for lv in bad}}, segments=segments)
 
 
-__all__ = ["implausible", "withhold_implausible", "look_below"]
+__all__ = ["implausible", "withhold_implausible", "look_below", "refined_spine"]

@@ -106,12 +106,18 @@ class Fit:
     rising: bool = True      # the edge rises into the body (False: metal on the endplate)
 
 
+def usable_spacing(spacing_mm: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The pixel spacing where both values are finite and positive, else None (unknown)."""
+    if spacing_mm and all(math.isfinite(v) and v > 0 for v in spacing_mm):
+        return spacing_mm
+    return None
+
+
 def search_band(cfg: MeasuresConfig, spacing_mm: tuple[float, float] | None) -> float:
     """The band in pixels: ``band_mm`` at the pixel spacing, ``band_px`` without a usable
     one (each endplate's band is at most its length, :func:`refine_endplate`)."""
-    if spacing_mm and all(math.isfinite(v) and v > 0 for v in spacing_mm):
-        return cfg.band_mm / float(min(spacing_mm))
-    return cfg.band_px
+    spacing_mm = usable_spacing(spacing_mm)
+    return cfg.band_mm / float(min(spacing_mm)) if spacing_mm else cfg.band_px
 
 
 def gray_image(image: np.ndarray) -> np.ndarray:
@@ -384,4 +390,4 @@ def confidence(spine: Spine) -> float | None:
 
 
 __all__ = ["MeasuresConfig", "Fit", "refine_endplate", "refine_spine", "confidence", "search_band",
-           "gray_image", "noise_floor", "against"]
+           "gray_image", "noise_floor", "against", "usable_spacing"]
